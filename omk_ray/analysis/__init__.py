@@ -1,0 +1,1 @@
+"""Comparison of variants with a baseline: scoreboard, agreement, tokens, anomalies, domains, reports."""

@@ -1,0 +1,62 @@
+"""A bench: documents to ask, and a scorer for the answers (lm-eval's task, made small)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+from omk_ray.config import BenchSpec
+from omk_ray.engines.base import Completion
+
+
+@dataclass
+class Doc:
+    id: str
+    messages: list[dict[str, str]]
+    target: str | None = None
+    domain: str | None = None
+    subdomain: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Score:
+    score: float
+    correct: bool
+    extracted: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Bench(ABC):
+    scorer_version = "1"
+
+    def __init__(self, spec: BenchSpec):
+        self.spec = spec
+
+    @abstractmethod
+    def load_docs(self) -> list[Doc]:
+        """Every document of the bench's data, in a stable order."""
+
+    @abstractmethod
+    def score(self, doc: Doc, completion: Completion) -> Score: ...
+
+    @property
+    def dataset_revision(self) -> str | None:
+        return self.spec.revision
+
+    def docs(self) -> list[Doc]:
+        docs = self.load_docs()
+        ids = [d.id for d in docs]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"bench {self.spec.name!r}: duplicate doc ids in {self.spec.source}")
+        subset = self.spec.subset
+        if subset is None:
+            return docs
+        if isinstance(subset, int):
+            return docs[:subset]
+        by_id = {d.id: d for d in docs}
+        missing = [i for i in subset if i not in by_id]
+        if missing:
+            raise ValueError(f"bench {self.spec.name!r}: subset ids not in the data: {missing[:5]}")
+        return [by_id[i] for i in subset]

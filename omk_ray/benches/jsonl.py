@@ -1,0 +1,52 @@
+"""A local JSONL bench with an exact-match scorer.
+
+One problem per line: `{"id", "prompt" (or "messages"), "target", "domain"?, "subdomain"?}`.
+Options: `answer_regex` (the answer is the last match's first group, else the whole
+response), `case_sensitive` (default false).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from omk_ray.benches.base import Bench, Doc, Score
+from omk_ray.engines.base import Completion
+
+
+class JsonlBench(Bench):
+    def load_docs(self) -> list[Doc]:
+        path = Path(self.spec.source or "")
+        if not path.is_file():
+            raise FileNotFoundError(f"bench {self.spec.name!r}: data file {path} not found")
+        docs = []
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                messages = row.get("messages") or [{"role": "user", "content": row["prompt"]}]
+                docs.append(Doc(
+                    id=str(row.get("id", n)),
+                    messages=messages,
+                    target=None if row.get("target") is None else str(row["target"]),
+                    domain=row.get("domain"),
+                    subdomain=row.get("subdomain"),
+                ))
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise ValueError(f"{path}:{n}: not a bench problem ({err})") from None
+        return docs
+
+    def score(self, doc: Doc, completion: Completion) -> Score:
+        extracted = completion.text.strip()
+        pattern = self.spec.options.get("answer_regex")
+        if pattern:
+            matches = re.findall(pattern, completion.text)
+            extracted = (matches[-1] if matches else "").strip()
+        target = (doc.target or "").strip()
+        if not self.spec.options.get("case_sensitive", False):
+            correct = extracted.casefold() == target.casefold()
+        else:
+            correct = extracted == target
+        return Score(score=float(correct), correct=correct, extracted=extracted, metrics={"exact_match": float(correct)})

@@ -1,0 +1,248 @@
+"""Grid configuration: variants x benches x recipes, validated once at the edge.
+
+A grid YAML has four sections: `recipe` (defaults for every bench), `variants`, `benches`
+and `farm`. The effective recipe of a (variant, bench) pair is
+`recipe` <- `bench.recipe` <- `variant.recipe_overrides[bench or "*"]`; its hash is stored on
+every sample row, so results of different recipes never mix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
+
+
+class ConfigError(ValueError):
+    """A grid config that cannot be used; the message names the file, key and problem."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Recipe(_Strict):
+    """How prompts are built and sampled. Temperature 0 means greedy."""
+
+    chat_template: bool = True
+    enable_thinking: bool = False
+    thinking_budget: int | None = Field(None, ge=1)
+    reasoning_markers: tuple[str, str] = ("<|channel>", "<channel|>")
+    system_prompt: str | None = None
+    max_gen_toks: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    min_p: float = Field(0.0, ge=0, le=1)
+    seed: int = 0
+    min_tokens: int = Field(0, ge=0)
+    stop: tuple[str, ...] = ()
+    repeats: int = Field(1, ge=1)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1
+
+    @property
+    def cohort(self) -> str:
+        """Greedy runs form one cohort; each sampler setting is a cohort of its own."""
+        if self.greedy:
+            return "greedy"
+        return f"sampled-t{self.temperature:g}-p{self.top_p:g}-k{self.top_k}-minp{self.min_p:g}"
+
+    @property
+    def generation_budget(self) -> int:
+        """Tokens one request may generate: room for the whole thought plus the answer."""
+        if self.enable_thinking and self.thinking_budget:
+            return max(self.max_gen_toks, self.thinking_budget + ANSWER_HEADROOM)
+        return self.max_gen_toks
+
+    @property
+    def hash(self) -> str:
+        return stable_hash(self.model_dump(mode="json"))
+
+    @model_validator(mode="after")
+    def _thinking_needs_markers(self) -> "Recipe":
+        if self.thinking_budget and not self.enable_thinking:
+            raise ValueError("thinking_budget is set but enable_thinking is false")
+        return self
+
+
+ANSWER_HEADROOM = 1024
+RECIPE_KEYS = set(Recipe.model_fields)
+
+
+class EngineArgs(_Strict):
+    dtype: str = "auto"
+    tensor_parallel_size: int = Field(1, ge=1)
+    max_model_len: int | None = Field(None, ge=16)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    quantization: str | None = None
+    batch_size: int = Field(16, ge=1, description="transformers engine: requests per generate call")
+    extra: dict[str, Any] = Field(default_factory=dict, description="passed to the engine as is")
+
+
+class VariantSpec(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    model: str | None = Field(None, description="checkpoint folder or Hugging Face hub id")
+    revision: str | None = None
+    engine: str = "vllm"
+    engine_args: EngineArgs = EngineArgs()
+    recipe_overrides: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="bench name (or '*') -> recipe fields"
+    )
+    build: dict[str, Any] | None = Field(None, description="how to build this variant (see variants/)")
+
+    @field_validator("recipe_overrides")
+    @classmethod
+    def _known_recipe_keys(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for bench, fields in value.items():
+            unknown = set(fields) - RECIPE_KEYS
+            if unknown:
+                raise ValueError(f"recipe_overrides[{bench}] has unknown recipe keys {sorted(unknown)}")
+        return value
+
+    @model_validator(mode="after")
+    def _needs_weights(self) -> "VariantSpec":
+        if not self.model and not self.build:
+            raise ValueError("a variant needs `model` (a folder or hub id) or a `build` block")
+        return self
+
+    @property
+    def model_ref(self) -> str:
+        return self.model or ""
+
+
+class BenchSpec(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    kind: str = Field("jsonl", description="bench type from the bench registry")
+    source: str | None = Field(None, description="data file, folder or dataset id")
+    revision: str | None = None
+    subset: int | list[str] | None = Field(None, description="first N docs, or a list of doc ids")
+    recipe: dict[str, Any] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict, description="bench-specific settings")
+
+    @field_validator("recipe")
+    @classmethod
+    def _known_recipe_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(value) - RECIPE_KEYS
+        if unknown:
+            raise ValueError(f"unknown recipe keys {sorted(unknown)}")
+        return value
+
+
+class FarmSpec(_Strict):
+    shard_size: int = Field(16, ge=1, description="docs per work unit")
+    max_retries: int = Field(2, ge=0, description="retries of a unit after a failure")
+    max_engines: int | None = Field(None, ge=1, description="cap on engine actors alive at once")
+    cpus_per_engine: float = Field(1, gt=0)
+    engine_start_timeout_s: float = Field(900, gt=0)
+
+
+class GridConfig(_Strict):
+    name: str = Field("grid", pattern=NAME_PATTERN)
+    recipe: Recipe = Recipe()
+    variants: list[VariantSpec] = Field(min_length=1)
+    benches: list[BenchSpec] = Field(min_length=1)
+    farm: FarmSpec = FarmSpec()
+    source_path: str | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _unique_names_and_overrides(self) -> "GridConfig":
+        for kind, items in (("variant", self.variants), ("bench", self.benches)):
+            seen: set[str] = set()
+            for item in items:
+                if item.name in seen:
+                    raise ValueError(f"duplicate {kind} name {item.name!r}")
+                seen.add(item.name)
+        bench_names = {b.name for b in self.benches}
+        for variant in self.variants:
+            for key in variant.recipe_overrides:
+                if key != "*" and key not in bench_names:
+                    raise ValueError(
+                        f"variant {variant.name!r}: recipe_overrides names unknown bench {key!r}"
+                    )
+        for variant in self.variants:
+            for bench in self.benches:
+                self.recipe_for(variant, bench)  # every effective recipe must validate
+        return self
+
+    def recipe_for(self, variant: VariantSpec, bench: BenchSpec) -> Recipe:
+        fields = self.recipe.model_dump()
+        fields.update(bench.recipe)
+        fields.update(variant.recipe_overrides.get("*", {}))
+        fields.update(variant.recipe_overrides.get(bench.name, {}))
+        try:
+            return Recipe(**fields)
+        except ValidationError as err:
+            raise ValueError(f"recipe of variant {variant.name!r} on bench {bench.name!r}: {err}") from None
+
+    def variant(self, name: str) -> VariantSpec:
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise KeyError(name)
+
+    def bench(self, name: str) -> BenchSpec:
+        for b in self.benches:
+            if b.name == name:
+                return b
+        raise KeyError(name)
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid grid config"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {where}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    """Local paths in a config are relative to the config file; anything else is a hub id."""
+    for section, key in (("variants", "model"), ("benches", "source")):
+        for item in raw.get(section) or []:
+            value = item.get(key) if isinstance(item, dict) else None
+            if isinstance(value, str) and not Path(value).is_absolute() and (base / value).exists():
+                item[key] = str((base / value).resolve())
+
+
+def parse_grid(raw: Any, source: str = "<config>", base_dir: Path | None = None) -> GridConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: a grid config must be a mapping, got {type(raw).__name__}")
+    raw = json.loads(json.dumps(raw))  # deep copy, plain types
+    if base_dir is not None:
+        _resolve_paths(raw, base_dir)
+    try:
+        grid = GridConfig(**raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+    except ValueError as err:
+        raise ConfigError(f"{source}: {err}") from None
+    return grid.model_copy(update={"source_path": source})
+
+
+def load_grid(path: str | Path) -> GridConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_grid(raw, str(path), path.parent)
+
+
+def grid_to_dict(grid: GridConfig) -> dict[str, Any]:
+    return grid.model_dump(mode="json", exclude={"source_path"})

@@ -1,0 +1,88 @@
+"""Hugging Face transformers `generate`, batched with left padding (CPU here, GPU elsewhere)."""
+
+from __future__ import annotations
+
+from omk_ray.config import VariantSpec
+from omk_ray.engines.base import GenParams, RawOutput, TokenEngine
+
+
+class TransformersEngine(TokenEngine):
+    kind = "transformers"
+
+    def __init__(self, variant: VariantSpec, model_path: str):
+        super().__init__(variant, model_path)
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.torch = torch
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = variant.engine_args.dtype
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_path,
+            revision=variant.revision,
+            dtype="auto" if dtype == "auto" else getattr(torch, dtype),
+            **variant.engine_args.extra,
+        ).to(self.device)
+        self.model.eval()
+        self.batch_size = variant.engine_args.batch_size
+        config_eos = self.model.generation_config.eos_token_id
+        eos = config_eos if isinstance(config_eos, list) else [config_eos]
+        self.eos_ids = [e for e in {*eos, self.tokenizer.eos_token_id} if e is not None]
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
+
+    @property
+    def version(self) -> str:
+        import transformers
+
+        return f"transformers {transformers.__version__}"
+
+    def _generate_ids(self, prompts: list[list[int]], params: GenParams) -> list[RawOutput]:
+        results: list[RawOutput | None] = [None] * len(prompts)
+        # Requests that share a seed and a cap run together: a batch has one RNG and one length.
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, (cap, seed) in enumerate(zip(params.max_tokens, params.seeds)):
+            groups.setdefault((cap, seed if params.temperature > 0 else 0), []).append(i)
+        for (cap, seed), members in groups.items():
+            for start in range(0, len(members), self.batch_size):
+                batch = members[start : start + self.batch_size]
+                for i, out in zip(batch, self._generate_batch([prompts[i] for i in batch], cap, seed, params)):
+                    results[i] = out
+        return results  # type: ignore[return-value]
+
+    def _generate_batch(self, prompts: list[list[int]], cap: int, seed: int, params: GenParams) -> list[RawOutput]:
+        torch = self.torch
+        width = max(len(p) for p in prompts)
+        input_ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompts], device=self.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        stop_ids = [*self.eos_ids, *params.stop_token_ids]
+        sample = params.temperature > 0
+        kwargs = dict(
+            max_new_tokens=cap,
+            min_new_tokens=params.min_tokens or None,
+            do_sample=sample,
+            eos_token_id=stop_ids,
+            pad_token_id=self.pad_id,
+        )
+        if sample:
+            torch.manual_seed(seed)
+            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None,
+                          min_p=params.min_p or None)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if params.stop:
+            kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+        results = []
+        for row in out[:, width:].tolist():
+            ids = row
+            for n, token in enumerate(row):
+                if token in stop_ids:
+                    ids = row[: n + 1]
+                    break
+            else:
+                while ids and ids[-1] == self.pad_id:  # a stop string ended this row early
+                    ids = ids[:-1]
+            finish = "stop" if len(ids) < cap or (ids and ids[-1] in stop_ids) else "length"
+            results.append(RawOutput(ids, finish))
+        return results

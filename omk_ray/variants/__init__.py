@@ -1,0 +1,1 @@
+"""Variant factory: CD scores, drop maps, expert surgery, quantization, fingerprints."""
