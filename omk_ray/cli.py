@@ -1,0 +1,160 @@
+"""The `omk-ray` command. Farm commands live here; each area adds its own through `register(app)`."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from omk_ray.config import ConfigError, GridConfig, load_grid
+
+app = typer.Typer(
+    name="omk-ray",
+    help="Evaluation and ablation farm for expert-pruned MoE models, on Ray.\n\n"
+    "Typical flow: `omk-ray plan GRID`, `omk-ray run GRID --results DIR`, `omk-ray status DIR`, "
+    "`omk-ray compare DIR --baseline NAME`.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+AREAS = ("variants", "analysis", "benches", "results", "toy")
+
+
+def fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def load(config: Path) -> GridConfig:
+    try:
+        return load_grid(config)
+    except ConfigError as err:
+        fail(str(err))
+
+
+def print_table(rows: list[dict], title: str | None = None) -> None:
+    if not rows:
+        console.print(f"{title or 'table'}: (empty)")
+        return
+    table = Table(title=title, title_justify="left")
+    for key in rows[0]:
+        table.add_column(str(key), justify="right" if isinstance(rows[0][key], (int, float)) else "left")
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    console.print(table)
+
+
+@app.command()
+def plan(
+    config: Path = typer.Argument(..., help="grid config (YAML)"),
+    results: Optional[Path] = typer.Option(None, help="results folder: count only what is still missing there"),
+    variant: Optional[list[str]] = typer.Option(None, "--variant", "-v", help="only these variants"),
+    limit: Optional[int] = typer.Option(None, help="first N docs of every bench (smoke runs)"),
+    as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
+) -> None:
+    """Show what a run would do: samples per variant x bench, engines, estimated tokens."""
+    from omk_ray.farm.planner import PlanError, describe, make_plan
+    from omk_ray.results.store import ResultsStore
+
+    grid = load(config)
+    try:
+        the_plan = make_plan(grid, ResultsStore(results) if results else None, variants=variant, limit_docs=limit)
+    except PlanError as err:
+        fail(str(err))
+    rows = describe(the_plan)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    print_table(rows, title=f"plan: {grid.name}")
+    engines = {v.name: f"{v.engine} tp={v.engine_args.tensor_parallel_size}" for v in grid.variants}
+    console.print(
+        f"{len(engines)} engine kinds ({', '.join(f'{k}: {e}' for k, e in engines.items())}); "
+        f"{the_plan.missing} of {the_plan.expected} samples to generate in ~{the_plan.units_estimate()} units "
+        f"of <= {grid.farm.shard_size}; est. {sum(r['est_tokens'] for r in rows):,} completion tokens"
+    )
+
+
+@app.command()
+def run(
+    config: Path = typer.Argument(..., help="grid config (YAML)"),
+    results: Path = typer.Option(..., "--results", "-r", help="results folder (created; reruns resume it)"),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start a local Ray)"),
+    variant: Optional[list[str]] = typer.Option(None, "--variant", "-v", help="only these variants"),
+    limit: Optional[int] = typer.Option(None, help="first N docs of every bench (smoke runs)"),
+    no_progress: bool = typer.Option(False, "--no-progress", help="no live progress display"),
+) -> None:
+    """Run a grid: generate every missing sample on Ray engine actors and store it as Parquet.
+
+    Rerunning the same command resumes: only samples not yet in RESULTS are generated.
+    """
+    from omk_ray.farm.planner import PlanError
+    from omk_ray.farm.runner import run_grid
+
+    grid = load(config)
+    try:
+        summary = run_grid(grid, results, address=address, variants=variant, limit_docs=limit,
+                           show_progress=not no_progress)
+    except PlanError as err:
+        fail(str(err))
+    console.print(
+        f"run {summary.run_id}: {summary.status}; generated {summary.generated} samples "
+        f"({summary.expected - summary.planned} already stored, {summary.failed} failed) in {summary.seconds:.1f} s"
+    )
+    console.print(f"results: {summary.results}  (log: {summary.results}/runs/{summary.run_id}/run.log)")
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(results: Path = typer.Argument(..., help="results folder of a run")) -> None:
+    """Done / missing / failed samples per variant x bench, the runs so far, and engine usage."""
+    from omk_ray.farm.planner import PlanError
+    from omk_ray.farm.status import engine_report, grid_status, latest_run
+    from omk_ray.results.store import ResultsStore
+
+    store = ResultsStore(results)
+    try:
+        run_log = latest_run(store)
+        cells = grid_status(store, run_log)
+    except (FileNotFoundError, PlanError, ConfigError) as err:
+        fail(str(err))
+    print_table([{"variant": c.variant, "bench": c.bench, "expected": c.expected, "done": c.done,
+                  "missing": c.missing, "failed": c.failed} for c in cells], title="samples")
+    for c in cells:
+        for reason in c.reasons:
+            console.print(f"[red]failed[/] {c.variant}/{c.bench}: {reason}")
+    runs = [r.manifest() for r in store.runs()]
+    print_table([{"run": m["run_id"], "status": m["status"], "started": m["started_at"][:19],
+                  "seconds": m.get("seconds"), "generated": m.get("generated_samples"),
+                  "failed": m.get("failed_samples")} for m in runs], title="runs")
+    failures = [e for e in run_log.events() if e["event"] in ("engine_died", "unit_failed", "engine_start_failed")]
+    for e in failures[-10:]:
+        console.print(f"[yellow]{e['event']}[/] {e.get('variant')} {e.get('bench', '')}: {e.get('error', '')[:200]}")
+    print_table(engine_report(run_log), title=f"engines of run {run_log.run_id}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo_out"), help="folder for the demo's models, config and results"),
+    fresh: bool = typer.Option(False, help="delete OUT first instead of resuming it"),
+) -> None:
+    """Build tiny MoE variants, run a small grid on a local Ray cluster with real engines, summarise."""
+    from omk_ray.demo import run_demo
+
+    run_demo(out, fresh=fresh)
+
+
+for _area in AREAS:
+    importlib.import_module(f"omk_ray.{_area}.commands").register(app)
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())

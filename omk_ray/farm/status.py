@@ -1,0 +1,65 @@
+"""What a results folder holds against what its grid asks: done / missing / failed, per run and engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omk_ray.config import parse_grid
+from omk_ray.farm.planner import make_plan
+from omk_ray.results.store import ResultsStore, RunLog
+
+
+@dataclass
+class CellStatus:
+    variant: str
+    bench: str
+    expected: int
+    done: int
+    missing: int
+    failed: int
+    reasons: list[str]
+
+
+def latest_run(store: ResultsStore) -> RunLog:
+    runs = store.runs()
+    if not runs:
+        raise FileNotFoundError(f"{store.root}: no runs recorded (no runs/*/manifest.json)")
+    return runs[-1]
+
+
+def grid_status(store: ResultsStore, run: RunLog | None = None) -> list[CellStatus]:
+    run = run or latest_run(store)
+    manifest = run.manifest()
+    grid = parse_grid(manifest["config"], f"{run.manifest_path}:config")
+    plan = make_plan(grid, store, variants=manifest.get("variants"), limit_docs=manifest.get("limit_docs"))
+    failures: dict[tuple[str, str], set[str]] = {}
+    reasons: dict[tuple[str, str], list[str]] = {}
+    for event in run.events():
+        if event["event"] == "samples_failed":
+            key = (event["variant"], event["bench"])
+            failures.setdefault(key, set()).update(event["doc_ids"])
+            reasons.setdefault(key, []).append(event["reason"])
+    cells = []
+    for w in plan.work:
+        missing = {f"{d.id}#{r}" for d, r in w.samples}
+        failed = missing & failures.get((w.variant, w.bench), set())
+        cells.append(CellStatus(w.variant, w.bench, w.expected, w.expected - len(missing), len(missing),
+                                len(failed), sorted(set(reasons.get((w.variant, w.bench), [])))))
+    return cells
+
+
+def engine_report(run: RunLog) -> list[dict]:
+    """Per engine: GPU-hours (GPUs held x time alive), busy share, tokens per second."""
+    rows = []
+    for e in run.manifest().get("engines", []):
+        busy = e["busy_s"] or 0.0
+        rows.append({
+            "engine": e["name"].split("-", 2)[-1],
+            "variant": e["variant"],
+            "host": (e.get("info") or {}).get("host"),
+            "gpu_hours": round(e["gpus"] * e["alive_s"] / 3600, 4),
+            "busy": round(busy / e["alive_s"], 3) if e["alive_s"] else 0.0,
+            "samples": e["samples"],
+            "tokens_per_s": round(e["tokens"] / busy, 1) if busy else 0.0,
+        })
+    return rows
