@@ -164,7 +164,11 @@ class TokenEngine(Engine):
             outs = self._generate_ids(prompts, self._params(recipe, budgets, requests))
             return [(o.token_ids, o.finish_reason, False) for o in outs]
 
-        think_caps = [min(recipe.thinking_budget + 1, b) for b in budgets]  # +1: the opening marker
+        # The model spends one extra token opening the thought unless the template already did.
+        think_caps = [
+            min(recipe.thinking_budget + (0 if self._prompt_opens_thought(p, start_id, end_id) else 1), b)
+            for p, b in zip(prompts, budgets)
+        ]
         first = self._generate_ids(prompts, self._params(recipe, think_caps, requests, stop_token_ids=(end_id,)))
         results: list[tuple[list[int], str, bool] | None] = [None] * len(prompts)
         again: list[int] = []

@@ -45,6 +45,7 @@ class EngineActor:
             "variant": self.variant.name,
             "engine": self.engine.version,
             "host": socket.gethostname(),
+            "node_id": _node_id(),
             "pid": os.getpid(),
             "gpus": _gpu_names(),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
@@ -105,6 +106,12 @@ class EngineActor:
 
     def pid(self) -> int:
         return os.getpid()
+
+
+def _node_id() -> str | None:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 def _has_cuda() -> bool:

@@ -1,0 +1,3 @@
+from omk_ray.cli import app
+
+app()

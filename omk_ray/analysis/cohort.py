@@ -1,0 +1,133 @@
+"""The cohort guard: only like-for-like samples share a table.
+
+For each bench, the baseline and every variant must come from one cohort (greedy, or one
+sampler setting), one recipe hash and one set of weights. A variant whose recipe differs from
+the baseline's is accepted when a grid declared that override (it is footnoted). Anything
+else is refused unless the caller allows mismatches; the cells are then marked.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from omk_ray.analysis.declared import Declared
+from omk_ray.analysis.samples import AnalysisError
+
+DECLARED_MARK = "†"
+MISMATCH_MARK = "‡"
+
+
+class CohortMismatch(AnalysisError):
+    """Samples that must not share a table: different cohorts, recipes or weights."""
+
+
+@dataclass(frozen=True)
+class Setup:
+    cohort: str
+    recipe_hash: str
+    fingerprint: str
+    rows: int
+
+
+@dataclass
+class Note:
+    bench: str
+    variant: str
+    mark: str
+    text: str
+
+
+@dataclass
+class Guard:
+    baseline: str
+    notes: list[Note] = field(default_factory=list)
+    cohorts: dict[str, str] = field(default_factory=dict)  # bench -> the baseline's cohort
+
+    def mark(self, bench: str, variant: str | None = None) -> str:
+        """Marks of a bench row for one variant (the baseline's notes count for all; None: any variant)."""
+        marks = {
+            n.mark for n in self.notes
+            if n.bench == bench and (variant is None or n.variant in (variant, self.baseline))
+        }
+        return "".join(sorted(marks))
+
+
+def setups(rows: pa.Table) -> dict[tuple[str, str], list[Setup]]:
+    keys = ["variant", "bench", "cohort", "recipe_hash", "variant_fingerprint"]
+    counted = rows.group_by(keys, use_threads=False).aggregate([([], "count_all")])
+    out: dict[tuple[str, str], list[Setup]] = defaultdict(list)
+    for r in counted.to_pylist():
+        out[(r["variant"], r["bench"])].append(
+            Setup(r["cohort"] or "?", r["recipe_hash"] or "?", r["variant_fingerprint"] or "?", r["count_all"])
+        )
+    return out
+
+
+def check_cohorts(
+    rows: pa.Table,
+    baseline: str,
+    variants: list[str],
+    benches: list[str],
+    declared: Declared,
+    allow_mismatch: bool = False,
+) -> Guard:
+    found = setups(rows)
+    guard = Guard(baseline)
+    problems: list[Note] = []
+    for bench in benches:
+        base = found.get((baseline, bench), [])
+        if base:
+            guard.cohorts[bench] = base[0].cohort
+        for name in [baseline, *variants]:
+            mixed = found.get((name, bench), [])
+            if len(mixed) > 1:
+                what = ", ".join(f"{s.cohort}/recipe {s.recipe_hash[:8]}/weights {s.fingerprint[:8]} ({s.rows} rows)" for s in mixed)
+                problems.append(Note(bench, name, MISMATCH_MARK, f"{name} on {bench} mixes samples of different setups: {what}"))
+        if len(base) != 1:
+            continue
+        b = base[0]
+        for variant in variants:
+            mine = found.get((variant, bench), [])
+            if len(mine) != 1:
+                continue
+            v = mine[0]
+            if v.cohort != b.cohort:
+                problems.append(Note(bench, variant, MISMATCH_MARK,
+                                     f"{bench}: baseline {baseline} is {b.cohort} but {variant} is {v.cohort}"))
+            elif v.recipe_hash != b.recipe_hash:
+                fields = declared.override(variant, bench, v.recipe_hash)
+                base_fields = declared.override(baseline, bench, b.recipe_hash)
+                if fields is not None or base_fields is not None:
+                    guard.notes.append(Note(bench, variant, DECLARED_MARK, _declared_text(
+                        bench, baseline, variant, base_fields, fields)))
+                else:
+                    problems.append(Note(bench, variant, MISMATCH_MARK,
+                                         f"{bench}: {variant} ran recipe {v.recipe_hash[:8]} but baseline {baseline} "
+                                         f"ran {b.recipe_hash[:8]}, and no grid declared that override"))
+    if problems and not allow_mismatch:
+        listed = "\n  ".join(p.text for p in problems)
+        raise CohortMismatch(
+            f"refusing to put unlike samples in one table:\n  {listed}\n"
+            "Compare like with like (rerun with the same recipe), or pass --allow-mismatch to build the "
+            f"tables anyway with those cells marked {MISMATCH_MARK}."
+        )
+    for p in problems:
+        p.text = f"mismatch allowed: {p.text}"
+    guard.notes.extend(problems)
+    return guard
+
+
+def _declared_text(bench: str, baseline: str, variant: str, base_fields: dict | None, fields: dict | None) -> str:
+    parts = []
+    if fields is not None:
+        parts.append(f"{variant} uses its declared recipe override ({_fields(fields)})")
+    if base_fields is not None:
+        parts.append(f"{baseline} uses its declared recipe override ({_fields(base_fields)})")
+    return f"{bench}: " + "; ".join(parts)
+
+
+def _fields(fields: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(fields.items()))

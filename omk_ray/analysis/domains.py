@@ -1,0 +1,56 @@
+"""Domain breakdown for benches whose problems carry domain metadata (e.g. GPQA Diamond)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from omk_ray.analysis.samples import Pair
+
+NO_DOMAIN = "(none)"
+
+
+def domain_breakdown(pairs: list[Pair]) -> list[dict]:
+    """Per variant and bench: one row per high-level domain, then one per (domain, subdomain)."""
+    rows = []
+    for pair in pairs:
+        if not pair.has_domains:
+            continue
+        domains = _labels(pair.domain)
+        subdomains = _labels(pair.subdomain)
+        for domain in _by_size(domains):
+            rows.append(_row(pair, "domain", domain, None, domains == domain))
+        if all(s == NO_DOMAIN for s in subdomains):
+            continue
+        for key in _by_size(np.array([f"{d}\x00{s}" for d, s in zip(domains, subdomains)], dtype=object)):
+            domain, subdomain = key.split("\x00")
+            if subdomain != NO_DOMAIN:
+                rows.append(_row(pair, "subdomain", domain, subdomain, (domains == domain) & (subdomains == subdomain)))
+    return rows
+
+
+def _row(pair: Pair, level: str, domain: str, subdomain: str | None, mask: np.ndarray) -> dict:
+    base, var = pair.base_score[mask], pair.var_score[mask]
+    bp, vp = pair.base_pass[mask], pair.var_pass[mask]
+    return {
+        "bench": pair.bench,
+        "variant": pair.variant,
+        "level": level,
+        "domain": domain,
+        "subdomain": subdomain,
+        "n": int(mask.sum()),
+        "baseline_score": float(100 * base.mean()),
+        "variant_score": float(100 * var.mean()),
+        "delta_pp": float(100 * (var.mean() - base.mean())),
+        "lost": int(np.sum(bp & ~vp)),
+        "gained": int(np.sum(~bp & vp)),
+    }
+
+
+def _labels(values: np.ndarray) -> np.ndarray:
+    return np.array([v if v not in (None, "") else NO_DOMAIN for v in values], dtype=object)
+
+
+def _by_size(labels: np.ndarray) -> list[str]:
+    """Distinct labels, largest group first (ties by name)."""
+    names, counts = np.unique(labels.astype(str), return_counts=True)
+    return [str(n) for n, _ in sorted(zip(names, counts), key=lambda nc: (-nc[1], nc[0]))]

@@ -1,0 +1,226 @@
+"""Safetensors checkpoints as byte ranges: read the tensor table, write shards piece by piece.
+
+A tensor sliced along its first dimension is a run of whole rows, and rows are contiguous in a
+safetensors file, so an expert slice is one byte range of the source file. The surgery
+therefore never materializes a tensor: every output tensor is a list of `Piece`s (file, offset,
+length), copied with `os.copy_file_range` (kernel-side, no user memory) into shards whose
+headers are known before the first byte is written. Works for any dtype, packed ones included.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from safetensors import safe_open
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
+COPY_CHUNK = 64 << 20
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be read as safetensors; the message names the file."""
+
+
+@dataclass(frozen=True)
+class SourceTensor:
+    name: str
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int  # absolute byte offset of the data in `file`
+    nbytes: int
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one slice along the first dimension."""
+        return self.nbytes // self.shape[0] if self.shape and self.shape[0] else 0
+
+
+@dataclass(frozen=True)
+class Piece:
+    file: Path
+    offset: int
+    length: int
+
+
+@dataclass
+class OutTensor:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    pieces: list[Piece] = field(default_factory=list)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.length for p in self.pieces)
+
+
+def read_header(path: Path) -> tuple[int, dict]:
+    """(offset of the data section, header dict) of one safetensors file."""
+    try:
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            if size > 100 << 20:
+                raise CheckpointError(f"{path}: header of {size} bytes; not a safetensors file")
+            header = json.loads(f.read(size))
+    except (struct.error, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+    return 8 + size, header
+
+
+def read_tensors(model_dir: str | Path) -> dict[str, SourceTensor]:
+    """Every tensor of a checkpoint folder (single file or index + shards), checked for integrity."""
+    model_dir = Path(model_dir)
+    index_path = model_dir / INDEX_NAME
+    if index_path.is_file():
+        try:
+            weight_map = json.loads(index_path.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise CheckpointError(f"{index_path}: not a valid safetensors index ({err})") from None
+        files = sorted(set(weight_map.values()))
+    else:
+        weight_map = None
+        files = sorted(p.name for p in model_dir.glob("*.safetensors"))
+    if not files:
+        others = sorted(p.name for p in model_dir.iterdir() if p.suffix in WEIGHT_SUFFIXES) if model_dir.is_dir() else []
+        hint = f" (found {others}: convert them to safetensors first)" if others else ""
+        raise CheckpointError(f"{model_dir}: no safetensors weights{hint}")
+    tensors: dict[str, SourceTensor] = {}
+    for name in files:
+        path = model_dir / name
+        if not path.is_file():
+            raise CheckpointError(f"{index_path}: lists shard {name}, which is missing")
+        with safe_open(path, framework="pt") as f:  # validates the header against the file size
+            keys = set(f.keys())
+        start, header = read_header(path)
+        for key in keys:
+            entry = header[key]
+            begin, end = entry["data_offsets"]
+            if key in tensors:
+                raise CheckpointError(f"{model_dir}: tensor {key} is stored twice ({tensors[key].file.name}, {name})")
+            tensors[key] = SourceTensor(key, path, entry["dtype"], tuple(entry["shape"]), start + begin, end - begin)
+    if weight_map is not None:
+        missing = sorted(k for k, v in weight_map.items() if k not in tensors)
+        if missing:
+            raise CheckpointError(f"{index_path}: lists tensors that are missing from their shards: {missing[:5]}")
+    return tensors
+
+
+def whole(t: SourceTensor, name: str | None = None) -> OutTensor:
+    return OutTensor(name or t.name, t.dtype, t.shape, [Piece(t.file, t.offset, t.nbytes)])
+
+
+def rows(t: SourceTensor, keep: list[int], name: str | None = None) -> OutTensor:
+    """The tensor restricted to the rows `keep` (ascending) of its first dimension."""
+    pieces: list[Piece] = []
+    row = t.row_bytes
+    for i in keep:
+        start = t.offset + i * row
+        if pieces and pieces[-1].offset + pieces[-1].length == start:
+            last = pieces.pop()
+            pieces.append(Piece(last.file, last.offset, last.length + row))
+        else:
+            pieces.append(Piece(t.file, start, row))
+    return OutTensor(name or t.name, t.dtype, (len(keep), *t.shape[1:]), pieces)
+
+
+def shard(tensors: list[OutTensor], max_shard_bytes: int) -> list[list[OutTensor]]:
+    """Tensors in order, cut into shards of at most max_shard_bytes (a bigger tensor is alone)."""
+    shards: list[list[OutTensor]] = [[]]
+    size = 0
+    for t in tensors:
+        if shards[-1] and size + t.nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(t)
+        size += t.nbytes
+    return shards
+
+
+def write_checkpoint(out_dir: Path, tensors: list[OutTensor], max_shard_bytes: int) -> list[str]:
+    """Write the shards (and the index if more than one); returns the file names written."""
+    shards = shard(tensors, max_shard_bytes)
+    names = [SINGLE_NAME] if len(shards) == 1 else [
+        f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))
+    ]
+    weight_map = {}
+    for name, members in zip(names, shards):
+        write_shard(out_dir / name, members)
+        weight_map.update({t.name: name for t in members})
+    if len(shards) > 1:
+        total = sum(t.nbytes for t in tensors)
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        (out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+    return names
+
+
+def write_shard(path: Path, tensors: list[OutTensor], metadata: dict[str, str] | None = None) -> None:
+    header: dict = {"__metadata__": metadata or {"format": "pt"}}
+    offset = 0
+    for t in tensors:
+        header[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+        offset += t.nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as out:
+        out.write(struct.pack("<Q", len(blob)))
+        out.write(blob)
+        out.flush()
+        handles: dict[Path, int] = {}
+        try:
+            for t in tensors:
+                for p in t.pieces:
+                    if p.file not in handles:
+                        handles[p.file] = os.open(p.file, os.O_RDONLY)
+                    copy_range(handles[p.file], out.fileno(), p.offset, p.length)
+        finally:
+            for fd in handles.values():
+                os.close(fd)
+
+
+def copy_range(src_fd: int, dst_fd: int, offset: int, length: int) -> None:
+    """Append length bytes of src at offset to dst, in the kernel where it can."""
+    done = 0
+    while done < length:
+        try:
+            n = os.copy_file_range(src_fd, dst_fd, min(length - done, 1 << 30), offset + done)
+        except OSError:
+            n = 0
+        if n == 0:  # not supported here (or across these filesystems): plain reads and writes
+            while done < length:
+                chunk = os.pread(src_fd, min(COPY_CHUNK, length - done), offset + done)
+                if not chunk:
+                    raise CheckpointError(f"unexpected end of file while copying {length} bytes at {offset}")
+                os.write(dst_fd, chunk)
+                done += len(chunk)
+            return
+        done += n
+
+
+def check_written(out_dir: Path, tensors: list[OutTensor]) -> None:
+    """Re-open what was written and compare it with the plan (names, dtypes, shapes)."""
+    written = read_tensors(out_dir)
+    for t in tensors:
+        got = written.get(t.name)
+        if got is None or got.dtype != t.dtype or got.shape != t.shape:
+            raise CheckpointError(f"{out_dir}: tensor {t.name} was not written as planned")
+    if len(written) != len(tensors):
+        raise CheckpointError(f"{out_dir}: {len(written)} tensors written, {len(tensors)} planned")
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from 123, '500MB', '5GB', '2GiB'."""
+    if isinstance(value, int):
+        return value
+    text = value.strip().upper().replace(" ", "")
+    units = {"KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "KB": 10**3, "MB": 10**6, "GB": 10**9, "B": 1}
+    for unit, factor in units.items():
+        if text.endswith(unit):
+            return int(float(text[: -len(unit)]) * factor)
+    return int(text)

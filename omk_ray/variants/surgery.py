@@ -1,0 +1,288 @@
+"""Expert surgery: remove the experts a drop map names from a checkpoint, tensor by tensor.
+
+Layouts handled (any prefix before `layers.N.`, e.g. Gemma 4's `model.language_model.`):
+
+* fused 3-D experts (Gemma 4; transformers-5 saves of other families): `experts.gate_up_proj`
+  [E, 2I, H] and `experts.down_proj` [E, H, I] (also under `mlp.`), sliced on dim 0;
+* per-expert 2-D tensors, renumbered 0..kept-1: Qwen3-MoE `mlp.experts.N.{gate,up,down}_proj.weight`,
+  Mixtral `block_sparse_moe.experts.N.w{1,2,3}.weight`;
+* routers, sliced on dim 0: `router.proj.weight` and `router.per_expert_scale` (Gemma 4; its
+  `router.scale` [H] is not per expert), `mlp.gate.weight`, `block_sparse_moe.gate.weight`.
+
+Everything else is copied byte for byte. The config's expert count (`num_experts`,
+`num_local_experts` or `n_routed_experts`, at any depth) is updated; tokenizer, chat template,
+generation config and the other small files are copied; `omk_ray_provenance.json` records what
+was done. The whole plan is validated before a byte is written; the output is written to a
+temporary folder beside `out_dir` and renamed into place at the end; an existing `out_dir` is
+never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omk_ray.variants.checkpoint import (
+    INDEX_NAME, WEIGHT_SUFFIXES, CheckpointError, OutTensor, SourceTensor, check_written, parse_size,
+    read_tensors, rows, whole, write_checkpoint,
+)
+from omk_ray.variants.dropmap import DropMapError, drop_map_hash, validate_drop_map
+
+SURGERY_VERSION = "1"
+PROVENANCE_NAME = "omk_ray_provenance.json"
+EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")
+TOP_K_KEYS = ("top_k_experts", "num_experts_per_tok")
+ROUTER_NAMES = ("router.proj.weight", "router.per_expert_scale", "mlp.gate.weight", "block_sparse_moe.gate.weight")
+DEFAULT_MAX_SHARD = "5GB"
+
+_LAYER = re.compile(r"^(?P<prefix>(?:.*\.)?layers\.(?P<layer>\d+)\.)(?P<rest>.+)$")
+_PER_EXPERT = re.compile(r"^(?P<block>(?:mlp|block_sparse_moe)\.experts)\.(?P<expert>\d+)\.(?P<param>.+)$")
+_FUSED = re.compile(r"^(?:(?:mlp|block_sparse_moe)\.)?experts\.[A-Za-z_]+$")
+
+
+class SurgeryError(ValueError):
+    """A checkpoint the surgery cannot handle; the message names the tensor or file."""
+
+
+@dataclass
+class MoELayer:
+    index: int
+    prefix: str
+    routers: dict[str, SourceTensor] = field(default_factory=dict)  # name after the prefix -> tensor
+    fused: dict[str, SourceTensor] = field(default_factory=dict)
+    per_expert: dict[int, dict[tuple[str, str], SourceTensor]] = field(default_factory=dict)  # id -> (block, param)
+
+
+@dataclass
+class PrunePlan:
+    num_experts: int
+    kept: int
+    drop_map: dict[str, list[int]]
+    config: dict[str, Any]
+    tensors: list[OutTensor]
+
+
+def prune_checkpoint(
+    model_dir: str | Path,
+    drop_map: dict,
+    out_dir: str | Path,
+    provenance: dict | None = None,
+    *,
+    protected: dict[str, list[int]] | None = None,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD,
+) -> Path:
+    """Write a copy of `model_dir` without the experts `drop_map` names; returns `out_dir`.
+
+    `provenance` (base id and revision, strategy and parameters, fingerprint, ...) is stored in
+    `omk_ray_provenance.json` next to what the surgery records itself. `protected` experts
+    (layer -> ids) must not be in the drop map.
+    """
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    if out_dir.exists():
+        raise SurgeryError(f"{out_dir} already exists; refusing to overwrite it")
+    plan = plan_prune(model_dir, drop_map, protected)
+    max_bytes = parse_size(max_shard_size)
+    if max_bytes < 1:
+        raise SurgeryError(f"max_shard_size must be positive, got {max_shard_size!r}")
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        write_checkpoint(tmp, plan.tensors, max_bytes)
+        copy_side_files(model_dir, tmp)
+        (tmp / "config.json").write_text(json.dumps(plan.config, indent=2) + "\n")
+        record = {
+            **(provenance or {}),
+            "tool": "omk-ray prune",
+            "omk_ray_version": _version(),
+            "surgery_version": SURGERY_VERSION,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "base_path": str(model_dir.resolve()),
+            "num_experts": {"before": plan.num_experts, "after": plan.kept},
+            "drop_map_hash": drop_map_hash(plan.drop_map),
+            "drop_map": plan.drop_map,
+        }
+        if protected:
+            record["protected"] = protected
+        parent = model_dir / PROVENANCE_NAME
+        if parent.is_file():
+            record["base_provenance"] = json.loads(parent.read_text())
+        (tmp / PROVENANCE_NAME).write_text(json.dumps(record, indent=2) + "\n")
+        check_written(tmp, plan.tensors)
+        try:
+            os.rename(tmp, out_dir)
+        except OSError:
+            raise SurgeryError(f"{out_dir} appeared while the surgery ran; refusing to overwrite it") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def plan_prune(model_dir: Path, drop_map: dict, protected: dict[str, list[int]] | None = None) -> PrunePlan:
+    """Everything the surgery will write, checked against the checkpoint; writes nothing."""
+    config = load_config(model_dir)
+    counts = {v for _, v in find_keys(config, EXPERT_COUNT_KEYS)}
+    if len(counts) != 1:
+        raise SurgeryError(
+            f"{model_dir}/config.json: expected one expert count under {EXPERT_COUNT_KEYS}, found {sorted(counts) or 'none'}"
+        )
+    num_experts = counts.pop()
+    top_k = max((v for _, v in find_keys(config, TOP_K_KEYS)), default=None)
+    try:
+        tensors = read_tensors(model_dir)
+    except CheckpointError as err:
+        raise SurgeryError(str(err)) from None
+    layers = find_moe_layers(tensors)
+    check_layers(layers, num_experts, expected_moe_layers(config), model_dir)
+    clean = validate_drop_map(drop_map, num_experts=num_experts, layers=sorted(layers), protected=protected, top_k=top_k)
+    n_drop = len(next(iter(clean.values())))
+
+    out: list[OutTensor] = []
+    moe_names: set[str] = set()
+    for index, layer in layers.items():
+        keep = [e for e in range(num_experts) if e not in set(clean[str(index)])]
+        for t in [*layer.routers.values(), *layer.fused.values()]:
+            out.append(rows(t, keep))
+            moe_names.add(t.name)
+        for new_id, old_id in enumerate(keep if layer.per_expert else []):
+            for (block, param), t in layer.per_expert[old_id].items():
+                out.append(whole(t, f"{layer.prefix}{block}.{new_id}.{param}"))
+        moe_names.update(t.name for params in layer.per_expert.values() for t in params.values())
+    out.extend(whole(t) for name, t in tensors.items() if name not in moe_names)
+    out.sort(key=lambda t: (str(t.pieces[0].file), t.pieces[0].offset) if t.pieces else ("", 0))
+
+    new_config = json.loads(json.dumps(config))
+    for path, _ in find_keys(config, EXPERT_COUNT_KEYS):
+        _set(new_config, path, num_experts - n_drop)
+    return PrunePlan(num_experts, num_experts - n_drop, clean, new_config, out)
+
+
+def find_moe_layers(tensors: dict[str, SourceTensor]) -> dict[int, MoELayer]:
+    layers: dict[int, MoELayer] = {}
+    for name, t in tensors.items():
+        m = _LAYER.match(name)
+        if not m:
+            continue
+        prefix, rest, index = m["prefix"], m["rest"], int(m["layer"])
+        expert = _PER_EXPERT.match(rest)
+        kind = "router" if rest in ROUTER_NAMES else "fused" if _FUSED.match(rest) else "expert" if expert else None
+        if kind is None:
+            continue
+        layer = layers.setdefault(index, MoELayer(index, prefix))
+        if layer.prefix != prefix:
+            raise SurgeryError(f"MoE tensors of layer {index} appear under two prefixes: {layer.prefix!r} and {prefix!r}")
+        if kind == "router":
+            layer.routers[rest] = t
+        elif kind == "fused":
+            layer.fused[rest] = t
+        else:
+            layer.per_expert.setdefault(int(expert["expert"]), {})[(expert["block"], expert["param"])] = t
+    return dict(sorted(layers.items()))
+
+
+def check_layers(layers: dict[int, MoELayer], num_experts: int, expected: set[int] | None, model_dir: Path) -> None:
+    """Every MoE layer complete and alike: same router and expert tensors, expert dim = num_experts."""
+    if not layers:
+        raise SurgeryError(f"{model_dir}: no MoE expert tensors found (layouts known: fused experts.gate_up_proj, "
+                           f"mlp.experts.N.*, block_sparse_moe.experts.N.*)")
+    if expected is not None and expected != set(layers):
+        missing, extra = sorted(expected - set(layers)), sorted(set(layers) - expected)
+        raise SurgeryError(
+            f"{model_dir}: the config expects MoE layers {sorted(expected)}, the weights have them for "
+            f"{sorted(layers)}" + (f"; missing every MoE tensor of layers {missing}" if missing else "")
+            + (f"; unexpected MoE tensors in layers {extra}" if extra else "")
+        )
+    router_names = set().union(*(layer.routers for layer in layers.values()))
+    fused_names = set().union(*(layer.fused for layer in layers.values()))
+    expert_params = set().union(*(p for layer in layers.values() for p in layer.per_expert.values()))
+    if fused_names and expert_params:
+        raise SurgeryError(f"{model_dir}: mixes fused and per-expert tensors; cannot tell the layout")
+    for index, layer in layers.items():
+        where = f"{model_dir}: layer {index}"
+        for kind, want, have in (("router", router_names, layer.routers), ("expert", fused_names, layer.fused)):
+            for name in sorted(want - set(have)):
+                raise SurgeryError(f"{where}: missing {kind} tensor {layer.prefix}{name}")
+        if not layer.routers:
+            raise SurgeryError(f"{where}: has experts but no router tensor (one of {ROUTER_NAMES})")
+        if not layer.fused and not layer.per_expert:
+            raise SurgeryError(f"{where}: has a router but no expert tensors")
+        for t in [*layer.routers.values(), *layer.fused.values()]:
+            if not t.shape or t.shape[0] != num_experts:
+                raise SurgeryError(f"{where}: {t.name} has shape {list(t.shape)}; its first dimension should be "
+                                   f"the {num_experts} experts of the config")
+        if expert_params:
+            extra = sorted(e for e in layer.per_expert if e >= num_experts)
+            if extra:
+                raise SurgeryError(f"{where}: has experts {extra}, but the config says {num_experts} experts")
+            for e in range(num_experts):
+                for block, param in sorted(expert_params - set(layer.per_expert.get(e, {}))):
+                    raise SurgeryError(f"{where}: missing expert tensor {layer.prefix}{block}.{e}.{param}")
+
+
+def expected_moe_layers(config: dict[str, Any]) -> set[int] | None:
+    """The decoder layers that have experts, by the config's conventions (None if it cannot tell)."""
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    total = text.get("num_hidden_layers")
+    if not isinstance(total, int):
+        return None
+    if text.get("enable_moe_block") is False:
+        return set()
+    dense = set(text.get("mlp_only_layers") or [])
+    step = text.get("decoder_sparse_step") or 1
+    first = text.get("first_k_dense_replace") or 0
+    return {i for i in range(total) if i not in dense and (i + 1) % step == 0 and i >= first}
+
+
+def load_config(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise SurgeryError(f"{model_dir}: no config.json (is this a Hugging Face checkpoint folder?)")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise SurgeryError(f"{path}: not valid JSON: {err}") from None
+    if list(find_keys(config, ("quantization_config",), int_only=False)):
+        raise SurgeryError(f"{path}: the checkpoint is quantized; prune the unquantized model, then quantize")
+    return config
+
+
+def find_keys(obj: Any, keys: tuple[str, ...], path: tuple = (), int_only: bool = True):
+    """(path, value) of every occurrence of the keys in nested dicts."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k in keys and (not int_only or (isinstance(v, int) and not isinstance(v, bool))):
+                yield (*path, k), v
+            yield from find_keys(v, keys, (*path, k), int_only)
+
+
+def _set(obj: dict, path: tuple, value: Any) -> None:
+    for k in path[:-1]:
+        obj = obj[k]
+    obj[path[-1]] = value
+
+
+def copy_side_files(model_dir: Path, out_dir: Path) -> None:
+    """Tokenizer, chat template, generation config, README...: every top-level file but weights."""
+    for src in sorted(model_dir.iterdir()):
+        if src.is_file() and not src.name.endswith(WEIGHT_SUFFIXES) and src.name not in (
+            INDEX_NAME, "config.json", PROVENANCE_NAME,
+        ):
+            shutil.copy2(src, out_dir / src.name)
+
+
+def _version() -> str:
+    from omk_ray import __version__
+
+    return __version__
+
+
+__all__ = ["SurgeryError", "DropMapError", "plan_prune", "prune_checkpoint", "PROVENANCE_NAME"]
