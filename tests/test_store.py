@@ -33,7 +33,7 @@ def test_shards_are_atomic_and_readable_everywhere(tmp_path):
 
     frame = pd.read_parquet(tmp_path / "samples")
     assert len(frame) == 10 and set(frame["variant"]) == {"128e", "v4"}
-    n = duckdb.sql(f"select count(*) from '{tmp_path}/samples/**/*.parquet' where variant = 'v4'").fetchone()[0]
+    n = duckdb.sql(f"select count(*) from '{tmp_path}/samples/**/*.parquet' where variant = 'v4'").fetchall()[0][0]
     assert n == 5
     one = pq.read_table(next((tmp_path / "samples" / "v4" / "gsm8k").glob("*.parquet")))
     assert one.schema.equals(SAMPLE_SCHEMA, check_metadata=False)
