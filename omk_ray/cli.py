@@ -25,7 +25,7 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
-AREAS = ("variants", "analysis", "benches", "results", "toy")
+AREAS = ("farm", "variants", "analysis", "benches", "results", "toy")
 
 
 def fail(message: str, code: int = 2) -> None:

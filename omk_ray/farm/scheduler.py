@@ -166,8 +166,8 @@ class Scheduler:
                 if queue is None or queue.failed or queue.remaining == 0:
                     continue
                 engines = sum(1 for s in self.slots if s.variant == variant.name)
-                if engines and queue.remaining < 2 * self.farm.shard_size * (engines + 1):
-                    continue  # an extra engine would spend longer loading than it saves
+                if queue.remaining <= engines:
+                    continue  # every engine of this variant already has a sample to work on
                 share = queue.remaining_tokens / (engines + 1)
                 if share > best_share and self._cost(variant) <= self._free() + 1e-9:
                     best, best_share = variant, share
