@@ -106,11 +106,24 @@ def run(
         fail(str(err))
     console.print(
         f"run {summary.run_id}: {summary.status}; generated {summary.generated} samples "
-        f"({summary.expected - summary.planned} already stored, {summary.failed} failed) in {summary.seconds:.1f} s"
+        f"({summary.expected - summary.planned} already stored, {summary.failed} failed, "
+        f"{summary.skipped} skipped by the canary) in {summary.seconds:.1f} s"
     )
+    report_canary(summary)
     console.print(f"results: {summary.results}  (log: {summary.results}/runs/{summary.run_id}/run.log)")
-    if summary.failed:
+    if summary.failed or summary.skipped:
         raise typer.Exit(1)
+
+
+def report_canary(summary) -> None:
+    from omk_ray.results.store import ResultsStore
+
+    run_log = next(r for r in ResultsStore(summary.results).runs() if r.run_id == summary.run_id)
+    for variant, result in run_log.manifest().get("canary", {}).items():
+        verdict = "[green]passed[/]" if result["passed"] else "[red]FAILED[/]"
+        console.print(f"canary {variant}: {verdict}")
+        for reason in result["reasons"]:
+            console.print(f"  - {reason}")
 
 
 @app.command()

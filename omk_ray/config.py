@@ -137,12 +137,24 @@ class BenchSpec(_Strict):
         return value
 
 
+class CanarySpec(_Strict):
+    """A generation-mode gate: the first `docs` problems of every bench run first and must pass
+    the structural rules (omk_ray.analysis.canary) before the variant's full run."""
+
+    enabled: bool = True
+    docs: int = Field(8, ge=1, description="first N docs of every bench")
+    on_fail: Literal["skip", "continue"] = Field("skip", description="skip the variant's full run, or only record it")
+    max_empty_rate: float = Field(0.05, ge=0, le=1)
+    min_p10_tokens: float = Field(1, ge=0)
+
+
 class FarmSpec(_Strict):
     shard_size: int = Field(16, ge=1, description="docs per work unit")
     max_retries: int = Field(2, ge=0, description="retries of a unit after a failure")
     max_engines: int | None = Field(None, ge=1, description="cap on engine actors alive at once")
     cpus_per_engine: float = Field(1, gt=0)
     engine_start_timeout_s: float = Field(900, gt=0)
+    canary: CanarySpec = CanarySpec()
 
 
 class GridConfig(_Strict):

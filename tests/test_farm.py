@@ -169,3 +169,29 @@ def test_driver_killed_mid_run_then_resumed(tmp_path, tiny_gemma4):
     assert set(before) <= set(after)
     runs = [r.manifest()["status"] for r in store.runs()]
     assert runs == ["running", "finished"]  # the killed run never got to close its manifest
+
+
+def test_canary_gates_the_full_run(tmp_path, tiny_gemma4, local_ray):
+    """A random model answers nothing right: its canary fails and its full run is skipped."""
+    bench = write_bench(tmp_path / "b.jsonl", 20)
+    grid = load_grid(write_grid(
+        tmp_path / "grid.yaml",
+        [hf_variant("random", tiny_gemma4)],
+        [{"name": "copy", "kind": "jsonl", "source": str(bench)}],
+        farm={"shard_size": 4, "canary": {"enabled": True, "docs": 5}},
+    ))
+    summary = run_grid(grid, tmp_path / "results", show_progress=False)
+    assert summary.status == "finished_with_skips"
+    assert summary.generated == 5 and summary.skipped == 15
+    assert sorted(k[3] for k in stored_keys(tmp_path / "results")) == ["q0", "q1", "q2", "q3", "q4"]
+    run = ResultsStore(tmp_path / "results").runs()[-1]
+    canary = run.manifest()["canary"]["random"]
+    assert not canary["passed"] and any("every score is exactly 0" in r for r in canary["reasons"])
+    assert [e["samples"] for e in run.events() if e["event"] == "variant_skipped"] == [15]
+
+    # on_fail: continue records the verdict and runs everything; the canary samples are reused
+    grid = grid.model_copy(update={"farm": grid.farm.model_copy(update={
+        "canary": grid.farm.canary.model_copy(update={"on_fail": "continue"})})})
+    again = run_grid(grid, tmp_path / "results", show_progress=False)
+    assert again.generated == 15 and again.status == "finished"
+    assert not ResultsStore(tmp_path / "results").runs()[-1].manifest()["canary"]["random"]["passed"]

@@ -34,6 +34,7 @@ class BenchWork:
     samples: list[tuple[Doc, int]]  # (doc, repeat)
     expected: int  # samples the grid asks for, done or not
     tokens_per_sample: float
+    doc_order: list[str] = field(default_factory=list)  # every doc id of the bench, in order
 
     @property
     def est_tokens(self) -> float:
@@ -158,7 +159,8 @@ def make_plan(
                 if (fp, rh, spec.name, doc.id, r) not in done
             ]
             per_sample = observed.get(spec.name) or recipe.generation_budget / 2
-            work.append(BenchWork(v.name, spec.name, recipe, samples, len(docs) * recipe.repeats, per_sample))
+            work.append(BenchWork(v.name, spec.name, recipe, samples, len(docs) * recipe.repeats, per_sample,
+                                  [d.id for d in docs]))
     return Plan(grid, fingerprints, model_paths, work, revisions)
 
 

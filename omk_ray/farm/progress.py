@@ -15,7 +15,7 @@ class FarmProgress:
         self.console = console or Console(stderr=True)
         self.enabled = enabled
         self.started = time.monotonic()
-        self.samples = self.units = self.failed = self.tokens = 0
+        self.samples = self.units = self.failed = self.skipped = self.tokens = 0
         self.bar = Progress(
             TextColumn("[bold]samples"),
             BarColumn(),
@@ -40,8 +40,9 @@ class FarmProgress:
             self.live.update(self._render())
             self.live.__exit__(*exc)
 
-    def advance(self, samples: int = 0, units: int = 0, tokens: int = 0, failed: int = 0) -> None:
+    def advance(self, samples: int = 0, units: int = 0, tokens: int = 0, failed: int = 0, skipped: int = 0) -> None:
         self.samples += samples
+        self.skipped += skipped
         self.units += units
         self.tokens += tokens
         self.failed += failed
@@ -49,7 +50,9 @@ class FarmProgress:
         rate = f"{self.samples / elapsed:.1f} samples/s  {self.units} units  {self.tokens:,} tokens"
         if self.failed:
             rate += f"  [red]failed {self.failed}"
-        self.bar.update(self.task, completed=self.samples + self.failed, rate=rate)
+        if self.skipped:
+            rate += f"  [yellow]skipped {self.skipped} (canary)"
+        self.bar.update(self.task, completed=self.samples + self.failed + self.skipped, rate=rate)
         if self.enabled:
             self.live.update(self._render())
 

@@ -32,6 +32,7 @@ class RunSummary:
     planned: int
     generated: int
     failed: int
+    skipped: int
     seconds: float
     status: str
     engines: list[dict] = field(default_factory=list)
@@ -55,6 +56,19 @@ def versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             out[pkg] = None
     return out
+
+
+def canary_judge(grid: GridConfig):
+    """The canary rules of `omk_ray.analysis.canary`, with the grid's thresholds."""
+    from omk_ray.analysis.canary import evaluate_canary, rules_for
+
+    spec = grid.farm.canary
+
+    def judge(variant: str, rows):
+        rules = rules_for(grid, variant, max_empty_rate=spec.max_empty_rate, min_p10_tokens=spec.min_p10_tokens)
+        return evaluate_canary(rows, rules)
+
+    return judge
 
 
 def run_grid(
@@ -109,10 +123,15 @@ def run_grid(
             connect(address)
             manifest["cluster_resources"] = ray.cluster_resources()
             progress = FarmProgress(plan.missing, enabled=show_progress)
-            scheduler = Scheduler(plan, store, runlog, progress=progress, on_unit=on_unit)
+            judge = canary_judge(grid) if grid.farm.canary.enabled else None
+            scheduler = Scheduler(plan, store, runlog, progress=progress, on_unit=on_unit, canary=judge)
             with progress:
                 scheduler.run()
-        status = "finished" if not scheduler or not scheduler.failed_samples else "finished_with_failures"
+        status = "finished"
+        if scheduler and scheduler.skipped_samples:
+            status = "finished_with_skips"
+        if scheduler and scheduler.failed_samples:
+            status = "finished_with_failures"
     except KeyboardInterrupt:
         status = "interrupted"
         raise
@@ -124,6 +143,8 @@ def run_grid(
             seconds=round(time.monotonic() - t0, 2),
             generated_samples=scheduler.generated if scheduler else 0,
             failed_samples=scheduler.failed_samples if scheduler else 0,
+            skipped_samples=scheduler.skipped_samples if scheduler else 0,
+            canary=scheduler.canary_results if scheduler else {},
             engines=engines,
             gpus=sorted({g for e in engines if e["info"] for g in e["info"].get("gpus", [])}),
         )
@@ -137,6 +158,7 @@ def run_grid(
         planned=plan.missing,
         generated=manifest["generated_samples"],
         failed=manifest["failed_samples"],
+        skipped=manifest["skipped_samples"],
         seconds=manifest["seconds"],
         status=status,
         engines=engines,

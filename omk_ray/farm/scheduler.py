@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow.compute as pc
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -36,39 +37,64 @@ ACTOR_DIED = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError
 
 @dataclass
 class VariantQueue:
-    """A variant's missing samples, grouped by bench, longest-expected bench first."""
+    """A variant's missing samples, grouped by bench, longest-expected bench first.
+
+    With a canary, the first `canary_docs` docs of every bench are handed out first, and the
+    rest waits until the canary has been judged.
+    """
 
     groups: list[BenchWork]
+    canary_docs: int = 0
     pending: dict[str, deque] = field(default_factory=dict)
+    canary: dict[str, deque] = field(default_factory=dict)
+    canary_outstanding: int = 0
+    canary_state: str | None = None  # None (no canary), "pending", "passed", "failed"
     failed: bool = False
 
     def __post_init__(self) -> None:
         self.groups = sorted(self.groups, key=lambda w: w.tokens_per_sample, reverse=True)
-        self.pending = {w.bench: deque(w.samples) for w in self.groups}
+        for w in self.groups:
+            first = set(w.doc_order[: self.canary_docs])
+            self.canary[w.bench] = deque(s for s in w.samples if s[0].id in first)
+            self.pending[w.bench] = deque(s for s in w.samples if s[0].id not in first)
+        self.canary_outstanding = sum(len(q) for q in self.canary.values())
+        if self.canary_docs:
+            self.canary_state = "pending"
 
     @property
     def remaining(self) -> int:
-        return sum(len(q) for q in self.pending.values())
+        return sum(len(q) for q in (*self.pending.values(), *self.canary.values()))
 
     @property
     def remaining_tokens(self) -> float:
-        return sum(len(self.pending[w.bench]) * w.tokens_per_sample for w in self.groups)
+        return sum((len(self.pending[w.bench]) + len(self.canary[w.bench])) * w.tokens_per_sample for w in self.groups)
 
-    def cut(self, engines: int, max_size: int) -> tuple[BenchWork, list[tuple[Doc, int]]] | None:
-        size = max(1, min(max_size, math.ceil(self.remaining / (2 * max(engines, 1)))))
+    @property
+    def waiting_for_canary(self) -> bool:
+        return self.canary_state == "pending" and self.canary_outstanding > 0
+
+    def cut(self, engines: int, max_size: int) -> tuple[BenchWork, list[tuple[Doc, int]], bool] | None:
+        """The next unit (work, samples, is_canary), or None when nothing can be handed out now."""
+        source, is_canary = (self.canary, True) if self.canary_state == "pending" else (self.pending, False)
+        left = sum(len(q) for q in source.values())
+        size = max(1, min(max_size, math.ceil(left / (2 * max(engines, 1)))))
         for w in self.groups:
-            queue = self.pending[w.bench]
+            queue = source[w.bench]
             if queue:
-                return w, [queue.popleft() for _ in range(min(size, len(queue)))]
+                return w, [queue.popleft() for _ in range(min(size, len(queue)))], is_canary
         return None
 
-    def put_back(self, bench: str, samples: list[tuple[Doc, int]]) -> None:
-        self.pending[bench].extendleft(reversed(samples))
+    def put_back(self, bench: str, samples: list[tuple[Doc, int]], is_canary: bool) -> None:
+        (self.canary if is_canary else self.pending)[bench].extendleft(reversed(samples))
 
     def drain(self) -> list[tuple[str, list[tuple[Doc, int]]]]:
-        out = [(b, list(q)) for b, q in self.pending.items() if q]
-        for q in self.pending.values():
-            q.clear()
+        out = []
+        for bench in self.pending:
+            samples = [*self.canary[bench], *self.pending[bench]]
+            if samples:
+                out.append((bench, samples))
+            self.canary[bench].clear()
+            self.pending[bench].clear()
         return out
 
 
@@ -83,6 +109,7 @@ class Slot:
     info: dict | None = None
     unit: WorkUnit | None = None
     work: BenchWork | None = None
+    is_canary: bool = False
     ref: Any = None
     created: float = field(default_factory=time.monotonic)
     unit_started: float = 0.0
@@ -112,7 +139,7 @@ class EngineStats:
 
 
 class Scheduler:
-    def __init__(self, plan: Plan, store: ResultsStore, runlog: RunLog, progress=None, on_unit=None):
+    def __init__(self, plan: Plan, store: ResultsStore, runlog: RunLog, progress=None, on_unit=None, canary=None):
         self.plan = plan
         self.grid = plan.grid
         self.farm: FarmSpec = plan.grid.farm
@@ -120,18 +147,22 @@ class Scheduler:
         self.runlog = runlog
         self.progress = progress
         self.on_unit = on_unit  # hook called after each shard is written (tests, jobs)
+        self.canary = canary  # (variant, rows) -> result with .passed, .reasons, .to_dict()
+        canary_docs = self.farm.canary.docs if canary is not None and self.farm.canary.enabled else 0
         variants = {v.name for v in self._variants()}
         by_variant: dict[str, list[BenchWork]] = {}
         for w in plan.work:
             if w.variant in variants and w.samples:
                 by_variant.setdefault(w.variant, []).append(w)
-        self.queues = {v: VariantQueue(ws) for v, ws in by_variant.items()}
+        self.queues = {v: VariantQueue(ws, canary_docs) for v, ws in by_variant.items()}
+        self.canary_results: dict[str, dict] = {}
         self.slots: list[Slot] = []
         self.retired: list[EngineStats] = []
         self.attempts: dict[tuple, int] = {}
         self.start_failures: dict[str, int] = {}
         self.generated = 0
         self.failed_samples = 0
+        self.skipped_samples = 0
         self.units_done = 0
         self._counter = 0
         self.gpu_mode, self.capacity = self._capacity()
@@ -218,9 +249,10 @@ class Scheduler:
         engines = sum(1 for s in self.slots if s.variant == slot.variant)
         cut = None if queue.failed else queue.cut(engines, self.farm.shard_size)
         if cut is None:
-            self._retire(slot)
+            if not queue.waiting_for_canary:
+                self._retire(slot)
             return
-        work, samples = cut
+        work, samples, slot.is_canary = cut
         self._counter += 1
         unit = WorkUnit(
             id=f"{self.runlog.run_id}-{self._counter:06d}",
@@ -242,7 +274,7 @@ class Scheduler:
             key = (unit.variant, unit.bench.name, doc.id, repeat)
             self.attempts[key] = self.attempts.get(key, 0) + 1
             (retry if self.attempts[key] <= self.farm.max_retries else given_up).append((doc, repeat))
-        self.queues[unit.variant].put_back(unit.bench.name, retry)
+        self.queues[unit.variant].put_back(unit.bench.name, retry, slot.is_canary)
         self.runlog.event(
             "engine_died" if actor_died else "unit_failed",
             engine=slot.name, variant=unit.variant, bench=unit.bench.name, unit=unit.id,
@@ -250,6 +282,8 @@ class Scheduler:
         )
         if given_up:
             self._give_up(unit.variant, unit.bench.name, given_up, f"failed {self.farm.max_retries + 1} times: {error[-500:]}")
+            if slot.is_canary:
+                self._canary_progress(unit.variant, len(given_up))
         slot.unit = slot.ref = slot.work = None
 
     def _give_up(self, variant: str, bench: str, samples: list[tuple[Doc, int]], reason: str) -> None:
@@ -273,6 +307,37 @@ class Scheduler:
             self.progress.advance(samples=table.num_rows, units=1, tokens=tokens)
         if self.on_unit:
             self.on_unit(unit, table)
+        if slot.is_canary:
+            self._canary_progress(unit.variant, len(unit.samples))
+
+    # -- canary ------------------------------------------------------------------------------
+
+    def _canary_progress(self, variant: str, finished: int) -> None:
+        queue = self.queues[variant]
+        queue.canary_outstanding -= finished
+        if queue.canary_state == "pending" and queue.canary_outstanding <= 0:
+            self._judge(variant)
+
+    def _judge(self, variant: str) -> None:
+        """Judge a variant's canary samples (stored now, whichever run made them)."""
+        queue = self.queues[variant]
+        where = None
+        for w in queue.groups:
+            part = (pc.field("bench") == w.bench) & pc.field("doc_id").isin(w.doc_order[: queue.canary_docs])
+            part &= pc.field("recipe_hash") == w.recipe.hash
+            where = part if where is None else where | part
+        where &= pc.field("variant_fingerprint") == self.plan.fingerprints[variant]
+        result = self.canary(variant, self.store.read(filter=where))
+        queue.canary_state = "passed" if result.passed else "failed"
+        self.canary_results[variant] = result.to_dict()
+        self.runlog.event("canary", variant=variant, passed=result.passed, reasons=result.reasons)
+        if not result.passed and self.farm.canary.on_fail == "skip":
+            skipped = sum(len(samples) for _, samples in queue.drain())
+            self.skipped_samples += skipped
+            self.runlog.event("variant_skipped", variant=variant, samples=skipped,
+                              reason="canary failed: " + "; ".join(result.reasons))
+            if self.progress:
+                self.progress.advance(skipped=skipped)
 
     def _engine_failed_to_start(self, slot: Slot, error: str) -> None:
         self._retire(slot)
@@ -288,6 +353,9 @@ class Scheduler:
     # -- the loop ----------------------------------------------------------------------------
 
     def run(self) -> None:
+        for variant, queue in self.queues.items():
+            if queue.canary_state == "pending" and queue.canary_outstanding == 0:
+                self._judge(variant)  # its canary samples were stored by an earlier run
         try:
             while True:
                 self._start_engines()
