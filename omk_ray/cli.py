@@ -95,6 +95,7 @@ def run(
 
     Rerunning the same command resumes: only samples not yet in RESULTS are generated.
     """
+    from omk_ray.farm.builds import BuildFailed
     from omk_ray.farm.planner import PlanError
     from omk_ray.farm.runner import run_grid
 
@@ -102,7 +103,7 @@ def run(
     try:
         summary = run_grid(grid, results, address=address, variants=variant, limit_docs=limit,
                            show_progress=not no_progress)
-    except PlanError as err:
+    except (PlanError, BuildFailed) as err:
         fail(str(err))
     console.print(
         f"run {summary.run_id}: {summary.status}; generated {summary.generated} samples "

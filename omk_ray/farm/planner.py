@@ -70,7 +70,7 @@ class Plan:
 
 def variant_fingerprint(variant: VariantSpec, model_path: str) -> str:
     """Identity of a variant's outputs: its name, weights and the engine settings that change tokens."""
-    weights: dict[str, object] = {"model": variant.model_ref, "revision": variant.revision}
+    weights: dict[str, object] = {"model": variant.model_ref, "revision": variant.revision, "build": variant.build}
     folder = Path(model_path)
     if folder.is_dir():
         weights["files"] = sorted(

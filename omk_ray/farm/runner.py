@@ -16,6 +16,7 @@ import ray
 
 from omk_ray import __version__
 from omk_ray.config import GridConfig, grid_to_dict
+from omk_ray.farm.builds import artifact_root, build_variants
 from omk_ray.farm.planner import Plan, make_plan
 from omk_ray.farm.progress import FarmProgress
 from omk_ray.farm.scheduler import Scheduler
@@ -83,7 +84,12 @@ def run_grid(
     plan: Plan | None = None,
 ) -> RunSummary:
     store = ResultsStore(results_root)
-    plan = plan or make_plan(grid, store, variants=variants, limit_docs=limit_docs)
+    if plan is None:
+        model_paths = {}
+        if any(v.build for v in grid.variants):
+            connect(address)
+            model_paths = build_variants(grid, artifact_root(grid, results_root), variants)
+        plan = make_plan(grid, store, model_paths=model_paths, variants=variants, limit_docs=limit_docs)
     runlog = store.new_run(run_id)
     runlog.folder.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(runlog.log_path)

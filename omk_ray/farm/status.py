@@ -31,7 +31,8 @@ def grid_status(store: ResultsStore, run: RunLog | None = None) -> list[CellStat
     run = run or latest_run(store)
     manifest = run.manifest()
     grid = parse_grid(manifest["config"], f"{run.manifest_path}:config")
-    plan = make_plan(grid, store, variants=manifest.get("variants"), limit_docs=manifest.get("limit_docs"))
+    plan = make_plan(grid, store, model_paths=manifest.get("model_paths"), variants=manifest.get("variants"),
+                     limit_docs=manifest.get("limit_docs"))
     failures: dict[tuple[str, str], set[str]] = {}
     reasons: dict[tuple[str, str], list[str]] = {}
     for event in run.events():
