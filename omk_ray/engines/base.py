@@ -42,6 +42,7 @@ class Engine(ABC):
     """An engine holds one variant's weights and answers batches of requests."""
 
     kind: str = ""
+    uses_accelerator: bool = True  # False for engines that hold no model (HTTP clients, replay, echo)
 
     def __init__(self, variant: VariantSpec, model_path: str):
         self.variant = variant

@@ -16,6 +16,7 @@ from omk_ray.engines.base import Completion, Engine, Request
 
 class EchoEngine(Engine):
     kind = "echo"
+    uses_accelerator = False
 
     def __init__(self, variant: VariantSpec, model_path: str):
         super().__init__(variant, model_path)

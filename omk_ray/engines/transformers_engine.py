@@ -17,12 +17,17 @@ class TransformersEngine(TokenEngine):
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = variant.engine_args.dtype
+        # tensor_parallel_size > 1: the actor holds that many GPUs; accelerate spreads the layers.
+        spread = self.device == "cuda" and variant.engine_args.tensor_parallel_size > 1
         self.model = AutoModelForCausalLM.from_pretrained(
             model_path,
             revision=variant.revision,
             dtype="auto" if dtype == "auto" else getattr(torch, dtype),
+            **({"device_map": "auto"} if spread else {}),
             **variant.engine_args.extra,
-        ).to(self.device)
+        )
+        if not spread:
+            self.model.to(self.device)
         self.model.eval()
         self.batch_size = variant.engine_args.batch_size
         config_eos = self.model.generation_config.eos_token_id
@@ -52,8 +57,9 @@ class TransformersEngine(TokenEngine):
     def _generate_batch(self, prompts: list[list[int]], cap: int, seed: int, params: GenParams) -> list[RawOutput]:
         torch = self.torch
         width = max(len(p) for p in prompts)
-        input_ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompts], device=self.device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        device = self.model.device
+        input_ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompts], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
         stop_ids = [*self.eos_ids, *params.stop_token_ids]
         sample = params.temperature > 0
         kwargs = dict(

@@ -27,6 +27,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from omk_ray.benches import Doc
 from omk_ray.config import FarmSpec, VariantSpec
+from omk_ray.engines import engine_class
 from omk_ray.farm.actor import EngineActor, WorkUnit
 from omk_ray.farm.planner import BenchWork, Plan
 from omk_ray.results.store import ResultsStore, RunLog
@@ -180,6 +181,8 @@ class Scheduler:
         return False, max(resources.get("CPU", 1), self.farm.cpus_per_engine)
 
     def _cost(self, variant: VariantSpec) -> float:
+        if not engine_class(variant.engine).uses_accelerator:
+            return 0.0 if self.gpu_mode else self.farm.cpus_per_engine
         return variant.engine_args.tensor_parallel_size if self.gpu_mode else self.farm.cpus_per_engine
 
     def _free(self) -> float:
@@ -199,6 +202,8 @@ class Scheduler:
                 engines = sum(1 for s in self.slots if s.variant == variant.name)
                 if queue.remaining <= engines:
                     continue  # every engine of this variant already has a sample to work on
+                if engines and not engine_class(variant.engine).uses_accelerator:
+                    continue  # a client of a server or a replay: one actor per variant is enough
                 share = queue.remaining_tokens / (engines + 1)
                 if share > best_share and self._cost(variant) <= self._free() + 1e-9:
                     best, best_share = variant, share
@@ -212,7 +217,9 @@ class Scheduler:
         tp = variant.engine_args.tensor_parallel_size
         options: dict[str, Any] = {"name": name, "namespace": NAMESPACE, "max_restarts": 0}
         pg = None
-        if self.gpu_mode and tp > 1 and variant.engine == "vllm":
+        if not engine_class(variant.engine).uses_accelerator:
+            options.update(num_cpus=min(1.0, self.farm.cpus_per_engine), num_gpus=0)
+        elif self.gpu_mode and tp > 1 and variant.engine == "vllm":
             # vLLM's Ray executor puts one worker per bundle; STRICT_PACK keeps them on one node.
             pg = placement_group([{"GPU": 1, "CPU": 1}] * tp, strategy="STRICT_PACK")
             options.update(num_cpus=0, num_gpus=0, scheduling_strategy=PlacementGroupSchedulingStrategy(
