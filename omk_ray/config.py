@@ -229,6 +229,8 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
             value = item.get(key) if isinstance(item, dict) else None
             if isinstance(value, str) and not Path(value).is_absolute() and (base / value).exists():
                 item[key] = str((base / value).resolve())
+    if isinstance(raw.get("artifacts"), str) and not Path(raw["artifacts"]).is_absolute():
+        raw["artifacts"] = str((base / raw["artifacts"]).resolve())
 
 
 def parse_grid(raw: Any, source: str = "<config>", base_dir: Path | None = None) -> GridConfig:
@@ -254,7 +256,7 @@ def load_grid(path: str | Path) -> GridConfig:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    return parse_grid(raw, str(path), path.parent)
+    return parse_grid(raw, str(path), path.resolve().parent)  # resolve(): a linked config keeps its real folder
 
 
 def grid_to_dict(grid: GridConfig) -> dict[str, Any]:

@@ -7,11 +7,22 @@ import os
 from pathlib import Path
 
 import pytest
+import ray
 import yaml
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture
+def local_ray():
+    """A real local Ray with 2 CPUs, shut down after the test."""
+    from omk_ray.farm.scheduler import NAMESPACE
+
+    ray.init(num_cpus=2, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import ray
 
 from conftest import hf_variant, vllm_variant, write_bench, write_grid
@@ -31,13 +30,6 @@ def planned_keys(grid, store=None) -> set[tuple]:
 def stored_keys(results: Path) -> list[tuple]:
     table = ResultsStore(results).read(columns=list(RESUME_KEY))
     return list(iter_keys(table))
-
-
-@pytest.fixture
-def local_ray():
-    ray.init(num_cpus=2, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def test_grid_with_both_engines_in_actors(tmp_path, tiny_gemma4, local_ray):

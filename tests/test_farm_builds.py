@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import ray
 from typer.testing import CliRunner
 
@@ -12,15 +11,7 @@ from conftest import hf_variant, write_bench, write_grid
 from omk_ray.cli import app
 from omk_ray.config import load_grid
 from omk_ray.farm.runner import run_grid
-from omk_ray.farm.scheduler import NAMESPACE
 from omk_ray.results.store import ResultsStore
-
-
-@pytest.fixture
-def local_ray():
-    ray.init(num_cpus=2, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def arm(name, base, drop_map):

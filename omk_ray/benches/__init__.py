@@ -5,25 +5,29 @@ Add a bench type with `register_bench("kind", "package.module:Class")`.
 
 from __future__ import annotations
 
-import importlib
-
 from omk_ray.benches.base import Bench, Doc, Score
 from omk_ray.config import BenchSpec
+from omk_ray.registry import Registry
 
-BENCHES: dict[str, str] = {
+BENCHES = Registry("bench kind", {
     "jsonl": "omk_ray.benches.jsonl:JsonlBench",
-}
+    "lmeval": "omk_ray.benches.lmeval:LmEvalBench",
+    "humaneval": "omk_ray.benches.humaneval:HumanEvalBench",
+    "humaneval_plus": "omk_ray.benches.humaneval:HumanEvalPlusBench",
+    "mbpp": "omk_ray.benches.mbpp:MbppBench",
+    "livecodebench": "omk_ray.benches.livecodebench:LiveCodeBench",
+})
 
 
 def register_bench(kind: str, target: str) -> None:
-    BENCHES[kind] = target
+    BENCHES.register(kind, target)
 
 
 def make_bench(spec: BenchSpec) -> Bench:
-    if spec.kind not in BENCHES:
-        raise KeyError(f"bench {spec.name!r}: unknown bench kind {spec.kind!r}; known: {', '.join(sorted(BENCHES))}")
-    module, _, name = BENCHES[spec.kind].partition(":")
-    return getattr(importlib.import_module(module), name)(spec)
+    try:
+        return BENCHES.load(spec.kind)(spec)
+    except KeyError as err:
+        raise KeyError(f"bench {spec.name!r}: {err.args[0]}") from None
 
 
 __all__ = ["BENCHES", "Bench", "Doc", "Score", "make_bench", "register_bench"]

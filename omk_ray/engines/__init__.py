@@ -5,26 +5,24 @@ Add a backend with `register_engine("name", "package.module:Class")`; nothing el
 
 from __future__ import annotations
 
-import importlib
-
 from omk_ray.engines.base import Completion, Engine, Request
+from omk_ray.registry import Registry
 
-ENGINES: dict[str, str] = {
+ENGINES = Registry("engine", {
     "vllm": "omk_ray.engines.vllm_engine:VLLMEngine",
     "transformers": "omk_ray.engines.transformers_engine:TransformersEngine",
     "echo": "omk_ray.engines.echo:EchoEngine",
-}
+    "openai": "omk_ray.engines.openai_engine:OpenAIEngine",
+    "replay": "omk_ray.engines.replay:ReplayEngine",
+})
 
 
 def register_engine(kind: str, target: str) -> None:
-    ENGINES[kind] = target
+    ENGINES.register(kind, target)
 
 
 def engine_class(kind: str) -> type[Engine]:
-    if kind not in ENGINES:
-        raise KeyError(f"unknown engine {kind!r}; known engines: {', '.join(sorted(ENGINES))}")
-    module, _, name = ENGINES[kind].partition(":")
-    return getattr(importlib.import_module(module), name)
+    return ENGINES.load(kind)
 
 
 __all__ = ["ENGINES", "Completion", "Engine", "Request", "engine_class", "register_engine"]
