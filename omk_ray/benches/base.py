@@ -26,6 +26,7 @@ class Score:
     correct: bool
     extracted: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    detail: str | None = None  # why it failed, when the scorer knows (e.g. "test 4: got 7, expected 6")
 
 
 class Bench(ABC):
@@ -40,6 +41,10 @@ class Bench(ABC):
 
     @abstractmethod
     def score(self, doc: Doc, completion: Completion) -> Score: ...
+
+    def score_many(self, pairs: list[tuple[Doc, Completion]]) -> list[Score]:
+        """Score a unit's answers; benches that run programs override this to run them in parallel."""
+        return [self.score(doc, completion) for doc, completion in pairs]
 
     @property
     def dataset_revision(self) -> str | None:

@@ -1,9 +1,71 @@
-"""`omk-ray` subcommands of this area; `omk_ray.cli` calls `register(app)` at start-up."""
+"""`omk-ray fetch-data`; `omk_ray.cli` calls `register(app)` at start-up."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
 
 
+def _fail(message: str, code: int = 2) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    raise typer.Exit(code)
+
+
 def register(app: typer.Typer) -> None:
-    pass
+    @app.command("fetch-data")
+    def fetch_data(
+        config: Path = typer.Argument(..., help="grid config (YAML) whose benches to fetch"),
+        cache: Optional[Path] = typer.Option(
+            None, "--cache", help="data cache folder (default: $OMK_RAY_DATA_CACHE or ~/.cache/omk-ray/data)"),
+        bench: Optional[list[str]] = typer.Option(None, "--bench", help="only these benches (repeatable)"),
+    ) -> None:
+        """Download every bench's data once (hub dataset split at its revision, NLTK data) into a cache.
+
+        Run it where the Hugging Face hub is reachable; then point OMK_RAY_DATA_CACHE at the
+        folder on every node, so runs read local files only. Gated datasets (GPQA) need HF_TOKEN.
+        Benches with `source: file.jsonl|.parquet` are only checked. Exits 1 if any bench failed.
+        """
+        from rich.console import Console
+        from rich.markup import escape
+        from rich.table import Table
+
+        from omk_ray.benches import make_bench
+        from omk_ray.benches.data import DataError, default_cache, is_local_source, read_local
+        from omk_ray.config import ConfigError, load_grid
+
+        try:
+            grid = load_grid(config)
+        except ConfigError as err:
+            _fail(str(err))
+        unknown = set(bench or []) - {b.name for b in grid.benches}
+        if unknown:
+            _fail(f"unknown benches {sorted(unknown)}; the grid has {[b.name for b in grid.benches]}")
+        cache = Path(cache or default_cache())
+        cache.mkdir(parents=True, exist_ok=True)
+        table = Table(title=f"bench data in {cache}", title_justify="left")
+        for column in ("bench", "status", "detail"):
+            table.add_column(column)
+        failed = 0
+        for spec in grid.benches:
+            if bench and spec.name not in bench:
+                continue
+            try:
+                runner = make_bench(spec)
+                if hasattr(runner, "fetch_data"):
+                    lines = runner.fetch_data(cache)
+                elif is_local_source(spec.source):
+                    lines = [f"local data: {len(read_local(spec.source).rows)} rows"]
+                else:
+                    lines = ["nothing to fetch: the bench loads its own data"]
+                table.add_row(escape(spec.name), "ok", escape("\n".join(lines)))
+            except (DataError, OSError, ValueError, KeyError) as err:
+                failed += 1
+                table.add_row(escape(spec.name), "[red]failed[/]", escape(str(err)))
+        Console(width=200).print(table)
+        if failed:
+            raise typer.Exit(1)

