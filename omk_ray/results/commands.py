@@ -1,0 +1,153 @@
+"""`omk-ray import lm-eval|lcb` and `omk-ray rescore`; `omk_ray.cli` calls `register(app)` at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def _fail(message: str, code: int = 2) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _warn(message: str) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True).print(f"[yellow]{escape(message)}[/]", highlight=False)
+
+
+def _print_rows(rows: list[dict], title: str) -> None:
+    if not rows:
+        return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for key in rows[0]:
+        table.add_column(key)
+    for row in rows:
+        table.add_row(*(escape(str(v)) for v in row.values()))
+    Console().print(table)
+
+
+def _load_grid(path: Path | None):
+    if path is None:
+        return None
+    from omk_ray.config import ConfigError, load_grid
+
+    try:
+        return load_grid(path)
+    except ConfigError as err:
+        _fail(str(err))
+
+
+def _pairs(values: list[str], option: str) -> dict[str, str]:
+    out = {}
+    for value in values:
+        key, sep, metric = value.partition("=")
+        if not sep or not key or not metric:
+            raise typer.BadParameter(f"{value!r}: expected TASK=METRIC,FILTER, e.g. gsm8k=exact_match,flexible-extract",
+                                     param_hint=option)
+        out[key] = metric
+    return out
+
+
+def _report_imports(reports) -> None:
+    rows = []
+    for r in reports:
+        for key, (logged, ours) in (r.aggregates or {"-": (float("nan"), float("nan"))}).items():
+            rows.append({"bench": r.bench, "task": r.task, "samples": r.rows, "metric": key,
+                         "logged": f"{logged:.4f}", "from rows": f"{ours:.4f}",
+                         "reproduced": "yes" if r.reproduced else "NO"})
+    _print_rows(rows, "imported")
+    if not all(r.reproduced for r in reports):
+        _fail("some imported aggregates differ from the run's own results file (see 'reproduced')", code=1)
+
+
+def register(app: typer.Typer) -> None:
+    importer = typer.Typer(
+        help="Bring past runs (lm-eval logs, LiveCodeBench runner output) into a results folder as a variant.",
+        no_args_is_help=True,
+    )
+
+    @importer.command("lm-eval")
+    def import_lm_eval(
+        folder: Path = typer.Argument(..., help="folder with lm-eval samples_<task>_<date>.jsonl + results_<date>.json "
+                                                "(searched recursively)"),
+        variant: str = typer.Option(..., "--variant", "-v", help="variant name the imported rows get"),
+        results: Path = typer.Option(..., "--results", "-r", help="results folder to import into"),
+        config: Optional[Path] = typer.Option(
+            None, "--config", help="grid whose benches name the tasks (bench options.task), primary metrics and ids"),
+        primary_metric: list[str] = typer.Option(
+            [], "--primary-metric", help="TASK=METRIC,FILTER: the metric that becomes `score` (repeatable)"),
+    ) -> None:
+        """Import lm-eval per-sample logs: one row per doc, every metric of every filter in its metric map.
+
+        Prints each aggregate of the run's results file next to the same aggregate recomputed
+        from the imported rows; exits 1 if any differs.
+        """
+        from omk_ray.results.importers import LogImportError, import_lmeval
+
+        grid = _load_grid(config)
+        try:
+            reports = import_lmeval(folder, variant, results, grid, _pairs(primary_metric, "--primary-metric"))
+        except (LogImportError, OSError, ValueError) as err:
+            _fail(str(err))
+        _report_imports(reports)
+
+    @importer.command("lcb")
+    def import_lcb_cmd(
+        file: Path = typer.Argument(..., help="the LCB runner's <name>.samples.jsonl (or its <name>.json)"),
+        variant: str = typer.Option(..., "--variant", "-v", help="variant name the imported rows get"),
+        results: Path = typer.Option(..., "--results", "-r", help="results folder to import into"),
+        bench: str = typer.Option("lcb_medium", "--bench", help="bench name of the rows"),
+    ) -> None:
+        """Import the upstream LiveCodeBench runner's per-problem samples (pass/fail, tokens, finish reason)."""
+        from omk_ray.results.importers import LogImportError, import_lcb
+
+        try:
+            report = import_lcb(file, variant, results, bench)
+        except (LogImportError, OSError, ValueError) as err:
+            _fail(str(err))
+        _report_imports([report])
+
+    app.add_typer(importer, name="import")
+
+    @app.command()
+    def rescore(
+        results: Path = typer.Argument(..., help="results folder"),
+        bench: Optional[str] = typer.Option(None, "--bench", help="only this bench"),
+        config: Optional[Path] = typer.Option(None, "--config", help="grid that defines the benches (default: the "
+                                                                     "grids recorded by runs and imports)"),
+        dry_run: bool = typer.Option(False, "--dry-run", help="count what would change; write nothing"),
+    ) -> None:
+        """Score stored responses again with the current scorers (no generation).
+
+        A sample whose score or scorer version changes keeps its previous score in its metric
+        map as `score@<previous scorer version>`. Prints how many samples changed score per bench.
+        """
+        from omk_ray.benches.data import DataError
+        from omk_ray.results.rescore import RescoreError, rescore as run_rescore
+
+        grid = _load_grid(config)
+        try:
+            reports = run_rescore(results, bench, grid, dry_run=dry_run)
+        except (RescoreError, DataError) as err:
+            _fail(str(err))
+        _print_rows([{"bench": r.bench, "samples": r.rows, "changed": r.changed, "scorer errors": r.errors,
+                      "previous scorers": ", ".join(sorted(r.scorer_versions)),
+                      "shards rewritten": 0 if dry_run else r.shards} for r in reports if not r.skipped],
+                    "rescored (dry run)" if dry_run else "rescored")
+        skipped = [r for r in reports if r.skipped]
+        for r in skipped:
+            _warn(f"skipped {r.bench}: {r.skipped}")
+        if skipped:
+            raise typer.Exit(1)

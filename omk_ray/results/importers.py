@@ -1,0 +1,329 @@
+"""Bring past runs into a results store, so earlier baselines stand as cohorts next to farm runs.
+
+`import_lmeval(DIR, ...)`: every lm-eval `samples_<task>_<date>.jsonl` under DIR with its
+`results_<date>.json`. lm-eval logs one line per doc and filter; omk-ray keeps one row per doc,
+all metrics of all filters in the metric map under lm-eval's keys (`exact_match,strict-match`),
+`score`/`correct` from the bench's primary metric, `extracted_answer` from that metric's filter.
+
+`import_lcb(FILE, ...)`: the upstream LiveCodeBench runner's `*.samples.jsonl` (one line per
+problem: task_id, passed, completion, cleaned code, token counts, finish_reason).
+
+Logs without token counts get nulls there and the metric flag `tokens_missing` = 1, so an
+analysis knows to estimate tokens from characters (chars / 4). The docs of imported lm-eval
+samples are kept next to the samples (`benches/<bench>.docs.jsonl`) with the bench's spec
+(`benches/<bench>.json`), so `omk-ray rescore` can score them again without the dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from omk_ray.benches.lmeval import aggregate, first_text, metric_values, resolve_primary
+from omk_ray.config import BenchSpec, GridConfig, Recipe, stable_hash
+from omk_ray.results.schema import rows_to_table
+from omk_ray.results.store import ResultsStore
+
+SAMPLES_NAME = re.compile(r"^samples_(?P<task>.+)_(?P<stamp>\d{4}-\d{2}-\d{2}T[\d.\-]+)\.jsonl$")
+TOKENS_MISSING = "tokens_missing"
+# Scorer used by `rescore` for code tasks imported from lm-eval: run the stored program + tests.
+PROGRAM_TESTS = "program_tests"
+
+
+class LogImportError(ValueError):
+    """A log that cannot be imported; the message names the file and the problem."""
+
+
+@dataclass
+class ImportReport:
+    bench: str
+    task: str
+    rows: int
+    source: str
+    shard: str
+    # aggregate key -> (value in the run's own results file, value recomputed from the imported rows)
+    aggregates: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    @property
+    def reproduced(self) -> bool:
+        return all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in self.aggregates.values())
+
+
+# -- lm-eval -------------------------------------------------------------------------------------
+
+
+def find_lmeval_logs(folder: Path) -> list[tuple[Path, Path, str]]:
+    """(samples file, results file, task) for every samples log under `folder`."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise LogImportError(f"{folder}: no such folder")
+    found = []
+    for samples in sorted(folder.rglob("samples_*.jsonl")):
+        match = SAMPLES_NAME.match(samples.name)
+        if not match:
+            continue
+        results = samples.with_name(f"results_{match['stamp']}.json")
+        if not results.is_file():
+            raise LogImportError(f"{samples}: no matching {results.name} beside it")
+        found.append((samples, results, match["task"]))
+    if not found:
+        raise LogImportError(f"{folder}: no lm-eval samples_<task>_<date>.jsonl files")
+    return found
+
+
+def import_lmeval(
+    folder: Path,
+    variant: str,
+    results_root: Path,
+    grid: GridConfig | None = None,
+    primary_metrics: dict[str, str] | None = None,
+) -> list[ImportReport]:
+    """Import every lm-eval log under `folder` as `variant`.
+
+    A grid maps tasks to its benches (the bench whose `options.task` names the task, or whose
+    name is the task) and supplies their primary metric and doc-id field; otherwise the bench is
+    named after the task. `primary_metrics` (task or bench -> "metric,filter") overrides both.
+    """
+    store = ResultsStore(results_root)
+    reports = []
+    for samples_path, results_path, task in find_lmeval_logs(folder):
+        spec = _bench_for_task(task, grid)
+        primary = (primary_metrics or {}).get(task) or (primary_metrics or {}).get(spec.name)
+        reports.append(_import_one(store, samples_path, results_path, task, spec, variant, primary))
+    return reports
+
+
+def _bench_for_task(task: str, grid: GridConfig | None) -> BenchSpec:
+    for b in grid.benches if grid else []:
+        if b.options.get("task") == task or (b.name == task and b.kind == "lmeval"):
+            return b
+    return BenchSpec(name=task, kind="lmeval", options={"task": task})
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise LogImportError(f"{path}:{n}: not JSON ({err})") from None
+    return rows
+
+
+def _import_one(
+    store: ResultsStore,
+    samples_path: Path,
+    results_path: Path,
+    task: str,
+    spec: BenchSpec,
+    variant: str,
+    primary: str | None,
+) -> ImportReport:
+    results = json.loads(results_path.read_text())
+    config = (results.get("configs") or {}).get(task) or {}
+    logged = (results.get("results") or {}).get(task)
+    if logged is None:
+        raise LogImportError(f"{results_path}: no results for task {task!r}")
+    samples = _read_jsonl(samples_path)
+
+    by_doc: dict[int, list[dict]] = {}
+    for s in samples:
+        for key in ("doc_id", "doc", "resps", "filtered_resps", "filter", "metrics"):
+            if key not in s:
+                raise LogImportError(f"{samples_path}: a sample of doc {s.get('doc_id')} has no {key!r}")
+        by_doc.setdefault(s["doc_id"], []).append(s)
+
+    metric_keys = [k for k in logged if "," in k and "_stderr" not in k]
+    primary = resolve_primary(primary or spec.options.get("primary_metric"), task,
+                              {"metric_list": config.get("metric_list"), "filter_list": config.get("filter_list")})
+    if metric_keys and primary not in metric_keys:
+        raise LogImportError(f"{results_path}: primary metric {primary!r} not among {metric_keys}")
+    code_task = any(k.startswith("pass@") for k in metric_keys)
+    if code_task:
+        spec = spec.model_copy(update={"kind": PROGRAM_TESTS, "options": {**spec.options, "task": task}})
+    spec = spec.model_copy(update={"options": {**spec.options, "primary_metric": primary}})
+
+    recipe = _recipe(results, config, samples[0])
+    fingerprint = stable_hash({"imported_from": results.get("model_name"), "variant": variant,
+                               "model_args": (results.get("config") or {}).get("model_args")})
+    started = _timestamp(results.get("date"))
+    scorer = f"lm-eval-{results.get('lm_eval_version')}:{task}@{(results.get('versions') or {}).get(task)}"
+    dataset = config.get("dataset_path")
+    revision = f"{dataset}{'/' + config['dataset_name'] if config.get('dataset_name') else ''}@unrecorded"
+    id_field = spec.options.get("id_field")
+    primary_filter = primary.split(",", 1)[1]
+
+    rows, docs = [], []
+    for doc_id, lines in sorted(by_doc.items()):
+        metrics: dict[str, float] = {}
+        filtered: dict[str, Any] = {}
+        for line in lines:
+            filtered[line["filter"]] = line["filtered_resps"]
+            for metric in line["metrics"]:
+                metrics.update(metric_values(f"{metric},{line['filter']}", line.get(metric)))
+        if primary not in metrics:
+            raise LogImportError(f"{samples_path}: doc {doc_id} has no {primary!r}")
+        metrics[TOKENS_MISSING] = 1.0
+        doc = lines[0]["doc"]
+        sample_id = str(doc[id_field]) if id_field and doc.get(id_field) is not None else str(doc_id)
+        value = metrics[primary]
+        rows.append({
+            "run_id": f"import-lm-eval-{results_path.stem.removeprefix('results_')}",
+            "cohort": recipe.cohort,
+            "variant": variant,
+            "variant_fingerprint": fingerprint,
+            "bench": spec.name,
+            "doc_id": sample_id,
+            "repeat": 0,
+            "prompt_hash": lines[0].get("prompt_hash"),
+            "finish_reason": None,
+            "response": first_text(lines[0]["resps"]),
+            "extracted_answer": _extracted(filtered.get(primary_filter), lines[0]["resps"]),
+            "target": None if lines[0].get("target") is None else str(lines[0]["target"]),
+            "score": value,
+            "correct": value >= 1.0,
+            "metrics": metrics,
+            "engine": "lm-eval-import",
+            "engine_version": results.get("lm_eval_version"),
+            "recipe_hash": recipe.hash,
+            "scorer_version": scorer,
+            "dataset_revision": revision,
+            "started_at": started,
+        })
+        docs.append({"doc_id": sample_id, "index": doc_id, "doc": doc})
+
+    report = ImportReport(spec.name, task, len(rows), str(samples_path), "")
+    maps = [r["metrics"] for r in rows]
+    for key in metric_keys:
+        report.aggregates[key] = (float(logged[key]), aggregate(maps, key))
+    report.shard = str(_write(store, rows, variant, spec.name, f"import-{task}"))
+    _write_bench_sidecar(store, spec, docs, source=str(samples_path))
+    return report
+
+
+def _extracted(filtered: Any, resps: Any) -> str | None:
+    """The primary filter's output, or None where it is the response itself (filter `none`)."""
+    text = first_text(filtered)
+    return None if text == first_text(resps) else text
+
+
+def _recipe(results: dict, config: dict, sample: dict) -> Recipe:
+    """The recipe the run used, as far as the log tells, so its hash and cohort mean what a farm run's do."""
+    gen = {**(config.get("generation_kwargs") or {}), **((results.get("config") or {}).get("gen_kwargs") or {})}
+    args = ((sample.get("arguments") or {}).get("gen_args_0") or {}).get("arg_0")
+    prompt = args[0] if isinstance(args, list) and args else args
+    chat = bool(results.get("chat_template")) or (isinstance(prompt, str) and prompt.lstrip().startswith("[{"))
+    temperature = float(gen.get("temperature", 0.0) or 0.0)
+    if gen.get("do_sample") is False:
+        temperature = 0.0
+    return Recipe(
+        chat_template=chat,
+        system_prompt=results.get("system_instruction"),
+        max_gen_toks=int(gen.get("max_gen_toks") or 256),
+        temperature=temperature,
+        top_p=float(gen.get("top_p", 1.0) or 1.0),
+        top_k=int(gen.get("top_k", 0) or 0),
+        stop=tuple(gen.get("until") or ()),
+    )
+
+
+def _timestamp(value: Any) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(float(value), tz=timezone.utc)
+    except (TypeError, ValueError):
+        return None
+
+
+# -- LiveCodeBench -------------------------------------------------------------------------------
+
+
+def import_lcb(path: Path, variant: str, results_root: Path, bench: str = "lcb_medium") -> ImportReport:
+    """Import the upstream LCB runner's per-problem samples (FILE.samples.jsonl, or its lcb_result.json)."""
+    path = Path(path)
+    samples_path = path if path.name.endswith(".samples.jsonl") else path.with_name(path.stem + ".samples.jsonl")
+    if not samples_path.is_file():
+        raise LogImportError(f"{path}: no LiveCodeBench samples file ({samples_path.name})")
+    summary_path = samples_path.with_name(samples_path.name.removesuffix(".samples.jsonl") + ".json")
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    samples = _read_jsonl(samples_path)
+    model = summary.get("name")
+    fingerprint = stable_hash({"imported_from": model, "variant": variant, "runner": "livecodebench"})
+    started = datetime.fromtimestamp(samples_path.stat().st_mtime, tz=timezone.utc)
+    rows = []
+    for s in samples:
+        for key in ("task_id", "passed", "completion"):
+            if key not in s:
+                raise LogImportError(f"{samples_path}: a sample ({s.get('task_id')}) has no {key!r}")
+        passed = bool(s["passed"])
+        tokens = {k: s.get(k) for k in ("prompt_tokens", "completion_tokens")}
+        metrics = {"pass@1": float(passed)}
+        if any(v is None for v in tokens.values()):
+            metrics[TOKENS_MISSING] = 1.0
+        rows.append({
+            "run_id": f"import-lcb-{samples_path.stem}",
+            "cohort": "greedy",
+            "variant": variant,
+            "variant_fingerprint": fingerprint,
+            "bench": bench,
+            "doc_id": str(s["task_id"]),
+            "repeat": 0,
+            **tokens,
+            "finish_reason": s.get("finish_reason"),
+            "response": s["completion"],
+            "extracted_answer": s.get("cleaned"),
+            "score": float(passed),
+            "correct": passed,
+            "metrics": metrics,
+            "latency_s": s.get("gen_secs"),
+            "engine": "lcb-import",
+            "scorer_version": "lcb-runner",
+            "dataset_revision": "livecodebench/code_generation_lite@unrecorded",
+            "started_at": started,
+        })
+    report = ImportReport(bench, "livecodebench", len(rows), str(samples_path), "")
+    if "pass_at_1" in summary:
+        report.aggregates["pass@1"] = (float(summary["pass_at_1"]), aggregate([r["metrics"] for r in rows], "pass@1"))
+    store = ResultsStore(results_root)
+    report.shard = str(_write(store, rows, variant, bench, "import-lcb"))
+    # Rescoring runs the problems' tests again: the livecodebench bench (its data from the cache).
+    _write_bench_sidecar(store, BenchSpec(name=bench, kind="livecodebench"), [], source=str(samples_path))
+    return report
+
+
+# -- writing -------------------------------------------------------------------------------------
+
+
+def _write(store: ResultsStore, rows: list[dict], variant: str, bench: str, unit: str) -> Path:
+    """One shard per imported log; importing the same log again replaces it."""
+    folder = store.samples_dir / variant / bench
+    old = sorted(folder.glob(f"part-{unit}-*.parquet")) if folder.is_dir() else []
+    path = store.write_shard(rows_to_table(rows), variant, bench, unit)
+    for p in old:
+        p.unlink()
+    return path
+
+
+def bench_sidecar_paths(root: Path, bench: str) -> tuple[Path, Path]:
+    folder = Path(root) / "benches"
+    return folder / f"{bench}.json", folder / f"{bench}.docs.jsonl"
+
+
+def _write_bench_sidecar(store: ResultsStore, spec: BenchSpec, docs: list[dict], source: str) -> None:
+    spec_path, docs_path = bench_sidecar_paths(store.root, spec.name)
+    spec_path.parent.mkdir(parents=True, exist_ok=True)
+    spec_path.write_text(json.dumps({"spec": spec.model_dump(mode="json"), "imported_from": source}, indent=2))
+    if not docs:
+        return
+    known = {}
+    if docs_path.is_file():
+        known = {d["doc_id"]: d for d in _read_jsonl(docs_path)}
+    known.update({d["doc_id"]: d for d in docs})
+    tmp = docs_path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(d) + "\n" for d in known.values()))
+    tmp.replace(docs_path)

@@ -1,0 +1,227 @@
+"""Score stored responses again with the current scorers, without generating anything.
+
+For each stored shard (optionally one bench), every row's response is scored by the bench's
+current scorer. A row whose score or scorer version changes keeps its previous score in the
+metric map as `score@<previous scorer version>`; the shard is rewritten in place, atomically
+(write aside, then rename), so a crash leaves either the old or the new shard.
+
+Where a bench's definition comes from, first found wins:
+  1. the grid given with `--config`;
+  2. the grids of the runs recorded in the store (`runs/*/manifest.json`);
+  3. what an import recorded (`benches/<bench>.json`, with the imported docs beside it).
+An lm-eval bench is scored from its docs (imported docs first, else its data); a code task
+imported from lm-eval (kind `program_tests`) runs the stored program (the task's filtered
+response) followed by its tests (the row's target) in the sandbox.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from omk_ray.benches import Doc, Score, make_bench
+from omk_ray.benches.data import DataError
+from omk_ray.config import BenchSpec, GridConfig, parse_grid
+from omk_ray.engines.base import Completion
+from omk_ray.results.importers import PROGRAM_TESTS, TOKENS_MISSING, bench_sidecar_paths
+from omk_ray.results.schema import SAMPLE_SCHEMA
+from omk_ray.results.store import ResultsStore
+
+KEEP_FLAGS = (TOKENS_MISSING, "thinking_budget_hit")
+
+
+class RescoreError(RuntimeError):
+    """A bench that cannot be scored again; the message says why."""
+
+
+@dataclass
+class BenchRescore:
+    bench: str
+    rows: int = 0
+    changed: int = 0
+    errors: int = 0
+    scorer_versions: set[str] = field(default_factory=set)
+    shards: int = 0
+    skipped: str | None = None  # why this bench could not be scored again
+
+
+# Scores a shard's rows at once (code benches run their programs in parallel); a failed row's
+# entry is the exception.
+Scorer = Callable[[list[dict[str, Any]]], list[Score | Exception]]
+
+
+def rescore(
+    results_root: str | Path,
+    bench: str | None = None,
+    grid: GridConfig | None = None,
+    dry_run: bool = False,
+) -> list[BenchRescore]:
+    store = ResultsStore(results_root)
+    shards = [p for p in store.shard_paths() if bench is None or p.parent.name == bench]
+    if not shards:
+        where = f"bench {bench!r} in " if bench else ""
+        raise RescoreError(f"no samples of {where}{store.root}")
+    specs = bench_specs(store, grid)
+    reports: dict[str, BenchRescore] = {}
+    scorers: dict[str, tuple[Scorer, str]] = {}
+    for shard in shards:
+        name = shard.parent.name
+        report = reports.setdefault(name, BenchRescore(name))
+        if report.skipped:
+            continue
+        try:
+            if name not in specs:
+                raise RescoreError(
+                    f"bench {name!r}: no definition found (give `--config GRID`, or import it with `omk-ray import`)"
+                )
+            if name not in scorers:
+                scorers[name] = make_scorer(store, specs[name])
+            _rescore_shard(shard, *scorers[name], report, dry_run)
+        except RescoreError as err:
+            if bench is not None:  # the one bench asked for: its failure is the answer
+                raise
+            report.skipped = str(err)  # the other benches still get scored
+    return list(reports.values())
+
+
+def bench_specs(store: ResultsStore, grid: GridConfig | None = None) -> dict[str, BenchSpec]:
+    specs: dict[str, BenchSpec] = {}
+    folder = store.root / "benches"
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        spec = json.loads(path.read_text())["spec"]
+        specs[spec["name"]] = BenchSpec(**spec)
+    for run in store.runs():  # later runs win over earlier ones and over imports
+        config = run.manifest().get("config")
+        if config:
+            specs.update({b.name: b for b in parse_grid(config, str(run.manifest_path)).benches})
+    if grid is not None:
+        specs.update({b.name: b for b in grid.benches})
+    return specs
+
+
+def make_scorer(store: ResultsStore, spec: BenchSpec) -> tuple[Scorer, str]:
+    """A function row -> Score for the bench, and the scorer's version."""
+    if spec.kind == PROGRAM_TESTS:
+        return _program_scorer(spec), f"omk-ray-sandbox:{spec.options.get('task', spec.name)}"
+    try:
+        bench = make_bench(spec)
+    except (KeyError, ValueError, DataError) as err:
+        raise RescoreError(f"bench {spec.name!r}: {err}") from None
+    imported = _imported_docs(store, spec.name)
+    docs: dict[str, Doc] | None = None
+
+    def doc_for(doc_id: str) -> Doc:
+        nonlocal docs
+        if doc_id in imported:
+            return Doc(id=doc_id, messages=[], meta={"doc": imported[doc_id]})
+        if docs is None:
+            try:
+                docs = {d.id: d for d in bench.docs()}
+            except (OSError, ValueError, DataError) as err:
+                raise RescoreError(f"bench {spec.name!r}: cannot load its docs to score against: {err}") from None
+        if doc_id not in docs:
+            raise RescoreError(f"bench {spec.name!r}: doc {doc_id!r} is not in the bench's data")
+        return docs[doc_id]
+
+    def score(rows: list[dict[str, Any]]) -> list[Score | Exception]:
+        pairs = [(doc_for(r["doc_id"]), Completion(text=r["response"] or "", reasoning=r.get("reasoning"))) for r in rows]
+        if hasattr(bench, "score_many"):
+            return bench.score_many(pairs)
+        return [_guarded(bench.score, doc, completion) for doc, completion in pairs]
+
+    try:
+        version = bench.scorer_version
+    except (OSError, ValueError, DataError) as err:
+        raise RescoreError(f"bench {spec.name!r}: {err}") from None
+    return score, version
+
+
+def _imported_docs(store: ResultsStore, bench: str) -> dict[str, dict]:
+    _, docs_path = bench_sidecar_paths(store.root, bench)
+    if not docs_path.is_file():
+        return {}
+    out = {}
+    for line in docs_path.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            out[record["doc_id"]] = record["doc"]
+    return out
+
+
+def _program_scorer(spec: BenchSpec) -> Scorer:
+    """Run the stored program, then the row's target (the task's test code), in the sandbox."""
+    from omk_ray.benches.sandbox import Job, Sandbox
+
+    sandbox = Sandbox(workers=2)
+    metric = spec.options.get("primary_metric") or "pass@1,none"
+
+    def score(rows: list[dict[str, Any]]) -> list[Score | Exception]:
+        programs = [r.get("extracted_answer") or "" for r in rows]
+        outcomes = sandbox.run_many(Job(program=p + "\n" + (r.get("target") or "")) for p, r in zip(programs, rows))
+        return [
+            Score(score=float(o.passed), correct=o.passed, extracted=p, metrics={metric: float(o.passed)})
+            for p, o in zip(programs, outcomes)
+        ]
+
+    return score
+
+
+def _guarded(fn, *args) -> Score | Exception:
+    try:
+        return fn(*args)
+    except RescoreError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a scorer choking on one response fails that row only
+        return err
+
+
+def _rescore_shard(path: Path, score: Scorer, version: str, report: BenchRescore, dry_run: bool) -> None:
+    rows = pq.read_table(path, schema=SAMPLE_SCHEMA).to_pylist()
+    report.rows += len(rows)
+    scorable = [r for r in rows if not (r["error"] and not r["response"])]  # errors with no response: nothing to score
+    dirty = False
+    for row, new in zip(scorable, score(scorable)):
+        old_score, old_version, old_error = row["score"], row["scorer_version"] or "unknown", row["error"]
+        if isinstance(new, Exception):
+            report.errors += 1
+            row["error"] = f"scorer error: {type(new).__name__}: {new}"
+            new = Score(score=0.0, correct=False, metrics={})
+        elif (row["error"] or "").startswith("scorer error"):
+            row["error"] = None  # the current scorer copes with this response
+        changed = not _same(old_score, new.score)
+        report.changed += changed
+        report.scorer_versions.add(old_version)
+        if not changed and old_version == version and row["error"] == old_error:
+            continue
+        old_metrics = dict(row["metrics"] or [])
+        metrics = {k: v for k, v in old_metrics.items() if "@" in k or k in KEEP_FLAGS}
+        metrics.update(new.metrics)
+        if old_version != version and old_score is not None:
+            metrics.setdefault(f"score@{old_version}", old_score)
+        row.update(score=new.score, correct=new.correct, extracted_answer=new.extracted,
+                   metrics=metrics, scorer_version=version)
+        dirty = True
+    if dirty and not dry_run:
+        _replace_shard(path, pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA))
+        report.shards += 1
+
+
+def _same(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+def _replace_shard(path: Path, table: pa.Table) -> None:
+    """Rewrite a shard under its own name (readers keep seeing one copy of each row)."""
+    tmp = path.with_name(f".tmp-{path.name}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
