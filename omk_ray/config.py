@@ -229,6 +229,11 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
             value = item.get(key) if isinstance(item, dict) else None
             if isinstance(value, str) and not Path(value).is_absolute() and (base / value).exists():
                 item[key] = str((base / value).resolve())
+    for bench in raw.get("benches") or []:
+        options = bench.get("options") if isinstance(bench, dict) else None
+        include = options.get("include_path") if isinstance(options, dict) else None
+        if isinstance(include, str) and not Path(include).is_absolute() and (base / include).exists():
+            options["include_path"] = str((base / include).resolve())
     if isinstance(raw.get("artifacts"), str) and not Path(raw["artifacts"]).is_absolute():
         raw["artifacts"] = str((base / raw["artifacts"]).resolve())
 

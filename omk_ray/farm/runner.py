@@ -23,6 +23,7 @@ from omk_ray.farm.scheduler import Scheduler
 from omk_ray.results.store import ResultsStore
 
 log = logging.getLogger("omk_ray.farm")
+FORWARDED_ENV = ("OMK_RAY_DATA_CACHE", "VLLM_CPU_KVCACHE_SPACE", "HF_HUB_OFFLINE")
 
 
 @dataclass
@@ -44,7 +45,9 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, namespace="omk-ray", log_to_driver=False)
+        # A remote cluster's workers do not inherit this shell: forward what the benches read.
+        env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+        ray.init(address=address, namespace="omk-ray", log_to_driver=False, runtime_env={"env_vars": env})
     else:
         ray.init(num_cpus=num_cpus, namespace="omk-ray", include_dashboard=False, log_to_driver=False)
 
