@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--seconds", type=float, default=40.0, help="ideal makespan of the efficiency grid")
     args = parser.parse_args()
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)  # 4 logical CPUs: 4 engine slots
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)  # 4 logical CPUs: 4 engine slots
     try:
         overhead([int(s) for s in args.sizes.split(",")], args.shard_size)
         efficiency(args.requests, 4, args.seconds, shard_size=16)

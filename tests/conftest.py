@@ -20,7 +20,7 @@ def local_ray():
     """A real local Ray with 2 CPUs, shut down after the test."""
     from omk_ray.farm.scheduler import NAMESPACE
 
-    ray.init(num_cpus=2, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -49,7 +49,8 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
         env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
         ray.init(address=address, namespace="omk-ray", log_to_driver=False, runtime_env={"env_vars": env})
     else:
-        ray.init(num_cpus=num_cpus, namespace="omk-ray", include_dashboard=False, log_to_driver=False)
+        # address="local": always a fresh local Ray, never a cluster some other process left running here
+        ray.init(address="local", num_cpus=num_cpus, namespace="omk-ray", include_dashboard=False, log_to_driver=False)
 
 
 def versions() -> dict[str, str | None]:

@@ -1,1 +1,11 @@
-"""Variant factory: CD scores, drop maps, expert surgery, quantization, fingerprints."""
+"""Variant factory: CD scores, drop maps, expert surgery, quantization, fingerprints.
+
+    profile.profile_model(model_dir, prompts, generate_tokens=0, num_workers=1)  -> CD-scores dict
+    dropmap.build_drop_map(cd, strategy="max", target=..., protect_top=...)      -> {"layer": [ids]}
+    dropmap.plan_drop_map / summarize_plan / compare_drop_maps                   -> scores, boundary, diffs
+    surgery.prune_checkpoint(model_dir, drop_map, out_dir, provenance=None)      -> pruned checkpoint
+    quantize.quantize_checkpoint(model_dir, out_dir, scheme="NVFP4A16")          -> quantized checkpoint
+    registry.ensure_variant(build_spec, artifact_root)                           -> artifact_root/<fingerprint>
+
+Nothing heavy (torch, transformers, ray, llm-compressor) is imported until it is used.
+"""

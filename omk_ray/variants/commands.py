@@ -1,9 +1,216 @@
-"""`omk-ray` subcommands of this area; `omk_ray.cli` calls `register(app)` at start-up."""
+"""`omk-ray` subcommands of this area; `omk_ray.cli` calls `register(app)` at start-up.
+
+    omk-ray profile  --model DIR --prompts classes.jsonl --out cd.json
+    omk-ray dropmap  --cd cd.json --strategy max --target 98 --protect-top 16 --out map.json
+    omk-ray prune    --model DIR --drop-map map.json --out DIR98
+    omk-ray quantize --model DIR98 --scheme NVFP4A16 --out DIR98-nvfp4
+    omk-ray build-variant --spec build.yaml --artifact-root artifacts/
+"""
 
 from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
 
 import typer
 
 
+@contextmanager
+def _clear_errors():
+    """Known failures print one line naming the problem and exit with code 2."""
+    from omk_ray.variants.quantize import QuantizationUnavailable
+
+    try:
+        yield
+    except (ValueError, KeyError, QuantizationUnavailable) as err:
+        typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from None
+
+
+def _pairs(values: list[str], option: str) -> dict[str, float]:
+    out = {}
+    for value in values:
+        key, sep, number = value.partition("=")
+        try:
+            out[key.strip()] = float(number)
+        except ValueError:
+            sep = ""
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"expected NAME=NUMBER, got {value!r}", param_hint=option)
+    return out
+
+
+def _write_json(path: Path, data, force: bool) -> None:
+    if path.exists() and not force:
+        raise ValueError(f"{path} exists; pass --force to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
 def register(app: typer.Typer) -> None:
-    pass
+    @app.command("profile")
+    def profile(
+        model: str = typer.Option(..., "--model", help="Checkpoint folder (or hub id) of the MoE model."),
+        out: Path = typer.Option(..., "--out", help="Where to write the CD-scores JSON."),
+        prompts: Optional[Path] = typer.Option(
+            None, "--prompts", help="JSONL, one {class, prompt, subclass?, response?} per line. "
+            "Default: the shipped set (math, logic, code, science with chemistry/physics/biology, creative)."),
+        generate_tokens: int = typer.Option(0, "--generate-tokens", min=0,
+                                            help="Greedy tokens to generate per prompt before the teacher-forced replay."),
+        workers: int = typer.Option(1, "--workers", min=1, help="Ray tasks to shard the prompts over."),
+        batch_size: int = typer.Option(8, "--batch-size", min=1),
+        max_length: int = typer.Option(4096, "--max-length", min=1, help="Tokens kept per sequence."),
+        dtype: str = typer.Option("auto", "--dtype", help="auto, bfloat16, float32, ..."),
+        revision: Optional[str] = typer.Option(None, "--revision"),
+        no_chat_template: bool = typer.Option(False, "--no-chat-template", help="Feed the raw prompt text."),
+        force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+    ):
+        """Per-class router profiling: CD scores (wnorm, rnorm, wsum, tc, cc) per layer and expert."""
+        from omk_ray.variants.profile import load_prompts, profile_model
+
+        with _clear_errors():
+            if out.exists() and not force:
+                raise ValueError(f"{out} exists; pass --force to replace it")
+            cd = profile_model(model, load_prompts(prompts), generate_tokens, num_workers=workers,
+                               batch_size=batch_size, max_length=max_length, dtype=dtype, revision=revision,
+                               chat_template=not no_chat_template)
+            _write_json(out, cd, force=True)
+        meta = cd["metadata"]
+        typer.echo(f"wrote {out}: {meta['prompts']} prompts, {len(cd['categories'])} categories, "
+                   f"{len(meta['moe_layers'])} MoE layers x {meta['num_experts']} experts")
+
+    @app.command("dropmap")
+    def dropmap(
+        cd: Path = typer.Option(..., "--cd", help="CD-scores JSON (from `omk-ray profile`)."),
+        out: Path = typer.Option(..., "--out", help="Where to write the drop map (JSON: layer -> dropped expert ids)."),
+        strategy: str = typer.Option("max", "--strategy",
+                                     help="pooled|max|mean|geomean|sum|lp|softmax|second|topk-mean"),
+        target: Optional[int] = typer.Option(None, "--target", help="Experts kept per layer."),
+        drop: Optional[int] = typer.Option(None, "--drop", help="Experts dropped per layer (instead of --target)."),
+        protect_top: int = typer.Option(0, "--protect-top", min=0, help="Never drop a layer's N best experts."),
+        protect_per_class: int = typer.Option(0, "--protect-per-class", min=0,
+                                              help="Never drop any class's N best experts of a layer."),
+        normalize: str = typer.Option("mean", "--normalize", help="Per-class normalization: mean|rank|none."),
+        classes: Optional[str] = typer.Option(None, "--classes",
+                                              help="Comma-separated classes to use; a+b merges two classes."),
+        split: list[str] = typer.Option([], "--split", help="Replace a class by its subclasses, e.g. --split science."),
+        weight: list[str] = typer.Option([], "--weight", help="Class weight, NAME=NUMBER (repeatable)."),
+        alpha: float = typer.Option(2.0, "--alpha", help="score = wnorm * alpha + tc"),
+        param: list[str] = typer.Option([], "--param", help="Strategy parameter: p=3 (lp), temperature=0.5 "
+                                        "(softmax), k=2 (topk-mean)."),
+        summary: Optional[Path] = typer.Option(None, "--summary", help="Also write the summary JSON here."),
+        compare: Optional[Path] = typer.Option(None, "--compare", help="Another drop map to compare with."),
+        near_tie: float = typer.Option(0.01, "--near-tie", help="Relative score gap counted as a near-tie."),
+        force: bool = typer.Option(False, "--force", help="Replace --out / --summary if they exist."),
+    ):
+        """Choose the experts to drop per layer from CD scores (ties: the higher expert id goes first)."""
+        from omk_ray.variants.cdscores import load_cd
+        from omk_ray.variants.dropmap import compare_drop_maps, load_drop_map, plan_drop_map, summarize_plan
+
+        params = _pairs(param, "--param")
+        if "k" in params:
+            params["k"] = int(params["k"])
+        with _clear_errors():
+            plan = plan_drop_map(
+                load_cd(cd), strategy, target, drop, protect_top, normalize,
+                [c for c in classes.split(",") if c.strip()] if classes else None, split or None,
+                _pairs(weight, "--weight") or None, alpha, protect_per_class, **params,
+            )
+            report = summarize_plan(plan, near_tie)
+            if compare:
+                report["compare"] = compare_drop_maps(plan.drop_map, load_drop_map(compare))
+            _write_json(out, plan.drop_map, force)
+            if summary:
+                _write_json(summary, report, force)
+        _print_summary(report, out)
+
+    @app.command("prune")
+    def prune(
+        model: Path = typer.Option(..., "--model", help="Checkpoint folder (safetensors)."),
+        drop_map: Path = typer.Option(..., "--drop-map", help="Drop map (JSON: layer -> dropped expert ids)."),
+        out: Path = typer.Option(..., "--out", help="New checkpoint folder; must not exist."),
+        summary: Optional[Path] = typer.Option(
+            None, "--summary", help="Summary JSON from `omk-ray dropmap --summary`: its protected experts "
+            "are checked and its strategy recorded in the provenance."),
+        max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="Largest output shard, e.g. 2GB."),
+    ):
+        """Streaming expert surgery: slice experts and routers, renumber, update num_experts."""
+        from omk_ray.variants.dropmap import load_drop_map
+        from omk_ray.variants.surgery import prune_checkpoint
+
+        with _clear_errors():
+            protected, provenance = None, {}
+            if summary:
+                info = json.loads(summary.read_text())
+                protected, provenance = info.get("protected"), {"strategy": info.get("params")}
+            path = prune_checkpoint(model, load_drop_map(drop_map), out, provenance,
+                                    protected=protected, max_shard_size=max_shard_size)
+        typer.echo(f"wrote {path}")
+
+    @app.command("quantize")
+    def quantize(
+        model: Path = typer.Option(..., "--model", help="Checkpoint folder (unquantized)."),
+        out: Path = typer.Option(..., "--out", help="Quantized checkpoint folder; must not exist."),
+        scheme: str = typer.Option("NVFP4A16", "--scheme", help="llm-compressor preset scheme."),
+    ):
+        """Data-free quantization through llm-compressor (needs the `quant` extra)."""
+        from omk_ray.variants.quantize import quantize_checkpoint
+
+        with _clear_errors():
+            path = quantize_checkpoint(model, out, scheme)
+        typer.echo(f"wrote {path}")
+
+    @app.command("build-variant")
+    def build_variant(
+        spec: Path = typer.Option(..., "--spec", help="YAML/JSON file holding a build block (see variants.registry)."),
+        artifact_root: Path = typer.Option(..., "--artifact-root", help="Where variants live, by fingerprint."),
+    ):
+        """Build (or reuse) a variant from a build block; prints its folder."""
+        import yaml
+
+        from omk_ray.variants.registry import ensure_variant
+
+        with _clear_errors():
+            if not spec.is_file():
+                raise ValueError(f"{spec}: no such file")
+            block = yaml.safe_load(spec.read_text())
+            if isinstance(block, dict) and isinstance(block.get("build"), dict):
+                block = block["build"]
+            if not isinstance(block, dict):
+                raise ValueError(f"{spec}: expected a mapping (a build block)")
+            path = ensure_variant(block, artifact_root, base_dir=spec.parent)
+        typer.echo(str(path))
+
+
+def _print_summary(report: dict, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    params = report["params"]
+    table = Table(title=f"{out}: {params['strategy']} ({params['normalize']} normalization), drop {params['drop']} "
+                        f"of {params['num_experts']} per layer")
+    for column in ("layer", "kept min", "dropped max", "margin", "near-ties", "protected"):
+        table.add_column(column, justify="right")
+    compare = report.get("compare")
+    if compare:
+        table.add_column("overlap", justify="right")
+        table.add_column("only here / only other")
+    for layer, entry in report["layers"].items():
+        row = [layer, _fmt(entry.get("kept_min")), _fmt(entry.get("dropped_max")), _fmt(entry.get("margin")),
+               ",".join(str(t["id"]) for t in entry.get("near_ties", [])) or "-", str(len(entry["protected"]))]
+        if compare:
+            c = compare["layers"].get(layer, {})
+            row += [f"{c.get('overlap', 0):.2f}", f"{c.get('only_a', [])} / {c.get('only_b', [])}"]
+        table.add_row(*row)
+    Console().print(table)
+    if compare:
+        typer.echo(f"overlap with the other map: {compare['overlap']:.3f}, {compare['differing_experts']} experts differ")
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4g}"

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from omk_ray.variants.cdscores import SUBCLASS_SEPARATOR, class_scores, validate_cd
 
@@ -208,6 +207,8 @@ def _drop_count(num_experts: int, target: int | None, drop: int | None) -> int:
 
 
 def _normalize(per_class: np.ndarray, how: str) -> np.ndarray:
+    from scipy import stats
+
     if how == "none":
         return per_class.copy()
     if how == "mean":
@@ -217,6 +218,9 @@ def _normalize(per_class: np.ndarray, how: str) -> np.ndarray:
 
 
 def _aggregate(per_class: np.ndarray, strategy: str, params: dict[str, Any]) -> np.ndarray:
+    from scipy import stats
+    from scipy.special import softmax
+
     if strategy in ("pooled", "sum"):
         return per_class.sum(axis=0)
     if strategy == "max":
@@ -229,8 +233,6 @@ def _aggregate(per_class: np.ndarray, strategy: str, params: dict[str, Any]) -> 
         p = float(params["p"])
         return (np.abs(per_class) ** p).sum(axis=0) ** (1.0 / p)
     if strategy == "softmax":
-        from scipy.special import softmax
-
         return (softmax(per_class / float(params["temperature"]), axis=0) * per_class).sum(axis=0)
     ordered = -np.sort(-per_class, axis=0)
     if strategy == "second":

@@ -123,15 +123,16 @@ def experts_inputs(args: tuple, kwargs: dict):
 
 
 class ExpertRecorder:
-    """Hooks every experts module; `rows_owner` (prompt index per flattened token row, -1 for
-    padding) must be set before each forward. Statistics go to `stats[layer]` [E, 5]."""
+    """Hooks every experts module. While `recording`, each forward adds to `stats[layer]` [E, 5];
+    `rows_owner` gives the prompt index of each flattened token row (-1: padding, not counted)."""
 
     def __init__(self, model):
         self.modules = find_experts_modules(model)
-        self.num_experts = {m.gate_up_proj.shape[0] for m in self.modules.values()}
-        if len(self.num_experts) != 1:
-            raise ProfileError(f"layers have different expert counts {sorted(self.num_experts)}")
-        self.num_experts = self.num_experts.pop()
+        counts = {m.gate_up_proj.shape[0] for m in self.modules.values()}
+        if len(counts) != 1:
+            raise ProfileError(f"layers have different expert counts {sorted(counts)}")
+        self.num_experts = counts.pop()
+        self.recording = False
         self.rows_owner = None
         self.stats: dict[int, np.ndarray] = {}
         self.reset()
@@ -150,10 +151,15 @@ class ExpertRecorder:
         def hook(module, args, kwargs, output):
             import torch
 
+            if not self.recording:
+                return
             hidden, index, weights = experts_inputs(args, kwargs)
             owner = self.rows_owner
             if owner is None:
                 owner = torch.zeros(hidden.shape[0], dtype=torch.long, device=hidden.device)
+            if hidden.dim() != 2 or owner.shape[0] != hidden.shape[0]:
+                raise ProfileError(f"layer {layer}: experts got hidden states of shape {tuple(hidden.shape)}, "
+                                   f"expected [{owner.shape[0]} tokens, hidden]")
             keep = owner >= 0
             hidden, index, weights, owner = hidden[keep], index[keep], weights[keep], owner[keep]
             block = self.stats[layer]
@@ -216,7 +222,7 @@ def profile_model_ray(
     check_prompts(prompts)
     started = not ray.is_initialized()
     if started:
-        ray.init()
+        ray.init(address="local")
     try:
         if worker_options is None:
             worker_options = {"num_cpus": 1}
@@ -269,7 +275,6 @@ def _profile_local(
                 seqs = [_encode(tokenizer, p, chat_template) for p in batch]
                 todo = [i for i, p in enumerate(batch) if not p.get("response")]
                 if generate_tokens and todo:
-                    recorder.rows_owner = None
                     for i, new in zip(todo, _generate(model, [seqs[i] for i in todo], generate_tokens, pad_id, eos_ids, device)):
                         seqs[i] = seqs[i] + new
                 seqs = [s[:max_length] for s in seqs]
@@ -342,11 +347,12 @@ def _replay(model, recorder: ExpertRecorder, seqs: list[list[int]], pad_id: int,
     mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
     owner = torch.arange(len(seqs), device=device)[:, None].expand(-1, width)
     recorder.rows_owner = torch.where(mask.bool(), owner, -1).reshape(-1)
+    recorder.recording = True
     try:
         with torch.inference_mode():
             model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1)
     finally:
-        recorder.rows_owner = None
+        recorder.recording, recorder.rows_owner = False, None
 
 
 def _prompts_hash(prompts: list[dict]) -> str:

@@ -1,0 +1,335 @@
+"""Variants by fingerprint: built once under an artifact root, reused (never rebuilt), shareable
+over the Hugging Face Hub so every node of a cluster loads the same bytes.
+
+`ensure_variant(build, artifact_root)` returns `artifact_root/<fingerprint>/`, building it if it
+is not there yet (under a file lock, so concurrent farm tasks build it once). The fingerprint
+hashes the base (hub id + resolved commit, or the sha256 of a local folder's weights and config),
+the drop map's content, the quantization scheme and `BUILDER_VERSION`; the strategy that chose
+the drop map is recorded in the provenance but is not part of the identity: two strategies that
+pick the same experts give the same variant.
+
+The `build:` block of a grid variant (the `build` dict here) accepts these keys:
+
+    base: str                    required; checkpoint folder or Hugging Face hub id
+    revision: str                hub branch, tag or commit of `base`
+    # the drop map: give one of drop_map / scores / profile_prompts (or none, to only quantize)
+    drop_map: str | dict         a ready drop map (JSON file, or the {"layer": [ids]} mapping)
+    scores: str                  CD-scores JSON (from `omk-ray profile`)
+    profile_prompts: str         prompts JSONL to profile `base` with ("default": the shipped set);
+                                 the scores are cached under artifact_root/cd/
+    profile_generate_tokens: int greedy tokens generated per prompt before the replay (default 0)
+    profile_workers: int         Ray tasks to shard the profiling over (default 1)
+    strategy: str                pooled|max|mean|geomean|sum|lp|softmax|second|topk-mean (default max)
+    target: int | drop: int      experts kept / dropped per layer (exactly one with scores/profile)
+    protect_top: int             never drop a layer's N best experts (default 0)
+    protect_per_class: int       never drop any class's N best experts of a layer (default 0)
+    normalize: str               mean|rank|none (default mean; `pooled` ignores it)
+    alpha: float                 score = wnorm * alpha + tc (default 2.0)
+    classes: [str]               classes to aggregate ("a+b" merges two); default all top-level
+    split_classes: [str] | {str: [str]}   replace a class by its subclasses (e.g. [science])
+    weights: {str: float}        per-class weight on the normalized scores
+    params: {str: float}         strategy parameters: p (lp), temperature (softmax), k (topk-mean)
+    quantization: str            e.g. NVFP4A16 (needs the `quant` extra); default none
+    hub_repo: str                private Hub repo holding variants as <fingerprint>/ folders:
+                                 pulled from before building
+    push: bool                   push after building (default false; needs hub_repo)
+
+Relative paths are resolved against `base_dir` (the grid config's folder). The Hub token comes
+from the environment (HF_TOKEN) or the Hugging Face cache, through huggingface_hub; it is never
+passed around or written anywhere by omk-ray.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from omk_ray.config import stable_hash
+from omk_ray.variants.dropmap import STRATEGIES, plan_drop_map, validate_drop_map
+from omk_ray.variants.quantize import QUANT_VERSION
+from omk_ray.variants.surgery import SURGERY_VERSION
+
+# Bump the first number whenever the bytes a build writes would change.
+BUILDER_VERSION = f"1/surgery{SURGERY_VERSION}/quant{QUANT_VERSION}"
+CD_CACHE = "cd"
+STAGING = ".staging"
+log = logging.getLogger(__name__)
+
+
+class BuildError(ValueError):
+    """A build block that cannot be built; the message names the key or file."""
+
+
+class BuildSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base: str = Field(min_length=1)
+    revision: str | None = None
+    drop_map: str | dict[str, list[int]] | None = None
+    scores: str | None = None
+    profile_prompts: str | None = None
+    profile_generate_tokens: int = Field(0, ge=0)
+    profile_workers: int = Field(1, ge=1)
+    strategy: str = "max"
+    target: int | None = Field(None, ge=1)
+    drop: int | None = Field(None, ge=0)
+    protect_top: int = Field(0, ge=0)
+    protect_per_class: int = Field(0, ge=0)
+    normalize: str = "mean"
+    alpha: float = 2.0
+    classes: list[str] | None = None
+    split_classes: list[str] | dict[str, list[str]] | None = None
+    weights: dict[str, float] | None = None
+    params: dict[str, float] = Field(default_factory=dict)
+    quantization: str | None = None
+    hub_repo: str | None = None
+    push: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "BuildSpec":
+        sources = [k for k in ("drop_map", "scores", "profile_prompts") if getattr(self, k) is not None]
+        if len(sources) > 1:
+            raise ValueError(f"give one source of the drop map, not {sources}")
+        if not sources and not self.quantization:
+            raise ValueError("nothing to build: give drop_map, scores or profile_prompts, and/or quantization")
+        if sources and sources[0] != "drop_map" and (self.target is None) == (self.drop is None):
+            raise ValueError("give exactly one of `target` (experts kept per layer) or `drop`")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        if self.push and not self.hub_repo:
+            raise ValueError("push: true needs hub_repo")
+        return self
+
+
+@dataclass
+class ResolvedBuild:
+    spec: BuildSpec
+    fingerprint: str
+    base_path: Path
+    base_identity: dict[str, Any]
+    drop_map: dict[str, list[int]] | None
+    protected: dict[str, list[int]] | None
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return {
+            "fingerprint": self.fingerprint,
+            "builder_version": BUILDER_VERSION,
+            "base": self.base_identity,
+            "build": self.spec.model_dump(mode="json", exclude_none=True),
+        }
+
+
+def parse_build(build: dict | BuildSpec) -> BuildSpec:
+    if isinstance(build, BuildSpec):
+        return build
+    try:
+        return BuildSpec(**build)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'build'}: {e['msg']}" for e in err.errors())
+        raise BuildError(f"invalid build block: {problems}") from None
+    except TypeError as err:
+        raise BuildError(f"invalid build block: {err}") from None
+
+
+def fingerprint_of(base_identity: dict, drop_map: dict | None, quantization: str | None) -> str:
+    return stable_hash({
+        "builder": BUILDER_VERSION,
+        "base": base_identity,
+        "drop_map": validate_drop_map(drop_map) if drop_map else None,
+        "quantization": quantization,
+    })
+
+
+def variant_fingerprint(build: dict | BuildSpec, artifact_root: str | Path, base_dir: str | Path | None = None) -> str:
+    """The fingerprint `ensure_variant` would build under (may profile the base to know it)."""
+    return resolve_build(build, artifact_root, base_dir).fingerprint
+
+
+def ensure_variant(build_spec: dict | BuildSpec, artifact_root: str | Path, base_dir: str | Path | None = None) -> Path:
+    """`artifact_root/<fingerprint>/`: reused if present, else pulled from `hub_repo` if there,
+    else built (prune, then quantize) and optionally pushed."""
+    root = Path(artifact_root)
+    root.mkdir(parents=True, exist_ok=True)
+    resolved = resolve_build(build_spec, root, base_dir)
+    if resolved.drop_map is None and not resolved.spec.quantization:
+        return resolved.base_path  # drops nothing, quantizes nothing: the base itself
+    final = root / resolved.fingerprint
+    if final.is_dir():
+        return final
+    spec = resolved.spec
+    with FileLock(str(root / f".{resolved.fingerprint}.lock")):
+        if final.is_dir():  # built by someone else while we waited
+            return final
+        if spec.hub_repo and pull_variant(spec.hub_repo, resolved.fingerprint, final):
+            return final
+        _build(resolved, final, root)
+    if spec.push:
+        push_variant(spec.hub_repo, final, resolved.fingerprint)
+    return final
+
+
+def _build(resolved: ResolvedBuild, final: Path, root: Path) -> None:
+    from omk_ray.variants.surgery import prune_checkpoint
+
+    spec = resolved.spec
+    if spec.quantization:
+        from omk_ray.variants.quantize import _llmcompressor
+
+        _llmcompressor()  # fail before pruning if llm-compressor is not there
+    source = resolved.base_path
+    staged = None
+    if resolved.drop_map:
+        if spec.quantization:
+            staged = root / STAGING / f"{resolved.fingerprint}-pruned-{uuid.uuid4().hex[:8]}"
+        source = prune_checkpoint(resolved.base_path, resolved.drop_map, staged or final,
+                                  provenance=resolved.provenance, protected=resolved.protected)
+    try:
+        if spec.quantization:
+            from omk_ray.variants.quantize import quantize_checkpoint
+
+            quantize_checkpoint(source, final, spec.quantization, provenance=resolved.provenance)
+    finally:
+        if staged is not None:
+            shutil.rmtree(staged, ignore_errors=True)
+
+
+def resolve_build(build: dict | BuildSpec, artifact_root: str | Path, base_dir: str | Path | None = None) -> ResolvedBuild:
+    spec = parse_build(build)
+    root = Path(artifact_root)
+    here = Path(base_dir) if base_dir else Path.cwd()
+
+    def local(path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else here / p
+
+    base_path, identity = resolve_base(spec.base, spec.revision, root, local(spec.base))
+    drop_map, protected = None, None
+    if isinstance(spec.drop_map, dict):
+        drop_map = validate_drop_map(spec.drop_map)
+    elif spec.drop_map:
+        from omk_ray.variants.dropmap import load_drop_map
+
+        drop_map = load_drop_map(local(spec.drop_map))
+    elif spec.scores or spec.profile_prompts:
+        from omk_ray.variants.cdscores import load_cd
+
+        cd = load_cd(local(spec.scores)) if spec.scores else _profiled_scores(spec, base_path, identity, root, local)
+        plan = plan_drop_map(
+            cd, spec.strategy, spec.target, spec.drop, spec.protect_top, spec.normalize, spec.classes,
+            spec.split_classes, spec.weights, spec.alpha, spec.protect_per_class, **spec.params,
+        )
+        drop_map, protected = plan.drop_map, plan.protected
+    if drop_map is not None and not any(drop_map.values()):
+        drop_map = None  # dropping nothing is the base itself
+    fingerprint = fingerprint_of(identity, drop_map, spec.quantization)
+    return ResolvedBuild(spec, fingerprint, base_path, identity, drop_map, protected)
+
+
+def _profiled_scores(spec: BuildSpec, base_path: Path, identity: dict, root: Path, local) -> dict:
+    from omk_ray.variants.profile import load_prompts, profile_model
+
+    prompts = load_prompts(None if spec.profile_prompts == "default" else local(spec.profile_prompts))
+    key = stable_hash({"base": identity, "prompts": prompts, "generate_tokens": spec.profile_generate_tokens})
+    path = root / CD_CACHE / f"{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    cd = profile_model(str(base_path), prompts, spec.profile_generate_tokens, num_workers=spec.profile_workers)
+    _write_atomic(path, json.dumps(cd) + "\n")
+    return cd
+
+
+def resolve_base(base: str, revision: str | None, root: Path, as_path: Path) -> tuple[Path, dict[str, Any]]:
+    """(local folder, identity): a local folder is identified by the hash of its content, a hub
+    id by the commit it resolves to."""
+    if as_path.is_dir():
+        return as_path.resolve(), {"content_sha256": content_hash(as_path, root / ".cache")}
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(repo_id=base, revision=revision))
+    except Exception as err:  # not a folder, and the Hub cannot give it
+        raise BuildError(f"base {base!r} is neither a local folder nor a downloadable hub model: {err}") from None
+    return path, {"id": base, "revision": path.name}
+
+
+def content_hash(model_dir: Path, cache_dir: Path | None = None) -> str:
+    """sha256 over config.json and the weight files (names and bytes), cached by size and mtime."""
+    files = sorted(p for p in model_dir.iterdir() if p.is_file() and (
+        p.name == "config.json" or p.name.endswith(".safetensors") or p.name.endswith(".safetensors.index.json")
+    ))
+    stamp = {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}
+    cache = cache_dir / "content-hashes.json" if cache_dir else None
+    key = str(model_dir.resolve())
+    if cache and cache.is_file():
+        known = json.loads(cache.read_text()).get(key)
+        if known and known["files"] == stamp:
+            return known["sha256"]
+    digest = hashlib.sha256()
+    for p in files:
+        digest.update(p.name.encode() + b"\0")
+        with open(p, "rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    value = digest.hexdigest()
+    if cache:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(cache) + ".lock"):
+            table = json.loads(cache.read_text()) if cache.is_file() else {}
+            table[key] = {"files": stamp, "sha256": value}
+            _write_atomic(cache, json.dumps(table, indent=1))
+    return value
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# -- Hugging Face Hub --------------------------------------------------------------------------
+
+
+def pull_variant(hub_repo: str, fingerprint: str, dest: Path) -> bool:
+    """Download `<fingerprint>/` of the hub repo into dest; False if the hub does not have it."""
+    from huggingface_hub import snapshot_download
+
+    staging = dest.parent / STAGING / f"pull-{fingerprint}-{uuid.uuid4().hex[:8]}"
+    try:
+        snapshot_download(repo_id=hub_repo, allow_patterns=[f"{fingerprint}/*"], local_dir=staging)
+        got = staging / fingerprint
+        if not (got / "config.json").is_file():
+            return False
+        os.rename(got, dest)
+        return True
+    except Exception as err:  # offline, no such repo, no access: build locally instead
+        log.info("variant %s not pulled from %s: %s", fingerprint, hub_repo, err)
+        return False
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def push_variant(hub_repo: str, path: Path, fingerprint: str) -> None:
+    """Upload a built variant to `<fingerprint>/` of a private hub repo (created if missing)."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(hub_repo, private=True, exist_ok=True)
+    api.upload_folder(repo_id=hub_repo, folder_path=str(path), path_in_repo=fingerprint,
+                      commit_message=f"omk-ray variant {fingerprint}")
+
+
+__all__ = [
+    "BUILDER_VERSION", "BuildError", "BuildSpec", "ResolvedBuild", "content_hash", "ensure_variant",
+    "fingerprint_of", "parse_build", "pull_variant", "push_variant", "resolve_build", "variant_fingerprint",
+]
