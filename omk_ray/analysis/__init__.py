@@ -1,1 +1,10 @@
-"""Comparison of variants with a baseline: scoreboard, agreement, tokens, anomalies, domains, reports."""
+"""Comparison of variants with a baseline: scoreboard, agreement, tokens, anomalies, domains, reports.
+
+samples.py   store -> rows (text summarised while streaming) -> per-problem pairs
+cohort.py    refuses unlike samples in one table (declared.py: what the run manifests declared)
+stats.py     exact McNemar, paired bootstrap, Holm
+scoreboard.py, agreement.py, domains.py, tokens.py, anomalies.py   the tables
+compare.py   `compare(results, CompareOptions)` -> Comparison (every table as Arrow)
+sections.py  the report's content once; markdown.py, html.py (+ plots.py, inline SVG), report.py write it
+canary.py    structural rules over sample rows, and the generation-mode canary run
+"""

@@ -11,22 +11,25 @@ OUTCOMES = ("both_correct", "both_wrong", "lost", "gained")
 
 
 def outcomes(pair: Pair) -> np.ndarray:
-    """Per problem: both_correct, both_wrong, lost (only the baseline right) or gained."""
+    """Per problem, an index into OUTCOMES: both right, both wrong, lost (only the baseline right), gained."""
     b, v = pair.base_pass, pair.var_pass
-    return np.select([b & v, ~b & ~v, b & ~v], list(OUTCOMES[:3]), default=OUTCOMES[3]).astype(object)
+    return np.select([b & v, ~b & ~v, b & ~v], [0, 1, 2], default=3).astype(np.int8)
+
+
+def _ids(pair: Pair, mask: np.ndarray) -> list[str]:
+    return sorted(pair.doc_id.filter(pa.array(mask)).to_pylist(), key=natural_key)
 
 
 def agreement(pairs: list[Pair]) -> list[dict]:
     rows = []
     for pair in pairs:
         kinds = outcomes(pair)
+        counts = np.bincount(kinds, minlength=4)
         row = {"bench": pair.bench, "variant": pair.variant, "n": pair.n}
-        for kind in OUTCOMES:
-            row[kind] = int(np.sum(kinds == kind))
-        for kind in OUTCOMES:
-            row[f"{kind}_pct"] = 100 * row[kind] / pair.n if pair.n else float("nan")
-        row["lost_ids"] = sorted(pair.doc_id[kinds == "lost"].tolist(), key=natural_key)
-        row["gained_ids"] = sorted(pair.doc_id[kinds == "gained"].tolist(), key=natural_key)
+        row.update({kind: int(k) for kind, k in zip(OUTCOMES, counts)})
+        row.update({f"{kind}_pct": 100 * k / pair.n if pair.n else float("nan") for kind, k in zip(OUTCOMES, counts)})
+        row["lost_ids"] = _ids(pair, kinds == 2)
+        row["gained_ids"] = _ids(pair, kinds == 3)
         rows.append(row)
     return rows
 
@@ -39,9 +42,9 @@ def agreement_by_domain(pairs: list[Pair]) -> list[dict]:
         kinds = outcomes(pair)
         domains = np.array([d if d is not None else "(none)" for d in pair.domain], dtype=object)
         for domain in sorted(set(domains)):
-            mine = kinds[domains == domain]
-            row = {"bench": pair.bench, "variant": pair.variant, "domain": domain, "n": len(mine)}
-            row.update({kind: int(np.sum(mine == kind)) for kind in OUTCOMES})
+            counts = np.bincount(kinds[domains == domain], minlength=4)
+            row = {"bench": pair.bench, "variant": pair.variant, "domain": domain, "n": int(counts.sum())}
+            row.update({kind: int(k) for kind, k in zip(OUTCOMES, counts)})
             rows.append(row)
     return rows
 
@@ -49,19 +52,21 @@ def agreement_by_domain(pairs: list[Pair]) -> list[dict]:
 def problems_table(pairs: list[Pair]) -> pa.Table:
     """Every paired problem with both scores and its outcome: the full id lists, for analysts."""
     parts = []
+    names = pa.array(OUTCOMES)
     for pair in pairs:
         n = pair.n
+        no_domain = pa.nulls(n, pa.string())
         parts.append(pa.table({
             "bench": pa.array([pair.bench] * n, pa.string()),
             "variant": pa.array([pair.variant] * n, pa.string()),
-            "doc_id": pa.array(pair.doc_id, pa.string()),
-            "domain": pa.array(pair.domain, pa.string()),
-            "subdomain": pa.array(pair.subdomain, pa.string()),
+            "doc_id": pair.doc_id.cast(pa.string()),
+            "domain": pa.array(pair.domain, pa.string()) if pair.has_domains else no_domain,
+            "subdomain": pa.array(pair.subdomain, pa.string()) if pair.has_domains else no_domain,
             "baseline_score": pa.array(pair.base_score, pa.float64()),
             "variant_score": pa.array(pair.var_score, pa.float64()),
             "baseline_correct": pa.array(pair.base_pass, pa.bool_()),
             "variant_correct": pa.array(pair.var_pass, pa.bool_()),
-            "outcome": pa.array(outcomes(pair), pa.string()),
+            "outcome": names.take(pa.array(outcomes(pair))),
         }))
     if not parts:
         return pa.table({c: pa.array([], pa.string()) for c in ("bench", "variant", "doc_id", "outcome")})

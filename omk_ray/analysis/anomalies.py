@@ -16,6 +16,7 @@ Bench kinds (scorer suspects):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,8 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
-from omk_ray.analysis.samples import group_codes, natural_key
-from omk_ray.analysis.tokens import text_chars
+from omk_ray.analysis.samples import flat_metrics, group_codes, natural_key
+from omk_ray.results.schema import SAMPLE_SCHEMA
 
 ROW_KINDS = (
     "silent-empty",
@@ -43,25 +44,114 @@ class AnomalyRules(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     loop_min_chars: int = Field(1000, ge=1, description="shorter outputs are never called loops")
+    loop_long_chars: int = Field(12000, ge=1, description="outputs this long always get the loop check")
+    loop_tail_chars: int = Field(2000, ge=100, description="a loop runs to the end: its last chars are read")
     loop_repeat_fraction: float = Field(0.5, gt=0, le=1, description="repeated n-gram share that makes a loop")
-    loop_ngram_chars: int = Field(24, ge=4)
-    loop_tail_chars: int = Field(12000, ge=100, description="a loop runs to the end: the last chars are read")
-    loop_fence_blocks: int = Field(8, ge=2, description="this many code blocks always get the loop check")
-    outlier_factor: float = Field(3.0, ge=1, description="outputs this many times the bench median get checked")
-    longest_checked: int = Field(20, ge=0, description="the longest outputs of each bench x variant get checked")
+    loop_ngram_words: int = Field(4, ge=1)
     metric_gap_pp: float = Field(20.0, gt=0)
     examples: int = Field(5, ge=1)
 
 
-def repeated_fraction(text: str, ngram: int = 24, stride: int = 3) -> float:
-    """Share of the text's character n-grams (taken every `stride` chars) that occur earlier too.
-
-    Prose and code stay well under 0.2; a degenerate loop of period p over L chars is near 1 - p/L.
-    """
-    windows = range(0, len(text) - ngram + 1, stride)
-    if len(windows) == 0:
+def repeated_fraction(text: str, ngram_words: int = 4, ngram_chars: int = 24) -> float:
+    """Share of the text's n-grams that occur earlier in it too: near 0 for prose and code, near
+    1 - p/L for a loop of period p over L. Word n-grams; character n-grams for text with few spaces."""
+    words = text.split()
+    if len(words) < len(text) / 20:
+        tail = text[-1000:]
+        grams = len(tail) - ngram_chars + 1
+        return 1.0 - len({tail[i : i + ngram_chars] for i in range(grams)}) / grams if grams > 0 else 0.0
+    grams = len(words) - ngram_words + 1
+    if grams <= 0:
         return 0.0
-    return 1.0 - len({text[i : i + ngram] for i in windows}) / len(windows)
+    return 1.0 - len(set(zip(*(words[i:] for i in range(ngram_words))))) / grams
+
+
+def loop_fraction(text: str | None, rules: AnomalyRules) -> float:
+    """Repeated n-gram share of the text's tail (0 for tails too short to tell)."""
+    tail = (text or "")[-rules.loop_tail_chars :]
+    if len(tail) < min(rules.loop_min_chars, rules.loop_tail_chars):
+        return 0.0
+    words = tail.split()
+    # Cheap exact screen: a tail whose word n-grams repeat at share r has at most (1 - r) W + n
+    # distinct words, so a tail with more distinct words cannot reach the loop threshold.
+    if len(words) >= len(tail) / 20:
+        limit = (1 - rules.loop_repeat_fraction) * len(words) + rules.loop_ngram_words
+        if len(set(words)) > limit:
+            return 0.0
+    return repeated_fraction(tail, rules.loop_ngram_words)
+
+
+# -- per-row text features: computed once while the samples stream in, so the text can be dropped -----
+
+def text_features(rows: pa.Table | pa.RecordBatch, markers: set[str] | tuple[str, ...], rules: AnomalyRules,
+                  check_all: bool = False) -> dict[str, pa.Array]:
+    """What the analysis needs from `response`, `reasoning` and `error`, per row.
+
+    Lengths are in chars where the row has no token counts (chars / 4 stands in for them) and
+    in bytes elsewhere (only compared with thresholds). Loops are looked for in every long
+    enough row with `check_all` (the canary), else where they show: length caps and very long
+    outputs (a loop rarely ends by itself). Code fences are counted in the outputs that loop.
+    """
+    response, reasoning = _column(rows, "response"), _column(rows, "reasoning")
+    answer_chars = _lengths(response, _no_count(rows, "completion_tokens"))
+    reasoning_chars = _lengths(reasoning, _no_count(rows, "reasoning_tokens"))
+    finish = _column(rows, "finish_reason")
+    capped = _is(finish, "length", "length_in_reasoning")
+    total = answer_chars + reasoning_chars
+    likely = capped | (total >= rules.loop_long_chars)
+    candidates = np.flatnonzero((total >= rules.loop_min_chars) & (check_all | likely))
+    loops = np.full(rows.num_rows, np.nan)
+    fences = np.zeros(rows.num_rows, dtype=np.int64)
+    if len(candidates):
+        picked = pa.array(candidates)
+        for i, answer, thought in zip(candidates, response.take(picked).to_pylist(), reasoning.take(picked).to_pylist()):
+            loops[i] = max(loop_fraction(answer, rules), loop_fraction(thought, rules))
+            if loops[i] >= rules.loop_repeat_fraction:
+                fences[i] = (answer or "").count(FENCE) + (thought or "").count(FENCE)
+    leak = np.zeros(rows.num_rows, dtype=bool)
+    if markers:
+        pattern = "|".join(re.escape(m) for m in sorted(markers))
+        leak = pc.fill_null(pc.match_substring_regex(response, pattern), False).to_numpy(zero_copy_only=False)
+    error = _is(finish, "error") | pc.is_valid(_column(rows, "error")).to_numpy(zero_copy_only=False)
+    return {
+        "answer_chars": pa.array(answer_chars),
+        "reasoning_chars": pa.array(reasoning_chars),
+        "answer_blank": pa.array(_blank(response)),
+        "reasoning_blank": pa.array(_blank(reasoning)),
+        "has_error": pa.array(error),
+        "marker_leak": pa.array(leak),
+        "fences": pa.array(fences),
+        "loop_fraction": pa.array(loops),
+    }
+
+
+def _column(rows, name: str):
+    if name in rows.schema.names:
+        return rows.column(name)
+    return pa.nulls(rows.num_rows, SAMPLE_SCHEMA.field(name).type)
+
+
+def _no_count(rows, name: str) -> np.ndarray:
+    return pc.fill_null(pc.less_equal(_column(rows, name), 0), True).to_numpy(zero_copy_only=False)
+
+
+def _lengths(column, exact: np.ndarray) -> np.ndarray:
+    """Byte lengths (free), with the char count where `exact` asks for it."""
+    out = pc.fill_null(pc.binary_length(column), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    idx = np.flatnonzero(exact & (out > 0))
+    if len(idx):
+        out[idx] = pc.fill_null(pc.utf8_length(column.take(pa.array(idx))), 0).to_numpy(zero_copy_only=False)
+    return out
+
+
+def _blank(column) -> np.ndarray:
+    """No visible character: null, empty or whitespace only."""
+    visible = pc.and_(pc.greater(pc.binary_length(column), 0), pc.invert(pc.utf8_is_space(column)))
+    return ~pc.fill_null(visible, False).to_numpy(zero_copy_only=False)
+
+
+def _is(column, *values: str) -> np.ndarray:
+    return pc.fill_null(pc.is_in(column, pa.array(values, column.type)), False).to_numpy(zero_copy_only=False)
 
 
 @dataclass
@@ -70,73 +160,37 @@ class RowFlags:
 
     masks: dict[str, np.ndarray]
     loop_fraction: np.ndarray  # NaN where not checked
-    fences: np.ndarray
+    fences: np.ndarray  # ``` markers in the outputs found looping
 
 
-def flag_rows(rows: pa.Table, markers: set[str] | tuple[str, ...], rules: AnomalyRules, check_all: bool = False) -> RowFlags:
-    """Row anomalies. Loops are looked for in every row with `check_all`, else in likely rows only:
-    length-capped, many code blocks, long outliers of their bench, and the longest of each group."""
-    answer_chars = text_chars(pc.utf8_trim_whitespace(rows["response"]))
-    reasoning_chars = text_chars(pc.utf8_trim_whitespace(rows["reasoning"]))
-    finish = pc.fill_null(rows["finish_reason"], "").to_numpy(zero_copy_only=False).astype(str)
-    error = (finish == "error") | pc.is_valid(rows["error"]).to_numpy(zero_copy_only=False)
-    capped = (finish == "length") | (finish == "length_in_reasoning")
-    cap_reasoning = (finish == "length_in_reasoning") | ((finish == "length") & (answer_chars == 0) & (reasoning_chars > 0))
-    leak = np.zeros(rows.num_rows, dtype=bool)
-    for marker in sorted(markers):
-        leak |= pc.fill_null(pc.match_substring(rows["response"], marker), False).to_numpy(zero_copy_only=False)
-    fences = np.zeros(rows.num_rows, dtype=np.int64)
-    for column in ("response", "reasoning"):
-        fences += pc.fill_null(pc.count_substring(rows[column], FENCE), 0).to_numpy(zero_copy_only=False)
+def flag_rows(rows: pa.Table, rules: AnomalyRules) -> RowFlags:
+    """Row anomalies from the text features (see `text_features`) and the finish reason."""
+    def get(name: str) -> np.ndarray:
+        return rows[name].to_numpy(zero_copy_only=False)
 
-    total_chars = answer_chars + reasoning_chars
-    if check_all:
-        candidates = total_chars >= rules.loop_min_chars
-    else:
-        candidates = (total_chars >= rules.loop_min_chars) & (
-            capped | (fences >= 2 * rules.loop_fence_blocks) | _long_for_group(rows, total_chars, rules)
-        )
-    loop_fraction = np.full(rows.num_rows, np.nan)
-    loop = np.zeros(rows.num_rows, dtype=bool)
-    idx = np.flatnonzero(candidates)
-    if len(idx):
-        texts = rows.select(["response", "reasoning"]).take(pa.array(idx)).to_pydict()
-        for i, answer, thought in zip(idx, texts["response"], texts["reasoning"]):
-            fraction = max(
-                repeated_fraction((t or "")[-rules.loop_tail_chars :], rules.loop_ngram_chars)
-                for t in (answer, thought)
-            )
-            loop_fraction[i] = fraction
-            loop[i] = fraction >= rules.loop_repeat_fraction
+    finish = rows["finish_reason"]
+    error = get("has_error")
+    length, in_reasoning = _is(finish, "length"), _is(finish, "length_in_reasoning")
+    capped = length | in_reasoning
+    blank = get("answer_blank")
+    cap_reasoning = in_reasoning | (length & blank & ~get("reasoning_blank"))
+    loops = get("loop_fraction")
     masks = {
-        "silent-empty": (answer_chars == 0) & ~error & ~capped,
+        "silent-empty": blank & ~error & ~capped,
         "error": error,
-        "rumination-loop": loop,
+        "rumination-loop": np.nan_to_num(loops) >= rules.loop_repeat_fraction,
         "length-cap-reasoning": cap_reasoning,
-        "length-cap-answer": (finish == "length") & ~cap_reasoning,
-        "marker-leak": leak,
+        "length-cap-answer": length & ~cap_reasoning,
+        "marker-leak": get("marker_leak"),
     }
-    return RowFlags(masks, loop_fraction, fences)
+    return RowFlags(masks, loops, get("fences"))
 
 
-def _long_for_group(rows: pa.Table, chars: np.ndarray, rules: AnomalyRules) -> np.ndarray:
-    """Outputs far above their bench x variant median, and the longest few of each group."""
-    codes, groups = group_codes(rows, ["bench", "variant"])
-    out = np.zeros(len(chars), dtype=bool)
-    order = np.lexsort((-chars, codes))
-    bounds = np.searchsorted(codes[order], np.arange(len(groups) + 1))
-    for g in range(len(groups)):
-        idx = order[bounds[g] : bounds[g + 1]]
-        out[idx[: rules.longest_checked]] = True
-        out[idx] |= chars[idx] >= rules.outlier_factor * np.median(chars[idx])
-    return out
-
-
-def anomalies(rows: pa.Table, markers: set[str], rules: AnomalyRules = AnomalyRules()) -> list[dict]:
-    """One row per (bench, variant, kind) that occurred. `rows` needs `primary` and `passed`."""
+def anomalies(rows: pa.Table, rules: AnomalyRules = AnomalyRules()) -> list[dict]:
+    """One row per (bench, variant, kind) that occurred. `rows` needs `primary`, `passed` and text features."""
     if rows.num_rows == 0:
         return []
-    flags = flag_rows(rows, markers, rules)
+    flags = flag_rows(rows, rules)
     codes, groups = group_codes(rows, ["bench", "variant"])
     sizes = np.bincount(codes, minlength=len(groups))
     passed = rows["passed"].to_numpy(zero_copy_only=False)
@@ -168,14 +222,16 @@ def anomalies(rows: pa.Table, markers: set[str], rules: AnomalyRules = AnomalyRu
 def _detail(kind: str, idx: np.ndarray, wrong: int, flags: RowFlags) -> str:
     scored = f"{wrong} of {len(idx)} scored wrong"
     if kind == "rumination-loop":
-        return f"{scored}; repeated n-gram share up to {np.nanmax(flags.loop_fraction[idx]):.2f}, up to {int(flags.fences[idx].max()) // 2} code blocks"
+        fences = int(flags.fences[idx].max())
+        blocks = f", up to {fences} code fences" if fences else ""
+        return f"{scored}; repeated n-gram share up to {np.nanmax(flags.loop_fraction[idx]):.2f}{blocks}"
     return scored
 
 
 def _scorer_suspects(rows: pa.Table, codes: np.ndarray, groups: list[tuple], sizes: np.ndarray, rules: AnomalyRules) -> list[dict]:
     out = []
     primary = rows["primary"].to_numpy()
-    answered = text_chars(pc.utf8_trim_whitespace(rows["response"])) > 0
+    answered = ~rows["answer_blank"].to_numpy(zero_copy_only=False)
     score_sum = np.bincount(codes, weights=primary, minlength=len(groups))
     answered_n = np.bincount(codes, weights=answered, minlength=len(groups)).astype(int)
     for g, (bench, variant) in enumerate(groups):
@@ -198,7 +254,7 @@ def _scorer_suspects(rows: pa.Table, codes: np.ndarray, groups: list[tuple], siz
         out.append({
             "bench": bench, "variant": variant, "kind": "metric-gap", "count": int(sizes[g]), "n": int(sizes[g]),
             "examples": [], "impact_pp": min(0.0, chosen - 100 * means[high_key]),
-            "detail": f"strict-vs-flexible gap: {low_key} {100 * means[low_key]:.1f}% vs {high_key} "
+            "detail": f"{low_key} {100 * means[low_key]:.1f}% vs {high_key} "
                       f"{100 * means[high_key]:.1f}% ({gap:.1f}pp); the table uses {chosen:.1f}%",
         })
     return out
@@ -206,15 +262,13 @@ def _scorer_suspects(rows: pa.Table, codes: np.ndarray, groups: list[tuple], siz
 
 def _metric_means(rows: pa.Table, codes: np.ndarray, n_groups: int, sizes: np.ndarray) -> dict[int, dict[str, float]]:
     """Per group: mean of every score-like metric (values in [0, 1], present on nearly every row)."""
-    metrics = rows["metrics"].combine_chunks()
-    flat = pc.list_flatten(metrics)
-    if len(flat) == 0:
+    parents, keys, values = flat_metrics(rows["metrics"])
+    if len(keys) == 0:
         return {}
-    parents = pc.list_parent_indices(metrics).to_numpy()
-    keys = pc.dictionary_encode(flat.field("key"))
+    keys = pc.dictionary_encode(keys)
     key_names = keys.dictionary.to_pylist()
     key_idx = keys.indices.to_numpy()
-    values = pc.fill_null(flat.field("value"), np.nan).to_numpy(zero_copy_only=False)
+    values = pc.fill_null(values, np.nan).to_numpy(zero_copy_only=False)
     cell = codes[parents] * len(key_names) + key_idx
     size = n_groups * len(key_names)
     count = np.bincount(cell, minlength=size).reshape(n_groups, -1)

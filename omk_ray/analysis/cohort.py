@@ -45,6 +45,7 @@ class Guard:
     baseline: str
     notes: list[Note] = field(default_factory=list)
     cohorts: dict[str, str] = field(default_factory=dict)  # bench -> the baseline's cohort
+    mixed: bool = False  # some variant's samples on a bench come from several setups
 
     def mark(self, bench: str, variant: str | None = None) -> str:
         """Marks of a bench row for one variant (the baseline's notes count for all; None: any variant)."""
@@ -84,6 +85,7 @@ def check_cohorts(
         for name in [baseline, *variants]:
             mixed = found.get((name, bench), [])
             if len(mixed) > 1:
+                guard.mixed = True
                 what = ", ".join(f"{s.cohort}/recipe {s.recipe_hash[:8]}/weights {s.fingerprint[:8]} ({s.rows} rows)" for s in mixed)
                 problems.append(Note(bench, name, MISMATCH_MARK, f"{name} on {bench} mixes samples of different setups: {what}"))
         if len(base) != 1:

@@ -1,9 +1,139 @@
-"""`omk-ray` subcommands of this area; `omk_ray.cli` calls `register(app)` at start-up."""
+"""`omk-ray compare` and `omk-ray canary`; `omk_ray.cli` calls `register(app)` at start-up."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
 
 
+def _fail(message: str, code: int = 2) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _metric_options(values: list[str]) -> dict[str, str]:
+    out = {}
+    for value in values:
+        bench, sep, key = value.partition("=")
+        if not sep or not bench or not key:
+            raise typer.BadParameter(f"{value!r}: expected BENCH=METRIC, e.g. gsm8k=exact_match,flexible-extract",
+                                     param_hint="--metric")
+        out[bench] = key
+    return out
+
+
+def _floor_options(values: list[str]) -> dict[str, float]:
+    out = {}
+    for value in values:
+        bench, sep, number = value.partition("=")
+        try:
+            out[bench] = float(number)
+        except ValueError:
+            sep = ""
+        if not sep or not bench:
+            raise typer.BadParameter(f"{value!r}: expected BENCH=TOKENS, e.g. gsm8k=16", param_hint="--floor")
+    return out
+
+
 def register(app: typer.Typer) -> None:
-    pass
+    @app.command(context_settings={"allow_extra_args": True})
+    def compare(
+        ctx: typer.Context,
+        results: Path = typer.Argument(..., help="results folder of one or more runs"),
+        baseline: str = typer.Option(..., "--baseline", "-b", help="the variant every other is compared with"),
+        variants: Optional[list[str]] = typer.Option(
+            None, "--variants", "--variant", "-v",
+            help="variants to compare (repeat the option or list them after it); default: all others"),
+        benches: Optional[list[str]] = typer.Option(None, "--bench", help="only these benches (repeatable)"),
+        out: Path = typer.Option(Path("report"), "--out", "-o", help="folder for report.md, report.html, tables/, summary.json"),
+        metric: list[str] = typer.Option(
+            [], "--metric", help="BENCH=KEY: the bench's primary metric from the samples' metrics map "
+                                 "(e.g. ifeval=prompt_level_strict_acc); default: the stored score"),
+        allow_mismatch: bool = typer.Option(
+            False, "--allow-mismatch", help="build tables from different cohorts or undeclared recipes anyway, marked ‡"),
+        resamples: int = typer.Option(2000, help="bootstrap resamples for the confidence intervals"),
+        no_html: bool = typer.Option(False, "--no-html", help="skip the HTML report (and its plots)"),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="do not print the Markdown report"),
+    ) -> None:
+        """Compare variants with a baseline: scoreboard with paired statistics, token distributions, anomalies, domain breakdown and per-problem agreement.
+
+        Writes OUT/report.md (model-card tables), OUT/report.html (self-contained, with plots), OUT/tables/*.parquet (every table, for DuckDB, pandas, polars) and OUT/summary.json, and prints the Markdown. Refuses to mix cohorts (greedy vs sampled) or undeclared recipe differences in one table unless --allow-mismatch.
+
+        Example: omk-ray compare results/ --baseline 128e --variants v4 v4-geomean --out report/
+        """  # noqa: E501 (typer keeps line breaks: one paragraph per line)
+        from pydantic import ValidationError
+
+        from omk_ray.analysis.compare import CompareOptions
+        from omk_ray.analysis.compare import compare as run_compare
+        from omk_ray.analysis.markdown import to_markdown
+        from omk_ray.analysis.report import write_report
+        from omk_ray.analysis.samples import AnalysisError
+
+        if not results.is_dir():
+            _fail(f"{results}: no such results folder")
+        if ctx.args and not variants:
+            _fail(f"unexpected arguments {ctx.args}: only RESULTS is positional (variants go after --variants)")
+        variants = [*(variants or []), *ctx.args]  # `--variants a b c`: click hands over b and c as extra args
+        try:
+            options = CompareOptions(baseline=baseline, variants=_split(variants), benches=_split(benches),
+                                     metrics=_metric_options(metric), allow_mismatch=allow_mismatch, resamples=resamples)
+        except ValidationError as err:
+            _fail(f"invalid options: {err}")
+        try:
+            comparison = run_compare(results, options)
+        except AnalysisError as err:
+            _fail(str(err))
+        paths = write_report(comparison, out, html=not no_html)
+        if not quiet:
+            print(to_markdown(comparison))
+        print(f"report: {paths['markdown']}" + (f"  html: {paths['html']}" if "html" in paths else "")
+              + f"  tables: {out / 'tables'}  summary: {paths['summary']}")
+
+    @app.command()
+    def canary(
+        config: Path = typer.Argument(..., help="grid config (YAML)"),
+        variant: str = typer.Option(..., "--variant", "-v", help="the variant to check"),
+        limit: int = typer.Option(8, min=1, help="problems per bench"),
+        results: Optional[Path] = typer.Option(
+            None, "--results", "-r", help="keep the samples here (a full run resumes from them); default: a temp folder"),
+        address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start a local Ray)"),
+        floor: list[str] = typer.Option([], "--floor", help="BENCH=TOKENS: p10 completion-length floor of a bench"),
+        max_empty_rate: float = typer.Option(0.05, help="largest share of empty answers that passes"),
+    ) -> None:
+        """Generation-mode gate: run a few problems per bench and apply structural rules.
+
+        Fails (exit code 1) when a bench has more than 5% empty answers, a reasoning marker in an answer, a p10 completion length under its floor (bench option canary_min_p10_tokens, or --floor), a degenerate loop, or every score exactly 0. Exit code 0 when all pass.
+        """  # noqa: E501 (typer keeps line breaks: one paragraph per line)
+        from omk_ray.analysis.canary import rules_for, run_canary
+        from omk_ray.config import ConfigError, load_grid
+
+        try:
+            grid = load_grid(config)
+        except ConfigError as err:
+            _fail(str(err))
+        if variant not in {v.name for v in grid.variants}:
+            _fail(f"{config}: no variant {variant!r} (variants: {', '.join(v.name for v in grid.variants)})")
+        rules = rules_for(grid, variant, max_empty_rate=max_empty_rate)
+        floors = {**rules.p10_floors, **_floor_options(floor)}
+        rules = rules.model_copy(update={"p10_floors": floors})
+        try:
+            result = run_canary(grid, variant, results, limit_docs=limit, address=address, rules=rules)
+        except (ValueError, OSError) as err:
+            _fail(f"canary of {variant}: {err}")
+        for b in result.benches:
+            print(f"{b.bench}: n={b.n} empty={b.empty} leaks={b.leaks} loops={b.loops} "
+                  f"p10={b.p10_tokens:.0f} (floor {b.floor:g}) mean score={b.mean_score:.2f}")
+        print(result.summary())
+        raise typer.Exit(0 if result.passed else 1)
+
+
+def _split(values: Optional[list[str]]) -> Optional[list[str]]:
+    """Accept `--variants a b`, `--variants a,b` and repeated options alike."""
+    if not values:
+        return None
+    return [v for value in values for v in value.split(",") if v]

@@ -7,21 +7,23 @@ baseline's on (bench, doc_id): every paired statistic is computed on the problem
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 
+from omk_ray.results.schema import RESUME_KEY, SAMPLE_SCHEMA
 from omk_ray.results.store import ResultsStore
 
 ROW_COLUMNS = [
-    "run_id", "cohort", "variant", "variant_fingerprint", "bench", "doc_id", "repeat",
+    "cohort", "variant", "variant_fingerprint", "bench", "doc_id", "repeat",
     "completion_tokens", "reasoning_tokens", "finish_reason", "response", "reasoning",
     "score", "correct", "metrics", "domain", "subdomain", "recipe_hash", "error",
 ]  # fmt: skip
+TEXT_COLUMNS = ["response", "reasoning", "error"]  # read once, summarised by `features`, then dropped
 
 SCORE_COLUMN = "score"  # the name that selects the row's own `score` column as primary metric
 
@@ -30,26 +32,66 @@ class AnalysisError(ValueError):
     """Input the comparison cannot use; the message names the bench, variant or key."""
 
 
-def load_rows(store: ResultsStore, variants: list[str] | None, benches: list[str] | None) -> pa.Table:
-    """The samples of these variants (all when None) on these benches (all when None)."""
-    conditions = []
-    if variants is not None:
-        conditions.append(pc.field("variant").isin(variants))
-    if benches is not None:
-        conditions.append(pc.field("bench").isin(benches))
+Features = Callable[[pa.RecordBatch], dict[str, pa.Array]]
+
+
+def load_rows(store: ResultsStore, variants: list[str] | None, benches: list[str] | None, features: Features) -> pa.Table:
+    """The samples of these variants (all when None) on these benches (all when None).
+
+    The text columns are the bulk of a store; they stream through `features` batch by batch and
+    only what it returns is kept, so memory stays bounded by the non-text columns.
+    """
     where = None
-    for c in conditions:
+    for c in ([pc.field("variant").isin(variants)] if variants is not None else []) + (
+        [pc.field("bench").isin(benches)] if benches is not None else []
+    ):
         where = c if where is None else where & c
-    table = store.read(columns=ROW_COLUMNS, filter=where)
-    # Plain (non-chunked) arrays: the analysis indexes them many times.
-    return table.combine_chunks()
+    try:
+        dataset = ds.dataset([str(p) for p in store.shard_paths()], schema=SAMPLE_SCHEMA, format="parquet")
+        scanner = dataset.scanner(columns=ROW_COLUMNS, filter=where, batch_size=16_384, batch_readahead=2,
+                                  fragment_readahead=2)
+        slim = [_summarise(b, features) for b in scanner.to_batches() if b.num_rows]
+    except (pa.ArrowException, OSError) as err:
+        raise AnalysisError(f"{store.samples_dir}: cannot read the samples: {err}") from None
+    if not slim:
+        empty = pa.RecordBatch.from_pylist([], schema=pa.schema([SAMPLE_SCHEMA.field(c) for c in ROW_COLUMNS]))
+        slim = [_summarise(empty, features)]
+    return _one_per_key(pa.Table.from_batches(slim).combine_chunks())
+
+
+def _summarise(batch: pa.RecordBatch, features: Features) -> pa.RecordBatch:
+    extra = features(batch)
+    batch = batch.drop_columns(TEXT_COLUMNS)
+    for name, values in extra.items():
+        batch = batch.append_column(name, values)
+    return batch
+
+
+def _one_per_key(table: pa.Table) -> pa.Table:
+    """One row per sample key, as the store's own reader keeps (the last one read)."""
+    codes, _ = key_codes(table, list(RESUME_KEY))
+    reversed_first = np.unique(codes[::-1], return_index=True)[1]
+    if len(reversed_first) == table.num_rows:
+        return table
+    last = np.sort(table.num_rows - 1 - reversed_first)
+    return table.take(pa.array(last))
 
 
 def metric_keys(table: pa.Table) -> list[str]:
     if table.num_rows == 0:
         return []
-    keys = pc.list_flatten(table["metrics"]).combine_chunks().field("key")
+    _, keys, _ = flat_metrics(table["metrics"])
     return sorted(k for k in pc.unique(keys).to_pylist() if k is not None)
+
+
+_METRIC_ENTRIES = pa.list_(pa.struct([("key", pa.string()), ("value", pa.float64())]))
+
+
+def flat_metrics(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array, pa.Array]:
+    """The metrics maps as flat (row index, key, value) arrays."""
+    entries = column.combine_chunks().cast(_METRIC_ENTRIES)  # map kernels are few; a list of structs has them all
+    flat = entries.flatten()
+    return pc.list_parent_indices(entries).to_numpy(), flat.field("key"), flat.field("value")
 
 
 def with_primary_score(table: pa.Table, primary: dict[str, str]) -> pa.Table:
@@ -72,7 +114,7 @@ def with_primary_score(table: pa.Table, primary: dict[str, str]) -> pa.Table:
         values = pc.map_lookup(part["metrics"], key, "first")
         missing = values.null_count
         if missing:
-            known = ", ".join(metric_keys(part)) or "none"
+            known = "; ".join(metric_keys(part)) or "none"
             raise AnalysisError(
                 f"bench {name!r}: primary metric {key!r} is missing from {missing} of {len(rows)} samples "
                 f"(metrics present: {known})"
@@ -83,14 +125,19 @@ def with_primary_score(table: pa.Table, primary: dict[str, str]) -> pa.Table:
     return table.append_column("primary", pa.array(score)).append_column("passed", pa.array(passed))
 
 
-def per_problem(table: pa.Table) -> pa.Table:
-    """One row per variant x bench x doc: mean primary score and pass rate over repeats."""
+def per_problem(table: pa.Table, one_row_each: bool = False) -> pa.Table:
+    """One row per variant x bench x doc: mean primary score and pass rate over repeats.
+
+    `one_row_each`: the caller knows there is one row per problem already (one repeat, one setup).
+    """
     slim = table.select(["variant", "bench", "doc_id", "primary", "passed", "domain", "subdomain"])
     slim = slim.set_column(4, "passed", pc.cast(slim["passed"], pa.float64()))
+    if one_row_each:
+        return slim.rename_columns(["variant", "bench", "doc_id", "score", "pass_rate", "domain", "subdomain"])
     grouped = slim.group_by(["variant", "bench", "doc_id"], use_threads=False).aggregate(
-        [("primary", "mean"), ("passed", "mean"), ("domain", "min"), ("subdomain", "min"), ("primary", "count")]
+        [("primary", "mean"), ("passed", "mean"), ("domain", "min"), ("subdomain", "min")]
     )
-    return grouped.rename_columns(["variant", "bench", "doc_id", "score", "pass_rate", "domain", "subdomain", "repeats"])
+    return grouped.rename_columns(["variant", "bench", "doc_id", "score", "pass_rate", "domain", "subdomain"])
 
 
 @dataclass
@@ -99,9 +146,9 @@ class Pair:
 
     bench: str
     variant: str
-    doc_id: np.ndarray
-    domain: np.ndarray
-    subdomain: np.ndarray
+    doc_id: pa.Array
+    domain: np.ndarray | None  # labels per problem (None: the bench has no domain metadata)
+    subdomain: np.ndarray | None
     base_score: np.ndarray
     var_score: np.ndarray
     base_pass: np.ndarray  # bool
@@ -121,85 +168,82 @@ class Pair:
 
     @property
     def has_domains(self) -> bool:
-        return any(d is not None for d in self.domain)
+        return self.domain is not None
 
 
 def pairs(problems: pa.Table, baseline: str, variants: list[str], benches: list[str]) -> Iterator[Pair]:
-    """Pairs in (variant, bench) order; a bench the baseline lacks is named in an AnalysisError."""
-    is_base = pc.equal(problems["variant"], baseline)
-    base = problems.filter(is_base)
-    others = problems.filter(pc.invert(is_base))
-    base_docs = _counts(base, "bench")
-    var_docs = _counts(others, "variant", "bench")
-    base = base.select(["bench", "doc_id", "score", "pass_rate", "domain", "subdomain"]).rename_columns(
-        ["bench", "doc_id", "base_score", "base_pass", "base_domain", "base_subdomain"]
-    )
-    joined = others.join(base, keys=["bench", "doc_id"], join_type="inner", use_threads=False)
-    joined = joined.sort_by([("variant", "ascending"), ("bench", "ascending"), ("doc_id", "ascending")])
-    index = _group_slices(joined, ["variant", "bench"])
-    for variant in variants:
-        for bench in benches:
-            if (variant, bench) not in var_docs:
+    """Each variant's problems beside the baseline's same problems, per bench, in (variant, bench) order."""
+    codes, groups = group_codes(problems, ["variant", "bench"])
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(groups) + 1))
+    rows_of = {key: order[bounds[g] : bounds[g + 1]] for g, key in enumerate(groups)}
+    doc = pc.dictionary_encode(problems["doc_id"]).combine_chunks().indices.to_numpy(zero_copy_only=False)
+    score = problems["score"].to_numpy(zero_copy_only=False)
+    passed = problems["pass_rate"].to_numpy(zero_copy_only=False) > 0.5
+    domain = pc.is_valid(pc.coalesce(problems["domain"], problems["subdomain"])).to_numpy(zero_copy_only=False)
+    for bench in benches:
+        base_rows = rows_of.get((baseline, bench), np.array([], dtype=np.int64))
+        base_at = np.full(int(doc.max(initial=-1)) + 1, -1, dtype=np.int64)  # doc code -> baseline row
+        base_at[doc[base_rows]] = base_rows
+        for variant in variants:
+            mine = rows_of.get((variant, bench))
+            if mine is None:
                 continue
-            start, stop = index.get((variant, bench), (0, 0))
-            part = joined.slice(start, stop - start)
-            domain = pc.coalesce(part["base_domain"], part["domain"]).to_numpy(zero_copy_only=False)
-            subdomain = pc.coalesce(part["base_subdomain"], part["subdomain"]).to_numpy(zero_copy_only=False)
+            mine = mine[base_at[doc[mine]] >= 0]
+            mine = mine[np.argsort(doc[mine], kind="stable")]
+            theirs = base_at[doc[mine]]
+            has_domain = bool(domain[theirs].any() or domain[mine].any())
             yield Pair(
                 bench=bench,
                 variant=variant,
-                doc_id=part["doc_id"].to_numpy(zero_copy_only=False),
-                domain=domain,
-                subdomain=subdomain,
-                base_score=part["base_score"].to_numpy(),
-                var_score=part["score"].to_numpy(),
-                base_pass=part["base_pass"].to_numpy() > 0.5,
-                var_pass=part["pass_rate"].to_numpy() > 0.5,
-                baseline_docs=base_docs.get((bench,), 0),
-                variant_docs=var_docs[(variant, bench)],
+                doc_id=problems["doc_id"].take(pa.array(mine)).combine_chunks(),
+                domain=_labels(problems, "domain", theirs, mine) if has_domain else None,
+                subdomain=_labels(problems, "subdomain", theirs, mine) if has_domain else None,
+                base_score=score[theirs],
+                var_score=score[mine],
+                base_pass=passed[theirs],
+                var_pass=passed[mine],
+                baseline_docs=len(base_rows),
+                variant_docs=len(rows_of[(variant, bench)]),
             )
 
 
-def _counts(table: pa.Table, *keys: str) -> dict[tuple, int]:
-    counted = table.group_by(list(keys), use_threads=False).aggregate([([], "count_all")])
-    columns = [counted[k].to_pylist() for k in keys]
-    return dict(zip(zip(*columns), counted["count_all"].to_pylist()))
+def _labels(problems: pa.Table, column: str, base_rows: np.ndarray, var_rows: np.ndarray) -> np.ndarray:
+    """The baseline's label of each problem, the variant's where the baseline has none."""
+    base = problems[column].take(pa.array(base_rows))
+    var = problems[column].take(pa.array(var_rows))
+    return pc.coalesce(base, var).to_numpy(zero_copy_only=False)
 
 
-def _group_slices(sorted_table: pa.Table, keys: list[str]) -> dict[tuple, tuple[int, int]]:
-    """(key values) -> (start, stop) of each run of equal keys in a table sorted by `keys`."""
-    n = sorted_table.num_rows
-    if n == 0:
-        return {}
-    change = np.zeros(n, dtype=bool)
-    change[0] = True
+def key_codes(table: pa.Table, keys: list[str]) -> tuple[np.ndarray, list[list]]:
+    """One integer per row that orders rows as their key values do, and each key's sorted labels."""
+    codes = np.zeros(table.num_rows, dtype=np.int64)
+    labels_per_key = []
     for k in keys:
-        values = sorted_table[k].to_numpy(zero_copy_only=False)
-        change[1:] |= values[1:] != values[:-1]
-    starts = np.flatnonzero(change)
-    stops = np.append(starts[1:], n)
-    columns = [sorted_table[k].take(pa.array(starts)).to_pylist() for k in keys]
-    return {key: (int(a), int(b)) for key, a, b in zip(zip(*columns), starts, stops)}
+        encoded = pc.dictionary_encode(table[k], null_encoding="encode").combine_chunks()
+        labels = encoded.dictionary.to_pylist()
+        order = sorted(range(len(labels)), key=lambda i: (labels[i] is None, labels[i] if labels[i] is not None else 0))
+        rank = np.empty(len(labels), dtype=np.int64)
+        rank[order] = np.arange(len(labels))
+        codes = codes * max(1, len(labels)) + rank[encoded.indices.to_numpy(zero_copy_only=False)]
+        labels_per_key.append([labels[i] for i in order])
+    return codes, labels_per_key
 
 
 def group_codes(table: pa.Table, keys: list[str]) -> tuple[np.ndarray, list[tuple]]:
     """A group number per row and the key values of each group, in sorted key order."""
-    codes = np.zeros(table.num_rows, dtype=np.int64)
-    uniques_per_key = []
-    for k in keys:
-        encoded = pc.dictionary_encode(table[k], null_encoding="encode").combine_chunks()
-        labels = encoded.dictionary.to_pylist()
-        order = sorted(range(len(labels)), key=lambda i: (labels[i] is None, labels[i] or ""))
-        rank = np.empty(len(labels), dtype=np.int64)
-        rank[order] = np.arange(len(labels))
-        idx = encoded.indices.to_numpy(zero_copy_only=False)
-        codes = codes * max(1, len(labels)) + rank[idx]
-        uniques_per_key.append([labels[i] for i in order])
-    present, codes = np.unique(codes, return_inverse=True)
+    codes, labels_per_key = key_codes(table, keys)
+    if len(codes) and codes.max() < 4 * len(codes) + 1024:  # few possible keys: count instead of sorting
+        present = np.flatnonzero(np.bincount(codes))
+        remap = np.zeros(codes.max() + 1, dtype=np.int64)
+        remap[present] = np.arange(len(present))
+        codes = remap[codes]
+    else:
+        present, codes = np.unique(codes, return_inverse=True)
     groups = []
     for code in present:
         key = []
-        for labels in reversed(uniques_per_key):
+        for labels in reversed(labels_per_key):
             code, r = divmod(int(code), max(1, len(labels)))
             key.append(labels[r])
         groups.append(tuple(reversed(key)))
@@ -207,5 +251,5 @@ def group_codes(table: pa.Table, keys: list[str]) -> tuple[np.ndarray, list[tupl
 
 
 def natural_key(doc_id: str) -> tuple:
-    """Sort 'doc 2' before 'doc 10': digits compare as numbers."""
-    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", str(doc_id)))
+    """Sort 'doc 2' before 'doc 10' (ids that share a prefix): shorter first, then alphabetical."""
+    return len(doc_id), doc_id

@@ -6,7 +6,7 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from scipy.special import bdtr  # binomial CDF; scipy.stats would cost a second of import
 
 # Above this many distinct per-problem differences the bootstrap resamples indices instead of counts.
 _MAX_DISTINCT_FOR_COUNTS = 256
@@ -26,7 +26,7 @@ def mcnemar_exact(lost: int, gained: int) -> float:
     discordant = lost + gained
     if discordant == 0:
         return 1.0
-    return float(min(1.0, 2.0 * stats.binom.cdf(min(lost, gained), discordant, 0.5)))
+    return float(min(1.0, 2.0 * bdtr(min(lost, gained), discordant, 0.5)))
 
 
 def bootstrap_means(diffs: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
@@ -45,7 +45,7 @@ def bootstrap_means(diffs: np.ndarray, resamples: int, rng: np.random.Generator)
     batch = max(1, 2_000_000 // n)
     for start in range(0, resamples, batch):
         stop = min(resamples, start + batch)
-        out[start:stop] = diffs[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+        out[start:stop] = diffs[rng.integers(0, n, size=(stop - start, n), dtype=np.int32)].mean(axis=1)
     return out
 
 

@@ -11,10 +11,6 @@ from omk_ray.analysis.samples import group_codes
 CHARS_PER_TOKEN = 4
 
 
-def text_chars(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    return pc.fill_null(pc.utf8_length(column), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-
-
 def _counted_or_estimated(tokens: pa.Array, chars: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Stored token counts, or chars / 4 where a count is missing (null, or 0 beside non-empty text)."""
     stored = pc.fill_null(tokens, -1).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -23,16 +19,21 @@ def _counted_or_estimated(tokens: pa.Array, chars: np.ndarray) -> tuple[np.ndarr
     return values, estimated
 
 
+def _chars(rows: pa.Table, name: str) -> np.ndarray:
+    return rows[name].to_numpy(zero_copy_only=False).astype(np.int64)
+
+
 def completion_lengths(rows: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    chars = text_chars(rows["response"]) + text_chars(rows["reasoning"])
+    """Completion tokens per row and whether each was estimated. `rows` carry the text features."""
+    chars = _chars(rows, "answer_chars") + _chars(rows, "reasoning_chars")
     return _counted_or_estimated(rows["completion_tokens"], chars)
 
 
 def reasoning_lengths(rows: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Reasoning tokens, whether each was estimated, and which rows have a reasoning part at all."""
-    chars = text_chars(rows["reasoning"])
+    chars = _chars(rows, "reasoning_chars")
     values, estimated = _counted_or_estimated(rows["reasoning_tokens"], chars)
-    present = pc.is_valid(rows["reasoning"]).to_numpy(zero_copy_only=False) | (values > 0)
+    present = ~rows["reasoning_blank"].to_numpy(zero_copy_only=False) | (values > 0)
     return values, estimated & present, present
 
 

@@ -1,0 +1,183 @@
+"""`compare`: every table of the report, for one baseline and any number of variants."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict, Field
+
+from omk_ray.analysis import agreement as agreement_mod
+from omk_ray.analysis.anomalies import AnomalyRules, anomalies, text_features
+from omk_ray.analysis.cohort import Guard, check_cohorts
+from omk_ray.analysis.declared import Declared, read_declared
+from omk_ray.analysis.domains import domain_breakdown
+from omk_ray.analysis.samples import (
+    SCORE_COLUMN, AnalysisError, Pair, load_rows, pairs, per_problem, with_primary_score,
+)  # fmt: skip
+from omk_ray.analysis.scoreboard import scoreboard
+from omk_ray.analysis.tokens import token_distributions
+from omk_ray.results.store import ResultsStore
+
+
+class CompareOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    baseline: str
+    variants: list[str] | None = Field(None, description="default: every other variant in the store")
+    benches: list[str] | None = Field(None, description="default: every bench the baseline ran")
+    metrics: dict[str, str] = Field(default_factory=dict, description="bench -> primary metric key")
+    allow_mismatch: bool = False
+    resamples: int = Field(2000, ge=100, description="bootstrap resamples for the confidence intervals")
+    anomaly: AnomalyRules = AnomalyRules()
+
+
+# Parquet schemas of the tables, so that empty tables keep their columns and types.
+_STR, _F, _I, _B = pa.string(), pa.float64(), pa.int64(), pa.bool_()
+SCHEMAS = {
+    "scoreboard": pa.schema([
+        ("bench", _STR), ("variant", _STR), ("n", _I), ("baseline_docs", _I), ("variant_docs", _I),
+        ("baseline_score", _F), ("variant_score", _F), ("delta_pp", _F), ("ci_low_pp", _F), ("ci_high_pp", _F),
+        ("test", _STR), ("p_value", _F), ("p_holm", _F), ("lost", _I), ("gained", _I),
+        ("baseline_correct", _I), ("variant_correct", _I), ("binary", _B),
+        ("primary_metric", _STR), ("cohort", _STR), ("marks", _STR),
+    ]),
+    "agreement": pa.schema([
+        ("bench", _STR), ("variant", _STR), ("n", _I), ("both_correct", _I), ("both_wrong", _I), ("lost", _I),
+        ("gained", _I), ("both_correct_pct", _F), ("both_wrong_pct", _F), ("lost_pct", _F), ("gained_pct", _F),
+        ("lost_ids", pa.list_(_STR)), ("gained_ids", pa.list_(_STR)),
+    ]),
+    "agreement_by_domain": pa.schema([
+        ("bench", _STR), ("variant", _STR), ("domain", _STR), ("n", _I),
+        ("both_correct", _I), ("both_wrong", _I), ("lost", _I), ("gained", _I),
+    ]),
+    "domains": pa.schema([
+        ("bench", _STR), ("variant", _STR), ("level", _STR), ("domain", _STR), ("subdomain", _STR), ("n", _I),
+        ("baseline_score", _F), ("variant_score", _F), ("delta_pp", _F), ("lost", _I), ("gained", _I),
+    ]),
+    "tokens": pa.schema([
+        ("bench", _STR), ("variant", _STR), ("measure", _STR), ("n", _I), ("p10", _F), ("p50", _F), ("p90", _F),
+        ("max", _F), ("mean", _F), ("total", _F), ("estimated", _I), ("source", _STR),
+    ]),
+    "anomalies": pa.schema([
+        ("bench", _STR), ("variant", _STR), ("kind", _STR), ("count", _I), ("n", _I),
+        ("examples", pa.list_(_STR)), ("impact_pp", _F), ("detail", _STR),
+    ]),
+}  # fmt: skip
+
+
+@dataclass
+class Comparison:
+    baseline: str
+    variants: list[str]
+    benches: list[str]
+    primary: dict[str, str]  # bench -> primary metric ("score": the row's score column)
+    guard: Guard
+    tables: dict[str, pa.Table]
+    notes: list[str] = field(default_factory=list)  # general footnotes
+    results: str = ""
+
+    def rows(self, name: str) -> list[dict]:
+        return self.tables[name].to_pylist()
+
+
+def compare(results: str | Path, options: CompareOptions) -> Comparison:
+    store = ResultsStore(results)
+    if not store.shard_paths():
+        raise AnalysisError(f"{results}: no samples (expected Parquet shards under {store.samples_dir})")
+    declared = read_declared(store)
+    wanted = None if options.variants is None else [options.baseline, *options.variants]
+    features = partial(text_features, markers=declared.markers, rules=options.anomaly)
+    rows = load_rows(store, wanted, options.benches, features)
+    present = set(pc.unique(rows["variant"]).to_pylist())
+    if options.baseline not in present:
+        raise AnalysisError(f"baseline {options.baseline!r} has no samples in {results} (variants there: {_stored(store)})")
+    missing = [v for v in options.variants or [] if v not in present]
+    if missing:
+        raise AnalysisError(f"no samples for variants {missing} in {results} (variants there: {_stored(store)})")
+    variants = options.variants or sorted(present - {options.baseline})
+    if not variants:
+        raise AnalysisError(f"{results}: nothing to compare with baseline {options.baseline!r}: it is the only variant")
+
+    notes = [f"runs {', '.join(declared.unreadable)}: grid config unreadable, their declared overrides are unknown"] if declared.unreadable else []
+    benches, base_benches = _benches(rows, options)
+    for bench in benches:
+        if bench not in base_benches:
+            notes.append(f"{bench}: the baseline {options.baseline} has no samples; left out of every table")
+    benches = [b for b in benches if b in base_benches]
+    unknown = sorted(set(options.metrics) - set(benches))
+    if unknown:
+        raise AnalysisError(f"--metric names benches {unknown} that are not compared (benches: {', '.join(benches)})")
+    rows = rows.filter(pc.field("bench").isin(benches))
+
+    guard = check_cohorts(rows, options.baseline, variants, benches, declared, options.allow_mismatch)
+    primary = {b: options.metrics.get(b) or declared.primary_metrics.get(b) or SCORE_COLUMN for b in benches}
+    rows = with_primary_score(rows, primary)
+    one_row_each = not guard.mixed and (pc.max(rows["repeat"]).as_py() or 0) == 0
+    paired = list(pairs(per_problem(rows, one_row_each), options.baseline, variants, benches))
+    notes.extend(_coverage_notes(paired, options.baseline))
+    have = {(p.variant, p.bench) for p in paired}
+    notes.extend(f"{b}: no samples of {v}" for v in variants for b in benches if (v, b) not in have)
+    return Comparison(
+        baseline=options.baseline,
+        variants=variants,
+        benches=benches,
+        primary=primary,
+        guard=guard,
+        tables=_tables(rows, paired, guard, primary, declared, options),
+        notes=notes,
+        results=str(results),
+    )
+
+
+def _tables(rows: pa.Table, paired: list[Pair], guard: Guard, primary: dict[str, str], declared: Declared,
+            options: CompareOptions) -> dict[str, pa.Table]:
+    board = scoreboard(paired, options.resamples)
+    for row in board:
+        row.update(primary_metric=primary[row["bench"]], cohort=guard.cohorts.get(row["bench"], ""),
+                   marks=guard.mark(row["bench"], row["variant"]))
+    built = {
+        "scoreboard": board,
+        "agreement": agreement_mod.agreement(paired),
+        "agreement_by_domain": agreement_mod.agreement_by_domain(paired),
+        "domains": domain_breakdown(paired),
+        "tokens": token_distributions(rows),
+        "anomalies": anomalies(rows, options.anomaly),
+    }
+    tables = {name: pa.Table.from_pylist(data, schema=SCHEMAS[name]) for name, data in built.items()}
+    tables["problems"] = agreement_mod.problems_table(paired)
+    return tables
+
+
+def _benches(rows: pa.Table, options: CompareOptions) -> tuple[list[str], set[str]]:
+    base_rows = rows.filter(pc.equal(rows["variant"], options.baseline))
+    base_benches = set(pc.unique(base_rows["bench"]).to_pylist())
+    found = set(pc.unique(rows["bench"]).to_pylist())
+    if options.benches is not None:
+        absent = [b for b in options.benches if b not in found]
+        if absent:
+            raise AnalysisError(f"no samples for benches {absent} (benches there: {_names(found)})")
+        return list(options.benches), base_benches
+    return sorted(found), base_benches
+
+
+def _coverage_notes(paired: list[Pair], baseline: str) -> list[str]:
+    notes = []
+    for p in paired:
+        if p.n < p.baseline_docs or p.n < p.variant_docs:
+            notes.append(
+                f"{p.bench}: {p.variant} and {baseline} share {p.n} problems ({baseline} has {p.baseline_docs}, "
+                f"{p.variant} {p.variant_docs}); paired statistics use the shared ones"
+            )
+    return notes
+
+
+def _stored(store: ResultsStore) -> str:
+    return _names(set(pc.unique(store.read(columns=["variant"])["variant"]).to_pylist()))
+
+
+def _names(names: set[str]) -> str:
+    return ", ".join(sorted(names)) or "none"

@@ -1,0 +1,72 @@
+"""Write a comparison out: report.md, report.html, tables/*.parquet and summary.json.
+
+Each file is written to a temporary name and renamed, so a report folder never holds a
+half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from omk_ray.analysis.compare import Comparison
+from omk_ray.analysis.html import to_html
+from omk_ray.analysis.markdown import to_markdown
+
+
+def write_report(comparison: Comparison, out: str | Path, html: bool = True) -> dict[str, Path]:
+    out = Path(out)
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    for name, table in comparison.tables.items():
+        path = out / "tables" / f"{name}.parquet"
+        tmp = path.with_name(f".tmp-{path.name}")
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+        paths[name] = path
+    paths["markdown"] = _write_text(out / "report.md", to_markdown(comparison))
+    if html:
+        paths["html"] = _write_text(out / "report.html", to_html(comparison))
+    paths["summary"] = _write_text(out / "summary.json", json.dumps(summary(comparison, out, paths), indent=2))
+    return paths
+
+
+def summary(c: Comparison, out: Path | None = None, paths: dict[str, Path] | None = None) -> dict[str, Any]:
+    """The headline numbers and every flag, as plain JSON (NaN written as null)."""
+    data = {
+        "baseline": c.baseline,
+        "variants": c.variants,
+        "benches": c.benches,
+        "results": c.results,
+        "primary_metrics": c.primary,
+        "cohorts": c.guard.cohorts,
+        "scoreboard": c.rows("scoreboard"),
+        "agreement": c.rows("agreement"),
+        "anomalies": c.rows("anomalies"),
+        "notes": [{"bench": n.bench, "variant": n.variant, "mark": n.mark, "text": n.text} for n in c.guard.notes]
+        + [{"text": t} for t in c.notes],
+        "files": {k: str(p.relative_to(out) if out else p) for k, p in (paths or {}).items()},
+    }
+    return _clean(data)
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _write_text(path: Path, text: str) -> Path:
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path

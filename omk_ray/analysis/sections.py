@@ -1,0 +1,273 @@
+"""The report's content, once: sections of text and tables that Markdown and HTML both render.
+
+Numbers are written the way the seed model card writes them: scores as 96.25%, deltas as
+−0.26pp (a real minus sign), token totals with thousands separators.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from omk_ray.analysis.cohort import DECLARED_MARK, MISMATCH_MARK
+from omk_ray.analysis.compare import Comparison
+from omk_ray.analysis.samples import SCORE_COLUMN
+
+MINUS = "\u2212"
+ESTIMATED_MARK = "≈"
+MAX_IDS = 30
+
+KIND_LABELS = {
+    "silent-empty": "silent-empty output (model stopped with an empty answer)",
+    "error": "engine or scorer error",
+    "rumination-loop": "rumination loop (output repeats itself)",
+    "length-cap-reasoning": "length cap hit inside reasoning (never reached an answer)",
+    "length-cap-answer": "length cap hit in the answer",
+    "marker-leak": "reasoning marker leaked into the answer",
+    "scorer-zero": "scorer suspect: score exactly 0 with non-empty answers",
+    "metric-gap": "scorer suspect: strict vs flexible filter gap",
+}
+
+
+@dataclass
+class Table:
+    headers: list[str]
+    rows: list[list[str]]
+    numeric: list[bool] = field(default_factory=list)  # right-aligned columns
+
+
+@dataclass
+class Section:
+    title: str
+    level: int = 2
+    paragraphs: list[str] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    plot: str | None = None  # key of the plot the HTML report shows here
+
+
+# -- number formats -------------------------------------------------------------------------
+
+
+def pct(x: float, digits: int = 2) -> str:
+    return "—" if _missing(x) else f"{x:.{digits}f}%"
+
+
+def signed(x: float, digits: int = 2, unit: str = "pp") -> str:
+    if _missing(x):
+        return "—"
+    text = f"{abs(x):.{digits}f}"
+    if float(text) == 0:
+        return f"{text}{unit}"
+    return f"{'+' if x > 0 else MINUS}{text}{unit}"
+
+
+def p_value(p: float) -> str:
+    if _missing(p):
+        return "—"
+    return "<0.001" if p < 0.001 else f"{p:.3f}" if p < 0.1 else f"{p:.2f}"
+
+
+def count(x: float) -> str:
+    return "—" if _missing(x) else f"{round(x):,}"
+
+
+def id_list(ids: list[str], limit: int = MAX_IDS) -> str:
+    if not ids:
+        return "none"
+    shown = ", ".join(str(i) for i in ids[:limit])
+    return shown + (f" … (+{len(ids) - limit} more)" if len(ids) > limit else "")
+
+
+def _missing(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+# -- sections -------------------------------------------------------------------------------
+
+
+def build_sections(c: Comparison) -> list[Section]:
+    return [
+        _overview(c),
+        *_scores(c),
+        *_tokens(c),
+        _anomalies(c),
+        *_domains(c),
+        *_agreement(c),
+        _notes(c),
+    ]
+
+
+def _bench_label(c: Comparison, bench: str, n: int, variant: str | None = None) -> str:
+    metric = c.primary.get(bench, SCORE_COLUMN)
+    suffix = "" if metric == SCORE_COLUMN else f", {metric}"
+    return f"{bench} ({n}{suffix}){c.guard.mark(bench, variant)}"
+
+
+def _overview(c: Comparison) -> Section:
+    cohorts = sorted(set(c.guard.cohorts.values()))
+    lines = [
+        f"Baseline **{c.baseline}** against {', '.join(f'**{v}**' for v in c.variants)} on "
+        f"{len(c.benches)} benches; results from `{c.results}`.",
+        f"Cohort: {', '.join(cohorts) or 'none'}. Every statistic pairs the two variants on the problems both answered.",
+    ]
+    return Section(f"Comparison: {', '.join(c.variants)} vs {c.baseline}", level=1, paragraphs=lines)
+
+
+def _scores(c: Comparison) -> list[Section]:
+    board = c.rows("scoreboard")
+    sections = []
+    if len(c.variants) > 1:
+        by_bench: dict[str, dict[str, dict]] = defaultdict(dict)
+        for r in board:
+            by_bench[r["bench"]][r["variant"]] = r
+        rows = []
+        for bench in c.benches:
+            cells = by_bench.get(bench, {})
+            if not cells:
+                continue
+            first = next(iter(cells.values()))
+            n = max(r["n"] for r in cells.values())
+            line = [_bench_label(c, bench, n), pct(first["baseline_score"])]
+            for v in c.variants:
+                r = cells.get(v)
+                line.append(f"{pct(r['variant_score'])} ({signed(r['delta_pp'])})" if r else "—")
+            rows.append(line)
+        sections.append(Section(
+            "Scores", paragraphs=["Score of each variant on the problems it shares with the baseline, Δ in parentheses."],
+            tables=[Table(["Bench (n)", c.baseline, *c.variants], rows, [False] + [True] * (1 + len(c.variants)))],
+            plot="deltas",
+        ))
+    for variant in c.variants:
+        rows = []
+        for r in (r for r in board if r["variant"] == variant):
+            rows.append([
+                _bench_label(c, r["bench"], r["n"], variant),
+                pct(r["baseline_score"]),
+                pct(r["variant_score"]),
+                signed(r["delta_pp"]),
+                f"[{signed(r['ci_low_pp'], 2, '')}, {signed(r['ci_high_pp'], 2, '')}]",
+                f"{p_value(r['p_value'])} ({p_value(r['p_holm'])})",
+                f"{r['lost']} / {r['gained']}",
+            ])
+        title = f"Scores: {variant} vs {c.baseline}" if len(c.variants) > 1 else "Scores"
+        sections.append(Section(
+            title, level=3 if len(c.variants) > 1 else 2,
+            tables=[Table(["Bench (n)", c.baseline, variant, "Δ", "95% CI (pp)", "p (Holm)", "lost / gained"],
+                          rows, [False, True, True, True, True, True, True])],
+            plot=None if len(c.variants) > 1 else "deltas",
+        ))
+    return sections
+
+
+def _tokens(c: Comparison) -> list[Section]:
+    sections = []
+    for measure, title in (("completion", "Output tokens per response"), ("reasoning", "Reasoning tokens per response")):
+        rows = [r for r in c.rows("tokens") if r["measure"] == measure]
+        if not rows:
+            continue
+        order = {v: i for i, v in enumerate([c.baseline, *c.variants])}
+        rows.sort(key=lambda r: (c.benches.index(r["bench"]), order.get(r["variant"], 99)))
+        estimated = any(r["estimated"] for r in rows)
+        table = Table(
+            ["Bench", "Variant", "p10", "p50", "p90", "max", "mean", "total tokens"],
+            [[r["bench"], (ESTIMATED_MARK if r["estimated"] else "") + r["variant"], count(r["p10"]), count(r["p50"]),
+              count(r["p90"]), count(r["max"]), count(r["mean"]), count(r["total"])] for r in rows],
+            [False, False] + [True] * 6,
+        )
+        paragraphs = []
+        if estimated:
+            paragraphs.append(f"{ESTIMATED_MARK} approximate: no token counts stored for some samples, raw chars ÷ 4 used "
+                              "for those (see `source` in tables/tokens.parquet).")
+        sections.append(Section(title, tables=[table], paragraphs=paragraphs, plot="tokens" if measure == "completion" else None))
+    return sections
+
+
+def _anomalies(c: Comparison) -> Section:
+    rows = c.rows("anomalies")
+    if not rows:
+        return Section("Anomalies", paragraphs=["No anomalies found (silent-empty, loops, length caps, marker leaks, scorer suspects)."])
+    table = Table(
+        ["Bench", "Variant", "Issue", "Count", "Impact", "Examples"],
+        [[r["bench"], r["variant"], f"{KIND_LABELS[r['kind']]}; {r['detail']}", f"{r['count']}/{r['n']}",
+          signed(r["impact_pp"]), ", ".join(r["examples"]) or "—"] for r in rows],
+        [False, False, False, True, True, False],
+    )
+    return Section("Anomalies", tables=[table], paragraphs=[
+        "Impact: points lost on the flagged samples that scored wrong (what the bench would gain if they had been "
+        "right); for a metric gap, how far the table's metric sits under the most lenient one."])
+
+
+def _domains(c: Comparison) -> list[Section]:
+    rows = c.rows("domains")
+    sections = []
+    for (bench, variant) in dict.fromkeys((r["bench"], r["variant"]) for r in rows):
+        mine = [r for r in rows if r["bench"] == bench and r["variant"] == variant]
+        tables = []
+        for level, header in (("domain", "High-level domain"), ("subdomain", "Subdomain")):
+            part = [r for r in mine if r["level"] == level]
+            if part:
+                tables.append(Table(
+                    [header, "n", c.baseline, variant, "Δpp", "lost", "gained"],
+                    [[r[level], str(r["n"]), pct(r["baseline_score"], 1), pct(r["variant_score"], 1),
+                      signed(r["delta_pp"], 1, ""), str(r["lost"]), str(r["gained"])] for r in part],
+                    [False] + [True] * 6,
+                ))
+        sections.append(Section(f"{bench}: {variant} vs {c.baseline}", level=3, tables=tables))
+    if not sections:
+        return []
+    intro = Section("Domain breakdown", plot="domains",
+                    paragraphs=["Benches whose problems carry domain metadata, per high-level domain and subdomain."])
+    return [intro, *sections]
+
+
+def _agreement(c: Comparison) -> list[Section]:
+    rows = c.rows("agreement")
+    if not rows:
+        return []
+    table = Table(
+        ["Bench", "Variant", "n", "both correct", "both wrong", f"only {c.baseline} right", "only variant right"],
+        [[r["bench"], r["variant"], str(r["n"]), f"{r['both_correct']} ({r['both_correct_pct']:.1f}%)",
+          f"{r['both_wrong']} ({r['both_wrong_pct']:.1f}%)", f"{r['lost']} ({r['variant']} LOST)",
+          f"{r['gained']} ({r['variant']} GAINED)"] for r in rows],
+        [False, False, True, True, True, True, True],
+    )
+    by_domain: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in c.rows("agreement_by_domain"):
+        by_domain[(r["bench"], r["variant"])].append(r)
+    paragraphs = []
+    for r in rows:
+        split = by_domain.get((r["bench"], r["variant"]))
+        lines = [f"**{r['bench']}, {r['variant']}**: lost ({r['lost']}): {id_list(r['lost_ids'])}; "
+                 f"gained ({r['gained']}): {id_list(r['gained_ids'])}."]
+        if split:
+            for kind, verb in (("lost", "lost"), ("gained", "rescued")):
+                parts = sorted((d for d in split if d[kind]), key=lambda d: -d[kind])
+                if parts:
+                    lines.append(f"Of the {r[kind]} problems {r['variant']} {verb}: "
+                                 + ", ".join(f"{d[kind]} {d['domain']}" for d in parts) + ".")
+        paragraphs.append(" ".join(lines))
+    paragraphs.append("Full per-problem outcomes: tables/problems.parquet; id lists: tables/agreement.parquet.")
+    return [Section("Per-problem agreement", tables=[table], paragraphs=paragraphs, plot="agreement")]
+
+
+def _notes(c: Comparison) -> Section:
+    lines = []
+    for note in c.guard.notes:
+        lines.append(f"{note.mark} {note.text}")
+    if any(n.mark == MISMATCH_MARK for n in c.guard.notes):
+        lines.append(f"{MISMATCH_MARK} marks cells built from unlike samples (--allow-mismatch): do not cite them as a like-for-like comparison.")
+    if any(n.mark == DECLARED_MARK for n in c.guard.notes):
+        lines.append(f"{DECLARED_MARK} marks benches where a variant's recipe differs from the baseline's by an override the grid declared.")
+    lines.extend(c.notes)
+    metrics = sorted({m for m in c.primary.values() if m != SCORE_COLUMN})
+    if metrics:
+        lines.append("Primary metrics other than the stored score: "
+                     + ", ".join(f"{b}: {m}" for b, m in c.primary.items() if m != SCORE_COLUMN) + ".")
+    lines.append(
+        "Δ is the paired difference on shared problems (a problem's score is the mean over its repeats). 95% CI: "
+        "percentile bootstrap over problems. p: exact McNemar test for pass/fail benches, paired bootstrap for graded "
+        "ones; in parentheses Holm-corrected across the benches of each variant. lost / gained: problems only the "
+        "baseline / only the variant got right."
+    )
+    return Section("Notes", paragraphs=lines)
