@@ -3,7 +3,8 @@
 A grid YAML has four sections: `recipe` (defaults for every bench), `variants`, `benches`
 and `farm`. The effective recipe of a (variant, bench) pair is
 `recipe` <- `bench.recipe` <- `variant.recipe_overrides[bench or "*"]`; its hash is stored on
-every sample row, so results of different recipes never mix.
+every sample row, so results of different recipes never mix. Top-level keys that start with
+`x-` are ignored: they hold YAML anchors for blocks repeated across variants.
 """
 
 from __future__ import annotations
@@ -242,6 +243,7 @@ def parse_grid(raw: Any, source: str = "<config>", base_dir: Path | None = None)
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a grid config must be a mapping, got {type(raw).__name__}")
     raw = json.loads(json.dumps(raw))  # deep copy, plain types
+    raw = {k: v for k, v in raw.items() if not k.startswith("x-")}  # `x-` keys hold YAML anchors only
     if base_dir is not None:
         _resolve_paths(raw, base_dir)
     try:
