@@ -2,7 +2,7 @@
 
 `omk-ray lock configs/canonical.yaml` writes `configs/canonical.lock.json` with, per variant
 and bench, the effective recipe and its hash; per bench, the dataset revision and a hash of
-every document (ids, prompts, targets); per variant, the weights fingerprint and the version
+every document (ids, prompts, targets); per variant, a hash of its weights and engine settings and the version
 of the engine package installed. A locked run calls `check_lock(grid)` first and refuses to
 start when anything differs, naming each difference, so an overnight rerun never drifts
 silently. `omk-ray lock CONFIG --relock` records the new state on purpose.
@@ -10,6 +10,7 @@ silently. `omk-ray lock CONFIG --relock` records the new state on purpose.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from datetime import datetime, timezone
@@ -18,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from omk_ray import __version__
-from omk_ray.config import ConfigError, GridConfig, grid_to_dict, stable_hash
+from omk_ray.config import ConfigError, GridConfig, VariantSpec, grid_to_dict, stable_hash
+from omk_ray.farm.planner import FINGERPRINT_FILES, check_grid
 
 LOCK_VERSION = 1
+RECREATE = "recreate it with `omk-ray lock <config> --relock`"
 
 # Engine kind -> the distributions that provide it (the first one installed is recorded).
 ENGINE_PACKAGES: dict[str, tuple[str, ...]] = {
@@ -54,10 +57,29 @@ def engine_version(kind: str) -> str:
     return f"{kind} (omk-ray {__version__})"
 
 
+def weights_identity(variant: VariantSpec) -> str:
+    """A hash of what the variant loads, independent of where the config or checkout lies:
+    a local folder's weight files (names, sizes) and config files (contents), or a hub id and
+    revision; plus the engine settings that change tokens."""
+    weights: dict[str, Any] = {"revision": variant.revision}
+    folder = Path(variant.model_ref)
+    if variant.model_ref and folder.is_dir():
+        weights["files"] = sorted((p.name, p.stat().st_size) for p in folder.iterdir()
+                                  if p.suffix in (".safetensors", ".bin", ".gguf"))
+        for name in FINGERPRINT_FILES:
+            if (folder / name).is_file():
+                weights[name] = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+    else:
+        weights["model"] = variant.model_ref
+        weights["build"] = variant.build
+    args = variant.engine_args
+    return stable_hash({"weights": weights, "dtype": args.dtype, "quantization": args.quantization,
+                        "extra": args.extra})
+
+
 def lock_state(grid: GridConfig) -> dict[str, Any]:
     """Everything the lock holds, computed from a grid (reads every bench's documents)."""
     from omk_ray.benches import make_bench
-    from omk_ray.farm.planner import check_grid, variant_fingerprint
 
     check_grid(grid)
     benches = {}
@@ -69,7 +91,6 @@ def lock_state(grid: GridConfig) -> dict[str, Any]:
             raise LockError(f"bench {spec.name!r}: cannot read its documents to lock them: {err}") from None
         benches[spec.name] = {
             "kind": spec.kind,
-            "source": spec.source,
             "dataset_revision": bench.dataset_revision,
             "docs": len(docs),
             "docs_hash": stable_hash([[d.id, d.messages, d.target, d.domain, d.subdomain] for d in docs]),
@@ -80,7 +101,7 @@ def lock_state(grid: GridConfig) -> dict[str, Any]:
         variants[v.name] = {
             "engine": v.engine,
             "engine_version": engine_version(v.engine),
-            "fingerprint": variant_fingerprint(v, v.model_ref),
+            "weights": weights_identity(v),
             "recipes": {
                 b.name: {"hash": (r := grid.recipe_for(v, b)).hash, "recipe": r.model_dump(mode="json")}
                 for b in grid.benches
@@ -112,10 +133,10 @@ def read_lock(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise LockError(f"{path}: no lock file; create it with `omk-ray lock <config>`") from None
     except json.JSONDecodeError as err:
-        raise LockError(f"{path}: not a valid lock file ({err}); recreate it with `omk-ray lock <config> --relock`") from None
-    if not isinstance(document, dict) or document.get("lock_version") != LOCK_VERSION:
-        raise LockError(f"{path}: unknown lock format (lock_version {document.get('lock_version') if isinstance(document, dict) else '?'}, "
-                        f"expected {LOCK_VERSION}); recreate it with `omk-ray lock <config> --relock`")
+        raise LockError(f"{path}: not a valid lock file ({err}); {RECREATE}") from None
+    version = document.get("lock_version") if isinstance(document, dict) else None
+    if version != LOCK_VERSION:
+        raise LockError(f"{path}: unknown lock format (lock_version {version}, expected {LOCK_VERSION}); {RECREATE}")
     return document
 
 
@@ -145,7 +166,7 @@ def lock_drift(grid: GridConfig, lock: dict[str, Any], variants: list[str] | Non
         if is_ is None:
             drift.append(f"variant {name!r} is locked but no longer in the config")
             continue
-        for key in ("engine", "engine_version", "fingerprint"):
+        for key in ("engine", "engine_version", "weights"):
             if was[key] != is_[key]:
                 drift.append(f"variant {name!r}: {key} was {was[key]!r}, now {is_[key]!r}")
         for bench in sorted(set(was["recipes"]) & set(is_["recipes"])):

@@ -6,7 +6,9 @@ a node. `place` mirrors what the scheduler asks Ray for:
 
 - vLLM with N > 1: a STRICT_PACK placement group of N bundles `{GPU: 1, CPU: 1}`;
 - any other engine: one actor with `num_gpus=N, num_cpus=1`;
-- a cluster without GPUs: one actor with `farm.cpus_per_engine` CPUs (tensor parallelism unused).
+- a cluster without GPUs: one actor with `farm.cpus_per_engine` CPUs (tensor parallelism unused);
+- an engine that holds no model (openai, replay, echo: `uses_accelerator = False`): one actor
+  with no GPU and at most one CPU, anywhere.
 
 It packs engines largest first, each on the node that fits it most tightly (best fit), so big
 engines keep whole nodes and small ones fill the rest. Engines that do not fit beside the
@@ -21,6 +23,7 @@ scheduler that wants the run to follow the plan exactly.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 
 from omk_ray.config import GridConfig, VariantSpec
@@ -75,6 +78,10 @@ def cluster_nodes() -> list[Node]:
 
 def needs(variant: VariantSpec, gpu_mode: bool, cpus_per_engine: float) -> tuple[float, float, int]:
     """(GPUs, CPUs, bundles) one engine of `variant` asks Ray for, as the scheduler requests them."""
+    from omk_ray.engines import engine_class
+
+    if not engine_class(variant.engine).uses_accelerator:
+        return 0.0, min(1.0, cpus_per_engine), 0
     if not gpu_mode:
         return 0.0, cpus_per_engine, 0
     tp = variant.engine_args.tensor_parallel_size
@@ -88,9 +95,9 @@ def place(grid: GridConfig, nodes: list[Node], variants: list[str] | None = None
     check_grid(grid)
     chosen = [v for v in grid.variants if variants is None or v.name in variants]
     gpu_mode = sum(n.gpus for n in nodes) >= 1  # the scheduler's rule: any GPU in the cluster
-    usable = [n for n in nodes if n.gpus >= 1] if gpu_mode else [n for n in nodes if n.cpus > 0]
+    usable = [n for n in nodes if n.cpus > 0]
     if not usable:
-        raise PlanError("grid cannot run: the cluster has no node with GPUs or CPUs")
+        raise PlanError("grid cannot run: the cluster has no node with CPUs")
     cpus_per_engine = grid.farm.cpus_per_engine
     demand = {v.name: needs(v, gpu_mode, cpus_per_engine) for v in chosen}
 
@@ -99,18 +106,17 @@ def place(grid: GridConfig, nodes: list[Node], variants: list[str] | None = None
         gpus, cpus, _ = demand[v.name]
         if not any(n.gpus >= gpus and n.cpus >= cpus for n in usable):
             largest = max(usable, key=lambda n: (n.gpus, n.cpus))
-            what = f"{gpus:g} GPUs and {cpus:g} CPUs on one node" if gpu_mode else f"{cpus:g} CPUs on one node"
-            why = f" (tensor_parallel_size={v.engine_args.tensor_parallel_size})" if gpu_mode else ""
-            problems.append(
-                f"variant {v.name!r} needs {what}{why}, but the largest node has {largest.gpus:g} GPUs and "
-                f"{largest.cpus:g} CPUs ({len(usable)} {'GPU ' if gpu_mode else ''}nodes: "
-                f"{', '.join(f'{n.host}/{n.node_id[:8]}: {n.gpus:g} GPU {n.cpus:g} CPU' for n in usable)})"
-            )
+            what = f"{gpus:g} GPUs and {cpus:g} CPUs on one node" if gpus else f"{cpus:g} CPUs on one node"
+            why = f" (tensor_parallel_size={v.engine_args.tensor_parallel_size})" if gpus else ""
+            shapes = Counter((n.gpus, n.cpus) for n in usable)
+            listed = ", ".join(f"{k} x {g:g} GPU {c:g} CPU" for (g, c), k in shapes.items())
+            problems.append(f"variant {v.name!r} needs {what}{why}, but the largest node has "
+                            f"{largest.gpus:g} GPUs and {largest.cpus:g} CPUs (nodes: {listed})")
     if problems:
         raise PlanError("grid cannot fit the cluster:\n  " + "\n  ".join(problems))
 
     order = {n.node_id: i for i, n in enumerate(usable)}
-    pending = sorted(chosen, key=lambda v: (-demand[v.name][0], -demand[v.name][1]))  # stable: grid order within a size
+    pending = sorted(chosen, key=lambda v: (-demand[v.name][0], -demand[v.name][1]))  # stable: grid order otherwise
     limit = grid.farm.max_engines
     placements: list[Placement] = []
     wave = 0
@@ -124,8 +130,10 @@ def place(grid: GridConfig, nodes: list[Node], variants: list[str] | None = None
             if not fits or (limit is not None and in_wave >= limit):
                 later.append(v)
                 continue
-            # best fit: the node left with the least room, so whole nodes stay free for big engines
-            node = min(fits, key=lambda n: (free[n.node_id][0] - gpus, free[n.node_id][1] - cpus, order[n.node_id]))
+            # best fit: the node left with the least room, so whole nodes stay free for big engines;
+            # an engine without a model goes to a node without GPUs when one has room
+            node = min(fits, key=lambda n: (gpus == 0 and n.gpus > 0, free[n.node_id][0] - gpus,
+                                            free[n.node_id][1] - cpus, order[n.node_id]))
             free[node.node_id][0] -= gpus
             free[node.node_id][1] -= cpus
             in_wave += 1
@@ -165,7 +173,8 @@ def pin_options(placement: Placement) -> dict:
     return {"scheduling_strategy": NodeAffinitySchedulingStrategy(placement.node_id, soft=False)}
 
 
-def request_gpus(grid: GridConfig, gpus: int, timeout_s: float = 1800, poll_s: float = 5) -> list[Node]:
+def request_gpus(grid: GridConfig, gpus: int, timeout_s: float = 1800, poll_s: float = 5,
+                 variants: list[str] | None = None) -> list[Node]:
     """Ask an autoscaling cluster for `gpus` GPUs (whole tensor-parallel groups first) and wait for them.
 
     Returns the alive nodes once the cluster has that many GPUs; raises TimeoutError otherwise.
@@ -173,7 +182,8 @@ def request_gpus(grid: GridConfig, gpus: int, timeout_s: float = 1800, poll_s: f
     """
     from ray.autoscaler.sdk import request_resources
 
-    bundles = [{"GPU": float(v.engine_args.tensor_parallel_size)} for v in grid.variants]
+    bundles = [{"GPU": float(v.engine_args.tensor_parallel_size)} for v in grid.variants
+               if variants is None or v.name in variants]
     while sum(b["GPU"] for b in bundles) < gpus:
         bundles.append({"GPU": 1.0})
     request_resources(bundles=bundles)

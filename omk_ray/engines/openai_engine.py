@@ -1,0 +1,246 @@
+"""OpenAI-compatible endpoints: llama.cpp's llama-server, `vllm serve`, any gateway that speaks
+`/v1/chat/completions`.
+
+The server renders the chat template and tokenizes; this engine sends the recipe's sampler
+settings, `chat_template_kwargs: {enable_thinking}` and a token cap of the recipe's generation
+budget, and records the server's usage counts, finish_reason and `reasoning_content` (or
+`reasoning`; with no reasoning parser on the server, the recipe's markers are split here).
+
+`engine_args.extra`:
+
+    base_url     required, e.g. http://gpu-node-3:8080/v1
+    model        served model name (default: the variant's `model`, else the server's first model)
+    api_key_env  name of the environment variable that holds the API key (never the key itself)
+    concurrency  requests in flight per endpoint from one engine process (default 8)
+    timeout      seconds one attempt may take (default 600)
+    retries      further attempts after a 408/429/5xx, a timeout or a connection error (default 6)
+    backoff      first retry delay in seconds, doubled per retry up to `backoff_max` (default 1, 30)
+    body         JSON fields merged into every request (server-specific settings)
+
+A request that still fails after its retries, or gets a 4xx, is never dropped: it comes back
+as a Completion with `error` set and finish_reason "error", and becomes a row saying so.
+`prompt_hash` hashes the request's messages and template arguments (the server's tokens are
+not seen here).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+
+from omk_ray.config import Recipe, VariantSpec
+from omk_ray.engines.base import Completion, Engine, Request
+
+log = logging.getLogger("omk_ray.engines.openai")
+
+RETRY_STATUS = {408, 409, 425, 429}
+_ENDPOINT_SLOTS: dict[str, threading.BoundedSemaphore] = {}
+_SLOTS_LOCK = threading.Lock()
+
+
+class RequestFailed(RuntimeError):
+    """A request that cannot succeed (4xx) or failed on every attempt; the message says why."""
+
+
+def endpoint_slots(base_url: str, concurrency: int) -> threading.BoundedSemaphore:
+    """One limit per endpoint, shared by every engine of this process that talks to it."""
+    with _SLOTS_LOCK:
+        if base_url not in _ENDPOINT_SLOTS:
+            _ENDPOINT_SLOTS[base_url] = threading.BoundedSemaphore(concurrency)
+        return _ENDPOINT_SLOTS[base_url]
+
+
+class OpenAIEngine(Engine):
+    kind = "openai"
+    uses_accelerator = False  # the server holds the model
+
+    def __init__(self, variant: VariantSpec, model_path: str):
+        super().__init__(variant, model_path)
+        extra = dict(variant.engine_args.extra)
+        if not extra.get("base_url"):
+            raise ValueError(f"variant {variant.name!r}: the openai engine needs engine_args.extra.base_url")
+        self.base_url = str(extra["base_url"]).rstrip("/")
+        self.concurrency = int(extra.get("concurrency", 8))
+        self.retries = int(extra.get("retries", 6))
+        self.backoff = float(extra.get("backoff", 1.0))
+        self.backoff_max = float(extra.get("backoff_max", 30.0))
+        self.body = dict(extra.get("body") or {})
+        headers = {}
+        key_env = extra.get("api_key_env")
+        if key_env:
+            if not os.environ.get(key_env):
+                raise ValueError(f"variant {variant.name!r}: environment variable {key_env} (api_key_env) is not set")
+            headers["Authorization"] = f"Bearer {os.environ[key_env]}"
+        self.client = httpx.Client(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=httpx.Timeout(float(extra.get("timeout", 600)), connect=10.0),
+            limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
+        )
+        self.slots = endpoint_slots(self.base_url, self.concurrency)
+        self.model = extra.get("model") or variant.model or self._first_model()
+        self._version = f"openai {self.model} @ {self._server_version()}"
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def generate(self, requests: list[Request], recipe: Recipe) -> list[Completion]:
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="openai") as pool:
+            return list(pool.map(lambda r: self._one(r, recipe), requests))
+
+    def _one(self, request: Request, recipe: Recipe) -> Completion:
+        payload = self.payload(request, recipe)
+        prompt_hash = hashlib.sha256(
+            json.dumps([payload.get("messages"), payload.get("prompt"), payload.get("chat_template_kwargs")],
+                       sort_keys=True).encode()
+        ).hexdigest()[:16]
+        start = time.perf_counter()
+        try:
+            data = self._post("/chat/completions" if recipe.chat_template else "/completions", payload)
+            completion = parse_response(data, recipe)
+        except Exception as err:  # never a silent drop: whatever went wrong becomes the row's error
+            return Completion(text="", finish_reason="error", prompt_hash=prompt_hash,
+                              latency_s=time.perf_counter() - start, error=f"{type(err).__name__}: {err}")
+        completion.prompt_hash = prompt_hash
+        completion.latency_s = time.perf_counter() - start
+        return completion
+
+    def payload(self, request: Request, recipe: Recipe) -> dict[str, Any]:
+        messages = list(request.messages)
+        if recipe.system_prompt:
+            messages = [{"role": "system", "content": recipe.system_prompt}, *messages]
+        body: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": recipe.generation_budget,
+            "temperature": recipe.temperature,
+            "top_p": recipe.top_p,
+            "seed": recipe.seed + request.repeat,
+        }
+        if recipe.chat_template:
+            body["messages"] = messages
+            body["chat_template_kwargs"] = {"enable_thinking": recipe.enable_thinking}
+        else:
+            body["prompt"] = "\n\n".join(m["content"] for m in messages)
+        if recipe.top_k:
+            body["top_k"] = recipe.top_k
+        if recipe.min_p:
+            body["min_p"] = recipe.min_p
+        if recipe.min_tokens:
+            body["min_tokens"] = recipe.min_tokens
+        if recipe.stop:
+            body["stop"] = list(recipe.stop)
+        body.update(self.body)
+        return body
+
+    def _post(self, path: str, payload: dict) -> dict:
+        with self.slots:
+            return self._with_retries(lambda: self.client.post(path, json=payload), f"POST {path}")
+
+    def _with_retries(self, send, what: str) -> dict:
+        delay = self.backoff
+        for attempt in range(self.retries + 1):
+            wait = None
+            try:
+                response = send()
+            except (httpx.TimeoutException, httpx.TransportError) as err:
+                error = f"{type(err).__name__}: {err or 'no detail'}"
+            else:
+                if response.status_code == 200:
+                    try:
+                        return response.json()
+                    except json.JSONDecodeError:
+                        error = f"HTTP 200 with a body that is not JSON: {response.text[:200]!r}"
+                else:
+                    error = f"HTTP {response.status_code}: {response.text[:500]}"
+                    if response.status_code < 500 and response.status_code not in RETRY_STATUS:
+                        raise RequestFailed(error)
+                    wait = _retry_after(response)
+            if attempt == self.retries:
+                raise RequestFailed(f"{what} failed {attempt + 1} times; last: {error}")
+            pause = wait if wait is not None else min(delay, self.backoff_max) * random.uniform(0.8, 1.2)
+            log.warning("%s %s: %s; retry %d/%d in %.1f s",
+                        self.base_url, what, error, attempt + 1, self.retries, pause)
+            time.sleep(pause)
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    # -- server facts ------------------------------------------------------------------------
+
+    def _first_model(self) -> str:
+        data = self._with_retries(lambda: self.client.get("/models"), "GET /models")
+        models = [m.get("id") for m in data.get("data", []) if m.get("id")]
+        if not models:
+            raise RuntimeError(f"{self.base_url}/models lists no model; set engine_args.extra.model")
+        return models[0]
+
+    def _server_version(self) -> str:
+        """What the server says it runs (vLLM: /version; llama-server: /props build_info), best effort."""
+        root = self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
+        for path, key, label in (("/version", "version", "vllm"), ("/props", "build_info", "llama.cpp")):
+            try:
+                response = self.client.get(root + path, timeout=5.0)
+                value = response.json().get(key) if response.status_code == 200 else None
+            except (httpx.HTTPError, ValueError, AttributeError):
+                value = None
+            if value:
+                return f"{label} {value}"
+        return self.base_url
+
+
+def parse_response(data: dict, recipe: Recipe) -> Completion:
+    """An OpenAI chat (or text) completion response -> a Completion."""
+    choice = data["choices"][0]
+    message = choice.get("message")
+    if message is not None:
+        text = message.get("content") or ""
+        reasoning = message.get("reasoning_content") or message.get("reasoning")
+    else:
+        text, reasoning = choice.get("text") or "", None
+    if reasoning is None:
+        reasoning, text = split_markers(text, recipe.reasoning_markers)
+    finish = choice.get("finish_reason") or "stop"
+    if finish == "length" and reasoning is not None and not text.strip():
+        finish = "length_in_reasoning"
+    usage = data.get("usage") or {}
+    details = usage.get("completion_tokens_details") or {}
+    return Completion(
+        text=text,
+        reasoning=reasoning,
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+        reasoning_tokens=int(details.get("reasoning_tokens") or 0),
+        finish_reason=finish,
+    )
+
+
+def split_markers(text: str, markers: tuple[str, str]) -> tuple[str | None, str]:
+    """(reasoning, answer) of a text whose thought the server left between the markers."""
+    start, end = markers
+    if not start or start not in text:
+        return None, text
+    before, _, rest = text.partition(start)
+    thought, closed, after = rest.partition(end)
+    return thought, (before + after) if closed else before
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    try:
+        return min(float(value), 300.0) if value else None
+    except ValueError:
+        return None

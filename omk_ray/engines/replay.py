@@ -1,0 +1,94 @@
+"""An engine that answers from a results folder instead of a model: rescoring stored outputs with a
+new scorer or bench version, and measuring the farm itself with real output lengths.
+
+`engine_args.extra`:
+
+    results           results folder to replay (default: the variant's `model`, so a grid can
+                      write `model: results/` and have the path resolved next to the config)
+    variant           the stored variant to replay (default: this variant's name)
+    recipe_hash       only replay samples made with this recipe hash (default: any)
+    seconds_per_token sleep in proportion to the longest stored completion of each batch, like
+                      a batched engine generating those tokens (default 0: answer at once)
+
+A request `doc#repeat` gets the stored sample with that doc id and repeat. When several
+benches hold the same doc id, the one whose recipe hash equals the request's recipe is used;
+if that still leaves more than one, or none is stored, the request comes back with an error
+(finish_reason "error") naming the problem: a replay never invents an answer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pyarrow.compute as pc
+
+from omk_ray.config import Recipe, VariantSpec
+from omk_ray.engines.base import Completion, Engine, Request
+
+REPLAYED = ["bench", "doc_id", "repeat", "recipe_hash", "response", "reasoning", "prompt_tokens", "completion_tokens",
+            "reasoning_tokens", "finish_reason", "latency_s", "prompt_hash", "error", "engine_version"]
+
+
+class ReplayEngine(Engine):
+    kind = "replay"
+    uses_accelerator = False
+
+    def __init__(self, variant: VariantSpec, model_path: str):
+        super().__init__(variant, model_path)
+        from omk_ray.results.store import ResultsStore
+
+        extra = variant.engine_args.extra
+        self.results = Path(extra.get("results") or model_path)
+        self.source = str(extra.get("variant") or variant.name)
+        self.seconds_per_token = float(extra.get("seconds_per_token", 0.0))
+        store = ResultsStore(self.results)
+        if not store.shard_paths():
+            raise FileNotFoundError(f"variant {variant.name!r}: no stored samples to replay in {self.results}")
+        where = pc.field("variant") == self.source
+        if extra.get("recipe_hash"):
+            where &= pc.field("recipe_hash") == str(extra["recipe_hash"])
+        rows = store.read(columns=REPLAYED, filter=where).to_pylist()
+        if not rows:
+            raise ValueError(f"variant {variant.name!r}: {self.results} holds no samples of variant {self.source!r}"
+                             + (f" with recipe {extra['recipe_hash']}" if extra.get("recipe_hash") else ""))
+        self.rows: dict[tuple[str, int], list[dict]] = defaultdict(list)
+        for row in rows:
+            self.rows[(row["doc_id"], row["repeat"])].append(row)
+        stored_versions = sorted({r["engine_version"] or "?" for r in rows})
+        self._version = f"replay {self.source} ({', '.join(stored_versions)})"
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    def generate(self, requests: list[Request], recipe: Recipe) -> list[Completion]:
+        out = [self._replay(r, recipe) for r in requests]
+        if self.seconds_per_token:
+            time.sleep(max((c.completion_tokens for c in out), default=0) * self.seconds_per_token)
+        return out
+
+    def _replay(self, request: Request, recipe: Recipe) -> Completion:
+        doc_id = request.id.rsplit("#", 1)[0]
+        found = self.rows.get((doc_id, request.repeat), [])
+        if len(found) > 1:
+            found = [r for r in found if r["recipe_hash"] == recipe.hash] or found
+        if len(found) != 1:
+            where = f"variant {self.source!r} in {self.results}"
+            reason = (f"no stored sample of doc {doc_id!r} repeat {request.repeat} for {where}" if not found else
+                      f"doc {doc_id!r} repeat {request.repeat} is stored in several benches "
+                      f"({', '.join(sorted(r['bench'] for r in found))}) of {where}; set extra.recipe_hash to choose")
+            return Completion(text="", finish_reason="error", error=reason)
+        row = found[0]
+        return Completion(
+            text=row["response"] or "",
+            reasoning=row["reasoning"],
+            prompt_tokens=row["prompt_tokens"] or 0,
+            completion_tokens=row["completion_tokens"] or 0,
+            reasoning_tokens=row["reasoning_tokens"] or 0,
+            finish_reason=row["finish_reason"] or "stop",
+            latency_s=row["latency_s"] or 0.0,
+            prompt_hash=row["prompt_hash"] or "",
+            error=row["error"],
+        )
