@@ -59,8 +59,13 @@ def plan(
     variant: Optional[list[str]] = typer.Option(None, "--variant", "-v", help="only these variants"),
     limit: Optional[int] = typer.Option(None, help="first N docs of every bench (smoke runs)"),
     as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address: also show where each engine goes"),
 ) -> None:
-    """Show what a run would do: samples per variant x bench, engines, estimated tokens."""
+    """Show what a run would do: samples per variant x bench, engines, estimated tokens.
+
+    With --address, also the placement of every engine on the cluster's nodes (a grid that
+    cannot fit, e.g. a tensor-parallel group larger than any node, is refused here).
+    """
     from omk_ray.farm.planner import PlanError, describe, make_plan
     from omk_ray.results.store import ResultsStore
 
@@ -74,6 +79,15 @@ def plan(
         print(json.dumps(rows, indent=2))
         return
     print_table(rows, title=f"plan: {grid.name}")
+    if address:
+        from omk_ray.farm.placement import cluster_nodes, describe_placements, place
+        from omk_ray.farm.runner import connect
+
+        connect(address)
+        try:
+            print_table(describe_placements(place(grid, cluster_nodes(), variants=variant)), title="placement")
+        except PlanError as err:
+            fail(str(err))
     engines = {v.name: f"{v.engine} tp={v.engine_args.tensor_parallel_size}" for v in grid.variants}
     console.print(
         f"{len(engines)} engine kinds ({', '.join(f'{k}: {e}' for k, e in engines.items())}); "
@@ -90,6 +104,8 @@ def run(
     variant: Optional[list[str]] = typer.Option(None, "--variant", "-v", help="only these variants"),
     limit: Optional[int] = typer.Option(None, help="first N docs of every bench (smoke runs)"),
     no_progress: bool = typer.Option(False, "--no-progress", help="no live progress display"),
+    locked: bool = typer.Option(False, "--locked", help="refuse to start if CONFIG drifted from CONFIG.lock.json "
+                                "(see `omk-ray lock`)"),
 ) -> None:
     """Run a grid: generate every missing sample on Ray engine actors and store it as Parquet.
 
@@ -100,6 +116,13 @@ def run(
     from omk_ray.farm.runner import run_grid
 
     grid = load(config)
+    if locked:
+        from omk_ray.farm.lock import check_lock
+
+        try:
+            check_lock(grid, variants=variant)
+        except ConfigError as err:
+            fail(str(err))
     try:
         summary = run_grid(grid, results, address=address, variants=variant, limit_docs=limit,
                            show_progress=not no_progress)

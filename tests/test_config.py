@@ -99,3 +99,14 @@ def test_plan_counts(tmp_path, tiny_gemma4):
 
     rows = json.loads(output)
     assert [(r["variant"], r["bench"], r["expected"], r["missing"]) for r in rows] == [("a", "copy", 3, 3), ("b", "copy", 3, 3)]
+
+
+def test_locked_run_refuses_a_config_without_or_off_its_lock(tmp_path, tiny_gemma4):
+    path = grid_file(tmp_path, tiny_model=tiny_gemma4, variants=[hf_variant("a", tiny_gemma4)])
+    code, output = run_cli("run", path, "--results", tmp_path / "r", "--locked")
+    assert code == 2 and "lock" in output and not (tmp_path / "r").exists()
+    assert run_cli("lock", path)[0] == 0
+    path.write_text(path.read_text().replace("max_gen_toks: 8", "max_gen_toks: 9"))
+    code, output = run_cli("run", path, "--results", tmp_path / "r", "--locked")
+    assert code == 2 and "max_gen_toks 8 -> 9" in output and not (tmp_path / "r").exists()
+    assert not ray.is_initialized()

@@ -58,3 +58,11 @@ def test_torn_event_line_is_skipped(tmp_path):
     with run.events_path.open("a") as f:
         f.write('{"event": "cut sho')
     assert [e["event"] for e in run.events()] == ["unit_failed"]
+
+
+def test_error_rows_are_not_done(tmp_path):
+    store = ResultsStore(tmp_path)
+    bad = rows("a", "b", 3)
+    bad[1]["error"] = "endpoint unreachable after 6 retries"
+    store.write_shard(rows_to_table(bad), "a", "b", "u1")
+    assert {k[3] for k in store.done_keys()} == {"0", "2"}  # the failed sample is generated again

@@ -65,7 +65,8 @@ class ResultsStore:
         return table if columns is None else table.select(columns)
 
     def done_keys(self) -> set[tuple]:
-        return set(iter_keys(self.read(columns=list(RESUME_KEY))))
+        """Keys of the samples stored without an error: a sample whose generation failed is run again."""
+        return set(iter_keys(self.read(columns=list(RESUME_KEY), filter=pc.field("error").is_null())))
 
     # -- runs --------------------------------------------------------------------------------
 
