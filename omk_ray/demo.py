@@ -25,6 +25,19 @@ DEMO_CONFIG = Path(__file__).parent / "toy" / "assets" / "demo.yaml"
 BASELINE = "toy"
 
 
+def untrained_stand_in(out: Path) -> Path:
+    """The demo grid on an untrained model of the toy's shape (when no trained toy is shipped)."""
+    from omk_ray.toy.data import write_data
+    from omk_ray.toy.tiny import build_tiny_gemma4
+
+    folder = out / "untrained-toy"
+    if not (folder / "model" / "config.json").exists():
+        build_tiny_gemma4(folder / "model", seed=0, num_experts=16, top_k=2, layers=3)
+    write_data(folder)
+    shutil.copy(DEMO_CONFIG, folder / "demo.yaml")
+    return folder / "demo.yaml"
+
+
 def run_demo(out: Path, fresh: bool = False, config: Path = DEMO_CONFIG) -> None:
     from omk_ray.analysis.compare import CompareOptions, compare
     from omk_ray.analysis.markdown import to_markdown
@@ -33,8 +46,16 @@ def run_demo(out: Path, fresh: bool = False, config: Path = DEMO_CONFIG) -> None
     if fresh and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    trained = (config.resolve().parent / "model" / "config.json").exists()
+    if not trained:
+        console.print("[yellow]no trained toy model is shipped here: running the grid on an untrained model of "
+                      "its shape (every score 0; canary verdicts recorded, not enforced)[/]")
+        config = untrained_stand_in(out)
     grid = load_grid(config)
     grid = grid.model_copy(update={"artifacts": str((out / "artifacts").resolve())})
+    if not trained:
+        canary = grid.farm.canary.model_copy(update={"on_fail": "continue"})
+        grid = grid.model_copy(update={"farm": grid.farm.model_copy(update={"canary": canary})})
     console.print(f"[bold]grid[/] {config}: {len(grid.variants)} variants x {len(grid.benches)} benches; "
                   f"arms are built under {out / 'artifacts'}; local Ray")
     summary = run_grid(grid, out / "results")
@@ -42,6 +63,6 @@ def run_demo(out: Path, fresh: bool = False, config: Path = DEMO_CONFIG) -> None
                   f"({summary.expected - summary.planned} already stored) in {summary.seconds:.0f} s")
     comparison = compare(out / "results", CompareOptions(baseline=BASELINE))
     paths = write_report(comparison, out / "report")
-    console.print(to_markdown(comparison), markup=False, highlight=False)
+    console.print(to_markdown(comparison), markup=False, highlight=False, soft_wrap=True)
     console.print(f"\nresults: {out / 'results'} (Parquet under samples/<variant>/<bench>/)")
     console.print(f"report:  {paths['html']} (HTML), {paths['markdown']}, tables in {out / 'report' / 'tables'}")

@@ -109,11 +109,11 @@ def test_engine_actor_killed_mid_run(tmp_path, tiny_gemma4, local_ray):
     killed = []
 
     def kill_one(unit, table):
-        if not killed:
-            names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                     if a["namespace"] == NAMESPACE and a["name"].startswith("omk-")]
-            ray.kill(ray.get_actor(names[0], namespace=NAMESPACE), no_restart=True)
-            killed.append(names[0])
+        if not killed:  # an engine that has loaded (one still loading would be a failed start instead)
+            events = ResultsStore(tmp_path / "results").runs()[-1].events()
+            name = next(e["name"] for e in events if e["event"] == "engine_started")
+            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+            killed.append(name)
 
     summary = run_grid(grid, tmp_path / "results", show_progress=False, on_unit=kill_one)
     assert killed

@@ -43,7 +43,9 @@ needs_namespaces = pytest.mark.skipif(not NAMESPACES, reason="Linux namespaces a
 def host(monkeypatch):
     """A visible folder outside the sandbox (under tests/, not the hidden /tmp) holding a precious
     file anyone may write, and a home folder with a Hugging Face token; secrets in the env."""
-    root = Path(__file__).parent / f".sandbox-canary-{uuid.uuid4().hex[:8]}"
+    # /srv is never hidden; the checkout may be (CI may clone under /tmp, /root or /home)
+    base = Path("/srv") if os.access("/srv", os.W_OK) else Path(__file__).parent
+    root = base / f".sandbox-canary-{uuid.uuid4().hex[:8]}"
     (root / "home" / ".cache" / "huggingface").mkdir(parents=True)
     precious = root / "precious.txt"
     precious.write_text("keep me")

@@ -257,7 +257,9 @@ def _minimal_dev(device_fds: dict[str, int]) -> None:
 def _python_paths() -> list[str]:
     """Where this interpreter and its packages live: mounted back even inside a hidden folder."""
     exe_root = os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))
-    return [sys.prefix, sys.base_prefix, sys.exec_prefix, exe_root, *(p for p in sys.path if os.path.isdir(p))]
+    # Under -S a virtual environment does not set sys.prefix (site does): keep the venv by its executable.
+    venv = os.path.dirname(os.path.dirname(os.path.abspath(sys.executable)))
+    return [sys.prefix, sys.base_prefix, sys.exec_prefix, exe_root, venv, *(p for p in sys.path if os.path.isdir(p))]
 
 
 def _existing_unique(paths: list[str]) -> list[str]:

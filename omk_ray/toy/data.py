@@ -1,0 +1,65 @@
+"""The toy model's files: bench and profiling-prompt JSONL, and where the shipped copies live.
+
+`omk_ray/toy/assets/` (package data, written by `omk-ray toy train --out omk_ray/toy/assets`):
+
+    model/                   the trained checkpoint (Gemma4ForCausalLM, tokenizer, chat template)
+    bench.jsonl              held-out test problems for the `jsonl` bench:
+                             {"id", "prompt", "target", "domain" (class), "subdomain" (subclass)}
+    profile_prompts.jsonl    held-out profiling prompts: {"id", "class", "subclass", "prompt"}
+    report.json              recipe, training time and held-out accuracy per class and subclass
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+from omk_ray.toy.tasks import heldout_problems
+
+MODEL_DIR = "model"
+BENCH_FILE = "bench.jsonl"
+PROFILE_FILE = "profile_prompts.jsonl"
+REPORT_FILE = "report.json"
+
+
+def assets_dir() -> Path:
+    return Path(str(resources.files("omk_ray.toy") / "assets"))
+
+
+def shipped(name: str = MODEL_DIR) -> Path:
+    """Path of a shipped asset (`model`, `bench.jsonl`, ...); a clear error if it is missing."""
+    path = assets_dir() / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: rebuild the toy assets with `omk-ray toy train --out {assets_dir()}`")
+    return path
+
+
+def bench_rows() -> list[dict]:
+    return [
+        {"id": p["id"], "prompt": p["prompt"], "target": p["target"], "domain": p["class"], "subdomain": p["subclass"]}
+        for p in heldout_problems("test")
+    ]
+
+
+def profile_rows() -> list[dict]:
+    return [{"id": p["id"], "class": p["class"], "subclass": p["subclass"], "prompt": p["prompt"]}
+            for p in heldout_problems("profile")]
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)
+    return path
+
+
+def write_data(out_dir: str | Path) -> dict[str, Path]:
+    """Write the bench and the profiling prompts into out_dir."""
+    out = Path(out_dir)
+    return {
+        "bench": write_jsonl(out / BENCH_FILE, bench_rows()),
+        "profile": write_jsonl(out / PROFILE_FILE, profile_rows()),
+    }
