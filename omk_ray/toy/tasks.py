@@ -15,7 +15,6 @@ draws training problems from the training seed and never yields a prompt of a he
 from __future__ import annotations
 
 import random
-import string
 from dataclasses import dataclass
 from typing import Callable, Iterator
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from omk_ray.toy.tasks import MAX_ANSWER_CHARS, TASKS, TrainingStream
+from omk_ray.toy.tasks import TASKS, TrainingStream
 
 TURN_END = "<turn|>"
 IGNORE = -100
@@ -106,20 +106,19 @@ class RouterTaps:
             h.remove()
 
 
-def train(out_dir: str | Path, recipe: ToyRecipe = ToyRecipe(), log=print, device: str = "cpu") -> Path:
-    """Train, save the checkpoint (with tokenizer, chat template, generation config) to out_dir.
-    The recipe is meant for CPU; `device="cuda"` is for quick recipe searches."""
+def train(out_dir: str | Path, recipe: ToyRecipe = ToyRecipe(), log=print) -> Path:
+    """Train on CPU; save the checkpoint (with tokenizer, chat template, generation config) to out_dir."""
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(recipe.threads)
     try:
-        return _train(out_dir, recipe, log, device)
+        return _train(out_dir, recipe, log)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(out_dir: str | Path, recipe: ToyRecipe, log, device: str) -> Path:
+def _train(out_dir: str | Path, recipe: ToyRecipe, log) -> Path:
     import torch
     import torch.nn.functional as F
     from transformers import Gemma4ForCausalLM, GenerationConfig
@@ -131,14 +130,13 @@ def _train(out_dir: str | Path, recipe: ToyRecipe, log, device: str) -> Path:
     tokenizer = build_tokenizer(None)
     config = gemma4_config(**recipe.model_config_kwargs())
     config._experts_implementation = "grouped_mm"  # faster on CPU than the per-expert loop; same maths
-    model = Gemma4ForCausalLM(config).to(device)
+    model = Gemma4ForCausalLM(config)
     model.train()
     plan = specialist_plan(recipe)
     labels_index = {task.label: i for i, task in enumerate(TASKS)}
     specialist = torch.tensor([[plan[str(l)][t.label] for t in TASKS] for l in range(recipe.layers)])  # [L, T]
     shared = torch.ones(recipe.layers, recipe.num_experts, dtype=torch.bool)
     shared[torch.arange(recipe.layers)[:, None], specialist] = False
-    specialist, shared = specialist.to(device), shared.to(device)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.98), weight_decay=0.0)
 
@@ -154,7 +152,7 @@ def _train(out_dir: str | Path, recipe: ToyRecipe, log, device: str) -> Path:
     try:
         for step in range(recipe.steps):
             batch = [next(stream) for _ in range(recipe.batch_size)]
-            input_ids, attention, labels, task_of = (t.to(device) for t in _collate(tokenizer, batch, labels_index))
+            input_ids, attention, labels, task_of = _collate(tokenizer, batch, labels_index)
             logits = model(input_ids=input_ids, attention_mask=attention, use_cache=False).logits
             lm_loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
                                       ignore_index=IGNORE)
@@ -173,7 +171,7 @@ def _train(out_dir: str | Path, recipe: ToyRecipe, log, device: str) -> Path:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.to("cpu").eval()
+    model.eval()
     model.generation_config = GenerationConfig(bos_token_id=2, eos_token_id=[1, 5], pad_token_id=0)
     model.save_pretrained(out)
     build_tokenizer(out)
@@ -184,7 +182,6 @@ def _train(out_dir: str | Path, recipe: ToyRecipe, log, device: str) -> Path:
         "recipe": recipe.model_dump(),
         "specialists": plan,
         "train_seconds": round(seconds, 1),
-        "device": device,
         "versions": _versions(),
     }, indent=1) + "\n")
     log(f"trained in {seconds:.0f} s; saved {out}")
@@ -239,4 +236,4 @@ def _versions() -> dict:
     return {"torch": torch.__version__, "transformers": transformers.__version__, "tokenizers": tokenizers.__version__}
 
 
-__all__ = ["ToyRecipe", "specialist_plan", "train", "encode", "MAX_ANSWER_CHARS"]
+__all__ = ["ToyRecipe", "specialist_plan", "train", "encode"]
