@@ -54,25 +54,9 @@ class DropPlan:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def build_drop_map(
-    cd: dict,
-    strategy: str = "max",
-    target: int | None = None,
-    drop: int | None = None,
-    protect_top: int = 0,
-    normalize: str = "mean",
-    classes=None,
-    split_classes=None,
-    weights=None,
-    alpha: float = 2.0,
-    protect_per_class: int = 0,
-    **strategy_params,
-) -> dict[str, list[int]]:
-    """The drop map `{"LAYER": [dropped ids, ascending]}`; see the module docstring."""
-    return plan_drop_map(
-        cd, strategy, target, drop, protect_top, normalize, classes, split_classes, weights, alpha,
-        protect_per_class, **strategy_params,
-    ).drop_map
+def build_drop_map(cd: dict, *args, **kwargs) -> dict[str, list[int]]:
+    """The drop map `{"LAYER": [dropped ids, ascending]}`: `plan_drop_map(...).drop_map`, same arguments."""
+    return plan_drop_map(cd, *args, **kwargs).drop_map
 
 
 def plan_drop_map(
