@@ -90,7 +90,7 @@ def plan(
             fail(str(err))
     engines = {v.name: f"{v.engine} tp={v.engine_args.tensor_parallel_size}" for v in grid.variants}
     console.print(
-        f"{len(engines)} variants, one engine each at a time ({', '.join(f'{k}: {e}' for k, e in engines.items())}); "
+        f"{len(engines)} variants ({', '.join(f'{k}: {e}' for k, e in engines.items())}); "
         f"{the_plan.missing} of {the_plan.expected} samples to generate in ~{the_plan.units_estimate()} units "
         f"of <= {grid.farm.shard_size}; est. {sum(r['est_tokens'] for r in rows):,} completion tokens"
     )
