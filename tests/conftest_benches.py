@@ -14,8 +14,8 @@ import pytest
 
 from omk_ray.benches import data
 
-# shared/ lies beside the project's root, for developers and CI alike.
-LOGS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "lm-eval-logs"
+# A real lm-eval run, kept in the repository (see its README for where it came from).
+LOGS = Path(__file__).resolve().parent / "fixtures" / "lm-eval-logs"
 
 
 @pytest.fixture(scope="session")

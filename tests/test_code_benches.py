@@ -21,10 +21,9 @@ from omk_ray.benches.mbpp import MbppBench
 from omk_ray.config import BenchSpec
 from omk_ray.engines.base import Completion
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "lm-eval-logs"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "lm-eval-logs"
 HE_LOG = FIXTURES / "humaneval_full" / "samples_humaneval_chat_2026-05-17T13-55-45.807443.jsonl"
 LCB_LOG = FIXTURES / "lcb_medium_55" / "lcb_result.samples.jsonl"
-needs_fixtures = pytest.mark.skipif(not HE_LOG.exists(), reason="the shared lm-eval fixture logs are not here")
 
 
 def fenced(code: str, prose: str = "Here is the solution.") -> Completion:
@@ -56,7 +55,6 @@ def test_function_code_takes_the_last_complete_function():
     assert function_code("    return x + 1\n") == "    return x + 1\n"
 
 
-@needs_fixtures
 def test_extraction_reproduces_the_users_filters_on_the_real_run():
     for line in HE_LOG.read_text().splitlines():
         row = json.loads(line)
@@ -110,7 +108,6 @@ def test_humaneval_canonical_solutions_all_pass_and_wrong_ones_fail(humaneval):
     assert "OMK_PWNED" not in os.environ  # the completion ran elsewhere, never in this process
 
 
-@needs_fixtures
 def test_sandbox_pass_at_1_equals_lm_eval_on_the_real_run():
     rows = [json.loads(line) for line in HE_LOG.read_text().splitlines()]
     outcomes = run_candidates([r["filtered_resps"][0][0] for r in rows], [r["target"] for r in rows])

@@ -1,4 +1,4 @@
-"""Scoring parity with lm-eval on a real run (shared/fixtures/lm-eval-logs, gpt-oss-20b).
+"""Scoring parity with lm-eval on a real run (tests/fixtures/lm-eval-logs, gpt-oss-20b).
 
 1. Importing every log reproduces each aggregate of its results_*.json, and each row's metric
    map holds exactly the per-sample values lm-eval logged (every filter).

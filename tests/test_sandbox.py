@@ -341,6 +341,46 @@ def test_unprivileged_farm_gets_a_user_namespace(tmp_path, host):
     assert_unharmed(host, deleted)
 
 
+@needs_namespaces
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv") or not Path("/usr/bin/python3").exists(),
+    reason="needs root, setpriv and a system python3 to play an unprivileged user",
+)
+def test_unprivileged_user_with_checkout_and_venv_in_a_private_home(host):
+    """The common case: a user whose checkout and venv live in their own mode-700 home. The sandbox
+    code runs from there as that user; nothing of it must be readable by anyone else."""
+    import subprocess
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="omk-home-", dir="/srv" if os.access("/srv", os.W_OK) else None))
+    try:
+        assert stat.S_IMODE(home.stat().st_mode) == 0o700
+        package = home / "checkout" / "omk_ray" / "benches" / "sandbox"
+        shutil.copytree(Path(pool.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+        for init in (package.parents[1] / "__init__.py", package.parents[0] / "__init__.py"):
+            init.write_text("")  # only the sandbox's own modules: the rest of the package needs the full venv
+        subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(home / "venv")], check=True)
+        subprocess.run(["chown", "-R", "4242:4242", str(home)], check=True)
+        hidden = f"import os; assert os.getuid() == 0 and 'checkout' not in os.listdir({str(home)!r})"
+        script = textwrap.dedent(f"""
+            from omk_ray.benches.sandbox import Job, Limits, Sandbox
+            sandbox = Sandbox(Limits(wall_s=5, cpu_s=5, memory_mb=512, processes=8), isolation="namespaces")
+            ok = sandbox.run(Job(program={hidden!r}))
+            wrong = sandbox.run(Job(program="assert 1 + 1 == 3"))
+            print(ok.status, ok.isolation, wrong.status, ok.reason)
+        """)
+        done = subprocess.run(
+            ["setpriv", "--reuid=4242", "--regid=4242", "--clear-groups", str(home / "venv" / "bin" / "python"),
+             "-c", script],
+            env={"HOME": str(home), "PYTHONPATH": str(home / "checkout"), "PATH": "/usr/bin:/bin"},
+            cwd=str(home), capture_output=True, text=True, timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.split()[:3] == ["pass", "namespaces", "fail"], done.stdout
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
 def test_isolation_is_reported():
     outcome = Sandbox(FAST).run(Job(program="pass"))
     assert outcome.isolation == ("namespaces" if NAMESPACES else "rlimits")

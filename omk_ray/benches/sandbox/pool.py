@@ -40,8 +40,9 @@ from omk_ray.benches.sandbox.jobs import Job, Limits, Outcome
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
-SUPERVISOR = HERE / "supervisor.py"
-CHECKS = HERE / "checks.py"
+# Sent as source (argv and stdin), never as paths: the program's user need not read the checkout.
+SUPERVISOR_SOURCE = (HERE / "supervisor.py").read_text()
+CHECKS_SOURCE = (HERE / "checks.py").read_text()
 SETUP_FAILED = 125
 HOST_GRACE_S = 10.0  # the supervisor enforces the wall limit; the host only steps in after this
 UID_BASE, UID_SPAN = 1_000_000_000, 100_000_000  # random per program: no other process shares it
@@ -142,7 +143,7 @@ class Sandbox:
                         "uid": random.randrange(UID_BASE, UID_BASE + UID_SPAN),  # used when run as root
                         "hide": hidden_paths(self.hide),
                         "workdir": workdir,
-                        "checks_path": str(CHECKS),
+                        "checks_source": CHECKS_SOURCE,
                         "report_fd": report.fileno(),
                         "verdict_fd": verdict.fileno(),
                     }
@@ -151,7 +152,7 @@ class Sandbox:
             spec.seek(0)
             start = time.perf_counter()
             proc = subprocess.Popen(
-                [self.python, "-S", "-B", str(SUPERVISOR)],
+                [self.python, "-S", "-B", "-c", SUPERVISOR_SOURCE],
                 stdin=spec,
                 stdout=stdout,
                 stderr=stderr,

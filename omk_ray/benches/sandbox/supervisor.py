@@ -1,7 +1,8 @@
 """The process that confines one untrusted program. Standard library only; run as a script.
 
-The host starts `python -S supervisor.py` with a scrubbed environment and the job (a
-marshalled dict) on stdin. Nothing heavy is imported: every program pays for this start-up.
+The host starts `python -S -c <this file's source>` with a scrubbed environment and the job
+(a marshalled dict, holding the source of checks.py too) on stdin: nothing of the farm's
+checkout has to be readable by the user the program runs as. Nothing heavy is imported: every program pays for this start-up.
 Three processes follow:
 
     supervisor (host pid namespace)    enforces the wall-time limit, writes the report
@@ -81,14 +82,14 @@ def _read_only(path: str) -> None:
 
 
 def main() -> None:
-    if sys.path and sys.path[0] == os.path.dirname(os.path.abspath(__file__)):
-        sys.path.pop(0)  # the untrusted program must not import our modules by accident
+    if sys.path and sys.path[0] == "":
+        sys.path.pop(0)  # `-c` puts the working directory first: nothing may be imported from it by accident
     _add_site_packages()
     job = marshal.loads(sys.stdin.buffer.read())
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     report_fd = job["report_fd"]
-    checks = _load_checks(job["checks_path"])  # before any mount hides it
+    checks = _load_checks(job["checks_source"])
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() == 1:  # the host died before we set the death signal
         os._exit(1)
@@ -157,11 +158,9 @@ def _add_site_packages() -> None:
     sys.path.extend(p for p in site.getsitepackages() if p not in sys.path and os.path.isdir(p))
 
 
-def _load_checks(path: str):
+def _load_checks(source: str):
     module = type(sys)("_omk_sandbox_checks")
-    module.__file__ = path
-    with open(path, encoding="utf-8") as f:
-        exec(compile(f.read(), path, "exec"), module.__dict__)
+    exec(compile(source, "checks.py", "exec"), module.__dict__)
     return module
 
 
