@@ -1,11 +1,21 @@
-"""Farm benchmarks (issue 2). Prints its figures; run with `.venv/bin/python benchmarks/bench_farm.py`.
+"""Farm benchmarks (issue 10). Prints its figures; run with `.venv/bin/python benchmarks/bench_farm.py`.
 
-1. Overhead: scheduler + actor + store cost per sample with the `echo` engine (no model,
-   answers instantly), at 1k / 10k / 100k samples. Target: below 0.2 ms per sample.
-2. Grid efficiency: engines whose time is proportional to their tokens, completion lengths
-   long-tailed like the seed's LCB row (p50 ~2k, p90 ~6k, max 16k), 4 engines: fraction of
-   engine time busy until the grid ends, omk-ray's scheduler vs a static even split of the
-   requests over the replicas (lm-eval's data-parallel mode). Target: >= 0.95 for omk-ray.
+1. Overhead: driver + actors + store cost per sample with the `echo` engine (no model, answers
+   at once), at 1k / 10k / 100k samples. Target: below 0.2 ms per sample.
+2. Simulated GPUs: `simgpu`, a FAKE GPU engine that batches the way a GPU decodes (continuous
+   batching; step time a + b x active sequences, at most max_num_seqs active), 4 of them (fake
+   GPUs of a local Ray), the card's suite shape (9 benches with the seed card's per-bench length
+   profiles, its two variants). The farm's makespan, measured from the rows (first request start to
+   last request end), against:
+   - the throughput ideal: total tokens / (engines x max_num_seqs / step time at max_num_seqs);
+   - the critical path: the longest request decoded alone (L_max x (a + b)); no schedule beats
+     max(ideal, critical path), the physical bound;
+   - a static split (each variant's requests dealt evenly to its engines, as lm-eval's data-parallel
+     mode does) and today's unit barrier (units of 16, each waiting for its longest answer), both
+     computed with the same timing model.
+   The card's shape is latency-bound: LCB's 16k-token answers take longer than the whole suite's
+   tokens at saturation. A second grid, 6 ablation arms of the suite without the LCB tail, is
+   throughput-bound: there the target is >= 0.95 of the ideal.
 """
 
 from __future__ import annotations
@@ -15,7 +25,6 @@ import json
 import os
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +36,22 @@ from omk_ray.results.store import ResultsStore
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
+# The seed card's per-bench completion-token profiles (n, p10, p50, p90, max) of its two variants.
+CARD = {
+    "arc_challenge": (1172, {"128e": (207, 315, 429, 1674), "98e-v4": (206, 310, 427, 16351)}),
+    "gpqa_diamond": (198, {"128e": (492, 625, 799, 2814), "98e-v4": (501, 617, 760, 2662)}),
+    "gsm8k_100": (100, {"128e": (33, 64, 186, 266), "98e-v4": (33, 61, 147, 381)}),
+    "math500_100": (100, {"128e": (142, 289, 434, 1882), "98e-v4": (145, 277, 485, 2632)}),
+    "aime24": (30, {"128e": (369, 490, 2160, 2943), "98e-v4": (375, 509, 2631, 3387)}),
+    "ifeval_100": (100, {"128e": (31, 218, 919, 3265), "98e-v4": (33, 211, 942, 4599)}),
+    "humaneval": (164, {"128e": (68, 166, 314, 624), "98e-v4": (68, 156, 298, 2846)}),
+    "humaneval_plus": (164, {"128e": (63, 155, 314, 903), "98e-v4": (68, 146, 296, 1909)}),
+    "lcb_medium": (55, {"128e": (336, 2094, 6307, 16384), "98e-v4": (5477, 12759, 16384, 16384)}),
+}
+MAX_GEN = 16384
 
-def bench_file(folder: Path, n: int) -> Path:
+
+def write_bench(folder: Path, n: int) -> Path:
     path = folder / f"bench-{n}.jsonl"
     with path.open("w") as f:
         for i in range(n):
@@ -36,81 +59,163 @@ def bench_file(folder: Path, n: int) -> Path:
     return path
 
 
-def grid(folder: Path, n: int, shard_size: int, engines: int, extra: dict) -> object:
-    return parse_grid({
-        "name": "bench",
-        "recipe": {"max_gen_toks": 16384},
-        "variants": [{"name": "sim", "model": "none", "engine": "echo", "engine_args": {"extra": extra}}],
-        "benches": [{"name": "b", "kind": "jsonl", "source": str(bench_file(folder, n))}],
-        "farm": {"shard_size": shard_size, "max_engines": engines},
-    })
-
-
-def overhead(sizes: list[int], shard_size: int) -> None:
-    print(f"\n== farm overhead per sample (echo engine answers instantly; shard_size={shard_size}; 1 engine)")
+def overhead(sizes: list[int]) -> None:
+    print("\n== 1. farm overhead per sample (echo engine answers at once; 1 engine)")
     print(f"{'samples':>8} {'wall s':>8} {'ms/sample':>10} {'target':>8}")
     for n in sizes:
         with tempfile.TemporaryDirectory() as tmp:
-            g = grid(Path(tmp), n, shard_size, 1, {})
+            g = parse_grid({
+                "name": "overhead", "recipe": {"max_gen_toks": 16},
+                "variants": [{"name": "echo", "model": "none", "engine": "echo"}],
+                "benches": [{"name": "b", "kind": "jsonl", "source": str(write_bench(Path(tmp), n))}],
+                "farm": {"canary": {"enabled": False}, "flush_samples": 4096},
+            })
             t0 = time.perf_counter()
             summary = run_grid(g, Path(tmp) / "r", show_progress=False)
             wall = time.perf_counter() - t0
             assert summary.generated == n, summary
             assert ResultsStore(Path(tmp) / "r").read(columns=["doc_id"]).num_rows == n
-        ms = 1000 * wall / n
-        print(f"{n:>8} {wall:>8.2f} {ms:>10.4f} {'< 0.2':>8}")
+        print(f"{n:>8} {wall:>8.2f} {1000 * wall / n:>10.4f} {'< 0.2':>8}")
 
 
-def long_tail_lengths(n: int, rng: np.random.Generator) -> list[int]:
-    """Log-normal completion lengths with p50 ~2k, p90 ~6k, capped at 16k (the seed's LCB envelope)."""
-    sigma = np.log(6000 / 2000) / 1.2816
-    return [int(x) for x in np.minimum(rng.lognormal(np.log(2000), sigma, n), 16384).clip(16)]
+# -- the timing model, offline: static split and unit barrier -------------------------------------
 
 
-def efficiency(n: int, engines: int, seconds_total: float, shard_size: int) -> None:
-    rng = np.random.default_rng(0)
-    lengths = long_tail_lengths(997, rng)  # indexed by crc32(request id) in the echo engine
-    import zlib
+def lengths(n: int, p10: int, p50: int, p90: int, mx: int, rng: np.random.Generator) -> list[int]:
+    """Log-normal lengths through p50 and p90, floored near p10/3, capped at the card's max (seen once)."""
+    sigma = np.log(p90 / p50) / 1.2816
+    x = np.clip(rng.lognormal(np.log(p50), sigma, n), max(1, p10 // 3), mx).astype(int)
+    x[rng.integers(n)] = mx
+    return [int(v) for v in x]
 
-    per_request = [lengths[zlib.crc32(f"{i}#0".encode()) % len(lengths)] for i in range(n)]
-    spt = seconds_total * engines / sum(per_request)
-    p = np.percentile(per_request, [50, 90])
-    print(f"\n== grid efficiency: {n} requests, {engines} engines, time per request = tokens x {spt * 1e6:.1f} us")
-    print(f"   completion tokens p50 {p[0]:.0f}, p90 {p[1]:.0f}, max {max(per_request)}; "
-          f"ideal makespan {sum(per_request) * spt / engines:.1f} s")
 
-    # Static even split: contiguous equal-count chunks, one per replica, as lm-eval's data-parallel mode.
-    chunks = np.array_split(np.array(per_request, dtype=float), engines)
-    work = [c.sum() * spt for c in chunks]
-    static = sum(work) / (engines * max(work))
+def continuous(queue: list[int], a: float, b: float, m: int) -> float:
+    """Seconds for one engine to decode `queue` fed continuously (FCFS refill as sequences finish)."""
+    t, active, q = 0.0, [], list(queue)
+    while q or active:
+        while q and len(active) < m:
+            active.append(q.pop(0))
+        k = min(active)
+        t += k * (a + b * len(active))
+        active = [x - k for x in active if x > k]
+    return t
 
+
+def unit_barrier(by_variant: dict[str, list[int]], engines: int, a: float, b: float, unit: int = 16) -> float:
+    """Today's design: units of `unit` requests, longest bench first, each unit waits for its longest."""
+    units = []
+    for lens in by_variant.values():
+        for i in range(0, len(lens), unit):
+            units.append(sorted(lens[i:i + unit]))
+    units.sort(key=lambda u: -sum(u))
+    times = [0.0] * engines
+    for u in units:
+        t, prev = 0.0, 0
+        for j, length in enumerate(u):
+            t += (length - prev) * (a + b * (len(u) - j))
+            prev = length
+        times[times.index(min(times))] += t
+    return max(times)
+
+
+def static_split(by_variant: dict[str, list[int]], engines_of: dict[str, int], a: float, b: float, m: int) -> float:
+    return max(continuous(lens[k::n], a, b, m) for v, lens in by_variant.items()
+               for n in [engines_of[v]] for k in range(n))
+
+
+# -- the farm on fake GPUs ---------------------------------------------------------------------------
+
+
+def farm_run(tmp: Path, by_bench: dict[str, dict[str, list[int]]], a: float, b: float, m: int, engines: int):
+    """Run the grid on `engines` fake GPUs: (makespan from the rows, tokens, engines per variant)."""
+    variants = sorted({v for per in by_bench.values() for v in per})
+    benches, answer_lengths = [], {v: {} for v in variants}
+    for bench, per in by_bench.items():
+        n = max(len(x) for x in per.values())
+        path = tmp / f"{bench}.jsonl"
+        with path.open("w") as f:
+            for i in range(n):
+                f.write(json.dumps({"id": str(i), "prompt": f"{bench} {i}", "target": ""}) + "\n")
+        benches.append({"name": bench, "kind": "jsonl", "source": str(path)})
+        for v in variants:  # each variant's answer length per prompt, as the fake GPU reads them
+            answer_lengths[v].update({f"{bench} {i}": length for i, length in enumerate(per[v])})
+    files = {}
+    for v in variants:
+        files[v] = tmp / f"lengths-{v}.json"
+        files[v].write_text(json.dumps(answer_lengths[v]))
+    grid = parse_grid({
+        "name": "simgpu", "recipe": {"max_gen_toks": MAX_GEN},
+        "variants": [{"name": v, "model": "none", "engine": "simgpu",
+                      "engine_args": {"extra": {"step_s": a, "step_s_per_seq": b, "max_num_seqs": m,
+                                                "lengths": str(files[v])}}} for v in variants],
+        "benches": benches,
+        "farm": {"canary": {"enabled": False}, "flush_samples": 1024},
+    })
+    run_grid(grid, tmp / "r", show_progress=False)
+    table = ResultsStore(tmp / "r").read(columns=["variant", "started_at", "latency_s", "completion_tokens"])
+    starts = np.array([t.timestamp() for t in table["started_at"].to_pylist()])
+    ends = starts + np.array(table["latency_s"].to_pylist())
+    manifest = ResultsStore(tmp / "r").runs()[-1].manifest()
+    per_variant = {}
+    for e in manifest["engines"]:
+        per_variant[e["variant"]] = per_variant.get(e["variant"], 0) + 1
+    return ends.max() - starts.min(), int(np.sum(table["completion_tokens"].to_pylist())), per_variant
+
+
+def scenario(title: str, by_bench: dict[str, dict[str, list[int]]], a: float, b: float, m: int, engines: int,
+             target_of: str) -> None:
+    by_variant: dict[str, list[int]] = {}
+    for per in by_bench.values():
+        for v, lens in per.items():
+            by_variant.setdefault(v, []).extend(lens)
+    total = sum(sum(x) for x in by_variant.values())
+    longest = max(max(x) for x in by_variant.values())
+    ideal = total / (engines * m / (a + b * m))
+    critical = longest * (a + b)
+    bound = max(ideal, critical)
+    share = {v: max(1, round(engines * sum(x) / total)) for v, x in by_variant.items()}
+    static = static_split(by_variant, share, a, b, m)
+    barrier = unit_barrier(by_variant, engines, a, b)
     with tempfile.TemporaryDirectory() as tmp:
-        g = grid(Path(tmp), n, shard_size, engines, {"seconds_per_token": spt, "lengths": lengths})
-        summary = run_grid(g, Path(tmp) / "r", show_progress=False)
-        assert summary.generated == n
-        events = ResultsStore(Path(tmp) / "r").runs()[-1].events()
-        manifest = ResultsStore(Path(tmp) / "r").runs()[-1].manifest()
-    ready = {e["name"]: datetime.fromisoformat(e["time"]) for e in events if e["event"] == "engine_started"}
-    end = datetime.fromisoformat(manifest["ended_at"])
-    windows = sum((end - ready[e["name"]]).total_seconds() for e in manifest["engines"])
-    measured = sum(e["busy_s"] for e in manifest["engines"]) / windows  # each engine from its load to the end
-    makespan = (end - min(ready.values())).total_seconds()
-    print(f"{'scheduler':<34} {'busy fraction':>14} {'makespan s':>11}")
-    print(f"{'static even split (computed)':<34} {static:>14.3f} {max(work):>11.1f}")
-    print(f"{'omk-ray guided self-scheduling':<34} {measured:>14.3f} {makespan:>11.1f}   (target >= 0.95)")
+        makespan, tokens, used = farm_run(Path(tmp), by_bench, a, b, m, engines)
+    assert tokens == total, (tokens, total)
+    print(f"\n== {title}")
+    print(f"   {sum(len(x) for x in by_variant.values())} requests, {total:,} tokens, longest {longest}; "
+          f"{engines} fake GPUs, step {a * 1e3:.2f} ms + {b * 1e6:.1f} us x active (max {m})")
+    print(f"   throughput ideal {ideal:.1f} s, critical path {critical:.1f} s, physical bound {bound:.1f} s")
+    print(f"{'schedule':<44} {'makespan s':>10} {'ideal/makespan':>15} {'bound/makespan':>15}")
+    for name, t in (("today: units of 16, barrier per unit (model)", barrier),
+                    (f"static split {share} (model)", static),
+                    (f"omk-ray, fed request by request {used}", makespan)):
+        print(f"{name:<44} {t:>10.1f} {ideal / t:>15.3f} {bound / t:>15.3f}")
+    reference = ideal if target_of == "ideal" else bound
+    print(f"   target: omk-ray >= 0.95 of the {target_of}: {reference / makespan:.3f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000,10000,100000")
-    parser.add_argument("--shard-size", type=int, default=256)
-    parser.add_argument("--requests", type=int, default=400)
-    parser.add_argument("--seconds", type=float, default=40.0, help="ideal makespan of the efficiency grid")
+    parser.add_argument("--step-ms", type=float, default=1.2, help="a: step time of one sequence (ms); a GPU "
+                        "decoding a 4B-active MoE takes ~12 ms: the default runs it 10x faster")
+    parser.add_argument("--per-seq-us", type=float, default=5.0, help="b: added per active sequence (us)")
+    parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--skip", default="", help="comma list of parts to skip: overhead,card,ablation")
     args = parser.parse_args()
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)  # 4 logical CPUs: 4 engine slots
+    skip = set(args.skip.split(","))
+    a, b, m = args.step_ms / 1e3, args.per_seq_us / 1e6, args.max_num_seqs
+    ray.init(address="local", num_cpus=2, num_gpus=4, include_dashboard=False, log_to_driver=False)
     try:
-        overhead([int(s) for s in args.sizes.split(",")], args.shard_size)
-        efficiency(args.requests, 4, args.seconds, shard_size=16)
+        if "overhead" not in skip:
+            overhead([int(s) for s in args.sizes.split(",")])
+        rng = np.random.default_rng(0)
+        if "card" not in skip:
+            card = {bench: {v: lengths(n, *prof, rng) for v, prof in per.items()} for bench, (n, per) in CARD.items()}
+            scenario("2. the card's suite shape: 9 benches x 2 variants, 4 fake GPUs", card, a, b, m, 4, "bound")
+        if "ablation" not in skip:
+            arms = [f"arm{i}" for i in range(6)]
+            grid = {bench: {arm: lengths(n, *per["98e-v4"][:3], min(per["98e-v4"][3], 4096), rng) for arm in arms}
+                    for bench, (n, per) in CARD.items() if bench != "lcb_medium"}
+            scenario("3. an ablation grid: 8 benches (no LCB) x 6 arms, 4 fake GPUs", grid, a, b, m, 4, "ideal")
     finally:
         ray.shutdown()
 

@@ -91,8 +91,8 @@ def plan(
     engines = {v.name: f"{v.engine} tp={v.engine_args.tensor_parallel_size}" for v in grid.variants}
     console.print(
         f"{len(engines)} variants ({', '.join(f'{k}: {e}' for k, e in engines.items())}); "
-        f"{the_plan.missing} of {the_plan.expected} samples to generate in ~{the_plan.units_estimate()} units "
-        f"of <= {grid.farm.shard_size}; est. {sum(r['est_tokens'] for r in rows):,} completion tokens"
+        f"{the_plan.missing} of {the_plan.expected} samples to generate, longest-expected first; "
+        f"est. {sum(r['est_tokens'] for r in rows):,} completion tokens"
     )
 
 
@@ -130,7 +130,7 @@ def run(
         fail(str(err))
     console.print(
         f"run {summary.run_id}: {summary.status}; generated {summary.generated} samples "
-        f"({summary.expected - summary.planned} already stored, {summary.failed} failed, "
+        f"({summary.expected - summary.planned} already stored, {summary.failed} failed (stored as error rows), "
         f"{summary.skipped} skipped by the canary) in {summary.seconds:.1f} s"
     )
     report_canary(summary)
@@ -172,7 +172,8 @@ def status(results: Path = typer.Argument(..., help="results folder of a run")) 
     print_table([{"run": m["run_id"], "status": m["status"], "started": m["started_at"][:19],
                   "seconds": m.get("seconds"), "generated": m.get("generated_samples"),
                   "failed": m.get("failed_samples")} for m in runs], title="runs")
-    failures = [e for e in run_log.events() if e["event"] in ("engine_died", "unit_failed", "engine_start_failed")]
+    failures = [e for e in run_log.events() if e["event"] in ("engine_died", "engine_stalled", "request_failed",
+                                                               "scorer_died", "scoring_failed", "engine_start_failed")]
     for e in failures[-10:]:
         console.print(f"[yellow]{e['event']}[/] {e.get('variant')} {e.get('bench', '')}: {e.get('error', '')[:200]}")
     print_table(engine_report(run_log), title=f"engines of run {run_log.run_id}")

@@ -139,23 +139,40 @@ class BenchSpec(_Strict):
 
 
 class CanarySpec(_Strict):
-    """A generation-mode gate: the first `docs` problems of every bench run first and must pass
-    the structural rules (omk_ray.analysis.canary) before the variant's full run."""
+    """A generation-mode gate: `docs` problems of every bench (a seeded sample, stratified by
+    domain) run first and must pass the structural rules (omk_ray.analysis.canary) before the
+    variant's full run."""
 
     enabled: bool = True
-    docs: int = Field(8, ge=1, description="first N docs of every bench")
+    docs: int = Field(8, ge=1, description="problems of every bench in the canary sample")
+    seed: int = Field(0, description="seed of the canary sample")
     on_fail: Literal["skip", "continue"] = Field("skip", description="skip the variant's full run, or only record it")
     max_empty_rate: float = Field(0.05, ge=0, le=1)
     min_p10_tokens: float = Field(1, ge=0)
 
 
 class FarmSpec(_Strict):
-    shard_size: int = Field(16, ge=1, description="docs per work unit")
-    max_retries: int = Field(2, ge=0, description="retries of a unit after a failure")
+    max_in_flight: int | None = Field(None, ge=1, description="requests kept in flight per engine "
+                                      "(default: 1.1 x the engine's capacity, e.g. vLLM's max_num_seqs)")
+    flush_samples: int = Field(256, ge=1, description="write a shard once this many samples are finished")
+    flush_seconds: float = Field(10.0, gt=0, description="... or once the oldest unwritten sample is this old")
+    max_retries: int = Field(2, ge=0, description="retries of a sample after its engine failed on it")
     max_engines: int | None = Field(None, ge=1, description="cap on engine actors alive at once")
     cpus_per_engine: float = Field(1, gt=0)
     engine_start_timeout_s: float = Field(900, gt=0)
+    stall_timeout_s: float = Field(600, gt=0, description="an engine that finishes nothing for this long "
+                                   "while it has requests is replaced")
+    scorers: int = Field(2, ge=1, description="CPU scoring actors (they run the sandboxed programs)")
+    scorer_cpus: float = Field(0, ge=0, description="CPUs each scoring actor reserves")
     canary: CanarySpec = CanarySpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "shard_size" in value:
+            raise ValueError("farm.shard_size is gone: engines are fed request by request now; "
+                             "use farm.max_in_flight (requests per engine) and farm.flush_samples (rows per shard)")
+        return value
 
 
 class GridConfig(_Strict):

@@ -86,7 +86,8 @@ def test_canonical_plan_counts_match_the_suite(tmp_path, data_cache):  # noqa: F
 def test_canonical_lmeval_benches_run_end_to_end_on_a_tiny_model(tmp_path, tiny_gemma4, data_cache):  # noqa: F811
     """Two docs of each lm-eval bench through the engine actor (transformers, tiny random Gemma 4),
     stored, then rescored: the stored scores are what the current scorers give."""
-    from omk_ray.farm.actor import EngineActor, WorkUnit
+    from omk_ray.engines import engine_class
+    from omk_ray.farm.rows import RowContext, generate_rows
     from omk_ray.results.rescore import rescore
     from omk_ray.results.store import ResultsStore
 
@@ -100,15 +101,14 @@ def test_canonical_lmeval_benches_run_end_to_end_on_a_tiny_model(tmp_path, tiny_
            "variants": [{"name": "tiny", "model": str(tiny_gemma4), "engine": "transformers",
                          "engine_args": {"dtype": "float32", "max_model_len": 1024}}]}
     grid = parse_grid(raw)
-    actor = EngineActor(grid.variants[0], str(tiny_gemma4))
+    engine = engine_class("transformers")(grid.variants[0], str(tiny_gemma4))
     store = ResultsStore(tmp_path / "results")
     for spec in grid.benches:
         bench = make_bench(spec)
         docs = bench.docs()
-        unit = WorkUnit(id=spec.name, run_id="t", variant="tiny", fingerprint="fp", bench=spec,
-                        recipe=grid.recipe_for(grid.variants[0], spec), samples=[(d, 0) for d in docs],
-                        dataset_revision=bench.dataset_revision)
-        table = actor.run_unit(unit)
+        ctx = RowContext("t", "tiny", "fp", spec.name, grid.recipe_for(grid.variants[0], spec), "transformers",
+                         bench.dataset_revision)
+        table = generate_rows(engine, bench, ctx, [(d, 0) for d in docs])
         rows = table.to_pylist()
         assert len(rows) == 2 and all(r["error"] is None for r in rows), rows
         for r in rows:

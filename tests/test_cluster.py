@@ -143,7 +143,7 @@ def test_tp2_and_two_tp1_variants_land_where_the_plan_says(tmp_path, tiny_gemma4
         [hf_variant("big", tiny_gemma4, tensor_parallel_size=2), hf_variant("small-a", tiny_gemma4),
          hf_variant("small-b", tiny_gemma4)],
         [{"name": "copy", "kind": "jsonl", "source": str(bench)}],
-        farm={"shard_size": 1},
+        farm={"max_in_flight": 1},
     ))
     nodes = cluster_nodes()
     assert sorted(n.gpus for n in nodes) == [0, 2, 2]

@@ -32,7 +32,8 @@ def run_cli(*args):
         ({"recipe": {"temprature": 0.5}}, "recipe.temprature"),
         ({"variants": [{"name": "bad name!", "model": "x"}]}, "variants.0.name"),
         ({"variants": [{"name": "a"}]}, "needs `model`"),
-        ({"farm": {"shard_size": -1}}, "farm.shard_size"),
+        ({"farm": {"flush_samples": -1}}, "farm.flush_samples"),
+        ({"farm": {"shard_size": 16}}, "farm.shard_size is gone"),
         ({"recipe": {"thinking_budget": 100}}, "enable_thinking is false"),
     ],
 )

@@ -36,8 +36,8 @@ def requests() -> list[Request]:
 
 def test_greedy_tokens_equal_across_engines(engines):
     recipe = Recipe(max_gen_toks=24, temperature=0)
-    hf = engines["transformers"].generate(requests(), recipe)
-    vl = engines["vllm"].generate(requests(), recipe)
+    hf = engines["transformers"].generate_batch(requests(), recipe)
+    vl = engines["vllm"].generate_batch(requests(), recipe)
     assert [c.token_ids for c in hf] == [c.token_ids for c in vl]
     assert [c.text for c in hf] == [c.text for c in vl]
     for c in hf + vl:
@@ -55,7 +55,7 @@ def test_thinking_budget_caps_reasoning(engines, kind):
     try:
         budget = 5
         recipe = Recipe(max_gen_toks=20, enable_thinking=True, thinking_budget=budget)
-        out = engine.generate(requests(), recipe)
+        out = engine.generate_batch(requests(), recipe)
     finally:
         engine.tokenizer.chat_template = original
     for c in out:
@@ -73,7 +73,7 @@ def test_thinking_budget_same_tokens_on_both_engines(engines):
         original = engine.tokenizer.chat_template
         engine.tokenizer.chat_template = THINKING_TEMPLATE
         try:
-            results[kind] = [c.token_ids for c in engine.generate(requests(), recipe)]
+            results[kind] = [c.token_ids for c in engine.generate_batch(requests(), recipe)]
         finally:
             engine.tokenizer.chat_template = original
     assert results["transformers"] == results["vllm"]
@@ -82,18 +82,18 @@ def test_thinking_budget_same_tokens_on_both_engines(engines):
 def test_prompt_too_long_is_an_error_row_not_a_crash(engines):
     recipe = Recipe(max_gen_toks=8)
     long = Request(id="long", messages=[{"role": "user", "content": "x" * 400}])
-    out = engines["transformers"].generate([long, *requests()[:1]], recipe)
+    out = engines["transformers"].generate_batch([long, *requests()[:1]], recipe)
     assert out[0].finish_reason == "error" and "max_model_len" in out[0].error
     assert out[1].error is None and out[1].completion_tokens >= 1
 
 
 def test_stop_strings_cut_the_answer(engines):
-    free = engines["transformers"].generate(requests()[:3], Recipe(max_gen_toks=24))
+    free = engines["transformers"].generate_batch(requests()[:3], Recipe(max_gen_toks=24))
     # stop at the second character each answer produced: the text must end before it
     stops = tuple({c.text[1] for c in free if len(c.text) > 2})
     if not stops:
         pytest.skip("random model produced no text long enough to place a stop string")
     for kind in ("transformers", "vllm"):
-        cut = engines[kind].generate(requests()[:3], Recipe(max_gen_toks=24, stop=stops))
+        cut = engines[kind].generate_batch(requests()[:3], Recipe(max_gen_toks=24, stop=stops))
         for c in cut:
             assert not any(s in c.text for s in stops)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,7 +13,9 @@ from pathlib import Path
 import ray
 
 from conftest import hf_variant, vllm_variant, write_bench, write_grid
-from omk_ray.config import load_grid
+from omk_ray.analysis.canary import canary_sample
+from omk_ray.benches import make_bench
+from omk_ray.config import load_grid, parse_grid
 from omk_ray.farm.planner import make_plan
 from omk_ray.farm.runner import run_grid
 from omk_ray.farm.scheduler import NAMESPACE
@@ -39,7 +42,7 @@ def test_grid_with_both_engines_in_actors(tmp_path, tiny_gemma4, local_ray):
         [vllm_variant("v-vllm", tiny_gemma4), hf_variant("v-hf", tiny_gemma4)],
         [{"name": "copy", "kind": "jsonl", "source": str(bench)},
          {"name": "copy2", "kind": "jsonl", "source": str(bench), "recipe": {"repeats": 2, "temperature": 0.7}}],
-        farm={"shard_size": 4},
+        farm={"flush_samples": 7},
     )
     grid = load_grid(config)
     expected = planned_keys(grid)
@@ -83,7 +86,7 @@ def test_actors_spread_over_simulated_gpu_nodes(tmp_path, tiny_gemma4):
             tmp_path / "grid.yaml",
             [hf_variant("a", tiny_gemma4), hf_variant("b", tiny_gemma4)],
             [{"name": "copy", "kind": "jsonl", "source": str(bench)}],
-            farm={"shard_size": 4},
+            farm={"flush_samples": 4},
         ))
         summary = run_grid(grid, tmp_path / "results", show_progress=False)
         assert summary.status == "finished" and summary.generated == 48
@@ -97,33 +100,61 @@ def test_actors_spread_over_simulated_gpu_nodes(tmp_path, tiny_gemma4):
         cluster.shutdown()
 
 
-def test_engine_actor_killed_mid_run(tmp_path, tiny_gemma4, local_ray):
-    bench = write_bench(tmp_path / "b.jsonl", 40)
+def test_engine_actor_killed_with_many_requests_in_flight(tmp_path, tiny_gemma4, local_ray):
+    """Killed while it holds many requests: none is lost, none is written twice."""
+    bench = write_bench(tmp_path / "b.jsonl", 60)
     grid = load_grid(write_grid(
         tmp_path / "grid.yaml",
-        [hf_variant("a", tiny_gemma4, batch_size=2)],
+        [hf_variant("a", tiny_gemma4, batch_size=4)],
         [{"name": "copy", "kind": "jsonl", "source": str(bench)}],
         recipe={"max_gen_toks": 16},
-        farm={"shard_size": 2, "max_engines": 2},
+        farm={"max_in_flight": 40, "flush_samples": 4, "max_engines": 1},
     ))
     killed = []
 
-    def kill_one(unit, table):
+    def kill_one(variant, bench, table):
         if not killed:  # an engine that has loaded (one still loading would be a failed start instead)
             events = ResultsStore(tmp_path / "results").runs()[-1].events()
             name = next(e["name"] for e in events if e["event"] == "engine_started")
             ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
             killed.append(name)
 
-    summary = run_grid(grid, tmp_path / "results", show_progress=False, on_unit=kill_one)
+    summary = run_grid(grid, tmp_path / "results", show_progress=False, on_shard=kill_one)
     assert killed
     keys = stored_keys(tmp_path / "results")
-    assert len(keys) == len(set(keys)) == 40  # every expected row exactly once
-    assert summary.status == "finished"
+    assert len(keys) == len(set(keys)) == 60  # every expected row exactly once
+    assert summary.status == "finished" and summary.generated == 60 and summary.failed == 0
     events = ResultsStore(tmp_path / "results").runs()[-1].events()
     died = [e for e in events if e["event"] == "engine_died"]
-    assert died and died[0]["retrying"] == died[0]["samples"]
-    assert sum(e["event"] == "engine_starting" for e in events) >= 2  # a replacement was started
+    assert len(died) == 1 and died[0]["in_flight"] >= 20  # it held many requests when it died
+    assert sum(e["event"] == "engine_starting" for e in events) == 2  # a replacement was started
+    table = ResultsStore(tmp_path / "results").read()
+    assert {r["response"] for r in table.to_pylist()} and all(r["error"] is None for r in table.to_pylist())
+
+
+def test_stalled_engine_is_replaced(tmp_path, local_ray):
+    """An engine that stops answering (a fake GPU told to stall) is replaced and its requests retried."""
+    bench = tmp_path / "b.jsonl"
+    bench.write_text("".join(json.dumps({"id": f"q{i}", "prompt": "3", "target": "3"}) + "\n" for i in range(30)))
+    grid = parse_grid({
+        "name": "stall", "recipe": {"max_gen_toks": 8},
+        "variants": [{"name": "sim", "model": "none", "engine": "simgpu",
+                      "engine_args": {"extra": {"step_s": 0.001, "stall_after": 10}}}],
+        "benches": [{"name": "b", "kind": "jsonl", "source": str(bench)}],
+        "farm": {"stall_timeout_s": 3, "max_engines": 1, "max_in_flight": 8, "max_retries": 5,
+                 "canary": {"enabled": False}},
+    })
+    t0 = time.monotonic()
+    summary = run_grid(grid, tmp_path / "results", show_progress=False)
+    events = ResultsStore(tmp_path / "results").runs()[-1].events()
+    stalls = [e for e in events if e["event"] == "engine_stalled"]
+    # every fake engine answers 10 requests then stalls: 30 samples need 3 engines and 2 stalls
+    assert len(stalls) == 2 and all(e["in_flight"] == 8 for e in stalls)
+    assert sum(e["event"] == "engine_starting" for e in events) == 3
+    assert summary.generated == 30 and summary.failed == 0
+    keys = stored_keys(tmp_path / "results")
+    assert len(keys) == len(set(keys)) == 30
+    assert time.monotonic() - t0 < 120
 
 
 def test_driver_killed_mid_run_then_resumed(tmp_path, tiny_gemma4):
@@ -133,7 +164,7 @@ def test_driver_killed_mid_run_then_resumed(tmp_path, tiny_gemma4):
         [hf_variant("a", tiny_gemma4, batch_size=2)],
         [{"name": "copy", "kind": "jsonl", "source": str(bench)}],
         recipe={"max_gen_toks": 24},
-        farm={"shard_size": 2, "max_engines": 1},
+        farm={"flush_samples": 2, "max_in_flight": 4, "max_engines": 1},
     )
     results = tmp_path / "results"
     cli = [sys.executable, "-m", "omk_ray", "run", str(config), "--results", str(results), "--no-progress"]
@@ -170,12 +201,17 @@ def test_canary_gates_the_full_run(tmp_path, tiny_gemma4, local_ray):
         tmp_path / "grid.yaml",
         [hf_variant("random", tiny_gemma4)],
         [{"name": "copy", "kind": "jsonl", "source": str(bench)}],
-        farm={"shard_size": 4, "canary": {"enabled": True, "docs": 5}},
+        farm={"canary": {"enabled": True, "docs": 5}},
     ))
     summary = run_grid(grid, tmp_path / "results", show_progress=False)
     assert summary.status == "finished_with_skips"
     assert summary.generated == 5 and summary.skipped == 15
-    assert sorted(k[3] for k in stored_keys(tmp_path / "results")) == ["q0", "q1", "q2", "q3", "q4"]
+    stored = sorted((k[3] for k in stored_keys(tmp_path / "results")), key=lambda d: int(d[1:]))
+    docs = make_bench(grid.benches[0]).docs()
+    assert stored == canary_sample(docs, 5, 0, "copy")  # the seeded sample, spread over the bench
+    domains = [d.domain for d in docs if d.id in stored]
+    assert sorted(domains) == ["even", "even", "odd", "odd", "odd"] or sorted(domains) == ["even"] * 3 + ["odd"] * 2
+    assert stored != ["q0", "q1", "q2", "q3", "q4"]
     run = ResultsStore(tmp_path / "results").runs()[-1]
     canary = run.manifest()["canary"]["random"]
     assert not canary["passed"] and any("every score is exactly 0" in r for r in canary["reasons"])
@@ -187,3 +223,39 @@ def test_canary_gates_the_full_run(tmp_path, tiny_gemma4, local_ray):
     again = run_grid(grid, tmp_path / "results", show_progress=False)
     assert again.generated == 15 and again.status == "finished"
     assert not ResultsStore(tmp_path / "results").runs()[-1].manifest()["canary"]["random"]["passed"]
+
+
+def test_code_bench_engine_keeps_generating_while_programs_are_scored(tmp_path, local_ray):
+    """Programs that take 1 s each to check must not hold the engine: its timeline has no scoring gaps."""
+    n, sleep_s = 10, 1.0
+    rows = []
+    for i in range(n):
+        words = " ".join(["pad"] * (5 * i))  # different answer lengths: requests finish one by one
+        text = f"{words}\n```python\ndef slow():\n    import time\n    time.sleep({sleep_s})\n    return {i}\n```\n"
+        rows.append({"task_id": i, "text": text, "test_list": [f"assert slow() == {i}"]})
+    data = tmp_path / "mbpp.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    grid = parse_grid({
+        "name": "code", "recipe": {"max_gen_toks": 200},
+        # the fake GPU answers with the prompt, which holds the program: ~0.01 s per token
+        "variants": [{"name": "sim", "model": "none", "engine": "simgpu",
+                      "engine_args": {"extra": {"step_s": 0.01, "step_s_per_seq": 0}}}],
+        "benches": [{"name": "mbpp", "kind": "mbpp", "source": str(data),
+                     "options": {"workers": 1, "prompt_template": "{text}"}}],
+        "farm": {"max_engines": 1, "max_in_flight": 2, "scorers": 1, "canary": {"enabled": False}},
+    })
+    summary = run_grid(grid, tmp_path / "results", show_progress=False)
+    assert summary.generated == n and summary.failed == 0
+    table = ResultsStore(tmp_path / "results").read().to_pylist()
+    assert sorted(r["score"] for r in table) == [1.0] * n  # every program ran in the sandbox and passed
+    spans = sorted((r["started_at"].timestamp(), r["started_at"].timestamp() + r["latency_s"]) for r in table)
+    first, last = spans[0][0], max(end for _, end in spans)
+    covered, reach = 0.0, first
+    for start, end in spans:  # union of the engine's generation intervals
+        covered += max(0.0, end - max(start, reach))
+        reach = max(reach, end)
+    idle = 1 - covered / (last - first)
+    # Scoring took n x sleep_s of sandbox time after the engine's first answer; the engine, fed
+    # request by request, neither waited for it nor sat idle between requests.
+    assert idle < 0.3, idle
+    assert last - first < n * sleep_s / 2, (last - first)

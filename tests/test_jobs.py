@@ -124,8 +124,8 @@ def submit(client, **job) -> str:
 def greedy_answers(model: Path, prompts: list[str], recipe: Recipe) -> list[str]:
     variant = VariantSpec(name="x", model=str(model), engine="transformers", engine_args={"dtype": "float32"})
     engine = engine_class("transformers")(variant, str(model))
-    return [c.text.strip() for c in engine.generate([Request(id=p, messages=[{"role": "user", "content": p}])
-                                                    for p in prompts], recipe)]
+    return [c.text.strip() for c in engine.generate_batch([Request(id=p, messages=[{"role": "user", "content": p}])
+                                                          for p in prompts], recipe)]
 
 
 def test_ablation_grid_job_submitted_through_the_jobs_api(tmp_path, tiny_gemma4, ray_head):

@@ -98,7 +98,7 @@ def reference(server, tiny_gemma4) -> dict[str, str]:
     logits flip a token in a few of 40 answers; each engine on its own is deterministic.)
     """
     engine = make_engine(tiny_gemma4, server.url, concurrency=8)
-    out = engine.generate(requests(PROMPTS), RECIPE)
+    out = engine.generate_batch(requests(PROMPTS), RECIPE)
     assert all(c.error is None for c in out)
     engine.close()
     return {p: c.text for p, c in zip(PROMPTS, out)}
@@ -120,13 +120,13 @@ def requests(prompts: list[str]) -> list[Request]:
 def test_answers_usage_and_template_arguments(server, tiny_gemma4, reference):
     engine = make_engine(tiny_gemma4, server.url, concurrency=1)
     assert engine.version.startswith(f"openai {tiny_gemma4} @ vllm ")  # the server's own /version
-    out = engine.generate(requests(PROMPTS[:8]), RECIPE)
+    out = engine.generate_batch(requests(PROMPTS[:8]), RECIPE)
     assert [c.text for c in out] == [reference[p] for p in PROMPTS[:8]]  # one at a time or 8 at once: the same answers
     for c in out:
         assert c.error is None and c.finish_reason in ("stop", "length")
         assert c.prompt_tokens == 25 and 8 <= c.completion_tokens <= 32 and c.prompt_hash
     # enable_thinking reaches the server's chat template (this template adds a system turn for it)
-    thinking = engine.generate(requests(PROMPTS[:1]), RECIPE.model_copy(update={"enable_thinking": True}))[0]
+    thinking = engine.generate_batch(requests(PROMPTS[:1]), RECIPE.model_copy(update={"enable_thinking": True}))[0]
     assert thinking.error is None and thinking.prompt_tokens > out[0].prompt_tokens
     assert thinking.prompt_hash != out[0].prompt_hash
     engine.close()
@@ -187,7 +187,7 @@ def test_retries_5xx_limits_concurrency_and_reports_4xx(server, tiny_gemma4, ref
     try:
         monkeypatch.setenv("OMK_TEST_KEY", "secret-key")
         engine = make_engine(tiny_gemma4, proxy.url, concurrency=3, backoff=0.05, api_key_env="OMK_TEST_KEY")
-        out = engine.generate(requests(PROMPTS[:9]), RECIPE)
+        out = engine.generate_batch(requests(PROMPTS[:9]), RECIPE)
         assert [c.text for c in out] == [reference[p] for p in PROMPTS[:9]]  # the 503s were retried
         assert all(c.error is None for c in out)
         assert len(proxy.posts) == 9 + 3 and sorted(set(proxy.posts)) == sorted(PROMPTS[:9])
@@ -196,7 +196,7 @@ def test_retries_5xx_limits_concurrency_and_reports_4xx(server, tiny_gemma4, ref
 
         # a request the server rejects (prompt longer than its context) is not retried, and not dropped
         too_long = "x" * 400
-        failed, fine = engine.generate(requests([too_long, PROMPTS[0]]), RECIPE)
+        failed, fine = engine.generate_batch(requests([too_long, PROMPTS[0]]), RECIPE)
         assert failed.finish_reason == "error" and "HTTP 400" in failed.error and failed.text == ""
         assert fine.error is None and proxy.posts.count(too_long) == 1
         engine.close()
@@ -210,7 +210,7 @@ def test_retries_5xx_limits_concurrency_and_reports_4xx(server, tiny_gemma4, ref
 
 def test_unreachable_endpoint_gives_error_rows_after_retries(tiny_gemma4):
     engine = make_engine(tiny_gemma4, f"http://127.0.0.1:{free_port()}/v1", retries=2, backoff=0.01)
-    out = engine.generate(requests(PROMPTS[:2]), RECIPE)
+    out = engine.generate_batch(requests(PROMPTS[:2]), RECIPE)
     assert [c.finish_reason for c in out] == ["error", "error"]
     assert all("failed 3 times" in c.error and "ConnectError" in c.error for c in out)
 
@@ -238,7 +238,7 @@ def test_server_killed_mid_run_and_restarted(server, tiny_gemma4, reference, tmp
         [openai_variant("served", tiny_gemma4, server.url, concurrency=4, retries=80, backoff=0.5, backoff_max=3)],
         [{"name": "copy", "kind": "jsonl", "source": str(bench)}],
         recipe=RECIPE.model_dump(mode="json", include={"max_gen_toks", "min_tokens"}),
-        farm={"shard_size": 4, "max_engines": 1},
+        farm={"max_engines": 1, "flush_samples": 4},
     ))
     results = tmp_path / "results"
     store = ResultsStore(results)

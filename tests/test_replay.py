@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from datetime import datetime, timezone
 
 import pytest
@@ -11,7 +10,8 @@ import pytest
 from omk_ray.benches import Doc
 from omk_ray.config import BenchSpec, Recipe, VariantSpec
 from omk_ray.engines import Request, engine_class
-from omk_ray.farm.actor import EngineActor, WorkUnit
+from omk_ray.benches import make_bench
+from omk_ray.farm.rows import RowContext, generate_rows
 from omk_ray.results.schema import rows_to_table
 from omk_ray.results.store import ResultsStore
 
@@ -54,7 +54,7 @@ def ask(*doc_ids: str) -> list[Request]:
 
 def test_stored_samples_come_back_unchanged(stored):
     engine = replay(stored)
-    a, b, failed = engine.generate(ask("d0", "d1", "d2"), GREEDY)
+    a, b, failed = engine.generate_batch(ask("d0", "d1", "d2"), GREEDY)
     assert (a.text, a.reasoning, a.prompt_tokens, a.completion_tokens, a.reasoning_tokens, a.prompt_hash) == \
         ("The answer is 42", "thinking", 12, 4, 3, "h-d0")
     assert b.text == "answer: 7" and b.error is None
@@ -64,12 +64,12 @@ def test_stored_samples_come_back_unchanged(stored):
 
 def test_never_invents_an_answer(stored):
     engine = replay(stored)
-    missing, = engine.generate(ask("nope"), GREEDY)
+    missing, = engine.generate_batch(ask("nope"), GREEDY)
     assert missing.finish_reason == "error" and "no stored sample of doc 'nope'" in missing.error
     # a doc id in two benches: the request's recipe picks one, else it is an error that says so
-    by_recipe = engine.generate(ask("shared"), LONGER)[0]
+    by_recipe = engine.generate_batch(ask("shared"), LONGER)[0]
     assert by_recipe.text == "from code"
-    ambiguous = engine.generate(ask("shared"), Recipe(max_gen_toks=3))[0]
+    ambiguous = engine.generate_batch(ask("shared"), Recipe(max_gen_toks=3))[0]
     assert ambiguous.finish_reason == "error" and "several benches (code, math)" in ambiguous.error
     with pytest.raises(ValueError, match="no samples of variant 'ghost'"):
         replay(stored, variant="ghost")
@@ -77,22 +77,16 @@ def test_never_invents_an_answer(stored):
         replay(stored.parent / "empty")
 
 
-def test_seconds_per_token_paces_like_a_batched_engine(stored):
-    engine = replay(stored, seconds_per_token=0.05)
-    start = time.perf_counter()
-    engine.generate(ask("d0", "d1"), GREEDY)  # longest stored completion: 4 tokens
-    assert 0.2 <= time.perf_counter() - start < 1.5
-
-
 def test_rescoring_with_a_new_scorer(stored, tmp_path):
     data = tmp_path / "math.jsonl"
     data.write_text("".join(json.dumps({"id": i, "prompt": i, "target": t}) + "\n" for i, t in (("d0", "42"), ("d1", "7"))))
     spec = BenchSpec(name="math", source=str(data), options={"answer_regex": r"(\d+)\s*$"})
     variant = VariantSpec(name="rescored", model=str(stored), engine="replay", engine_args={"extra": {"variant": "src"}})
-    actor = EngineActor(variant, str(stored))  # the farm's own row builder, in-process
+    engine = engine_class("replay")(variant, str(stored))
     docs = [Doc(id="d0", messages=[{"role": "user", "content": "d0"}], target="42"),
             Doc(id="d1", messages=[{"role": "user", "content": "d1"}], target="7")]
-    table = actor.run_unit(WorkUnit("u", "run", "rescored", "fp2", spec, GREEDY, [(d, 0) for d in docs]))
+    ctx = RowContext("run", "rescored", "fp2", spec.name, GREEDY, "replay")  # the farm's own row path, in-process
+    table = generate_rows(engine, make_bench(spec), ctx, [(d, 0) for d in docs])
     rows = table.to_pylist()
     assert [(r["response"], r["extracted_answer"], r["correct"]) for r in rows] == \
         [("The answer is 42", "42", True), ("answer: 7", "7", True)]  # stored 0.0, rescored right

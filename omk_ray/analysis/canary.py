@@ -1,5 +1,10 @@
 """The canary: a few problems per bench in generation mode, judged by structural rules only.
 
+Everything the canary is lives here: which problems it asks (`canary_sample`), the rules
+(`rules_for`) and the judgement (`evaluate_canary`). The farm's scheduler runs a variant's
+canary sample first and calls these; `omk-ray canary` (omk_ray/farm/canary.py) is the same
+path stopped after the verdict.
+
 The seed's lesson: a variant can look fine on an aggregate score (or a teacher-forced loss)
 and still be broken when it generates. Before a variant's full run, a handful of samples per
 bench must pass every rule, per bench:
@@ -10,14 +15,13 @@ bench must pass every rule, per bench:
 - no degenerate loop;
 - not every score exactly 0.
 
-`evaluate_canary(rows)` is a pure function over sample rows; `run_canary` generates them.
+`evaluate_canary(rows)` is a pure function over sample rows.
 """
 
 from __future__ import annotations
 
-import tempfile
+import random
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -67,6 +71,10 @@ class CanaryResult:
 
     def to_dict(self) -> dict:
         return {"passed": self.passed, "reasons": self.reasons, "benches": [asdict(b) for b in self.benches]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CanaryResult":
+        return cls(data["passed"], list(data["reasons"]), [BenchCanary(**b) for b in data["benches"]])
 
     def summary(self) -> str:
         head = "canary PASSED" if self.passed else "canary FAILED"
@@ -134,59 +142,42 @@ def _as_table(rows: pa.Table | list[dict]) -> pa.Table:
 
 
 def rules_for(grid, variant: str, **overrides) -> CanaryRules:
-    """Rules for a variant of a grid: each bench's floor option and the variant's reasoning markers."""
+    """Rules for a variant of a grid: the grid's thresholds, each bench's floor option and the variant's markers."""
     spec = grid.variant(variant)
     floors = {b.name: float(b.options[FLOOR_OPTION]) for b in grid.benches if FLOOR_OPTION in b.options}
     markers = set(DEFAULT_MARKERS)
     for bench in grid.benches:
         markers.update(m for m in grid.recipe_for(spec, bench).reasoning_markers if m)
-    return CanaryRules(p10_floors=floors, markers=tuple(sorted(markers)), **overrides)
+    thresholds = {"max_empty_rate": grid.farm.canary.max_empty_rate, "min_p10_tokens": grid.farm.canary.min_p10_tokens}
+    return CanaryRules(p10_floors=floors, markers=tuple(sorted(markers)), **{**thresholds, **overrides})
 
 
-def run_canary(
-    grid,
-    variant: str,
-    results_root: str | Path | None = None,
-    limit_docs: int = 8,
-    address: str | None = None,
-    rules: CanaryRules | None = None,
-    show_progress: bool = False,
-) -> CanaryResult:
-    """Generate the first `limit_docs` problems of every bench for `variant`, then judge them.
+def canary_sample(docs: list, n: int, seed: int, bench: str) -> list[str]:
+    """The ids of `n` docs spread over the bench: a seeded sample stratified by domain, in bench order.
 
-    With a results folder the samples stay there (a full run later resumes from them); without
-    one they go to a temporary folder that is deleted afterwards.
+    Every domain gets one doc while `n` allows, the rest goes to the domains in proportion to their
+    size (largest remainder); with more domains than `n`, `n` domains are drawn.
     """
-    if results_root is None:
-        with tempfile.TemporaryDirectory(prefix="omk-ray-canary-") as tmp:
-            return run_canary(grid, variant, tmp, limit_docs, address, rules, show_progress)
-    import json
-
-    from omk_ray.benches import make_bench
-    from omk_ray.farm.runner import run_grid
-    from omk_ray.results.store import ResultsStore
-
-    grid.variant(variant)  # KeyError names an unknown variant before anything starts
-    summary = run_grid(grid, results_root, address=address, variants=[variant], limit_docs=limit_docs,
-                       show_progress=show_progress)
-    store = ResultsStore(results_root)
-    run = next(r for r in store.runs() if r.run_id == summary.run_id)
-    manifest = run.manifest()
-    fingerprint = manifest["fingerprints"][variant]
-    recipes = list(manifest["recipe_hashes"].get(variant, {}).values())
-    wanted = []
-    for spec in grid.benches:
-        ids = [d.id for d in make_bench(spec).docs()[:limit_docs]]
-        wanted.append((pc.field("bench") == spec.name) & pc.field("doc_id").isin(ids))
-    where = (pc.field("variant") == variant) & (pc.field("variant_fingerprint") == fingerprint)
-    where &= pc.field("recipe_hash").isin(recipes)
-    any_doc = wanted[0]
-    for w in wanted[1:]:
-        any_doc |= w
-    rows = store.read(filter=where & any_doc)
-    result = evaluate_canary(rows, rules or rules_for(grid, variant))
-    if summary.failed:
-        result.passed = False
-        result.reasons.append(f"{summary.failed} samples failed to generate (see {run.log_path})")
-    (run.folder / "canary.json").write_text(json.dumps({"variant": variant, **result.to_dict()}, indent=2))
-    return result
+    if n >= len(docs):
+        return [d.id for d in docs]
+    rng = random.Random(f"{seed}:{bench}")
+    strata: dict[str, list[str]] = {}
+    for d in docs:
+        strata.setdefault(d.domain or "", []).append(d.id)
+    names = sorted(strata)
+    if n < len(names):
+        names = sorted(rng.sample(names, n))
+        quota = dict.fromkeys(names, 1)
+    else:
+        quota = dict.fromkeys(names, 1)
+        rest, total = n - len(names), sum(len(strata[k]) - 1 for k in names)
+        share = {k: rest * (len(strata[k]) - 1) / total if total else 0.0 for k in names}
+        for k in names:
+            quota[k] += int(share[k])
+        by_remainder = sorted(names, key=lambda k: (share[k] - int(share[k]), rng.random()), reverse=True)
+        for k in by_remainder[: n - sum(quota.values())]:
+            quota[k] += 1
+    chosen = {i for k in names for i in rng.sample(strata[k], min(quota[k], len(strata[k])))}
+    others = [d.id for d in docs if d.id not in chosen]
+    chosen.update(rng.sample(others, n - len(chosen)))  # a stratum smaller than its quota
+    return [d.id for d in docs if d.id in chosen]

@@ -98,7 +98,7 @@ def register(app: typer.Typer) -> None:
     def canary(
         config: Path = typer.Argument(..., help="grid config (YAML)"),
         variant: str = typer.Option(..., "--variant", "-v", help="the variant to check"),
-        limit: int = typer.Option(8, min=1, help="problems per bench"),
+        limit: int = typer.Option(8, min=1, help="problems per bench (a seeded sample, stratified by domain)"),
         results: Optional[Path] = typer.Option(
             None, "--results", "-r", help="keep the samples here (a full run resumes from them); default: a temp folder"),
         address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start a local Ray)"),
@@ -109,7 +109,8 @@ def register(app: typer.Typer) -> None:
 
         Fails (exit code 1) when a bench has more than 5% empty answers, a reasoning marker in an answer, a p10 completion length under its floor (bench option canary_min_p10_tokens, or --floor), a degenerate loop, or every score exactly 0. Exit code 0 when all pass.
         """  # noqa: E501 (typer keeps line breaks: one paragraph per line)
-        from omk_ray.analysis.canary import rules_for, run_canary
+        from omk_ray.analysis.canary import rules_for
+        from omk_ray.farm.canary import run_canary
         from omk_ray.config import ConfigError, load_grid
 
         try:
@@ -122,7 +123,7 @@ def register(app: typer.Typer) -> None:
         floors = {**rules.p10_floors, **_floor_options(floor)}
         rules = rules.model_copy(update={"p10_floors": floors})
         try:
-            result = run_canary(grid, variant, results, limit_docs=limit, address=address, rules=rules)
+            result = run_canary(grid, variant, results, docs=limit, address=address, rules=rules)
         except (ValueError, OSError) as err:
             _fail(f"canary of {variant}: {err}")
         for b in result.benches:

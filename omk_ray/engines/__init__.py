@@ -12,6 +12,7 @@ ENGINES = Registry("engine", {
     "vllm": "omk_ray.engines.vllm_engine:VLLMEngine",
     "transformers": "omk_ray.engines.transformers_engine:TransformersEngine",
     "echo": "omk_ray.engines.echo:EchoEngine",
+    "simgpu": "omk_ray.engines.simgpu:SimulatedGpuEngine",  # a FAKE GPU (timing model) for farm benchmarks
     "openai": "omk_ray.engines.openai_engine:OpenAIEngine",
     "replay": "omk_ray.engines.replay:ReplayEngine",
 })

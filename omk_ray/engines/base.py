@@ -1,17 +1,26 @@
-"""One interface for every inference engine: chat requests in, completions out.
+"""One interface for every inference engine: one request in, its completion out, many in flight.
 
-Engines that generate token ids locally (vLLM, transformers) share `TokenEngine`: the prompt
-is rendered once by the model's own chat template, so every engine sees the same prompt
-tokens, and the reasoning split, the thinking budget and the stop handling behave the same
-whichever engine runs. A subclass only implements `_generate_ids`.
+`Engine.generate` is a coroutine for one request; the farm keeps about `capacity` of them in
+flight on each engine (see `omk_ray/farm/scheduler.py`), so an engine that batches (vLLM's
+continuous batching, transformers' batched `generate`, an HTTP server's slots) always has work.
+Synchronous callers (tests, scripts) use `generate_batch`.
+
+Engines that generate token ids locally (vLLM, transformers) share `TokenEngine`: the prompt is
+rendered once by the model's own chat template, so every engine sees the same prompt tokens, and
+the reasoning split, the thinking budget and the stop handling behave the same whichever engine
+runs. A subclass only implements `_generate_ids` (and may offer a one-pass thinking budget).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import threading
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+from pydantic import BaseModel, ConfigDict
 
 from omk_ray.config import Recipe, VariantSpec
 
@@ -34,37 +43,78 @@ class Completion:
     latency_s: float = 0.0
     prompt_hash: str = ""
     error: str | None = None
+    error_kind: str | None = None  # "prompt_too_long": can never run as configured (not retried)
     thinking_budget_hit: bool = False
     token_ids: list[int] = field(default_factory=list, repr=False)
 
 
+class NoOptions(BaseModel):
+    """`engine_args.extra` of an engine that takes none."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 class Engine(ABC):
-    """An engine holds one variant's weights and answers batches of requests."""
+    """An engine holds one variant's weights and answers requests, many at once."""
 
     kind: str = ""
     uses_accelerator: bool = True  # False for engines that hold no model (HTTP clients, replay, echo)
+    Options: type[BaseModel] = NoOptions  # validates `engine_args.extra` when the grid is loaded
 
     def __init__(self, variant: VariantSpec, model_path: str):
         self.variant = variant
         self.model_path = model_path
+        self.options = self.Options.model_validate(variant.engine_args.extra)
 
     @abstractmethod
-    def generate(self, requests: list[Request], recipe: Recipe) -> list[Completion]: ...
+    async def generate(self, request: Request, recipe: Recipe) -> Completion:
+        """One request's completion; an error the request itself caused comes back in `Completion.error`."""
+
+    @property
+    def capacity(self) -> int:
+        """Requests this engine works on at once; the farm keeps about 1.1x as many in flight."""
+        return 1
 
     @property
     @abstractmethod
     def version(self) -> str: ...
 
+    def fatal(self, error: BaseException) -> bool:
+        """Whether an exception out of `generate` means the engine itself is gone (its actor then exits)."""
+        return False
+
     def close(self) -> None:
         pass
 
+    def generate_batch(self, requests: list[Request], recipe: Recipe) -> list[Completion]:
+        """Every request's completion, in order, all in flight at once (for synchronous callers)."""
 
-@dataclass
+        async def gather() -> list[Completion]:
+            return list(await asyncio.gather(*(self.generate(r, recipe) for r in requests)))
+
+        return run_coroutine(gather())
+
+
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_lock = threading.Lock()
+
+
+def run_coroutine(coroutine):
+    """Run a coroutine on this process's engine loop (one loop: engines keep state bound to it)."""
+    global _loop
+    with _loop_lock:
+        if _loop is None:
+            _loop = asyncio.new_event_loop()
+            threading.Thread(target=_loop.run_forever, name="omk-engine-loop", daemon=True).start()
+    return asyncio.run_coroutine_threadsafe(coroutine, _loop).result()
+
+
+@dataclass(frozen=True)
 class GenParams:
-    """Sampler settings of one engine call, after the recipe has been resolved per request."""
+    """Sampler settings of one generation call, after the recipe has been resolved for the request."""
 
-    max_tokens: list[int]
-    seeds: list[int]
+    max_tokens: int
+    seed: int
     temperature: float
     top_p: float
     top_k: int
@@ -72,6 +122,10 @@ class GenParams:
     min_tokens: int
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
+    thinking_budget: int | None = None  # one-pass budget, for engines whose `one_pass_thinking` is true
+
+    def but(self, **changes) -> "GenParams":
+        return replace(self, **changes)
 
 
 @dataclass
@@ -91,7 +145,11 @@ class TokenEngine(Engine):
         self.max_model_len = variant.engine_args.max_model_len
 
     @abstractmethod
-    def _generate_ids(self, prompts: list[list[int]], params: GenParams) -> list[RawOutput]: ...
+    async def _generate_ids(self, prompt: list[int], params: GenParams) -> RawOutput: ...
+
+    def one_pass_thinking(self, markers: tuple[str, str]) -> bool:
+        """Whether the engine itself closes a thought at `GenParams.thinking_budget` for these markers."""
+        return False
 
     # -- prompts -----------------------------------------------------------------------------
 
@@ -113,40 +171,30 @@ class TokenEngine(Engine):
 
     # -- generation --------------------------------------------------------------------------
 
-    def generate(self, requests: list[Request], recipe: Recipe) -> list[Completion]:
+    async def generate(self, request: Request, recipe: Recipe) -> Completion:
         start = time.perf_counter()
-        prompts = [self.render(r, recipe) for r in requests]
-        results: list[Completion | None] = [None] * len(requests)
-        runnable: list[int] = []
-        budgets: list[int] = []
-        for i, ids in enumerate(prompts):
-            room = recipe.generation_budget
-            if self.max_model_len is not None:
-                room = min(room, self.max_model_len - len(ids))
-            if room < 1:
-                results[i] = Completion(
-                    text="",
-                    prompt_tokens=len(ids),
-                    finish_reason="error",
-                    prompt_hash=_hash_ids(ids),
-                    error=f"prompt of {len(ids)} tokens leaves no room in max_model_len={self.max_model_len}",
-                )
-            else:
-                runnable.append(i)
-                budgets.append(room)
-        if runnable:
-            outputs = self._generate_with_budget(
-                [prompts[i] for i in runnable], budgets, [requests[i] for i in runnable], recipe
+        prompt = self.render(request, recipe)
+        room = recipe.generation_budget
+        if self.max_model_len is not None:
+            room = min(room, self.max_model_len - len(prompt))
+        if room < 1:
+            return Completion(
+                text="",
+                prompt_tokens=len(prompt),
+                finish_reason="error",
+                prompt_hash=_hash_ids(prompt),
+                error=f"prompt of {len(prompt)} tokens leaves no room in max_model_len={self.max_model_len}",
+                error_kind="prompt_too_long",
             )
-            elapsed = time.perf_counter() - start
-            for i, (ids, finish, budget_hit) in zip(runnable, outputs):
-                results[i] = self._completion(prompts[i], ids, finish, budget_hit, recipe, elapsed)
-        return results  # type: ignore[return-value]
+        ids, finish, budget_hit = await self._generate_with_budget(prompt, room, request, recipe)
+        completion = self._completion(prompt, ids, finish, budget_hit, recipe)
+        completion.latency_s = time.perf_counter() - start
+        return completion
 
-    def _params(self, recipe: Recipe, max_tokens: list[int], requests: list[Request], **extra) -> GenParams:
+    def _params(self, recipe: Recipe, max_tokens: int, request: Request, **extra) -> GenParams:
         return GenParams(
             max_tokens=max_tokens,
-            seeds=[recipe.seed + r.repeat for r in requests],
+            seed=recipe.seed + request.repeat,
             temperature=recipe.temperature,
             top_p=recipe.top_p,
             top_k=recipe.top_k,
@@ -156,59 +204,57 @@ class TokenEngine(Engine):
             **extra,
         )
 
-    def _generate_with_budget(
-        self, prompts: list[list[int]], budgets: list[int], requests: list[Request], recipe: Recipe
-    ) -> list[tuple[list[int], str, bool]]:
-        """Think up to the budget, close the thought if still open, then answer."""
+    async def _generate_with_budget(
+        self, prompt: list[int], budget: int, request: Request, recipe: Recipe
+    ) -> tuple[list[int], str, bool]:
+        """Generate with every thought capped at `thinking_budget` tokens: (ids, finish, a cap was hit).
+
+        vLLM's semantics, which its one-pass budget implements: a thought is what follows the opening
+        marker (in the prompt or generated) up to the closing one; once it holds `thinking_budget`
+        tokens the closing marker is forced; a later thought gets its own budget. Elsewhere this is
+        done in phases: answer until a thought opens, think until it closes or hits its cap, repeat.
+        """
         start_id, end_id = (self._marker_id(m) for m in recipe.reasoning_markers)
         if not (recipe.enable_thinking and recipe.thinking_budget and start_id is not None and end_id is not None):
-            outs = self._generate_ids(prompts, self._params(recipe, budgets, requests))
-            return [(o.token_ids, o.finish_reason, False) for o in outs]
+            out = await self._generate_ids(prompt, self._params(recipe, budget, request))
+            return out.token_ids, out.finish_reason, False
+        if self.one_pass_thinking(recipe.reasoning_markers):
+            out = await self._generate_ids(
+                prompt, self._params(recipe, budget, request, thinking_budget=recipe.thinking_budget))
+            return out.token_ids, out.finish_reason, _longest_thought(out.token_ids, prompt, start_id, end_id) \
+                >= recipe.thinking_budget
 
-        # The model spends one extra token opening the thought unless the template already did.
-        think_caps = [
-            min(recipe.thinking_budget + (0 if self._prompt_opens_thought(p, start_id, end_id) else 1), b)
-            for p, b in zip(prompts, budgets)
-        ]
-        first = self._generate_ids(prompts, self._params(recipe, think_caps, requests, stop_token_ids=(end_id,)))
-        results: list[tuple[list[int], str, bool] | None] = [None] * len(prompts)
-        again: list[int] = []
-        for i, out in enumerate(first):
-            ids = list(out.token_ids)
-            opened = start_id in ids or self._prompt_opens_thought(prompts[i], start_id, end_id)
-            closed = end_id in ids
-            if out.finish_reason == "stop" and not closed:
-                results[i] = (ids, "stop", False)  # answered (or ended) without a thought
+        ids: list[int] = []
+        hit = False
+        thought = _open_thought(prompt, start_id, end_id)  # tokens of the open thought so far, None: none open
+        while len(ids) < budget:
+            left = budget - len(ids)
+            min_tokens = max(0, recipe.min_tokens - len(ids))
+            if thought is None:  # answering: until a thought opens, the answer ends, or the budget is spent
+                out = await self._generate_ids(prompt + ids, self._params(
+                    recipe, left, request, stop_token_ids=(start_id,)).but(min_tokens=min_tokens))
+                ids += out.token_ids
+                if not (out.token_ids and out.token_ids[-1] == start_id):
+                    return ids, out.finish_reason, hit
+                thought = 0
                 continue
-            budget_hit = opened and not closed
-            if budget_hit:
-                ids.append(end_id)
-            results[i] = (ids, "", budget_hit)
-            if len(ids) < budgets[i]:
-                again.append(i)
-            else:
-                results[i] = (ids, "length_in_reasoning" if budget_hit else "length", budget_hit)
-        if again:
-            second = self._generate_ids(
-                [prompts[i] + results[i][0] for i in again],
-                self._params(recipe, [budgets[i] - len(results[i][0]) for i in again], [requests[i] for i in again]),
-            )
-            for i, out in zip(again, second):
-                ids, _, budget_hit = results[i]
-                results[i] = (ids + list(out.token_ids), out.finish_reason, budget_hit)
-        return results  # type: ignore[return-value]
+            cap = min(recipe.thinking_budget - thought, left)
+            if cap > 0:
+                out = await self._generate_ids(prompt + ids, self._params(
+                    recipe, cap, request, stop_token_ids=(end_id,)).but(min_tokens=min_tokens))
+                ids += out.token_ids
+                if end_id in out.token_ids:
+                    thought = None
+                    continue
+                if out.finish_reason == "stop":  # the model ended inside its thought
+                    return ids, "stop", hit
+                thought += len(out.token_ids)
+            if len(ids) < budget and thought >= recipe.thinking_budget:
+                ids.append(end_id)  # the thought is over its budget: close it, as vLLM forces it
+                hit, thought = True, None
+        return ids, "length", hit
 
-    @staticmethod
-    def _prompt_opens_thought(prompt: list[int], start_id: int, end_id: int) -> bool:
-        """Some templates open the thought themselves: the prompt ends inside it."""
-        if start_id not in prompt:
-            return False
-        last_start = len(prompt) - 1 - prompt[::-1].index(start_id)
-        return end_id not in prompt[last_start:]
-
-    def _completion(
-        self, prompt: list[int], ids: list[int], finish: str, budget_hit: bool, recipe: Recipe, elapsed: float
-    ) -> Completion:
+    def _completion(self, prompt: list[int], ids: list[int], finish: str, budget_hit: bool, recipe: Recipe) -> Completion:
         reasoning_ids, answer_ids = self._split_reasoning(prompt, ids, recipe)
         text = self.tokenizer.decode(answer_ids, skip_special_tokens=True)
         for stop in recipe.stop:
@@ -225,7 +271,6 @@ class TokenEngine(Engine):
             completion_tokens=len(ids),
             reasoning_tokens=0 if reasoning_ids is None else len(reasoning_ids),
             finish_reason=finish,
-            latency_s=elapsed,
             prompt_hash=_hash_ids(prompt),
             thinking_budget_hit=budget_hit,
             token_ids=ids,
@@ -243,10 +288,36 @@ class TokenEngine(Engine):
                 e = ids.index(end_id, s)
                 return ids[s + 1 : e], ids[:s] + ids[e + 1 :]
             return ids[s + 1 :], ids[:s]
-        if end_id in ids and self._prompt_opens_thought(prompt, start_id, end_id):
+        if end_id in ids and _open_thought(prompt, start_id, end_id) is not None:
             e = ids.index(end_id)
             return ids[:e], ids[e + 1 :]
         return None, ids
+
+
+def _open_thought(prompt: list[int], start_id: int, end_id: int) -> int | None:
+    """Tokens of the thought the prompt leaves open (some templates open it), None if none is open."""
+    if start_id not in prompt:
+        return None
+    last_start = len(prompt) - 1 - prompt[::-1].index(start_id)
+    return None if end_id in prompt[last_start:] else len(prompt) - last_start - 1
+
+
+def _longest_thought(ids: list[int], prompt: list[int], start_id: int, end_id: int) -> int:
+    """Tokens in the longest thought of a generation (a thought the prompt opened counts its prompt part)."""
+    longest, current = 0, _open_thought(prompt, start_id, end_id)
+    for token in ids:
+        if current is None:
+            current = 0 if token == start_id else None
+        elif token == end_id:
+            longest, current = max(longest, current), None
+        else:
+            current += 1
+    return max(longest, current or 0)
+
+
+def batch_key(params: GenParams) -> GenParams:
+    """Requests whose params share this key can run in one batch (greedy rows need no common seed)."""
+    return replace(params, seed=params.seed if params.temperature > 0 else 0)
 
 
 def _hash_ids(ids: list[int]) -> str:

@@ -11,7 +11,7 @@ budget, and records the server's usage counts, finish_reason and `reasoning_cont
     base_url     required, e.g. http://gpu-node-3:8080/v1
     model        served model name (default: the variant's `model`, else the server's first model)
     api_key_env  name of the environment variable that holds the API key (never the key itself)
-    concurrency  requests in flight per endpoint from one engine process (default 8)
+    concurrency  requests in flight from one engine (default 8); the farm keeps ~1.1x as many queued
     timeout      seconds one attempt may take (default 600)
     retries      further attempts after a 408/429/5xx, a timeout or a connection error (default 6)
     backoff      first retry delay in seconds, doubled per retry up to `backoff_max` (default 1, 30)
@@ -25,17 +25,17 @@ not seen here).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import os
 import random
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+from pydantic import BaseModel, ConfigDict, Field
 
 from omk_ray.config import Recipe, VariantSpec
 from omk_ray.engines.base import Completion, Engine, Request
@@ -43,67 +43,72 @@ from omk_ray.engines.base import Completion, Engine, Request
 log = logging.getLogger("omk_ray.engines.openai")
 
 RETRY_STATUS = {408, 409, 425, 429}
-_ENDPOINT_SLOTS: dict[str, threading.BoundedSemaphore] = {}
-_SLOTS_LOCK = threading.Lock()
 
 
 class RequestFailed(RuntimeError):
     """A request that cannot succeed (4xx) or failed on every attempt; the message says why."""
 
 
-def endpoint_slots(base_url: str, concurrency: int) -> threading.BoundedSemaphore:
-    """One limit per endpoint, shared by every engine of this process that talks to it."""
-    with _SLOTS_LOCK:
-        if base_url not in _ENDPOINT_SLOTS:
-            _ENDPOINT_SLOTS[base_url] = threading.BoundedSemaphore(concurrency)
-        return _ENDPOINT_SLOTS[base_url]
+class OpenAIOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_url: str = Field(description="e.g. http://gpu-node-3:8080/v1")
+    model: str | None = None
+    api_key_env: str | None = None
+    concurrency: int = Field(8, ge=1)
+    timeout: float = Field(600, gt=0)
+    retries: int = Field(6, ge=0)
+    backoff: float = Field(1.0, ge=0)
+    backoff_max: float = Field(30.0, ge=0)
+    body: dict[str, Any] = Field(default_factory=dict)
 
 
 class OpenAIEngine(Engine):
     kind = "openai"
     uses_accelerator = False  # the server holds the model
+    Options = OpenAIOptions
 
     def __init__(self, variant: VariantSpec, model_path: str):
         super().__init__(variant, model_path)
-        extra = dict(variant.engine_args.extra)
-        if not extra.get("base_url"):
-            raise ValueError(f"variant {variant.name!r}: the openai engine needs engine_args.extra.base_url")
-        self.base_url = str(extra["base_url"]).rstrip("/")
-        self.concurrency = int(extra.get("concurrency", 8))
-        self.retries = int(extra.get("retries", 6))
-        self.backoff = float(extra.get("backoff", 1.0))
-        self.backoff_max = float(extra.get("backoff_max", 30.0))
-        self.body = dict(extra.get("body") or {})
-        headers = {}
-        key_env = extra.get("api_key_env")
-        if key_env:
-            if not os.environ.get(key_env):
-                raise ValueError(f"variant {variant.name!r}: environment variable {key_env} (api_key_env) is not set")
-            headers["Authorization"] = f"Bearer {os.environ[key_env]}"
-        self.client = httpx.Client(
-            base_url=self.base_url,
-            headers=headers,
-            timeout=httpx.Timeout(float(extra.get("timeout", 600)), connect=10.0),
-            limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
-        )
-        self.slots = endpoint_slots(self.base_url, self.concurrency)
-        self.model = extra.get("model") or variant.model or self._first_model()
-        self._version = f"openai {self.model} @ {self._server_version()}"
+        options = self.options
+        self.base_url = options.base_url.rstrip("/")
+        self.concurrency = options.concurrency
+        self.retries = options.retries
+        self.backoff = options.backoff
+        self.backoff_max = options.backoff_max
+        self.body = dict(options.body)
+        self.headers = {}
+        if options.api_key_env:
+            if not os.environ.get(options.api_key_env):
+                raise ValueError(f"variant {variant.name!r}: environment variable {options.api_key_env} "
+                                 "(api_key_env) is not set")
+            self.headers["Authorization"] = f"Bearer {os.environ[options.api_key_env]}"
+        self.timeout = httpx.Timeout(options.timeout, connect=10.0)
+        self._client: httpx.AsyncClient | None = None  # made on the loop that uses it
+        self._slots: asyncio.Semaphore | None = None
+        with httpx.Client(base_url=self.base_url, headers=self.headers, timeout=self.timeout) as client:
+            self.model = options.model or variant.model or self._first_model(client)
+            self._version = f"openai {self.model} @ {self._server_version(client)}"
+
+    @property
+    def capacity(self) -> int:
+        return self.concurrency
 
     @property
     def version(self) -> str:
         return self._version
 
     def close(self) -> None:
-        self.client.close()
+        if self._client is not None:
+            client, self._client = self._client, None
+            try:
+                asyncio.get_running_loop().create_task(client.aclose())
+            except RuntimeError:  # no loop running here: the client's sockets close with the process
+                pass
 
     # -- requests ----------------------------------------------------------------------------
 
-    def generate(self, requests: list[Request], recipe: Recipe) -> list[Completion]:
-        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="openai") as pool:
-            return list(pool.map(lambda r: self._one(r, recipe), requests))
-
-    def _one(self, request: Request, recipe: Recipe) -> Completion:
+    async def generate(self, request: Request, recipe: Recipe) -> Completion:
         payload = self.payload(request, recipe)
         prompt_hash = hashlib.sha256(
             json.dumps([payload.get("messages"), payload.get("prompt"), payload.get("chat_template_kwargs")],
@@ -111,7 +116,7 @@ class OpenAIEngine(Engine):
         ).hexdigest()[:16]
         start = time.perf_counter()
         try:
-            data = self._post("/chat/completions" if recipe.chat_template else "/completions", payload)
+            data = await self._post("/chat/completions" if recipe.chat_template else "/completions", payload)
             completion = parse_response(data, recipe)
         except Exception as err:  # never a silent drop: whatever went wrong becomes the row's error
             return Completion(text="", finish_reason="error", prompt_hash=prompt_hash,
@@ -147,16 +152,21 @@ class OpenAIEngine(Engine):
         body.update(self.body)
         return body
 
-    def _post(self, path: str, payload: dict) -> dict:
-        with self.slots:
-            return self._with_retries(lambda: self.client.post(path, json=payload), f"POST {path}")
+    async def _post(self, path: str, payload: dict) -> dict:
+        if self._client is None:
+            limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+            self._client = httpx.AsyncClient(base_url=self.base_url, headers=self.headers, timeout=self.timeout,
+                                             limits=limits)
+            self._slots = asyncio.Semaphore(self.concurrency)
+        async with self._slots:
+            return await self._with_retries(lambda: self._client.post(path, json=payload), f"POST {path}")
 
-    def _with_retries(self, send, what: str) -> dict:
+    async def _with_retries(self, send, what: str) -> dict:
         delay = self.backoff
         for attempt in range(self.retries + 1):
             wait = None
             try:
-                response = send()
+                response = await send()
             except (httpx.TimeoutException, httpx.TransportError) as err:
                 error = f"{type(err).__name__}: {err or 'no detail'}"
             else:
@@ -175,25 +185,30 @@ class OpenAIEngine(Engine):
             pause = wait if wait is not None else min(delay, self.backoff_max) * random.uniform(0.8, 1.2)
             log.warning("%s %s: %s; retry %d/%d in %.1f s",
                         self.base_url, what, error, attempt + 1, self.retries, pause)
-            time.sleep(pause)
+            await asyncio.sleep(pause)
             delay *= 2
         raise AssertionError("unreachable")
 
-    # -- server facts ------------------------------------------------------------------------
+    # -- server facts (asked once, when the engine starts) -----------------------------------
 
-    def _first_model(self) -> str:
-        data = self._with_retries(lambda: self.client.get("/models"), "GET /models")
+    def _first_model(self, client: httpx.Client) -> str:
+        try:
+            response = client.get("/models")
+            response.raise_for_status()
+            data = response.json()
+        except (httpx.HTTPError, ValueError) as err:
+            raise RuntimeError(f"{self.base_url}/models: {type(err).__name__}: {err}") from None
         models = [m.get("id") for m in data.get("data", []) if m.get("id")]
         if not models:
             raise RuntimeError(f"{self.base_url}/models lists no model; set engine_args.extra.model")
         return models[0]
 
-    def _server_version(self) -> str:
+    def _server_version(self, client: httpx.Client) -> str:
         """What the server says it runs (vLLM: /version; llama-server: /props build_info), best effort."""
         root = self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
         for path, key, label in (("/version", "version", "vllm"), ("/props", "build_info", "llama.cpp")):
             try:
-                response = self.client.get(root + path, timeout=5.0)
+                response = client.get(root + path, timeout=5.0)
                 value = response.json().get(key) if response.status_code == 200 else None
             except (httpx.HTTPError, ValueError, AttributeError):
                 value = None

@@ -7,8 +7,6 @@ new scorer or bench version, and measuring the farm itself with real output leng
                       write `model: results/` and have the path resolved next to the config)
     variant           the stored variant to replay (default: this variant's name)
     recipe_hash       only replay samples made with this recipe hash (default: any)
-    seconds_per_token sleep in proportion to the longest stored completion of each batch, like
-                      a batched engine generating those tokens (default 0: answer at once)
 
 A request `doc#repeat` gets the stored sample with that doc id and repeat. When several
 benches hold the same doc id, the one whose recipe hash equals the request's recipe is used;
@@ -18,11 +16,11 @@ if that still leaves more than one, or none is stored, the request comes back wi
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from pathlib import Path
 
 import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict
 
 from omk_ray.config import Recipe, VariantSpec
 from omk_ray.engines.base import Completion, Engine, Request
@@ -31,28 +29,36 @@ REPLAYED = ["bench", "doc_id", "repeat", "recipe_hash", "response", "reasoning",
             "reasoning_tokens", "finish_reason", "latency_s", "prompt_hash", "error", "engine_version"]
 
 
+class ReplayOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    results: str | None = None
+    variant: str | None = None
+    recipe_hash: str | None = None
+
+
 class ReplayEngine(Engine):
     kind = "replay"
     uses_accelerator = False
+    Options = ReplayOptions
 
     def __init__(self, variant: VariantSpec, model_path: str):
         super().__init__(variant, model_path)
         from omk_ray.results.store import ResultsStore
 
-        extra = variant.engine_args.extra
-        self.results = Path(extra.get("results") or model_path)
-        self.source = str(extra.get("variant") or variant.name)
-        self.seconds_per_token = float(extra.get("seconds_per_token", 0.0))
+        options = self.options
+        self.results = Path(options.results or model_path)
+        self.source = options.variant or variant.name
         store = ResultsStore(self.results)
         if not store.shard_paths():
             raise FileNotFoundError(f"variant {variant.name!r}: no stored samples to replay in {self.results}")
         where = pc.field("variant") == self.source
-        if extra.get("recipe_hash"):
-            where &= pc.field("recipe_hash") == str(extra["recipe_hash"])
+        if options.recipe_hash:
+            where &= pc.field("recipe_hash") == options.recipe_hash
         rows = store.read(columns=REPLAYED, filter=where).to_pylist()
         if not rows:
             raise ValueError(f"variant {variant.name!r}: {self.results} holds no samples of variant {self.source!r}"
-                             + (f" with recipe {extra['recipe_hash']}" if extra.get("recipe_hash") else ""))
+                             + (f" with recipe {options.recipe_hash}" if options.recipe_hash else ""))
         self.rows: dict[tuple[str, int], list[dict]] = defaultdict(list)
         for row in rows:
             self.rows[(row["doc_id"], row["repeat"])].append(row)
@@ -63,13 +69,11 @@ class ReplayEngine(Engine):
     def version(self) -> str:
         return self._version
 
-    def generate(self, requests: list[Request], recipe: Recipe) -> list[Completion]:
-        out = [self._replay(r, recipe) for r in requests]
-        if self.seconds_per_token:
-            time.sleep(max((c.completion_tokens for c in out), default=0) * self.seconds_per_token)
-        return out
+    @property
+    def capacity(self) -> int:
+        return 1024
 
-    def _replay(self, request: Request, recipe: Recipe) -> Completion:
+    async def generate(self, request: Request, recipe: Recipe) -> Completion:
         doc_id = request.id.rsplit("#", 1)[0]
         found = self.rows.get((doc_id, request.repeat), [])
         if len(found) > 1:

@@ -1,9 +1,19 @@
-"""Hugging Face transformers `generate`, batched with left padding (CPU here, GPU elsewhere)."""
+"""Hugging Face transformers `generate`, batched with left padding (CPU here, GPU elsewhere).
+
+Requests arrive one by one; a refill loop gathers those waiting into batches of up to
+`engine_args.batch_size` that share their sampler settings and cap (and seed, when sampling), runs each
+batch in a worker thread, and starts the next batch from whatever arrived meanwhile.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
+
 from omk_ray.config import VariantSpec
-from omk_ray.engines.base import GenParams, RawOutput, TokenEngine
+from omk_ray.engines.base import GenParams, RawOutput, TokenEngine, batch_key
+
+GATHER_S = 0.002  # let requests submitted together arrive before a batch is cut
 
 
 class TransformersEngine(TokenEngine):
@@ -34,6 +44,12 @@ class TransformersEngine(TokenEngine):
         eos = config_eos if isinstance(config_eos, list) else [config_eos]
         self.eos_ids = [e for e in {*eos, self.tokenizer.eos_token_id} if e is not None]
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self._waiting: deque[tuple[list[int], GenParams, asyncio.Future]] = deque()
+        self._loop_task: asyncio.Task | None = None
+
+    @property
+    def capacity(self) -> int:
+        return self.batch_size
 
     @property
     def version(self) -> str:
@@ -41,26 +57,37 @@ class TransformersEngine(TokenEngine):
 
         return f"transformers {transformers.__version__}"
 
-    def _generate_ids(self, prompts: list[list[int]], params: GenParams) -> list[RawOutput]:
-        results: list[RawOutput | None] = [None] * len(prompts)
-        # Requests that share a seed and a cap run together: a batch has one RNG and one length.
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, (cap, seed) in enumerate(zip(params.max_tokens, params.seeds)):
-            groups.setdefault((cap, seed if params.temperature > 0 else 0), []).append(i)
-        for (cap, seed), members in groups.items():
-            for start in range(0, len(members), self.batch_size):
-                batch = members[start : start + self.batch_size]
-                for i, out in zip(batch, self._generate_batch([prompts[i] for i in batch], cap, seed, params)):
-                    results[i] = out
-        return results  # type: ignore[return-value]
+    async def _generate_ids(self, prompt: list[int], params: GenParams) -> RawOutput:
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((prompt, params, future))
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.get_running_loop().create_task(self._refill())
+        return await future
 
-    def _generate_batch(self, prompts: list[list[int]], cap: int, seed: int, params: GenParams) -> list[RawOutput]:
+    async def _refill(self) -> None:
+        while self._waiting:
+            await asyncio.sleep(GATHER_S)
+            key = batch_key(self._waiting[0][1])
+            batch = [w for w in self._waiting if batch_key(w[1]) == key][: self.batch_size]
+            for w in batch:
+                self._waiting.remove(w)
+            try:
+                outs = await asyncio.to_thread(self._generate_batch, [w[0] for w in batch], batch[0][1])
+            except Exception as err:  # noqa: BLE001 - the batch's requests fail, the loop goes on
+                for _, _, future in batch:
+                    future.set_exception(err)
+                continue
+            for (_, _, future), out in zip(batch, outs):
+                future.set_result(out)
+
+    def _generate_batch(self, prompts: list[list[int]], params: GenParams) -> list[RawOutput]:
         torch = self.torch
         width = max(len(p) for p in prompts)
         device = self.model.device
         input_ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompts], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
         stop_ids = [*self.eos_ids, *params.stop_token_ids]
+        cap = params.max_tokens
         sample = params.temperature > 0
         kwargs = dict(
             max_new_tokens=cap,
@@ -70,7 +97,7 @@ class TransformersEngine(TokenEngine):
             pad_token_id=self.pad_id,
         )
         if sample:
-            torch.manual_seed(seed)
+            torch.manual_seed(params.seed)
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None,
                           min_p=params.min_p or None)
         else:

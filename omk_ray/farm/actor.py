@@ -1,35 +1,36 @@
-"""The engine actor: one variant's engine, loaded once, answering work units until told to stop."""
+"""The farm's Ray actors: an engine actor (one variant's engine, fed request by request) and a
+scoring actor (the benches' scorers, on CPU).
+
+The engine actor is an async actor: `submit` hands it requests, each starts at once on the
+engine, and `poll` returns whatever finished since the last poll (waiting a moment when nothing
+has). Nothing is scored here: the engine only generates.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-
-import pyarrow as pa
 
 from omk_ray.benches import Bench, Doc, Score, make_bench
 from omk_ray.config import BenchSpec, Recipe, VariantSpec
-from omk_ray.engines import Request, engine_class
-from omk_ray.results.schema import rows_to_table
+from omk_ray.engines import Completion, Request, engine_class
+from omk_ray.farm.rows import score_all
 
 
 @dataclass
-class WorkUnit:
-    id: str
-    run_id: str
-    variant: str
-    fingerprint: str
-    bench: BenchSpec
-    recipe: Recipe
-    samples: list[tuple[Doc, int]]
-    dataset_revision: str | None = None
+class Generated:
+    sample: int  # the scheduler's id of the sample
+    completion: Completion
+    started_at: datetime
+    engine_error: bool = False  # the engine raised (not the request's own error): worth a retry
 
 
 class EngineActor:
-    """Wrapped by `ray.remote` in the scheduler; kept a plain class so it can be used in-process."""
+    """Wrapped by `ray.remote` in the scheduler."""
 
     def __init__(self, variant: VariantSpec, model_path: str):
         if os.environ.get("CUDA_VISIBLE_DEVICES") == "" or not _has_cuda():
@@ -38,12 +39,15 @@ class EngineActor:
         self.variant = variant
         self.engine = engine_class(variant.engine)(variant, model_path)
         self.load_s = time.perf_counter() - start
-        self.benches: dict[str, Bench] = {}
+        self.finished: list[Generated] = []
+        self.tasks: set[asyncio.Task] = set()
+        self.wake: asyncio.Event | None = None
 
-    def info(self) -> dict:
+    async def info(self) -> dict:
         return {
             "variant": self.variant.name,
             "engine": self.engine.version,
+            "capacity": self.engine.capacity,
             "host": socket.gethostname(),
             "node_id": _node_id(),
             "pid": os.getpid(),
@@ -52,73 +56,63 @@ class EngineActor:
             "load_s": round(self.load_s, 2),
         }
 
-    def run_unit(self, unit: WorkUnit) -> pa.Table:
-        bench = self.benches.get(unit.bench.name)
-        if bench is None:
-            bench = self.benches[unit.bench.name] = make_bench(unit.bench)
-        started = datetime.now(timezone.utc)
-        requests = [Request(id=f"{doc.id}#{r}", messages=doc.messages, repeat=r) for doc, r in unit.samples]
-        completions = self.engine.generate(requests, unit.recipe)
-        scores = self._score(bench, unit.samples, completions)
-        rows = []
-        for (doc, repeat), completion, (score, error) in zip(unit.samples, completions, scores):
-            metrics = dict(score.metrics) if score else {}
-            if completion.thinking_budget_hit:
-                metrics["thinking_budget_hit"] = 1.0
-            rows.append(
-                {
-                    "run_id": unit.run_id,
-                    "cohort": unit.recipe.cohort,
-                    "variant": unit.variant,
-                    "variant_fingerprint": unit.fingerprint,
-                    "bench": unit.bench.name,
-                    "doc_id": doc.id,
-                    "repeat": repeat,
-                    "prompt_hash": completion.prompt_hash,
-                    "prompt_tokens": completion.prompt_tokens,
-                    "completion_tokens": completion.completion_tokens,
-                    "reasoning_tokens": completion.reasoning_tokens,
-                    "finish_reason": completion.finish_reason,
-                    "response": completion.text,
-                    "reasoning": completion.reasoning,
-                    "extracted_answer": score.extracted if score else None,
-                    "target": doc.target,
-                    "score": score.score if score else 0.0,
-                    "correct": score.correct if score else False,
-                    "metrics": metrics,
-                    "domain": doc.domain,
-                    "subdomain": doc.subdomain,
-                    "latency_s": completion.latency_s,
-                    "engine": self.variant.engine,
-                    "engine_version": self.engine.version,
-                    "recipe_hash": unit.recipe.hash,
-                    "scorer_version": bench.scorer_version,
-                    "score_detail": score.detail if score else None,
-                    "dataset_revision": unit.dataset_revision,
-                    "started_at": started,
-                    "error": error,
-                }
-            )
-        return rows_to_table(rows)
+    async def submit(self, requests: list[tuple[int, Request]], recipe: Recipe) -> int:
+        """Start every request now; returns how many are in flight."""
+        for sample, request in requests:
+            task = asyncio.get_running_loop().create_task(self._run(sample, request, recipe))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        return len(self.tasks)
 
-    @staticmethod
-    def _score(bench: Bench, samples, completions) -> list[tuple[Score | None, str | None]]:
-        """(score, error) per sample; a scorer choking on a hostile completion fails that sample only."""
-        todo = [(i, doc, c) for i, ((doc, _), c) in enumerate(zip(samples, completions)) if c.error is None]
-        out: list[tuple[Score | None, str | None]] = [(None, c.error) for c in completions]
+    async def poll(self, wait_s: float = 0.2) -> list[Generated]:
+        """Everything finished since the last poll; waits up to `wait_s` for the first one."""
+        if not self.finished:
+            self.wake = self.wake or asyncio.Event()
+            self.wake.clear()
+            try:
+                await asyncio.wait_for(self.wake.wait(), wait_s)
+            except asyncio.TimeoutError:
+                pass
+        done, self.finished = self.finished, []
+        return done
+
+    async def _run(self, sample: int, request: Request, recipe: Recipe) -> None:
+        started = datetime.now(timezone.utc)
         try:
-            for (i, _, _), score in zip(todo, bench.score_many([(doc, c) for _, doc, c in todo])):
-                out[i] = (score, None)
-        except Exception:
-            for i, doc, c in todo:
-                try:
-                    out[i] = (bench.score(doc, c), None)
-                except Exception as err:
-                    out[i] = (None, f"scorer error: {type(err).__name__}: {err}")
-        return out
+            completion = await self.engine.generate(request, recipe)
+            engine_error = False
+        except Exception as err:  # noqa: BLE001
+            if self.engine.fatal(err):
+                os._exit(1)  # the engine is gone: the farm sees a dead actor and retries elsewhere
+            completion = Completion(text="", finish_reason="error", error=f"engine error: {type(err).__name__}: {err}")
+            engine_error = True
+        self.finished.append(Generated(sample, replace(completion, token_ids=[]), started, engine_error))
+        if self.wake is not None:
+            self.wake.set()
+
+    async def version(self) -> str:
+        return self.engine.version
 
     def pid(self) -> int:
         return os.getpid()
+
+
+class ScorerActor:
+    """Scores finished samples for every bench of a grid; the benches are built on first use."""
+
+    def __init__(self, benches: list[BenchSpec]):
+        self.specs = {b.name: b for b in benches}
+        self.benches: dict[str, Bench] = {}
+
+    def bench(self, name: str) -> Bench:
+        if name not in self.benches:
+            self.benches[name] = make_bench(self.specs[name])
+        return self.benches[name]
+
+    def score(self, bench: str, pairs: list[tuple[Doc, Completion]]) -> tuple[list[tuple[Score | None, str | None]], str]:
+        """(score, error) per pair, and the bench's scorer version."""
+        b = self.bench(bench)
+        return score_all(b, pairs), b.scorer_version
 
 
 def _node_id() -> str | None:

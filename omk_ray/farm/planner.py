@@ -2,8 +2,10 @@
 
 A sample is one (variant, bench, doc, repeat). The plan lists every expected sample, drops
 those the results store already holds (same variant fingerprint and recipe hash), and
-groups the rest per variant and bench with a cost estimate, so the scheduler can hand out
-the longest work first. Units are cut from these groups at dispatch time (see scheduler).
+groups the rest per variant and bench with a cost estimate per doc (completion tokens seen
+for that doc in earlier results, else the bench's mean, else half the generation budget), so
+the scheduler can hand out the longest-expected requests first. With the canary on, each
+group also names its canary sample (`omk_ray.analysis.canary.canary_sample`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from omk_ray.analysis.canary import canary_sample
 from omk_ray.benches import Doc, make_bench
 from omk_ray.config import GridConfig, Recipe, VariantSpec, stable_hash
 from omk_ray.results.store import ResultsStore
@@ -33,12 +36,16 @@ class BenchWork:
     recipe: Recipe
     samples: list[tuple[Doc, int]]  # (doc, repeat)
     expected: int  # samples the grid asks for, done or not
-    tokens_per_sample: float
-    doc_order: list[str] = field(default_factory=list)  # every doc id of the bench, in order
+    tokens_per_sample: float  # the estimate of a doc seen nowhere yet
+    doc_tokens: dict[str, float] = field(default_factory=dict)  # doc id -> completion tokens seen before
+    canary_ids: list[str] = field(default_factory=list)  # the bench's canary sample (every doc id, done or not)
+
+    def cost(self, doc: Doc) -> float:
+        return self.doc_tokens.get(doc.id, self.tokens_per_sample)
 
     @property
     def est_tokens(self) -> float:
-        return len(self.samples) * self.tokens_per_sample
+        return sum(self.cost(doc) for doc, _ in self.samples)
 
 
 @dataclass
@@ -56,10 +63,6 @@ class Plan:
     @property
     def expected(self) -> int:
         return sum(w.expected for w in self.work)
-
-    def units_estimate(self) -> int:
-        size = self.grid.farm.shard_size
-        return sum(-(-len(w.samples) // size) for w in self.work if w.samples)
 
     def recipe_hashes(self) -> dict[str, dict[str, str]]:
         out: dict[str, dict[str, str]] = {}
@@ -123,7 +126,9 @@ def make_plan(
     model_paths: dict[str, str] | None = None,
     variants: list[str] | None = None,
     limit_docs: int | None = None,
+    canary_only: bool = False,
 ) -> Plan:
+    """Every missing sample of the chosen variants; `canary_only`: only their canary samples."""
     check_grid(grid)
     chosen = [v for v in grid.variants if variants is None or v.name in variants]
     if variants is not None:
@@ -133,7 +138,8 @@ def make_plan(
     model_paths = {v.name: (model_paths or {}).get(v.name) or v.model_ref for v in chosen}
     fingerprints = {v.name: variant_fingerprint(v, model_paths[v.name]) for v in chosen}
     done = store.done_keys() if store is not None else set()
-    observed = _observed_tokens(store) if store is not None else {}
+    by_bench, by_doc = _observed_tokens(store) if store is not None else ({}, {})
+    canary = grid.farm.canary
 
     docs_by_bench: dict[str, list[Doc]] = {}
     revisions: dict[str, str | None] = {}
@@ -147,30 +153,55 @@ def make_plan(
         revisions[spec.name] = bench.dataset_revision
 
     work = []
-    for v in chosen:
-        for spec in grid.benches:
+    for spec in grid.benches:
+        docs = docs_by_bench[spec.name]
+        canary_ids = canary_sample(docs, canary.docs, canary.seed, spec.name) if canary.enabled or canary_only else []
+        if canary_only:
+            docs = [d for d in docs if d.id in set(canary_ids)]
+        for v in chosen:
             recipe = grid.recipe_for(v, spec)
             fp, rh = fingerprints[v.name], recipe.hash
-            docs = docs_by_bench[spec.name]
             samples = [
                 (doc, r)
                 for doc in docs
                 for r in range(recipe.repeats)
                 if (fp, rh, spec.name, doc.id, r) not in done
             ]
-            per_sample = observed.get(spec.name) or recipe.generation_budget / 2
+            per_sample = by_bench.get(spec.name) or recipe.generation_budget / 2
             work.append(BenchWork(v.name, spec.name, recipe, samples, len(docs) * recipe.repeats, per_sample,
-                                  [d.id for d in docs]))
+                                  by_doc.get(spec.name, {}), canary_ids))
     return Plan(grid, fingerprints, model_paths, work, revisions)
 
 
-def _observed_tokens(store: ResultsStore) -> dict[str, float]:
-    """Mean completion tokens per bench in earlier results: a better cost estimate than the cap."""
-    table = store.read(columns=["bench", "completion_tokens"])
+def canary_filter(plan: Plan, variant: str):
+    """A pyarrow filter for the stored rows of a variant's canary sample (None: it has none)."""
+    import pyarrow.compute as pc
+
+    where = None
+    for w in plan.work:
+        if w.variant == variant and w.canary_ids:
+            part = (pc.field("bench") == w.bench) & pc.field("doc_id").isin(w.canary_ids)
+            part &= pc.field("recipe_hash") == w.recipe.hash
+            where = part if where is None else where | part
+    if where is None:
+        return None
+    return where & (pc.field("variant_fingerprint") == plan.fingerprints[variant])
+
+
+def _observed_tokens(store: ResultsStore) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Mean completion tokens in earlier results, per bench and per (bench, doc): better than the cap."""
+    table = store.read(columns=["bench", "doc_id", "completion_tokens"])
     if table.num_rows == 0:
-        return {}
-    means = table.group_by("bench").aggregate([("completion_tokens", "mean")])
-    return {b: float(m) for b, m in zip(means["bench"].to_pylist(), means["completion_tokens_mean"].to_pylist()) if m}
+        return {}, {}
+    benches = table.group_by("bench").aggregate([("completion_tokens", "mean")])
+    per_bench = {b: float(m) for b, m in zip(benches["bench"].to_pylist(),
+                                             benches["completion_tokens_mean"].to_pylist()) if m}
+    docs = table.group_by(["bench", "doc_id"]).aggregate([("completion_tokens", "mean")])
+    per_doc: dict[str, dict[str, float]] = {}
+    for b, d, m in zip(docs["bench"].to_pylist(), docs["doc_id"].to_pylist(), docs["completion_tokens_mean"].to_pylist()):
+        if m is not None:
+            per_doc.setdefault(b, {})[d] = float(m)
+    return per_bench, per_doc
 
 
 def describe(plan: Plan) -> list[dict]:

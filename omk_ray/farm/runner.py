@@ -63,19 +63,6 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def canary_judge(grid: GridConfig):
-    """The canary rules of `omk_ray.analysis.canary`, with the grid's thresholds."""
-    from omk_ray.analysis.canary import evaluate_canary, rules_for
-
-    spec = grid.farm.canary
-
-    def judge(variant: str, rows):
-        rules = rules_for(grid, variant, max_empty_rate=spec.max_empty_rate, min_p10_tokens=spec.min_p10_tokens)
-        return evaluate_canary(rows, rules)
-
-    return judge
-
-
 def run_grid(
     grid: GridConfig,
     results_root: str | Path,
@@ -84,16 +71,27 @@ def run_grid(
     limit_docs: int | None = None,
     run_id: str | None = None,
     show_progress: bool = True,
-    on_unit=None,
+    on_shard=None,
     plan: Plan | None = None,
+    canary_rules: dict | None = None,
+    canary_only: bool = False,
 ) -> RunSummary:
+    """Generate every missing sample of the grid (or of `variants`) into `results_root`.
+
+    `canary_rules` (variant -> CanaryRules) overrides the grid's canary rules; `canary_only` plans
+    only the canary samples and stops at the verdicts (`omk-ray canary`). `on_shard(variant,
+    bench, table)` is called after every shard written (tests, jobs).
+    """
+    from omk_ray.analysis.canary import rules_for
+
     store = ResultsStore(results_root)
     if plan is None:
         model_paths = {}
         if any(v.build for v in grid.variants):
             connect(address)
             model_paths = build_variants(grid, artifact_root(grid, results_root), variants)
-        plan = make_plan(grid, store, model_paths=model_paths, variants=variants, limit_docs=limit_docs)
+        plan = make_plan(grid, store, model_paths=model_paths, variants=variants, limit_docs=limit_docs,
+                         canary_only=canary_only)
     runlog = store.new_run(run_id)
     runlog.folder.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(runlog.log_path)
@@ -133,8 +131,10 @@ def run_grid(
             connect(address)
             manifest["cluster_resources"] = ray.cluster_resources()
             progress = FarmProgress(plan.missing, enabled=show_progress)
-            judge = canary_judge(grid) if grid.farm.canary.enabled else None
-            scheduler = Scheduler(plan, store, runlog, progress=progress, on_unit=on_unit, canary=judge)
+            if canary_rules is None and (grid.farm.canary.enabled or canary_only):
+                canary_rules = {v: rules_for(grid, v) for v in plan.fingerprints}
+            scheduler = Scheduler(plan, store, runlog, progress=progress, on_shard=on_shard,
+                                  canary_rules=canary_rules or {})
             with progress:
                 scheduler.run()
         status = "finished"

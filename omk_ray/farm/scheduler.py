@@ -1,15 +1,19 @@
-"""The scheduler: engine actors over the cluster's GPUs, work units pulled by whichever is free.
+"""The scheduler: every engine kept fed request by request, scoring on CPU actors, rows written in shards.
 
-- One long-lived actor per (variant, slot); a variant's engine is loaded once and serves all of
-  its benches. Slots go to the variants with the most work left; an engine whose variant has
-  no work left is stopped, and its GPUs go to the next variant.
-- Units are cut at dispatch time, longest-expected bench first, and shrink as a variant's
-  work runs out (guided self-scheduling): big batches early, small ones at the end, so no
-  engine idles while another still holds a long queue.
-- A dead actor is replaced and its unit retried; an engine error retries the unit; each
-  sample is retried at most `farm.max_retries` times, every failure recorded in the run's events.
-- The driver writes each finished unit as one atomic Parquet shard: a crash loses at most
-  the units in flight, and the next run regenerates only those.
+- One long-lived engine actor per (variant, slot); a variant's engine is loaded once and serves
+  all of its benches and recipes. Slots go to the variants with the most work left; an engine
+  whose variant has nothing left to hand out is stopped, and its GPUs go to the next variant.
+- Each engine holds about 1.1 x its capacity (vLLM's `max_num_seqs`, the transformers batch, an
+  endpoint's concurrency) requests in flight (`farm.max_in_flight`), topped up as requests
+  finish, the longest-expected first, so long answers start early and short ones fill the gaps.
+- Finished requests stream back (`EngineActor.poll`), go to the scoring actors (CPU, sandbox),
+  and their rows are written in atomic shards every `farm.flush_samples` rows or
+  `farm.flush_seconds`: the engine never waits for scoring or writing.
+- A dead actor is replaced and its in-flight requests retried; an engine that finishes nothing
+  for `farm.stall_timeout_s` while it holds requests is treated the same; each sample is tried
+  at most `1 + farm.max_retries` times, then written as an error row. Every failure is an event.
+- The canary: a variant's canary sample runs first and is judged as soon as its last row is
+  scored; engines of other variants go on meanwhile.
 """
 
 from __future__ import annotations
@@ -25,81 +29,89 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from omk_ray.analysis.canary import CanaryRules, evaluate_canary
 from omk_ray.benches import Doc
 from omk_ray.config import FarmSpec, VariantSpec
-from omk_ray.engines import engine_class
-from omk_ray.farm.actor import EngineActor, WorkUnit
-from omk_ray.farm.planner import BenchWork, Plan
+from omk_ray.engines import Completion, Request, engine_class
+from omk_ray.farm.actor import EngineActor, Generated, ScorerActor
+from omk_ray.farm.buffer import RowBuffer
+from omk_ray.farm.planner import BenchWork, Plan, canary_filter
+from omk_ray.farm.rows import RowContext, sample_row
 from omk_ray.results.store import ResultsStore, RunLog
 
 NAMESPACE = "omk-ray"
 ACTOR_DIED = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
+POLL_S = 0.2  # how long an engine's poll waits for its first finished request
+FEED_CHUNK = 16  # engines are topped up in rounds of this many requests: the longest spread over them
+SCORE_BATCH = 32  # samples per scoring call
+SCORER_QUEUE = 2  # scoring calls in flight per scoring actor
+IN_FLIGHT_FACTOR = 1.1
 
 
-@dataclass
+@dataclass(eq=False)
+class Sample:
+    id: int
+    variant: str
+    work: BenchWork
+    doc: Doc
+    repeat: int
+    cost: float
+    canary: bool = False
+
+    @property
+    def request(self) -> Request:
+        return Request(id=f"{self.doc.id}#{self.repeat}", messages=self.doc.messages, repeat=self.repeat)
+
+
 class VariantQueue:
-    """A variant's missing samples, grouped by bench, longest-expected bench first.
+    """A variant's samples not yet handed to an engine, longest-expected first; the canary sample first."""
 
-    With a canary, the first `canary_docs` docs of every bench are handed out first, and the
-    rest waits until the canary has been judged.
-    """
+    def __init__(self, samples: list[Sample], canary: bool):
+        by_cost = sorted(samples, key=lambda s: -s.cost)
+        self.canary = deque(s for s in by_cost if s.canary)
+        self.pending = deque(s for s in by_cost if not s.canary)
+        self.canary_state = "pending" if canary else None  # None (no canary), "pending", "passed", "failed"
+        self.canary_outstanding = len(self.canary)
+        self.open = 0  # handed out, not yet written
+        self.failed = False
 
-    groups: list[BenchWork]
-    canary_docs: int = 0
-    pending: dict[str, deque] = field(default_factory=dict)
-    canary: dict[str, deque] = field(default_factory=dict)
-    canary_outstanding: int = 0
-    canary_state: str | None = None  # None (no canary), "pending", "passed", "failed"
-    failed: bool = False
-
-    def __post_init__(self) -> None:
-        self.groups = sorted(self.groups, key=lambda w: w.tokens_per_sample, reverse=True)
-        for w in self.groups:
-            first = set(w.doc_order[: self.canary_docs])
-            self.canary[w.bench] = deque(s for s in w.samples if s[0].id in first)
-            self.pending[w.bench] = deque(s for s in w.samples if s[0].id not in first)
-        self.canary_outstanding = sum(len(q) for q in self.canary.values())
-        if self.canary_docs:
-            self.canary_state = "pending"
+    @property
+    def unsent(self) -> int:
+        return len(self.canary) + len(self.pending)
 
     @property
     def remaining(self) -> int:
-        return sum(len(q) for q in (*self.pending.values(), *self.canary.values()))
+        return self.unsent + self.open
 
     @property
     def remaining_tokens(self) -> float:
-        return sum((len(self.pending[w.bench]) + len(self.canary[w.bench])) * w.tokens_per_sample for w in self.groups)
+        return sum(s.cost for s in (*self.canary, *self.pending))
 
     @property
     def waiting_for_canary(self) -> bool:
         return self.canary_state == "pending" and self.canary_outstanding > 0
 
-    def cut(self, engines: int, max_size: int) -> tuple[BenchWork, list[tuple[Doc, int]], bool] | None:
-        """The next unit (work, samples, is_canary), or None when nothing can be handed out now."""
-        source, is_canary = (self.canary, True) if self.canary_state == "pending" else (self.pending, False)
-        left = sum(len(q) for q in source.values())
-        size = max(1, min(max_size, math.ceil(left / (2 * max(engines, 1)))))
-        for w in self.groups:
-            queue = source[w.bench]
-            if queue:
-                return w, [queue.popleft() for _ in range(min(size, len(queue)))], is_canary
-        return None
+    def take(self, n: int) -> list[Sample]:
+        if self.failed:
+            return []
+        source = self.canary if self.canary_state == "pending" else self.pending
+        taken = [source.popleft() for _ in range(min(n, len(source)))]
+        self.open += len(taken)
+        return taken
 
-    def put_back(self, bench: str, samples: list[tuple[Doc, int]], is_canary: bool) -> None:
-        (self.canary if is_canary else self.pending)[bench].extendleft(reversed(samples))
+    def put_back(self, samples: list[Sample]) -> None:
+        for s in sorted(samples, key=lambda s: s.cost):
+            (self.canary if s.canary and self.canary_state == "pending" else self.pending).appendleft(s)
+        self.open -= len(samples)
 
-    def drain(self) -> list[tuple[str, list[tuple[Doc, int]]]]:
-        out = []
-        for bench in self.pending:
-            samples = [*self.canary[bench], *self.pending[bench]]
-            if samples:
-                out.append((bench, samples))
-            self.canary[bench].clear()
-            self.pending[bench].clear()
+    def drain(self) -> list[Sample]:
+        out = [*self.canary, *self.pending]
+        self.canary.clear()
+        self.pending.clear()
         return out
 
 
-@dataclass
+@dataclass(eq=False)
 class Slot:
     name: str
     variant: str
@@ -108,12 +120,12 @@ class Slot:
     pg: PlacementGroup | None = None
     loading: Any = None  # the info() future until the engine has loaded
     info: dict | None = None
-    unit: WorkUnit | None = None
-    work: BenchWork | None = None
-    is_canary: bool = False
-    ref: Any = None
+    target: int = 1
+    inflight: dict[int, Sample] = field(default_factory=dict)
+    poll: Any = None
     created: float = field(default_factory=time.monotonic)
-    unit_started: float = 0.0
+    last_progress: float = field(default_factory=time.monotonic)
+    busy_since: float | None = None
     busy_s: float = 0.0
     samples: int = 0
     tokens: int = 0
@@ -122,7 +134,14 @@ class Slot:
     def state(self) -> str:
         if self.loading is not None:
             return "loading"
-        return f"{self.unit.bench} x{len(self.unit.samples)}" if self.unit else "idle"
+        return f"{len(self.inflight)} in flight" if self.inflight else "idle"
+
+    def busy(self, now: float) -> None:
+        if self.inflight and self.busy_since is None:
+            self.busy_since = self.last_progress = now
+        elif not self.inflight and self.busy_since is not None:
+            self.busy_s += now - self.busy_since
+            self.busy_since = None
 
 
 @dataclass
@@ -140,38 +159,49 @@ class EngineStats:
 
 
 class Scheduler:
-    def __init__(self, plan: Plan, store: ResultsStore, runlog: RunLog, progress=None, on_unit=None, canary=None):
+    def __init__(self, plan: Plan, store: ResultsStore, runlog: RunLog, progress=None, on_shard=None,
+                 canary_rules: dict[str, CanaryRules] | None = None):
         self.plan = plan
         self.grid = plan.grid
         self.farm: FarmSpec = plan.grid.farm
         self.store = store
         self.runlog = runlog
         self.progress = progress
-        self.on_unit = on_unit  # hook called after each shard is written (tests, jobs)
-        self.canary = canary  # (variant, rows) -> result with .passed, .reasons, .to_dict()
-        canary_docs = self.farm.canary.docs if canary is not None and self.farm.canary.enabled else 0
-        variants = {v.name for v in self._variants()}
-        by_variant: dict[str, list[BenchWork]] = {}
+        self.canary_rules = canary_rules or {}  # variant -> rules; a variant without rules has no canary
+        self.buffer = RowBuffer(store, runlog.run_id, self.farm.flush_samples, self.farm.flush_seconds, on_shard)
+        self.samples: dict[int, Sample] = {}
+        by_variant: dict[str, list[Sample]] = {}
         for w in plan.work:
-            if w.variant in variants and w.samples:
-                by_variant.setdefault(w.variant, []).append(w)
-        self.queues = {v: VariantQueue(ws, canary_docs) for v, ws in by_variant.items()}
+            if w.variant not in plan.fingerprints:
+                continue
+            canary = set(w.canary_ids) if w.variant in self.canary_rules else set()
+            for doc, repeat in w.samples:
+                s = Sample(len(self.samples), w.variant, w, doc, repeat, w.cost(doc), doc.id in canary)
+                self.samples[s.id] = s
+                by_variant.setdefault(w.variant, []).append(s)
+        self.queues = {v: VariantQueue(ss, v in self.canary_rules) for v, ss in by_variant.items()}
+        self.canary_rows: dict[str, list[dict]] = {v: [] for v in self.queues}
         self.canary_results: dict[str, dict] = {}
+        self.contexts: dict[tuple[str, str], RowContext] = {}
         self.slots: list[Slot] = []
         self.retired: list[EngineStats] = []
-        self.attempts: dict[tuple, int] = {}
+        self.attempts: dict[int, int] = {}
         self.start_failures: dict[str, int] = {}
+        self.scorers: list[Any] = []
+        self.scorer_load: dict[int, int] = {}
+        self.to_score: dict[tuple[str, str], list[tuple[Sample, Generated, str]]] = {}
+        self.scoring: dict[Any, tuple[int, str, list[tuple[Sample, Generated, str]]]] = {}
+        self.scoring_attempts: dict[int, int] = {}
         self.generated = 0
         self.failed_samples = 0
         self.skipped_samples = 0
-        self.units_done = 0
         self._counter = 0
         self.gpu_mode, self.capacity = self._capacity()
 
     # -- resources ---------------------------------------------------------------------------
 
     def _variants(self) -> list[VariantSpec]:
-        return [v for v in self.grid.variants if v.name in self.plan.fingerprints]
+        return [v for v in self.grid.variants if v.name in self.queues]
 
     def _capacity(self) -> tuple[bool, float]:
         resources = ray.cluster_resources()
@@ -191,31 +221,34 @@ class Scheduler:
     # -- engines -----------------------------------------------------------------------------
 
     def _start_engines(self) -> None:
-        while True:
-            if self.farm.max_engines is not None and len(self.slots) >= self.farm.max_engines:
-                return
+        """Start engines while some variant has requests that no engine of it (loaded or loading) will take."""
+        while self.farm.max_engines is None or len(self.slots) < self.farm.max_engines:
             best, best_share = None, 0.0
             for variant in self._variants():
-                queue = self.queues.get(variant.name)
-                if queue is None or queue.failed or queue.remaining == 0:
+                queue = self.queues[variant.name]
+                mine = [s for s in self.slots if s.variant == variant.name]
+                if queue.failed or queue.unsent <= self._room(mine):
                     continue
-                engines = sum(1 for s in self.slots if s.variant == variant.name)
-                if queue.remaining <= engines:
-                    continue  # every engine of this variant already has a sample to work on
-                if engines and not engine_class(variant.engine).uses_accelerator:
+                if mine and not engine_class(variant.engine).uses_accelerator:
                     continue  # a client of a server or a replay: one actor per variant is enough
-                share = queue.remaining_tokens / (engines + 1)
+                share = max(queue.remaining_tokens, 1.0) / (len(mine) + 1)
                 if share > best_share and self._cost(variant) <= self._free() + 1e-9:
                     best, best_share = variant, share
             if best is None:
                 return
             self._start(best)
 
+    @staticmethod
+    def _room(slots: list[Slot]) -> int:
+        """Requests these engines can still take; a loading engine counts as a loaded sibling's target (or 1)."""
+        known = next((s.target for s in slots if s.loading is None), 1)
+        return sum(known if s.loading is not None else max(0, s.target - len(s.inflight)) for s in slots)
+
     def _start(self, variant: VariantSpec) -> None:
         self._counter += 1
         name = f"omk-{self.runlog.run_id}-{variant.name}-{self._counter}"
         tp = variant.engine_args.tensor_parallel_size
-        options: dict[str, Any] = {"name": name, "namespace": NAMESPACE, "max_restarts": 0}
+        options: dict[str, Any] = {"name": name, "namespace": NAMESPACE, "max_restarts": 0, "max_concurrency": 64}
         pg = None
         if not engine_class(variant.engine).uses_accelerator:
             options.update(num_cpus=min(1.0, self.farm.cpus_per_engine), num_gpus=0)
@@ -235,6 +268,7 @@ class Scheduler:
         self.runlog.event("engine_starting", engine=name, variant=variant.name)
 
     def _retire(self, slot: Slot, kill: bool = True) -> None:
+        slot.busy(time.monotonic())
         if kill:
             ray.kill(slot.handle, no_restart=True)
         if slot.pg is not None:
@@ -243,108 +277,17 @@ class Scheduler:
         self.retired.append(self._stats(slot))
 
     def _stats(self, slot: Slot) -> EngineStats:
+        busy = slot.busy_s + (time.monotonic() - slot.busy_since if slot.busy_since is not None else 0.0)
         return EngineStats(slot.name, slot.variant, slot.info, time.monotonic() - slot.created,
-                           slot.busy_s, slot.samples, slot.tokens, slot.cost if self.gpu_mode else 0.0)
+                           busy, slot.samples, slot.tokens, slot.cost if self.gpu_mode else 0.0)
 
     def engine_stats(self) -> list[EngineStats]:
         return self.retired + [self._stats(s) for s in self.slots]
 
-    # -- units -------------------------------------------------------------------------------
-
-    def _dispatch(self, slot: Slot) -> None:
-        queue = self.queues[slot.variant]
-        engines = sum(1 for s in self.slots if s.variant == slot.variant)
-        cut = None if queue.failed else queue.cut(engines, self.farm.shard_size)
-        if cut is None:
-            if not queue.waiting_for_canary:
-                self._retire(slot)
-            return
-        work, samples, slot.is_canary = cut
-        self._counter += 1
-        unit = WorkUnit(
-            id=f"{self.runlog.run_id}-{self._counter:06d}",
-            run_id=self.runlog.run_id,
-            variant=slot.variant,
-            fingerprint=self.plan.fingerprints[slot.variant],
-            bench=self.grid.bench(work.bench),
-            recipe=work.recipe,
-            samples=samples,
-            dataset_revision=self.plan.dataset_revisions.get(work.bench),
-        )
-        slot.unit, slot.work, slot.unit_started = unit, work, time.monotonic()
-        slot.ref = slot.handle.run_unit.remote(unit)
-
-    def _unit_failed(self, slot: Slot, error: str, actor_died: bool) -> None:
-        unit = slot.unit
-        retry, given_up = [], []
-        for doc, repeat in unit.samples:
-            key = (unit.variant, unit.bench.name, doc.id, repeat)
-            self.attempts[key] = self.attempts.get(key, 0) + 1
-            (retry if self.attempts[key] <= self.farm.max_retries else given_up).append((doc, repeat))
-        self.queues[unit.variant].put_back(unit.bench.name, retry, slot.is_canary)
-        self.runlog.event(
-            "engine_died" if actor_died else "unit_failed",
-            engine=slot.name, variant=unit.variant, bench=unit.bench.name, unit=unit.id,
-            samples=len(unit.samples), retrying=len(retry), error=error[-2000:],
-        )
-        if given_up:
-            self._give_up(unit.variant, unit.bench.name, given_up, f"failed {self.farm.max_retries + 1} times: {error[-500:]}")
-            if slot.is_canary:
-                self._canary_progress(unit.variant, len(given_up))
-        slot.unit = slot.ref = slot.work = None
-
-    def _give_up(self, variant: str, bench: str, samples: list[tuple[Doc, int]], reason: str) -> None:
-        self.failed_samples += len(samples)
-        self.runlog.event("samples_failed", variant=variant, bench=bench,
-                          doc_ids=[f"{d.id}#{r}" for d, r in samples], reason=reason)
-        if self.progress:
-            self.progress.advance(failed=len(samples))
-
-    def _unit_done(self, slot: Slot, table) -> None:
-        unit = slot.unit
-        self.store.write_shard(table, unit.variant, unit.bench.name, unit.id)
-        tokens = sum(table.column("completion_tokens").to_pylist())
-        slot.busy_s += time.monotonic() - slot.unit_started
-        slot.samples += table.num_rows
-        slot.tokens += tokens
-        self.generated += table.num_rows
-        self.units_done += 1
-        slot.unit = slot.ref = slot.work = None
-        if self.progress:
-            self.progress.advance(samples=table.num_rows, units=1, tokens=tokens)
-        if self.on_unit:
-            self.on_unit(unit, table)
-        if slot.is_canary:
-            self._canary_progress(unit.variant, len(unit.samples))
-
-    # -- canary ------------------------------------------------------------------------------
-
-    def _canary_progress(self, variant: str, finished: int) -> None:
-        queue = self.queues[variant]
-        queue.canary_outstanding -= finished
-        if queue.canary_state == "pending" and queue.canary_outstanding <= 0:
-            self._judge(variant)
-
-    def _judge(self, variant: str) -> None:
-        """Judge a variant's canary samples (stored now, whichever run made them)."""
-        queue = self.queues[variant]
-        where = None
-        for w in queue.groups:
-            part = (pc.field("bench") == w.bench) & pc.field("doc_id").isin(w.doc_order[: queue.canary_docs])
-            part &= pc.field("recipe_hash") == w.recipe.hash
-            where = part if where is None else where | part
-        where &= pc.field("variant_fingerprint") == self.plan.fingerprints[variant]
-        result = self.canary(variant, self.store.read(filter=where))
-        queue.canary_state = "passed" if result.passed else "failed"
-        self.canary_results[variant] = result.to_dict()
-        self.runlog.event("canary", variant=variant, passed=result.passed, reasons=result.reasons)
-        if not result.passed and self.farm.canary.on_fail == "skip":
-            skipped = sum(len(samples) for _, samples in queue.drain())
-            self.skipped_samples += skipped
-            self.runlog.event("variant_skipped", variant=variant, samples=skipped,
-                              reason="canary failed: " + "; ".join(result.reasons))
-            if self.progress:
-                self.progress.advance(skipped=skipped)
+    def _loaded(self, slot: Slot, info: dict) -> None:
+        slot.info, slot.loading = info, None
+        slot.target = self.farm.max_in_flight or max(1, math.ceil(IN_FLIGHT_FACTOR * info.get("capacity", 1)))
+        self.runlog.event("engine_started", name=slot.name, info=info, in_flight=slot.target)
 
     def _engine_failed_to_start(self, slot: Slot, error: str) -> None:
         self._retire(slot)
@@ -353,9 +296,213 @@ class Scheduler:
         if failures > self.farm.max_retries:
             queue = self.queues[slot.variant]
             queue.failed = True
-            for bench, samples in queue.drain():
-                self._give_up(slot.variant, bench, samples, f"engine failed to start: {error[-500:]}")
+            samples = queue.drain()
+            queue.open += len(samples)
+            self._give_up(samples, f"engine failed to start: {error[-500:]}")
             self.runlog.event("variant_failed", variant=slot.variant, reason="engine failed to start")
+
+    # -- feeding engines ---------------------------------------------------------------------
+
+    def _feed_all(self) -> None:
+        """Top every loaded engine up to its target, a chunk per engine per round, so the longest
+        requests of a variant spread over its engines instead of all landing on the first one."""
+        loaded = [s for s in self.slots if s.loading is None]
+        while loaded:
+            loaded = [s for s in loaded if s in self.slots and self._feed(s, FEED_CHUNK)]
+        for slot in [s for s in self.slots if s.loading is None]:
+            if slot.inflight and slot.poll is None:
+                slot.poll = slot.handle.poll.remote(POLL_S)
+
+    def _feed(self, slot: Slot, most: int) -> bool:
+        """Hand the engine up to `most` more requests (fewer if at target); retire it when its
+        variant has nothing left for it. True if it took some."""
+        queue = self.queues[slot.variant]
+        samples = queue.take(min(most, slot.target - len(slot.inflight)))
+        by_recipe: dict[str, list[Sample]] = {}
+        for s in samples:
+            by_recipe.setdefault(s.work.recipe.hash, []).append(s)
+            slot.inflight[s.id] = s
+        for group in by_recipe.values():
+            slot.handle.submit.remote([(s.id, s.request) for s in group], group[0].work.recipe)
+        slot.busy(time.monotonic())
+        if not slot.inflight and not queue.waiting_for_canary and not queue.unsent:
+            self._retire(slot)
+        return bool(samples)
+
+    def _polled(self, slot: Slot, ref) -> None:
+        slot.poll = None
+        try:
+            finished: list[Generated] = ray.get(ref)
+        except ACTOR_DIED as err:
+            self._engine_lost(slot, "engine_died", _describe(err), kill=False)
+            return
+        except ray.exceptions.RayTaskError as err:  # poll itself failed: the actor is unusable
+            self._engine_lost(slot, "engine_died", _describe(err), kill=True)
+            return
+        now = time.monotonic()
+        if finished:
+            slot.last_progress = now
+        version = slot.info["engine"]
+        for g in finished:
+            sample = slot.inflight.pop(g.sample, None)
+            if sample is None:
+                continue
+            if g.engine_error:
+                self.runlog.event("request_failed", engine=slot.name, variant=sample.variant,
+                                  bench=sample.work.bench, doc_id=sample.doc.id, error=g.completion.error)
+                self._retry([sample], g.completion.error or "engine error")
+                continue
+            slot.samples += 1
+            slot.tokens += g.completion.completion_tokens
+            if self.progress:
+                self.progress.generated(g.completion.completion_tokens)
+            if g.completion.error:
+                self._finish(sample, g, version, None, g.completion.error, None)
+            else:
+                self.to_score.setdefault((sample.variant, sample.work.bench), []).append((sample, g, version))
+        slot.busy(now)
+
+    def _engine_lost(self, slot: Slot, event: str, error: str, kill: bool) -> None:
+        lost = list(slot.inflight.values())
+        slot.inflight.clear()
+        self.runlog.event(event, engine=slot.name, variant=slot.variant, in_flight=len(lost), error=error[-2000:])
+        self._retire(slot, kill=kill)
+        self._retry(lost, error)
+
+    def _retry(self, samples: list[Sample], error: str) -> None:
+        again, given_up = [], []
+        for s in samples:
+            self.attempts[s.id] = self.attempts.get(s.id, 0) + 1
+            (again if self.attempts[s.id] <= self.farm.max_retries else given_up).append(s)
+        by_variant: dict[str, list[Sample]] = {}
+        for s in again:
+            by_variant.setdefault(s.variant, []).append(s)
+        for variant, ss in by_variant.items():
+            self.queues[variant].put_back(ss)
+        if given_up:
+            self._give_up(given_up, f"failed {self.farm.max_retries + 1} times: {error[-500:]}")
+
+    def _give_up(self, samples: list[Sample], reason: str) -> None:
+        """Samples that will not be generated in this run: an error row each, and an event."""
+        by_cell: dict[tuple[str, str], list[Sample]] = {}
+        for s in samples:
+            by_cell.setdefault((s.variant, s.work.bench), []).append(s)
+        for (variant, bench), ss in by_cell.items():
+            self.runlog.event("samples_failed", variant=variant, bench=bench,
+                              doc_ids=[f"{s.doc.id}#{s.repeat}" for s in ss], reason=reason)
+        for s in samples:
+            failed = Generated(s.id, Completion(text="", finish_reason="error", error=reason), _now())
+            self._finish(s, failed, None, None, reason, None)
+
+    def _check_stalls(self) -> None:
+        now = time.monotonic()
+        for slot in list(self.slots):
+            if slot.loading is not None:
+                if now - slot.created > self.farm.engine_start_timeout_s:
+                    self._engine_failed_to_start(slot, f"engine did not load in {self.farm.engine_start_timeout_s:.0f} s")
+            elif slot.inflight and now - slot.last_progress > self.farm.stall_timeout_s:
+                self._engine_lost(slot, "engine_stalled",
+                                  f"no request finished in {self.farm.stall_timeout_s:.0f} s "
+                                  f"with {len(slot.inflight)} in flight", kill=True)
+
+    # -- scoring and writing -----------------------------------------------------------------
+
+    def _start_scorers(self) -> None:
+        cls = ray.remote(ScorerActor).options(num_cpus=self.farm.scorer_cpus, max_restarts=0, namespace=NAMESPACE)
+        while len(self.scorers) < self.farm.scorers:
+            self.scorer_load[len(self.scorers)] = 0
+            self.scorers.append(cls.remote(self.grid.benches))
+
+    def _dispatch_scoring(self) -> None:
+        for cell in list(self.to_score):
+            items = self.to_score[cell]
+            while items:
+                scorer = min(self.scorer_load, key=self.scorer_load.get)
+                if self.scorer_load[scorer] >= SCORER_QUEUE:
+                    return
+                batch, items[:] = items[:SCORE_BATCH], items[SCORE_BATCH:]
+                ref = self.scorers[scorer].score.remote(cell[1], [(s.doc, g.completion) for s, g, _ in batch])
+                self.scoring[ref] = (scorer, cell[1], batch)
+                self.scorer_load[scorer] += 1
+            del self.to_score[cell]
+
+    def _scored(self, ref) -> None:
+        scorer, bench, batch = self.scoring.pop(ref)
+        self.scorer_load[scorer] -= 1
+        try:
+            scores, scorer_version = ray.get(ref)
+        except ACTOR_DIED as err:  # a program took the scoring actor down: a new one, then try again
+            self.runlog.event("scorer_died", bench=bench, samples=len(batch), error=_describe(err)[-2000:])
+            cls = ray.remote(ScorerActor).options(num_cpus=self.farm.scorer_cpus, max_restarts=0, namespace=NAMESPACE)
+            self.scorers[scorer] = cls.remote(self.grid.benches)
+            again = []
+            for item in batch:
+                tries = self.scoring_attempts[item[0].id] = self.scoring_attempts.get(item[0].id, 0) + 1
+                if tries <= self.farm.max_retries:
+                    again.append(item)
+                else:
+                    self._finish(*item, None, f"scoring failed {tries} times: {_describe(err)[-300:]}", None)
+            if again:
+                self.to_score.setdefault((again[0][0].variant, bench), []).extend(again)
+            return
+        except ray.exceptions.RayTaskError as err:  # the bench itself cannot score (e.g. cannot be built)
+            self.runlog.event("scoring_failed", bench=bench, samples=len(batch), error=_describe(err)[-2000:])
+            for item in batch:
+                self._finish(*item, None, f"scorer error: {_describe(err)[-500:]}", None)
+            return
+        for (sample, g, version), (score, error) in zip(batch, scores):
+            self._finish(sample, g, version, score, error, scorer_version)
+
+    def _finish(self, sample: Sample, g: Generated, version: str | None, score, error: str | None,
+                scorer_version: str | None) -> None:
+        cell = (sample.variant, sample.work.bench)
+        ctx = self.contexts.get(cell)
+        if ctx is None:
+            ctx = self.contexts[cell] = RowContext(
+                self.runlog.run_id, sample.variant, self.plan.fingerprints[sample.variant], sample.work.bench,
+                sample.work.recipe, self.grid.variant(sample.variant).engine,
+                self.plan.dataset_revisions.get(sample.work.bench))
+        row = sample_row(ctx, sample.doc, sample.repeat, g.completion, score, error, g.started_at, version,
+                         scorer_version)
+        self.buffer.add([row])
+        queue = self.queues[sample.variant]
+        queue.open -= 1
+        if error:
+            self.failed_samples += 1
+        else:
+            self.generated += 1
+        if self.progress:
+            self.progress.advance(samples=0 if error else 1, failed=1 if error else 0)
+        if sample.canary and queue.canary_state == "pending":
+            self.canary_rows[sample.variant].append(row)
+            queue.canary_outstanding -= 1
+            if queue.canary_outstanding <= 0:
+                self._judge(sample.variant)
+
+    # -- canary ------------------------------------------------------------------------------
+
+    def _judge(self, variant: str) -> None:
+        """Judge a variant's canary sample: this run's rows plus those an earlier run stored."""
+        queue = self.queues[variant]
+        result = evaluate_canary(self._stored_canary_rows(variant) + self.canary_rows[variant],
+                                 self.canary_rules[variant])
+        queue.canary_state = "passed" if result.passed else "failed"
+        self.canary_results[variant] = result.to_dict()
+        self.runlog.event("canary", variant=variant, passed=result.passed, reasons=result.reasons)
+        if not result.passed and self.farm.canary.on_fail == "skip":
+            skipped = len(queue.drain())
+            self.skipped_samples += skipped
+            self.runlog.event("variant_skipped", variant=variant, samples=skipped,
+                              reason="canary failed: " + "; ".join(result.reasons))
+            if self.progress:
+                self.progress.advance(skipped=skipped)
+
+    def _stored_canary_rows(self, variant: str) -> list[dict]:
+        """Canary rows stored before this run (this run's rows are kept in memory)."""
+        where = canary_filter(self.plan, variant)
+        if where is None:
+            return []
+        return self.store.read(filter=where & (pc.field("run_id") != self.runlog.run_id)).to_pylist()
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -363,53 +510,54 @@ class Scheduler:
         for variant, queue in self.queues.items():
             if queue.canary_state == "pending" and queue.canary_outstanding == 0:
                 self._judge(variant)  # its canary samples were stored by an earlier run
+        self._start_scorers()
         try:
             while True:
+                self._feed_all()
                 self._start_engines()
-                for slot in list(self.slots):
-                    if slot.loading is None and slot.unit is None:
-                        self._dispatch(slot)
-                waiting = {s.loading or s.ref: s for s in self.slots if s.loading is not None or s.ref is not None}
+                self._dispatch_scoring()
+                waiting = {s.loading: s for s in self.slots if s.loading is not None}
+                waiting.update({s.poll: s for s in self.slots if s.poll is not None})
+                waiting.update(dict.fromkeys(self.scoring))
                 if not waiting:
-                    if any(q.remaining and not q.failed for q in self.queues.values()):
+                    if any(q.unsent and not q.failed for q in self.queues.values()):
                         raise RuntimeError("work remains but no engine can be placed: check the cluster's GPUs/CPUs")
                     return
-                ready, _ = ray.wait(list(waiting), num_returns=1, timeout=1.0)
+                ready, rest = ray.wait(list(waiting), num_returns=1, timeout=0.5)
+                if ready and rest:
+                    ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
                 for ref in ready:
-                    self._collect(waiting[ref], ref)
-                self._check_start_timeouts()
+                    slot = waiting[ref]
+                    if slot is None:
+                        self._scored(ref)
+                    elif ref == slot.loading:
+                        self._collect_load(slot, ref)
+                    elif slot in self.slots:
+                        self._polled(slot, ref)
+                self._check_stalls()
+                self.buffer.maybe_flush()
                 if self.progress:
                     self.progress.show(self.slots)
         finally:
+            self.buffer.flush()
             for slot in list(self.slots):
                 self._retire(slot)
+            for scorer in self.scorers:
+                ray.kill(scorer, no_restart=True)
 
-    def _collect(self, slot: Slot, ref) -> None:
-        if slot.loading is not None:
-            try:
-                slot.info = ray.get(ref)
-            except Exception as err:  # the engine could not load: bad path, OOM, CUDA error
-                self._engine_failed_to_start(slot, _describe(err))
-                return
-            slot.loading = None
-            self.runlog.event("engine_started", name=slot.name, info=slot.info)
-            return
+    def _collect_load(self, slot: Slot, ref) -> None:
         try:
-            table = ray.get(ref)
-        except ACTOR_DIED as err:
-            self._unit_failed(slot, _describe(err), actor_died=True)
-            self._retire(slot, kill=False)
+            info = ray.get(ref)
+        except Exception as err:  # noqa: BLE001 - the engine could not load: bad path, OOM, CUDA error
+            self._engine_failed_to_start(slot, _describe(err))
             return
-        except ray.exceptions.RayTaskError as err:
-            self._unit_failed(slot, _describe(err), actor_died=False)
-            return
-        self._unit_done(slot, table)
+        self._loaded(slot, info)
 
-    def _check_start_timeouts(self) -> None:
-        now = time.monotonic()
-        for slot in list(self.slots):
-            if slot.loading is not None and now - slot.created > self.farm.engine_start_timeout_s:
-                self._engine_failed_to_start(slot, f"engine did not load in {self.farm.engine_start_timeout_s:.0f} s")
+
+def _now():
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc)
 
 
 def _describe(err: BaseException) -> str:

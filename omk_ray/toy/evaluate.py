@@ -31,7 +31,7 @@ def open_engine(model_dir: str, engine: str = "transformers") -> Engine:
 
 def answers(engine: Engine, problems: list[dict]) -> list[str]:
     requests = [Request(id=p["id"], messages=[{"role": "user", "content": p["prompt"]}]) for p in problems]
-    return [c.text for c in engine.generate(requests, RECIPE)]
+    return [c.text for c in engine.generate_batch(requests, RECIPE)]
 
 
 def accuracy(problems: list[dict], responses: list[str]) -> dict[str, float]:

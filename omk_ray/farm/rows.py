@@ -1,0 +1,98 @@
+"""From a generated completion to a stored row: scoring (on CPU, never on the engine) and the row itself.
+
+`score_all` is what the scoring actors run; `sample_row` is the one place a sample row is built;
+`generate_rows` puts both behind an engine in-process (tests, scripts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import pyarrow as pa
+
+from omk_ray.benches import Bench, Doc, Score
+from omk_ray.config import Recipe
+from omk_ray.engines.base import Completion, Engine, Request
+from omk_ray.results.schema import rows_to_table
+
+
+@dataclass(frozen=True)
+class RowContext:
+    """What every row of one (variant, bench) shares."""
+
+    run_id: str
+    variant: str
+    fingerprint: str
+    bench: str
+    recipe: Recipe
+    engine: str
+    dataset_revision: str | None = None
+
+
+def score_all(bench: Bench, pairs: list[tuple[Doc, Completion]]) -> list[tuple[Score | None, str | None]]:
+    """(score, error) per pair; a scorer choking on one completion fails that sample only."""
+    todo = [i for i, (_, c) in enumerate(pairs) if c.error is None]
+    out: list[tuple[Score | None, str | None]] = [(None, c.error) for _, c in pairs]
+    try:
+        for i, score in zip(todo, bench.score_many([pairs[i] for i in todo]), strict=True):
+            out[i] = (score, None)
+    except Exception:  # noqa: BLE001 - find the sample that broke it: score one by one
+        for i in todo:
+            try:
+                out[i] = (bench.score(*pairs[i]), None)
+            except Exception as err:  # noqa: BLE001
+                out[i] = (None, f"scorer error: {type(err).__name__}: {err}")
+    return out
+
+
+def sample_row(ctx: RowContext, doc: Doc, repeat: int, completion: Completion, score: Score | None,
+               error: str | None, started_at: datetime, engine_version: str, scorer_version: str | None) -> dict:
+    metrics = dict(score.metrics) if score else {}
+    if completion.thinking_budget_hit:
+        metrics["thinking_budget_hit"] = 1.0
+    return {
+        "run_id": ctx.run_id,
+        "cohort": ctx.recipe.cohort,
+        "variant": ctx.variant,
+        "variant_fingerprint": ctx.fingerprint,
+        "bench": ctx.bench,
+        "doc_id": doc.id,
+        "repeat": repeat,
+        "prompt_hash": completion.prompt_hash,
+        "prompt_tokens": completion.prompt_tokens,
+        "completion_tokens": completion.completion_tokens,
+        "reasoning_tokens": completion.reasoning_tokens,
+        "finish_reason": completion.finish_reason,
+        "response": completion.text,
+        "reasoning": completion.reasoning,
+        "extracted_answer": score.extracted if score else None,
+        "target": doc.target,
+        "score": score.score if score else 0.0,
+        "correct": score.correct if score else False,
+        "metrics": metrics,
+        "domain": doc.domain,
+        "subdomain": doc.subdomain,
+        "latency_s": completion.latency_s,
+        "engine": ctx.engine,
+        "engine_version": engine_version,
+        "recipe_hash": ctx.recipe.hash,
+        "scorer_version": scorer_version,
+        "score_detail": score.detail if score else None,
+        "dataset_revision": ctx.dataset_revision,
+        "started_at": started_at,
+        "error": error,
+        "error_kind": completion.error_kind if error else None,
+    }
+
+
+def generate_rows(engine: Engine, bench: Bench, ctx: RowContext, samples: list[tuple[Doc, int]]) -> pa.Table:
+    """The farm's generate -> score -> row path for a few samples, in this process."""
+    started = datetime.now(timezone.utc)
+    requests = [Request(id=f"{doc.id}#{r}", messages=doc.messages, repeat=r) for doc, r in samples]
+    completions = engine.generate_batch(requests, ctx.recipe)
+    scores = score_all(bench, [(doc, c) for (doc, _), c in zip(samples, completions)])
+    return rows_to_table([
+        sample_row(ctx, doc, r, c, score, error, started, engine.version, bench.scorer_version)
+        for (doc, r), c, (score, error) in zip(samples, completions, scores)
+    ])
