@@ -85,7 +85,8 @@ class SimulatedGpuEngine(Engine):
                           latency_s=time.perf_counter() - start)
 
     async def _decode(self) -> None:
-        """Decode steps on a drift-free clock: a late wake-up shortens the next sleep."""
+        """Decode steps on a drift-free clock: a late wake-up shortens the next sleeps until the model's
+        time is caught up (the simulator's own delays are not the GPU's)."""
         o = self.options
         clock = time.perf_counter()
         while self.waiting or self.active:
@@ -94,7 +95,7 @@ class SimulatedGpuEngine(Engine):
             del self.waiting[:room]
             step = o.step_s + o.step_s_per_seq * len(self.active)
             steps = max(1, min(min(s.left for s in self.active), int(o.quantum_s / step) if step else 1 << 30))
-            clock = max(clock, time.perf_counter() - o.quantum_s) + steps * step
+            clock += steps * step
             self.busy_s += steps * step
             await asyncio.sleep(max(0.0, clock - time.perf_counter()))
             for s in self.active:

@@ -29,6 +29,10 @@ class RowContext:
     engine: str
     dataset_revision: str | None = None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "recipe_hash", self.recipe.hash)  # hashed once, stored on every row
+        object.__setattr__(self, "cohort", self.recipe.cohort)
+
 
 def score_all(bench: Bench, pairs: list[tuple[Doc, Completion]]) -> list[tuple[Score | None, str | None]]:
     """(score, error) per pair; a scorer choking on one completion fails that sample only."""
@@ -53,7 +57,7 @@ def sample_row(ctx: RowContext, doc: Doc, repeat: int, completion: Completion, s
         metrics["thinking_budget_hit"] = 1.0
     return {
         "run_id": ctx.run_id,
-        "cohort": ctx.recipe.cohort,
+        "cohort": ctx.cohort,
         "variant": ctx.variant,
         "variant_fingerprint": ctx.fingerprint,
         "bench": ctx.bench,
@@ -76,7 +80,7 @@ def sample_row(ctx: RowContext, doc: Doc, repeat: int, completion: Completion, s
         "latency_s": completion.latency_s,
         "engine": ctx.engine,
         "engine_version": engine_version,
-        "recipe_hash": ctx.recipe.hash,
+        "recipe_hash": ctx.recipe_hash,
         "scorer_version": scorer_version,
         "score_detail": score.detail if score else None,
         "dataset_revision": ctx.dataset_revision,

@@ -43,9 +43,20 @@ NAMESPACE = "omk-ray"
 ACTOR_DIED = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 POLL_S = 0.2  # how long an engine's poll waits for its first finished request
 FEED_CHUNK = 16  # engines are topped up in rounds of this many requests: the longest spread over them
-SCORE_BATCH = 32  # samples per scoring call
+SCORE_BATCH = 256  # most samples per scoring call (a call takes what is waiting, up to this)
 SCORER_QUEUE = 2  # scoring calls in flight per scoring actor
 IN_FLIGHT_FACTOR = 1.1
+PROBE = 4  # samples per never-seen bench handed out first, to learn the bench's lengths
+
+
+def _round_robin(samples: list[Sample], per_bench: int) -> list[Sample]:
+    """Up to `per_bench` samples of every bench whose costs are guesses, interleaved bench by bench."""
+    by_bench: dict[str, list[Sample]] = {}
+    for s in samples:
+        if not s.seen and len(by_bench.setdefault(s.work.bench, [])) < per_bench:
+            by_bench[s.work.bench].append(s)
+    rounds = [[b[i] for b in by_bench.values() if i < len(b)] for i in range(per_bench)]
+    return [s for r in rounds for s in r]
 
 
 @dataclass(eq=False)
@@ -55,8 +66,9 @@ class Sample:
     work: BenchWork
     doc: Doc
     repeat: int
-    cost: float
+    cost: float  # expected completion tokens
     canary: bool = False
+    seen: bool = False  # the cost is this doc's own, seen in earlier results (else the bench's guess)
 
     @property
     def request(self) -> Request:
@@ -64,16 +76,30 @@ class Sample:
 
 
 class VariantQueue:
-    """A variant's samples not yet handed to an engine, longest-expected first; the canary sample first."""
+    """A variant's samples not yet handed to an engine, longest-expected first; the canary sample first.
+
+    A bench whose docs were never seen has only a guess for a cost (its budget), so the first
+    `PROBE` samples of every such bench go out first, round-robin over the benches: the lengths
+    they come back with reprice the rest of their bench (`reprice`) before most of it is handed out.
+    """
 
     def __init__(self, samples: list[Sample], canary: bool):
-        by_cost = sorted(samples, key=lambda s: -s.cost)
-        self.canary = deque(s for s in by_cost if s.canary)
-        self.pending = deque(s for s in by_cost if not s.canary)
+        self.canary = deque(sorted((s for s in samples if s.canary), key=lambda s: -s.cost))
+        rest = [s for s in samples if not s.canary]
+        probes = [] if self.canary else _round_robin(rest, PROBE)
+        chosen = set(map(id, probes))
+        self.pending = deque([*probes, *sorted((s for s in rest if id(s) not in chosen), key=lambda s: -s.cost)])
         self.canary_state = "pending" if canary else None  # None (no canary), "pending", "passed", "failed"
         self.canary_outstanding = len(self.canary)
         self.open = 0  # handed out, not yet written
         self.failed = False
+
+    def reprice(self, bench: str, tokens: float) -> None:
+        """Samples of `bench` whose cost was a guess now expect `tokens`; the queue is sorted again."""
+        for s in (*self.canary, *self.pending):
+            if s.work.bench == bench and not s.seen:
+                s.cost = tokens
+        self.pending = deque(sorted(self.pending, key=lambda s: -s.cost))
 
     @property
     def unsent(self) -> int:
@@ -91,11 +117,21 @@ class VariantQueue:
     def waiting_for_canary(self) -> bool:
         return self.canary_state == "pending" and self.canary_outstanding > 0
 
-    def take(self, n: int) -> list[Sample]:
+    def take(self, n: int, stride: int = 1) -> list[Sample]:
+        """The next `n` samples; with `stride` k, every k-th of them: the ones between are left for the
+        variant's engines still loading, so the longest requests do not all go to the first engine up."""
         if self.failed:
             return []
         source = self.canary if self.canary_state == "pending" else self.pending
-        taken = [source.popleft() for _ in range(min(n, len(source)))]
+        if stride == 1 or source is self.canary:
+            taken = [source.popleft() for _ in range(min(n, len(source)))]
+        else:
+            picked = list(source)[: n * stride : stride]
+            chosen = set(map(id, picked))
+            source_left = [s for s in source if id(s) not in chosen]
+            source.clear()
+            source.extend(source_left)
+            taken = picked
         self.open += len(taken)
         return taken
 
@@ -176,7 +212,8 @@ class Scheduler:
                 continue
             canary = set(w.canary_ids) if w.variant in self.canary_rules else set()
             for doc, repeat in w.samples:
-                s = Sample(len(self.samples), w.variant, w, doc, repeat, w.cost(doc), doc.id in canary)
+                s = Sample(len(self.samples), w.variant, w, doc, repeat, w.cost(doc), doc.id in canary,
+                           doc.id in w.doc_tokens)
                 self.samples[s.id] = s
                 by_variant.setdefault(w.variant, []).append(s)
         self.queues = {v: VariantQueue(ss, v in self.canary_rules) for v, ss in by_variant.items()}
@@ -192,6 +229,7 @@ class Scheduler:
         self.to_score: dict[tuple[str, str], list[tuple[Sample, Generated, str]]] = {}
         self.scoring: dict[Any, tuple[int, str, list[tuple[Sample, Generated, str]]]] = {}
         self.scoring_attempts: dict[int, int] = {}
+        self.lengths: dict[tuple[str, str], list[int]] = {}  # (variant, bench) -> [tokens, samples] this run
         self.generated = 0
         self.failed_samples = 0
         self.skipped_samples = 0
@@ -238,10 +276,12 @@ class Scheduler:
                 return
             self._start(best)
 
-    @staticmethod
-    def _room(slots: list[Slot]) -> int:
-        """Requests these engines can still take; a loading engine counts as a loaded sibling's target (or 1)."""
-        known = next((s.target for s in slots if s.loading is None), 1)
+    def _room(self, slots: list[Slot]) -> int:
+        """Requests these engines (one variant's) can still take; a loading one counts as the target of a
+        loaded engine of the same kind (else 1: at the start every free slot is worth an engine)."""
+        kind = self.grid.variant(slots[0].variant).engine if slots else None
+        known = next((s.target for s in self.slots if s.loading is None and self.grid.variant(s.variant).engine == kind),
+                     1)
         return sum(known if s.loading is not None else max(0, s.target - len(s.inflight)) for s in slots)
 
     def _start(self, variant: VariantSpec) -> None:
@@ -305,28 +345,37 @@ class Scheduler:
 
     def _feed_all(self) -> None:
         """Top every loaded engine up to its target, a chunk per engine per round, so the longest
-        requests of a variant spread over its engines instead of all landing on the first one."""
+        requests of a variant spread over its engines instead of all landing on the first one;
+        then one submit per engine and bench. An engine whose variant has nothing left retires."""
         loaded = [s for s in self.slots if s.loading is None]
-        while loaded:
-            loaded = [s for s in loaded if s in self.slots and self._feed(s, FEED_CHUNK)]
-        for slot in [s for s in self.slots if s.loading is None]:
-            if slot.inflight and slot.poll is None:
+        taken: dict[int, list[Sample]] = {id(s): [] for s in loaded}
+        active = loaded
+        while active:
+            active = [s for s in active if self._take(s, FEED_CHUNK, taken[id(s)])]
+        now = time.monotonic()
+        for slot in loaded:
+            by_bench: dict[str, list[Sample]] = {}
+            for sample in taken[id(slot)]:
+                by_bench.setdefault(sample.work.bench, []).append(sample)  # one recipe per (variant, bench)
+                slot.inflight[sample.id] = sample
+            for group in by_bench.values():
+                slot.handle.submit.remote([(s.id, s.request) for s in group], group[0].work.recipe)
+            slot.busy(now)
+            queue = self.queues[slot.variant]
+            if not slot.inflight and not queue.waiting_for_canary and not queue.unsent:
+                self._retire(slot)
+            elif slot.inflight and slot.poll is None:
                 slot.poll = slot.handle.poll.remote(POLL_S)
 
-    def _feed(self, slot: Slot, most: int) -> bool:
-        """Hand the engine up to `most` more requests (fewer if at target); retire it when its
-        variant has nothing left for it. True if it took some."""
+    def _take(self, slot: Slot, most: int, taken: list[Sample]) -> bool:
+        """Up to `most` more requests for the engine (fewer if at target) into `taken`; True if any."""
         queue = self.queues[slot.variant]
-        samples = queue.take(min(most, slot.target - len(slot.inflight)))
-        by_recipe: dict[str, list[Sample]] = {}
-        for s in samples:
-            by_recipe.setdefault(s.work.recipe.hash, []).append(s)
-            slot.inflight[s.id] = s
-        for group in by_recipe.values():
-            slot.handle.submit.remote([(s.id, s.request) for s in group], group[0].work.recipe)
-        slot.busy(time.monotonic())
-        if not slot.inflight and not queue.waiting_for_canary and not queue.unsent:
-            self._retire(slot)
+        room = slot.target - len(slot.inflight) - len(taken)
+        loading = sum(1 for s in self.slots if s.variant == slot.variant and s.loading is not None)
+        # With siblings still loading, take the whole room at once, every (1 + loading)-th request:
+        # the ones between wait for the siblings, so the longest do not all land on this engine.
+        samples = queue.take(room, stride=1 + loading) if loading else queue.take(min(most, room))
+        taken.extend(samples)
         return bool(samples)
 
     def _polled(self, slot: Slot, ref) -> None:
@@ -354,6 +403,7 @@ class Scheduler:
                 continue
             slot.samples += 1
             slot.tokens += g.completion.completion_tokens
+            self._learn(sample, g.completion.completion_tokens)
             if self.progress:
                 self.progress.generated(g.completion.completion_tokens)
             if g.completion.error:
@@ -361,6 +411,14 @@ class Scheduler:
             else:
                 self.to_score.setdefault((sample.variant, sample.work.bench), []).append((sample, g, version))
         slot.busy(now)
+
+    def _learn(self, sample: Sample, tokens: int) -> None:
+        """A bench's mean length so far reprices its guessed samples at 1, 2, 4, 8, ... answers."""
+        seen = self.lengths.setdefault((sample.variant, sample.work.bench), [0, 0])
+        seen[0] += tokens
+        seen[1] += 1
+        if seen[1] & (seen[1] - 1) == 0:
+            self.queues[sample.variant].reprice(sample.work.bench, seen[0] / seen[1])
 
     def _engine_lost(self, slot: Slot, event: str, error: str, kill: bool) -> None:
         lost = list(slot.inflight.values())
