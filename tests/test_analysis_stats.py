@@ -107,10 +107,10 @@ def test_the_issues_examples_no_longer_contradict_their_test():
     assert high == pytest.approx(melded_by_simulation(5, 0, 100)[1], abs=0.001)
 
 
-@pytest.mark.parametrize("alpha,sizes", [(0.05, (6, 10, 19, 30, 100)), (0.10, (10, 30))])
+@pytest.mark.parametrize("alpha,sizes", [(0.05, (6, 10, 19, 30, 55, 100, 198)), (0.10, (10, 30, 100))])
 def test_interval_excludes_zero_exactly_when_the_exact_test_rejects(alpha, sizes):
     """On every small (lost, gained, n): the melded interval at 1 - alpha excludes 0 iff McNemar's p <= alpha."""
-    cases = [(lost, gained, n) for n in sizes for lost in range(11) for gained in range(11) if lost + gained <= n]
+    cases = [(lost, gained, n) for n in sizes for lost in range(13) for gained in range(13) if lost + gained <= n]
     disagree, rejected = [], 0
     for lost, gained, n in cases:
         low, high = mcnemar_interval(lost, gained, n, alpha)
@@ -124,9 +124,9 @@ def test_interval_excludes_zero_exactly_when_the_exact_test_rejects(alpha, sizes
 
 def test_paired_test_rows_agree_on_a_grid_of_small_benches():
     """What the scoreboard reports: p and interval from one paired_test call agree in every row."""
-    for n in (10, 50):
-        for lost in range(8):
-            for gained in range(8):
+    for n in (10, 30, 50):
+        for lost in range(9):
+            for gained in range(9):
                 if lost + gained <= n:
                     r = paired_test(*outcomes(lost, gained, n), binary=True, seed=f"{lost}/{gained}/{n}")
                     assert (r.ci_low > 0 or r.ci_high < 0) == (r.p_value <= 0.05), (lost, gained, n, r)

@@ -27,6 +27,7 @@ POWER = 0.80  # power at which the minimum detectable difference is read
 # Above this many distinct per-problem differences the bootstrap resamples indices instead of counts.
 _MAX_DISTINCT_FOR_COUNTS = 256
 _NODES = 512  # Simpson intervals over the discordant share's beta distribution (melded interval)
+_Z_SUM = float(ndtri(1 - ALPHA / 2) + ndtri(POWER))
 _SIMPSON = np.r_[1, np.tile([4, 2], _NODES // 2)[:-1], 1].astype(float)
 
 
@@ -107,7 +108,10 @@ def _melded_lower(x: int, m: int, n: int, q: float) -> float:
         return float(w @ betainc(x, m - x + 1, np.clip(0.5 + d / (2 * t), 0.0, 1.0)))
 
     reach = float(t[-1])  # |T (2 B - 1)| <= T
-    return _root(tail, q, 0.0 if positive else -reach, reach if positive else 0.0)
+    estimate = (2 * x - m) / n
+    se = math.sqrt(max(m / n - estimate**2, 1 / n) / n)
+    guess = estimate - float(ndtri(1 - q)) * se  # the normal approximation's bound
+    return _root(tail, q, 0.0 if positive else -reach, reach if positive else 0.0, guess, se / 2)
 
 
 def _beta_nodes(a: float, b: float) -> tuple[np.ndarray, np.ndarray]:
@@ -120,27 +124,29 @@ def _beta_nodes(a: float, b: float) -> tuple[np.ndarray, np.ndarray]:
     return t, w / w.sum()
 
 
-def _root(f, target: float, low: float, high: float, tol: float = 1e-9) -> float:
-    """The point of [low, high] where the increasing function f crosses target (f within tol of it).
+def _root(f, target: float, low: float, high: float, guess: float, step: float, tol: float = 1e-9) -> float:
+    """The point of [low, high] where the increasing function f crosses target (f within tol of it;
+    `low` or `high` if f does not cross there).
 
-    False position (Illinois) for its fast convergence on smooth curves, with a bisection step
-    whenever a step fails to halve the distance to target, so that step-like curves converge at
-    least as fast as by bisection.
+    Walks from `guess` in doubling steps until the crossing is bracketed, then narrows the
+    bracket by false position with the Illinois modification (superlinear, and never leaves it).
     """
-    f_low, f_high = f(low) - target, f(high) - target
-    if f_low >= 0:
-        return low
-    if f_high <= 0:
-        return high
-    kept, best = 0, math.inf  # kept: which end stayed last time (-1 low, +1 high); halve its value if it stays twice
+    a = min(max(guess, low), high)
+    f_a = f(a) - target
+    direction = 1.0 if f_a < 0 else -1.0
+    while True:
+        b = min(max(a + direction * step, low), high)
+        f_b = f(b) - target
+        if (f_b < 0) != (f_a < 0):
+            break
+        if b in (low, high):
+            return b
+        a, f_a, step = b, f_b, 2 * step
+    (low, f_low), (high, f_high) = sorted([(a, f_a), (b, f_b)])
+    kept, mid = 0, a  # kept: which end stayed last time (-1 low, +1 high); halve its value if it stays twice
     for _ in range(200):
         mid = (low * f_high - high * f_low) / (f_high - f_low)
         f_mid = f(mid) - target
-        if abs(f_mid) > best / 2:
-            mid = (low + high) / 2
-            f_mid = f(mid) - target
-            kept = 0
-        best = min(best, abs(f_mid))
         if f_mid < 0:
             low, f_low = mid, f_mid
             f_high = f_high / 2 if kept == 1 else f_high
@@ -169,7 +175,8 @@ def mcnemar_mde(discordant: int, n: int, alpha: float = ALPHA, power: float = PO
     curve = _power_curve(rate, n, alpha)
     if curve(rate) < power:
         return math.inf
-    return _root(curve, power, 0.0, rate)
+    guess = _Z_SUM * math.sqrt(rate / (n + _Z_SUM**2))  # the normal approximation (Connor 1987, solved for delta)
+    return _root(curve, power, 0.0, rate, guess, guess / 8)
 
 
 def _power_curve(rate: float, n: int, alpha: float):
