@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from omk_ray.analysis.cohort import DECLARED_MARK, MISMATCH_MARK
 from omk_ray.analysis.compare import Comparison
 from omk_ray.analysis.samples import SCORE_COLUMN
+from omk_ray.analysis.stats import ALPHA, POWER
 
 MINUS = "\u2212"
 ESTIMATED_MARK = "≈"
@@ -183,8 +184,8 @@ def _repeats(c: Comparison) -> list[Section]:
     if not rows:
         return []
     table = Table(
-        ["Bench (n)", "Variant", "repeats", f"variance across repeats: {c.baseline}", "variant", "SE (pp)",
-         "SE from repeats (pp)"],
+        ["Bench (n)", "Variant", "repeats", f"variance across repeats ({c.baseline})", "variance across repeats (variant)",
+         "SE (pp)", "SE from repeats (pp)"],
         [[_bench_label(c, r["bench"], r["n"], r["variant"]), r["variant"], str(r["repeats"]),
           plain(r["baseline_repeat_var"], 4), plain(r["variant_repeat_var"], 4), plain(r["se_pp"]),
           plain(r["repeat_se_pp"])] for r in rows],
@@ -310,15 +311,16 @@ def _statistics_notes(c: Comparison) -> list[str]:
     p_text = (f"in parentheses Holm-corrected {family}." if family else "no multiple-comparison correction (--correction none).")
     return [
         "Δ is the paired difference on shared problems (a problem's score is the mean over its repeats). "
-        f"95% CI: {'; '.join(methods) or 'none'}. Each interval excludes 0 exactly when its p ≤ 0.05. "
+        f"{1 - ALPHA:.0%} CI: {'; '.join(methods) or 'none'}. Each interval excludes 0 exactly when its p ≤ {ALPHA:g}. "
         f"p: exact McNemar test for pass/fail benches, paired bootstrap for graded ones; {p_text} "
         "lost / gained: problems only the baseline / only the variant got right.",
         "SE: standard error of the paired difference (pp). ρ: correlation of the two variants' per-problem scores "
         "(Miller 2024, \"Adding Error Bars to Evals\"); the higher, the smaller the SE of a difference. MDE: the "
-        "smallest |Δ| the bench detects with 80% power at p ≤ 0.05 (uncorrected), given its n and the observed "
-        "discordance (exact McNemar power for pass/fail, (z₀.₉₇₅ + z₀.₈) × SE for graded); ∞: no difference is, at "
-        f"that discordance. {BELOW_MDE}: |Δ| is smaller than the MDE, below what this bench can tell apart (if p is "
-        "small all the same, the bench was lucky or the effect is real but the bench is too small to show it reliably).",
+        f"smallest |Δ| the bench detects with {POWER:.0%} power at p ≤ {ALPHA:g} (uncorrected), given its n and the "
+        "observed discordance (exact McNemar power for pass/fail, (z(1 − α/2) + z(power)) × SE for graded); ∞: no "
+        f"difference is, at that discordance. {BELOW_MDE}: |Δ| is smaller than the MDE, below what this bench can "
+        "tell apart (if p is small all the same, the bench was lucky, or the effect is real but the bench too small "
+        "to show it reliably).",
     ]
 
 
