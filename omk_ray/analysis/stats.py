@@ -76,7 +76,7 @@ def mcnemar_interval(lost: int, gained: int, n: int, alpha: float = ALPHA) -> tu
     """Exact (1 - alpha) interval of (gained - lost) / n that excludes 0 exactly when
     `mcnemar_exact(lost, gained) <= alpha`.
 
-    The melded interval of Fay & Lumbard (2021), the one R's exact2x2::mcnemarExactDP gives:
+    The melded interval of Fay & Lumbard (2021), the method of R's exact2x2::mcnemarExactDP:
     the difference is T (2 B - 1), T the discordant share and B the share of discordant pairs
     the variant won. Each bound is a quantile of that product with T and B drawn from the beta
     distributions of their exact (Clopper-Pearson) bounds, so it accounts for the uncertainty
