@@ -13,6 +13,7 @@ from omk_ray.analysis.compare import CompareOptions, compare
 from omk_ray.analysis.markdown import to_markdown
 from omk_ray.analysis.report import write_report
 from omk_ray.analysis.samples import AnalysisError
+from omk_ray.analysis.stats import holm, mcnemar_exact, mcnemar_interval, mcnemar_mde
 
 # GPQA-like bench: 10 problems, 5 physics (3 QM, 2 astro) and 5 chemistry (all organic).
 GPQA_BASE = [1, 1, 1, 1, 0, 0, 1, 1, 1, 0]
@@ -82,7 +83,13 @@ def test_scoreboard_deltas_and_mcnemar(comparison):
     assert row["delta_pp"] == pytest.approx(-20.0)
     assert row["test"] == "mcnemar-exact"
     assert row["p_value"] == pytest.approx(binomtest(1, 4, 0.5).pvalue)  # 0.625
-    assert row["ci_low_pp"] < -20 < row["ci_high_pp"]
+    assert (row["ci_low_pp"], row["ci_high_pp"]) == pytest.approx([100 * b for b in mcnemar_interval(3, 1, 10)])
+    assert row["ci_low_pp"] < -20 < 0 < row["ci_high_pp"] and row["ci_method"] == "melded-exact"
+    # what 10 problems can tell apart: SE of the paired difference, correlation, MDE at 4 discordant
+    assert row["se_pp"] == pytest.approx(100 * np.std([0] * 6 + [-1] * 3 + [1], ddof=1) / np.sqrt(10))
+    assert row["correlation"] == pytest.approx(np.corrcoef(GPQA_BASE, GPQA_V4)[0, 1])
+    assert row["mde_pp"] == float("inf") and row["detectable"] is False  # 4 discordant of 10: nothing is
+    assert (row["correction"], row["repeats"]) == ("variant", 1) and np.isnan(row["repeat_se_pp"])
     gsm = by(comparison.rows("scoreboard"), bench="gsm8k", variant="v4")
     assert gsm["delta_pp"] == pytest.approx(-10.0) and (gsm["lost"], gsm["gained"]) == (2, 0)
     # Holm across the 3 benches of v4: the smallest p times 3, then monotone
@@ -114,6 +121,8 @@ def test_domain_and_subdomain_breakdown(comparison):
     astro = by(rows, level="subdomain", subdomain="Astrophysics")
     assert (astro["n"], astro["baseline_score"], astro["variant_score"]) == (2, pytest.approx(50.0), pytest.approx(50.0))
     assert not [r for r in comparison.rows("domains") if r["bench"] == "gsm8k"]  # no domain metadata
+    assert chem["se_pp"] == pytest.approx(100 * np.std([0, -1, -1, -1, 1], ddof=1) / np.sqrt(5))
+    assert (chem["mde_pp"], chem["detectable"], phys["mde_pp"]) == (float("inf"), False, float("inf"))
 
 
 def test_token_percentiles_and_chars_fallback(comparison):
@@ -206,6 +215,66 @@ def test_three_arms_against_one_baseline_in_one_report(tmp_path):
     assert lost == 7 + 1  # gpqa: all 7 baseline-right problems; gsm8k: the empty answer
 
 
+# Two arms x three benches with known discordant counts: (lost, gained) per arm and bench, 40 problems each.
+GRID = {"a": {"b1": (9, 0), "b2": (7, 1), "b3": (4, 4)}, "b": {"b1": (12, 1), "b2": (2, 0), "b3": (6, 0)}}
+
+
+@pytest.fixture(scope="module")
+def grid_results(tmp_path_factory):
+    root = tmp_path_factory.mktemp("grid")
+    rows = []
+    for bench in ("b1", "b2", "b3"):
+        rows += bench_rows("base", bench, [i < 20 for i in range(40)])
+        for arm, counts in GRID.items():
+            lost, gained = counts[bench]
+            outcome = [i < 20 for i in range(40)]
+            for i in range(lost):
+                outcome[i] = False  # baseline-right problems the arm lost
+            for i in range(gained):
+                outcome[20 + i] = True
+            rows += bench_rows(arm, bench, outcome)
+    write_store(root, rows)
+    return root
+
+
+def test_holm_over_the_grid_is_the_default_for_several_arms(grid_results):
+    c = compare(grid_results, CompareOptions(baseline="base", resamples=200))
+    board = c.rows("scoreboard")
+    raw = [mcnemar_exact(*GRID[r["variant"]][r["bench"]]) for r in board]
+    assert [r["p_value"] for r in board] == pytest.approx(raw)
+    assert c.correction == "grid" and {r["correction"] for r in board} == {"grid"}
+    assert [r["p_holm"] for r in board] == pytest.approx(holm(raw))  # one family of 6
+    # the smallest of 6 p-values is multiplied by 6, not by the 3 benches of its arm
+    smallest = min(range(6), key=lambda i: raw[i])
+    assert board[smallest]["p_holm"] == pytest.approx(6 * raw[smallest])
+    markdown = to_markdown(c)
+    assert "p (Holm, grid)" in markdown and "Holm-corrected over the whole grid (6 comparisons" in markdown
+
+    per_arm = compare(grid_results, CompareOptions(baseline="base", resamples=200, correction="variant"))
+    for arm in GRID:
+        mine = [r for r in per_arm.rows("scoreboard") if r["variant"] == arm]
+        assert [r["p_holm"] for r in mine] == pytest.approx(holm([r["p_value"] for r in mine]))
+    assert "Holm-corrected over the benches of each variant" in to_markdown(per_arm)
+
+    none = compare(grid_results, CompareOptions(baseline="base", resamples=200, correction="none"))
+    assert all(np.isnan(r["p_holm"]) for r in none.rows("scoreboard"))
+    assert "no multiple-comparison correction" in to_markdown(none) and "| p |" in to_markdown(none)
+
+
+def test_correction_on_the_command_line(grid_results, tmp_path):
+    from typer.testing import CliRunner
+
+    from omk_ray.cli import app
+
+    out = tmp_path / "report"
+    args = ["compare", str(grid_results), "--baseline", "base", "--out", str(out), "--resamples", "200", "--quiet"]
+    result = CliRunner().invoke(app, [*args, "--correction", "variant"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "summary.json").read_text())["correction"] == "variant"
+    bad = CliRunner().invoke(app, [*args, "--correction", "family"])
+    assert bad.exit_code == 2 and "correction" in bad.output and "'grid', 'variant' or 'none'" in bad.output
+
+
 def test_missing_baseline_and_variants_are_named(results, tmp_path):
     with pytest.raises(AnalysisError, match="baseline 'nobody' has no samples.*base, v4"):
         compare(results, CompareOptions(baseline="nobody"))
@@ -236,6 +305,31 @@ def test_repeats_are_averaged_per_problem(tmp_path):
     assert (row["n"], row["variant_score"], row["test"]) == (8, pytest.approx(50.0), "paired-bootstrap")
     assert row["p_value"] < 0.01  # every problem lost half its repeats
     assert by(c.rows("tokens"), variant="v4")["n"] == 32  # token distributions count every sample
+    # the spread across repeats: the baseline never moves, v4 scores 1, 0, 1, 0 on every problem
+    assert (row["repeats"], row["baseline_repeat_var"]) == (4, 0.0)
+    assert row["variant_repeat_var"] == pytest.approx(np.var([1, 0, 1, 0], ddof=1))  # 1/3
+    assert row["repeat_se_pp"] == pytest.approx(100 * np.sqrt(8 * (1 / 3) / 4) / 8)
+    assert "## Repeats" in to_markdown(c) and "| aime (8) | v4 | 4 | 0.0000 | 0.3333 |" in to_markdown(c)
+
+
+def test_repeats_pair_the_per_problem_means(tmp_path):
+    """Paired tests run on each problem's mean over its repeats, with the bootstrap over problems."""
+    from conftest_analysis import SAMPLED
+
+    rng = np.random.default_rng(4)
+    chance = {"base": rng.uniform(0.2, 0.9, 30)}
+    chance["v4"] = np.clip(chance["base"] - 0.15, 0, 1)
+    draws = {v: rng.random((30, 5)) < p[:, None] for v, p in chance.items()}
+    rows = [sample(v, "math", f"d{i}", bool(draws[v][i, r]), recipe=SAMPLED, repeat=r)
+            for v in draws for i in range(30) for r in range(5)]
+    write_store(tmp_path, rows)
+    row = by(compare(tmp_path, CompareOptions(baseline="base", resamples=400)).rows("scoreboard"), bench="math")
+    means = {v: d.mean(axis=1) for v, d in draws.items()}
+    diffs = means["v4"] - means["base"]
+    assert row["delta_pp"] == pytest.approx(100 * diffs.mean())
+    assert row["se_pp"] == pytest.approx(100 * diffs.std(ddof=1) / np.sqrt(30))
+    assert row["baseline_repeat_var"] == pytest.approx(draws["base"].var(axis=1, ddof=1).mean())
+    assert row["ci_method"] == "bootstrap-percentile" and (row["ci_low_pp"] > 0 or row["ci_high_pp"] < 0) == (row["p_value"] <= 0.05)
 
 
 def test_a_sample_stored_twice_counts_once(tmp_path):
@@ -319,6 +413,13 @@ def test_the_seed_cards_gpqa_tables_come_out(tmp_path):
     for line in expected:
         assert line in markdown, line
     assert f"| {binomtest(15, 38).pvalue:.2f} (" in markdown  # McNemar on the 23 lost vs 15 gained
+    # the card's hand-written "(1 problem, noise)" marks, computed: nothing at that discordance is detectable
+    assert "| Biology | 19 | 57.9% | 52.6% | −5.3 | 1 | 0 | 5.3 | ∞ | below MDE |" in markdown
+    assert "| Relativistic Mechanics | 7 | 85.7% | 71.4% | −14.3 | 1 | 0 | 14.3 | ∞ | below MDE |" in markdown
+    assert f"| Chemistry | 93 | 62.4% | 54.8% | −7.5 | 18 | 11 | 5.8 | {100 * mcnemar_mde(29, 93):.1f} | below MDE |" in markdown
+    low, high = (100 * b for b in mcnemar_interval(23, 15, 198))
+    assert f"| −4.04pp | [−{-low:.2f}, +{high:.2f}] | 0.26 (0.26) | 3.11 | {100 * mcnemar_mde(38, 198):.2f} | below MDE |" in markdown
+    assert "pass/fail benches (GPQA-Diamond) the exact interval compatible with McNemar's test" in markdown
 
 
 def test_a_corrupt_shard_is_named(tmp_path):

@@ -57,6 +57,10 @@ def register(app: typer.Typer) -> None:
         allow_mismatch: bool = typer.Option(
             False, "--allow-mismatch", help="build tables from different cohorts or undeclared recipes anyway, marked ‡"),
         resamples: int = typer.Option(2000, help="bootstrap resamples for the confidence intervals"),
+        correction: Optional[str] = typer.Option(
+            None, "--correction", metavar="[grid|variant|none]",
+            help="the family Holm corrects p-values over: grid (every variant x bench), variant (the benches of "
+                 "each variant) or none; default: grid with more than one variant, else variant"),
         no_html: bool = typer.Option(False, "--no-html", help="skip the HTML report (and its plots)"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="do not print the Markdown report"),
     ) -> None:
@@ -81,7 +85,8 @@ def register(app: typer.Typer) -> None:
         variants = [*(variants or []), *ctx.args]  # `--variants a b c`: click hands over b and c as extra args
         try:
             options = CompareOptions(baseline=baseline, variants=_split(variants), benches=_split(benches),
-                                     metrics=_metric_options(metric), allow_mismatch=allow_mismatch, resamples=resamples)
+                                     metrics=_metric_options(metric), allow_mismatch=allow_mismatch, resamples=resamples,
+                                     correction=correction)
         except ValidationError as err:
             _fail(f"invalid options: {err}")
         try:

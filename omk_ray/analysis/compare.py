@@ -18,7 +18,7 @@ from omk_ray.analysis.domains import domain_breakdown
 from omk_ray.analysis.samples import (
     SCORE_COLUMN, AnalysisError, Pair, load_rows, pairs, per_problem, with_primary_score,
 )  # fmt: skip
-from omk_ray.analysis.scoreboard import scoreboard
+from omk_ray.analysis.scoreboard import Correction, scoreboard
 from omk_ray.analysis.tokens import token_distributions
 from omk_ray.results.store import ResultsStore
 
@@ -32,11 +32,15 @@ class CompareOptions(BaseModel):
     metrics: dict[str, str] = Field(default_factory=dict, description="bench -> primary metric key")
     allow_mismatch: bool = False
     resamples: int = Field(2000, ge=100, description="bootstrap resamples for the confidence intervals")
+    correction: Correction | None = Field(
+        None, description="Holm family: grid (every variant x bench), variant (each variant's benches) or none; "
+                          "default: grid for more than one variant")
     anomaly: AnomalyRules = AnomalyRules()
 
 
 # Parquet schemas of the tables, so that empty tables keep their columns and types.
 _STR, _F, _I, _B = pa.string(), pa.float64(), pa.int64(), pa.bool_()
+_PRECISION = [("se_pp", _F), ("correlation", _F), ("mde_pp", _F), ("detectable", _B)]  # inf MDE: nothing is
 SCHEMAS = {
     "scoreboard": pa.schema([
         ("bench", _STR), ("variant", _STR), ("n", _I), ("baseline_docs", _I), ("variant_docs", _I),
@@ -44,6 +48,8 @@ SCHEMAS = {
         ("test", _STR), ("p_value", _F), ("p_holm", _F), ("lost", _I), ("gained", _I),
         ("baseline_correct", _I), ("variant_correct", _I), ("binary", _B),
         ("primary_metric", _STR), ("cohort", _STR), ("marks", _STR),
+        ("ci_method", _STR), ("correction", _STR), *_PRECISION,
+        ("repeats", _I), ("baseline_repeat_var", _F), ("variant_repeat_var", _F), ("repeat_se_pp", _F),
     ]),
     "agreement": pa.schema([
         ("bench", _STR), ("variant", _STR), ("n", _I), ("both_correct", _I), ("both_wrong", _I), ("lost", _I),
@@ -57,6 +63,7 @@ SCHEMAS = {
     "domains": pa.schema([
         ("bench", _STR), ("variant", _STR), ("level", _STR), ("domain", _STR), ("subdomain", _STR), ("n", _I),
         ("baseline_score", _F), ("variant_score", _F), ("delta_pp", _F), ("lost", _I), ("gained", _I),
+        *_PRECISION,
     ]),
     "tokens": pa.schema([
         ("bench", _STR), ("variant", _STR), ("measure", _STR), ("n", _I), ("p10", _F), ("p50", _F), ("p90", _F),
@@ -77,6 +84,7 @@ class Comparison:
     primary: dict[str, str]  # bench -> primary metric ("score": the row's score column)
     guard: Guard
     tables: dict[str, pa.Table]
+    correction: Correction = "variant"  # the family the scoreboard's p-values are Holm-corrected over
     notes: list[str] = field(default_factory=list)  # general footnotes
     results: str = ""
 
@@ -118,6 +126,7 @@ def compare(results: str | Path, options: CompareOptions) -> Comparison:
     rows = with_primary_score(rows, primary)
     one_row_each = not guard.mixed and (pc.max(rows["repeat"]).as_py() or 0) == 0
     paired = list(pairs(per_problem(rows, one_row_each), options.baseline, variants, benches))
+    correction = options.correction or ("grid" if len(variants) > 1 else "variant")
     notes.extend(_coverage_notes(paired, options.baseline))
     have = {(p.variant, p.bench) for p in paired}
     notes.extend(f"{b}: no samples of {v}" for v in variants for b in benches if (v, b) not in have)
@@ -127,15 +136,16 @@ def compare(results: str | Path, options: CompareOptions) -> Comparison:
         benches=benches,
         primary=primary,
         guard=guard,
-        tables=_tables(rows, paired, guard, primary, declared, options),
+        tables=_tables(rows, paired, guard, primary, declared, options, correction),
+        correction=correction,
         notes=notes,
         results=str(results),
     )
 
 
 def _tables(rows: pa.Table, paired: list[Pair], guard: Guard, primary: dict[str, str], declared: Declared,
-            options: CompareOptions) -> dict[str, pa.Table]:
-    board = scoreboard(paired, options.resamples)
+            options: CompareOptions, correction: Correction) -> dict[str, pa.Table]:
+    board = scoreboard(paired, options.resamples, correction)
     for row in board:
         row.update(primary_metric=primary[row["bench"]], cohort=guard.cohorts.get(row["bench"], ""),
                    marks=guard.mark(row["bench"], row["variant"]))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from omk_ray.analysis.samples import Pair
+from omk_ray.analysis.scoreboard import precision_columns
+from omk_ray.analysis.stats import precision
 
 NO_DOMAIN = "(none)"
 
@@ -31,6 +33,7 @@ def domain_breakdown(pairs: list[Pair]) -> list[dict]:
 def _row(pair: Pair, level: str, domain: str, subdomain: str | None, mask: np.ndarray) -> dict:
     base, var = pair.base_score[mask], pair.var_score[mask]
     bp, vp = pair.base_pass[mask], pair.var_pass[mask]
+    delta = float(var.mean() - base.mean())
     return {
         "bench": pair.bench,
         "variant": pair.variant,
@@ -40,9 +43,10 @@ def _row(pair: Pair, level: str, domain: str, subdomain: str | None, mask: np.nd
         "n": int(mask.sum()),
         "baseline_score": float(100 * base.mean()),
         "variant_score": float(100 * var.mean()),
-        "delta_pp": float(100 * (var.mean() - base.mean())),
+        "delta_pp": 100 * delta,
         "lost": int(np.sum(bp & ~vp)),
         "gained": int(np.sum(~bp & vp)),
+        **precision_columns(delta, precision(base, var, pair.binary)),
     }
 
 

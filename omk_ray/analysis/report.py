@@ -44,6 +44,7 @@ def summary(c: Comparison, out: Path | None = None, paths: dict[str, Path] | Non
         "benches": c.benches,
         "results": c.results,
         "primary_metrics": c.primary,
+        "correction": c.correction,
         "cohorts": c.guard.cohorts,
         "scoreboard": c.rows("scoreboard"),
         "agreement": c.rows("agreement"),

@@ -126,18 +126,22 @@ def with_primary_score(table: pa.Table, primary: dict[str, str]) -> pa.Table:
 
 
 def per_problem(table: pa.Table, one_row_each: bool = False) -> pa.Table:
-    """One row per variant x bench x doc: mean primary score and pass rate over repeats.
+    """One row per variant x bench x doc: mean primary score and pass rate over repeats, with the
+    number of repeats and the score's variance across them (null for a single repeat).
 
     `one_row_each`: the caller knows there is one row per problem already (one repeat, one setup).
     """
     slim = table.select(["variant", "bench", "doc_id", "primary", "passed", "domain", "subdomain"])
     slim = slim.set_column(4, "passed", pc.cast(slim["passed"], pa.float64()))
+    names = ["variant", "bench", "doc_id", "score", "pass_rate", "domain", "subdomain", "repeats", "repeat_var"]
     if one_row_each:
-        return slim.rename_columns(["variant", "bench", "doc_id", "score", "pass_rate", "domain", "subdomain"])
-    grouped = slim.group_by(["variant", "bench", "doc_id"], use_threads=False).aggregate(
-        [("primary", "mean"), ("passed", "mean"), ("domain", "min"), ("subdomain", "min")]
-    )
-    return grouped.rename_columns(["variant", "bench", "doc_id", "score", "pass_rate", "domain", "subdomain"])
+        once = slim.append_column("repeats", pa.array(np.ones(slim.num_rows, dtype=np.int64)))
+        return once.append_column("repeat_var", pa.nulls(slim.num_rows, pa.float64())).rename_columns(names)
+    grouped = slim.group_by(["variant", "bench", "doc_id"], use_threads=False).aggregate([
+        ("primary", "mean"), ("passed", "mean"), ("domain", "min"), ("subdomain", "min"),
+        ("primary", "count"), ("primary", "variance", pc.VarianceOptions(ddof=1)),
+    ])
+    return grouped.rename_columns(names)
 
 
 @dataclass
@@ -155,6 +159,10 @@ class Pair:
     var_pass: np.ndarray  # bool
     baseline_docs: int  # problems the baseline has on this bench
     variant_docs: int
+    base_repeats: np.ndarray  # repeats per problem (1: greedy)
+    var_repeats: np.ndarray
+    base_repeat_var: np.ndarray  # a problem's score variance across its repeats (NaN: one repeat)
+    var_repeat_var: np.ndarray
 
     @property
     def n(self) -> int:
@@ -180,6 +188,8 @@ def pairs(problems: pa.Table, baseline: str, variants: list[str], benches: list[
     doc = pc.dictionary_encode(problems["doc_id"]).combine_chunks().indices.to_numpy(zero_copy_only=False)
     score = problems["score"].to_numpy(zero_copy_only=False)
     passed = problems["pass_rate"].to_numpy(zero_copy_only=False) > 0.5
+    repeats = problems["repeats"].to_numpy(zero_copy_only=False)
+    repeat_var = problems["repeat_var"].to_numpy(zero_copy_only=False).astype(float)  # null -> NaN
     domain = pc.is_valid(pc.coalesce(problems["domain"], problems["subdomain"])).to_numpy(zero_copy_only=False)
     for bench in benches:
         base_rows = rows_of.get((baseline, bench), np.array([], dtype=np.int64))
@@ -205,6 +215,10 @@ def pairs(problems: pa.Table, baseline: str, variants: list[str], benches: list[
                 var_pass=passed[mine],
                 baseline_docs=len(base_rows),
                 variant_docs=len(rows_of[(variant, bench)]),
+                base_repeats=repeats[theirs],
+                var_repeats=repeats[mine],
+                base_repeat_var=repeat_var[theirs],
+                var_repeat_var=repeat_var[mine],
             )
 
 

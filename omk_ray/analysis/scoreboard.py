@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from typing import Literal
 
 import numpy as np
 
 from omk_ray.analysis.samples import Pair
-from omk_ray.analysis.stats import holm, paired_test
+from omk_ray.analysis.stats import Precision, holm_within, is_detectable, paired_test, repeat_spread
+
+# The family over which p-values are Holm-corrected: every (variant, bench) cell of the grid,
+# the benches of each variant, or none.
+Correction = Literal["grid", "variant", "none"]
 
 
-def scoreboard(pairs: list[Pair], resamples: int = 2000) -> list[dict]:
-    """One row per (variant, bench); p-values Holm-corrected across the benches of each variant."""
+def scoreboard(pairs: list[Pair], resamples: int = 2000, correction: Correction = "variant") -> list[dict]:
+    """One row per (variant, bench); p-values Holm-corrected over the `correction` family."""
     rows = []
     for pair in pairs:
         test = paired_test(pair.base_score, pair.var_score, pair.binary, resamples, seed=f"{pair.variant}/{pair.bench}")
+        spread = repeat_spread(pair.base_repeat_var, pair.base_repeats, pair.var_repeat_var, pair.var_repeats)
         rows.append({
             "bench": pair.bench,
             "variant": pair.variant,
@@ -34,14 +39,29 @@ def scoreboard(pairs: list[Pair], resamples: int = 2000) -> list[dict]:
             "baseline_correct": int(np.sum(pair.base_pass)),
             "variant_correct": int(np.sum(pair.var_pass)),
             "binary": pair.binary,
+            "ci_method": test.interval,
+            "correction": correction,
+            **precision_columns(test.delta, test.precision),
+            "repeats": spread.repeats,
+            "baseline_repeat_var": spread.baseline_var,
+            "variant_repeat_var": spread.variant_var,
+            "repeat_se_pp": 100 * spread.se,
         })
-    by_variant: dict[str, list[dict]] = defaultdict(list)
-    for row in rows:
-        by_variant[row["variant"]].append(row)
-    for group in by_variant.values():
-        for row, adjusted in zip(group, holm([r["p_value"] for r in group])):
+    if correction != "none":
+        families = [r["variant"] if correction == "variant" else "grid" for r in rows]
+        for row, adjusted in zip(rows, holm_within([r["p_value"] for r in rows], families)):
             row["p_holm"] = adjusted
     return rows
+
+
+def precision_columns(delta: float, precision: Precision) -> dict:
+    """The columns that say what a comparison can resolve (scoreboard and domain rows alike)."""
+    return {
+        "se_pp": 100 * precision.se,
+        "correlation": precision.correlation,
+        "mde_pp": 100 * precision.mde,
+        "detectable": is_detectable(delta, precision.mde),
+    }
 
 
 def _pct(scores: np.ndarray) -> float:

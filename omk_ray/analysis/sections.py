@@ -13,10 +13,13 @@ from dataclasses import dataclass, field
 from omk_ray.analysis.cohort import DECLARED_MARK, MISMATCH_MARK
 from omk_ray.analysis.compare import Comparison
 from omk_ray.analysis.samples import SCORE_COLUMN
+from omk_ray.analysis.stats import ALPHA, POWER
 
 MINUS = "\u2212"
 ESTIMATED_MARK = "≈"
 MAX_IDS = 30
+BELOW_MDE = "below MDE"
+PRECISION_HEADERS = ["SE", "MDE", "Δ vs MDE", "ρ"]
 
 KIND_LABELS = {
     "silent-empty": "silent-empty output (model stopped with an empty answer)",
@@ -68,6 +71,15 @@ def p_value(p: float) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}" if p < 0.1 else f"{p:.2f}"
 
 
+def plain(x: float, digits: int = 2) -> str:
+    return "—" if _missing(x) else "∞" if math.isinf(x) else f"{x:.{digits}f}".replace("-", MINUS)
+
+
+def resolution(row: dict) -> str:
+    """The computed mark beside a Δ: can this bench tell a difference of this size apart?"""
+    return "detectable" if row["detectable"] else BELOW_MDE
+
+
 def count(x: float) -> str:
     return "—" if _missing(x) else f"{round(x):,}"
 
@@ -90,6 +102,7 @@ def build_sections(c: Comparison) -> list[Section]:
     return [
         _overview(c),
         *_scores(c),
+        *_repeats(c),
         *_tokens(c),
         _anomalies(c),
         *_domains(c),
@@ -147,17 +160,42 @@ def _scores(c: Comparison) -> list[Section]:
                 pct(r["variant_score"]),
                 signed(r["delta_pp"]),
                 f"[{signed(r['ci_low_pp'], 2, '')}, {signed(r['ci_high_pp'], 2, '')}]",
-                f"{p_value(r['p_value'])} ({p_value(r['p_holm'])})",
+                p_value(r["p_value"]) + ("" if c.correction == "none" else f" ({p_value(r['p_holm'])})"),
+                *_precision_cells(r),
                 f"{r['lost']} / {r['gained']}",
             ])
         title = f"Scores: {variant} vs {c.baseline}" if len(c.variants) > 1 else "Scores"
+        p_header = {"grid": "p (Holm, grid)", "variant": "p (Holm)", "none": "p"}[c.correction]
+        headers = ["Bench (n)", c.baseline, variant, "Δ", "95% CI (pp)", p_header, *PRECISION_HEADERS, "lost / gained"]
         sections.append(Section(
             title, level=3 if len(c.variants) > 1 else 2,
-            tables=[Table(["Bench (n)", c.baseline, variant, "Δ", "95% CI (pp)", "p (Holm)", "lost / gained"],
-                          rows, [False, True, True, True, True, True, True])],
+            tables=[Table(headers, rows, [False] + [True] * (len(headers) - 1))],
             plot=None if len(c.variants) > 1 else "deltas",
         ))
     return sections
+
+
+def _precision_cells(r: dict, digits: int = 2) -> list[str]:
+    return [plain(r["se_pp"], digits), plain(r["mde_pp"], digits), resolution(r), plain(r["correlation"])]
+
+
+def _repeats(c: Comparison) -> list[Section]:
+    rows = [r for r in c.rows("scoreboard") if r["repeats"] > 1]
+    if not rows:
+        return []
+    table = Table(
+        ["Bench (n)", "Variant", "repeats", f"variance across repeats ({c.baseline})", "variance across repeats (variant)",
+         "SE (pp)", "SE from repeats (pp)"],
+        [[_bench_label(c, r["bench"], r["n"], r["variant"]), r["variant"], str(r["repeats"]),
+          plain(r["baseline_repeat_var"], 4), plain(r["variant_repeat_var"], 4), plain(r["se_pp"]),
+          plain(r["repeat_se_pp"])] for r in rows],
+        [False, False] + [True] * 5,
+    )
+    return [Section("Repeats", tables=[table], paragraphs=[
+        "A problem's score is the mean over its repeats, and every paired statistic runs on those per-problem "
+        "means. Variance across repeats: the mean over problems of the variance of one problem's score between "
+        "its repeats (score units², 0.25 at most for pass/fail). SE from repeats: the part of Δ's SE that "
+        "running the same problems again would move; the rest comes from which problems the bench has."])]
 
 
 def _tokens(c: Comparison) -> list[Section]:
@@ -208,10 +246,11 @@ def _domains(c: Comparison) -> list[Section]:
             part = [r for r in mine if r["level"] == level]
             if part:
                 tables.append(Table(
-                    [header, "n", c.baseline, variant, "Δpp", "lost", "gained"],
+                    [header, "n", c.baseline, variant, "Δpp", "lost", "gained", *PRECISION_HEADERS],
                     [[r[level], str(r["n"]), pct(r["baseline_score"], 1), pct(r["variant_score"], 1),
-                      signed(r["delta_pp"], 1, ""), str(r["lost"]), str(r["gained"])] for r in part],
-                    [False] + [True] * 6,
+                      signed(r["delta_pp"], 1, ""), str(r["lost"]), str(r["gained"]), *_precision_cells(r, 1)]
+                     for r in part],
+                    [False] + [True] * 10,
                 ))
         sections.append(Section(f"{bench}: {variant} vs {c.baseline}", level=3, tables=tables))
     if not sections:
@@ -251,6 +290,40 @@ def _agreement(c: Comparison) -> list[Section]:
     return [Section("Per-problem agreement", tables=[table], paragraphs=paragraphs, plot="agreement")]
 
 
+def _statistics_notes(c: Comparison) -> list[str]:
+    board = c.rows("scoreboard")
+    by_method: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for r in board:
+        by_method[r["ci_method"]][r["bench"]].append(r["variant"])
+    labels = {"melded-exact": ("pass/fail", "the exact interval compatible with McNemar's test (melded Clopper-Pearson, "
+                                            "Fay & Lumbard 2021)"),
+              "bootstrap-percentile": ("graded", "percentile bootstrap over problems, p from the same resamples")}
+    methods = []
+    for method, benches in by_method.items():
+        kind, text = labels.get(method, ("other", method))
+        names = [b if len(v) == len(c.variants) else f"{b} for {' and '.join(v)}" for b, v in benches.items()]
+        methods.append(f"for {kind} benches ({', '.join(names)}) {text}")
+    family = {
+        "grid": f"over the whole grid ({len(board)} comparisons: every variant x bench)",
+        "variant": "over the benches of each variant",
+        "none": None,
+    }[c.correction]
+    p_text = (f"in parentheses Holm-corrected {family}." if family else "no multiple-comparison correction (--correction none).")
+    return [
+        "Δ is the paired difference on shared problems (a problem's score is the mean over its repeats). "
+        f"{1 - ALPHA:.0%} CI: {'; '.join(methods) or 'none'}. Each interval excludes 0 exactly when its p ≤ {ALPHA:g}. "
+        f"p: exact McNemar test for pass/fail benches, paired bootstrap for graded ones; {p_text} "
+        "lost / gained: problems only the baseline / only the variant got right.",
+        "SE: standard error of the paired difference (pp). ρ: correlation of the two variants' per-problem scores "
+        "(Miller 2024, \"Adding Error Bars to Evals\"); the higher, the smaller the SE of a difference. MDE: the "
+        f"smallest |Δ| the bench detects with {POWER:.0%} power at p ≤ {ALPHA:g} (uncorrected), given its n and the "
+        "observed discordance (exact McNemar power for pass/fail, (z(1 − α/2) + z(power)) × SE for graded); ∞: no "
+        f"difference is, at that discordance. {BELOW_MDE}: |Δ| is smaller than the MDE, below what this bench can "
+        "tell apart (if p is small all the same, the bench was lucky, or the effect is real but the bench too small "
+        "to show it reliably).",
+    ]
+
+
 def _notes(c: Comparison) -> Section:
     lines = []
     for note in c.guard.notes:
@@ -264,10 +337,5 @@ def _notes(c: Comparison) -> Section:
     if metrics:
         lines.append("Primary metrics other than the stored score: "
                      + ", ".join(f"{b}: {m}" for b, m in c.primary.items() if m != SCORE_COLUMN) + ".")
-    lines.append(
-        "Δ is the paired difference on shared problems (a problem's score is the mean over its repeats). 95% CI: "
-        "percentile bootstrap over problems. p: exact McNemar test for pass/fail benches, paired bootstrap for graded "
-        "ones; in parentheses Holm-corrected across the benches of each variant. lost / gained: problems only the "
-        "baseline / only the variant got right."
-    )
+    lines.extend(_statistics_notes(c))
     return Section("Notes", paragraphs=lines)
