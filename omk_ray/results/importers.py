@@ -3,7 +3,9 @@
 `import_lmeval(DIR, ...)`: every lm-eval `samples_<task>_<date>.jsonl` under DIR with its
 `results_<date>.json`. lm-eval logs one line per doc and filter; omk-ray keeps one row per doc,
 all metrics of all filters in the metric map under lm-eval's keys (`exact_match,strict-match`),
-`score`/`correct` from the bench's primary metric, `extracted_answer` from that metric's filter.
+`score`/`correct` from the bench's primary metric, `extracted_answer` from that metric's filter,
+`domain`/`subdomain` from the doc fields the bench names (GPQA's `High-level domain` and
+`Subdomain` by default, see `omk_ray.benches.lmeval.resolve_domain_fields`).
 
 `import_lcb(FILE, ...)`: the upstream LiveCodeBench runner's `*.samples.jsonl` (one line per
 problem: task_id, passed, completion, cleaned code, token counts, finish_reason).
@@ -24,13 +26,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from omk_ray.benches.lmeval import aggregate, first_text, metric_values, resolve_primary
+from omk_ray.benches.lmeval import aggregate, first_text, metric_values, resolve_domain_fields, resolve_primary
 from omk_ray.config import BenchSpec, GridConfig, Recipe, stable_hash
-from omk_ray.results.schema import rows_to_table
+from omk_ray.results.schema import TOKENS_MISSING, rows_to_table
 from omk_ray.results.store import ResultsStore
 
 SAMPLES_NAME = re.compile(r"^samples_(?P<task>.+)_(?P<stamp>\d{4}-\d{2}-\d{2}T[\d.\-]+)\.jsonl$")
-TOKENS_MISSING = "tokens_missing"
 # Scorer used by `rescore` for code tasks imported from lm-eval: run the stored program + tests.
 PROGRAM_TESTS = "program_tests"
 
@@ -46,6 +47,8 @@ class ImportReport:
     rows: int
     source: str
     shard: str
+    domain_fields: tuple[str | None, str | None] = (None, None)
+    with_domain: int = 0  # rows that got a domain or subdomain
     # aggregate key -> (value in the run's own results file, value recomputed from the imported rows)
     aggregates: dict[str, tuple[float, float]] = field(default_factory=dict)
 
@@ -82,19 +85,28 @@ def import_lmeval(
     results_root: Path,
     grid: GridConfig | None = None,
     primary_metrics: dict[str, str] | None = None,
+    domain_fields: dict[str, str] | None = None,
+    subdomain_fields: dict[str, str] | None = None,
 ) -> list[ImportReport]:
     """Import every lm-eval log under `folder` as `variant`.
 
     A grid maps tasks to its benches (the bench whose `options.task` names the task, or whose
-    name is the task) and supplies their primary metric and doc-id field; otherwise the bench is
-    named after the task. `primary_metrics` (task or bench -> "metric,filter") overrides both.
+    name is the task) and supplies their primary metric, doc-id field and domain fields; otherwise
+    the bench is named after the task. `primary_metrics` (task or bench -> "metric,filter"),
+    `domain_fields` and `subdomain_fields` (task or bench -> doc field) override both.
     """
     store = ResultsStore(results_root)
     reports = []
     for samples_path, results_path, task in find_lmeval_logs(folder):
         spec = _bench_for_task(task, grid)
-        primary = (primary_metrics or {}).get(task) or (primary_metrics or {}).get(spec.name)
-        reports.append(_import_one(store, samples_path, results_path, task, spec, variant, primary))
+
+        def given(option: dict[str, str] | None) -> str | None:
+            return (option or {}).get(task) or (option or {}).get(spec.name)
+
+        options = {k: v for k, v in (("domain_field", given(domain_fields)), ("subdomain_field", given(subdomain_fields)))
+                   if v}
+        spec = spec.model_copy(update={"options": {**spec.options, **options}})
+        reports.append(_import_one(store, samples_path, results_path, task, spec, variant, given(primary_metrics)))
     return reports
 
 
@@ -158,6 +170,7 @@ def _import_one(
     revision = f"{dataset}{'/' + config['dataset_name'] if config.get('dataset_name') else ''}@unrecorded"
     id_field = spec.options.get("id_field")
     primary_filter = primary.split(",", 1)[1]
+    fields = _domain_fields(samples_path, task, spec, [lines[0]["doc"] for lines in by_doc.values()])
 
     rows, docs = [], []
     for doc_id, lines in sorted(by_doc.items()):
@@ -186,6 +199,8 @@ def _import_one(
             "response": first_text(lines[0]["resps"]),
             "extracted_answer": _extracted(filtered.get(primary_filter), lines[0]["resps"]),
             "target": None if lines[0].get("target") is None else str(lines[0]["target"]),
+            "domain": _text(doc.get(fields[0])) if fields[0] else None,
+            "subdomain": _text(doc.get(fields[1])) if fields[1] else None,
             "score": value,
             "correct": value >= 1.0,
             "metrics": metrics,
@@ -198,13 +213,33 @@ def _import_one(
         })
         docs.append({"doc_id": sample_id, "index": doc_id, "doc": doc})
 
-    report = ImportReport(spec.name, task, len(rows), str(samples_path), "")
+    report = ImportReport(spec.name, task, len(rows), str(samples_path), "", fields,
+                          sum(r["domain"] is not None or r["subdomain"] is not None for r in rows))
     maps = [r["metrics"] for r in rows]
     for key in metric_keys:
         report.aggregates[key] = (float(logged[key]), aggregate(maps, key))
     report.shard = str(_write(store, rows, variant, spec.name, f"import-{task}"))
     _write_bench_sidecar(store, spec, docs, source=str(samples_path))
     return report
+
+
+def _domain_fields(samples_path: Path, task: str, spec: BenchSpec, docs: list[dict]) -> tuple[str | None, str | None]:
+    """The doc fields of domain and subdomain: the ones named must be in the docs; the task
+    family's defaults are used where the docs have them."""
+    named = (spec.options.get("domain_field"), spec.options.get("subdomain_field"))
+    out = []
+    for name, resolved in zip(named, resolve_domain_fields(task, *named)):
+        present = resolved is not None and any(resolved in d for d in docs)
+        if name and not present:
+            known = sorted({k for d in docs for k in d})
+            raise LogImportError(f"{samples_path}: no doc has the field {name!r} named for the domain of bench "
+                                 f"{spec.name!r} (doc fields: {', '.join(known)})")
+        out.append(resolved if present else None)
+    return out[0], out[1]
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
 
 
 def _extracted(filtered: Any, resps: Any) -> str | None:
