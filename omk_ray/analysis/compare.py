@@ -13,8 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from omk_ray.analysis import agreement as agreement_mod
 from omk_ray.analysis.anomalies import AnomalyRules, anomalies, text_features
 from omk_ray.analysis.cohort import Guard, check_cohorts
-from omk_ray.analysis.declared import Declared, read_declared
+from omk_ray.analysis.declared import CanaryVerdict, Declared, read_declared
 from omk_ray.analysis.domains import domain_breakdown
+from omk_ray.analysis.headline import headline
 from omk_ray.analysis.samples import (
     SCORE_COLUMN, AnalysisError, Pair, load_rows, pairs, per_problem, with_primary_score,
 )  # fmt: skip
@@ -43,7 +44,11 @@ SCHEMAS = {
         ("baseline_score", _F), ("variant_score", _F), ("delta_pp", _F), ("ci_low_pp", _F), ("ci_high_pp", _F),
         ("test", _STR), ("p_value", _F), ("p_holm", _F), ("lost", _I), ("gained", _I),
         ("baseline_correct", _I), ("variant_correct", _I), ("binary", _B),
-        ("primary_metric", _STR), ("cohort", _STR), ("marks", _STR),
+        ("primary_metric", _STR), ("cohort", _STR), ("marks", _STR), ("canary", _STR),
+    ]),
+    "headline": pa.schema([
+        ("bench", _STR), ("variant", _STR), ("role", _STR), ("n", _I), ("score", _F), ("stderr_pp", _F),
+        ("correct", _I), ("status", _STR), ("canary", _STR), ("canary_reasons", pa.list_(_STR)),
     ]),
     "agreement": pa.schema([
         ("bench", _STR), ("variant", _STR), ("n", _I), ("both_correct", _I), ("both_wrong", _I), ("lost", _I),
@@ -79,9 +84,15 @@ class Comparison:
     tables: dict[str, pa.Table]
     notes: list[str] = field(default_factory=list)  # general footnotes
     results: str = ""
+    canary: dict[str, CanaryVerdict] = field(default_factory=dict)  # variant -> newest canary verdict
 
     def rows(self, name: str) -> list[dict]:
         return self.tables[name].to_pylist()
+
+    @property
+    def stopped(self) -> list[str]:
+        """Variants stopped by their canary: shown as stopped, never scored."""
+        return [v for v in self.variants if v in self.canary and self.canary[v].stopped]
 
 
 def compare(results: str | Path, options: CompareOptions) -> Comparison:
@@ -113,32 +124,61 @@ def compare(results: str | Path, options: CompareOptions) -> Comparison:
         raise AnalysisError(f"--metric names benches {unknown} that are not compared (benches: {', '.join(benches)})")
     rows = rows.filter(pc.field("bench").isin(benches))
 
-    guard = check_cohorts(rows, options.baseline, variants, benches, declared, options.allow_mismatch)
+    canary = {v: declared.canary[v] for v in [options.baseline, *variants] if v in declared.canary}
+    if options.baseline in canary and canary[options.baseline].stopped:
+        raise AnalysisError(f"the baseline {options.baseline!r} was stopped by its canary (run "
+                            f"{canary[options.baseline].run_id}: {'; '.join(canary[options.baseline].reasons)}): "
+                            "it has no full run to compare with")
+    stopped = [v for v in variants if v in canary and canary[v].stopped]
+    stopped_samples = _stopped_samples(rows, stopped)
+    if stopped:  # a stopped variant's canary samples are no score
+        rows = rows.filter(~pc.field("variant").isin(stopped))
+    scored = [v for v in variants if v not in stopped]
+    for v in stopped:
+        notes.append(f"{v} was stopped by its canary (run {canary[v].run_id}): {'; '.join(canary[v].reasons)}; "
+                     f"its {sum(n for (sv, _), n in stopped_samples.items() if sv == v)} canary samples are not scored")
+
+    guard = check_cohorts(rows, options.baseline, scored, benches, declared, options.allow_mismatch)
     primary = {b: options.metrics.get(b) or declared.primary_metrics.get(b) or SCORE_COLUMN for b in benches}
     rows = with_primary_score(rows, primary)
     one_row_each = not guard.mixed and (pc.max(rows["repeat"]).as_py() or 0) == 0
-    paired = list(pairs(per_problem(rows, one_row_each), options.baseline, variants, benches))
+    problems = per_problem(rows, one_row_each)
+    paired = list(pairs(problems, options.baseline, scored, benches))
     notes.extend(_coverage_notes(paired, options.baseline))
     have = {(p.variant, p.bench) for p in paired}
-    notes.extend(f"{b}: no samples of {v}" for v in variants for b in benches if (v, b) not in have)
+    notes.extend(f"{b}: no samples of {v}" for v in scored for b in benches if (v, b) not in have)
+    tables = _tables(rows, paired, guard, primary, declared, options, canary)
+    tables["headline"] = pa.Table.from_pylist(
+        headline(problems, options.baseline, variants, benches, canary, stopped_samples), schema=SCHEMAS["headline"])
     return Comparison(
         baseline=options.baseline,
         variants=variants,
         benches=benches,
         primary=primary,
         guard=guard,
-        tables=_tables(rows, paired, guard, primary, declared, options),
+        tables=tables,
         notes=notes,
         results=str(results),
+        canary=canary,
     )
 
 
+def _stopped_samples(rows: pa.Table, stopped: list[str]) -> dict[tuple[str, str], int]:
+    """(variant, bench) -> samples stored, for the variants stopped by their canary."""
+    if not stopped:
+        return {}
+    mine = rows.filter(pc.field("variant").isin(stopped)).select(["variant", "bench"])
+    counts = mine.group_by(["variant", "bench"], use_threads=False).aggregate([([], "count_all")])
+    return {(r["variant"], r["bench"]): r["count_all"] for r in counts.to_pylist()}
+
+
 def _tables(rows: pa.Table, paired: list[Pair], guard: Guard, primary: dict[str, str], declared: Declared,
-            options: CompareOptions) -> dict[str, pa.Table]:
+            options: CompareOptions, canary: dict[str, CanaryVerdict]) -> dict[str, pa.Table]:
     board = scoreboard(paired, options.resamples)
     for row in board:
         row.update(primary_metric=primary[row["bench"]], cohort=guard.cohorts.get(row["bench"], ""),
-                   marks=guard.mark(row["bench"], row["variant"]))
+                   marks=guard.mark(row["bench"], row["variant"]),
+                   canary=canary[row["variant"]].label if row["variant"] in canary else "")
     built = {
         "scoreboard": board,
         "agreement": agreement_mod.agreement(paired),

@@ -45,6 +45,9 @@ def summary(c: Comparison, out: Path | None = None, paths: dict[str, Path] | Non
         "results": c.results,
         "primary_metrics": c.primary,
         "cohorts": c.guard.cohorts,
+        "headline": c.rows("headline"),
+        "canary": {v: {"passed": x.passed, "stopped": x.stopped, "reasons": x.reasons, "run_id": x.run_id}
+                   for v, x in c.canary.items()},
         "scoreboard": c.rows("scoreboard"),
         "agreement": c.rows("agreement"),
         "anomalies": c.rows("anomalies"),

@@ -111,6 +111,8 @@ def _overview(c: Comparison) -> Section:
         f"{len(c.benches)} benches; results from `{c.results}`.",
         f"Cohort: {', '.join(cohorts) or 'none'}. Every statistic pairs the two variants on the problems both answered.",
     ]
+    if c.canary:
+        lines.append("Canary: " + "; ".join(canary_text(c, v) for v in [c.baseline, *c.variants] if v in c.canary) + ".")
     return Section(f"Comparison: {', '.join(c.variants)} vs {c.baseline}", level=1, paragraphs=lines)
 
 
@@ -121,26 +123,42 @@ def _scores(c: Comparison) -> list[Section]:
         by_bench: dict[str, dict[str, dict]] = defaultdict(dict)
         for r in board:
             by_bench[r["bench"]][r["variant"]] = r
+        base = {r["bench"]: r for r in c.rows("headline") if r["role"] == "baseline"}
         rows = []
         for bench in c.benches:
             cells = by_bench.get(bench, {})
-            if not cells:
+            if bench not in base:
                 continue
-            first = next(iter(cells.values()))
-            n = max(r["n"] for r in cells.values())
-            line = [_bench_label(c, bench, n), pct(first["baseline_score"])]
+            n = base[bench]["n"]
+            line = [_bench_label(c, bench, n), pct(base[bench]["score"])]
             for v in c.variants:
                 r = cells.get(v)
-                line.append(f"{pct(r['variant_score'])} ({signed(r['delta_pp'])})" if r else "—")
+                if v in c.stopped:
+                    line.append("stopped by canary")
+                elif r:
+                    line.append(f"{pct(r['variant_score'])} ({signed(r['delta_pp'])})" + (f" on {r['n']}" if r["n"] != n else ""))
+                else:
+                    line.append("—")
             rows.append(line)
         sections.append(Section(
-            "Scores", paragraphs=["Score of each variant on the problems it shares with the baseline, Δ in parentheses."],
-            tables=[Table(["Bench (n)", c.baseline, *c.variants], rows, [False] + [True] * (1 + len(c.variants)))],
+            "Scores", paragraphs=[
+                f"{c.baseline}: its score on all n problems of the bench. Each variant: its score and, in parentheses, "
+                f"Δ on the problems it shares with {c.baseline} (\"on k\" where that is fewer than n)."
+                + (" Stopped by canary: the variant failed its canary and has no full run (reasons in the notes)."
+                   if c.stopped else "")],
+            tables=[Table(["Bench (n)", f"{c.baseline} (all n)", *c.variants], rows, [False] + [True] * (1 + len(c.variants)))],
             plot="deltas",
         ))
     for variant in c.variants:
-        rows = []
+        if variant in c.stopped:
+            sections.append(Section(f"Scores: {variant} vs {c.baseline}" if len(c.variants) > 1 else "Scores",
+                                    level=3 if len(c.variants) > 1 else 2,
+                                    paragraphs=[f"**{variant}**: {canary_text(c, variant)}; not scored."]))
+            continue
+        rows, partial = [], []
         for r in (r for r in board if r["variant"] == variant):
+            if r["n"] < r["baseline_docs"]:
+                partial.append(f"{r['bench']} ({r['n']} of {r['baseline_docs']})")
             rows.append([
                 _bench_label(c, r["bench"], r["n"], variant),
                 pct(r["baseline_score"]),
@@ -155,9 +173,19 @@ def _scores(c: Comparison) -> list[Section]:
             title, level=3 if len(c.variants) > 1 else 2,
             tables=[Table(["Bench (n)", c.baseline, variant, "Δ", "95% CI (pp)", "p (Holm)", "lost / gained"],
                           rows, [False, True, True, True, True, True, True])],
+            paragraphs=[f"n: the problems {variant} shares with {c.baseline}; both columns are scores on those, "
+                        f"so {c.baseline}'s can differ from its full-bench score: {', '.join(partial)}."] if partial else [],
             plot=None if len(c.variants) > 1 else "deltas",
         ))
     return sections
+
+
+def canary_text(c: Comparison, variant: str) -> str:
+    verdict = c.canary[variant]
+    if verdict.passed:
+        return f"{variant} passed"
+    what = "stopped by its canary before its full run" if verdict.stopped else "failed its canary (the run continued)"
+    return f"{variant} {what} ({'; '.join(verdict.reasons)})"
 
 
 def _tokens(c: Comparison) -> list[Section]:
