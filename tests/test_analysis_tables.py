@@ -266,7 +266,8 @@ def test_compare_command_writes_the_report(tmp_path):
     assert "### Scores: v4-mean vs 128e" in result.output and f"report: {out / 'report.md'}" in result.output
     assert "gsm8k (20, exact_match,flexible-extract)" in (out / "report.md").read_text()
     assert {p.name for p in (out / "tables").iterdir()} == {
-        f"{n}.parquet" for n in ("scoreboard", "agreement", "agreement_by_domain", "domains", "tokens", "anomalies", "problems")}
+        f"{n}.parquet" for n in ("scoreboard", "agreement", "agreement_by_domain", "domains", "tokens", "anomalies", "problems",
+                                 "headline", "facts")}
     bad = CliRunner().invoke(app, ["compare", str(tmp_path / "results"), "--baseline", "128e", "--metric", "gsm8k"])
     assert bad.exit_code == 2 and "BENCH=METRIC" in bad.output
 

@@ -20,7 +20,8 @@ from omk_ray.analysis.samples import (
     SCORE_COLUMN, AnalysisError, Pair, load_rows, pairs, per_problem, with_primary_score,
 )  # fmt: skip
 from omk_ray.analysis.scoreboard import scoreboard
-from omk_ray.analysis.tokens import token_distributions
+from omk_ray.analysis.tokens import token_distributions, token_lengths
+from omk_ray.analysis.variant_facts import variant_facts
 from omk_ray.results.store import ResultsStore
 
 
@@ -45,6 +46,12 @@ SCHEMAS = {
         ("test", _STR), ("p_value", _F), ("p_holm", _F), ("lost", _I), ("gained", _I),
         ("baseline_correct", _I), ("variant_correct", _I), ("binary", _B),
         ("primary_metric", _STR), ("cohort", _STR), ("marks", _STR), ("canary", _STR),
+    ]),
+    "facts": pa.schema([
+        ("variant", _STR), ("role", _STR), ("model", _STR), ("total_params", _F), ("expert_params", _F),
+        ("active_params", _F), ("moe_layers", _I), ("experts_per_layer", _I), ("base_experts", _I),
+        ("dropped_per_layer", _I), ("top_k", _I), ("quantization", _STR), ("drop_map", _STR), ("source", _STR),
+        ("capacity_removed_pct", _F), ("recipe", _STR),
     ]),
     "headline": pa.schema([
         ("bench", _STR), ("variant", _STR), ("role", _STR), ("n", _I), ("score", _F), ("stderr_pp", _F),
@@ -85,6 +92,7 @@ class Comparison:
     notes: list[str] = field(default_factory=list)  # general footnotes
     results: str = ""
     canary: dict[str, CanaryVerdict] = field(default_factory=dict)  # variant -> newest canary verdict
+    lengths: pa.Table | None = None  # per sample and measure: tokens (tokens.token_lengths), for other statistics
 
     def rows(self, name: str) -> list[dict]:
         return self.tables[name].to_pylist()
@@ -147,9 +155,12 @@ def compare(results: str | Path, options: CompareOptions) -> Comparison:
     notes.extend(_coverage_notes(paired, options.baseline))
     have = {(p.variant, p.bench) for p in paired}
     notes.extend(f"{b}: no samples of {v}" for v in scored for b in benches if (v, b) not in have)
-    tables = _tables(rows, paired, guard, primary, declared, options, canary)
+    lengths = token_lengths(rows)
+    tables = _tables(rows, paired, guard, primary, declared, options, canary, lengths)
     tables["headline"] = pa.Table.from_pylist(
         headline(problems, options.baseline, variants, benches, canary, stopped_samples), schema=SCHEMAS["headline"])
+    tables["facts"] = pa.Table.from_pylist(variant_facts(store, declared, options.baseline, variants),
+                                           schema=SCHEMAS["facts"])
     return Comparison(
         baseline=options.baseline,
         variants=variants,
@@ -160,6 +171,7 @@ def compare(results: str | Path, options: CompareOptions) -> Comparison:
         notes=notes,
         results=str(results),
         canary=canary,
+        lengths=lengths,
     )
 
 
@@ -173,7 +185,7 @@ def _stopped_samples(rows: pa.Table, stopped: list[str]) -> dict[tuple[str, str]
 
 
 def _tables(rows: pa.Table, paired: list[Pair], guard: Guard, primary: dict[str, str], declared: Declared,
-            options: CompareOptions, canary: dict[str, CanaryVerdict]) -> dict[str, pa.Table]:
+            options: CompareOptions, canary: dict[str, CanaryVerdict], lengths: pa.Table) -> dict[str, pa.Table]:
     board = scoreboard(paired, options.resamples)
     for row in board:
         row.update(primary_metric=primary[row["bench"]], cohort=guard.cohorts.get(row["bench"], ""),
@@ -184,7 +196,7 @@ def _tables(rows: pa.Table, paired: list[Pair], guard: Guard, primary: dict[str,
         "agreement": agreement_mod.agreement(paired),
         "agreement_by_domain": agreement_mod.agreement_by_domain(paired),
         "domains": domain_breakdown(paired),
-        "tokens": token_distributions(rows),
+        "tokens": token_distributions(lengths),
         "anomalies": anomalies(rows, options.anomaly),
     }
     tables = {name: pa.Table.from_pylist(data, schema=SCHEMAS[name]) for name, data in built.items()}

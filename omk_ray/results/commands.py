@@ -95,6 +95,10 @@ def register(app: typer.Typer) -> None:
         subdomain_field: list[str] = typer.Option(
             [], "--subdomain-field", help="TASK=FIELD: the doc field holding each problem's subdomain (GPQA: "
                                           "'Subdomain' by default)"),
+        model: Optional[str] = typer.Option(
+            None, "--model", help="the variant's checkpoint folder or hub id: its facts (parameters, experts, drop "
+                                  "map) are read from the safetensors headers and provenance, never the weights"),
+        revision: Optional[str] = typer.Option(None, "--revision", help="hub revision of --model"),
     ) -> None:
         """Import lm-eval per-sample logs: one row per doc, every metric of every filter in its metric map.
 
@@ -107,7 +111,7 @@ def register(app: typer.Typer) -> None:
         try:
             reports = import_lmeval(folder, variant, results, grid, _pairs(primary_metric, "--primary-metric"),
                                     _pairs(domain_field, "--domain-field", fields),
-                                    _pairs(subdomain_field, "--subdomain-field", fields))
+                                    _pairs(subdomain_field, "--subdomain-field", fields), model, revision)
         except (LogImportError, OSError, ValueError) as err:
             _fail(str(err))
         _report_imports(reports)
@@ -118,12 +122,14 @@ def register(app: typer.Typer) -> None:
         variant: str = typer.Option(..., "--variant", "-v", help="variant name the imported rows get"),
         results: Path = typer.Option(..., "--results", "-r", help="results folder to import into"),
         bench: str = typer.Option("lcb_medium", "--bench", help="bench name of the rows"),
+        model: Optional[str] = typer.Option(None, "--model", help="the variant's checkpoint folder or hub id (facts)"),
+        revision: Optional[str] = typer.Option(None, "--revision", help="hub revision of --model"),
     ) -> None:
         """Import the upstream LiveCodeBench runner's per-problem samples (pass/fail, tokens, finish reason)."""
         from omk_ray.results.importers import LogImportError, import_lcb
 
         try:
-            report = import_lcb(file, variant, results, bench)
+            report = import_lcb(file, variant, results, bench, model, revision)
         except (LogImportError, OSError, ValueError) as err:
             _fail(str(err))
         _report_imports([report])

@@ -14,6 +14,11 @@ Logs without token counts get nulls there and the metric flag `tokens_missing` =
 analysis knows to estimate tokens from characters (chars / 4). The docs of imported lm-eval
 samples are kept next to the samples (`benches/<bench>.docs.jsonl`) with the bench's spec
 (`benches/<bench>.json`), so `omk-ray rescore` can score them again without the dataset.
+
+The variant's facts for the model card (parameters, experts, drop map recipe; see
+`omk_ray.variants.facts`) are read at import from the checkpoint folder or hub id given as
+`model` (headers only), or from the grid variant of the same name (its `model` and `facts`), and
+kept in `variants/<variant>.json`.
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from omk_ray.benches.lmeval import aggregate, first_text, metric_values, resolve_domain_fields, resolve_primary
-from omk_ray.config import BenchSpec, GridConfig, Recipe, stable_hash
+from omk_ray.config import BenchSpec, DeclaredFacts, GridConfig, Recipe, stable_hash
 from omk_ray.results.schema import TOKENS_MISSING, rows_to_table
 from omk_ray.results.store import ResultsStore
+from omk_ray.variants.facts import Facts, FactsError, checkpoint_facts
 
 SAMPLES_NAME = re.compile(r"^samples_(?P<task>.+)_(?P<stamp>\d{4}-\d{2}-\d{2}T[\d.\-]+)\.jsonl$")
 # Scorer used by `rescore` for code tasks imported from lm-eval: run the stored program + tests.
@@ -87,17 +93,22 @@ def import_lmeval(
     primary_metrics: dict[str, str] | None = None,
     domain_fields: dict[str, str] | None = None,
     subdomain_fields: dict[str, str] | None = None,
+    model: str | None = None,
+    revision: str | None = None,
 ) -> list[ImportReport]:
     """Import every lm-eval log under `folder` as `variant`.
 
     A grid maps tasks to its benches (the bench whose `options.task` names the task, or whose
     name is the task) and supplies their primary metric, doc-id field and domain fields; otherwise
     the bench is named after the task. `primary_metrics` (task or bench -> "metric,filter"),
-    `domain_fields` and `subdomain_fields` (task or bench -> doc field) override both.
+    `domain_fields` and `subdomain_fields` (task or bench -> doc field) override both. `model`
+    (a checkpoint folder or hub id) is where the variant's facts are read.
     """
     store = ResultsStore(results_root)
+    logs = find_lmeval_logs(folder)
+    facts = variant_facts(variant, grid, model, revision)  # before anything is written: a bad model stops here
     reports = []
-    for samples_path, results_path, task in find_lmeval_logs(folder):
+    for samples_path, results_path, task in logs:
         spec = _bench_for_task(task, grid)
 
         def given(option: dict[str, str] | None) -> str | None:
@@ -107,7 +118,37 @@ def import_lmeval(
                    if v}
         spec = spec.model_copy(update={"options": {**spec.options, **options}})
         reports.append(_import_one(store, samples_path, results_path, task, spec, variant, given(primary_metrics)))
+    _write_variant_facts(store, variant, facts)
     return reports
+
+
+def variant_facts(variant: str, grid: GridConfig | None, model: str | None, revision: str | None) -> Facts | None:
+    """The facts of an imported variant: from `model`, else from the grid's variant of that name."""
+    spec = next((v for v in grid.variants if v.name == variant), None) if grid else None
+    model = model or (spec.model if spec else None)
+    revision = revision or (spec.revision if spec else None)
+    declared: DeclaredFacts | None = spec.facts if spec else None
+    if model is None:
+        return Facts(source="declared in the grid").merged(declared) if declared else None
+    try:
+        facts = checkpoint_facts(model, revision, online=True)
+    except FactsError as err:
+        raise LogImportError(f"variant {variant!r}: cannot read its facts: {err}") from None
+    return facts.merged(declared)
+
+
+def variant_sidecar_path(root: Path, variant: str) -> Path:
+    return Path(root) / "variants" / f"{variant}.json"
+
+
+def _write_variant_facts(store: ResultsStore, variant: str, facts: Facts | None) -> None:
+    if facts is None:
+        return
+    path = variant_sidecar_path(store.root, variant)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"variant": variant, "facts": facts.to_dict()}, indent=2))
+    tmp.replace(path)
 
 
 def _bench_for_task(task: str, grid: GridConfig | None) -> BenchSpec:
@@ -278,9 +319,11 @@ def _timestamp(value: Any) -> datetime | None:
 # -- LiveCodeBench -------------------------------------------------------------------------------
 
 
-def import_lcb(path: Path, variant: str, results_root: Path, bench: str = "lcb_medium") -> ImportReport:
+def import_lcb(path: Path, variant: str, results_root: Path, bench: str = "lcb_medium", model: str | None = None,
+               revision: str | None = None) -> ImportReport:
     """Import the upstream LCB runner's per-problem samples (FILE.samples.jsonl, or its lcb_result.json)."""
     path = Path(path)
+    facts = variant_facts(variant, None, model, revision)
     samples_path = path if path.name.endswith(".samples.jsonl") else path.with_name(path.stem + ".samples.jsonl")
     if not samples_path.is_file():
         raise LogImportError(f"{path}: no LiveCodeBench samples file ({samples_path.name})")
@@ -326,6 +369,7 @@ def import_lcb(path: Path, variant: str, results_root: Path, bench: str = "lcb_m
         report.aggregates["pass@1"] = (float(summary["pass_at_1"]), aggregate([r["metrics"] for r in rows], "pass@1"))
     store = ResultsStore(results_root)
     report.shard = str(_write(store, rows, variant, bench, "import-lcb"))
+    _write_variant_facts(store, variant, facts)
     # Rescoring runs the problems' tests again: the livecodebench bench (its data from the cache).
     _write_bench_sidecar(store, BenchSpec(name=bench, kind="livecodebench"), [], source=str(samples_path))
     return report
