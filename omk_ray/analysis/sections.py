@@ -265,18 +265,23 @@ def _agreement(c: Comparison) -> list[Section]:
         by_domain[(r["bench"], r["variant"])].append(r)
     paragraphs = []
     for r in rows:
-        split = by_domain.get((r["bench"], r["variant"]))
         lines = [f"**{r['bench']}, {r['variant']}**: lost ({r['lost']}): {id_list(r['lost_ids'])}; "
                  f"gained ({r['gained']}): {id_list(r['gained_ids'])}."]
-        if split:
-            for kind, verb in (("lost", "lost"), ("gained", "rescued")):
-                parts = sorted((d for d in split if d[kind]), key=lambda d: -d[kind])
-                if parts:
-                    lines.append(f"Of the {r[kind]} problems {r['variant']} {verb}: "
-                                 + ", ".join(f"{d[kind]} {d['domain']}" for d in parts) + ".")
+        lines += lost_gained_by_domain(r, by_domain.get((r["bench"], r["variant"]), []))
         paragraphs.append(" ".join(lines))
     paragraphs.append("Full per-problem outcomes: tables/problems.parquet; id lists: tables/agreement.parquet.")
     return [Section("Per-problem agreement", tables=[table], paragraphs=paragraphs, plot="agreement")]
+
+
+def lost_gained_by_domain(agreement: dict, by_domain: list[dict]) -> list[str]:
+    """"Of the 23 problems v4 lost: 18 Chemistry, 4 Physics, 1 Biology." and the same for the rescued ones."""
+    lines = []
+    for kind, verb in (("lost", "lost"), ("gained", "rescued")):
+        parts = sorted((d for d in by_domain if d[kind]), key=lambda d: -d[kind])
+        if parts:
+            lines.append(f"Of the {agreement[kind]} problems {agreement['variant']} {verb}: "
+                         + ", ".join(f"{d[kind]} {d['domain']}" for d in parts) + ".")
+    return lines
 
 
 def _notes(c: Comparison) -> Section:

@@ -23,11 +23,13 @@ def variant_facts(store: ResultsStore, declared: Declared, baseline: str, varian
     facts = {v: _facts(store, declared, v) for v in [baseline, *variants]}
     base = facts[baseline]
     rows = []
+    if base.dropped_per_layer is None and base.experts_per_layer:
+        base.dropped_per_layer = 0  # the baseline is the reference: what it has, nothing dropped
     for variant, f in facts.items():
         if (variant != baseline and f.dropped_per_layer is None and base.experts_per_layer and f.experts_per_layer
-                and f.experts_per_layer < base.experts_per_layer):
+                and f.experts_per_layer <= base.experts_per_layer):
             f.base_experts, f.dropped_per_layer = base.experts_per_layer, base.experts_per_layer - f.experts_per_layer
-            f.source += f"; dropped experts from {baseline}'s count"
+            f.source += f"; experts dropped: against {baseline}'s count"
         row = f.to_dict()
         row.pop("recipe")
         capacity = row.pop("capacity_removed")

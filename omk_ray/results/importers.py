@@ -123,17 +123,21 @@ def import_lmeval(
 
 
 def variant_facts(variant: str, grid: GridConfig | None, model: str | None, revision: str | None) -> Facts | None:
-    """The facts of an imported variant: from `model`, else from the grid's variant of that name."""
+    """The facts of an imported variant: from `model` (the Hub too; an error if unreadable), else from the
+    grid's variant of that name (its checkpoint if it is here or in the Hugging Face cache, and its `facts`)."""
     spec = next((v for v in grid.variants if v.name == variant), None) if grid else None
-    model = model or (spec.model if spec else None)
-    revision = revision or (spec.revision if spec else None)
     declared: DeclaredFacts | None = spec.facts if spec else None
-    if model is None:
-        return Facts(source="declared in the grid").merged(declared) if declared else None
+    if model is not None:
+        try:
+            return checkpoint_facts(model, revision, online=True).merged(declared)
+        except FactsError as err:
+            raise LogImportError(f"variant {variant!r}: cannot read its facts from --model: {err}") from None
+    if spec is None:
+        return None
     try:
-        facts = checkpoint_facts(model, revision, online=True)
+        facts = checkpoint_facts(spec.model, spec.revision) if spec.model else Facts()
     except FactsError as err:
-        raise LogImportError(f"variant {variant!r}: cannot read its facts: {err}") from None
+        facts = Facts(model=spec.model, source=f"unread: {err}")
     return facts.merged(declared)
 
 

@@ -200,7 +200,7 @@ def _quantization(config: dict) -> str:
     if isinstance(quant, dict):
         parts = [quant.get("quant_method"), quant.get("format") or quant.get("quant_algo")]
         return " ".join(str(p) for p in parts if p) or "quantized"
-    dtype = next((v for _, v in find_keys(config, ("torch_dtype", "dtype"), int_only=False)), None)
+    dtype = next((v for _, v in find_keys(config, ("torch_dtype", "dtype"), int_only=False) if v), None)
     return f"none ({dtype})" if dtype else "none"
 
 
