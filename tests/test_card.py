@@ -169,3 +169,20 @@ def test_several_variants_side_by_side_with_a_stopped_one(tmp_path):
     assert "| Bench | Variant | median | mean | p95 | max | total tokens |" in card
     token_rows = [line.split(" | ")[1] for line in card.splitlines() if line.startswith("| toy | ")]
     assert token_rows == ["toy", "max"]  # the stopped arm's canary samples are no distribution either
+
+
+def test_a_farm_gpqa_bench_maps_the_domain_fields_by_default(tmp_path):
+    """The same default for a GPQA task run by the farm: no domain_field option needed."""
+    from conftest_gpqa import problems
+
+    from omk_ray.benches import make_bench
+    from omk_ray.config import BenchSpec
+
+    data = tmp_path / "gpqa.jsonl"
+    data.write_text("".join(json.dumps({k: v for k, v in p.items() if k != "right"}) + "\n" for p in problems()[:6]))
+    docs = make_bench(BenchSpec(name="gpqa", kind="lmeval", source=str(data), options={"task": TASK})).docs()
+    raw = problems()[:6]
+    assert [(d.domain, d.subdomain) for d in docs] == [(p["High-level domain"], p["Subdomain"]) for p in raw]
+    named = make_bench(BenchSpec(name="gpqa", kind="lmeval", source=str(data),
+                                 options={"task": TASK, "domain_field": "Subdomain", "subdomain_field": "Record ID"}))
+    assert [(d.domain, d.subdomain) for d in named.docs()] == [(p["Subdomain"], p["Record ID"]) for p in raw]

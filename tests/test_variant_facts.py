@@ -196,3 +196,38 @@ def test_gemma4_26b_a4b_shaped_headers(tmp_path):
                  "| Experts dropped | — | 30/layer |", "| MoE capacity removed | — | 23.4% |",
                  "| Top-k routing | 8 | 8 |"]:
         assert line in card, line
+
+
+def test_quantized_weights_count_as_their_logical_values():
+    """compressed-tensors NVFP4: 4-bit values packed two per uint8, FP8 scales per 16, a global scale."""
+    from omk_ray.variants.facts import facts_from
+
+    config = {"num_experts": 4, "top_k_experts": 2, "quantization_config": {
+        "quant_method": "compressed-tensors", "format": "nvfp4-pack-quantized",
+        "config_groups": {"group_0": {"weights": {"num_bits": 4, "group_size": 16}}}}}
+    tensors = [("model.layers.0.mlp.experts.0.down_proj.weight_packed", "U8", (64, 32)),  # 64 x 64 values
+               ("model.layers.0.mlp.experts.0.down_proj.weight_scale", "F8_E4M3", (64, 4)),
+               ("model.layers.0.mlp.experts.0.down_proj.weight_global_scale", "F32", (1,)),
+               ("model.layers.0.mlp.gate.weight", "BF16", (4, 64))]
+    provenance = {"tool": "omk-ray quantize", "scheme": "NVFP4A16", "base_provenance": {
+        "tool": "omk-ray prune", "num_experts": {"before": 6, "after": 4}, "strategy": {
+            "strategy": "pooled", "normalize": "none", "protect_top": 1, "classes": {"math": ["math"]}}}}
+    facts = facts_from("m", config, tensors, provenance, "test")
+    assert facts.total_params == 64 * 64 + 4 * 64 and facts.expert_params == 64 * 64
+    assert facts.quantization == "NVFP4A16 (compressed-tensors nvfp4-pack-quantized)"
+    assert (facts.base_experts, facts.dropped_per_layer) == (6, 2)
+    assert facts.drop_map == "pooled over classes, protect_top 1"  # `omk-ray prune --summary` records the plan
+
+
+def test_declared_facts_are_validated_at_the_edge(tmp_path):
+    from omk_ray.config import ConfigError, parse_grid
+
+    grid = {"variants": [{"name": "v", "model": "m", "facts": {"total_params": "20.8B", "top_k": 8}}],
+            "benches": [{"name": "b", "source": "/x.jsonl"}]}
+    assert parse_grid(grid).variants[0].facts.total_params == 20.8e9
+    grid["variants"][0]["facts"] = {"total_param": "20.8B"}
+    with pytest.raises(ConfigError, match="variants.0.facts.total_param: Extra inputs are not permitted"):
+        parse_grid(grid, "grid.yaml")
+    grid["variants"][0]["facts"] = {"total_params": "many"}
+    with pytest.raises(ConfigError, match="variants.0.facts.total_params"):
+        parse_grid(grid, "grid.yaml")
