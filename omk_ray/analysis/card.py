@@ -118,7 +118,9 @@ def _scores(c: Comparison, options: CardOptions) -> Section:
     def score(r: dict, n: int) -> str:
         if r["status"] != "scored":
             return "stopped by canary"
-        text = pct(r["score"]) + (f" ±{r['stderr_pp']:.2f}" if options.stderr and r["stderr_pp"] == r["stderr_pp"] else "")
+        text = pct(r["score"])
+        if options.stderr and r["stderr_pp"] == r["stderr_pp"]:  # NaN (one problem) has none
+            text += f" ±{r['stderr_pp']:.2f}"
         return text + (f" (n={r['n']})" if r["n"] != n else "")
 
     rows = []
@@ -134,8 +136,9 @@ def _scores(c: Comparison, options: CardOptions) -> Section:
             line.append("—" if r is None else signed(r["delta_pp"]) + (f" on {r['n']}" if r["n"] != n else ""))
         rows.append(line)
     deltas = ["Δ"] if len(c.variants) == 1 else [f"Δ {v}" for v in c.variants]
-    paragraphs = [f"Each score on all the problems the variant answered{' (± standard error)' if options.stderr else ''}; "
-                  f"Δ: the paired difference to {c.baseline} on the problems both answered (\"on k\" where fewer than n)."]
+    stderr = " (± standard error)" if options.stderr else ""
+    paragraphs = [f"Each score on all the problems the variant answered{stderr}; Δ: the paired difference to "
+                  f"{c.baseline} on the problems both answered (\"on k\" where fewer than n)."]
     paragraphs += [f"Stopped: {canary_text(c, v)}." for v in c.stopped]
     return Section("Scores", level=3, paragraphs=paragraphs, tables=[Table(
         ["Bench (n)", c.baseline, *c.variants, *deltas], rows, [False] + [True] * (1 + 2 * len(c.variants)))])
@@ -145,7 +148,8 @@ def _scores(c: Comparison, options: CardOptions) -> Section:
 
 
 def _tokens(c: Comparison, options: CardOptions) -> Section:
-    rows = [r for r in token_distributions(c.lengths, options.stats) if r["measure"] == "completion"] if c.lengths else []
+    rows = token_distributions(c.lengths, options.stats) if c.lengths is not None else []
+    rows = [r for r in rows if r["measure"] == "completion"]
     order = {v: i for i, v in enumerate([c.baseline, *c.variants])}
     rows.sort(key=lambda r: (c.benches.index(r["bench"]), order.get(r["variant"], 99)))
     table = Table(["Bench", "Variant", *(STAT_LABELS.get(s, s) for s in options.stats)],
@@ -187,7 +191,9 @@ def _domains(c: Comparison, options: CardOptions) -> list[Section]:
             shown = {k: v for k, v in labels.items() if level == "domain" or _n(v) >= options.subdomain_min_n}
             table = _domain_table(c, header, shown)
             small = [f"{k} ({_n(v)})" for k, v in labels.items() if k not in shown]
-            paragraphs = [f"Fewer than {options.subdomain_min_n} problems, not shown: {', '.join(small)}."] if small else []
+            paragraphs = []
+            if small:
+                paragraphs.append(f"Fewer than {options.subdomain_min_n} problems, not shown: {', '.join(small)}.")
             sections.append(Section(title, level=3 if level == "domain" else 4, tables=[table], paragraphs=paragraphs))
     return sections
 
@@ -207,8 +213,11 @@ def _domain_table(c: Comparison, header: str, labels: dict[str, dict[str, dict]]
                  if v in cells else "—" for v in scored]
         for v in scored:
             r = cells.get(v)
-            net = r["gained"] - r["lost"] if r else 0
-            line.append("—" if r is None else signed(r["delta_pp"], 1, "") + (" (1 problem)" if abs(net) == 1 else ""))
+            if r is None:
+                line.append("—")
+                continue
+            one = abs(r["gained"] - r["lost"]) == 1
+            line.append(signed(r["delta_pp"], 1, "") + (" (1 problem)" if one else ""))
         rows.append(line)
     deltas = ["Δpp"] if len(scored) == 1 else [f"Δpp {v}" for v in scored]
     return Table([header, "n", c.baseline, *scored, *deltas], rows, [False] + [True] * (2 + 2 * len(scored)))
@@ -236,11 +245,11 @@ def _agreement(c: Comparison) -> list[Section]:
         for r in rows:
             split = by_domain.get((bench, r["variant"]), [])
             lines = lost_gained_by_domain(r, split)
-            if split:
-                nets = sorted(split, key=lambda d: -(d["lost"] + d["gained"]))
+            moved = sorted((d for d in split if d["lost"] or d["gained"]), key=lambda d: -(d["lost"] + d["gained"]))
+            if moved:
                 lines.append("Net by domain: " + ", ".join(
                     f"{d['domain']} {signed(d['gained'] - d['lost'], 0, '')} ({d['lost']} lost, {d['gained']} gained)"
-                    for d in nets if d["lost"] or d["gained"]) + ".")
+                    for d in moved) + ".")
             if lines:
                 paragraphs.append(" ".join(lines))
         sections.append(Section(f"Per-problem agreement matrix ({bench})", level=3, tables=[table],
@@ -249,5 +258,6 @@ def _agreement(c: Comparison) -> list[Section]:
 
 
 def _notes(c: Comparison) -> list[Section]:
-    lines = [f"{n.mark} {n.text}" for n in c.guard.notes] + list(c.notes)
+    stopped = tuple(f"{v} was stopped by its canary" for v in c.stopped)  # said under the scores already
+    lines = [f"{n.mark} {n.text}" for n in c.guard.notes] + [n for n in c.notes if not n.startswith(stopped)]
     return [Section("Notes", level=3, paragraphs=lines)] if lines else []

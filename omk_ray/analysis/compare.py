@@ -133,18 +133,8 @@ def compare(results: str | Path, options: CompareOptions) -> Comparison:
     rows = rows.filter(pc.field("bench").isin(benches))
 
     canary = {v: declared.canary[v] for v in [options.baseline, *variants] if v in declared.canary}
-    if options.baseline in canary and canary[options.baseline].stopped:
-        raise AnalysisError(f"the baseline {options.baseline!r} was stopped by its canary (run "
-                            f"{canary[options.baseline].run_id}: {'; '.join(canary[options.baseline].reasons)}): "
-                            "it has no full run to compare with")
-    stopped = [v for v in variants if v in canary and canary[v].stopped]
-    stopped_samples = _stopped_samples(rows, stopped)
-    if stopped:  # a stopped variant's canary samples are no score
-        rows = rows.filter(~pc.field("variant").isin(stopped))
-    scored = [v for v in variants if v not in stopped]
-    for v in stopped:
-        notes.append(f"{v} was stopped by its canary (run {canary[v].run_id}): {'; '.join(canary[v].reasons)}; "
-                     f"its {sum(n for (sv, _), n in stopped_samples.items() if sv == v)} canary samples are not scored")
+    rows, stopped_samples = _without_stopped(rows, options.baseline, variants, canary, notes)
+    scored = [v for v in variants if not (v in canary and canary[v].stopped)]
 
     guard = check_cohorts(rows, options.baseline, scored, benches, declared, options.allow_mismatch)
     primary = {b: options.metrics.get(b) or declared.primary_metrics.get(b) or SCORE_COLUMN for b in benches}
@@ -175,13 +165,23 @@ def compare(results: str | Path, options: CompareOptions) -> Comparison:
     )
 
 
-def _stopped_samples(rows: pa.Table, stopped: list[str]) -> dict[tuple[str, str], int]:
-    """(variant, bench) -> samples stored, for the variants stopped by their canary."""
+def _without_stopped(rows: pa.Table, baseline: str, variants: list[str], canary: dict[str, CanaryVerdict],
+                     notes: list[str]) -> tuple[pa.Table, dict[tuple[str, str], int]]:
+    """The rows without those of the variants their canary stopped (canary samples are no score), and
+    how many each of those left per bench. A stopped baseline leaves nothing to compare with."""
+    if baseline in canary and canary[baseline].stopped:
+        raise AnalysisError(f"the baseline {baseline!r} was stopped by its canary (run {canary[baseline].run_id}: "
+                            f"{'; '.join(canary[baseline].reasons)}): it has no full run to compare with")
+    stopped = [v for v in variants if v in canary and canary[v].stopped]
     if not stopped:
-        return {}
+        return rows, {}
     mine = rows.filter(pc.field("variant").isin(stopped)).select(["variant", "bench"])
-    counts = mine.group_by(["variant", "bench"], use_threads=False).aggregate([([], "count_all")])
-    return {(r["variant"], r["bench"]): r["count_all"] for r in counts.to_pylist()}
+    counts = mine.group_by(["variant", "bench"], use_threads=False).aggregate([([], "count_all")]).to_pylist()
+    left = {(r["variant"], r["bench"]): r["count_all"] for r in counts}
+    for v in stopped:
+        notes.append(f"{v} was stopped by its canary (run {canary[v].run_id}): {'; '.join(canary[v].reasons)}; "
+                     f"its {sum(n for (sv, _), n in left.items() if sv == v)} canary samples are not scored")
+    return rows.filter(~pc.field("variant").isin(stopped)), left
 
 
 def _tables(rows: pa.Table, paired: list[Pair], guard: Guard, primary: dict[str, str], declared: Declared,

@@ -40,8 +40,8 @@ def headline(problems: pa.Table, baseline: str, variants: list[str], benches: li
             elif (variant, bench) in at:
                 idx = at[(variant, bench)]
                 values = score[idx]
-                row.update(n=len(idx), score=float(100 * values.mean()), correct=int(passed[idx].sum()),
-                           stderr_pp=float(100 * values.std(ddof=1) / np.sqrt(len(idx))) if len(idx) > 1 else float("nan"))
+                stderr = float(100 * values.std(ddof=1) / np.sqrt(len(idx))) if len(idx) > 1 else float("nan")
+                row.update(n=len(idx), score=float(100 * values.mean()), correct=int(passed[idx].sum()), stderr_pp=stderr)
             else:
                 continue
             rows.append(row)

@@ -112,7 +112,8 @@ def _overview(c: Comparison) -> Section:
         f"Cohort: {', '.join(cohorts) or 'none'}. Every statistic pairs the two variants on the problems both answered.",
     ]
     if c.canary:
-        lines.append("Canary: " + "; ".join(canary_text(c, v) for v in [c.baseline, *c.variants] if v in c.canary) + ".")
+        judged = [v for v in [c.baseline, *c.variants] if v in c.canary]
+        lines.append("Canary: " + "; ".join(canary_text(c, v) for v in judged) + ".")
     return Section(f"Comparison: {', '.join(c.variants)} vs {c.baseline}", level=1, paragraphs=lines)
 
 
@@ -136,7 +137,8 @@ def _scores(c: Comparison) -> list[Section]:
                 if v in c.stopped:
                     line.append("stopped by canary")
                 elif r:
-                    line.append(f"{pct(r['variant_score'])} ({signed(r['delta_pp'])})" + (f" on {r['n']}" if r["n"] != n else ""))
+                    on = f" on {r['n']}" if r["n"] != n else ""
+                    line.append(f"{pct(r['variant_score'])} ({signed(r['delta_pp'])}){on}")
                 else:
                     line.append("—")
             rows.append(line)
@@ -146,7 +148,8 @@ def _scores(c: Comparison) -> list[Section]:
                 f"Δ on the problems it shares with {c.baseline} (\"on k\" where that is fewer than n)."
                 + (" Stopped by canary: the variant failed its canary and has no full run (reasons in the notes)."
                    if c.stopped else "")],
-            tables=[Table(["Bench (n)", f"{c.baseline} (all n)", *c.variants], rows, [False] + [True] * (1 + len(c.variants)))],
+            tables=[Table(["Bench (n)", f"{c.baseline} (all n)", *c.variants], rows,
+                          [False] + [True] * (1 + len(c.variants)))],
             plot="deltas",
         ))
     for variant in c.variants:
@@ -169,12 +172,15 @@ def _scores(c: Comparison) -> list[Section]:
                 f"{r['lost']} / {r['gained']}",
             ])
         title = f"Scores: {variant} vs {c.baseline}" if len(c.variants) > 1 else "Scores"
+        shared = []
+        if partial:
+            shared.append(f"n: the problems {variant} shares with {c.baseline}; both columns are scores on those, so "
+                          f"{c.baseline}'s can differ from its full-bench score: {', '.join(partial)}.")
         sections.append(Section(
             title, level=3 if len(c.variants) > 1 else 2,
             tables=[Table(["Bench (n)", c.baseline, variant, "Δ", "95% CI (pp)", "p (Holm)", "lost / gained"],
                           rows, [False, True, True, True, True, True, True])],
-            paragraphs=[f"n: the problems {variant} shares with {c.baseline}; both columns are scores on those, "
-                        f"so {c.baseline}'s can differ from its full-bench score: {', '.join(partial)}."] if partial else [],
+            paragraphs=shared,
             plot=None if len(c.variants) > 1 else "deltas",
         ))
     return sections
@@ -279,7 +285,8 @@ def lost_gained_by_domain(agreement: dict, by_domain: list[dict]) -> list[str]:
     for kind, verb in (("lost", "lost"), ("gained", "rescued")):
         parts = sorted((d for d in by_domain if d[kind]), key=lambda d: -d[kind])
         if parts:
-            lines.append(f"Of the {agreement[kind]} problems {agreement['variant']} {verb}: "
+            noun = "problem" if agreement[kind] == 1 else "problems"
+            lines.append(f"Of the {agreement[kind]} {noun} {agreement['variant']} {verb}: "
                          + ", ".join(f"{d[kind]} {d['domain']}" for d in parts) + ".")
     return lines
 

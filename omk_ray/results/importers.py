@@ -114,8 +114,8 @@ def import_lmeval(
         def given(option: dict[str, str] | None) -> str | None:
             return (option or {}).get(task) or (option or {}).get(spec.name)
 
-        options = {k: v for k, v in (("domain_field", given(domain_fields)), ("subdomain_field", given(subdomain_fields)))
-                   if v}
+        named = (("domain_field", given(domain_fields)), ("subdomain_field", given(subdomain_fields)))
+        options = {k: v for k, v in named if v}
         spec = spec.model_copy(update={"options": {**spec.options, **options}})
         reports.append(_import_one(store, samples_path, results_path, task, spec, variant, given(primary_metrics)))
     _write_variant_facts(store, variant, facts)

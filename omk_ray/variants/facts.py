@@ -120,9 +120,9 @@ def facts_from(model: str, config: dict, tensors: list[tuple[str, str, tuple[int
     active = None
     if experts and top_k and tensors:
         active = total - expert * (1 - top_k / experts)
-    facts = Facts(model=model, total_params=float(total) if tensors else None, expert_params=float(expert) if tensors else None,
-                  active_params=active, moe_layers=len(layers) or None, experts_per_layer=experts, top_k=top_k,
-                  quantization=_quantization(config), source=source)
+    facts = Facts(model=model, total_params=float(total) if tensors else None,
+                  expert_params=float(expert) if tensors else None, active_params=active, moe_layers=len(layers) or None,
+                  experts_per_layer=experts, top_k=top_k, quantization=_quantization(config), source=source)
     _add_provenance(facts, provenance or {})
     return facts
 
@@ -158,7 +158,8 @@ def _hub_facts(model: str, revision: str | None) -> Facts:
         provenance = json.loads(Path(hf_hub_download(model, PROVENANCE_NAME, revision=revision)).read_text())
     except Exception:  # noqa: BLE001 - most models have no provenance file
         provenance = None
-    tensors = [(name, info.dtype, tuple(info.shape)) for f in meta.files_metadata.values() for name, info in f.tensors.items()]
+    tensors = [(name, info.dtype, tuple(info.shape))
+               for f in meta.files_metadata.values() for name, info in f.tensors.items()]
     return facts_from(model, config, tensors, provenance, f"hub {model}" + (f"@{revision}" if revision else ""))
 
 
@@ -243,13 +244,16 @@ def _recipe(record: dict) -> dict[str, Any]:
         value = build.get(key, plan.get(key))
         if value not in (None, {}, []):
             recipe[key] = value
-    classes = build.get("classes") or (list(plan["classes"]) if isinstance(plan.get("classes"), dict) else plan.get("classes"))
+    classes = build.get("classes") or plan.get("classes")
     if classes:
-        recipe["classes"] = classes
+        recipe["classes"] = list(classes)  # the plan records {name: merged classes}: its names
     for key, what in (("scores", "CD scores"), ("profile_prompts", "profiled on"), ("drop_map", "drop map")):
-        if isinstance(build.get(key), str):
-            recipe["source"] = f"{what} {Path(build[key]).name if key != 'profile_prompts' or build[key] != 'default' else 'the default prompts'}"
-        elif isinstance(build.get(key), dict):
+        value = build.get(key)
+        if value == "default":
+            recipe["source"] = f"{what} the shipped prompts"
+        elif isinstance(value, str):
+            recipe["source"] = f"{what} {Path(value).name}"
+        elif isinstance(value, dict):
             recipe["source"] = "a drop map given inline"
     if record.get("drop_map_hash"):
         recipe["drop_map_hash"] = record["drop_map_hash"]
