@@ -52,7 +52,8 @@ def register(app: typer.Typer) -> None:
             None, "--variants", "--variant", "-v",
             help="variants to compare (repeat the option or list them after it); default: all others"),
         benches: Optional[list[str]] = typer.Option(None, "--bench", help="only these benches (repeatable)"),
-        out: Path = typer.Option(Path("report"), "--out", "-o", help="folder for report.md, report.html, tables/, summary.json"),
+        out: Path = typer.Option(Path("report"), "--out", "-o",
+                                 help="folder for report.md, card.md, report.html, tables/, summary.json"),
         metric: list[str] = typer.Option(
             [], "--metric", help="BENCH=KEY: the bench's primary metric from the samples' metrics map "
                                  "(e.g. ifeval=prompt_level_strict_acc); default: the stored score"),
