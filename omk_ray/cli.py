@@ -152,7 +152,8 @@ def report_canary(summary) -> None:
 
 @app.command()
 def status(results: Path = typer.Argument(..., help="results folder of a run")) -> None:
-    """Done / missing / failed samples per variant x bench, the runs so far, and engine usage."""
+    """Done / missing / failed samples per variant x bench (with each variant's canary verdict), the runs so far, and engine usage."""  # noqa: E501
+    from omk_ray.analysis.declared import canary_verdicts
     from omk_ray.farm.planner import PlanError
     from omk_ray.farm.status import engine_report, grid_status, latest_run
     from omk_ray.results.store import ResultsStore
@@ -163,11 +164,16 @@ def status(results: Path = typer.Argument(..., help="results folder of a run")) 
         cells = grid_status(store, run_log)
     except (FileNotFoundError, PlanError, ConfigError) as err:
         fail(str(err))
+    canary = canary_verdicts(store.runs())
     print_table([{"variant": c.variant, "bench": c.bench, "expected": c.expected, "done": c.done,
-                  "missing": c.missing, "failed": c.failed} for c in cells], title="samples")
+                  "missing": c.missing, "failed": c.failed,
+                  "canary": canary[c.variant].label if c.variant in canary else ""} for c in cells], title="samples")
     for c in cells:
         for reason in c.reasons:
             console.print(f"[red]failed[/] {c.variant}/{c.bench}: {reason}")
+    for variant, verdict in canary.items():
+        if not verdict.passed:
+            console.print(f"[red]canary {verdict.label}[/] {variant} (run {verdict.run_id}): {'; '.join(verdict.reasons)}")
     runs = [r.manifest() for r in store.runs()]
     print_table([{"run": m["run_id"], "status": m["status"], "started": m["started_at"][:19],
                   "seconds": m.get("seconds"), "generated": m.get("generated_samples"),

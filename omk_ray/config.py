@@ -89,6 +89,38 @@ class EngineArgs(_Strict):
     extra: dict[str, Any] = Field(default_factory=dict, description="passed to the engine as is")
 
 
+def parse_count(value: Any) -> Any:
+    """26e9, "26B", "20.8B", "550M", "1,172" -> a number (anything else is left to the validator)."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip().replace(",", "").replace("_", "")
+    scale = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}.get(text[-1:].upper())
+    try:
+        return float(text[:-1]) * scale if scale else float(text)
+    except ValueError:
+        return value
+
+
+class DeclaredFacts(_Strict):
+    """Facts of a variant written by hand (a variant's `facts:`), for the model card's first table;
+    each one given overrides what the checkpoint's headers and provenance say."""
+
+    total_params: float | None = Field(None, gt=0, description='e.g. 26e9 or "26B"')
+    expert_params: float | None = Field(None, ge=0)
+    active_params: float | None = Field(None, gt=0)
+    experts_per_layer: int | None = Field(None, ge=1)
+    base_experts: int | None = Field(None, ge=1, description="experts per layer before pruning")
+    dropped_per_layer: int | None = Field(None, ge=0)
+    top_k: int | None = Field(None, ge=1)
+    quantization: str | None = None
+    drop_map: str | None = Field(None, description='the recipe in words, e.g. "TF pooled, protect_top 16"')
+
+    @field_validator("total_params", "expert_params", "active_params", mode="before")
+    @classmethod
+    def _counts(cls, value: Any) -> Any:
+        return parse_count(value)
+
+
 class VariantSpec(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     model: str | None = Field(None, description="checkpoint folder or Hugging Face hub id")
@@ -99,6 +131,7 @@ class VariantSpec(_Strict):
         default_factory=dict, description="bench name (or '*') -> recipe fields"
     )
     build: dict[str, Any] | None = Field(None, description="how to build this variant (see variants/)")
+    facts: DeclaredFacts | None = Field(None, description="the model card's facts, where the checkpoint cannot tell")
 
     @field_validator("recipe_overrides")
     @classmethod

@@ -6,7 +6,8 @@ both engines agree), and pruned arms that the run builds itself: the toy model i
 per class, drop maps are made by `max`, `mean` and `geomean` over classes and by `max` with
 the arithmetic class split into its subclasses, and the experts are cut out by the
 streaming surgery. Every arm is canaried, then evaluated on a local Ray cluster with vLLM,
-and the demo ends with the comparison against the baseline (Markdown here, HTML on disk).
+and the demo ends with the comparison against the baseline: the model card's evaluation
+section printed here (card.md), the full report with paired statistics and plots on disk.
 Rerunning resumes from what OUT already holds.
 """
 
@@ -39,8 +40,8 @@ def untrained_stand_in(out: Path) -> Path:
 
 
 def run_demo(out: Path, fresh: bool = False, config: Path = DEMO_CONFIG) -> None:
+    from omk_ray.analysis.card import to_card
     from omk_ray.analysis.compare import CompareOptions, compare
-    from omk_ray.analysis.markdown import to_markdown
     from omk_ray.analysis.report import write_report
 
     if fresh and out.exists():
@@ -63,6 +64,7 @@ def run_demo(out: Path, fresh: bool = False, config: Path = DEMO_CONFIG) -> None
                   f"({summary.expected - summary.planned} already stored) in {summary.seconds:.0f} s")
     comparison = compare(out / "results", CompareOptions(baseline=BASELINE))
     paths = write_report(comparison, out / "report")
-    console.print(to_markdown(comparison), markup=False, highlight=False, soft_wrap=True)
+    console.print(to_card(comparison), markup=False, highlight=False, soft_wrap=True)
     console.print(f"\nresults: {out / 'results'} (Parquet under samples/<variant>/<bench>/)")
-    console.print(f"report:  {paths['html']} (HTML), {paths['markdown']}, tables in {out / 'report' / 'tables'}")
+    console.print(f"report:  {paths['card']} (the card above), {paths['html']} (HTML), {paths['markdown']} (every "
+                  f"table, paired statistics), tables in {out / 'report' / 'tables'}")

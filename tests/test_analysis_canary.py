@@ -112,10 +112,11 @@ def test_canary_command_generates_and_gates(tmp_path, tiny_gemma4, local_ray):
     assert broken.exit_code == 1, broken.output
     assert "canary FAILED" in broken.output and "every score is exactly 0" in broken.output
 
-    # the farm's own rows and manifests feed `compare` as they are
+    # the farm's own rows and manifests feed `compare` as they are: tiny was stopped by its canary, never scored
     report = runner.invoke(app, ["compare", str(results), "--baseline", "echo", "--out", str(tmp_path / "report")])
     assert report.exit_code == 0, report.output
-    assert "| echo-bench (4) | 100.00% | 0.00% | −100.00pp |" in report.output
+    assert "**tiny**: tiny stopped by its canary before its full run (echo-bench: " in report.output
+    assert "every score is exactly 0" in report.output and "−100.00pp" not in report.output
 
     unknown = runner.invoke(app, ["canary", str(config), "--variant", "nope"])
     assert unknown.exit_code == 2 and "no variant 'nope'" in unknown.output

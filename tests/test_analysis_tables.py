@@ -9,6 +9,7 @@ import pytest
 from scipy.stats import binomtest
 
 from conftest_analysis import bench_rows, sample, write_store
+from conftest_gpqa import CARD_GPQA  # the seed card's GPQA-Diamond analysis, per subdomain
 from omk_ray.analysis.compare import CompareOptions, compare
 from omk_ray.analysis.markdown import to_markdown
 from omk_ray.analysis.report import write_report
@@ -360,26 +361,10 @@ def test_compare_command_writes_the_report(tmp_path):
     assert "### Scores: v4-mean vs 128e" in result.output and f"report: {out / 'report.md'}" in result.output
     assert "gsm8k (20, exact_match,flexible-extract)" in (out / "report.md").read_text()
     assert {p.name for p in (out / "tables").iterdir()} == {
-        f"{n}.parquet" for n in ("scoreboard", "agreement", "agreement_by_domain", "domains", "tokens", "anomalies", "problems")}
+        f"{n}.parquet" for n in ("scoreboard", "agreement", "agreement_by_domain", "domains", "tokens", "anomalies", "problems",
+                                 "headline", "facts")}
     bad = CliRunner().invoke(app, ["compare", str(tmp_path / "results"), "--baseline", "128e", "--metric", "gsm8k"])
     assert bad.exit_code == 2 and "BENCH=METRIC" in bad.output
-
-
-# The seed card's GPQA-Diamond analysis: (domain, subdomain, both right, both wrong, lost, gained).
-CARD_GPQA = [
-    ("Physics", "High-energy particle physics", 14, 0, 0, 0),
-    ("Physics", "Quantum Mechanics", 21, 0, 2, 2),
-    ("Physics", "Physics (general)", 16, 3, 0, 0),
-    ("Physics", "Astrophysics", 9, 1, 1, 2),
-    ("Physics", "Electromagnetism and Photonics", 5, 1, 0, 0),
-    ("Physics", "Relativistic Mechanics", 5, 1, 1, 0),
-    ("Physics", "Condensed Matter Physics", 2, 0, 0, 0),
-    ("Chemistry", "Organic Chemistry", 29, 22, 13, 8),
-    ("Chemistry", "Chemistry (general)", 10, 2, 5, 3),
-    ("Chemistry", "Inorganic Chemistry", 1, 0, 0, 0),
-    ("Biology", "Molecular Biology", 9, 6, 0, 0),
-    ("Biology", "Genetics", 1, 2, 1, 0),
-]
 
 
 def test_the_seed_cards_gpqa_tables_come_out(tmp_path):

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from omk_ray.analysis.samples import flat_metrics, group_codes, natural_key
-from omk_ray.results.schema import SAMPLE_SCHEMA
+from omk_ray.results.schema import SAMPLE_SCHEMA, is_score_key
 
 ROW_KINDS = (
     "silent-empty",
@@ -36,7 +36,6 @@ ROW_KINDS = (
     "marker-leak",
 )
 BENCH_KINDS = ("scorer-zero", "metric-gap")
-NOT_SCORES = frozenset({"thinking_budget_hit"})  # flags the farm stores in `metrics`
 FENCE = "```"
 
 
@@ -261,7 +260,7 @@ def _scorer_suspects(rows: pa.Table, codes: np.ndarray, groups: list[tuple], siz
 
 
 def _metric_means(rows: pa.Table, codes: np.ndarray, n_groups: int, sizes: np.ndarray) -> dict[int, dict[str, float]]:
-    """Per group: mean of every score-like metric (values in [0, 1], present on nearly every row)."""
+    """Per group: mean of every score of the metrics map (`is_score_key`) with values in [0, 1] on nearly every row."""
     parents, keys, values = flat_metrics(rows["metrics"])
     if len(keys) == 0:
         return {}
@@ -278,7 +277,7 @@ def _metric_means(rows: pa.Table, codes: np.ndarray, n_groups: int, sizes: np.nd
     for g in range(n_groups):
         means = {}
         for k, name in enumerate(key_names):
-            if name in NOT_SCORES or out_of_range[g, k] or count[g, k] < 0.9 * sizes[g]:
+            if not is_score_key(name) or out_of_range[g, k] or count[g, k] < 0.9 * sizes[g]:
                 continue
             means[name] = total[g, k] / count[g, k]
         result[g] = means

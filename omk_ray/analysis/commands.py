@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from omk_ray.analysis.tokens import DEFAULT_STATS
+
 
 def _fail(message: str, code: int = 2) -> None:
     from rich.console import Console
@@ -50,7 +52,8 @@ def register(app: typer.Typer) -> None:
             None, "--variants", "--variant", "-v",
             help="variants to compare (repeat the option or list them after it); default: all others"),
         benches: Optional[list[str]] = typer.Option(None, "--bench", help="only these benches (repeatable)"),
-        out: Path = typer.Option(Path("report"), "--out", "-o", help="folder for report.md, report.html, tables/, summary.json"),
+        out: Path = typer.Option(Path("report"), "--out", "-o",
+                                 help="folder for report.md, card.md, report.html, tables/, summary.json"),
         metric: list[str] = typer.Option(
             [], "--metric", help="BENCH=KEY: the bench's primary metric from the samples' metrics map "
                                  "(e.g. ifeval=prompt_level_strict_acc); default: the stored score"),
@@ -63,15 +66,25 @@ def register(app: typer.Typer) -> None:
                  "each variant) or none; default: grid with more than one variant, else variant"),
         no_html: bool = typer.Option(False, "--no-html", help="skip the HTML report (and its plots)"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="do not print the Markdown report"),
+        output: str = typer.Option(
+            "report", "--format", help="what to print: `report` (every table, with paired statistics) or `card` "
+                                       "(the model card's evaluation section, also written to OUT/card.md)"),
+        token_stats: str = typer.Option(
+            ",".join(DEFAULT_STATS), "--token-stats",
+            help="the card's token columns: pN, median, mean, min, max, total (e.g. median,mean,p95,max,total)"),
+        no_stderr: bool = typer.Option(False, "--no-stderr", help="card: no ± standard error beside the scores"),
+        min_subdomain_n: int = typer.Option(5, "--min-subdomain-n", min=1,
+                                            help="card: subdomains with fewer problems are named, not tabled"),
     ) -> None:
         """Compare variants with a baseline: scoreboard with paired statistics, token distributions, anomalies, domain breakdown and per-problem agreement.
 
-        Writes OUT/report.md (model-card tables), OUT/report.html (self-contained, with plots), OUT/tables/*.parquet (every table, for DuckDB, pandas, polars) and OUT/summary.json, and prints the Markdown. Refuses to mix cohorts (greedy vs sampled) or undeclared recipe differences in one table unless --allow-mismatch.
+        Writes OUT/report.md (every table), OUT/card.md (the model card's evaluation section: variant facts, scores side by side with standard errors, token distribution, anomalies, domains, agreement), OUT/report.html (self-contained, with plots), OUT/tables/*.parquet (every table, for DuckDB, pandas, polars) and OUT/summary.json, and prints the report (or with --format card the card). Refuses to mix cohorts (greedy vs sampled) or undeclared recipe differences in one table unless --allow-mismatch.
 
-        Example: omk-ray compare results/ --baseline 128e --variants v4 v4-geomean --out report/
+        Example: omk-ray compare results/ --baseline 128e --variants v4 v4-geomean --out report/ --format card
         """  # noqa: E501 (typer keeps line breaks: one paragraph per line)
         from pydantic import ValidationError
 
+        from omk_ray.analysis.card import CardOptions, to_card
         from omk_ray.analysis.compare import CompareOptions
         from omk_ray.analysis.compare import compare as run_compare
         from omk_ray.analysis.markdown import to_markdown
@@ -83,20 +96,24 @@ def register(app: typer.Typer) -> None:
         if ctx.args and not variants:
             _fail(f"unexpected arguments {ctx.args}: only RESULTS is positional (variants go after --variants)")
         variants = [*(variants or []), *ctx.args]  # `--variants a b c`: click hands over b and c as extra args
+        if output not in ("report", "card"):
+            _fail(f"--format {output!r}: choose report or card")
         try:
             options = CompareOptions(baseline=baseline, variants=_split(variants), benches=_split(benches),
                                      metrics=_metric_options(metric), allow_mismatch=allow_mismatch, resamples=resamples,
                                      correction=correction)
+            card = CardOptions(stats=tuple(s.strip() for s in token_stats.split(",") if s.strip()),
+                               stderr=not no_stderr, subdomain_min_n=min_subdomain_n)
         except ValidationError as err:
             _fail(f"invalid options: {err}")
         try:
             comparison = run_compare(results, options)
         except AnalysisError as err:
             _fail(str(err))
-        paths = write_report(comparison, out, html=not no_html)
+        paths = write_report(comparison, out, html=not no_html, card=card)
         if not quiet:
-            print(to_markdown(comparison))
-        print(f"report: {paths['markdown']}" + (f"  html: {paths['html']}" if "html" in paths else "")
+            print(to_card(comparison, card) if output == "card" else to_markdown(comparison))
+        print(f"report: {paths['markdown']}  card: {paths['card']}" + (f"  html: {paths['html']}" if "html" in paths else "")
               + f"  tables: {out / 'tables'}  summary: {paths['summary']}")
 
     @app.command()

@@ -13,13 +13,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from omk_ray.analysis import agreement as agreement_mod
 from omk_ray.analysis.anomalies import AnomalyRules, anomalies, text_features
 from omk_ray.analysis.cohort import Guard, check_cohorts
-from omk_ray.analysis.declared import Declared, read_declared
+from omk_ray.analysis.declared import CanaryVerdict, Declared, read_declared
 from omk_ray.analysis.domains import domain_breakdown
+from omk_ray.analysis.headline import headline
 from omk_ray.analysis.samples import (
     SCORE_COLUMN, AnalysisError, Pair, load_rows, pairs, per_problem, with_primary_score,
 )  # fmt: skip
 from omk_ray.analysis.scoreboard import Correction, scoreboard
-from omk_ray.analysis.tokens import token_distributions
+from omk_ray.analysis.tokens import token_distributions, token_lengths
+from omk_ray.analysis.variant_facts import variant_facts
 from omk_ray.results.store import ResultsStore
 
 
@@ -47,9 +49,19 @@ SCHEMAS = {
         ("baseline_score", _F), ("variant_score", _F), ("delta_pp", _F), ("ci_low_pp", _F), ("ci_high_pp", _F),
         ("test", _STR), ("p_value", _F), ("p_holm", _F), ("lost", _I), ("gained", _I),
         ("baseline_correct", _I), ("variant_correct", _I), ("binary", _B),
-        ("primary_metric", _STR), ("cohort", _STR), ("marks", _STR),
+        ("primary_metric", _STR), ("cohort", _STR), ("marks", _STR), ("canary", _STR),
         ("ci_method", _STR), ("correction", _STR), *_PRECISION,
         ("repeats", _I), ("baseline_repeat_var", _F), ("variant_repeat_var", _F), ("repeat_se_pp", _F),
+    ]),
+    "facts": pa.schema([
+        ("variant", _STR), ("role", _STR), ("model", _STR), ("total_params", _F), ("expert_params", _F),
+        ("active_params", _F), ("moe_layers", _I), ("experts_per_layer", _I), ("base_experts", _I),
+        ("dropped_per_layer", _I), ("top_k", _I), ("quantization", _STR), ("drop_map", _STR), ("source", _STR),
+        ("capacity_removed_pct", _F), ("recipe", _STR),
+    ]),
+    "headline": pa.schema([
+        ("bench", _STR), ("variant", _STR), ("role", _STR), ("n", _I), ("score", _F), ("stderr_pp", _F),
+        ("correct", _I), ("status", _STR), ("canary", _STR), ("canary_reasons", pa.list_(_STR)),
     ]),
     "agreement": pa.schema([
         ("bench", _STR), ("variant", _STR), ("n", _I), ("both_correct", _I), ("both_wrong", _I), ("lost", _I),
@@ -87,9 +99,16 @@ class Comparison:
     correction: Correction = "variant"  # the family the scoreboard's p-values are Holm-corrected over
     notes: list[str] = field(default_factory=list)  # general footnotes
     results: str = ""
+    canary: dict[str, CanaryVerdict] = field(default_factory=dict)  # variant -> newest canary verdict
+    lengths: pa.Table | None = None  # per sample and measure: tokens (tokens.token_lengths), for other statistics
 
     def rows(self, name: str) -> list[dict]:
         return self.tables[name].to_pylist()
+
+    @property
+    def stopped(self) -> list[str]:
+        """Variants stopped by their canary: shown as stopped, never scored."""
+        return [v for v in self.variants if v in self.canary and self.canary[v].stopped]
 
 
 def compare(results: str | Path, options: CompareOptions) -> Comparison:
@@ -121,40 +140,74 @@ def compare(results: str | Path, options: CompareOptions) -> Comparison:
         raise AnalysisError(f"--metric names benches {unknown} that are not compared (benches: {', '.join(benches)})")
     rows = rows.filter(pc.field("bench").isin(benches))
 
-    guard = check_cohorts(rows, options.baseline, variants, benches, declared, options.allow_mismatch)
+    canary = {v: declared.canary[v] for v in [options.baseline, *variants] if v in declared.canary}
+    rows, stopped_samples = _without_stopped(rows, options.baseline, variants, canary, notes)
+    scored = [v for v in variants if not (v in canary and canary[v].stopped)]
+
+    guard = check_cohorts(rows, options.baseline, scored, benches, declared, options.allow_mismatch)
     primary = {b: options.metrics.get(b) or declared.primary_metrics.get(b) or SCORE_COLUMN for b in benches}
     rows = with_primary_score(rows, primary)
     one_row_each = not guard.mixed and (pc.max(rows["repeat"]).as_py() or 0) == 0
-    paired = list(pairs(per_problem(rows, one_row_each), options.baseline, variants, benches))
-    correction = options.correction or ("grid" if len(variants) > 1 else "variant")
+    problems = per_problem(rows, one_row_each)
+    paired = list(pairs(problems, options.baseline, scored, benches))
+    correction = options.correction or ("grid" if len(scored) > 1 else "variant")
     notes.extend(_coverage_notes(paired, options.baseline))
     have = {(p.variant, p.bench) for p in paired}
-    notes.extend(f"{b}: no samples of {v}" for v in variants for b in benches if (v, b) not in have)
+    notes.extend(f"{b}: no samples of {v}" for v in scored for b in benches if (v, b) not in have)
+    lengths = token_lengths(rows)
+    tables = _tables(rows, paired, guard, primary, declared, options, canary, lengths, correction)
+    tables["headline"] = pa.Table.from_pylist(
+        headline(problems, options.baseline, variants, benches, canary, stopped_samples), schema=SCHEMAS["headline"])
+    tables["facts"] = pa.Table.from_pylist(variant_facts(store, declared, options.baseline, variants),
+                                           schema=SCHEMAS["facts"])
     return Comparison(
         baseline=options.baseline,
         variants=variants,
         benches=benches,
         primary=primary,
         guard=guard,
-        tables=_tables(rows, paired, guard, primary, declared, options, correction),
+        tables=tables,
         correction=correction,
         notes=notes,
         results=str(results),
+        canary=canary,
+        lengths=lengths,
     )
 
 
+def _without_stopped(rows: pa.Table, baseline: str, variants: list[str], canary: dict[str, CanaryVerdict],
+                     notes: list[str]) -> tuple[pa.Table, dict[tuple[str, str], int]]:
+    """The rows without those of the variants their canary stopped (canary samples are no score), and
+    how many each of those left per bench. A stopped baseline leaves nothing to compare with."""
+    if baseline in canary and canary[baseline].stopped:
+        raise AnalysisError(f"the baseline {baseline!r} was stopped by its canary (run {canary[baseline].run_id}: "
+                            f"{'; '.join(canary[baseline].reasons)}): it has no full run to compare with")
+    stopped = [v for v in variants if v in canary and canary[v].stopped]
+    if not stopped:
+        return rows, {}
+    mine = rows.filter(pc.field("variant").isin(stopped)).select(["variant", "bench"])
+    counts = mine.group_by(["variant", "bench"], use_threads=False).aggregate([([], "count_all")]).to_pylist()
+    left = {(r["variant"], r["bench"]): r["count_all"] for r in counts}
+    for v in stopped:
+        notes.append(f"{v} was stopped by its canary (run {canary[v].run_id}): {'; '.join(canary[v].reasons)}; "
+                     f"its {sum(n for (sv, _), n in left.items() if sv == v)} canary samples are not scored")
+    return rows.filter(~pc.field("variant").isin(stopped)), left
+
+
 def _tables(rows: pa.Table, paired: list[Pair], guard: Guard, primary: dict[str, str], declared: Declared,
-            options: CompareOptions, correction: Correction) -> dict[str, pa.Table]:
+            options: CompareOptions, canary: dict[str, CanaryVerdict], lengths: pa.Table,
+            correction: Correction) -> dict[str, pa.Table]:
     board = scoreboard(paired, options.resamples, correction)
     for row in board:
         row.update(primary_metric=primary[row["bench"]], cohort=guard.cohorts.get(row["bench"], ""),
-                   marks=guard.mark(row["bench"], row["variant"]))
+                   marks=guard.mark(row["bench"], row["variant"]),
+                   canary=canary[row["variant"]].label if row["variant"] in canary else "")
     built = {
         "scoreboard": board,
         "agreement": agreement_mod.agreement(paired),
         "agreement_by_domain": agreement_mod.agreement_by_domain(paired),
         "domains": domain_breakdown(paired),
-        "tokens": token_distributions(rows),
+        "tokens": token_distributions(lengths),
         "anomalies": anomalies(rows, options.anomaly),
     }
     tables = {name: pa.Table.from_pylist(data, schema=SCHEMAS[name]) for name, data in built.items()}

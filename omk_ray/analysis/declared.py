@@ -4,6 +4,9 @@ Every `runs/<run_id>/manifest.json` holds the grid it ran under key "config". Fr
 comparison learns which per-variant recipe overrides were intended (so that a differing
 recipe hash is a footnote, not an error), each bench's reasoning markers and, when a bench's
 options name one, its primary metric (`options: {primary_metric: "exact_match,flexible-extract"}`).
+Each variant's checkpoint (the run's `model_paths`, for the facts table) and the facts its grid
+declares come from there too. The manifests also record each variant's canary verdict (key "canary", `{variant: {passed,
+reasons, benches}}`): `canary_verdicts` keeps the newest verdict of each variant.
 """
 
 from __future__ import annotations
@@ -12,12 +15,41 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from omk_ray.config import ConfigError, parse_grid
-from omk_ray.results.store import ResultsStore
+from omk_ray.config import ConfigError, DeclaredFacts, parse_grid
+from omk_ray.results.store import ResultsStore, RunLog
 
 log = logging.getLogger("omk_ray.analysis")
 
 DEFAULT_MARKERS = ("<|channel>", "<channel|>", "<|channel|>", "<think>", "</think>")
+
+
+@dataclass(frozen=True)
+class CanaryVerdict:
+    passed: bool
+    stopped: bool  # failed, and the run skipped the variant's full run (`farm.canary.on_fail: skip`)
+    reasons: list[str]
+    run_id: str
+
+    @property
+    def label(self) -> str:
+        return "passed" if self.passed else "stopped" if self.stopped else "failed (run continued)"
+
+
+def canary_verdicts(runs: list[RunLog]) -> dict[str, CanaryVerdict]:
+    """Variant -> its newest canary verdict (runs in order; a run that judged no canary changes nothing)."""
+    out: dict[str, CanaryVerdict] = {}
+    for run in runs:
+        try:
+            manifest = run.manifest()
+        except (OSError, ValueError):
+            continue
+        farm = (manifest.get("config") or {}).get("farm") or {}
+        on_fail = (farm.get("canary") or {}).get("on_fail", "skip")
+        for variant, verdict in (manifest.get("canary") or {}).items():
+            passed = bool(verdict.get("passed"))
+            out[variant] = CanaryVerdict(passed, not passed and on_fail == "skip", list(verdict.get("reasons") or []),
+                                         run.run_id)
+    return out
 
 
 @dataclass
@@ -27,16 +59,20 @@ class Declared:
     markers: set[str] = field(default_factory=lambda: set(DEFAULT_MARKERS))
     primary_metrics: dict[str, str] = field(default_factory=dict)
     unreadable: list[str] = field(default_factory=list)  # run ids whose config could not be parsed
+    canary: dict[str, CanaryVerdict] = field(default_factory=dict)  # variant -> newest verdict
+    models: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # variant -> (checkpoint, revision)
+    facts: dict[str, DeclaredFacts] = field(default_factory=dict)  # variant -> the facts its grid declares
 
     def override(self, variant: str, bench: str, recipe_hash: str) -> dict[str, Any] | None:
         return self.overrides.get((variant, bench, recipe_hash))
 
 
 def read_declared(store: ResultsStore) -> Declared:
-    declared = Declared()
+    declared = Declared(canary=canary_verdicts(store.runs()))
     for run in store.runs():
         try:
-            config = run.manifest().get("config")
+            manifest = run.manifest()
+            config = manifest.get("config")
             if config is None:
                 continue
             grid = parse_grid(config, source=f"{run.manifest_path} (config)")
@@ -48,7 +84,12 @@ def read_declared(store: ResultsStore) -> Declared:
             metric = bench.options.get("primary_metric")
             if isinstance(metric, str):
                 declared.primary_metrics[bench.name] = metric
+        paths = manifest.get("model_paths") or {}
         for variant in grid.variants:
+            if paths.get(variant.name) or variant.model:
+                declared.models[variant.name] = (paths.get(variant.name) or variant.model, variant.revision)
+            if variant.facts is not None:
+                declared.facts[variant.name] = variant.facts
             for bench in grid.benches:
                 recipe = grid.recipe_for(variant, bench)
                 declared.markers.update(m for m in recipe.reasoning_markers if m)

@@ -1,4 +1,4 @@
-"""Write a comparison out: report.md, report.html, tables/*.parquet and summary.json.
+"""Write a comparison out: report.md, report.html, card.md, tables/*.parquet and summary.json.
 
 Each file is written to a temporary name and renamed, so a report folder never holds a
 half-written file.
@@ -10,7 +10,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
 
@@ -18,8 +18,15 @@ from omk_ray.analysis.compare import Comparison
 from omk_ray.analysis.html import to_html
 from omk_ray.analysis.markdown import to_markdown
 
+if TYPE_CHECKING:
+    from omk_ray.analysis.card import CardOptions
 
-def write_report(comparison: Comparison, out: str | Path, html: bool = True) -> dict[str, Path]:
+
+def write_report(comparison: Comparison, out: str | Path, html: bool = True, card: "CardOptions | None" = None
+                 ) -> dict[str, Path]:
+    """Every file of the report; `card` sets the model-card section's options (card.md)."""
+    from omk_ray.analysis.card import CardOptions, to_card
+
     out = Path(out)
     (out / "tables").mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
@@ -30,6 +37,7 @@ def write_report(comparison: Comparison, out: str | Path, html: bool = True) -> 
         os.replace(tmp, path)
         paths[name] = path
     paths["markdown"] = _write_text(out / "report.md", to_markdown(comparison))
+    paths["card"] = _write_text(out / "card.md", to_card(comparison, card or CardOptions()))
     if html:
         paths["html"] = _write_text(out / "report.html", to_html(comparison))
     paths["summary"] = _write_text(out / "summary.json", json.dumps(summary(comparison, out, paths), indent=2))
@@ -46,6 +54,9 @@ def summary(c: Comparison, out: Path | None = None, paths: dict[str, Path] | Non
         "primary_metrics": c.primary,
         "correction": c.correction,
         "cohorts": c.guard.cohorts,
+        "headline": c.rows("headline"),
+        "canary": {v: {"passed": x.passed, "stopped": x.stopped, "reasons": x.reasons, "run_id": x.run_id}
+                   for v, x in c.canary.items()},
         "scoreboard": c.rows("scoreboard"),
         "agreement": c.rows("agreement"),
         "anomalies": c.rows("anomalies"),

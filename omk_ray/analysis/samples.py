@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from omk_ray.results.schema import RESUME_KEY, SAMPLE_SCHEMA
+from omk_ray.results.schema import RESUME_KEY, SAMPLE_SCHEMA, is_score_key
 from omk_ray.results.store import ResultsStore
 
 ROW_COLUMNS = [
@@ -78,10 +78,11 @@ def _one_per_key(table: pa.Table) -> pa.Table:
 
 
 def metric_keys(table: pa.Table) -> list[str]:
+    """The scores present in the rows' metrics maps (bookkeeping keys left out)."""
     if table.num_rows == 0:
         return []
     _, keys, _ = flat_metrics(table["metrics"])
-    return sorted(k for k in pc.unique(keys).to_pylist() if k is not None)
+    return sorted(k for k in pc.unique(keys).to_pylist() if k is not None and is_score_key(k))
 
 
 _METRIC_ENTRIES = pa.list_(pa.struct([("key", pa.string()), ("value", pa.float64())]))
@@ -111,6 +112,9 @@ def with_primary_score(table: pa.Table, primary: dict[str, str]) -> pa.Table:
         if len(rows) == 0:
             continue
         part = table.take(pa.array(rows))
+        if not is_score_key(key):
+            raise AnalysisError(f"bench {name!r}: {key!r} is bookkeeping, not a score "
+                                f"(scores present: {'; '.join(metric_keys(part)) or 'none'})")
         values = pc.map_lookup(part["metrics"], key, "first")
         missing = values.null_count
         if missing:

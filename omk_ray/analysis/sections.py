@@ -124,6 +124,9 @@ def _overview(c: Comparison) -> Section:
         f"{len(c.benches)} benches; results from `{c.results}`.",
         f"Cohort: {', '.join(cohorts) or 'none'}. Every statistic pairs the two variants on the problems both answered.",
     ]
+    if c.canary:
+        judged = [v for v in [c.baseline, *c.variants] if v in c.canary]
+        lines.append("Canary: " + "; ".join(canary_text(c, v) for v in judged) + ".")
     return Section(f"Comparison: {', '.join(c.variants)} vs {c.baseline}", level=1, paragraphs=lines)
 
 
@@ -134,26 +137,44 @@ def _scores(c: Comparison) -> list[Section]:
         by_bench: dict[str, dict[str, dict]] = defaultdict(dict)
         for r in board:
             by_bench[r["bench"]][r["variant"]] = r
+        base = {r["bench"]: r for r in c.rows("headline") if r["role"] == "baseline"}
         rows = []
         for bench in c.benches:
             cells = by_bench.get(bench, {})
-            if not cells:
+            if bench not in base:
                 continue
-            first = next(iter(cells.values()))
-            n = max(r["n"] for r in cells.values())
-            line = [_bench_label(c, bench, n), pct(first["baseline_score"])]
+            n = base[bench]["n"]
+            line = [_bench_label(c, bench, n), pct(base[bench]["score"])]
             for v in c.variants:
                 r = cells.get(v)
-                line.append(f"{pct(r['variant_score'])} ({signed(r['delta_pp'])})" if r else "—")
+                if v in c.stopped:
+                    line.append("stopped by canary")
+                elif r:
+                    on = f" on {r['n']}" if r["n"] != n else ""
+                    line.append(f"{pct(r['variant_score'])} ({signed(r['delta_pp'])}){on}")
+                else:
+                    line.append("—")
             rows.append(line)
         sections.append(Section(
-            "Scores", paragraphs=["Score of each variant on the problems it shares with the baseline, Δ in parentheses."],
-            tables=[Table(["Bench (n)", c.baseline, *c.variants], rows, [False] + [True] * (1 + len(c.variants)))],
+            "Scores", paragraphs=[
+                f"{c.baseline}: its score on all n problems of the bench. Each variant: its score and, in parentheses, "
+                f"Δ on the problems it shares with {c.baseline} (\"on k\" where that is fewer than n)."
+                + (" Stopped by canary: the variant failed its canary and has no full run (reasons in the notes)."
+                   if c.stopped else "")],
+            tables=[Table(["Bench (n)", f"{c.baseline} (all n)", *c.variants], rows,
+                          [False] + [True] * (1 + len(c.variants)))],
             plot="deltas",
         ))
     for variant in c.variants:
-        rows = []
+        if variant in c.stopped:
+            sections.append(Section(f"Scores: {variant} vs {c.baseline}" if len(c.variants) > 1 else "Scores",
+                                    level=3 if len(c.variants) > 1 else 2,
+                                    paragraphs=[f"**{variant}**: {canary_text(c, variant)}; not scored."]))
+            continue
+        rows, partial = [], []
         for r in (r for r in board if r["variant"] == variant):
+            if r["n"] < r["baseline_docs"]:
+                partial.append(f"{r['bench']} ({r['n']} of {r['baseline_docs']})")
             rows.append([
                 _bench_label(c, r["bench"], r["n"], variant),
                 pct(r["baseline_score"]),
@@ -165,11 +186,16 @@ def _scores(c: Comparison) -> list[Section]:
                 f"{r['lost']} / {r['gained']}",
             ])
         title = f"Scores: {variant} vs {c.baseline}" if len(c.variants) > 1 else "Scores"
+        shared = []
+        if partial:
+            shared.append(f"n: the problems {variant} shares with {c.baseline}; both columns are scores on those, so "
+                          f"{c.baseline}'s can differ from its full-bench score: {', '.join(partial)}.")
         p_header = {"grid": "p (Holm, grid)", "variant": "p (Holm)", "none": "p"}[c.correction]
         headers = ["Bench (n)", c.baseline, variant, "Δ", "95% CI (pp)", p_header, *PRECISION_HEADERS, "lost / gained"]
         sections.append(Section(
             title, level=3 if len(c.variants) > 1 else 2,
             tables=[Table(headers, rows, [False] + [True] * (len(headers) - 1))],
+            paragraphs=shared,
             plot=None if len(c.variants) > 1 else "deltas",
         ))
     return sections
@@ -196,6 +222,14 @@ def _repeats(c: Comparison) -> list[Section]:
         "means. Variance across repeats: the mean over problems of the variance of one problem's score between "
         "its repeats (score units², 0.25 at most for pass/fail). SE from repeats: the part of Δ's SE that "
         "running the same problems again would move; the rest comes from which problems the bench has."])]
+
+
+def canary_text(c: Comparison, variant: str) -> str:
+    verdict = c.canary[variant]
+    if verdict.passed:
+        return f"{variant} passed"
+    what = "stopped by its canary before its full run" if verdict.stopped else "failed its canary (the run continued)"
+    return f"{variant} {what} ({'; '.join(verdict.reasons)})"
 
 
 def _tokens(c: Comparison) -> list[Section]:
@@ -276,15 +310,9 @@ def _agreement(c: Comparison) -> list[Section]:
         by_domain[(r["bench"], r["variant"])].append(r)
     paragraphs = []
     for r in rows:
-        split = by_domain.get((r["bench"], r["variant"]))
         lines = [f"**{r['bench']}, {r['variant']}**: lost ({r['lost']}): {id_list(r['lost_ids'])}; "
                  f"gained ({r['gained']}): {id_list(r['gained_ids'])}."]
-        if split:
-            for kind, verb in (("lost", "lost"), ("gained", "rescued")):
-                parts = sorted((d for d in split if d[kind]), key=lambda d: -d[kind])
-                if parts:
-                    lines.append(f"Of the {r[kind]} problems {r['variant']} {verb}: "
-                                 + ", ".join(f"{d[kind]} {d['domain']}" for d in parts) + ".")
+        lines += lost_gained_by_domain(r, by_domain.get((r["bench"], r["variant"]), []))
         paragraphs.append(" ".join(lines))
     paragraphs.append("Full per-problem outcomes: tables/problems.parquet; id lists: tables/agreement.parquet.")
     return [Section("Per-problem agreement", tables=[table], paragraphs=paragraphs, plot="agreement")]
@@ -322,6 +350,18 @@ def _statistics_notes(c: Comparison) -> list[str]:
         "tell apart (if p is small all the same, the bench was lucky, or the effect is real but the bench too small "
         "to show it reliably).",
     ]
+
+
+def lost_gained_by_domain(agreement: dict, by_domain: list[dict]) -> list[str]:
+    """"Of the 23 problems v4 lost: 18 Chemistry, 4 Physics, 1 Biology." and the same for the rescued ones."""
+    lines = []
+    for kind, verb in (("lost", "lost"), ("gained", "rescued")):
+        parts = sorted((d for d in by_domain if d[kind]), key=lambda d: -d[kind])
+        if parts:
+            noun = "problem" if agreement[kind] == 1 else "problems"
+            lines.append(f"Of the {agreement[kind]} {noun} {agreement['variant']} {verb}: "
+                         + ", ".join(f"{d[kind]} {d['domain']}" for d in parts) + ".")
+    return lines
 
 
 def _notes(c: Comparison) -> Section:

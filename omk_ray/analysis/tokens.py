@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -37,39 +39,62 @@ def reasoning_lengths(rows: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return values, estimated & present, present
 
 
-def token_distributions(rows: pa.Table) -> list[dict]:
-    """One row per bench x variant x measure (completion; reasoning where any sample has one)."""
-    if rows.num_rows == 0:
-        return []
+def token_lengths(rows: pa.Table) -> pa.Table:
+    """One row per sample and measure (completion; reasoning where the sample has one): bench, variant,
+    measure, tokens, estimated. `rows` carry the text features."""
     completion, completion_est = completion_lengths(rows)
     reasoning, reasoning_est, has_reasoning = reasoning_lengths(rows)
-    codes, groups = group_codes(rows, ["bench", "variant"])
+    keys = rows.select(["bench", "variant"]).combine_chunks()
+    with_reasoning = keys.filter(pa.array(has_reasoning))
+    parts = [
+        keys.append_column("measure", pa.array(["completion"] * rows.num_rows, pa.string()))
+        .append_column("tokens", pa.array(completion)).append_column("estimated", pa.array(completion_est)),
+        with_reasoning.append_column("measure", pa.array(["reasoning"] * with_reasoning.num_rows, pa.string()))
+        .append_column("tokens", pa.array(reasoning[has_reasoning]))
+        .append_column("estimated", pa.array(reasoning_est[has_reasoning])),
+    ]
+    return pa.concat_tables(parts)
+
+
+DEFAULT_STATS = ("p10", "p50", "p90", "max", "mean", "total")
+_PERCENTILE = re.compile(r"p(\d+(?:\.\d+)?)")
+
+
+def check_stats(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Statistics of a token table: pN (a percentile, e.g. p10, p95), median, mean, min, max, total."""
+    for name in names:
+        m = _PERCENTILE.fullmatch(name)
+        if not (name in ("median", "mean", "min", "max", "total") or (m and 0 <= float(m[1]) <= 100)):
+            raise ValueError(f"unknown token statistic {name!r}: use pN (0-100, e.g. p10, p95), median, mean, min, max "
+                             "or total")
+    return tuple(names)
+
+
+def stat(name: str, values: np.ndarray) -> float:
+    if name == "mean":
+        return float(values.mean())
+    if name in ("min", "max"):
+        return float(getattr(values, name)())
+    if name == "total":
+        return float(values.sum())
+    q = 50.0 if name == "median" else float(_PERCENTILE.fullmatch(name)[1])
+    return float(np.percentile(values, q))
+
+
+def token_distributions(lengths: pa.Table, stats: tuple[str, ...] = DEFAULT_STATS) -> list[dict]:
+    """One row per bench x variant x measure of `token_lengths`, with the statistics asked for."""
+    if lengths.num_rows == 0:
+        return []
+    codes, groups = group_codes(lengths, ["bench", "variant", "measure"])
     order = np.argsort(codes, kind="stable")
     bounds = np.searchsorted(codes[order], np.arange(len(groups) + 1))
+    tokens = lengths["tokens"].to_numpy(zero_copy_only=False)
+    estimated = lengths["estimated"].to_numpy(zero_copy_only=False)
     out = []
-    for g, (bench, variant) in enumerate(groups):
+    for g, (bench, variant, measure) in enumerate(groups):
         idx = order[bounds[g] : bounds[g + 1]]
-        out.append(_describe(bench, variant, "completion", completion[idx], completion_est[idx]))
-        if has_reasoning[idx].any():
-            out.append(_describe(bench, variant, "reasoning", reasoning[idx], reasoning_est[idx]))
+        values, k = tokens[idx], int(estimated[idx].sum())
+        source = "tokens" if k == 0 else "chars/4" if k == len(values) else f"mixed ({k} of {len(values)} chars/4)"
+        out.append({"bench": bench, "variant": variant, "measure": measure, "n": len(values),
+                    **{name: stat(name, values) for name in stats}, "estimated": k, "source": source})
     return out
-
-
-def _describe(bench: str, variant: str, measure: str, values: np.ndarray, estimated: np.ndarray) -> dict:
-    p10, p50, p90 = np.percentile(values, [10, 50, 90])
-    k = int(estimated.sum())
-    source = "tokens" if k == 0 else "chars/4" if k == len(values) else f"mixed ({k} of {len(values)} chars/4)"
-    return {
-        "bench": bench,
-        "variant": variant,
-        "measure": measure,
-        "n": len(values),
-        "p10": float(p10),
-        "p50": float(p50),
-        "p90": float(p90),
-        "max": float(values.max()),
-        "mean": float(values.mean()),
-        "total": float(values.sum()),
-        "estimated": k,
-        "source": source,
-    }

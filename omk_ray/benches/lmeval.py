@@ -52,6 +52,9 @@ PRIMARY_METRICS = {
     "gpqa_diamond_cot_zeroshot": "exact_match,flexible-extract",
     "humaneval_chat": "pass@1,extract_chat",
 }
+# The doc fields that hold a problem's domain and subdomain, per task family (a task named
+# `<family>` or `<family>_...`); a bench's `domain_field` / `subdomain_field` options override them.
+DOMAIN_FIELDS = {"gpqa": ("High-level domain", "Subdomain")}
 # NLTK data some built-in tasks need at scoring time (fetched by `omk-ray fetch-data`).
 NLTK_NEEDS = {"ifeval": ("punkt_tab",)}
 
@@ -191,15 +194,22 @@ class LmEvalBench(Bench):
             task = make_task(self.config, records.rows, processed=False)
         docs = list(task.task_docs)
         raw = records.rows
-        if len(docs) != len(raw) and (self.options.id_field or self.options.domain_field):
-            raise ValueError(
-                f"bench {self.spec.name!r}: the task's process_docs changed the row count ({len(raw)} -> {len(docs)}), "
-                f"so id/domain fields of the raw rows cannot be matched"
-            )
+        if len(docs) != len(raw):
+            if self.options.id_field or self.options.domain_field or self.options.subdomain_field:
+                raise ValueError(
+                    f"bench {self.spec.name!r}: the task's process_docs changed the row count ({len(raw)} -> "
+                    f"{len(docs)}), so id/domain fields of the raw rows cannot be matched"
+                )
+            raw = []  # the task family's domain fields are then read from the processed docs only
         return [self._doc(task, i, doc, raw[i] if i < len(raw) else {}) for i, doc in enumerate(docs)]
+
+    @property
+    def domain_fields(self) -> tuple[str | None, str | None]:
+        return resolve_domain_fields(self.options.task, self.options.domain_field, self.options.subdomain_field)
 
     def _doc(self, task, index: int, doc: dict, raw: dict) -> Doc:
         opts = self.options
+        domain_field, subdomain_field = self.domain_fields
 
         def field(name: str | None) -> str | None:
             if not name:
@@ -211,8 +221,8 @@ class LmEvalBench(Bench):
             id=field(opts.id_field) or str(index),
             messages=prompt_messages(task, doc),
             target=doc_target(task, doc),
-            domain=field(opts.domain_field),
-            subdomain=field(opts.subdomain_field),
+            domain=field(domain_field),
+            subdomain=field(subdomain_field),
             meta={"doc": doc, "index": index},
         )
 
@@ -439,6 +449,13 @@ def resolve_primary(primary: str | None, task: str, cfg: dict[str, Any] | None =
     metric = ((cfg.get("metric_list") or [{}])[0]).get("metric", "exact_match")
     filters = cfg.get("filter_list") or [{"name": "none"}]
     return f"{metric if isinstance(metric, str) else metric.__name__},{filters[0]['name']}"
+
+
+def resolve_domain_fields(task: str, domain_field: str | None = None,
+                          subdomain_field: str | None = None) -> tuple[str | None, str | None]:
+    """The doc fields holding a problem's domain and subdomain: the ones named, else the task family's."""
+    family = next((f for name, f in DOMAIN_FIELDS.items() if task == name or task.startswith(f"{name}_")), (None, None))
+    return domain_field or family[0], subdomain_field or family[1]
 
 
 def to_score(metrics: dict[str, float], filtered: dict[str, Any], primary: str, response: str | None = None) -> Score:

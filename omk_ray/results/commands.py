@@ -49,13 +49,13 @@ def _load_grid(path: Path | None):
         _fail(str(err))
 
 
-def _pairs(values: list[str], option: str) -> dict[str, str]:
+def _pairs(values: list[str], option: str, example: str = "TASK=METRIC,FILTER, e.g. gsm8k=exact_match,flexible-extract"
+           ) -> dict[str, str]:
     out = {}
     for value in values:
         key, sep, metric = value.partition("=")
         if not sep or not key or not metric:
-            raise typer.BadParameter(f"{value!r}: expected TASK=METRIC,FILTER, e.g. gsm8k=exact_match,flexible-extract",
-                                     param_hint=option)
+            raise typer.BadParameter(f"{value!r}: expected {example}", param_hint=option)
         out[key] = metric
     return out
 
@@ -63,10 +63,11 @@ def _pairs(values: list[str], option: str) -> dict[str, str]:
 def _report_imports(reports) -> None:
     rows = []
     for r in reports:
+        domains = f"{' / '.join(f for f in r.domain_fields if f)} ({r.with_domain} rows)" if r.with_domain else "-"
         for key, (logged, ours) in (r.aggregates or {"-": (float("nan"), float("nan"))}).items():
             rows.append({"bench": r.bench, "task": r.task, "samples": r.rows, "metric": key,
                          "logged": f"{logged:.4f}", "from rows": f"{ours:.4f}",
-                         "reproduced": "yes" if r.reproduced else "NO"})
+                         "reproduced": "yes" if r.reproduced else "NO", "domains": domains})
     _print_rows(rows, "imported")
     if not all(r.reproduced for r in reports):
         _fail("some imported aggregates differ from the run's own results file (see 'reproduced')", code=1)
@@ -88,17 +89,29 @@ def register(app: typer.Typer) -> None:
             None, "--config", help="grid whose benches name the tasks (bench options.task), primary metrics and ids"),
         primary_metric: list[str] = typer.Option(
             [], "--primary-metric", help="TASK=METRIC,FILTER: the metric that becomes `score` (repeatable)"),
+        domain_field: list[str] = typer.Option(
+            [], "--domain-field", help="TASK=FIELD: the doc field holding each problem's domain (repeatable; "
+                                       "GPQA tasks: 'High-level domain' by default)"),
+        subdomain_field: list[str] = typer.Option(
+            [], "--subdomain-field", help="TASK=FIELD: the doc field holding each problem's subdomain (GPQA: "
+                                          "'Subdomain' by default)"),
+        model: Optional[str] = typer.Option(
+            None, "--model", help="the variant's checkpoint folder or hub id: its facts (parameters, experts, drop "
+                                  "map) are read from the safetensors headers and provenance, never the weights"),
+        revision: Optional[str] = typer.Option(None, "--revision", help="hub revision of --model"),
     ) -> None:
         """Import lm-eval per-sample logs: one row per doc, every metric of every filter in its metric map.
 
-        Prints each aggregate of the run's results file next to the same aggregate recomputed
-        from the imported rows; exits 1 if any differs.
-        """
+        Prints each aggregate of the run's results file next to the same aggregate recomputed from the imported rows; exits 1 if any differs. Domains come from the doc fields named by --domain-field / --subdomain-field, else by the grid's bench options domain_field / subdomain_field, else by the task's defaults (GPQA: High-level domain, Subdomain).
+        """  # noqa: E501 (typer keeps line breaks: one paragraph per line)
         from omk_ray.results.importers import LogImportError, import_lmeval
 
         grid = _load_grid(config)
+        fields = "TASK=FIELD, e.g. my_task=category"
         try:
-            reports = import_lmeval(folder, variant, results, grid, _pairs(primary_metric, "--primary-metric"))
+            reports = import_lmeval(folder, variant, results, grid, _pairs(primary_metric, "--primary-metric"),
+                                    _pairs(domain_field, "--domain-field", fields),
+                                    _pairs(subdomain_field, "--subdomain-field", fields), model, revision)
         except (LogImportError, OSError, ValueError) as err:
             _fail(str(err))
         _report_imports(reports)
@@ -109,12 +122,14 @@ def register(app: typer.Typer) -> None:
         variant: str = typer.Option(..., "--variant", "-v", help="variant name the imported rows get"),
         results: Path = typer.Option(..., "--results", "-r", help="results folder to import into"),
         bench: str = typer.Option("lcb_medium", "--bench", help="bench name of the rows"),
+        model: Optional[str] = typer.Option(None, "--model", help="the variant's checkpoint folder or hub id (facts)"),
+        revision: Optional[str] = typer.Option(None, "--revision", help="hub revision of --model"),
     ) -> None:
         """Import the upstream LiveCodeBench runner's per-problem samples (pass/fail, tokens, finish reason)."""
         from omk_ray.results.importers import LogImportError, import_lcb
 
         try:
-            report = import_lcb(file, variant, results, bench)
+            report = import_lcb(file, variant, results, bench, model, revision)
         except (LogImportError, OSError, ValueError) as err:
             _fail(str(err))
         _report_imports([report])

@@ -3,7 +3,9 @@
 `import_lmeval(DIR, ...)`: every lm-eval `samples_<task>_<date>.jsonl` under DIR with its
 `results_<date>.json`. lm-eval logs one line per doc and filter; omk-ray keeps one row per doc,
 all metrics of all filters in the metric map under lm-eval's keys (`exact_match,strict-match`),
-`score`/`correct` from the bench's primary metric, `extracted_answer` from that metric's filter.
+`score`/`correct` from the bench's primary metric, `extracted_answer` from that metric's filter,
+`domain`/`subdomain` from the doc fields the bench names (GPQA's `High-level domain` and
+`Subdomain` by default, see `omk_ray.benches.lmeval.resolve_domain_fields`).
 
 `import_lcb(FILE, ...)`: the upstream LiveCodeBench runner's `*.samples.jsonl` (one line per
 problem: task_id, passed, completion, cleaned code, token counts, finish_reason).
@@ -12,6 +14,11 @@ Logs without token counts get nulls there and the metric flag `tokens_missing` =
 analysis knows to estimate tokens from characters (chars / 4). The docs of imported lm-eval
 samples are kept next to the samples (`benches/<bench>.docs.jsonl`) with the bench's spec
 (`benches/<bench>.json`), so `omk-ray rescore` can score them again without the dataset.
+
+The variant's facts for the model card (parameters, experts, drop map recipe; see
+`omk_ray.variants.facts`) are read at import from the checkpoint folder or hub id given as
+`model` (headers only), or from the grid variant of the same name (its `model` and `facts`), and
+kept in `variants/<variant>.json`.
 """
 
 from __future__ import annotations
@@ -24,13 +31,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from omk_ray.benches.lmeval import aggregate, first_text, metric_values, resolve_primary
-from omk_ray.config import BenchSpec, GridConfig, Recipe, stable_hash
-from omk_ray.results.schema import rows_to_table
+from omk_ray.benches.lmeval import aggregate, first_text, metric_values, resolve_domain_fields, resolve_primary
+from omk_ray.config import BenchSpec, DeclaredFacts, GridConfig, Recipe, stable_hash
+from omk_ray.results.schema import TOKENS_MISSING, rows_to_table
 from omk_ray.results.store import ResultsStore
+from omk_ray.variants.facts import Facts, FactsError, checkpoint_facts
 
 SAMPLES_NAME = re.compile(r"^samples_(?P<task>.+)_(?P<stamp>\d{4}-\d{2}-\d{2}T[\d.\-]+)\.jsonl$")
-TOKENS_MISSING = "tokens_missing"
 # Scorer used by `rescore` for code tasks imported from lm-eval: run the stored program + tests.
 PROGRAM_TESTS = "program_tests"
 
@@ -46,6 +53,8 @@ class ImportReport:
     rows: int
     source: str
     shard: str
+    domain_fields: tuple[str | None, str | None] = (None, None)
+    with_domain: int = 0  # rows that got a domain or subdomain
     # aggregate key -> (value in the run's own results file, value recomputed from the imported rows)
     aggregates: dict[str, tuple[float, float]] = field(default_factory=dict)
 
@@ -82,20 +91,68 @@ def import_lmeval(
     results_root: Path,
     grid: GridConfig | None = None,
     primary_metrics: dict[str, str] | None = None,
+    domain_fields: dict[str, str] | None = None,
+    subdomain_fields: dict[str, str] | None = None,
+    model: str | None = None,
+    revision: str | None = None,
 ) -> list[ImportReport]:
     """Import every lm-eval log under `folder` as `variant`.
 
     A grid maps tasks to its benches (the bench whose `options.task` names the task, or whose
-    name is the task) and supplies their primary metric and doc-id field; otherwise the bench is
-    named after the task. `primary_metrics` (task or bench -> "metric,filter") overrides both.
+    name is the task) and supplies their primary metric, doc-id field and domain fields; otherwise
+    the bench is named after the task. `primary_metrics` (task or bench -> "metric,filter"),
+    `domain_fields` and `subdomain_fields` (task or bench -> doc field) override both. `model`
+    (a checkpoint folder or hub id) is where the variant's facts are read.
     """
     store = ResultsStore(results_root)
+    logs = find_lmeval_logs(folder)
+    facts = variant_facts(variant, grid, model, revision)  # before anything is written: a bad model stops here
     reports = []
-    for samples_path, results_path, task in find_lmeval_logs(folder):
+    for samples_path, results_path, task in logs:
         spec = _bench_for_task(task, grid)
-        primary = (primary_metrics or {}).get(task) or (primary_metrics or {}).get(spec.name)
-        reports.append(_import_one(store, samples_path, results_path, task, spec, variant, primary))
+
+        def given(option: dict[str, str] | None) -> str | None:
+            return (option or {}).get(task) or (option or {}).get(spec.name)
+
+        named = (("domain_field", given(domain_fields)), ("subdomain_field", given(subdomain_fields)))
+        options = {k: v for k, v in named if v}
+        spec = spec.model_copy(update={"options": {**spec.options, **options}})
+        reports.append(_import_one(store, samples_path, results_path, task, spec, variant, given(primary_metrics)))
+    _write_variant_facts(store, variant, facts)
     return reports
+
+
+def variant_facts(variant: str, grid: GridConfig | None, model: str | None, revision: str | None) -> Facts | None:
+    """The facts of an imported variant: from `model` (the Hub too; an error if unreadable), else from the
+    grid's variant of that name (its checkpoint if it is here or in the Hugging Face cache, and its `facts`)."""
+    spec = next((v for v in grid.variants if v.name == variant), None) if grid else None
+    declared: DeclaredFacts | None = spec.facts if spec else None
+    if model is not None:
+        try:
+            return checkpoint_facts(model, revision, online=True).merged(declared)
+        except FactsError as err:
+            raise LogImportError(f"variant {variant!r}: cannot read its facts from --model: {err}") from None
+    if spec is None:
+        return None
+    try:
+        facts = checkpoint_facts(spec.model, spec.revision) if spec.model else Facts()
+    except FactsError as err:
+        facts = Facts(model=spec.model, source=f"unread: {err}")
+    return facts.merged(declared)
+
+
+def variant_sidecar_path(root: Path, variant: str) -> Path:
+    return Path(root) / "variants" / f"{variant}.json"
+
+
+def _write_variant_facts(store: ResultsStore, variant: str, facts: Facts | None) -> None:
+    if facts is None:
+        return
+    path = variant_sidecar_path(store.root, variant)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"variant": variant, "facts": facts.to_dict()}, indent=2))
+    tmp.replace(path)
 
 
 def _bench_for_task(task: str, grid: GridConfig | None) -> BenchSpec:
@@ -158,6 +215,7 @@ def _import_one(
     revision = f"{dataset}{'/' + config['dataset_name'] if config.get('dataset_name') else ''}@unrecorded"
     id_field = spec.options.get("id_field")
     primary_filter = primary.split(",", 1)[1]
+    fields = _domain_fields(samples_path, task, spec, [lines[0]["doc"] for lines in by_doc.values()])
 
     rows, docs = [], []
     for doc_id, lines in sorted(by_doc.items()):
@@ -186,6 +244,8 @@ def _import_one(
             "response": first_text(lines[0]["resps"]),
             "extracted_answer": _extracted(filtered.get(primary_filter), lines[0]["resps"]),
             "target": None if lines[0].get("target") is None else str(lines[0]["target"]),
+            "domain": _text(doc.get(fields[0])) if fields[0] else None,
+            "subdomain": _text(doc.get(fields[1])) if fields[1] else None,
             "score": value,
             "correct": value >= 1.0,
             "metrics": metrics,
@@ -198,13 +258,33 @@ def _import_one(
         })
         docs.append({"doc_id": sample_id, "index": doc_id, "doc": doc})
 
-    report = ImportReport(spec.name, task, len(rows), str(samples_path), "")
+    report = ImportReport(spec.name, task, len(rows), str(samples_path), "", fields,
+                          sum(r["domain"] is not None or r["subdomain"] is not None for r in rows))
     maps = [r["metrics"] for r in rows]
     for key in metric_keys:
         report.aggregates[key] = (float(logged[key]), aggregate(maps, key))
     report.shard = str(_write(store, rows, variant, spec.name, f"import-{task}"))
     _write_bench_sidecar(store, spec, docs, source=str(samples_path))
     return report
+
+
+def _domain_fields(samples_path: Path, task: str, spec: BenchSpec, docs: list[dict]) -> tuple[str | None, str | None]:
+    """The doc fields of domain and subdomain: the ones named must be in the docs; the task
+    family's defaults are used where the docs have them."""
+    named = (spec.options.get("domain_field"), spec.options.get("subdomain_field"))
+    out = []
+    for name, resolved in zip(named, resolve_domain_fields(task, *named)):
+        present = resolved is not None and any(resolved in d for d in docs)
+        if name and not present:
+            known = sorted({k for d in docs for k in d})
+            raise LogImportError(f"{samples_path}: no doc has the field {name!r} named for the domain of bench "
+                                 f"{spec.name!r} (doc fields: {', '.join(known)})")
+        out.append(resolved if present else None)
+    return out[0], out[1]
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
 
 
 def _extracted(filtered: Any, resps: Any) -> str | None:
@@ -243,9 +323,11 @@ def _timestamp(value: Any) -> datetime | None:
 # -- LiveCodeBench -------------------------------------------------------------------------------
 
 
-def import_lcb(path: Path, variant: str, results_root: Path, bench: str = "lcb_medium") -> ImportReport:
+def import_lcb(path: Path, variant: str, results_root: Path, bench: str = "lcb_medium", model: str | None = None,
+               revision: str | None = None) -> ImportReport:
     """Import the upstream LCB runner's per-problem samples (FILE.samples.jsonl, or its lcb_result.json)."""
     path = Path(path)
+    facts = variant_facts(variant, None, model, revision)
     samples_path = path if path.name.endswith(".samples.jsonl") else path.with_name(path.stem + ".samples.jsonl")
     if not samples_path.is_file():
         raise LogImportError(f"{path}: no LiveCodeBench samples file ({samples_path.name})")
@@ -291,6 +373,7 @@ def import_lcb(path: Path, variant: str, results_root: Path, bench: str = "lcb_m
         report.aggregates["pass@1"] = (float(summary["pass_at_1"]), aggregate([r["metrics"] for r in rows], "pass@1"))
     store = ResultsStore(results_root)
     report.shard = str(_write(store, rows, variant, bench, "import-lcb"))
+    _write_variant_facts(store, variant, facts)
     # Rescoring runs the problems' tests again: the livecodebench bench (its data from the cache).
     _write_bench_sidecar(store, BenchSpec(name=bench, kind="livecodebench"), [], source=str(samples_path))
     return report

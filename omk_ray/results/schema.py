@@ -46,6 +46,26 @@ COLUMNS = SAMPLE_SCHEMA.names
 RESUME_KEY = ("variant_fingerprint", "recipe_hash", "bench", "doc_id", "repeat")
 
 
+# The metrics map holds a sample's scores under their scorer's keys ("exact_match,flexible-extract",
+# "pass@1") and, beside them, bookkeeping about the sample that no statistic may take for a score.
+# Bookkeeping keys are named by one rule, `is_score_key`, which every reader of scores honours:
+TOKENS_MISSING = "tokens_missing"  # flag: the log had no token counts (estimate from chars / 4)
+THINKING_BUDGET_HIT = "thinking_budget_hit"  # flag: the engine closed the thought at the budget
+BOOKKEEPING_PREFIXES = (
+    "score@",  # an earlier scorer version's score, kept by `omk-ray rescore`
+    "sandbox_",  # code benches: the sandbox's verdict (sandbox_fail, sandbox_error, sandbox_timeout)
+    "tests_",  # code benches: tests passed / total (counts)
+)
+BOOKKEEPING_SUFFIXES = ("/n",)  # the length of a list-valued metric (IFEval's instruction-level accuracy)
+BOOKKEEPING_KEYS = frozenset({TOKENS_MISSING, THINKING_BUDGET_HIT})
+
+
+def is_score_key(key: str) -> bool:
+    """Whether a key of the metrics map is a score (and not a flag, a count or an earlier score)."""
+    return key not in BOOKKEEPING_KEYS and not key.startswith(BOOKKEEPING_PREFIXES) and not key.endswith(
+        BOOKKEEPING_SUFFIXES)
+
+
 def rows_to_table(rows: list[dict]) -> pa.Table:
     """Rows as dicts (missing columns become null) -> a table in SAMPLE_SCHEMA."""
     return pa.Table.from_pylist([{c: r.get(c) for c in COLUMNS} for r in rows], schema=SAMPLE_SCHEMA)

@@ -6,6 +6,7 @@
     surgery.prune_checkpoint(model_dir, drop_map, out_dir, provenance=None)      -> pruned checkpoint
     quantize.quantize_checkpoint(model_dir, out_dir, scheme="NVFP4A16")          -> quantized checkpoint
     registry.ensure_variant(build_spec, artifact_root)                           -> artifact_root/<fingerprint>
+    facts.checkpoint_facts(model_dir_or_hub_id)                                  -> parameters, experts, recipe
 
 Nothing heavy (torch, transformers, ray, llm-compressor) is imported until it is used.
 """

@@ -1,0 +1,285 @@
+"""A variant's facts, the model card's first table: read from its checkpoint's headers and provenance.
+
+    checkpoint_facts(model, revision=None, online=False) -> Facts
+        parameter counts (total, in experts, active per token) summed over the safetensors
+        headers (the tensor table only: no weight is read), experts per MoE layer and top-k from
+        config.json, and from `omk_ray_provenance.json` (written by `omk-ray prune`, the grid
+        builds and `omk-ray quantize`) the experts dropped per layer and the drop map's recipe.
+        `model` is a checkpoint folder, else a Hugging Face hub id: its local cache, or with
+        `online` the Hub's headers (range requests, `get_safetensors_metadata`).
+    Facts.merged(declared): with the facts a grid variant declares by hand (`facts:`, validated by
+        `omk_ray.config.DeclaredFacts`), for a checkpoint not at hand (a GGUF behind an endpoint,
+        a model evaluated elsewhere).
+
+Quantized checkpoints count logical parameters: compressed-tensors' packed weights
+(`*.weight_packed`) hold 8/bits values per byte of their dtype, and scales, zero points and
+global scales are not parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omk_ray.config import DeclaredFacts
+from omk_ray.variants.checkpoint import CheckpointError, read_tensors
+from omk_ray.variants.surgery import EXPERT_COUNT_KEYS, PROVENANCE_NAME, TOP_K_KEYS, find_keys
+
+_EXPERT = re.compile(r"(?:^|\.)experts\.")  # fused `experts.gate_up_proj`, per-expert `mlp.experts.7.w1.weight`
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+_QUANT_AUX = ("weight_scale", "weight_global_scale", "input_global_scale", "weight_zero_point", "weight_shape",
+              "input_scale", "weight_g_idx")
+_DTYPE_BITS = {"BOOL": 8, "U8": 8, "I8": 8, "F8_E4M3": 8, "F8_E5M2": 8, "F8_E8M0": 8, "I16": 16, "U16": 16, "F16": 16,
+               "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "I64": 64, "U64": 64, "F64": 64}
+
+
+class FactsError(ValueError):
+    """A model whose facts cannot be read; the message names the model and the problem."""
+
+
+@dataclass
+class Facts:
+    model: str | None = None
+    total_params: float | None = None
+    expert_params: float | None = None
+    active_params: float | None = None  # per token: everything but the experts a token's router does not pick
+    moe_layers: int | None = None
+    experts_per_layer: int | None = None
+    base_experts: int | None = None  # experts per layer of the checkpoint it was pruned from
+    dropped_per_layer: int | None = None
+    top_k: int | None = None
+    quantization: str | None = None
+    drop_map: str | None = None  # the recipe, in words
+    recipe: dict[str, Any] = field(default_factory=dict)  # the recipe's fields, as the provenance records them
+    source: str = ""  # where these facts come from
+
+    @property
+    def capacity_removed(self) -> float | None:
+        """Share of each MoE layer's experts that were dropped."""
+        if self.dropped_per_layer is None or not self.base_experts:
+            return None
+        return self.dropped_per_layer / self.base_experts
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "capacity_removed": self.capacity_removed}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Facts":
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def merged(self, declared: "DeclaredFacts | None") -> "Facts":
+        """These facts with every field `declared` sets written over them."""
+        if declared is None:
+            return self
+        given = declared.model_dump(exclude_none=True)
+        if not given:
+            return self
+        source = f"{self.source}; declared in the grid" if self.source else "declared in the grid"
+        return Facts(**{**asdict(self), **given, "source": source})
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+def checkpoint_facts(model: str, revision: str | None = None, online: bool = False) -> Facts:
+    """The facts of a checkpoint folder or hub id (see the module docstring). Raises FactsError."""
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        config, provenance = _read_json(folder / "config.json"), _read_json(folder / PROVENANCE_NAME, required=False)
+        return facts_from(model, config, _local_tensors(folder), provenance, f"checkpoint {folder}")
+    cached = _hub_cache(model, revision)
+    if cached is not None:
+        facts = checkpoint_facts(str(cached))
+        facts.model, facts.source = model, f"hub {model} (local cache)"
+        return facts
+    if not online:
+        raise FactsError(f"{model}: not a local folder, and not in the Hugging Face cache")
+    return _hub_facts(model, revision)
+
+
+def facts_from(model: str, config: dict, tensors: list[tuple[str, str, tuple[int, ...]]], provenance: dict | None,
+               source: str) -> Facts:
+    """Facts from a config, the tensor table (name, dtype, shape) and the provenance record."""
+    bits = _quant_bits(config)
+    total = expert = 0
+    layers: set[int] = set()
+    for name, dtype, shape in tensors:
+        n = _logical(name, dtype, shape, bits)
+        total += n
+        if _EXPERT.search(name):
+            expert += n
+            if m := _LAYER.search(name):
+                layers.add(int(m[1]))
+    experts = _one(config, EXPERT_COUNT_KEYS)
+    top_k = _one(config, TOP_K_KEYS)
+    active = None
+    if experts and top_k and tensors:
+        active = total - expert * (1 - top_k / experts)
+    facts = Facts(model=model, total_params=float(total) if tensors else None,
+                  expert_params=float(expert) if tensors else None, active_params=active, moe_layers=len(layers) or None,
+                  experts_per_layer=experts, top_k=top_k, quantization=_quantization(config), source=source)
+    _add_provenance(facts, provenance or {})
+    return facts
+
+
+def _local_tensors(folder: Path) -> list[tuple[str, str, tuple[int, ...]]]:
+    try:
+        return [(t.name, t.dtype, t.shape) for t in read_tensors(folder).values()]
+    except CheckpointError as err:
+        raise FactsError(str(err)) from None
+
+
+def _hub_cache(model: str, revision: str | None) -> Path | None:
+    """The cached snapshot folder of a hub model with its config and weights, if any."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(model, revision=revision, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not a repo id, not cached: no local copy
+        return None
+    return path if (path / "config.json").is_file() and any(path.glob("*.safetensors")) else None
+
+
+def _hub_facts(model: str, revision: str | None) -> Facts:
+    """Facts over the network: config.json and the provenance file, and the headers (not the weights)."""
+    from huggingface_hub import HfApi, hf_hub_download
+
+    try:
+        config = json.loads(Path(hf_hub_download(model, "config.json", revision=revision)).read_text())
+        meta = HfApi().get_safetensors_metadata(model, revision=revision)
+    except Exception as err:  # noqa: BLE001 - offline, gated, no such repo, no safetensors
+        raise FactsError(f"{model}: cannot read its config and safetensors headers from the Hub: {err}") from None
+    try:
+        provenance = json.loads(Path(hf_hub_download(model, PROVENANCE_NAME, revision=revision)).read_text())
+    except Exception:  # noqa: BLE001 - most models have no provenance file
+        provenance = None
+    tensors = [(name, info.dtype, tuple(info.shape))
+               for f in meta.files_metadata.values() for name, info in f.tensors.items()]
+    return facts_from(model, config, tensors, provenance, f"hub {model}" + (f"@{revision}" if revision else ""))
+
+
+def _read_json(path: Path, required: bool = True) -> dict | None:
+    if not path.is_file():
+        if required:
+            raise FactsError(f"{path.parent}: no {path.name} (is this a Hugging Face checkpoint folder?)")
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise FactsError(f"{path}: not valid JSON: {err}") from None
+
+
+# -- counting -----------------------------------------------------------------------------------
+
+
+def _logical(name: str, dtype: str, shape: tuple[int, ...], bits: int) -> int:
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf in _QUANT_AUX:
+        return 0
+    n = math.prod(shape)
+    if leaf == "weight_packed":
+        return n * _DTYPE_BITS.get(dtype, 8) // bits
+    return n
+
+
+def _quant_bits(config: dict) -> int:
+    quant = next((v for _, v in find_keys(config, ("quantization_config",), int_only=False)), None) or {}
+    for group in (quant.get("config_groups") or {}).values():
+        bits = ((group or {}).get("weights") or {}).get("num_bits")
+        if isinstance(bits, int) and bits > 0:
+            return bits
+    return 4
+
+
+def _quantization(config: dict) -> str:
+    quant = next((v for _, v in find_keys(config, ("quantization_config",), int_only=False)), None)
+    if isinstance(quant, dict):
+        parts = [quant.get("quant_method"), quant.get("format") or quant.get("quant_algo")]
+        return " ".join(str(p) for p in parts if p) or "quantized"
+    dtype = next((v for _, v in find_keys(config, ("torch_dtype", "dtype"), int_only=False) if v), None)
+    return f"none ({dtype})" if dtype else "none"
+
+
+def _one(config: dict, keys: tuple[str, ...]) -> int | None:
+    """The one value of these integer keys anywhere in the config (None if absent or ambiguous)."""
+    values = {v for _, v in find_keys(config, keys)}
+    return values.pop() if len(values) == 1 else None
+
+
+# -- provenance -------------------------------------------------------------------------------
+
+
+def _add_provenance(facts: Facts, record: dict) -> None:
+    """Walk the provenance chain (quantize -> prune -> ...): the prune's expert counts and recipe,
+    the quantizer's scheme."""
+    chain = []
+    while isinstance(record, dict) and record:
+        chain.append(record)
+        record = record.get("base_provenance")
+    for r in chain:
+        if r.get("scheme") and facts.quantization and not facts.quantization.startswith("none"):
+            facts.quantization = f"{r['scheme']} ({facts.quantization})"
+        counts = r.get("num_experts")
+        if isinstance(counts, dict) and facts.dropped_per_layer is None:
+            facts.base_experts = counts.get("before")
+            if counts.get("before") is not None and counts.get("after") is not None:
+                facts.dropped_per_layer = counts["before"] - counts["after"]
+            facts.recipe = _recipe(r)
+            facts.drop_map = describe_recipe(facts.recipe)
+
+
+def _recipe(record: dict) -> dict[str, Any]:
+    """The drop map's recipe from a prune record: a grid build's `build` block, or the plan parameters
+    `omk-ray prune --summary` recorded as `strategy`."""
+    build = record.get("build") or {}
+    plan = record.get("strategy") if isinstance(record.get("strategy"), dict) else {}
+    recipe: dict[str, Any] = {}
+    for key in ("strategy", "normalize", "alpha", "protect_top", "protect_per_class", "weights", "params",
+                "split_classes"):
+        value = build.get(key, plan.get(key))
+        if value not in (None, {}, []):
+            recipe[key] = value
+    classes = build.get("classes") or plan.get("classes")
+    if classes:
+        recipe["classes"] = list(classes)  # the plan records {name: merged classes}: its names
+    for key, what in (("scores", "CD scores"), ("profile_prompts", "profiled on"), ("drop_map", "drop map")):
+        value = build.get(key)
+        if value == "default":
+            recipe["source"] = f"{what} the shipped prompts"
+        elif isinstance(value, str):
+            recipe["source"] = f"{what} {Path(value).name}"
+        elif isinstance(value, dict):
+            recipe["source"] = "a drop map given inline"
+    if record.get("drop_map_hash"):
+        recipe["drop_map_hash"] = record["drop_map_hash"]
+    return recipe
+
+
+def describe_recipe(recipe: dict[str, Any]) -> str:
+    """The recipe in the card's words, e.g. "max over mean-normalized classes, protect_top 16, CD scores cd.json"."""
+    strategy = recipe.get("strategy")
+    if strategy is None:
+        parts = []
+    elif strategy == "pooled":
+        parts = ["pooled over classes"]
+    else:
+        parts = [f"{strategy} over {recipe.get('normalize', 'mean')}-normalized classes"
+                 + (f" ({', '.join(recipe['classes'])})" if recipe.get("classes") else "")]
+    split = recipe.get("split_classes")
+    if split:
+        parts.append(f"{', '.join(split)} split into subclasses")
+    for key in ("protect_top", "protect_per_class"):
+        if recipe.get(key):
+            parts.append(f"{key} {recipe[key]}")
+    if recipe.get("weights"):
+        parts.append("weights " + ", ".join(f"{k}={v:g}" for k, v in recipe["weights"].items()))
+    if recipe.get("params"):
+        parts.append(", ".join(f"{k}={v:g}" for k, v in recipe["params"].items()))
+    if recipe.get("source"):
+        parts.append(recipe["source"])
+    return ", ".join(parts) or "unrecorded"
