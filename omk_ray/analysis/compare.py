@@ -15,6 +15,7 @@ from omk_ray.analysis.anomalies import AnomalyRules, anomalies, text_features
 from omk_ray.analysis.cohort import Guard, check_cohorts
 from omk_ray.analysis.declared import Declared, read_declared
 from omk_ray.analysis.domains import domain_breakdown
+from omk_ray.analysis.experts import expert_tables
 from omk_ray.analysis.samples import (
     SCORE_COLUMN, AnalysisError, Pair, load_rows, pairs, per_problem, with_primary_score,
 )  # fmt: skip
@@ -33,6 +34,7 @@ class CompareOptions(BaseModel):
     allow_mismatch: bool = False
     resamples: int = Field(2000, ge=100, description="bootstrap resamples for the confidence intervals")
     anomaly: AnomalyRules = AnomalyRules()
+    drop_maps: dict[str, str] = Field(default_factory=dict, description="variant -> drop-map file (default: provenance)")
 
 
 # Parquet schemas of the tables, so that empty tables keep their columns and types.
@@ -121,13 +123,17 @@ def compare(results: str | Path, options: CompareOptions) -> Comparison:
     notes.extend(_coverage_notes(paired, options.baseline))
     have = {(p.variant, p.bench) for p in paired}
     notes.extend(f"{b}: no samples of {v}" for v in variants for b in benches if (v, b) not in have)
+    tables = _tables(rows, paired, guard, primary, declared, options)
+    exposure, exposure_notes = expert_tables(store, rows, paired, options.baseline, variants, options.drop_maps)
+    tables.update(exposure)
+    notes.extend(exposure_notes)
     return Comparison(
         baseline=options.baseline,
         variants=variants,
         benches=benches,
         primary=primary,
         guard=guard,
-        tables=_tables(rows, paired, guard, primary, declared, options),
+        tables=tables,
         notes=notes,
         results=str(results),
     )
