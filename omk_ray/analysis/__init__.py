@@ -7,4 +7,5 @@ scoreboard.py, agreement.py, domains.py, tokens.py, anomalies.py   the tables
 compare.py   `compare(results, CompareOptions)` -> Comparison (every table as Arrow)
 sections.py  the report's content once; markdown.py, html.py (+ plots.py, inline SVG), report.py write it
 canary.py    structural rules over sample rows, and the generation-mode canary run
+experts.py   dropped-expert exposure: the baseline's routing (`omk-ray route`) on a variant's dropped experts
 """

@@ -104,25 +104,24 @@ def baseline_routing(store: ResultsStore, baseline: str, keys: pa.Table | None =
         experts = widths.pop()
         docs = sorted(set(part["doc_id"].to_pylist()), key=natural_key)
         layers = sorted(set(part["layer"].to_pylist()))
-        doc_at, layer_at = {d: i for i, d in enumerate(docs)}, {l: i for i, l in enumerate(layers)}
-        p = np.array([doc_at[d] for d in part["doc_id"].to_pylist()])
-        s = np.array([SEGMENTS.index(x) for x in part["segment"].to_pylist()])
-        l_ = np.array([layer_at[x] for x in part["layer"].to_pylist()])
+        doc_at = {d: i for i, d in enumerate(docs)}
+        at = (np.array([doc_at[d] for d in part["doc_id"].to_pylist()]),
+              np.array([SEGMENTS.index(x) for x in part["segment"].to_pylist()]),
+              np.searchsorted(layers, part["layer"].to_numpy()))
         weight = np.zeros((len(docs), len(SEGMENTS), len(layers), experts))
         tokens = np.zeros_like(weight)
-        np.add.at(weight, (p, s, l_), pc.list_flatten(part["weight"]).to_numpy().reshape(-1, experts))
-        np.add.at(tokens, (p, s, l_), pc.list_flatten(part["tokens"]).to_numpy().reshape(-1, experts))
+        np.add.at(weight, at, pc.list_flatten(part["weight"]).to_numpy().reshape(-1, experts))
+        np.add.at(tokens, at, pc.list_flatten(part["tokens"]).to_numpy().reshape(-1, experts))
         out[bench] = Routing(bench, docs, layers, weight, tokens)
     return out
 
 
 def variant_drop_map(store: ResultsStore, variant: str) -> tuple[dict[str, list[int]] | None, str]:
     """(drop map, where it came from) from the provenance of the checkpoint the variant's runs used."""
+    from omk_ray.variants.routing import checkpoint_of
     from omk_ray.variants.surgery import PROVENANCE_NAME
 
-    path = None
-    for run in store.runs():
-        path = (run.manifest().get("model_paths") or {}).get(variant) or path
+    path = checkpoint_of(store, variant)
     if not path:
         return None, f"no run manifest names the checkpoint of {variant!r}"
     provenance = Path(path) / PROVENANCE_NAME
@@ -391,7 +390,10 @@ def expert_sections(c) -> list:
              for r in mine],
             [False] + [True] * 8,
         )
-        out.append(Section(f"Exposure by domain: {key[1]} on {key[0]}", level=3, tables=[table]))
+        ranked = sorted((r for r in mine if r["level"] == "domain"), key=lambda r: -r["exposure_mean"])
+        line = ", ".join(f"{r['domain']} {pct(100 * r['exposure_mean'], 1)}" for r in ranked)
+        out.append(Section(f"Exposure by domain: {key[1]} on {key[0]}", level=3, tables=[table],
+                           paragraphs=[f"Domains from most to least exposed: {line}."] if len(ranked) > 1 else []))
     experts = c.rows("exposure_experts")
     for key in dict.fromkeys((r["bench"], r["variant"]) for r in experts):
         mine = [r for r in experts if (r["bench"], r["variant"]) == key]

@@ -13,16 +13,15 @@ by `omk-ray route`, read by `omk-ray experts` and `compare`; any Parquet reader 
 
 from __future__ import annotations
 
-import os
 import shutil
 import uuid
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 from omk_ray.results.schema import RESUME_KEY
+from omk_ray.results.store import write_parquet
 
 ROUTING_DIR = "routing"
 SEGMENTS = ("prompt", "reasoning", "answer")
@@ -52,11 +51,7 @@ class RoutingTable:
         """One shard, written aside and renamed: a crash leaves the whole shard or nothing."""
         folder = self.root / variant / bench
         folder.mkdir(parents=True, exist_ok=True)
-        final = folder / f"part-{uuid.uuid4().hex[:12]}.parquet"
-        tmp = folder / f".tmp-{final.name}"
-        pq.write_table(table.cast(ROUTING_SCHEMA), tmp)
-        os.replace(tmp, final)
-        return final
+        return write_parquet(table.cast(ROUTING_SCHEMA), folder / f"part-{uuid.uuid4().hex[:12]}.parquet")
 
     def shard_paths(self, variant: str | None = None) -> list[Path]:
         folder = self.root / variant if variant else self.root

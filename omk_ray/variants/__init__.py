@@ -6,6 +6,7 @@
     surgery.prune_checkpoint(model_dir, drop_map, out_dir, provenance=None)      -> pruned checkpoint
     quantize.quantize_checkpoint(model_dir, out_dir, scheme="NVFP4A16")          -> quantized checkpoint
     registry.ensure_variant(build_spec, artifact_root)                           -> artifact_root/<fingerprint>
+    routing.route_variant(results, variant, model=None)                          -> RESULTS/routing/ side table
 
 Nothing heavy (torch, transformers, ray, llm-compressor) is imported until it is used.
 """

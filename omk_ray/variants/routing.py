@@ -113,7 +113,6 @@ class SampleSource:
         self.variant = variant
         self.specs: dict = {}
         self.recipes: dict[tuple[str, str], Recipe] = {}
-        self.model_path: str | None = None
         for run in store.runs():
             manifest = run.manifest()
             if not manifest.get("config"):
@@ -126,7 +125,7 @@ class SampleSource:
                 self.specs[bench.name] = bench
                 recipe = grid.recipe_for(spec, bench)
                 self.recipes[(bench.name, recipe.hash)] = recipe
-            self.model_path = (manifest.get("model_paths") or {}).get(variant) or self.model_path
+        self.model_path = checkpoint_of(store, variant)
         self._messages: dict[str, dict[str, list[dict]]] = {}
         self._imported: dict[str, dict[str, str]] = {}
 
@@ -173,6 +172,14 @@ class SampleSource:
                         found[str(record["doc_id"])] = record["prompt"]
             self._imported[bench] = found
         return self._imported[bench]
+
+
+def checkpoint_of(store: ResultsStore, variant: str) -> str | None:
+    """The checkpoint the variant's latest run loaded (run manifests record it), if any."""
+    path = None
+    for run in store.runs():
+        path = (run.manifest().get("model_paths") or {}).get(variant) or path
+    return path
 
 
 def _logged_messages(prompt: str) -> list[dict] | None:
