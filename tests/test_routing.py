@@ -112,6 +112,30 @@ def test_teacher_forced_routing_equals_the_routing_recorded_while_generating(tmp
     assert forced.routed == 4 and RoutingTable(tmp_path / "results").read("toy").num_rows == 4 * 2 * 3
 
 
+@pytest.mark.slow
+def test_routing_on_ray_actors_equals_routing_here(tmp_path, local_ray):
+    import shutil
+
+    bench_file = tmp_path / "bench.jsonl"
+    bench_file.write_text("".join(json.dumps(p) + "\n" for p in PROBLEMS))
+    grid = {"name": "t", "variants": [{"name": "toy", "model": str(TOY)}], "benches": [{"name": "b", "source": str(bench_file)}]}
+    rows = [{"variant": "toy", "variant_fingerprint": "fp", "bench": "b", "doc_id": p["id"], "repeat": 0,
+             "recipe_hash": Recipe().hash, "finish_reason": "stop", "response": p["target"]} for p in PROBLEMS]
+    write_store(tmp_path / "here", grid, rows, {"toy": str(TOY)})
+    shutil.copytree(tmp_path / "here", tmp_path / "ray")
+    assert route_variant(tmp_path / "here", "toy", dtype="float32").routed == 4
+    assert route_variant(tmp_path / "ray", "toy", dtype="float32", workers=2).routed == 4
+    assert len(RoutingTable(tmp_path / "ray").shard_paths("toy")) == 2  # two chunks, one per actor
+
+    def rows_of(root):
+        table = RoutingTable(root).read("toy").drop_columns(["model"]).to_pylist()
+        return sorted(table, key=lambda r: (r["doc_id"], r["segment"], r["layer"]))
+
+    here, ray_rows = rows_of(tmp_path / "here"), rows_of(tmp_path / "ray")
+    assert [r["tokens"] for r in here] == [r["tokens"] for r in ray_rows]
+    assert np.allclose([r["weight"] for r in here], [r["weight"] for r in ray_rows], rtol=1e-5)
+
+
 def test_each_position_counts_for_the_token_it_predicts():
     from transformers import AutoTokenizer
 

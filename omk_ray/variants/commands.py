@@ -243,8 +243,9 @@ def _print_summary(report: dict, out: Path) -> None:
     from rich.table import Table
 
     params = report["params"]
-    table = Table(title=f"{out}: {params['strategy']} ({params['normalize']} normalization), drop {params['drop']} "
-                        f"of {params['num_experts']} per layer")
+    criterion = "" if params.get("criterion", "cd") == "cd" else f", criterion {params['criterion']}"
+    table = Table(title=f"{out}: {params['strategy']} ({params['normalize']} normalization{criterion}), drop "
+                        f"{params['drop']} of {params['num_experts']} per layer")
     for column in ("layer", "kept min", "dropped max", "margin", "near-ties", "protected"):
         table.add_column(column, justify="right")
     compare = report.get("compare")

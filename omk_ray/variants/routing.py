@@ -311,7 +311,8 @@ def route_variant(
         by_bench[row["bench"]].append(Forced(key, variant, ids, segments))
         done.add(key)
 
-    chunks = [(bench, todo[i : i + CHUNK]) for bench, todo in by_bench.items() for i in range(0, len(todo), CHUNK)]
+    size = max(1, min(CHUNK, -(-sum(map(len, by_bench.values())) // max(1, workers))))  # every worker gets some
+    chunks = [(bench, todo[i : i + size]) for bench, todo in by_bench.items() for i in range(0, len(todo), size)]
     total = sum(len(c) for _, c in chunks)
     for bench, routed in _run(chunks, str(model), workers, dict(dtype=dtype, device=device, revision=revision,
                                                                    batch_size=batch_size)):
