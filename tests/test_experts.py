@@ -16,7 +16,7 @@ from test_routing import write_store
 from typer.testing import CliRunner
 
 from omk_ray.analysis.experts import Routing, exposure_tables
-from omk_ray.analysis.samples import Pair
+from omk_ray.analysis.samples import AnalysisError, Pair
 from omk_ray.cli import app
 
 # Two layers, four experts; the variant drops expert 1 of layer 0 and expert 3 of layer 1.
@@ -200,6 +200,8 @@ def test_exposure_of_a_tiny_model_with_a_known_drop_map(tmp_path, tiny_gemma4):
     doc, _, answer, _ = PROBLEMS[0]
     assert given.rows("exposure")[0]["exposure"] == pytest.approx(
         independent_exposure(tiny_gemma4, {"0": [2, 3], "1": [2, 3]}, f"question {doc}", answer), rel=1e-5)
+    with pytest.raises(AnalysisError, match=r"drop maps given for \['nope'\]"):
+        compare(results, CompareOptions(baseline="base", resamples=100, drop_maps={"nope": str(other)}))
     other.write_text(json.dumps({"0": [1], "1": [1], "2": [1]}))
     bad = CliRunner().invoke(app, ["experts", str(results), "-b", "base", "-v", "pruned", "--drop-map", str(other)])
     assert bad.exit_code == 2 and "does not fit the baseline's routing" in bad.output

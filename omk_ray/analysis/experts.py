@@ -312,10 +312,16 @@ def expert_tables(store: ResultsStore, rows: pa.Table, pairs: list[Pair], baseli
     variants left out. `drop_maps` (variant -> file or mapping) wins over the provenance."""
     from omk_ray.variants.dropmap import DropMapError, load_drop_map
 
+    unknown = sorted(set(drop_maps or {}) - set(variants))
+    if unknown:
+        raise AnalysisError(f"drop maps given for {unknown}, which are not compared (variants: {', '.join(variants)})")
     base_rows = rows.filter(pc.equal(rows["variant"], baseline))
     routing = baseline_routing(store, baseline, base_rows.select(["variant_fingerprint", "recipe_hash"]))
     if not routing:
-        return {}, []
+        stale = RoutingTable(store.root).shard_paths(baseline)
+        note = (f"no dropped-expert exposure: the routing of {baseline} is of other samples (weights or recipe "
+                f"changed since): route it again with `omk-ray route RESULTS --variant {baseline} --force`")
+        return {}, [note] if stale else []
     notes, chosen = [], {}
     for variant in variants:
         given = (drop_maps or {}).get(variant)
