@@ -6,9 +6,11 @@ both engines agree), and pruned arms that the run builds itself: the toy model i
 per class, drop maps are made by `max`, `mean` and `geomean` over classes and by `max` with
 the arithmetic class split into its subclasses, and the experts are cut out by the
 streaming surgery. Every arm is canaried, then evaluated on a local Ray cluster with vLLM,
-and the demo ends with the comparison against the baseline: the model card's evaluation
-section printed here (card.md), the full report with paired statistics and plots on disk.
-Rerunning resumes from what OUT already holds.
+the baseline's samples are teacher-forced to record which experts each problem used
+(`omk-ray route`), and the demo ends with the comparison against the baseline: the model
+card's evaluation section printed here (card.md), the full report with paired statistics,
+each arm's dropped-expert exposure and plots on disk. Rerunning resumes from what OUT already
+holds.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def run_demo(out: Path, fresh: bool = False, config: Path = DEMO_CONFIG) -> None
     from omk_ray.analysis.card import to_card
     from omk_ray.analysis.compare import CompareOptions, compare
     from omk_ray.analysis.report import write_report
+    from omk_ray.variants.routing import route_variant
 
     if fresh and out.exists():
         shutil.rmtree(out)
@@ -62,6 +65,8 @@ def run_demo(out: Path, fresh: bool = False, config: Path = DEMO_CONFIG) -> None
     summary = run_grid(grid, out / "results")
     console.print(f"run {summary.run_id}: {summary.status}, {summary.generated} samples generated "
                   f"({summary.expected - summary.planned} already stored) in {summary.seconds:.0f} s")
+    routed = route_variant(out / "results", BASELINE)
+    console.print(f"routing of {BASELINE}: {routed.routed} samples teacher-forced ({routed.already} already routed)")
     comparison = compare(out / "results", CompareOptions(baseline=BASELINE))
     paths = write_report(comparison, out / "report")
     console.print(to_card(comparison), markup=False, highlight=False, soft_wrap=True)

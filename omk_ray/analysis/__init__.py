@@ -8,4 +8,5 @@ compare.py   `compare(results, CompareOptions)` -> Comparison (every table as Ar
 sections.py  the report's content once; markdown.py, html.py (+ plots.py, inline SVG), report.py write it
 card.py      the model card's evaluation section (card.md), in the seed card's order and shape
 canary.py    structural rules over sample rows, and the generation-mode canary run
+experts.py   dropped-expert exposure: the baseline's routing (`omk-ray route`) on a variant's dropped experts
 """

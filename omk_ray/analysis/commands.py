@@ -117,6 +117,58 @@ def register(app: typer.Typer) -> None:
               + f"  tables: {out / 'tables'}  summary: {paths['summary']}")
 
     @app.command()
+    def experts(
+        results: Path = typer.Argument(..., help="results folder with the baseline's routing (`omk-ray route`)"),
+        baseline: str = typer.Option(..., "--baseline", "-b", help="the unpruned variant whose routing is measured"),
+        variants: list[str] = typer.Option(..., "--variant", "-v", help="the pruned variant(s) (repeatable)"),
+        drop_map: Optional[Path] = typer.Option(
+            None, "--drop-map", help="the variant's drop map (JSON); default: its checkpoint's omk_ray_provenance.json"),
+        benches: Optional[list[str]] = typer.Option(None, "--bench", help="only these benches (repeatable)"),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="also write the whole report (with the heatmaps) here"),
+        allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="as for compare"),
+    ) -> None:
+        """Dropped-expert exposure: per problem, the share of the baseline's routing weight that went to the experts the variant dropped; lost vs both-correct vs gained problems (Mann-Whitney U, rank-biserial r), by domain and subdomain, and the dropped experts behind the lost problems.
+
+        Needs `omk-ray route RESULTS --variant BASELINE` first. Prints the tables as Markdown; `compare` shows the same section whenever the routing is there. Tables: OUT/tables/exposure*.parquet.
+
+        Example: omk-ray experts results/ --baseline 128e --variant 98e-v4
+        """  # noqa: E501 (typer keeps line breaks: one paragraph per line)
+        from pydantic import ValidationError
+
+        from omk_ray.analysis.compare import CompareOptions
+        from omk_ray.analysis.compare import compare as run_compare
+        from omk_ray.analysis.experts import expert_sections
+        from omk_ray.analysis.markdown import render
+        from omk_ray.analysis.report import write_report
+        from omk_ray.analysis.samples import AnalysisError
+
+        if not results.is_dir():
+            _fail(f"{results}: no such results folder")
+        variants = _split(variants) or []
+        if drop_map and len(variants) != 1:
+            _fail("--drop-map needs exactly one --variant")
+        try:
+            options = CompareOptions(baseline=baseline, variants=variants, benches=_split(benches),
+                                     allow_mismatch=allow_mismatch,
+                                     drop_maps={variants[0]: str(drop_map)} if drop_map else {})
+            comparison = run_compare(results, options)
+        except ValidationError as err:
+            _fail(f"invalid options: {err}")
+        except AnalysisError as err:
+            _fail(str(err))
+        sections = expert_sections(comparison)
+        if not sections:
+            why = [n for n in comparison.notes if "exposure" in n]
+            _fail("no exposure to show: " + ("; ".join(why) if why else
+                  f"{baseline} has no routing in {results} (run `omk-ray route {results} --variant {baseline}`)"))
+        print(render(sections), end="")
+        for note in (n for n in comparison.notes if "exposure" in n):
+            print(f"note: {note}")
+        if out:
+            paths = write_report(comparison, out)
+            print(f"report: {paths['markdown']}  html: {paths['html']}  tables: {out / 'tables'}")
+
+    @app.command()
     def canary(
         config: Path = typer.Argument(..., help="grid config (YAML)"),
         variant: str = typer.Option(..., "--variant", "-v", help="the variant to check"),

@@ -15,6 +15,7 @@ from omk_ray.analysis.anomalies import AnomalyRules, anomalies, text_features
 from omk_ray.analysis.cohort import Guard, check_cohorts
 from omk_ray.analysis.declared import CanaryVerdict, Declared, read_declared
 from omk_ray.analysis.domains import domain_breakdown
+from omk_ray.analysis.experts import expert_tables
 from omk_ray.analysis.headline import headline
 from omk_ray.analysis.samples import (
     SCORE_COLUMN, AnalysisError, Pair, load_rows, pairs, per_problem, with_primary_score,
@@ -38,6 +39,7 @@ class CompareOptions(BaseModel):
         None, description="Holm family: grid (every variant x bench), variant (each variant's benches) or none; "
                           "default: grid for more than one variant")
     anomaly: AnomalyRules = AnomalyRules()
+    drop_maps: dict[str, str] = Field(default_factory=dict, description="variant -> drop-map file (default: provenance)")
 
 
 # Parquet schemas of the tables, so that empty tables keep their columns and types.
@@ -160,6 +162,9 @@ def compare(results: str | Path, options: CompareOptions) -> Comparison:
         headline(problems, options.baseline, variants, benches, canary, stopped_samples), schema=SCHEMAS["headline"])
     tables["facts"] = pa.Table.from_pylist(variant_facts(store, declared, options.baseline, variants),
                                            schema=SCHEMAS["facts"])
+    exposure, exposure_notes = expert_tables(store, rows, paired, options.baseline, variants, options.drop_maps)
+    tables.update(exposure)
+    notes.extend(exposure_notes)
     return Comparison(
         baseline=options.baseline,
         variants=variants,

@@ -153,7 +153,8 @@ def _legend(c: Comparison, rows: list[dict]) -> dict[str, str]:
 
 def all_plots(c: Comparison) -> dict[str, str]:
     """Plot key -> inline SVG, for the plots that have data."""
-    makers = {"deltas": deltas, "tokens": token_lengths, "agreement": agreement_bars, "domains": domain_deltas}
+    makers = {"deltas": deltas, "tokens": token_lengths, "agreement": agreement_bars, "domains": domain_deltas,
+              "experts": expert_heatmaps}
     return {key: svg for key, make in makers.items() if (svg := make(c)) is not None}
 
 
@@ -218,3 +219,57 @@ def domain_deltas(c: Comparison) -> str | None:
         chart.bar(i, 0.0, r["delta_pp"], _color(c, r["variant"]), 1.0 if r["level"] == "domain" else 0.5,
                   title=f"{r['delta_pp']:+.1f}pp, lost {r['lost']}, gained {r['gained']}")
     return chart.svg("domains")
+
+
+def expert_heatmaps(c: Comparison) -> str | None:
+    """Per bench and variant, one layer x expert grid per domain: the baseline's mean share of each
+    layer's routing weight on every expert the variant dropped (white 0, red the largest of that
+    bench and variant; kept experts grey)."""
+    rows = c.rows("expert_usage") if "expert_usage" in c.tables else []
+    if not rows:
+        return None
+    groups: dict[tuple[str, str], dict[str, list[dict]]] = {}
+    for r in rows:
+        groups.setdefault((r["bench"], r["variant"]), {}).setdefault(r["domain"], []).append(r)
+    layers = sorted({r["layer"] for r in rows})
+    experts = max(r["expert"] for r in rows) + 1
+    cell = max(3.0, min(12.0, 360 / experts))
+    label_w = CHAR * len(str(max(layers))) + 8
+    grid_w, grid_h = cell * experts, cell * len(layers)
+    panel_w = max(label_w + grid_w, CHAR * max(len(d) for g in groups.values() for d in g) + 8) + 2 * PAD
+    panel_h = 16 + grid_h + 18 + PAD
+    per_row = max(1, int(1000 // panel_w))
+    width = 2 * PAD + panel_w * min(per_row, max(len(g) for g in groups.values()))
+    y = PAD
+    out = []
+    for (bench, variant), panels in groups.items():
+        top = max(r["share"] for cells in panels.values() for r in cells) or 1.0
+        out.append(f'<text x="{PAD}" y="{y + 12}" fill="#222" font-weight="bold">{_esc(f"{bench} · {variant}")}'
+                   f'<tspan font-weight="normal"> — rows: MoE layers, columns: experts; red = {100 * top:.1f}% of the '
+                   f'layer\'s routing weight, grey: kept</tspan></text>')
+        y += LEGEND
+        for n, (domain, cells) in enumerate(panels.items()):
+            x0 = PAD + panel_w * (n % per_row) + label_w
+            y0 = y + panel_h * (n // per_row)
+            out.append(f'<text x="{x0}" y="{y0 + 11}" fill="#222">{_esc(domain)}</text>')
+            gy = y0 + 16
+            out.append(f'<rect x="{x0}" y="{gy}" width="{grid_w:.1f}" height="{grid_h:.1f}" fill="#e6e6e6"/>')
+            for li, layer in enumerate(layers):
+                if li % max(1, len(layers) // 6) == 0:
+                    out.append(f'<text x="{x0 - 3}" y="{gy + cell * (li + 0.85):.1f}" text-anchor="end" '
+                               f'font-size="9" fill="#555">{layer}</text>')
+            for e in range(0, experts, max(1, experts // 8)):
+                out.append(f'<text x="{x0 + cell * (e + 0.5):.1f}" y="{gy + grid_h + 11:.1f}" text-anchor="middle" '
+                           f'font-size="9" fill="#555">{e}</text>')
+            for r in cells:
+                shade = 255 - round(255 * min(1.0, r["share"] / top))
+                out.append(f'<rect x="{x0 + cell * r["expert"]:.1f}" y="{gy + cell * layers.index(r["layer"]):.1f}" '
+                           f'width="{cell:.1f}" height="{cell:.1f}" fill="rgb(255,{shade},{shade})" stroke="#bbbbbb" '
+                           f'stroke-width="0.3"><title>{_esc(domain)}: layer {r["layer"]}, expert {r["expert"]}: '
+                           f'{100 * r["share"]:.2f}%</title></rect>')
+        y += panel_h * -(-len(panels) // per_row) + PAD
+    width = max(width, 2 * PAD + CHAR * 90)
+    head = (f'<svg xmlns="http://www.w3.org/2000/svg" role="img" aria-label="expert heatmaps" width="{width:.0f}" '
+            f'height="{y:.0f}" viewBox="0 0 {width:.0f} {y:.0f}" font-family="sans-serif" font-size="{FONT}">'
+            f'<rect x="0" y="0" width="{width:.0f}" height="{y:.0f}" fill="white"/>')
+    return "\n".join([head, *out, "</svg>"])

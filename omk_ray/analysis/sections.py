@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from omk_ray.analysis.cohort import DECLARED_MARK, MISMATCH_MARK
 from omk_ray.analysis.compare import Comparison
+from omk_ray.analysis.experts import expert_sections
 from omk_ray.analysis.samples import SCORE_COLUMN
 from omk_ray.analysis.stats import ALPHA, POWER
 
@@ -107,6 +108,7 @@ def build_sections(c: Comparison) -> list[Section]:
         _anomalies(c),
         *_domains(c),
         *_agreement(c),
+        *expert_sections(c),
         _notes(c),
     ]
 

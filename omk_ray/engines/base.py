@@ -154,20 +154,10 @@ class TokenEngine(Engine):
     # -- prompts -----------------------------------------------------------------------------
 
     def render(self, request: Request, recipe: Recipe) -> list[int]:
-        messages = list(request.messages)
-        if recipe.system_prompt:
-            messages = [{"role": "system", "content": recipe.system_prompt}, *messages]
-        if recipe.chat_template:
-            text = self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True, enable_thinking=recipe.enable_thinking
-            )
-            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        text = "\n\n".join(m["content"] for m in messages)
-        return self.tokenizer(text)["input_ids"]
+        return render_prompt(self.tokenizer, request.messages, recipe)
 
     def _marker_id(self, marker: str) -> int | None:
-        ids = self.tokenizer(marker, add_special_tokens=False)["input_ids"]
-        return ids[0] if len(ids) == 1 else None
+        return marker_id(self.tokenizer, marker)
 
     # -- generation --------------------------------------------------------------------------
 
@@ -318,6 +308,26 @@ def _longest_thought(ids: list[int], prompt: list[int], start_id: int, end_id: i
 def batch_key(params: GenParams) -> GenParams:
     """Requests whose params share this key can run in one batch (greedy rows need no common seed)."""
     return replace(params, seed=params.seed if params.temperature > 0 else 0)
+
+
+def render_prompt(tokenizer, messages: list[dict[str, str]], recipe: Recipe) -> list[int]:
+    """The prompt token ids a token engine feeds (also what `omk-ray route` teacher-forces)."""
+    messages = list(messages)
+    if recipe.system_prompt:
+        messages = [{"role": "system", "content": recipe.system_prompt}, *messages]
+    if recipe.chat_template:
+        text = tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, enable_thinking=recipe.enable_thinking
+        )
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    text = "\n\n".join(m["content"] for m in messages)
+    return tokenizer(text)["input_ids"]
+
+
+def marker_id(tokenizer, marker: str) -> int | None:
+    """The id of a reasoning marker that is one token, else None."""
+    ids = tokenizer(marker, add_special_tokens=False)["input_ids"]
+    return ids[0] if len(ids) == 1 else None
 
 
 def _hash_ids(ids: list[int]) -> str:

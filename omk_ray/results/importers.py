@@ -13,7 +13,8 @@ problem: task_id, passed, completion, cleaned code, token counts, finish_reason)
 Logs without token counts get nulls there and the metric flag `tokens_missing` = 1, so an
 analysis knows to estimate tokens from characters (chars / 4). The docs of imported lm-eval
 samples are kept next to the samples (`benches/<bench>.docs.jsonl`) with the bench's spec
-(`benches/<bench>.json`), so `omk-ray rescore` can score them again without the dataset.
+(`benches/<bench>.json`), so `omk-ray rescore` can score them again without the dataset, with the
+prompt lm-eval sent, so `omk-ray route` can teacher-force them.
 
 The variant's facts for the model card (parameters, experts, drop map recipe; see
 `omk_ray.variants.facts`) are read at import from the checkpoint folder or hub id given as
@@ -256,7 +257,7 @@ def _import_one(
             "dataset_revision": revision,
             "started_at": started,
         })
-        docs.append({"doc_id": sample_id, "index": doc_id, "doc": doc})
+        docs.append({"doc_id": sample_id, "index": doc_id, "doc": doc, "prompt": _logged_prompt(lines[0])})
 
     report = ImportReport(spec.name, task, len(rows), str(samples_path), "", fields,
                           sum(r["domain"] is not None or r["subdomain"] is not None for r in rows))
@@ -287,6 +288,13 @@ def _text(value: Any) -> str | None:
     return None if value is None or value == "" else str(value)
 
 
+def _logged_prompt(sample: dict) -> str | None:
+    """The prompt lm-eval sent (its first request argument): `omk-ray route` teacher-forces it."""
+    args = ((sample.get("arguments") or {}).get("gen_args_0") or {}).get("arg_0")
+    prompt = args[0] if isinstance(args, list) and args else args
+    return prompt if isinstance(prompt, str) else None
+
+
 def _extracted(filtered: Any, resps: Any) -> str | None:
     """The primary filter's output, or None where it is the response itself (filter `none`)."""
     text = first_text(filtered)
@@ -296,9 +304,8 @@ def _extracted(filtered: Any, resps: Any) -> str | None:
 def _recipe(results: dict, config: dict, sample: dict) -> Recipe:
     """The recipe the run used, as far as the log tells, so its hash and cohort mean what a farm run's do."""
     gen = {**(config.get("generation_kwargs") or {}), **((results.get("config") or {}).get("gen_kwargs") or {})}
-    args = ((sample.get("arguments") or {}).get("gen_args_0") or {}).get("arg_0")
-    prompt = args[0] if isinstance(args, list) and args else args
-    chat = bool(results.get("chat_template")) or (isinstance(prompt, str) and prompt.lstrip().startswith("[{"))
+    prompt = _logged_prompt(sample)
+    chat = bool(results.get("chat_template")) or (prompt is not None and prompt.lstrip().startswith("[{"))
     temperature = float(gen.get("temperature", 0.0) or 0.0)
     if gen.get("do_sample") is False:
         temperature = 0.0

@@ -6,6 +6,7 @@ Layout under the results root:
     runs/<run_id>/manifest.json                            config, versions, host, start/end
     runs/<run_id>/events.jsonl                             failures and retries, as they happen
     runs/<run_id>/run.log                                  the run's log
+    routing/<variant>/<bench>/part-<uuid>.parquet          experts each sample used (results/routing.py)
 
 Every shard is written to a temporary name and renamed, so a crash leaves either the whole
 shard or nothing. Any Parquet reader sees the samples with no omk-ray code, e.g.
@@ -41,11 +42,7 @@ class ResultsStore:
     def write_shard(self, table: pa.Table, variant: str, bench: str, unit_id: str) -> Path:
         folder = self.samples_dir / variant / bench
         folder.mkdir(parents=True, exist_ok=True)
-        final = folder / f"part-{unit_id}-{uuid.uuid4().hex[:8]}.parquet"
-        tmp = folder / f".tmp-{final.name}"
-        pq.write_table(table.cast(SAMPLE_SCHEMA), tmp)
-        os.replace(tmp, final)
-        return final
+        return write_parquet(table.cast(SAMPLE_SCHEMA), folder / f"part-{unit_id}-{uuid.uuid4().hex[:8]}.parquet")
 
     def shard_paths(self) -> list[Path]:
         if not self.samples_dir.is_dir():
@@ -115,6 +112,14 @@ class RunLog:
             except json.JSONDecodeError:
                 continue  # a line cut short by a killed driver
         return out
+
+
+def write_parquet(table: pa.Table, final: Path) -> Path:
+    """Write `final` aside and rename it into place: a crash leaves the whole file or nothing."""
+    tmp = final.with_name(f".tmp-{final.name}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, final)
+    return final
 
 
 def _dedupe(table: pa.Table) -> pa.Table:

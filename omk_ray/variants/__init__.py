@@ -7,6 +7,7 @@
     quantize.quantize_checkpoint(model_dir, out_dir, scheme="NVFP4A16")          -> quantized checkpoint
     registry.ensure_variant(build_spec, artifact_root)                           -> artifact_root/<fingerprint>
     facts.checkpoint_facts(model_dir_or_hub_id)                                  -> parameters, experts, recipe
+    routing.route_variant(results, variant, model=None)                          -> RESULTS/routing/ side table
 
 Nothing heavy (torch, transformers, ray, llm-compressor) is imported until it is used.
 """

@@ -7,11 +7,12 @@ The JSON form (input of `dropmap`, output of `profile`):
 
 `wnorm` sums ||routing weight x expert output|| over the tokens routed to the expert, `rnorm`
 the same without the weight, `wsum` the routing weights, `tc` the tokens routed, `cc` the prompts
-in which the expert fired. The pooled (v3) form has `questions` in place of `categories`.
-A science subclass is a category of its own named `science/chemistry`.
+in which the expert fired, `amax` the largest |activation| of the expert's output over those
+tokens (optional; older files lack it). The pooled (v3) form has `questions` in place of
+`categories`. A science subclass is a category of its own named `science/chemistry`.
 
 In memory the scores are `CDTable`s: one float64 array [experts, fields] per (class, layer),
-which merge by addition, so shards profiled on different workers add up exactly.
+which merge by addition (`amax` by maximum), so shards profiled on different workers add up exactly.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-FIELDS = ("wnorm", "rnorm", "wsum", "tc", "cc")
+FIELDS = ("wnorm", "rnorm", "wsum", "tc", "cc", "amax")
+MAX_FIELDS = ("amax",)  # merged by maximum; every other field adds up
 SUBCLASS_SEPARATOR = "/"
 
 
@@ -47,6 +49,11 @@ class CDTable:
             per_layer[layer] = np.zeros((self.num_experts, len(FIELDS)))
         return per_layer[layer]
 
+    def add(self, name: str, layer: int, values: np.ndarray) -> None:
+        """Fold statistics [num_experts, len(FIELDS)] into (class, layer)."""
+        block = self.block(name, layer)
+        block[:] = combine_fields(block, values)
+
     def merge(self, other: "CDTable") -> "CDTable":
         if other.num_experts != self.num_experts or other.layers != self.layers:
             raise CDScoresError(
@@ -55,7 +62,7 @@ class CDTable:
             )
         for name, per_layer in other.classes.items():
             for layer, values in per_layer.items():
-                self.block(name, layer)[:] += values
+                self.add(name, layer, values)
         for name, n in other.prompts.items():
             self.prompts[name] = self.prompts.get(name, 0) + n
         return self
@@ -78,6 +85,14 @@ class CDTable:
             **metadata,
         }
         return {"metadata": meta, "categories": categories}
+
+
+_MAX_MASK = np.array([f in MAX_FIELDS for f in FIELDS])
+
+
+def combine_fields(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Statistics of two disjoint sets of tokens together (last axis: FIELDS): sums, and maxima for MAX_FIELDS."""
+    return np.where(_MAX_MASK, np.maximum(a, b), a + b)
 
 
 def _plain(x: float) -> float | int:
@@ -176,12 +191,77 @@ def from_json(cd: dict[str, Any]) -> CDTable:
     return table
 
 
-def class_scores(cd: dict[str, Any], alpha: float = 2.0) -> tuple[list[int], dict[str, np.ndarray]]:
-    """Per class: score = wnorm * alpha + tc, as an array [layers, experts]; experts absent score 0."""
+# -- saliency criteria ------------------------------------------------------------------------
+#
+# A criterion turns the statistics of one (class, layer) into one score per expert. Over the
+# tokens t routed to expert e (N_e of them): w_t is the weight the layer multiplies e's output by
+# (Gemma 4: the top-k softmax renormalised, times the per-expert scale), y_t is e's output before it.
+#
+#   cd                  alpha * sum |w_t| ||y_t|| + N_e  = wnorm*alpha + tc   ContribDynamic: the seed card's v3/v4 score
+#   frequency           N_e                              = tc                 REAP's `expert_frequency` [1]
+#   weighted-frequency  sum w_t                          = wsum               REAP's `weighted_expert_frequency_sum` [1]
+#   ean                 sum ||y_t||                      = rnorm              expert activation norm (EAN) [2]; REAP's `ean_sum` [1]
+#   ean-mean            sum ||y_t|| / N_e                = rnorm / tc         REAP's `ean_mean` [1]
+#   weighted-ean        sum |w_t| ||y_t||                = wnorm              REAP's `weighted_ean_sum` [1]
+#   reap                sum |w_t| ||y_t|| / N_e          = wnorm / tc         REAP's saliency [1] (its observer's `reap`)
+#   max-activation      max_t max_i |y_t,i|              = amax               REAP's `max_activations` [1], super experts [3]
+#
+# A mean over no tokens scores 0. Classes merged (`a+b`, `pooled`) are merged on the statistics
+# first (sums; maxima for amax), so a merged `reap` is the mean over the merged tokens.
+# Where this differs from REAP's observer (src/reap/observer.py of CerebrasResearch/reap): its gate
+# value is the router softmax over all experts (renormalised over the top k on request), ours the
+# weight the layer applies; its max activation is the signed maximum, ours the magnitude (super
+# experts are defined by extreme outliers of either sign [3]).
+#
+# [1] Lasby et al., "REAP the Experts: Why Pruning Prevails for One-Shot MoE Compression" (Cerebras),
+#     arXiv 2510.13999; code github.com/CerebrasResearch/reap.
+# [2] Jaiswal et al., "Finding Fantastic Experts in MoEs: A Unified Study for Expert Dropping Strategies
+#     and Observations", arXiv 2504.05586, the source later pruning work cites for activation-norm criteria;
+#     the sum/mean forms here are REAP's.
+# [3] Su et al., "Unveiling Super Experts in Mixture-of-Experts Large Language Models", arXiv 2507.23279.
+
+_F = {name: i for i, name in enumerate(FIELDS)}
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+
+CRITERIA = {
+    "cd": lambda s, alpha: s[..., _F["wnorm"]] * alpha + s[..., _F["tc"]],
+    "frequency": lambda s, alpha: s[..., _F["tc"]],
+    "weighted-frequency": lambda s, alpha: s[..., _F["wsum"]],
+    "ean": lambda s, alpha: s[..., _F["rnorm"]],
+    "ean-mean": lambda s, alpha: _ratio(s[..., _F["rnorm"]], s[..., _F["tc"]]),
+    "weighted-ean": lambda s, alpha: s[..., _F["wnorm"]],
+    "reap": lambda s, alpha: _ratio(s[..., _F["wnorm"]], s[..., _F["tc"]]),
+    "max-activation": lambda s, alpha: s[..., _F["amax"]],
+}
+NEEDS = {"ean": "rnorm", "ean-mean": "rnorm", "max-activation": "amax"}  # fields older files may lack
+
+
+def class_stats(cd: dict[str, Any]) -> tuple[list[int], dict[str, np.ndarray]]:
+    """Per class: the statistics as an array [layers, experts, len(FIELDS)]; experts absent count 0."""
     table = from_json(cd)
-    wnorm, tc = FIELDS.index("wnorm"), FIELDS.index("tc")
-    scores = {
-        name: np.stack([per_layer[layer][:, wnorm] * alpha + per_layer[layer][:, tc] for layer in table.layers])
-        for name, per_layer in table.classes.items()
-    }
-    return table.layers, scores
+    return table.layers, {name: np.stack([per_layer[layer] for layer in table.layers])
+                          for name, per_layer in table.classes.items()}
+
+
+def criterion_scores(stats: np.ndarray, criterion: str = "cd", alpha: float = 2.0) -> np.ndarray:
+    """One criterion (see CRITERIA above) of statistics [..., len(FIELDS)]."""
+    if criterion not in CRITERIA:
+        raise CDScoresError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+    return CRITERIA[criterion](stats, alpha)
+
+
+def has_field(cd: dict[str, Any], name: str) -> bool:
+    """Whether the scores record `name` (files from before a field existed do not)."""
+    first_class = next(iter(categories_of(cd).values()))
+    experts = next(iter(first_class.values()))
+    return bool(experts) and name in experts[0]
+
+
+def class_scores(cd: dict[str, Any], alpha: float = 2.0, criterion: str = "cd") -> tuple[list[int], dict[str, np.ndarray]]:
+    """Per class: the criterion's score (default: wnorm * alpha + tc) as an array [layers, experts]."""
+    layers, stats = class_stats(cd)
+    return layers, {name: criterion_scores(values, criterion, alpha) for name, values in stats.items()}

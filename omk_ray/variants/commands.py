@@ -5,6 +5,7 @@
     omk-ray prune    --model DIR --drop-map map.json --out DIR98
     omk-ray quantize --model DIR98 --scheme NVFP4A16 --out DIR98-nvfp4
     omk-ray build-variant --spec build.yaml --artifact-root artifacts/
+    omk-ray route    RESULTS --variant 128e [--model DIR]
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def register(app: typer.Typer) -> None:
         cd: Path = typer.Option(..., "--cd", help="CD-scores JSON (from `omk-ray profile`)."),
         out: Path = typer.Option(..., "--out", help="Where to write the drop map (JSON: layer -> dropped expert ids)."),
         strategy: str = typer.Option("max", "--strategy",
-                                     help="pooled|max|mean|geomean|sum|lp|softmax|second|topk-mean"),
+                                     help="pooled|max|mean|geomean|sum|lp|softmax|second|topk-mean|random"),
         target: Optional[int] = typer.Option(None, "--target", help="Experts kept per layer."),
         drop: Optional[int] = typer.Option(None, "--drop", help="Experts dropped per layer (instead of --target)."),
         protect_top: int = typer.Option(0, "--protect-top", min=0, help="Never drop a layer's N best experts."),
@@ -102,24 +103,35 @@ def register(app: typer.Typer) -> None:
         weight: list[str] = typer.Option([], "--weight", help="Class weight, NAME=NUMBER (repeatable)."),
         alpha: float = typer.Option(2.0, "--alpha", help="score = wnorm * alpha + tc"),
         param: list[str] = typer.Option([], "--param", help="Strategy parameter: p=3 (lp), temperature=0.5 "
-                                        "(softmax), k=2 (topk-mean)."),
+                                        "(softmax), k=2 (topk-mean), seed=1 (random)."),
+        criterion: str = typer.Option("cd", "--criterion", help="Saliency per class: cd (wnorm*alpha+tc), frequency, "
+                                      "weighted-frequency, ean, ean-mean, weighted-ean, reap, max-activation."),
+        protect_super: bool = typer.Option(False, "--protect-super", help="Never drop REAP's super experts (max "
+                                           "activation outliers, first 75% of the layers)."),
+        protect_super_all_layers: bool = typer.Option(False, "--protect-super-all-layers",
+                                                      help="With --protect-super: look in every layer."),
         summary: Optional[Path] = typer.Option(None, "--summary", help="Also write the summary JSON here."),
         compare: Optional[Path] = typer.Option(None, "--compare", help="Another drop map to compare with."),
         near_tie: float = typer.Option(0.01, "--near-tie", help="Relative score gap counted as a near-tie."),
         force: bool = typer.Option(False, "--force", help="Replace --out / --summary if they exist."),
     ):
-        """Choose the experts to drop per layer from CD scores (ties: the higher expert id goes first)."""
+        """Choose the experts to drop per layer from CD scores (ties: the higher expert id goes first).
+
+        --strategy random is the seeded ablation floor (--param seed=N). Every --criterion works with every strategy.
+        """  # noqa: E501 (typer keeps line breaks: one paragraph per line)
         from omk_ray.variants.cdscores import load_cd
         from omk_ray.variants.dropmap import compare_drop_maps, load_drop_map, plan_drop_map, summarize_plan
 
         params = _pairs(param, "--param")
-        if "k" in params:
-            params["k"] = int(params["k"])
+        for key in ("k", "seed"):
+            if key in params:
+                params[key] = int(params[key])
         with _clear_errors():
             plan = plan_drop_map(
                 load_cd(cd), strategy, target, drop, protect_top, normalize,
                 [c for c in classes.split(",") if c.strip()] if classes else None, split or None,
-                _pairs(weight, "--weight") or None, alpha, protect_per_class, **params,
+                _pairs(weight, "--weight") or None, alpha, protect_per_class, criterion, protect_super,
+                protect_super_all_layers, **params,
             )
             report = summarize_plan(plan, near_tie)
             if compare:
@@ -128,6 +140,45 @@ def register(app: typer.Typer) -> None:
             if summary:
                 _write_json(summary, report, force)
         _print_summary(report, out)
+
+    @app.command("route")
+    def route(
+        results: Path = typer.Argument(..., help="Results folder (samples/<variant>/<bench>/ ...)."),
+        variant: str = typer.Option(..., "--variant", "-v", help="The variant whose stored samples to route."),
+        model: Optional[str] = typer.Option(
+            None, "--model", help="Checkpoint to teacher-force with (default: the one the variant's runs used; "
+            "needed for imported logs)."),
+        bench: list[str] = typer.Option([], "--bench", help="Only these benches (repeatable)."),
+        workers: int = typer.Option(1, "--workers", min=1, help="Ray actors to spread the samples over (a GPU each)."),
+        batch_size: int = typer.Option(8, "--batch-size", min=1, help="Sequences per forward pass."),
+        max_length: Optional[int] = typer.Option(None, "--max-length", min=2, help="Cut longer sequences (counted)."),
+        dtype: str = typer.Option("auto", "--dtype", help="auto, bfloat16, float32, ..."),
+        revision: Optional[str] = typer.Option(None, "--revision"),
+        force: bool = typer.Option(False, "--force", help="Drop the variant's routing table and route everything again."),
+    ):
+        """Which experts each stored sample used: teacher-force every stored (prompt, response) of a variant through a model with the router hooks, and store per sample, segment (prompt, reasoning, answer) and MoE layer the tokens each expert received and their summed routing weight, in RESULTS/routing/<variant>/<bench>/ (Parquet). Resumes: samples already routed are skipped.
+
+        The prompt is rendered as the engines render it, with the recipe of each row; imported lm-eval logs use the prompt lm-eval logged. Then `omk-ray experts RESULTS --baseline VARIANT --variant PRUNED`.
+        """  # noqa: E501 (typer keeps line breaks: one paragraph per line)
+        from rich.progress import Progress
+
+        from omk_ray.variants.routing import route_variant
+
+        with _clear_errors(), Progress(transient=True) as progress:
+            task = progress.add_task(f"routing {variant}", total=None)
+            report = route_variant(
+                results, variant, model, benches=bench or None, workers=workers, batch_size=batch_size,
+                max_length=max_length, dtype=dtype, revision=revision, force=force,
+                on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+        typer.echo(f"routed {report.routed} samples of {variant} with {report.model} "
+                   f"({', '.join(f'{b}: {n}' for b, n in report.benches.items()) or 'nothing new'}); "
+                   f"{report.already} already routed, {report.errors} with errors not routed"
+                   + (f", {report.truncated} cut at --max-length" if report.truncated else ""))
+        if report.prompt_mismatch:
+            typer.secho(f"warning: {report.prompt_mismatch} samples' prompts render to a different length than the "
+                        "stored prompt_tokens (changed template or data?): their routing is approximate",
+                        err=True, fg=typer.colors.YELLOW)
 
     @app.command("prune")
     def prune(
@@ -192,8 +243,9 @@ def _print_summary(report: dict, out: Path) -> None:
     from rich.table import Table
 
     params = report["params"]
-    table = Table(title=f"{out}: {params['strategy']} ({params['normalize']} normalization), drop {params['drop']} "
-                        f"of {params['num_experts']} per layer")
+    criterion = "" if params.get("criterion", "cd") == "cd" else f", criterion {params['criterion']}"
+    table = Table(title=f"{out}: {params['strategy']} ({params['normalize']} normalization{criterion}), drop "
+                        f"{params['drop']} of {params['num_experts']} per layer")
     for column in ("layer", "kept min", "dropped max", "margin", "near-ties", "protected"):
         table.add_column(column, justify="right")
     compare = report.get("compare")

@@ -1,8 +1,12 @@
 """Drop maps: which experts each MoE layer loses, chosen from CD scores by a strategy.
 
-Per class c, layer l, expert e the raw score is `s = wnorm * alpha + tc` (alpha 2.0).
+Per class c, layer l, expert e the raw score is a saliency `criterion` of the profiled
+statistics: `cd` (default) `s = wnorm * alpha + tc` (alpha 2.0), or `frequency`,
+`weighted-frequency`, `ean`, `ean-mean`, `weighted-ean`, `reap`, `max-activation` (formulas and
+sources in `cdscores.py`).
 
-* `pooled` (v3): the raw scores summed over the selected classes (or questions); no normalization.
+* `pooled` (v3): the criterion of the selected classes' (or questions') statistics added up
+  (each weighted by its class weight); no normalization. For `cd` that is the sum of the raw scores.
 * every other strategy first normalizes each (class, layer) row: `mean` divides by the row's mean
   (v4), `rank` turns it into percentile ranks in (0, 1], `none` keeps it raw; a class weight then
   multiplies the row; the rows are aggregated over classes by
@@ -10,6 +14,8 @@ Per class c, layer l, expert e the raw score is `s = wnorm * alpha + tc` (alpha 
   `softmax` (softmax-weighted mean over classes at `temperature`, default 1: -> max as it
   goes to 0, -> mean as it grows), `second` (second-highest class), `topk-mean` (mean of the
   `k` highest classes, default 2).
+* `random` (`seed`, default 0): a seeded random score per layer and expert, the ablation floor;
+  it ignores the statistics (protections still apply: `protect_top` then shields random experts).
 
 Classes: `classes` picks classes (default: every top-level class, i.e. without a `/`);
 `a+b` merges classes by adding their raw scores; `split_classes` replaces a class by its
@@ -17,7 +23,10 @@ subclasses (`["science"]` -> `science/chemistry`, `science/physics`, ...; or a d
 
 Every layer drops the same number of experts (`drop`, or `num_experts - target`).
 `protect_top` shields the N best experts of each layer, `protect_per_class` the N best of
-every class in each layer. **Ties**: experts are ranked by score, highest first, and among
+every class in each layer. `protect_super` shields REAP's super experts [cdscores.py: 1, 3]:
+those whose max activation (`amax`, over every class) exceeds both the 99.5th percentile over all
+layers and experts and a tenth of the largest; like REAP's default, only in the first 75% of the
+MoE layers unless `protect_super_all_layers` (REAP's `perserve_outliers`). **Ties**: experts are ranked by score, highest first, and among
 equal scores by expert id, lowest first; a layer drops the last `drop` unprotected experts of
 that ranking, so between equal scores the higher id is dropped.
 """
@@ -31,12 +40,17 @@ from typing import Any
 
 import numpy as np
 
-from omk_ray.variants.cdscores import SUBCLASS_SEPARATOR, class_scores, validate_cd
+from omk_ray.variants.cdscores import (
+    CRITERIA, FIELDS, NEEDS, SUBCLASS_SEPARATOR, class_stats, combine_fields, criterion_scores, has_field,
+    validate_cd,
+)  # fmt: skip
 
-STRATEGIES = ("pooled", "max", "mean", "geomean", "sum", "lp", "softmax", "second", "topk-mean")
+STRATEGIES = ("pooled", "max", "mean", "geomean", "sum", "lp", "softmax", "second", "topk-mean", "random")
 NORMALIZERS = ("mean", "rank", "none")
-STRATEGY_PARAMS = {"lp": {"p": 2.0}, "softmax": {"temperature": 1.0}, "topk-mean": {"k": 2}}
+STRATEGY_PARAMS = {"lp": {"p": 2.0}, "softmax": {"temperature": 1.0}, "topk-mean": {"k": 2}, "random": {"seed": 0}}
 GEOMEAN_FLOOR = 1e-12
+# REAP's super-expert rule (get_super_expert_indices in CerebrasResearch/reap, src/reap/model_util.py)
+SUPER_QUANTILE, SUPER_FRACTION_OF_MAX, SUPER_EARLY_LAYERS = 99.5, 0.1, 0.75
 
 
 class DropMapError(ValueError):
@@ -71,11 +85,20 @@ def plan_drop_map(
     weights=None,
     alpha: float = 2.0,
     protect_per_class: int = 0,
+    criterion: str = "cd",
+    protect_super: bool = False,
+    protect_super_all_layers: bool = False,
     **strategy_params,
 ) -> DropPlan:
     validate_cd(cd)
     if strategy not in STRATEGIES:
         raise DropMapError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if criterion not in CRITERIA:
+        raise DropMapError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+    for field_name in {NEEDS.get(criterion), "amax" if protect_super else None} - {None}:
+        if not has_field(cd, field_name):
+            raise DropMapError(f"the CD scores have no `{field_name}` (profiled by an older omk-ray): "
+                               f"profile again for criterion {criterion!r}" + (" / protect_super" if protect_super else ""))
     if normalize not in NORMALIZERS:
         raise DropMapError(f"unknown normalization {normalize!r}; choose one of {', '.join(NORMALIZERS)}")
     params = _strategy_params(strategy, strategy_params)
@@ -85,8 +108,8 @@ def plan_drop_map(
         if not isinstance(value, int) or value < 0:
             raise DropMapError(f"{name} must be an integer >= 0, got {value!r}")
 
-    layers, raw = class_scores(cd, alpha)
-    groups = select_classes(list(raw), classes, split_classes)
+    layers, stats = class_stats(cd)
+    groups = select_classes(list(stats), classes, split_classes)
     weights = dict(weights or {})
     unknown = set(weights) - set(groups)
     if unknown:
@@ -96,24 +119,32 @@ def plan_drop_map(
     if strategy == "topk-mean" and not 1 <= params["k"] <= len(groups):
         raise DropMapError(f"topk-mean: k={params['k']} must be in 1..{len(groups)} (the number of classes)")
 
-    per_class = np.stack([sum(raw[part] for part in parts) for parts in groups.values()])  # [C, L, E]
+    merged = [_pool([stats[part] for part in parts]) for parts in groups.values()]  # `a+b`: one class
+    class_weights = np.array([float(weights.get(name, 1.0)) for name in groups])
+    per_class = np.stack([criterion_scores(m, criterion, alpha) for m in merged])  # [C, L, E]
     if strategy == "pooled":
         normalize = "none"
+        scores = criterion_scores(_pool(merged, class_weights), criterion, alpha)
+    elif strategy == "random":
+        scores = np.random.default_rng(params["seed"]).random(per_class.shape[1:])
     per_class = _normalize(per_class, normalize)
-    per_class *= np.array([float(weights.get(name, 1.0)) for name in groups])[:, None, None]
-    scores = _aggregate(per_class, strategy, params)
+    per_class *= class_weights[:, None, None]
+    if strategy not in ("pooled", "random"):
+        scores = _aggregate(per_class, strategy, params)
+    supers = super_experts(layers, stats, protect_super_all_layers) if protect_super else {}
 
     protected: dict[str, list[int]] = {}
     drop_map: dict[str, list[int]] = {}
     for li, layer in enumerate(layers):
-        shield = set(_ranking(scores[li])[:protect_top].tolist())
+        shield = set(_ranking(scores[li])[:protect_top].tolist()) | set(supers.get(str(layer), []))
         for ci in range(per_class.shape[0]):
             shield.update(_ranking(per_class[ci, li])[:protect_per_class].tolist())
         candidates = [e for e in _ranking(scores[li]).tolist() if e not in shield]
         if len(candidates) < n_drop:
             raise DropMapError(
                 f"layer {layer}: {len(shield)} of {num_experts} experts are protected "
-                f"(protect_top={protect_top}, protect_per_class={protect_per_class}), "
+                f"(protect_top={protect_top}, protect_per_class={protect_per_class}, "
+                f"super experts {supers.get(str(layer), [])}), "
                 f"so at most {len(candidates)} can be dropped, not {n_drop}"
             )
         protected[str(layer)] = sorted(shield)
@@ -127,9 +158,31 @@ def plan_drop_map(
             "strategy": strategy, "normalize": normalize, "alpha": alpha, "drop": n_drop,
             "target": num_experts - n_drop, "num_experts": num_experts, "protect_top": protect_top,
             "protect_per_class": protect_per_class, "classes": {k: v for k, v in groups.items()},
-            "weights": weights, **params,
+            "weights": weights, "criterion": criterion, "protect_super": protect_super,
+            "protect_super_all_layers": protect_super_all_layers, "super_experts": supers, **params,
         },
     )
+
+
+def _pool(parts: list[np.ndarray], weights: np.ndarray | None = None) -> np.ndarray:
+    """Statistics [L, E, F] of several classes as one: weighted sums, weighted maxima for MAX_FIELDS."""
+    weights = np.ones(len(parts)) if weights is None else weights
+    total = parts[0] * weights[0]
+    for part, w in zip(parts[1:], weights[1:]):
+        total = combine_fields(total, part * w)
+    return total
+
+
+def super_experts(layers: list[int], stats: dict[str, np.ndarray], all_layers: bool = False) -> dict[str, list[int]]:
+    """REAP's super experts: layer -> experts whose max activation over every class exceeds
+    max(99.5th percentile over all layers and experts, largest / 10); only the first 75% of the
+    layers unless `all_layers`."""
+    amax = np.max(np.stack([s[..., FIELDS.index("amax")] for s in stats.values()]), axis=0)  # [L, E]
+    threshold = max(float(np.quantile(amax, SUPER_QUANTILE / 100)), float(amax.max()) * SUPER_FRACTION_OF_MAX)
+    found = amax > threshold
+    if not all_layers:
+        found[int(len(layers) * SUPER_EARLY_LAYERS):] = False
+    return {str(layer): np.flatnonzero(found[li]).tolist() for li, layer in enumerate(layers) if found[li].any()}
 
 
 def select_classes(available: list[str], classes=None, split_classes=None) -> dict[str, list[str]]:
@@ -173,8 +226,9 @@ def _strategy_params(strategy: str, given: dict[str, Any]) -> dict[str, Any]:
         raise DropMapError(f"lp: p must be > 0, got {params['p']}")
     if strategy == "softmax" and not float(params["temperature"]) > 0:
         raise DropMapError(f"softmax: temperature must be > 0, got {params['temperature']}")
-    if strategy == "topk-mean":
-        params["k"] = int(params["k"])
+    if strategy in ("topk-mean", "random"):
+        key = "k" if strategy == "topk-mean" else "seed"
+        params[key] = int(params[key])
     return params
 
 
@@ -361,7 +415,7 @@ def drop_map_hash(drop_map: dict[str, list[int]]) -> str:
 
 
 __all__ = [
-    "DropMapError", "DropPlan", "NORMALIZERS", "STRATEGIES", "build_drop_map", "compare_drop_maps",
-    "drop_map_hash", "load_drop_map", "plan_drop_map", "select_classes", "summarize_plan",
+    "CRITERIA", "DropMapError", "DropPlan", "NORMALIZERS", "STRATEGIES", "build_drop_map", "compare_drop_maps",
+    "drop_map_hash", "load_drop_map", "plan_drop_map", "select_classes", "summarize_plan", "super_experts",
     "validate_drop_map",
 ]

@@ -4,7 +4,9 @@ Per prompt: optionally generate `generate_tokens` greedily (or take the prompt's
 `response`), then replay the whole sequence once with a hook on every MoE experts module. The
 hook sees exactly what the experts see (token rows, the top-k expert ids and routing weights),
 recomputes each routed expert's output y, and adds per expert: `wnorm` += |w| * ||y||,
-`rnorm` += ||y||, `wsum` += w, `tc` += tokens, `cc` += prompts in which it fired.
+`rnorm` += ||y||, `wsum` += w, `tc` += tokens, `cc` += prompts in which it fired, and keeps
+`amax` = the largest |y_i|. The same hooks (`ExpertRecorder`) record the routing of stored
+samples, per sample and segment (`variants/routing.py`).
 
 A prompt counts for its `class` and, if it has a `subclass`, also for `class/subclass`.
 Works on the transformers-5 experts modules (fused `gate_up_proj` [E, 2I, H] and `down_proj`
@@ -122,32 +124,60 @@ def experts_inputs(args: tuple, kwargs: dict):
     return values[0], values[1], values[2]
 
 
-class ExpertRecorder:
-    """Hooks every experts module. While `recording`, each forward adds to `stats[layer]` [E, 5];
-    `rows_owner` gives the prompt index of each flattened token row (-1: padding, not counted)."""
+ROUTED = ("wnorm", "rnorm", "wsum", "tc", "amax")  # what the recorder keeps per owner and expert
 
-    def __init__(self, model):
+
+class ExpertRecorder:
+    """Hooks every experts module. While `recording`, each forward adds the statistics of the
+    tokens routed to each expert to `stats[layer]`, a float64 tensor [owners, experts, ROUTED]:
+    `wnorm` += |w| ||y||, `rnorm` += ||y||, `wsum` += w, `tc` += 1 per routed token, `amax` =
+    max |y_i| (y: the expert's output before the routing weight w). `rows_owner` gives the owner
+    of each flattened token row (a prompt, a segment of a sample, ...; -1: not recorded, e.g.
+    padding); None: every row belongs to owner 0. `norms=False` records only `tc` and `wsum`,
+    without recomputing any expert output (all a routing table needs)."""
+
+    def __init__(self, model, owners: int = 1, norms: bool = True):
         self.modules = find_experts_modules(model)
         counts = {m.gate_up_proj.shape[0] for m in self.modules.values()}
         if len(counts) != 1:
             raise ProfileError(f"layers have different expert counts {sorted(counts)}")
         self.num_experts = counts.pop()
+        self.norms = norms
+        self.owners = owners
         self.recording = False
         self.rows_owner = None
-        self.stats: dict[int, np.ndarray] = {}
+        self.stats: dict = {}
         self.reset()
         self.handles = [
             module.register_forward_hook(self._hook(layer), with_kwargs=True) for layer, module in self.modules.items()
         ]
 
-    def reset(self) -> None:
-        self.stats = {layer: np.zeros((self.num_experts, 5)) for layer in self.modules}
+    def reset(self, owners: int | None = None) -> None:
+        import torch
+
+        self.owners = owners or self.owners
+        self.stats = {layer: torch.zeros((self.owners, self.num_experts, len(ROUTED)), dtype=torch.float64)
+                      for layer in self.modules}
 
     def close(self) -> None:
         for h in self.handles:
             h.remove()
 
+    def cd_block(self, layer: int) -> np.ndarray:
+        """The layer's statistics over every owner in `cdscores.FIELDS` order; `cc` = owners the expert fired for."""
+        from omk_ray.variants.cdscores import FIELDS
+
+        s = self.stats[layer].numpy()
+        out = np.zeros((self.num_experts, len(FIELDS)))
+        for name in ("wnorm", "rnorm", "wsum", "tc"):
+            out[:, FIELDS.index(name)] = s[:, :, ROUTED.index(name)].sum(axis=0)
+        out[:, FIELDS.index("cc")] = (s[:, :, ROUTED.index("tc")] > 0).sum(axis=0)
+        out[:, FIELDS.index("amax")] = s[:, :, ROUTED.index("amax")].max(axis=0)
+        return out
+
     def _hook(self, layer: int):
+        wnorm, rnorm, wsum, tc, amax = range(len(ROUTED))
+
         def hook(module, args, kwargs, output):
             import torch
 
@@ -162,18 +192,22 @@ class ExpertRecorder:
                                    f"expected [{owner.shape[0]} tokens, hidden]")
             keep = owner >= 0
             hidden, index, weights, owner = hidden[keep], index[keep], weights[keep], owner[keep]
-            block = self.stats[layer]
+            flat = self.stats[layer].view(-1, len(ROUTED))  # row = owner * num_experts + expert
             with torch.no_grad():
-                for e in index.unique().tolist():
-                    if not 0 <= e < self.num_experts:
-                        continue
+                routed = (index >= 0) & (index < self.num_experts)
+                rows = (owner[:, None] * self.num_experts + index)[routed].cpu()
+                flat[:, tc].index_add_(0, rows, torch.ones(len(rows), dtype=torch.float64))
+                flat[:, wsum].index_add_(0, rows, weights[routed].double().cpu())
+                if not self.norms:
+                    return
+                for e in index[routed].unique().tolist():
                     tok, pos = torch.where(index == e)
-                    norms = expert_output(module, e, hidden[tok]).float().norm(dim=-1)
-                    w = weights[tok, pos].float()
-                    block[e] += [
-                        float((w.abs() * norms).sum()), float(norms.sum()), float(w.sum()),
-                        len(tok), owner[tok].unique().numel(),
-                    ]
+                    y = expert_output(module, e, hidden[tok]).float()
+                    norms = y.norm(dim=-1).double().cpu()
+                    rows = (owner[tok] * self.num_experts + e).cpu()
+                    flat[:, wnorm].index_add_(0, rows, weights[tok, pos].double().abs().cpu() * norms)
+                    flat[:, rnorm].index_add_(0, rows, norms)
+                    flat[:, amax].scatter_reduce_(0, rows, y.abs().amax(dim=-1).double().cpu(), "amax")
         return hook
 
 
@@ -217,26 +251,38 @@ def profile_model_ray(
 ) -> dict:
     """`profile_model` with the prompts sharded over `num_workers` Ray tasks, then added up.
     Uses the running Ray cluster (or starts a local one and stops it afterwards)."""
+    check_prompts(prompts)
+    parts = run_sharded(_profile_local, prompts, num_workers, worker_options, model_dir, generate_tokens=generate_tokens,
+                        **options)
+    merged = merge_cd(parts)
+    merged["metadata"].update(prompts=len(prompts), prompt_set_hash=_prompts_hash(prompts), workers=len(parts))
+    return merged
+
+
+def run_sharded(fn, items: list, num_workers: int, worker_options: dict | None, *args, **kwargs) -> list:
+    """`fn(model_dir, shard, ...)` for `num_workers` interleaved shards of `items`, as Ray tasks (one GPU
+    each when the cluster has GPUs): the results, one per non-empty shard. The first of `args` is
+    the model folder. Uses the running Ray cluster, or starts a local one and stops it afterwards."""
     import ray
 
-    check_prompts(prompts)
     started = not ray.is_initialized()
     if started:
         ray.init(address="local")
     try:
-        if worker_options is None:
-            worker_options = {"num_cpus": 1}
-            if ray.cluster_resources().get("GPU", 0) >= 1:
-                worker_options["num_gpus"] = 1
-        shards = [prompts[i::num_workers] for i in range(num_workers) if prompts[i::num_workers]]
-        task = ray.remote(_profile_local).options(**worker_options)
-        parts = ray.get([task.remote(model_dir, shard, generate_tokens, **options) for shard in shards])
+        worker_options = default_worker_options() if worker_options is None else worker_options
+        shards = [items[i::num_workers] for i in range(num_workers) if items[i::num_workers]]
+        task = ray.remote(fn).options(**worker_options)
+        return ray.get([task.remote(args[0], shard, *args[1:], **kwargs) for shard in shards])
     finally:
         if started:
             ray.shutdown()
-    merged = merge_cd(parts)
-    merged["metadata"].update(prompts=len(prompts), prompt_set_hash=_prompts_hash(prompts), workers=len(shards))
-    return merged
+
+
+def default_worker_options() -> dict:
+    """Ray options of one profiling or routing worker: a CPU, and a GPU when the cluster has GPUs."""
+    import ray
+
+    return {"num_cpus": 1, **({"num_gpus": 1} if ray.cluster_resources().get("GPU", 0) >= 1 else {})}
 
 
 def _profile_local(
@@ -251,15 +297,7 @@ def _profile_local(
     chat_template: bool = True,
     revision: str | None = None,
 ) -> dict:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, revision=revision)
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir, revision=revision, dtype="auto" if dtype == "auto" else getattr(torch, dtype)
-    ).to(device)
-    model.eval()
+    model, tokenizer, device = load_model(model_dir, dtype, device, revision)
     recorder = ExpertRecorder(model)
     table = CDTable(num_experts=recorder.num_experts, layers=list(recorder.modules))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -278,11 +316,12 @@ def _profile_local(
                     for i, new in zip(todo, _generate(model, [seqs[i] for i in todo], generate_tokens, pad_id, eos_ids, device)):
                         seqs[i] = seqs[i] + new
                 seqs = [s[:max_length] for s in seqs]
-                recorder.reset()
-                _replay(model, recorder, seqs, pad_id, device)
+                recorder.reset(owners=len(seqs))
+                replay(model, recorder, seqs, pad_id, device)
+                blocks = {layer: recorder.cd_block(layer) for layer in recorder.modules}
                 for cat in cats:
-                    for layer, stats in recorder.stats.items():
-                        table.block(cat, layer)[:] += stats
+                    for layer, block in blocks.items():
+                        table.add(cat, layer, block)
                     table.prompts[cat] = table.prompts.get(cat, 0) + len(batch)
     finally:
         recorder.close()
@@ -300,6 +339,20 @@ def _profile_local(
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "tool": f"omk-ray {__version__} profile",
     })
+
+
+def load_model(model_dir: str, dtype: str = "auto", device: str | None = None, revision: str | None = None):
+    """(model in eval mode, tokenizer, device) of a checkpoint; the GPU when there is one."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, revision=revision)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, revision=revision, dtype="auto" if dtype == "auto" else getattr(torch, dtype)
+    ).to(device)
+    model.eval()
+    return model, tokenizer, device
 
 
 def _encode(tokenizer, prompt: dict, chat_template: bool) -> list[int]:
@@ -338,15 +391,20 @@ def _generate(model, seqs: list[list[int]], max_new: int, pad_id: int, eos_ids: 
     return result
 
 
-def _replay(model, recorder: ExpertRecorder, seqs: list[list[int]], pad_id: int, device) -> None:
-    """One teacher-forced forward over right-padded sequences; padding rows are not recorded."""
+def replay(model, recorder: ExpertRecorder, seqs: list[list[int]], pad_id: int, device,
+           owners: list[list[int]] | None = None) -> None:
+    """One teacher-forced forward over right-padded sequences. Each position is recorded for its
+    owner (`owners[i][j]` for position j of sequence i; default: the sequence's index); padding
+    and owner -1 are not recorded."""
     import torch
 
     width = max(len(s) for s in seqs)
     ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in seqs], device=device)
     mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
-    owner = torch.arange(len(seqs), device=device)[:, None].expand(-1, width)
-    recorder.rows_owner = torch.where(mask.bool(), owner, -1).reshape(-1)
+    if owners is None:
+        owners = [[i] * len(s) for i, s in enumerate(seqs)]
+    owner = torch.tensor([o + [-1] * (width - len(o)) for o in owners], device=device)
+    recorder.rows_owner = owner.reshape(-1)
     recorder.recording = True
     try:
         with torch.inference_mode():

@@ -19,16 +19,20 @@ The `build:` block of a grid variant (the `build` dict here) accepts these keys:
                                  the scores are cached under artifact_root/cd/
     profile_generate_tokens: int greedy tokens generated per prompt before the replay (default 0)
     profile_workers: int         Ray tasks to shard the profiling over (default 1)
-    strategy: str                pooled|max|mean|geomean|sum|lp|softmax|second|topk-mean (default max)
+    strategy: str                pooled|max|mean|geomean|sum|lp|softmax|second|topk-mean|random (default max)
+    criterion: str               per-class saliency: cd (default), frequency, weighted-frequency, ean,
+                                 ean-mean, weighted-ean, reap, max-activation (see variants/cdscores.py)
     target: int | drop: int      experts kept / dropped per layer (exactly one with scores/profile)
     protect_top: int             never drop a layer's N best experts (default 0)
     protect_per_class: int       never drop any class's N best experts of a layer (default 0)
+    protect_super: bool          never drop REAP's super experts (default false);
+    protect_super_all_layers: bool  look for them in every layer, not the first 75% (default false)
     normalize: str               mean|rank|none (default mean; `pooled` ignores it)
     alpha: float                 score = wnorm * alpha + tc (default 2.0)
     classes: [str]               classes to aggregate ("a+b" merges two); default all top-level
     split_classes: [str] | {str: [str]}   replace a class by its subclasses (e.g. [science])
     weights: {str: float}        per-class weight on the normalized scores
-    params: {str: float}         strategy parameters: p (lp), temperature (softmax), k (topk-mean)
+    params: {str: float}         strategy parameters: p (lp), temperature (softmax), k (topk-mean), seed (random)
     quantization: str            e.g. NVFP4A16 (needs the `quant` extra); default none
     hub_repo: str                private Hub repo holding variants as <fingerprint>/ folders:
                                  pulled from before building
@@ -55,7 +59,7 @@ from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from omk_ray.config import stable_hash
-from omk_ray.variants.dropmap import STRATEGIES, plan_drop_map, validate_drop_map
+from omk_ray.variants.dropmap import CRITERIA, STRATEGIES, plan_drop_map, validate_drop_map
 from omk_ray.variants.quantize import QUANT_VERSION
 from omk_ray.variants.surgery import SURGERY_VERSION
 
@@ -81,10 +85,13 @@ class BuildSpec(BaseModel):
     profile_generate_tokens: int = Field(0, ge=0)
     profile_workers: int = Field(1, ge=1)
     strategy: str = "max"
+    criterion: str = "cd"
     target: int | None = Field(None, ge=1)
     drop: int | None = Field(None, ge=0)
     protect_top: int = Field(0, ge=0)
     protect_per_class: int = Field(0, ge=0)
+    protect_super: bool = False
+    protect_super_all_layers: bool = False
     normalize: str = "mean"
     alpha: float = 2.0
     classes: list[str] | None = None
@@ -106,6 +113,8 @@ class BuildSpec(BaseModel):
             raise ValueError("give exactly one of `target` (experts kept per layer) or `drop`")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"unknown criterion {self.criterion!r}; choose one of {', '.join(CRITERIA)}")
         if self.push and not self.hub_repo:
             raise ValueError("push: true needs hub_repo")
         return self
@@ -227,7 +236,8 @@ def resolve_build(build: dict | BuildSpec, artifact_root: str | Path, base_dir: 
         cd = load_cd(local(spec.scores)) if spec.scores else _profiled_scores(spec, base_path, identity, root, local)
         plan = plan_drop_map(
             cd, spec.strategy, spec.target, spec.drop, spec.protect_top, spec.normalize, spec.classes,
-            spec.split_classes, spec.weights, spec.alpha, spec.protect_per_class, **spec.params,
+            spec.split_classes, spec.weights, spec.alpha, spec.protect_per_class, spec.criterion, spec.protect_super,
+            spec.protect_super_all_layers, **spec.params,
         )
         drop_map, protected = plan.drop_map, plan.protected
     if drop_map is not None and not any(drop_map.values()):
