@@ -65,23 +65,21 @@ def farm(folder: Path, docs: int) -> tuple[float, int, float]:
 
 def direct(config: str) -> None:
     """In a fresh process: LLM.generate with every request at once, then in sequential units of 16."""
-    from types import SimpleNamespace
-
     from transformers import AutoTokenizer
     from vllm import LLM, SamplingParams, TokensPrompt
 
     from omk_ray.benches import make_bench
     from omk_ray.config import parse_grid
-    from omk_ray.engines.base import Request, TokenEngine
+    from omk_ray.engines.base import render_prompt
 
     grid = parse_grid(json.loads(config))
     variant = grid.variants[0]
-    render = SimpleNamespace(tokenizer=AutoTokenizer.from_pretrained(variant.model))  # the engines' own rendering
+    tokenizer = AutoTokenizer.from_pretrained(variant.model)
     prompts, params = [], []
     for spec in grid.benches:
         recipe = grid.recipe_for(variant, spec)
         for doc in make_bench(spec).docs():
-            prompts.append(TokenEngine.render(render, Request(doc.id, doc.messages), recipe))
+            prompts.append(render_prompt(tokenizer, doc.messages, recipe))  # as the engines render it
             params.append(SamplingParams(max_tokens=recipe.max_gen_toks, min_tokens=recipe.min_tokens, temperature=0,
                                          detokenize=False, skip_special_tokens=False))
     llm = LLM(model=variant.model, dtype="float32", max_model_len=256, enforce_eager=True)

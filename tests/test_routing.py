@@ -57,7 +57,7 @@ def generate_recording(engine, messages: list[dict], recipe: Recipe):
     handle = engine.model.register_forward_pre_hook(owners, with_kwargs=True)
     recorder.recording = True
     try:
-        [completion] = engine.generate([Request(id="q#0", messages=messages)], recipe)
+        [completion] = engine.generate_batch([Request(id="q#0", messages=messages)], recipe)
     finally:
         handle.remove()
         recorder.close()

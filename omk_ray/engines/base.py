@@ -216,7 +216,7 @@ class TokenEngine(Engine):
 
         ids: list[int] = []
         hit = False
-        thought = _open_thought(prompt, start_id, end_id)  # tokens of the open thought so far, None: none open
+        thought = open_thought(prompt, start_id, end_id)  # tokens of the open thought so far, None: none open
         while len(ids) < budget:
             left = budget - len(ids)
             min_tokens = max(0, recipe.min_tokens - len(ids))
@@ -278,13 +278,13 @@ class TokenEngine(Engine):
                 e = ids.index(end_id, s)
                 return ids[s + 1 : e], ids[:s] + ids[e + 1 :]
             return ids[s + 1 :], ids[:s]
-        if end_id in ids and _open_thought(prompt, start_id, end_id) is not None:
+        if end_id in ids and open_thought(prompt, start_id, end_id) is not None:
             e = ids.index(end_id)
             return ids[:e], ids[e + 1 :]
         return None, ids
 
 
-def _open_thought(prompt: list[int], start_id: int, end_id: int) -> int | None:
+def open_thought(prompt: list[int], start_id: int, end_id: int) -> int | None:
     """Tokens of the thought the prompt leaves open (some templates open it), None if none is open."""
     if start_id not in prompt:
         return None
@@ -294,7 +294,7 @@ def _open_thought(prompt: list[int], start_id: int, end_id: int) -> int | None:
 
 def _longest_thought(ids: list[int], prompt: list[int], start_id: int, end_id: int) -> int:
     """Tokens in the longest thought of a generation (a thought the prompt opened counts its prompt part)."""
-    longest, current = 0, _open_thought(prompt, start_id, end_id)
+    longest, current = 0, open_thought(prompt, start_id, end_id)
     for token in ids:
         if current is None:
             current = 0 if token == start_id else None

@@ -89,7 +89,7 @@ def forced_positions(prompt: list[int], completion: list[tuple[int, list[int]]],
 def completion_parts(tokenizer, prompt: list[int], response: str | None, reasoning: str | None,
                      finish_reason: str | None, recipe: Recipe) -> list[tuple[int, list[int]]]:
     """The stored completion as (segment, token ids) parts: the thought with its markers, then the answer."""
-    from omk_ray.engines.base import TokenEngine, marker_id
+    from omk_ray.engines.base import marker_id, open_thought
 
     def encode(text: str | None) -> list[int]:
         return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
@@ -97,7 +97,7 @@ def completion_parts(tokenizer, prompt: list[int], response: str | None, reasoni
     parts = []
     start, end = (marker_id(tokenizer, m) for m in recipe.reasoning_markers)
     if reasoning is not None and start is not None and end is not None:
-        opened = TokenEngine._prompt_opens_thought(prompt, start, end)
+        opened = open_thought(prompt, start, end) is not None
         closed = finish_reason != "length_in_reasoning"
         parts.append((REASONING, ([] if opened else [start]) + encode(reasoning) + ([end] if closed else [])))
     parts.append((ANSWER, encode(response)))
