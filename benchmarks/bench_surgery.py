@@ -58,6 +58,7 @@ def layer_tensors(i: int) -> dict[str, tuple[int, ...]]:
 
 
 def write_random_shard(path: Path, tensors: dict[str, tuple[int, ...]], rng: np.random.Generator) -> None:
+    """bf16 tensors of random finite values (random sign and mantissa, magnitudes 2^-10 .. 2^-3)."""
     header, offset = {"__metadata__": {"format": "pt"}}, 0
     for name, shape in tensors.items():
         nbytes = int(np.prod(shape)) * 2
@@ -68,10 +69,12 @@ def write_random_shard(path: Path, tensors: dict[str, tuple[int, ...]], rng: np.
     with open(path, "wb") as f:
         f.write(len(blob).to_bytes(8, "little") + blob)
         for name, shape in tensors.items():
-            left = int(np.prod(shape)) * 2
+            left = int(np.prod(shape))
             while left:
-                n = min(left, 64 << 20)
-                f.write(rng.integers(0, 256, n, dtype=np.uint8).tobytes())
+                n = min(left, 32 << 20)
+                bits = rng.integers(0, 1 << 16, n, dtype=np.uint16)
+                exponent = ((bits >> 7) & 0x7) + 117
+                f.write(((bits & 0x807F) | (exponent << 7).astype(np.uint16)).tobytes())
                 left -= n
 
 
