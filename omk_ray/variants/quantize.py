@@ -181,33 +181,36 @@ def _quantized_tensors(lin: Linear, key: str, memo: "_GroupMemo") -> list[OutTen
 
 class _GroupMemo:
     """The quantized bytes of the fusion groups, in the order the writer asks for them (each
-    group's tensors are written one after another), computed one group ahead in a worker thread
-    so that reading, quantizing and writing overlap (the kernels release the GIL)."""
+    group's tensors are written one after another), computed `AHEAD` groups ahead by worker
+    threads, so that reading, quantizing and writing overlap (the kernels release the GIL)."""
+
+    AHEAD = 2
 
     def __init__(self, groups: dict[str, list[Linear]], order: list[str], device: str):
         self.groups, self.order, self.device = groups, order, device  # order: filled in by the plan
         self.position: dict[str, int] = {}
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="nvfp4")
+        self.pool = ThreadPoolExecutor(self.AHEAD, thread_name_prefix="nvfp4")
         self.futures: dict[str, Future] = {}
-        self.buffers: tuple[list, list] = ([], [])  # read buffers of even and odd groups, reused
+        self.buffers: list[list[bytearray]] = [[] for _ in range(self.AHEAD + 1)]  # reused read buffers
 
     def get(self, key: str) -> dict[str, dict[str, bytes]]:
         i = self.position[key]
-        if key not in self.futures:  # not the group expected next: let the others finish first
+        if key not in self.futures:  # not a group expected next: let the others finish first
             for future in self.futures.values():
                 future.exception()
-            self.futures = {key: self._submit(key)}
+            self.futures = {}
         for done in [k for k in self.futures if self.position[k] < i]:
             del self.futures[done]
-        if i + 1 < len(self.order) and self.order[i + 1] not in self.futures:
-            self.futures[self.order[i + 1]] = self._submit(self.order[i + 1])
+        for ahead in self.order[i : i + self.AHEAD + 1]:
+            if ahead not in self.futures:
+                self.futures[ahead] = self._submit(ahead)
         result = self.futures[key].result()
         if i + 1 == len(self.order):
             self.pool.shutdown(wait=False)
         return result
 
     def _submit(self, key: str) -> Future:
-        buffers = self.buffers[self.position[key] % 2]
+        buffers = self.buffers[self.position[key] % len(self.buffers)]
         return self.pool.submit(quantize_group, self.groups[key], self.device, buffers)
 
 
