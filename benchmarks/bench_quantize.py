@@ -15,16 +15,9 @@ is deleted at the end.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 
-from bench_surgery import EXPERTS, build_checkpoint, timed_copy
+from bench_surgery import run_child, synthetic, timed_copy
 
 QUANTIZE = """
 import json, re, sys, time
@@ -43,19 +36,6 @@ print(json.dumps({"seconds": time.perf_counter() - start, "growth": hwm() - base
 """
 
 
-def timed_quantize(src: Path, dst: Path, device: str) -> tuple[float, int, int]:
-    """(seconds inside quantize_checkpoint, peak RSS bytes of the child, growth after its imports)."""
-    proc = subprocess.Popen([sys.executable, "-c", QUANTIZE, str(src), str(dst), device],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    out, err = proc.stdout.read(), proc.stderr.read()
-    if proc.returncode != 0:
-        raise SystemExit(f"quantization failed:\n{err[-3000:]}")
-    result = json.loads(out.strip().splitlines()[-1])
-    return result["seconds"], usage.ru_maxrss * 1024, result["growth"]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--layers", type=int, default=2, help="MoE layers (about 1.55 GB each)")
@@ -67,19 +47,12 @@ def main() -> None:
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda: torch sees no GPU here")
 
-    need = int((args.layers * 1.55 + 0.2) * 1e9) * 2.4  # base, copy, quantized (~0.3x)
-    free = shutil.disk_usage(tempfile.gettempdir()).free
-    if free < need + (2 << 30):
-        raise SystemExit(f"need {need / 1e9:.1f} GB free under {tempfile.gettempdir()}, have {free / 1e9:.1f} GB")
-    work = Path(tempfile.mkdtemp(prefix="omk-bench-quantize-"))
+    work, total, largest = synthetic(args.layers, 2.4, "omk-bench-quantize-")  # base, copy, quantized (~0.3x)
     try:
-        t0 = time.perf_counter()
-        total, largest = build_checkpoint(work / "base", args.layers)
-        print(f"synthetic checkpoint: {total / 1e9:.2f} GB, {args.layers} MoE layers x {EXPERTS} experts, "
-              f"largest tensor {largest / 1e9:.2f} GB (built in {time.perf_counter() - t0:.0f} s)")
         first = timed_copy(work / "base", work / "copy")
         shutil.rmtree(work / "copy")
-        seconds, peak, growth = timed_quantize(work / "base", work / "nvfp4", args.device)
+        result, peak = run_child(QUANTIZE, str(work / "base"), str(work / "nvfp4"), args.device)
+        seconds, growth = result["seconds"], result["growth"]
         written = sum(p.stat().st_size for p in (work / "nvfp4").glob("*.safetensors"))
         second = timed_copy(work / "base", work / "copy")
         copy = (first + second) / 2

@@ -165,11 +165,15 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("cpu", "--device", help="Where the compressed-tensors backend computes: cpu, cuda."),
     ):
         """Data-free weight quantization; NVFP4A16 output is checked against vLLM's layout before it is kept."""
+        from rich.progress import Progress
+
         from omk_ray.variants.quantize import quantize_checkpoint
 
-        with _clear_errors():
+        with _clear_errors(), Progress(transient=True) as bar:
+            task = bar.add_task("quantizing", total=None)
             path = quantize_checkpoint(model, out, scheme, backend=backend, max_shard_size=max_shard_size,
-                                       device=device)
+                                       device=device, progress=lambda done, total: bar.update(
+                                           task, completed=done, total=total))
         typer.echo(f"wrote {path}")
 
     @app.command("check-variant")

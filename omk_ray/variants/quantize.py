@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -90,8 +91,10 @@ def quantize_checkpoint(
     provenance: dict | None = None,
     max_shard_size: int | str = DEFAULT_MAX_SHARD,
     device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
 ) -> Path:
-    """Write a quantized copy of `model_dir` to `out_dir` (temporary folder, then rename); returns it."""
+    """Write a quantized copy of `model_dir` to `out_dir` (temporary folder, then rename); returns it.
+    `progress(done, total)` is called as groups of Linears are quantized (compressed-tensors backend)."""
     from omk_ray.variants.check import check_variant
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -109,7 +112,7 @@ def quantize_checkpoint(
     }
     with publish(out_dir, QuantizeError) as tmp:
         if backend == "compressed-tensors":
-            plan = plan_nvfp4(model_dir, config, device)
+            plan = plan_nvfp4(model_dir, config, device, progress)
             record.update(ignore=plan.ignore, quantized_modules=len(plan.quantized),
                           compressed_tensors_version=_ct_version())
             with _one_torch_thread():
@@ -124,7 +127,8 @@ def quantize_checkpoint(
     return out_dir
 
 
-def plan_nvfp4(model_dir: Path, config: dict | None = None, device: str = "cpu") -> QuantPlan:
+def plan_nvfp4(model_dir: Path, config: dict | None = None, device: str = "cpu",
+               progress: Callable[[int, int], None] | None = None) -> QuantPlan:
     """Every tensor the NVFP4A16 quantizer will write, checked against the checkpoint; computes nothing."""
     config = config if config is not None else _unquantized_config(model_dir)
     try:
@@ -149,7 +153,7 @@ def plan_nvfp4(model_dir: Path, config: dict | None = None, device: str = "cpu")
         by_source.setdefault(lin.source.name, []).append(lin)
 
     order: list[str] = []  # fusion groups in the order their tensors are written
-    memo = _GroupMemo(groups, order, device)
+    memo = _GroupMemo(groups, order, device, progress)
     out: list[OutTensor] = []
     for t in sorted(tensors.values(), key=lambda t: (str(t.file), t.offset)):
         if t.name not in by_source:
@@ -186,8 +190,10 @@ class _GroupMemo:
 
     AHEAD = 2
 
-    def __init__(self, groups: dict[str, list[Linear]], order: list[str], device: str):
+    def __init__(self, groups: dict[str, list[Linear]], order: list[str], device: str,
+                 progress: Callable[[int, int], None] | None = None):
         self.groups, self.order, self.device = groups, order, device  # order: filled in by the plan
+        self.progress = progress
         self.position: dict[str, int] = {}
         self.pool = ThreadPoolExecutor(self.AHEAD, thread_name_prefix="nvfp4")
         self.futures: dict[str, Future] = {}
@@ -205,6 +211,8 @@ class _GroupMemo:
             if ahead not in self.futures:
                 self.futures[ahead] = self._submit(ahead)
         result = self.futures[key].result()
+        if self.progress:
+            self.progress(i + 1, len(self.order))
         if i + 1 == len(self.order):
             self.pool.shutdown(wait=False)
         return result
