@@ -20,7 +20,7 @@ import shutil
 from bench_surgery import run_child, synthetic, timed_copy
 
 QUANTIZE = """
-import json, re, sys, time
+import json, re, resource, sys, time
 import torch
 import omk_ray.variants.check  # imports and compiled kernels are not what grows with the model
 from omk_ray.variants import nvfp4
@@ -28,11 +28,14 @@ from omk_ray.variants.quantize import quantize_checkpoint
 nvfp4.quantize(torch.ones(1, 16, dtype=torch.bfloat16), nvfp4.global_scale(1.0))
 def hwm():
     return int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read())[1]) * 1024
+open("/proc/self/clear_refs", "w").write("5")  # reset the high-water mark to the RSS now
 base_rss = hwm()
-open("/proc/self/clear_refs", "w").write("5")  # reset the high-water mark
-start = time.perf_counter()
+def cpu():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+start, cpu_start = time.perf_counter(), cpu()
 quantize_checkpoint(sys.argv[1], sys.argv[2], max_shard_size="2GB", device=sys.argv[3])
-print(json.dumps({"seconds": time.perf_counter() - start, "growth": hwm() - base_rss}))
+print(json.dumps({"seconds": time.perf_counter() - start, "growth": hwm() - base_rss, "cpu": cpu() - cpu_start}))
 """
 
 
@@ -52,7 +55,7 @@ def main() -> None:
         first = timed_copy(work / "base", work / "copy")
         shutil.rmtree(work / "copy")
         result, peak = run_child(QUANTIZE, str(work / "base"), str(work / "nvfp4"), args.device)
-        seconds, growth = result["seconds"], result["growth"]
+        seconds, growth, cpu = result["seconds"], result["growth"], result["cpu"]
         written = sum(p.stat().st_size for p in (work / "nvfp4").glob("*.safetensors"))
         second = timed_copy(work / "base", work / "copy")
         copy = (first + second) / 2
@@ -60,7 +63,8 @@ def main() -> None:
               f"{seconds:.2f} s ({total / seconds / 1e9:.3f} GB/s of bf16 read, {written / 1e9:.2f} GB written)")
         ratio, limit = copy / seconds, 2 * largest + 300e6
         print(f"speed ratio (copy time / quantize time): {ratio:.2f}x (target >= 0.5x: "
-              f"{'met' if ratio >= 0.5 else 'NOT met'})")
+              f"{'met' if ratio >= 0.5 else 'NOT met'}); CPU time of the quantization {cpu:.2f} s "
+              f"(all threads; the machine may be lending it less than the wall time)")
         print(f"peak RSS of the quantizer: {peak / 1e6:.0f} MB, {growth / 1e6:.0f} MB above its imports "
               f"(target <= 2 x largest tensor + 300 MB = {limit / 1e6:.0f} MB: {'met' if peak <= limit else 'NOT met'})")
     finally:

@@ -421,7 +421,7 @@ def test_transformers_engine_runs_the_nvfp4_toy_exactly_as_its_fake_quantized_fl
             assert set(reference) <= set(weights)
             for key, value in reference.items():
                 assert torch.equal(weights[key], value), key
-        runs[name] = engine.generate(requests, RECIPE)
+        runs[name] = engine.generate_batch(requests, RECIPE)
         engine.close()
     assert [c.token_ids for c in runs["nvfp4"]] == [c.token_ids for c in runs["fake"]]
     scores = {name: accuracy(problems, [c.text for c in out])["all"] for name, out in runs.items()}
