@@ -58,6 +58,7 @@ def layer_tensors(i: int) -> dict[str, tuple[int, ...]]:
 
 
 def write_random_shard(path: Path, tensors: dict[str, tuple[int, ...]], rng: np.random.Generator) -> None:
+    """bf16 tensors of random finite values (random sign and mantissa, magnitudes 2^-10 .. 2^-3)."""
     header, offset = {"__metadata__": {"format": "pt"}}, 0
     for name, shape in tensors.items():
         nbytes = int(np.prod(shape)) * 2
@@ -68,10 +69,12 @@ def write_random_shard(path: Path, tensors: dict[str, tuple[int, ...]], rng: np.
     with open(path, "wb") as f:
         f.write(len(blob).to_bytes(8, "little") + blob)
         for name, shape in tensors.items():
-            left = int(np.prod(shape)) * 2
+            left = int(np.prod(shape))
             while left:
-                n = min(left, 64 << 20)
-                f.write(rng.integers(0, 256, n, dtype=np.uint8).tobytes())
+                n = min(left, 32 << 20)
+                bits = rng.integers(0, 1 << 16, n, dtype=np.uint16)
+                exponent = ((bits >> 7) & 0x7) + 117
+                f.write(((bits & 0x807F) | (exponent << 7).astype(np.uint16)).tobytes())
                 left -= n
 
 
@@ -104,16 +107,31 @@ def timed_copy(src: Path, dst: Path) -> float:
     return time.perf_counter() - start
 
 
-def timed_surgery(src: Path, dst: Path, drop_map: dict) -> tuple[float, int]:
-    """(seconds inside prune_checkpoint, peak RSS bytes of the child process)."""
-    proc = subprocess.Popen([sys.executable, "-c", SURGERY, str(src), str(dst), json.dumps(drop_map)],
+def run_child(script: str, *args: str) -> tuple[dict, int]:
+    """(the JSON the script prints last, peak RSS bytes of its process, read from the kernel)."""
+    proc = subprocess.Popen([sys.executable, "-c", script, *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     out, err = proc.stdout.read(), proc.stderr.read()
     if proc.returncode != 0:
-        raise SystemExit(f"surgery failed:\n{err[-3000:]}")
-    return json.loads(out.strip().splitlines()[-1])["seconds"], usage.ru_maxrss * 1024
+        raise SystemExit(f"benchmark child failed:\n{err[-3000:]}")
+    return json.loads(out.strip().splitlines()[-1]), usage.ru_maxrss * 1024
+
+
+def synthetic(layers: int, copies: float, prefix: str) -> tuple[Path, int, int]:
+    """(temporary folder holding the synthetic checkpoint as base/, total bytes, largest tensor
+    bytes); refuses to start without room for `copies` times the checkpoint."""
+    need = int((layers * 1.55 + 0.2) * 1e9 * copies)
+    free = shutil.disk_usage(tempfile.gettempdir()).free
+    if free < need + (2 << 30):
+        raise SystemExit(f"need {need / 1e9:.1f} GB free under {tempfile.gettempdir()}, have {free / 1e9:.1f} GB")
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    t0 = time.perf_counter()
+    total, largest = build_checkpoint(work / "base", layers)
+    print(f"synthetic checkpoint: {total / 1e9:.2f} GB, {layers} MoE layers x {EXPERTS} experts, "
+          f"largest tensor {largest / 1e9:.2f} GB (built in {time.perf_counter() - t0:.0f} s)")
+    return work, total, largest
 
 
 def main() -> None:
@@ -122,23 +140,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="best of N (the machine may be busy)")
     args = parser.parse_args()
 
-    need = int((args.layers * 1.55 + 0.2) * 1e9) * 3  # base, copy, pruned
-    free = shutil.disk_usage(tempfile.gettempdir()).free
-    if free < need + (2 << 30):
-        raise SystemExit(f"need {need / 1e9:.1f} GB free under {tempfile.gettempdir()}, have {free / 1e9:.1f} GB")
-    work = Path(tempfile.mkdtemp(prefix="omk-bench-surgery-"))
+    work, total, largest = synthetic(args.layers, 3, "omk-bench-surgery-")  # base, copy, pruned
     try:
-        t0 = time.perf_counter()
-        total, largest = build_checkpoint(work / "base", args.layers)
-        print(f"synthetic checkpoint: {total / 1e9:.2f} GB, {args.layers} MoE layers x {EXPERTS} experts, "
-              f"largest tensor {largest / 1e9:.2f} GB (built in {time.perf_counter() - t0:.0f} s)")
         rng = np.random.default_rng(1)
         drop_map = {str(i): sorted(rng.choice(EXPERTS, DROP, replace=False).tolist()) for i in range(args.layers)}
         copies, surgeries, peaks, written = [], [], [], 0
         for r in range(args.repeats):
             copies.append(timed_copy(work / "base", work / f"copy{r}"))
             shutil.rmtree(work / f"copy{r}")
-            seconds, peak = timed_surgery(work / "base", work / f"pruned{r}", drop_map)
+            result, peak = run_child(SURGERY, str(work / "base"), str(work / f"pruned{r}"), json.dumps(drop_map))
+            seconds = result["seconds"]
             written = sum(p.stat().st_size for p in (work / f"pruned{r}").glob("*.safetensors"))
             shutil.rmtree(work / f"pruned{r}")
             surgeries.append(seconds)

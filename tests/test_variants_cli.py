@@ -77,6 +77,13 @@ def test_build_variant_and_quantize_commands(cli, tiny_gemma4, tmp_path):
     path = first.output.strip().splitlines()[-1]
     assert json.loads((tmp_path / "artifacts" / path.split("/")[-1] / "config.json").read_text())["num_experts"] == 7
     assert cli("build-variant", "--spec", spec, "--artifact-root", tmp_path / "artifacts").output.strip() == path
+    quantized = cli("quantize", "--model", path, "--out", tmp_path / "q", "--max-shard-size", "100KB")
+    assert quantized.exit_code == 0, quantized.output
+    assert len(list((tmp_path / "q").glob("model-*-of-*.safetensors"))) > 1
+    checked = cli("check-variant", tmp_path / "q")
+    assert checked.exit_code == 0 and "ok, gemma4" in checked.output and "42 of them experts" in checked.output
+    again = cli("quantize", "--model", path, "--out", tmp_path / "q")
+    assert again.exit_code == 2 and "already exists" in again.output
     if not quantization_available():
-        result = cli("quantize", "--model", tiny_gemma4, "--out", tmp_path / "q")
-        assert result.exit_code == 2 and "omk-ray[quant]" in result.output and not (tmp_path / "q").exists()
+        result = cli("quantize", "--model", tiny_gemma4, "--out", tmp_path / "q2", "--backend", "llm-compressor")
+        assert result.exit_code == 2 and "omk-ray[quant]" in result.output and not (tmp_path / "q2").exists()

@@ -10,6 +10,7 @@ import pytest
 from conftest_variants import tiny_gemma4  # noqa: F401  (fixture)
 
 from omk_ray.variants import registry
+from omk_ray.variants.check import check_variant
 from omk_ray.variants.quantize import QuantizationUnavailable, quantization_available
 from omk_ray.variants.registry import BuildError, ensure_variant, variant_fingerprint
 from omk_ray.variants.surgery import PROVENANCE_NAME
@@ -113,13 +114,27 @@ def test_unreachable_hub_falls_back_to_a_local_build(tiny_gemma4, tmp_path, monk
     assert not (tmp_path / ".staging").exists() or not any((tmp_path / ".staging").iterdir())
 
 
+def test_nvfp4a16_build_prunes_then_quantizes_and_is_checked(tiny_gemma4, tmp_path):
+    path = ensure_variant({"base": str(tiny_gemma4), "drop_map": DROP, "quantization": "nvfp4a16"}, tmp_path)
+    config = json.loads((path / "config.json").read_text())
+    assert config["num_experts"] == 6 and config["quantization_config"]["format"] == "nvfp4-pack-quantized"
+    record = json.loads((path / PROVENANCE_NAME).read_text())
+    assert record["build"]["quantization"] == "NVFP4A16" and record["base_provenance"]["drop_map"] == DROP
+    assert check_variant(path).ok
+    assert ensure_variant({"base": str(tiny_gemma4), "drop_map": DROP, "quantization": "NVFP4A16"}, tmp_path) == path
+    staging = tmp_path / ".staging"
+    assert not (staging.exists() and any(staging.iterdir()))
+
+
 @pytest.mark.skipif(quantization_available(), reason="llm-compressor is installed here")
-def test_quantized_build_without_llmcompressor_fails_clearly_and_leaves_nothing(tiny_gemma4, tmp_path):
+def test_build_needing_llmcompressor_fails_clearly_before_pruning(tiny_gemma4, tmp_path):
     with pytest.raises(QuantizationUnavailable, match="pip install 'omk-ray\\[quant\\]'"):
-        ensure_variant({"base": str(tiny_gemma4), "drop_map": DROP, "quantization": "NVFP4A16"}, tmp_path)
+        ensure_variant({"base": str(tiny_gemma4), "drop_map": DROP, "quantization": "W4A16"}, tmp_path)
     visible = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
     staging = tmp_path / ".staging"
     assert visible == [] and not (staging.exists() and any(staging.iterdir()))
+    with pytest.raises(BuildError, match="quantization: .*unknown scheme 'NVFP5'"):
+        ensure_variant({"base": str(tiny_gemma4), "drop_map": DROP, "quantization": "NVFP5"}, tmp_path)
 
 
 @pytest.mark.parametrize("block, message", [

@@ -29,7 +29,12 @@ class TransformersEngine(TokenEngine):
         dtype = variant.engine_args.dtype
         # tensor_parallel_size > 1: the actor holds that many GPUs; accelerate spreads the layers.
         spread = self.device == "cuda" and variant.engine_args.tensor_parallel_size > 1
-        self.model = AutoModelForCausalLM.from_pretrained(
+        from omk_ray.variants.load import is_nvfp4_checkpoint, load_dequantized
+
+        # NVFP4A16 checkpoints run dequantized (the W4A16 arithmetic): transformers has no FP4 kernel here.
+        nvfp4 = is_nvfp4_checkpoint(model_path, variant.revision)
+        load = load_dequantized if nvfp4 else AutoModelForCausalLM.from_pretrained
+        self.model = load(
             model_path,
             revision=variant.revision,
             dtype="auto" if dtype == "auto" else getattr(torch, dtype),

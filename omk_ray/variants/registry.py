@@ -33,7 +33,8 @@ The `build:` block of a grid variant (the `build` dict here) accepts these keys:
     split_classes: [str] | {str: [str]}   replace a class by its subclasses (e.g. [science])
     weights: {str: float}        per-class weight on the normalized scores
     params: {str: float}         strategy parameters: p (lp), temperature (softmax), k (topk-mean), seed (random)
-    quantization: str            e.g. NVFP4A16 (needs the `quant` extra); default none
+    quantization: str            NVFP4A16 (built by omk-ray, streaming, checked against vLLM's layout);
+                                 another compressed-tensors preset needs the `quant` extra; default none
     hub_repo: str                private Hub repo holding variants as <fingerprint>/ folders:
                                  pulled from before building
     push: bool                   push after building (default false; needs hub_repo)
@@ -56,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from omk_ray.config import stable_hash
 from omk_ray.variants.dropmap import CRITERIA, STRATEGIES, plan_drop_map, validate_drop_map
@@ -101,6 +102,15 @@ class BuildSpec(BaseModel):
     quantization: str | None = None
     hub_repo: str | None = None
     push: bool = False
+
+    @field_validator("quantization")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        from compressed_tensors.quantization import is_preset_scheme
+
+        if value is not None and not is_preset_scheme(value):
+            raise ValueError(f"unknown scheme {value!r} (a compressed-tensors preset, e.g. NVFP4A16)")
+        return value.upper() if value else value
 
     @model_validator(mode="after")
     def _consistent(self) -> "BuildSpec":
@@ -193,9 +203,9 @@ def _build(resolved: ResolvedBuild, final: Path, root: Path) -> None:
 
     spec = resolved.spec
     if spec.quantization:
-        from omk_ray.variants.quantize import _llmcompressor
+        from omk_ray.variants.quantize import check_backend
 
-        _llmcompressor()  # fail before pruning if llm-compressor is not there
+        check_backend(spec.quantization)  # fail before pruning if the scheme cannot be built here
     source = resolved.base_path
     staged = None
     if resolved.drop_map:

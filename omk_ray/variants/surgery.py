@@ -20,30 +20,26 @@ never overwritten.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omk_ray.variants.checkpoint import (
-    INDEX_NAME, WEIGHT_SUFFIXES, CheckpointError, OutTensor, SourceTensor, check_written, parse_size,
-    read_tensors, rows, whole, write_checkpoint,
+    PROVENANCE_NAME, CheckpointError, OutTensor, SourceTensor, parse_size, publish, read_tensors, rows, whole,
+    write_model,
 )
 from omk_ray.variants.dropmap import DropMapError, drop_map_hash, validate_drop_map
 
 SURGERY_VERSION = "1"
-PROVENANCE_NAME = "omk_ray_provenance.json"
 EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")
 TOP_K_KEYS = ("top_k_experts", "num_experts_per_tok")
 ROUTER_NAMES = ("router.proj.weight", "router.per_expert_scale", "mlp.gate.weight", "block_sparse_moe.gate.weight")
 DEFAULT_MAX_SHARD = "5GB"
 
 _LAYER = re.compile(r"^(?P<prefix>(?:.*\.)?layers\.(?P<layer>\d+)\.)(?P<rest>.+)$")
-_PER_EXPERT = re.compile(r"^(?P<block>(?:mlp|block_sparse_moe)\.experts)\.(?P<expert>\d+)\.(?P<param>.+)$")
+_PER_EXPERT = re.compile(r"^(?P<block>(?:(?:mlp|block_sparse_moe)\.)?experts)\.(?P<expert>\d+)\.(?P<param>.+)$")
 _FUSED = re.compile(r"^(?:(?:mlp|block_sparse_moe)\.)?experts\.[A-Za-z_]+$")
 
 
@@ -91,39 +87,21 @@ def prune_checkpoint(
     max_bytes = parse_size(max_shard_size)
     if max_bytes < 1:
         raise SurgeryError(f"max_shard_size must be positive, got {max_shard_size!r}")
-
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        write_checkpoint(tmp, plan.tensors, max_bytes)
-        copy_side_files(model_dir, tmp)
-        (tmp / "config.json").write_text(json.dumps(plan.config, indent=2) + "\n")
-        record = {
-            **(provenance or {}),
-            "tool": "omk-ray prune",
-            "omk_ray_version": _version(),
-            "surgery_version": SURGERY_VERSION,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "base_path": str(model_dir.resolve()),
-            "num_experts": {"before": plan.num_experts, "after": plan.kept},
-            "drop_map_hash": drop_map_hash(plan.drop_map),
-            "drop_map": plan.drop_map,
-        }
-        if protected:
-            record["protected"] = protected
-        parent = model_dir / PROVENANCE_NAME
-        if parent.is_file():
-            record["base_provenance"] = json.loads(parent.read_text())
-        (tmp / PROVENANCE_NAME).write_text(json.dumps(record, indent=2) + "\n")
-        check_written(tmp, plan.tensors)
-        try:
-            os.rename(tmp, out_dir)
-        except OSError:
-            raise SurgeryError(f"{out_dir} appeared while the surgery ran; refusing to overwrite it") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    record = {
+        **(provenance or {}),
+        "tool": "omk-ray prune",
+        "omk_ray_version": _version(),
+        "surgery_version": SURGERY_VERSION,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "base_path": str(model_dir.resolve()),
+        "num_experts": {"before": plan.num_experts, "after": plan.kept},
+        "drop_map_hash": drop_map_hash(plan.drop_map),
+        "drop_map": plan.drop_map,
+    }
+    if protected:
+        record["protected"] = protected
+    with publish(out_dir, SurgeryError) as tmp:
+        write_model(tmp, model_dir, plan.tensors, plan.config, record, max_bytes)
     return out_dir
 
 
@@ -268,15 +246,6 @@ def _set(obj: dict, path: tuple, value: Any) -> None:
     for k in path[:-1]:
         obj = obj[k]
     obj[path[-1]] = value
-
-
-def copy_side_files(model_dir: Path, out_dir: Path) -> None:
-    """Tokenizer, chat template, generation config, README...: every top-level file but weights."""
-    for src in sorted(model_dir.iterdir()):
-        if src.is_file() and not src.name.endswith(WEIGHT_SUFFIXES) and src.name not in (
-            INDEX_NAME, "config.json", PROVENANCE_NAME,
-        ):
-            shutil.copy2(src, out_dir / src.name)
 
 
 def _version() -> str:
