@@ -8,6 +8,10 @@ the arithmetic class split into its subclasses, and the experts are cut out by t
 streaming surgery. Every arm is canaried, then evaluated on a local Ray cluster with vLLM,
 and the demo ends with the comparison against the baseline (Markdown here, HTML on disk).
 Rerunning resumes from what OUT already holds.
+
+`--grid gguf` runs `configs/demo_gguf.yaml` instead: the toy and its `max` arm on vLLM next to
+their GGUF twins on llama.cpp (F16, and Q8_0 with an importance matrix), and ends with the
+serving cohorts side by side and each twin's agreement with its vLLM twin.
 """
 
 from __future__ import annotations
@@ -22,10 +26,13 @@ from omk_ray.farm.runner import run_grid
 
 console = Console()
 DEMO_CONFIG = Path(__file__).parent / "toy" / "assets" / "demo.yaml"
+GGUF_CONFIG = DEMO_CONFIG.with_name("demo_gguf.yaml")
 BASELINE = "toy"
+GGUF_COHORTS = [("vLLM float32", ["toy", "max"]), ("llama.cpp F16", ["toy-f16", "max-f16"]),
+                ("llama.cpp Q8_0 imatrix", ["toy-q8", "max-q8"])]
 
 
-def untrained_stand_in(out: Path) -> Path:
+def untrained_stand_in(out: Path, config: Path = DEMO_CONFIG) -> Path:
     """The demo grid on an untrained model of the toy's shape (when no trained toy is shipped)."""
     from omk_ray.toy.data import write_data
     from omk_ray.toy.tiny import build_tiny_gemma4
@@ -34,11 +41,11 @@ def untrained_stand_in(out: Path) -> Path:
     if not (folder / "model" / "config.json").exists():
         build_tiny_gemma4(folder / "model", seed=0, num_experts=16, top_k=2, layers=3)
     write_data(folder)
-    shutil.copy(DEMO_CONFIG, folder / "demo.yaml")
-    return folder / "demo.yaml"
+    shutil.copy(config, folder / config.name)
+    return folder / config.name
 
 
-def run_demo(out: Path, fresh: bool = False, config: Path = DEMO_CONFIG) -> None:
+def run_demo(out: Path, fresh: bool = False, config: Path = DEMO_CONFIG, cohorts=None) -> None:
     from omk_ray.analysis.compare import CompareOptions, compare
     from omk_ray.analysis.markdown import to_markdown
     from omk_ray.analysis.report import write_report
@@ -50,7 +57,7 @@ def run_demo(out: Path, fresh: bool = False, config: Path = DEMO_CONFIG) -> None
     if not trained:
         console.print("[yellow]no trained toy model is shipped here: running the grid on an untrained model of "
                       "its shape (every score 0; canary verdicts recorded, not enforced)[/]")
-        config = untrained_stand_in(out)
+        config = untrained_stand_in(out, config)
     grid = load_grid(config)
     grid = grid.model_copy(update={"artifacts": str((out / "artifacts").resolve())})
     if not trained:
@@ -64,5 +71,11 @@ def run_demo(out: Path, fresh: bool = False, config: Path = DEMO_CONFIG) -> None
     comparison = compare(out / "results", CompareOptions(baseline=BASELINE))
     paths = write_report(comparison, out / "report")
     console.print(to_markdown(comparison), markup=False, highlight=False, soft_wrap=True)
+    if cohorts:
+        from omk_ray.analysis.markdown import render
+        from omk_ray.analysis.serving import Cohort, side_by_side
+
+        side = side_by_side(out / "results", [Cohort(name, variants) for name, variants in cohorts])
+        console.print(render(side.sections()), markup=False, highlight=False, soft_wrap=True)
     console.print(f"\nresults: {out / 'results'} (Parquet under samples/<variant>/<bench>/)")
     console.print(f"report:  {paths['html']} (HTML), {paths['markdown']}, tables in {out / 'report' / 'tables'}")
