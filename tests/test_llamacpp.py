@@ -256,36 +256,46 @@ def _wide_gemma4(out: Path) -> Path:
 
 @pytest.mark.slow
 def test_q6k_with_an_importance_matrix_writes_real_q6k_tensors(tmp_path, llama_tools):
-    model = _wide_gemma4(tmp_path / "wide")
+    f16 = build_gguf(_wide_gemma4(tmp_path / "wide"), tmp_path / "f16", GGUFOptions(type="F16"), log=lambda m: None)
     (tmp_path / "calibration.txt").write_text(calibration_text())
-    with_imatrix = build_gguf(model, tmp_path / "q6k-imatrix", GGUFOptions(
-        type="Q6_K", imatrix=str(tmp_path / "calibration.txt"), imatrix_ctx=128), log=lambda m: None)
-    plain = build_gguf(model, tmp_path / "q6k", GGUFOptions(type="Q6_K"), log=lambda m: None)
+    with_imatrix = build_gguf(f16, tmp_path / "q6k-imatrix", GGUFOptions(
+        type="Q6_K", imatrix=str(tmp_path / "calibration.txt"), imatrix_ctx=128, imatrix_chunks=8), log=lambda m: None)
+    plain = build_gguf(f16, tmp_path / "q6k", GGUFOptions(type="Q6_K"), log=lambda m: None)
 
     record = json.loads((with_imatrix / "omk_ray_provenance.json").read_text())
-    assert [s["step"] for s in record["steps"]] == ["preflight", "prepare", "convert", "imatrix", "quantize", "check"]
-    assert record["steps"][3]["calibration"]["sha256"] == record["gguf"]["imatrix_sha256"]
-    assert "--imatrix" in record["steps"][4]["argv"] and (with_imatrix / "imatrix.gguf").is_file()
+    assert [s["step"] for s in record["steps"]] == ["source", "imatrix", "quantize", "check"]  # from the F16 GGUF
+    assert record["steps"][1]["calibration"]["sha256"] == record["gguf"]["imatrix_sha256"]
+    assert "--imatrix" in record["steps"][2]["argv"] and (with_imatrix / "imatrix.gguf").is_file()
+    assert record["base_provenance"]["gguf"]["type"] == "F16"
     check = record["steps"][-1]
-    assert check["fallbacks"] == [] and check["types"]["Q6_K"] == check["quantizable"] >= 10
+    assert check["fallbacks"] == []
+    assert {k["tensor"] for k in check["kept"]} == {"blk.0.ffn_gate_inp.weight", "blk.1.ffn_gate_inp.weight"}
+    assert check["types"]["Q6_K"] == check["quantizable"] - 2 >= 10
 
     gguf = import_gguf()
     tensors = [{t.name: t for t in gguf.GGUFReader(str(gguf_file(p))).tensors} for p in (with_imatrix, plain)]
     q6k = [name for name, t in tensors[0].items() if t.tensor_type == gguf.GGMLQuantizationType.Q6_K]
     assert {"blk.0.attn_q.weight", "blk.0.ffn_down_exps.weight", "blk.1.ffn_gate_up_exps.weight"} <= set(q6k)
-    changed = [n for n in q6k if bytes(tensors[0][n].data.tobytes()) != bytes(tensors[1][n].data.tobytes())]
+    assert all(tensors[1][n].tensor_type == gguf.GGMLQuantizationType.Q6_K for n in q6k)
+    changed = [n for n in q6k if tensors[0][n].data.tobytes() != tensors[1][n].data.tobytes()]
     assert len(changed) >= len(q6k) // 2  # the importance matrix moved the quantized values
 
 
 @pytest.mark.slow
-def test_q6k_on_the_toy_names_every_fallback(tmp_path, llama_tools):
+def test_q6k_on_the_toy_names_every_fallback(tmp_path, toy_f16):
     with pytest.raises(GGUFError) as err:
-        build_gguf(shipped(), tmp_path / "q6k", GGUFOptions(type="Q6_K", allow_fallback=False), log=lambda m: None)
+        build_gguf(toy_f16, tmp_path / "q6k", GGUFOptions(type="Q6_K", allow_fallback=False), log=lambda m: None)
     message = str(err.value)
-    assert "tensors are not Q6_K" in message and "allow_fallback: false" in message
-    assert "row width 96 is not a multiple of 256, the Q6_K block" in message
-    assert "blk.0.attn_q.weight Q8_0" in message
+    assert message.startswith("28 of 31 tensors are not Q6_K: ") and "(allow_fallback: false)" in message
+    assert "blk.0.attn_q.weight Q8_0 (row width 96 is not a multiple of 256, the Q6_K block)" in message
     assert not (tmp_path / "q6k").exists() and not list(tmp_path.glob(".q6k.partial-*"))
+
+    q8 = build_gguf(toy_f16, tmp_path / "q8", GGUFOptions(type="Q8_0"), log=lambda m: None)
+    check = json.loads((q8 / "omk_ray_provenance.json").read_text())["steps"][-1]
+    assert [f["tensor"] for f in check["fallbacks"]] == [f"blk.{i}.ffn_down.weight" for i in range(3)]  # width 16
+    assert check["fallbacks"][0]["why"] == "row width 16 is not a multiple of 32, the Q8_0 block"
+    with pytest.raises(GGUFError, match="holds .*Q8_0.* tensors: quantize from a F16 GGUF"):
+        build_gguf(q8, tmp_path / "q6k-from-q8", GGUFOptions(type="Q6_K"), log=lambda m: None)
 
 
 @pytest.mark.slow

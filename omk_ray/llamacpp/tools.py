@@ -200,7 +200,7 @@ def _extract(sdist: Path, dest: Path) -> Path:
 
 
 def _run(cmd: list[str], step: str, log, log_file: Path | None = None) -> None:
-    """Run one step, its output appended to log_file; cmake's progress is shown every 10%."""
+    """Run one step, its output appended to log_file; cmake's progress (per target) is shown every 10%."""
     log(f"llama.cpp {step}: {' '.join(cmd)}")
     lines: list[str] = []
     shown = -10
@@ -210,8 +210,9 @@ def _run(cmd: list[str], step: str, log, log_file: Path | None = None) -> None:
             out.write(line)
             lines = [*lines[-80:], line]
             progress = re.match(r"\[\s*(\d+)%\]", line)
-            if progress and int(progress.group(1)) >= shown + 10:
-                shown = int(progress.group(1))
+            percent = int(progress.group(1)) if progress else None
+            if percent is not None and (percent >= shown + 10 or percent < shown):  # each target counts anew
+                shown = percent
                 log(f"llama.cpp {step}: {shown}%")
     if proc.returncode:
         tail = "".join(lines)[-4000:]

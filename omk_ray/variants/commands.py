@@ -198,7 +198,7 @@ def register(app: typer.Typer) -> None:
         check = next(s for s in record["steps"] if s["step"] == "check")
         typer.echo(f"wrote {path / record['file']} ({record['llama_cpp']['llama_cpp_commit']}): tensor types "
                    + ", ".join(f"{k} {v}" for k, v in check["types"].items()))
-        for f in check["fallbacks"]:
+        for f in [*check["fallbacks"], *check["kept"]]:
             typer.echo(f"  {f['tensor']}: {f['type']} ({f['why']})")
 
     @app.command("build-variant")

@@ -139,7 +139,8 @@ def converter_ready(model_dir: Path, dest: Path) -> list[str]:
 
     - Gemma 4 configs without `global_head_dim`: transformers takes the full-attention layers'
       head size from `per_layer_config` (or `head_dim`); the converter asserts on the key.
-      The value transformers resolves is written in.
+      The value transformers resolves is written in (and `omk_ray.llamacpp.convert` hands it
+      to the converter, whose config loader would drop it again).
     - Gemma 4 GGUFs need a byte-fallback BPE tokenizer with merges; a character-level
       WordLevel tokenizer (the toy's) is rewritten as the equivalent BPE: the same ids, spaces
       as `▁`, every character its own token (one merge that never fires, since llama.cpp reads
@@ -235,7 +236,11 @@ def _check_same_ids(original: Path, ready: Path) -> None:
 
 def build_gguf(model_dir: str | Path, out_dir: str | Path, options: GGUFOptions, *,
                imatrix_path: Path | None = None, provenance: dict | None = None, tools=None, log=None) -> Path:
-    """Write the GGUF variant of `model_dir` to `out_dir` (staged beside it, then renamed)."""
+    """Write the GGUF variant of `model_dir` to `out_dir` (staged beside it, then renamed).
+
+    `model_dir` is a Hugging Face checkpoint, or a GGUF variant of `options.base_type` (an F16
+    one, say): then the conversion is skipped and its GGUF is quantized as it is.
+    """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     log = log or (lambda message: print(message, file=sys.stderr))
     if out_dir.exists():
@@ -248,23 +253,30 @@ def build_gguf(model_dir: str | Path, out_dir: str | Path, options: GGUFOptions,
     tools = tools or _tools()
     steps: list[dict] = []
     start = time.perf_counter()
-    preflight(model_dir, tools)
-    steps.append({"step": "preflight", "architecture": _read_json(model_dir / "config.json")["architectures"][0]})
+    source = _gguf_source(model_dir, options)
+    if source is None:
+        preflight(model_dir, tools)
+        steps.append({"step": "preflight", "architecture": _read_json(model_dir / "config.json")["architectures"][0]})
+    else:
+        steps.append({"step": "source", "gguf": str(source.resolve()), "type": options.base_type})
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        ready = tmp / ".ready"
-        steps.append({"step": "prepare", "adaptations": converter_ready(model_dir, ready)})
-        base = tmp / f".base-{options.base_type}.gguf"
         final_name = f"model-{options.type}.gguf"
-        _step(steps, "convert", [sys.executable, str(tools.converter), str(ready), "--outfile", str(base),
-                                 "--outtype", options.base_type.lower()], log, _converter_error)
+        base = source or tmp / f".base-{options.base_type}.gguf"
+        if source is None:
+            ready = tmp / ".ready"
+            steps.append({"step": "prepare", "adaptations": converter_ready(model_dir, ready)})
+            _step(steps, "convert", [sys.executable, "-m", "omk_ray.llamacpp.convert", str(tools.converter),
+                                     str(ready), "--outfile", str(base), "--outtype", options.base_type.lower()],
+                  log, _converter_error)
+            shutil.rmtree(ready)
         threads = str(len(os.sched_getaffinity(0)))
         if options.type in UNQUANTIZED:
             if options.type == options.base_type:
-                base.rename(tmp / final_name)
+                shutil.copy2(base, tmp / final_name) if source else base.rename(tmp / final_name)
             else:
                 _step(steps, "quantize", [str(tools.bin("llama-quantize")), str(base), str(tmp / final_name),
                                           options.type, threads], log)
@@ -282,8 +294,8 @@ def build_gguf(model_dir: str | Path, out_dir: str | Path, options: GGUFOptions,
                 imatrix_args = ["--imatrix", str(tmp / "imatrix.gguf")]
             _step(steps, "quantize", [str(tools.bin("llama-quantize")), *imatrix_args, str(base),
                                       str(tmp / final_name), options.type, threads], log)
-        base.unlink(missing_ok=True)
-        shutil.rmtree(ready)
+        if source is None:
+            base.unlink(missing_ok=True)
         check = check_types(tmp / final_name, options.type)
         steps.append({"step": "check", **check})
         if check["fallbacks"]:
@@ -299,7 +311,7 @@ def build_gguf(model_dir: str | Path, out_dir: str | Path, options: GGUFOptions,
         copy_side_files(model_dir, side)
         shutil.copy2(model_dir / "config.json", side / "config.json")
         for f in side.iterdir():
-            f.rename(tmp / f.name)
+            f.unlink() if f.suffix == ".gguf" else f.rename(tmp / f.name)
         side.rmdir()
         record = {
             **(provenance or {}),
@@ -325,6 +337,18 @@ def build_gguf(model_dir: str | Path, out_dir: str | Path, options: GGUFOptions,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _gguf_source(model_dir: Path, options: GGUFOptions) -> Path | None:
+    """The GGUF of a GGUF variant folder (no safetensors), checked to be of `options.base_type`."""
+    if any(model_dir.glob("*.safetensors")) or not any(model_dir.glob("*.gguf")):
+        return None
+    path = gguf_file(model_dir)
+    kinds = {t.tensor_type.name for t in import_gguf().GGUFReader(str(path)).tensors if len(t.shape) > 1}
+    if kinds - {options.base_type, "F32"}:
+        raise GGUFError(f"{path} holds {', '.join(sorted(kinds))} tensors: quantize from a {options.base_type} "
+                        f"GGUF (base_type), never from a quantized one")
+    return path
 
 
 def _step(steps: list[dict], name: str, cmd: list[str], log, explain=None) -> None:
@@ -355,30 +379,32 @@ def _converter_error(output: str) -> str | None:
 
 
 def check_types(path: Path, wanted: str) -> dict:
-    """Tensor types of a GGUF, and every 2-D+ tensor not of `wanted`'s ggml type, with why."""
+    """Tensor types of a GGUF; every 2-D+ tensor not of `wanted`'s ggml type, with why: `fallbacks`
+    (llama.cpp could not store it so: a row width the type's block does not divide) and `kept`
+    (llama.cpp's rules keep it elsewhere: routers in F32, the higher-precision tensors of a mix)."""
     gguf = import_gguf()
     reader = gguf.GGUFReader(str(path))
     target = gguf.GGMLQuantizationType[TYPES[wanted]]
     block = gguf.GGML_QUANT_SIZES[target][0]
     counts: dict[str, int] = {}
-    fallbacks, quantizable = [], 0
+    fallbacks, kept, quantizable = [], [], 0
     for t in reader.tensors:
         kind = t.tensor_type.name
         counts[kind] = counts.get(kind, 0) + 1
-        width = int(t.shape[0])  # ne[0]: the row width
         if len([d for d in t.shape if d > 1]) < 2:
             continue  # norms, scales, biases: llama.cpp keeps 1-D tensors in F32
         quantizable += 1
         if t.tensor_type == target:
             continue
-        if width % block:
-            why = f"row width {width} is not a multiple of {block}, the {target.name} block"
-        elif wanted != TYPES[wanted]:
-            why = f"llama.cpp's {wanted} mix keeps this tensor at {kind}"
+        width = int(t.shape[0])  # ne[0]: the row width
+        entry = {"tensor": t.name, "type": kind, "shape": [int(d) for d in t.shape]}
+        if kind == "F32" and wanted != "F32":
+            kept.append({**entry, "why": "llama.cpp does not quantize it (routers stay F32)"})
+        elif width % block:
+            fallbacks.append({**entry, "why": f"row width {width} is not a multiple of {block}, the {target.name} block"})
         else:
-            why = f"llama.cpp's quantization rules keep this tensor at {kind}"
-        fallbacks.append({"tensor": t.name, "type": kind, "shape": [int(d) for d in t.shape], "why": why})
-    return {"types": dict(sorted(counts.items())), "quantizable": quantizable, "fallbacks": fallbacks}
+            kept.append({**entry, "why": f"llama.cpp's {wanted} rules keep it at {kind}"})
+    return {"types": dict(sorted(counts.items())), "quantizable": quantizable, "fallbacks": fallbacks, "kept": kept}
 
 
 def import_gguf():
