@@ -73,9 +73,9 @@ def run_demo(out: Path, fresh: bool = False, config: Path = DEMO_CONFIG, cohorts
     console.print(to_markdown(comparison), markup=False, highlight=False, soft_wrap=True)
     if cohorts:
         from omk_ray.analysis.markdown import render
-        from omk_ray.analysis.serving import Cohort, side_by_side
+        from omk_ray.analysis.serving import ServingCohort, side_by_side
 
-        side = side_by_side(out / "results", [Cohort(name, variants) for name, variants in cohorts])
+        side = side_by_side(out / "results", [ServingCohort(name, variants) for name, variants in cohorts])
         console.print(render(side.sections()), markup=False, highlight=False, soft_wrap=True)
     console.print(f"\nresults: {out / 'results'} (Parquet under samples/<variant>/<bench>/)")
     console.print(f"report:  {paths['html']} (HTML), {paths['markdown']}, tables in {out / 'report' / 'tables'}")

@@ -165,7 +165,7 @@ def test_tool_cache_is_keyed_by_version_and_flags(tmp_path, monkeypatch):
 
 
 def test_serving_cohorts_side_by_side(tmp_path):
-    from omk_ray.analysis.serving import Cohort, side_by_side
+    from omk_ray.analysis.serving import ServingCohort, side_by_side
 
     outcomes = {"base": [1, 1, 1, 0], "arm": [1, 0, 1, 0], "base-q": [1, 1, 0, 0], "arm-q": [1, 0, 0, 0]}
     rows = [r for v, o in outcomes.items() for r in bench_rows(v, "b", [bool(x) for x in o])]
@@ -173,7 +173,7 @@ def test_serving_cohorts_side_by_side(tmp_path):
         if r["variant"] == "arm-q" and r["doc_id"] == "d1":
             r["response"] = "something else"
     write_store(tmp_path, rows)
-    side = side_by_side(tmp_path, [Cohort("vllm", ["base", "arm"]), Cohort("gguf", ["base-q", "arm-q"])],
+    side = side_by_side(tmp_path, [ServingCohort("vllm", ["base", "arm"]), ServingCohort("gguf", ["base-q", "arm-q"])],
                         resamples=200)
     by_arm = {r["arm"]: r for r in side.scores}
     assert by_arm["base"]["vllm"]["score"] == 75.0 and by_arm["base"]["gguf"]["score"] == 50.0
@@ -187,7 +187,7 @@ def test_serving_cohorts_side_by_side(tmp_path):
     from omk_ray.analysis.markdown import render
 
     text = render(side.sections())
-    assert "| b | arm | 50.00% (arm) -25.00pp | 25.00% (arm-q) -25.00pp |" in text
+    assert "| b | arm | 50.00% (arm) −25.00pp | 25.00% (arm-q) −25.00pp |" in text
 
 
 # -- the real tools ---------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 each compared with the baseline of its own cohort, in one table, and how far each cohort's
 answers agree with the first cohort's (a GGUF twin against its vLLM twin).
 
-    side_by_side(results, [Cohort("vLLM NVFP4A16", ["128e-nvfp4", "v3-nvfp4", "v4-nvfp4"]),
-                           Cohort("llama.cpp Q6_K", ["128e-q6k", "v3-q6k", "v4-q6k"])])
+    side_by_side(results, [ServingCohort("vLLM NVFP4A16", ["128e-nvfp4", "v3-nvfp4", "v4-nvfp4"]),
+                           ServingCohort("llama.cpp Q6_K", ["128e-q6k", "v3-q6k", "v4-q6k"])])
 
 The first variant of a cohort is its baseline; the i-th variants of all cohorts are one arm
 (named after the first cohort's). Each cohort goes through `compare` on its own, so its cohort
@@ -20,19 +20,19 @@ import pyarrow.compute as pc
 
 from omk_ray.analysis.compare import CompareOptions, compare
 from omk_ray.analysis.samples import AnalysisError
-from omk_ray.analysis.sections import Section, Table
+from omk_ray.analysis.sections import Section, Table, pct, signed
 from omk_ray.results.store import ResultsStore
 
 
 @dataclass(frozen=True)
-class Cohort:
+class ServingCohort:
     name: str
     variants: list[str]
 
 
 @dataclass
 class SideBySide:
-    cohorts: list[Cohort]
+    cohorts: list[ServingCohort]
     scores: list[dict]  # bench, arm, then per cohort: variant, score (%), delta_pp (vs its baseline), n
     agreement: list[dict]  # bench, arm, cohort, variant, twin, n, same_verdict_pct, identical_pct
     notes: list[str] = field(default_factory=list)
@@ -46,8 +46,8 @@ class SideBySide:
         )
         agree = Table(
             headers=["Bench", "Arm", "Cohort", "vs", "n", "same verdict", "identical answer"],
-            rows=[[r["bench"], r["arm"], r["cohort"], r["twin_cohort"], str(r["n"]), f"{r['same_verdict_pct']:.2f}%",
-                   f"{r['identical_pct']:.2f}%"] for r in self.agreement],
+            rows=[[r["bench"], r["arm"], r["cohort"], r["twin_cohort"], str(r["n"]), pct(r["same_verdict_pct"]),
+                   pct(r["identical_pct"])] for r in self.agreement],
             numeric=[False, False, False, False, True, True, True],
         )
         return [
@@ -58,7 +58,7 @@ class SideBySide:
         ]
 
 
-def side_by_side(results: str | Path, cohorts: list[Cohort], benches: list[str] | None = None,
+def side_by_side(results: str | Path, cohorts: list[ServingCohort], benches: list[str] | None = None,
                  resamples: int = 2000) -> SideBySide:
     if len(cohorts) < 2:
         raise AnalysisError("give at least two cohorts to put side by side")
@@ -90,7 +90,7 @@ def side_by_side(results: str | Path, cohorts: list[Cohort], benches: list[str] 
     return SideBySide(cohorts, scores, agreement, notes)
 
 
-def _cohort_scores(results, cohort: Cohort, benches, resamples):
+def _cohort_scores(results, cohort: ServingCohort, benches, resamples):
     """(bench, variant, score, delta_pp vs the cohort's baseline, n) for every variant of a cohort."""
     baseline, others = cohort.variants[0], cohort.variants[1:]
     if not others:
@@ -131,5 +131,5 @@ def twin_agreement(results: str | Path, a: str, b: str, benches: list[str] | Non
 def _score_cell(cell: dict | None) -> str:
     if cell is None:
         return "—"
-    text = f"{cell['score']:.2f}% ({cell['variant']})"
-    return text if cell["delta_pp"] is None else f"{text} {cell['delta_pp']:+.2f}pp"
+    text = f"{pct(cell['score'])} ({cell['variant']})"
+    return text if cell["delta_pp"] is None else f"{text} {signed(cell['delta_pp'])}"

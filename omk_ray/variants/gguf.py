@@ -33,7 +33,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from omk_ray.variants.surgery import PROVENANCE_NAME, copy_side_files
+from omk_ray.variants.surgery import copy_side_files, staged, write_provenance
 
 GGUF_VERSION = "1"  # bump when the bytes a GGUF build writes would change
 # llama-quantize type -> the ggml type of its tensors (the `_S/_M/_L` mixes keep some tensors higher)
@@ -260,10 +260,7 @@ def build_gguf(model_dir: str | Path, out_dir: str | Path, options: GGUFOptions,
     else:
         steps.append({"step": "source", "gguf": str(source.resolve()), "type": options.base_type})
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with staged(out_dir, GGUFError, "building") as tmp:
         final_name = f"model-{options.type}.gguf"
         base = source or tmp / f".base-{options.base_type}.gguf"
         if source is None:
@@ -306,13 +303,8 @@ def build_gguf(model_dir: str | Path, out_dir: str | Path, options: GGUFOptions,
             if not options.allow_fallback:
                 raise GGUFError(f"{message} (allow_fallback: false)")
             log(f"gguf: {message}")
-        side = tmp / ".side"
-        side.mkdir()
-        copy_side_files(model_dir, side)
-        shutil.copy2(model_dir / "config.json", side / "config.json")
-        for f in side.iterdir():
-            f.unlink() if f.suffix == ".gguf" else f.rename(tmp / f.name)
-        side.rmdir()
+        copy_side_files(model_dir, tmp)  # tokenizer, chat template... (not a GGUF source's own .gguf files)
+        shutil.copy2(model_dir / "config.json", tmp / "config.json")
         record = {
             **(provenance or {}),
             "tool": "omk-ray gguf",
@@ -325,17 +317,7 @@ def build_gguf(model_dir: str | Path, out_dir: str | Path, options: GGUFOptions,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "base_path": str(model_dir.resolve()),
         }
-        parent = model_dir / PROVENANCE_NAME
-        if parent.is_file():
-            record["base_provenance"] = json.loads(parent.read_text())
-        (tmp / PROVENANCE_NAME).write_text(json.dumps(record, indent=2) + "\n")
-        try:
-            os.rename(tmp, out_dir)
-        except OSError:
-            raise GGUFError(f"{out_dir} appeared while building; refusing to overwrite it") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_provenance(tmp, model_dir, record)
     return out_dir
 
 

@@ -25,6 +25,7 @@ import re
 import shutil
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,10 +93,7 @@ def prune_checkpoint(
     if max_bytes < 1:
         raise SurgeryError(f"max_shard_size must be positive, got {max_shard_size!r}")
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with staged(out_dir, SurgeryError, "the surgery ran") as tmp:
         write_checkpoint(tmp, plan.tensors, max_bytes)
         copy_side_files(model_dir, tmp)
         (tmp / "config.json").write_text(json.dumps(plan.config, indent=2) + "\n")
@@ -112,19 +110,35 @@ def prune_checkpoint(
         }
         if protected:
             record["protected"] = protected
-        parent = model_dir / PROVENANCE_NAME
-        if parent.is_file():
-            record["base_provenance"] = json.loads(parent.read_text())
-        (tmp / PROVENANCE_NAME).write_text(json.dumps(record, indent=2) + "\n")
+        write_provenance(tmp, model_dir, record)
         check_written(tmp, plan.tensors)
+    return out_dir
+
+
+@contextmanager
+def staged(out_dir: Path, error: type[Exception], while_: str):
+    """A temporary folder beside `out_dir`, renamed to it when the block succeeds, removed when
+    it fails; an `out_dir` that appeared meanwhile is never overwritten (`error` says so)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
         try:
             os.rename(tmp, out_dir)
         except OSError:
-            raise SurgeryError(f"{out_dir} appeared while the surgery ran; refusing to overwrite it") from None
+            raise error(f"{out_dir} appeared while {while_}; refusing to overwrite it") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out_dir
+
+
+def write_provenance(folder: Path, model_dir: Path, record: dict) -> None:
+    """`omk_ray_provenance.json` in `folder`, with `model_dir`'s own provenance as `base_provenance`."""
+    parent = model_dir / PROVENANCE_NAME
+    if parent.is_file():
+        record = {**record, "base_provenance": json.loads(parent.read_text())}
+    (folder / PROVENANCE_NAME).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def plan_prune(model_dir: Path, drop_map: dict, protected: dict[str, list[int]] | None = None) -> PrunePlan:
@@ -285,4 +299,5 @@ def _version() -> str:
     return __version__
 
 
-__all__ = ["SurgeryError", "DropMapError", "plan_prune", "prune_checkpoint", "PROVENANCE_NAME"]
+__all__ = ["SurgeryError", "DropMapError", "plan_prune", "prune_checkpoint", "PROVENANCE_NAME", "staged",
+           "write_provenance"]
