@@ -381,7 +381,7 @@ def check_types(path: Path, wanted: str) -> dict:
         width = int(t.shape[0])  # ne[0]: the row width
         entry = {"tensor": t.name, "type": kind, "shape": [int(d) for d in t.shape]}
         if kind == "F32" and wanted != "F32":
-            kept.append({**entry, "why": "llama.cpp does not quantize it (routers stay F32)"})
+            kept.append({**entry, "why": "llama.cpp does not quantize it: routers stay F32"})
         elif width % block:
             fallbacks.append({**entry, "why": f"row width {width} is not a multiple of {block}, the {target.name} block"})
         else:
