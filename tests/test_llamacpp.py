@@ -219,14 +219,15 @@ def test_f16_gguf_on_llamacpp_matches_transformers_greedy(toy_f16, llama_tools, 
     problems = toy_problems()
     hf = open_engine(str(shipped()))
     try:
-        reference = hf.generate(requests_for(problems), TOY_RECIPE)
+        reference = hf.generate_batch(requests_for(problems), TOY_RECIPE)
     finally:
         hf.close()
     variant = VariantSpec(**llamacpp_variant("toy-f16", toy_f16))
     engine = LlamaCppEngine(variant, str(toy_f16))
     try:
         assert engine.version.startswith(f"llamacpp {llama_tools.version}")
-        served = engine.generate(requests_for(problems), TOY_RECIPE)
+        assert engine.capacity == 4
+        served = engine.generate_batch(requests_for(problems), TOY_RECIPE)
         thinking = Recipe(enable_thinking=True, thinking_budget=64, max_gen_toks=8)
         body = engine.payload(requests_for(problems[:1])[0], thinking)
         pid = engine.server.pid
@@ -307,17 +308,18 @@ def test_killed_llama_server_is_replaced_and_no_sample_is_lost(tmp_path, toy_f16
     bench.write_text("".join(json.dumps(p) + "\n" for p in problems))
     grid = load_grid(write_grid(tmp_path / "grid.yaml", [llamacpp_variant("toy-f16", toy_f16, concurrency=2)],
                                 [{"name": "toy", "kind": "jsonl", "source": str(bench)}],
-                                recipe={"max_gen_toks": 8}, farm={"shard_size": 4, "max_engines": 1}))
+                                recipe={"max_gen_toks": 8},
+                                farm={"max_in_flight": 8, "flush_samples": 4, "max_engines": 1}))
     before = set(llama_servers())
     killed = []
 
-    def kill_server_soon(unit, table):
-        if not killed:  # a unit is done: the next one is in flight when the server dies
+    def kill_server_soon(variant, bench, table):
+        if not killed:  # a first shard is written: requests are in flight when the server dies
             server = next(pid for pid, cmd in llama_servers().items() if pid not in before and str(toy_f16) in cmd)
             killed.append(server)
             threading.Timer(0.2, os.kill, (server, signal.SIGKILL)).start()
 
-    summary = run_grid(grid, tmp_path / "results", show_progress=False, on_unit=kill_server_soon)
+    summary = run_grid(grid, tmp_path / "results", show_progress=False, on_shard=kill_server_soon)
     assert killed and summary.status == "finished" and summary.generated == len(problems)
     rows = ResultsStore(tmp_path / "results").read().to_pylist()
     assert sorted(r["doc_id"] for r in rows) == sorted(p["id"] for p in problems)  # each exactly once
@@ -326,7 +328,7 @@ def test_killed_llama_server_is_replaced_and_no_sample_is_lost(tmp_path, toy_f16
     run = ResultsStore(tmp_path / "results").runs()[-1]
     events = run.events()
     died = [e for e in events if e["event"] == "engine_died"]
-    assert len(died) == 1 and died[0]["retrying"] == died[0]["samples"] >= 1
+    assert len(died) == 1 and died[0]["in_flight"] >= 1 and summary.failed == 0
     started = [e["info"]["pid"] for e in events if e["event"] == "engine_started"]
     assert len(started) == 2 and started[0] != started[1]  # a replacement actor, with its own server
     for _ in range(50):  # the replacement's server ends with its actor (SIGKILL on the actor's death)

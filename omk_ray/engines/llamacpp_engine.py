@@ -13,9 +13,9 @@ If the server dies while the engine is in use, the engine's process ends (`os._e
 Ray actor: the farm sees a dead engine, replaces it and retries its in-flight samples. Outside
 an actor the engine is marked dead and every later request fails with the server's log.
 
-`engine_args.extra`:
+`engine_args.extra` (validated when the grid is loaded; `base_url` is the engine's own):
 
-    concurrency    parallel server slots and requests in flight (default 2, the card's --parallel 2)
+    concurrency    parallel server slots, the engine's capacity (default 2, the card's --parallel 2)
     threads        CPU threads of the server (default: llama.cpp's choice)
     gpu_layers     layers offloaded to the GPU (default: all with a CUDA build, else 0)
     cache_type     KV cache type, e.g. q8_0 as in the card (default: llama.cpp's f16)
@@ -33,7 +33,7 @@ import os
 import sys
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from omk_ray.config import Recipe, VariantSpec
 from omk_ray.engines.base import Request
@@ -44,7 +44,7 @@ DEFAULT_CONTEXT = 4096
 SERVER_DIED_EXIT = 70
 
 
-class Options(BaseModel):
+class LlamaCppOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     concurrency: int = Field(2, ge=1)
@@ -61,40 +61,43 @@ class Options(BaseModel):
     body: dict[str, Any] = Field(default_factory=dict)
 
 
+class ServedOptions(LlamaCppOptions):
+    """What the openai client half validates once the server runs: the grid's options and its address."""
+
+    base_url: str
+    model: str
+    api_key_env: None = None
+
+
 class LlamaCppEngine(OpenAIEngine):
     kind = "llamacpp"
     uses_accelerator = True  # the server holds the model on this actor's slot
-    Options = Options
+    Options = LlamaCppOptions
 
     def __init__(self, variant: VariantSpec, model_path: str):
         from omk_ray.llamacpp.server import LlamaServer
         from omk_ray.llamacpp.tools import find_tools
         from omk_ray.variants.gguf import gguf_file
 
-        try:
-            self.options = Options(**variant.engine_args.extra)
-        except ValidationError as err:
-            raise ValueError(f"variant {variant.name!r}: engine_args.extra for llamacpp: {err}") from None
+        options = LlamaCppOptions.model_validate(variant.engine_args.extra)
         tools = find_tools()
         self.gguf = gguf_file(model_path)
         self.dead: str | None = None
-        self.server = LlamaServer(tools.bin("llama-server"), self.gguf, self._server_args(variant, tools),
-                                  start_timeout=self.options.start_timeout, on_exit=self._server_died)
-        o = self.options
-        client_extra = {"base_url": f"{self.server.base_url}/v1", "model": variant.name, "concurrency": o.concurrency,
-                        "timeout": o.timeout, "retries": o.retries, "backoff": o.backoff, "backoff_max": o.backoff_max,
-                        "body": o.body}
-        client_args = variant.engine_args.model_copy(update={"extra": client_extra})
+        self.server = LlamaServer(tools.bin("llama-server"), self.gguf, self._server_args(variant, options, tools),
+                                  start_timeout=options.start_timeout, on_exit=self._server_died)
+        self.Options = ServedOptions  # this instance's parent validates the options plus the server's address
+        served = {**variant.engine_args.extra, "base_url": f"{self.server.base_url}/v1", "model": variant.name}
         try:
-            super().__init__(variant.model_copy(update={"engine_args": client_args}), model_path)
+            super().__init__(variant.model_copy(update={
+                "engine_args": variant.engine_args.model_copy(update={"extra": served})}), model_path)
         except BaseException:
             self.server.stop()
             raise
         self.variant = variant
         self._version = f"llamacpp {tools.version} {self.gguf.name}"
 
-    def _server_args(self, variant: VariantSpec, tools) -> list[str]:
-        o = self.options
+    @staticmethod
+    def _server_args(variant: VariantSpec, o: LlamaCppOptions, tools) -> list[str]:
         context = variant.engine_args.max_model_len or DEFAULT_CONTEXT
         gpu_layers = o.gpu_layers if o.gpu_layers is not None else (999 if tools.info["profile"] == "cuda" else 0)
         args = ["--jinja", "--alias", variant.name, "--parallel", str(o.concurrency),
