@@ -164,6 +164,19 @@ def test_tool_cache_is_keyed_by_version_and_flags(tmp_path, monkeypatch):
         tools.find_tools()
 
 
+def test_llamacpp_engine_options_are_its_own():
+    from pydantic import ValidationError
+
+    from omk_ray.engines.llamacpp_engine import LlamaCppEngine
+
+    assert LlamaCppEngine.Options.model_validate({"threads": 2, "cache_type": "q8_0"}).concurrency == 2  # card: -np 2
+    with pytest.raises(ValidationError, match="gpu_layer"):
+        LlamaCppEngine.Options.model_validate({"gpu_layer": 99})
+    variant = VariantSpec(**llamacpp_variant("v", Path("/nowhere"), base_url="http://gpu-node-3:8080/v1"))
+    with pytest.raises(ValueError, match="starts its own llama-server, so engine_args.extra takes no base_url"):
+        LlamaCppEngine(variant, "/nowhere")
+
+
 def test_serving_cohorts_side_by_side(tmp_path):
     from omk_ray.analysis.serving import ServingCohort, side_by_side
 

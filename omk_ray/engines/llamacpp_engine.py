@@ -33,40 +33,27 @@ import os
 import sys
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from omk_ray.config import Recipe, VariantSpec
 from omk_ray.engines.base import Request
-from omk_ray.engines.openai_engine import OpenAIEngine
+from omk_ray.engines.openai_engine import OpenAIEngine, OpenAIOptions
 
 log = logging.getLogger("omk_ray.engines.llamacpp")
 DEFAULT_CONTEXT = 4096
 SERVER_DIED_EXIT = 70
 
 
-class LlamaCppOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class LlamaCppOptions(OpenAIOptions):
+    base_url: str | None = Field(None, description="set by the engine: the server it started")
     concurrency: int = Field(2, ge=1)
+    retries: int = Field(2, ge=0)
     threads: int | None = Field(None, ge=1)
     gpu_layers: int | None = Field(None, ge=0)
     cache_type: str | None = None
     reasoning_format: Literal["deepseek", "none", "auto"] = "deepseek"
     server_args: list[str] = Field(default_factory=list)
     start_timeout: float = Field(600, gt=0)
-    timeout: float = Field(600, gt=0)
-    retries: int = Field(2, ge=0)
-    backoff: float = Field(1.0, ge=0)
-    backoff_max: float = Field(30.0, ge=0)
-    body: dict[str, Any] = Field(default_factory=dict)
-
-
-class ServedOptions(LlamaCppOptions):
-    """What the openai client half validates once the server runs: the grid's options and its address."""
-
-    base_url: str
-    model: str
-    api_key_env: None = None
 
 
 class LlamaCppEngine(OpenAIEngine):
@@ -80,12 +67,14 @@ class LlamaCppEngine(OpenAIEngine):
         from omk_ray.variants.gguf import gguf_file
 
         options = LlamaCppOptions.model_validate(variant.engine_args.extra)
+        if options.base_url or options.api_key_env:
+            raise ValueError(f"variant {variant.name!r}: the llamacpp engine starts its own llama-server, so "
+                             "engine_args.extra takes no base_url or api_key_env (engine: openai talks to a running one)")
         tools = find_tools()
         self.gguf = gguf_file(model_path)
         self.dead: str | None = None
         self.server = LlamaServer(tools.bin("llama-server"), self.gguf, self._server_args(variant, options, tools),
                                   start_timeout=options.start_timeout, on_exit=self._server_died)
-        self.Options = ServedOptions  # this instance's parent validates the options plus the server's address
         served = {**variant.engine_args.extra, "base_url": f"{self.server.base_url}/v1", "model": variant.name}
         try:
             super().__init__(variant.model_copy(update={

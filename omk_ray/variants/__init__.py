@@ -5,7 +5,8 @@
     dropmap.plan_drop_map / summarize_plan / compare_drop_maps                   -> scores, boundary, diffs
     surgery.prune_checkpoint(model_dir, drop_map, out_dir, provenance=None)      -> pruned checkpoint
     quantize.quantize_checkpoint(model_dir, out_dir, scheme="NVFP4A16")          -> quantized checkpoint
+    gguf.build_gguf(model_dir, out_dir, GGUFOptions(type="Q6_K", imatrix=...))   -> GGUF variant (llama.cpp)
     registry.ensure_variant(build_spec, artifact_root)                           -> artifact_root/<fingerprint>
 
-Nothing heavy (torch, transformers, ray, llm-compressor) is imported until it is used.
+Nothing heavy (torch, transformers, ray, llm-compressor, gguf) is imported until it is used.
 """
