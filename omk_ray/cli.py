@@ -25,7 +25,7 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
-AREAS = ("farm", "variants", "analysis", "benches", "results", "toy")
+AREAS = ("farm", "variants", "analysis", "benches", "results", "toy", "llamacpp")
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -189,11 +189,18 @@ def status(results: Path = typer.Argument(..., help="results folder of a run")) 
 def demo(
     out: Path = typer.Option(Path("demo_out"), help="folder for the demo's models, config and results"),
     fresh: bool = typer.Option(False, help="delete OUT first instead of resuming it"),
+    grid: str = typer.Option("main", help="main (configs/demo.yaml: pruned arms on vLLM) or gguf "
+                             "(configs/demo_gguf.yaml: GGUF twins on llama.cpp; needs `make llamacpp`)"),
 ) -> None:
     """Build tiny MoE variants, run a small grid on a local Ray cluster with real engines, summarise."""
-    from omk_ray.demo import run_demo
+    from omk_ray.demo import DEMO_CONFIG, GGUF_COHORTS, GGUF_CONFIG, run_demo
 
-    run_demo(out, fresh=fresh)
+    if grid not in ("main", "gguf"):
+        fail(f"--grid {grid!r}: choose main or gguf")
+    if grid == "gguf":
+        run_demo(out, fresh=fresh, config=GGUF_CONFIG, cohorts=GGUF_COHORTS)
+    else:
+        run_demo(out, fresh=fresh, config=DEMO_CONFIG)
 
 
 for _area in AREAS:

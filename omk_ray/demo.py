@@ -11,6 +11,10 @@ the baseline's samples are teacher-forced to record which experts each problem u
 card's evaluation section printed here (card.md), the full report with paired statistics,
 each arm's dropped-expert exposure and plots on disk. Rerunning resumes from what OUT already
 holds.
+
+`--grid gguf` runs `configs/demo_gguf.yaml` instead: the toy and its `max` arm on vLLM next to
+their GGUF twins on llama.cpp (F16, and Q8_0 with an importance matrix), and ends with the
+serving cohorts side by side and each twin's agreement with its vLLM twin.
 """
 
 from __future__ import annotations
@@ -25,10 +29,13 @@ from omk_ray.farm.runner import run_grid
 
 console = Console()
 DEMO_CONFIG = Path(__file__).parent / "toy" / "assets" / "demo.yaml"
+GGUF_CONFIG = DEMO_CONFIG.with_name("demo_gguf.yaml")
 BASELINE = "toy"
+GGUF_COHORTS = [("vLLM float32", ["toy", "max"]), ("llama.cpp F16", ["toy-f16", "max-f16"]),
+                ("llama.cpp Q8_0 imatrix", ["toy-q8", "max-q8"])]
 
 
-def untrained_stand_in(out: Path) -> Path:
+def untrained_stand_in(out: Path, config: Path = DEMO_CONFIG) -> Path:
     """The demo grid on an untrained model of the toy's shape (when no trained toy is shipped)."""
     from omk_ray.toy.data import write_data
     from omk_ray.toy.tiny import build_tiny_gemma4
@@ -37,11 +44,11 @@ def untrained_stand_in(out: Path) -> Path:
     if not (folder / "model" / "config.json").exists():
         build_tiny_gemma4(folder / "model", seed=0, num_experts=16, top_k=2, layers=3)
     write_data(folder)
-    shutil.copy(DEMO_CONFIG, folder / "demo.yaml")
-    return folder / "demo.yaml"
+    shutil.copy(config, folder / config.name)
+    return folder / config.name
 
 
-def run_demo(out: Path, fresh: bool = False, config: Path = DEMO_CONFIG) -> None:
+def run_demo(out: Path, fresh: bool = False, config: Path = DEMO_CONFIG, cohorts=None) -> None:
     from omk_ray.analysis.card import to_card
     from omk_ray.analysis.compare import CompareOptions, compare
     from omk_ray.analysis.report import write_report
@@ -54,7 +61,7 @@ def run_demo(out: Path, fresh: bool = False, config: Path = DEMO_CONFIG) -> None
     if not trained:
         console.print("[yellow]no trained toy model is shipped here: running the grid on an untrained model of "
                       "its shape (every score 0; canary verdicts recorded, not enforced)[/]")
-        config = untrained_stand_in(out)
+        config = untrained_stand_in(out, config)
     grid = load_grid(config)
     grid = grid.model_copy(update={"artifacts": str((out / "artifacts").resolve())})
     if not trained:
@@ -70,6 +77,12 @@ def run_demo(out: Path, fresh: bool = False, config: Path = DEMO_CONFIG) -> None
     comparison = compare(out / "results", CompareOptions(baseline=BASELINE))
     paths = write_report(comparison, out / "report")
     console.print(to_card(comparison), markup=False, highlight=False, soft_wrap=True)
+    if cohorts:
+        from omk_ray.analysis.markdown import render
+        from omk_ray.analysis.serving import ServingCohort, side_by_side
+
+        side = side_by_side(out / "results", [ServingCohort(name, variants) for name, variants in cohorts])
+        console.print(render(side.sections()), markup=False, highlight=False, soft_wrap=True)
     console.print(f"\nresults: {out / 'results'} (Parquet under samples/<variant>/<bench>/)")
     console.print(f"report:  {paths['card']} (the card above), {paths['html']} (HTML), {paths['markdown']} (every "
                   f"table, paired statistics), tables in {out / 'report' / 'tables'}")

@@ -73,7 +73,7 @@ def test_per_variant_override_changes_recipe_hash(tmp_path):
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"variants": [{**hf_variant("a", "/m"), "engine": "llamacpp"}]}, "unknown engine 'llamacpp'"),
+        ({"variants": [{**hf_variant("a", "/m"), "engine": "sglang"}]}, "unknown engine 'sglang'"),
         ({"benches": [{"name": "x", "kind": "nope", "source": "x"}]}, "unknown bench kind 'nope'"),
         ({"benches": [{"name": "x", "kind": "jsonl", "source": "/no/such.jsonl"}]}, "not found"),
         ({"recipe": {"max_gen_toks": 400}}, "does not fit max_model_len=256"),

@@ -1,4 +1,4 @@
-"""`omk-ray compare` and `omk-ray canary`; `omk_ray.cli` calls `register(app)` at start-up."""
+"""`omk-ray compare`, `omk-ray compare-serving` and `omk-ray canary`; `omk_ray.cli` calls `register(app)` at start-up."""
 
 from __future__ import annotations
 
@@ -115,6 +115,36 @@ def register(app: typer.Typer) -> None:
             print(to_card(comparison, card) if output == "card" else to_markdown(comparison))
         print(f"report: {paths['markdown']}  card: {paths['card']}" + (f"  html: {paths['html']}" if "html" in paths else "")
               + f"  tables: {out / 'tables'}  summary: {paths['summary']}")
+
+    @app.command("compare-serving")
+    def compare_serving(
+        results: Path = typer.Argument(..., help="results folder of one or more runs"),
+        cohort: list[str] = typer.Option(..., "--cohort", "-c", help="NAME=BASELINE,VARIANT,...: one serving cohort "
+                                         "(repeat; the i-th variants of all cohorts are one arm)"),
+        benches: Optional[list[str]] = typer.Option(None, "--bench", help="only these benches (repeatable)"),
+        resamples: int = typer.Option(2000, help="bootstrap resamples for the confidence intervals"),
+    ) -> None:
+        """The same arms served two ways side by side (e.g. vLLM NVFP4A16 and llama.cpp Q6_K), each against its own cohort's baseline, and each cohort's agreement with the first.
+
+        Example: omk-ray compare-serving results/ -c "vLLM NVFP4A16=128e-nvfp4,v4-nvfp4" -c "llama.cpp Q6_K=128e-q6k,v4-q6k"
+        """  # noqa: E501 (typer keeps line breaks: one paragraph per line)
+        from omk_ray.analysis.markdown import render
+        from omk_ray.analysis.samples import AnalysisError
+        from omk_ray.analysis.serving import ServingCohort, side_by_side
+
+        cohorts = []
+        for value in cohort:
+            name, sep, variants = value.partition("=")
+            if not sep or not name.strip() or not variants.strip():
+                raise typer.BadParameter(f"{value!r}: expected NAME=BASELINE,VARIANT,...", param_hint="--cohort")
+            cohorts.append(ServingCohort(name.strip(), [v.strip() for v in variants.split(",") if v.strip()]))
+        if not results.is_dir():
+            _fail(f"{results}: no such results folder")
+        try:
+            side = side_by_side(results, cohorts, _split(benches), resamples)
+        except AnalysisError as err:
+            _fail(str(err))
+        print(render(side.sections()))
 
     @app.command()
     def experts(

@@ -15,6 +15,7 @@ ENGINES = Registry("engine", {
     "simgpu": "omk_ray.engines.simgpu:SimulatedGpuEngine",  # a FAKE GPU (timing model) for farm benchmarks
     "openai": "omk_ray.engines.openai_engine:OpenAIEngine",
     "replay": "omk_ray.engines.replay:ReplayEngine",
+    "llamacpp": "omk_ray.engines.llamacpp_engine:LlamaCppEngine",
 })
 
 

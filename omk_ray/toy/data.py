@@ -7,6 +7,8 @@
                              {"id", "prompt", "target", "domain" (class), "subdomain" (subclass)}
     profile_prompts.jsonl    held-out profiling prompts: {"id", "class", "subclass", "prompt"}
     report.json              recipe, training time and held-out accuracy per class and subclass
+    calibration.txt          chat-formatted training-distribution problems: the text GGUF builds
+                             compute their importance matrix on (`gguf: {imatrix: calibration.txt}`)
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from omk_ray.toy.tasks import heldout_problems
+from omk_ray.toy.tasks import TrainingStream, heldout_problems
 
 MODEL_DIR = "model"
 BENCH_FILE = "bench.jsonl"
 PROFILE_FILE = "profile_prompts.jsonl"
 REPORT_FILE = "report.json"
+CALIBRATION_FILE = "calibration.txt"
+CALIBRATION_SEED, CALIBRATION_PROBLEMS = 5_000_011, 400
 
 
 def assets_dir() -> Path:
@@ -47,6 +51,12 @@ def profile_rows() -> list[dict]:
             for p in heldout_problems("profile")]
 
 
+def calibration_text() -> str:
+    """Problems and answers as the model saw them in training (none from a held-out set)."""
+    return "".join(f"<|turn>user\n{p['prompt']}<turn|>\n<|turn>model\n{p['target']}<turn|>\n"
+                   for p in TrainingStream(CALIBRATION_SEED).batch(CALIBRATION_PROBLEMS))
+
+
 def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,9 +67,12 @@ def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
 
 
 def write_data(out_dir: str | Path) -> dict[str, Path]:
-    """Write the bench and the profiling prompts into out_dir."""
+    """Write the bench, the profiling prompts and the calibration text into out_dir."""
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CALIBRATION_FILE).write_text(calibration_text())
     return {
         "bench": write_jsonl(out / BENCH_FILE, bench_rows()),
         "profile": write_jsonl(out / PROFILE_FILE, profile_rows()),
+        "calibration": out / CALIBRATION_FILE,
     }

@@ -286,11 +286,16 @@ def write_model(out: Path, source_dir: Path, tensors: list[OutTensor], config: d
     write_checkpoint(out, tensors, max_shard_bytes)
     copy_side_files(source_dir, out)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    write_provenance(out, source_dir, record)
+    check_written(out, tensors)
+
+
+def write_provenance(out: Path, source_dir: Path, record: dict) -> None:
+    """`omk_ray_provenance.json` in `out`, with `source_dir`'s own provenance as `base_provenance`."""
     parent = source_dir / PROVENANCE_NAME
     if parent.is_file():
         record = {**record, "base_provenance": json.loads(parent.read_text())}
     (out / PROVENANCE_NAME).write_text(json.dumps(record, indent=2) + "\n")
-    check_written(out, tensors)
 
 
 def copy_side_files(model_dir: Path, out_dir: Path) -> None:

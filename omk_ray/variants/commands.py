@@ -5,6 +5,7 @@
     omk-ray prune    --model DIR --drop-map map.json --out DIR98
     omk-ray quantize --model DIR98 --scheme NVFP4A16 --out DIR98-nvfp4
     omk-ray check-variant DIR98-nvfp4
+    omk-ray gguf     --model DIR98 --type Q6_K --imatrix calibration.txt --out DIR98-q6k
     omk-ray build-variant --spec build.yaml --artifact-root artifacts/
     omk-ray route    RESULTS --variant 128e [--model DIR]
 """
@@ -249,6 +250,41 @@ def register(app: typer.Typer) -> None:
                        f"{report.experts} of them experts")
         else:
             typer.echo(f"{model}: ok (not quantized)")
+
+    @app.command("gguf")
+    def gguf(
+        model: Path = typer.Option(..., "--model", help="Checkpoint folder (safetensors, unquantized)."),
+        out: Path = typer.Option(..., "--out", help="Variant folder to write; must not exist."),
+        type_: str = typer.Option("Q6_K", "--type", help="llama-quantize type: Q6_K, Q8_0, Q4_K_M, F16, ..."),
+        imatrix: Optional[Path] = typer.Option(None, "--imatrix", help="Calibration text for the importance matrix."),
+        base_type: str = typer.Option("F16", "--base-type", help="What the converter writes first: F16, BF16, F32."),
+        strict: bool = typer.Option(False, "--strict", help="Fail when tensors fall back to another type."),
+    ):
+        """GGUF through the pinned llama.cpp: convert, importance matrix, quantize, check the tensor types.
+
+        Needs the llama.cpp tools (`make llamacpp`). Tensors llama.cpp cannot store in the requested type (e.g. Q6_K needs row widths that are multiples of 256) are listed with the type they got.
+        """  # noqa: E501 (typer keeps line breaks: one paragraph per line)
+        from pydantic import ValidationError
+
+        from omk_ray.llamacpp.tools import ToolsMissing
+        from omk_ray.variants.gguf import GGUFOptions, build_gguf
+
+        with _clear_errors():
+            try:
+                options = GGUFOptions(type=type_, base_type=base_type, imatrix=str(imatrix) if imatrix else None,
+                                      allow_fallback=not strict)
+            except ValidationError as err:
+                raise ValueError("; ".join(e["msg"] for e in err.errors())) from None
+            try:
+                path = build_gguf(model, out, options, log=lambda m: typer.echo(m, err=True))
+            except ToolsMissing as err:
+                raise ValueError(str(err)) from None
+        record = json.loads((path / "omk_ray_provenance.json").read_text())
+        check = next(s for s in record["steps"] if s["step"] == "check")
+        typer.echo(f"wrote {path / record['file']} ({record['llama_cpp']['llama_cpp_commit']}): tensor types "
+                   + ", ".join(f"{k} {v}" for k, v in check["types"].items()))
+        for f in [*check["fallbacks"], *check["kept"]]:
+            typer.echo(f"  {f['tensor']}: {f['type']} ({f['why']})")
 
     @app.command("build-variant")
     def build_variant(

@@ -34,7 +34,11 @@ The `build:` block of a grid variant (the `build` dict here) accepts these keys:
     weights: {str: float}        per-class weight on the normalized scores
     params: {str: float}         strategy parameters: p (lp), temperature (softmax), k (topk-mean), seed (random)
     quantization: str            NVFP4A16 (built by omk-ray, streaming, checked against vLLM's layout);
-                                 another compressed-tensors preset needs the `quant` extra; default none
+                                 another compressed-tensors preset needs the `quant` extra; or gguf;
+                                 default none
+    gguf: {type, base_type, imatrix, imatrix_ctx, imatrix_chunks, allow_fallback}
+                                 with `quantization: gguf` (see variants/gguf.py): e.g.
+                                 {type: Q6_K, imatrix: calibration.txt, base_type: F16}
     hub_repo: str                private Hub repo holding variants as <fingerprint>/ folders:
                                  pulled from before building
     push: bool                   push after building (default false; needs hub_repo)
@@ -61,6 +65,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from omk_ray.config import stable_hash
 from omk_ray.variants.dropmap import CRITERIA, STRATEGIES, plan_drop_map, validate_drop_map
+from omk_ray.variants.gguf import GGUFOptions
 from omk_ray.variants.quantize import QUANT_VERSION
 from omk_ray.variants.surgery import SURGERY_VERSION
 
@@ -100,6 +105,7 @@ class BuildSpec(BaseModel):
     weights: dict[str, float] | None = None
     params: dict[str, float] = Field(default_factory=dict)
     quantization: str | None = None
+    gguf: GGUFOptions | None = None
     hub_repo: str | None = None
     push: bool = False
 
@@ -108,12 +114,16 @@ class BuildSpec(BaseModel):
     def _known_scheme(cls, value: str | None) -> str | None:
         from compressed_tensors.quantization import is_preset_scheme
 
-        if value is not None and not is_preset_scheme(value):
-            raise ValueError(f"unknown scheme {value!r} (a compressed-tensors preset, e.g. NVFP4A16)")
-        return value.upper() if value else value
+        if value is None or value.lower() == "gguf":
+            return value and "gguf"
+        if not is_preset_scheme(value):
+            raise ValueError(f"unknown scheme {value!r} (gguf, or a compressed-tensors preset, e.g. NVFP4A16)")
+        return value.upper()
 
     @model_validator(mode="after")
     def _consistent(self) -> "BuildSpec":
+        if self.gguf is not None and self.quantization != "gguf":
+            raise ValueError("a `gguf` block needs `quantization: gguf`")
         sources = [k for k in ("drop_map", "scores", "profile_prompts") if getattr(self, k) is not None]
         if len(sources) > 1:
             raise ValueError(f"give one source of the drop map, not {sources}")
@@ -161,7 +171,7 @@ def parse_build(build: dict | BuildSpec) -> BuildSpec:
         raise BuildError(f"invalid build block: {err}") from None
 
 
-def fingerprint_of(base_identity: dict, drop_map: dict | None, quantization: str | None) -> str:
+def fingerprint_of(base_identity: dict, drop_map: dict | None, quantization: str | dict | None) -> str:
     return stable_hash({
         "builder": BUILDER_VERSION,
         "base": base_identity,
@@ -202,7 +212,11 @@ def _build(resolved: ResolvedBuild, final: Path, root: Path) -> None:
     from omk_ray.variants.surgery import prune_checkpoint
 
     spec = resolved.spec
-    if spec.quantization:
+    if spec.quantization == "gguf":
+        from omk_ray.variants.gguf import preflight
+
+        preflight(resolved.base_path)  # fail before pruning on an architecture or tokenizer llama.cpp cannot take
+    elif spec.quantization:
         from omk_ray.variants.quantize import check_backend
 
         check_backend(spec.quantization)  # fail before pruning if the scheme cannot be built here
@@ -214,7 +228,11 @@ def _build(resolved: ResolvedBuild, final: Path, root: Path) -> None:
         source = prune_checkpoint(resolved.base_path, resolved.drop_map, staged or final,
                                   provenance=resolved.provenance, protected=resolved.protected)
     try:
-        if spec.quantization:
+        if spec.quantization == "gguf":
+            from omk_ray.variants.gguf import build_gguf
+
+            build_gguf(source, final, spec.gguf, provenance=resolved.provenance)
+        elif spec.quantization:
             from omk_ray.variants.quantize import quantize_checkpoint
 
             quantize_checkpoint(source, final, spec.quantization, provenance=resolved.provenance)
@@ -252,7 +270,16 @@ def resolve_build(build: dict | BuildSpec, artifact_root: str | Path, base_dir: 
         drop_map, protected = plan.drop_map, plan.protected
     if drop_map is not None and not any(drop_map.values()):
         drop_map = None  # dropping nothing is the base itself
-    fingerprint = fingerprint_of(identity, drop_map, spec.quantization)
+    quantization = spec.quantization
+    if quantization == "gguf":
+        from omk_ray.variants.gguf import gguf_identity
+
+        options = spec.gguf or GGUFOptions()
+        if options.imatrix:  # the calibration file, found from the config's folder
+            options = options.model_copy(update={"imatrix": str(local(options.imatrix).resolve())})
+        spec = spec.model_copy(update={"gguf": options})
+        quantization = gguf_identity(options, Path(options.imatrix) if options.imatrix else None)
+    fingerprint = fingerprint_of(identity, drop_map, quantization)
     return ResolvedBuild(spec, fingerprint, base_path, identity, drop_map, protected)
 
 

@@ -254,4 +254,5 @@ def _version() -> str:
     return __version__
 
 
-__all__ = ["SurgeryError", "DropMapError", "plan_prune", "prune_checkpoint", "PROVENANCE_NAME"]
+__all__ = ["SurgeryError", "DropMapError", "plan_prune", "prune_checkpoint", "PROVENANCE_NAME", "staged",
+           "write_provenance"]
