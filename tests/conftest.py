@@ -32,6 +32,17 @@ def tiny_gemma4(tmp_path_factory) -> Path:
     return build_tiny_gemma4(tmp_path_factory.mktemp("models") / "tiny-gemma4", seed=0)
 
 
+def stored_keys(results: Path) -> list[tuple]:
+    """Every stored row's key, duplicates included (read past the store's one-row-per-key reader)."""
+    import pyarrow.dataset as ds
+
+    from omk_ray.results.schema import RESUME_KEY
+    from omk_ray.results.store import ResultsStore, iter_keys
+
+    paths = [str(p) for p in ResultsStore(results).shard_paths()]
+    return list(iter_keys(ds.dataset(paths, format="parquet").to_table(columns=list(RESUME_KEY)))) if paths else []
+
+
 def write_bench(path: Path, n: int, prefix: str = "q") -> Path:
     rows = [{"id": f"{prefix}{i}", "prompt": f"copy {1000 + 7 * i}", "target": str(1000 + 7 * i),
              "domain": "even" if i % 2 == 0 else "odd"} for i in range(n)]

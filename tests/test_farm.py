@@ -8,19 +8,17 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import ray
 
-from conftest import hf_variant, vllm_variant, write_bench, write_grid
+from conftest import hf_variant, stored_keys, vllm_variant, write_bench, write_grid
 from omk_ray.analysis.canary import canary_sample
 from omk_ray.benches import make_bench
 from omk_ray.config import load_grid, parse_grid
 from omk_ray.farm.planner import make_plan
 from omk_ray.farm.runner import run_grid
 from omk_ray.farm.scheduler import NAMESPACE
-from omk_ray.results.schema import RESUME_KEY
-from omk_ray.results.store import ResultsStore, iter_keys
+from omk_ray.results.store import ResultsStore
 
 
 def planned_keys(grid, store=None) -> set[tuple]:
@@ -28,11 +26,6 @@ def planned_keys(grid, store=None) -> set[tuple]:
     return {
         (plan.fingerprints[w.variant], w.recipe.hash, w.bench, doc.id, r) for w in plan.work for doc, r in w.samples
     }
-
-
-def stored_keys(results: Path) -> list[tuple]:
-    table = ResultsStore(results).read(columns=list(RESUME_KEY))
-    return list(iter_keys(table))
 
 
 def test_grid_with_both_engines_in_actors(tmp_path, tiny_gemma4, local_ray):
@@ -144,7 +137,6 @@ def test_stalled_engine_is_replaced(tmp_path, local_ray):
         "farm": {"stall_timeout_s": 3, "max_engines": 1, "max_in_flight": 8, "max_retries": 5,
                  "canary": {"enabled": False}},
     })
-    t0 = time.monotonic()
     summary = run_grid(grid, tmp_path / "results", show_progress=False)
     events = ResultsStore(tmp_path / "results").runs()[-1].events()
     stalls = [e for e in events if e["event"] == "engine_stalled"]
@@ -154,7 +146,6 @@ def test_stalled_engine_is_replaced(tmp_path, local_ray):
     assert summary.generated == 30 and summary.failed == 0
     keys = stored_keys(tmp_path / "results")
     assert len(keys) == len(set(keys)) == 30
-    assert time.monotonic() - t0 < 120
 
 
 def test_driver_killed_mid_run_then_resumed(tmp_path, tiny_gemma4):

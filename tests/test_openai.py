@@ -21,12 +21,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import write_bench, write_grid
+from conftest import stored_keys, write_bench, write_grid
 from omk_ray.config import Recipe, VariantSpec, load_grid
 from omk_ray.engines import Request, engine_class
 from omk_ray.engines.openai_engine import parse_response
-from omk_ray.results.schema import RESUME_KEY
-from omk_ray.results.store import ResultsStore, iter_keys
+from omk_ray.results.store import ResultsStore
 
 RECIPE = Recipe(max_gen_toks=32, min_tokens=8)
 PROMPTS = [f"copy {1000 + 7 * i}" for i in range(40)]  # the prompts of conftest.write_bench
@@ -264,7 +263,7 @@ def test_server_killed_mid_run_and_restarted(server, tiny_gemma4, reference, tmp
     assert 2 <= seen["shards_at_kill"] < len(store.shard_paths())  # the kill came mid-run
     assert seen["served_before_kill"] < len(PROMPTS)
     assert server.served(server.starts) > 0  # the restarted server answered the rest
-    keys = list(iter_keys(store.read(columns=list(RESUME_KEY))))
+    keys = stored_keys(store.root)
     assert len(keys) == len(set(keys)) == len(PROMPTS)  # nothing lost, nothing twice
     rows = store.read().to_pylist()
     assert all(r["error"] is None and r["finish_reason"] in ("stop", "length") for r in rows)

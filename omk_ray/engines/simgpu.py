@@ -58,7 +58,6 @@ class SimulatedGpuEngine(Engine):
         self.active: list[_Seq] = []
         self.answered = 0
         self._loop_task: asyncio.Task | None = None
-        self.busy_s = 0.0  # simulated decode time
         self.lengths = json.loads(Path(self.options.lengths).read_text()) if self.options.lengths else {}
         self.answers = json.loads(Path(self.options.answers).read_text()) if self.options.answers else {}
 
@@ -96,7 +95,6 @@ class SimulatedGpuEngine(Engine):
             step = o.step_s + o.step_s_per_seq * len(self.active)
             steps = max(1, min(min(s.left for s in self.active), int(o.quantum_s / step) if step else 1 << 30))
             clock += steps * step
-            self.busy_s += steps * step
             await asyncio.sleep(max(0.0, clock - time.perf_counter()))
             for s in self.active:
                 s.left -= steps

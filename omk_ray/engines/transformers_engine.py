@@ -1,6 +1,7 @@
 """Hugging Face transformers `generate`, batched with left padding (CPU here, GPU elsewhere).
 
-Requests arrive one by one; a refill loop gathers those waiting into batches of up to
+Requests arrive one by one (the farm keeps two batches' worth in flight); a refill loop gathers
+those waiting into batches of up to
 `engine_args.batch_size` that share their sampler settings and cap (and seed, when sampling), runs each
 batch in a worker thread, and starts the next batch from whatever arrived meanwhile.
 """
@@ -54,7 +55,9 @@ class TransformersEngine(TokenEngine):
 
     @property
     def capacity(self) -> int:
-        return self.batch_size
+        """The running batch and the next one: a batch is cut from whatever waits the moment the last
+        ends, so a full one must be waiting then (the farm's refill comes a poll later)."""
+        return 2 * self.batch_size
 
     @property
     def version(self) -> str:

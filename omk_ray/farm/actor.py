@@ -90,12 +90,6 @@ class EngineActor:
         if self.wake is not None:
             self.wake.set()
 
-    async def version(self) -> str:
-        return self.engine.version
-
-    def pid(self) -> int:
-        return os.getpid()
-
 
 class ScorerActor:
     """Scores finished samples for every bench of a grid; the benches are built on first use."""

@@ -23,7 +23,6 @@ class RowBuffer:
         self.count = 0
         self.oldest: float | None = None
         self.shards = 0
-        self.written = 0
 
     def add(self, rows: list[dict]) -> None:
         for row in rows:
@@ -44,6 +43,5 @@ class RowBuffer:
             self.shards += 1
             table = rows_to_table(rows)
             self.store.write_shard(table, variant, bench, f"{self.run_id}-{self.shards:06d}")
-            self.written += table.num_rows
             if self.on_shard:
                 self.on_shard(variant, bench, table)

@@ -1,7 +1,7 @@
-"""`omk-ray canary`: a variant's canary sample generated and judged, nothing else.
-
-The same path as the canary gate of a full run (the scheduler judges the sample as soon as its
-last row is scored, with the rules of `omk_ray.analysis.canary`), stopped after the verdict.
+"""The canary of a run: `judge_canary` reads a variant's canary sample from the store (the newest
+row of each) and applies the rules of `omk_ray.analysis.canary`; the scheduler calls it as soon
+as the sample's last row is written. `omk-ray canary` (`run_canary`) is the same path stopped
+after the verdict.
 """
 
 from __future__ import annotations
@@ -11,6 +11,14 @@ import tempfile
 from pathlib import Path
 
 from omk_ray.analysis.canary import CanaryResult, CanaryRules, evaluate_canary, rules_for
+
+
+def judge_canary(store, plan, variant: str, rules: CanaryRules) -> CanaryResult:
+    """The verdict on a variant's canary sample as the store holds it now."""
+    from omk_ray.farm.planner import canary_filter
+
+    where = canary_filter(plan, variant)
+    return evaluate_canary(store.read(filter=where) if where is not None else [], rules)
 
 
 def run_canary(
@@ -30,7 +38,7 @@ def run_canary(
     if results_root is None:
         with tempfile.TemporaryDirectory(prefix="omk-ray-canary-") as tmp:
             return run_canary(grid, variant, tmp, docs, address, rules, show_progress)
-    from omk_ray.farm.planner import canary_filter, make_plan
+    from omk_ray.farm.planner import make_plan
     from omk_ray.farm.runner import run_grid
     from omk_ray.results.store import ResultsStore
 
@@ -48,7 +56,7 @@ def run_canary(
         result = CanaryResult.from_dict(verdict)
     else:  # every canary sample was stored already: judge what is there
         plan = make_plan(grid, model_paths=manifest.get("model_paths"), variants=[variant], canary_only=True)
-        result = evaluate_canary(store.read(filter=canary_filter(plan, variant)), rules)
+        result = judge_canary(store, plan, variant, rules)
     if summary.failed:
         result.passed = False
         result.reasons.append(f"{summary.failed} samples failed to generate (see {run.log_path})")

@@ -24,18 +24,18 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow.compute as pc
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from omk_ray.analysis.canary import CanaryRules, evaluate_canary
+from omk_ray.analysis.canary import CanaryRules
 from omk_ray.benches import Doc
 from omk_ray.config import FarmSpec, VariantSpec
 from omk_ray.engines import Completion, Request, engine_class
 from omk_ray.farm.actor import EngineActor, Generated, ScorerActor
 from omk_ray.farm.buffer import RowBuffer
-from omk_ray.farm.planner import BenchWork, Plan, canary_filter
+from omk_ray.farm.canary import judge_canary
+from omk_ray.farm.planner import BenchWork, Plan
 from omk_ray.farm.rows import RowContext, sample_row
 from omk_ray.results.store import ResultsStore, RunLog
 
@@ -91,7 +91,6 @@ class VariantQueue:
         self.pending = deque([*probes, *sorted((s for s in rest if id(s) not in chosen), key=lambda s: -s.cost)])
         self.canary_state = "pending" if canary else None  # None (no canary), "pending", "passed", "failed"
         self.canary_outstanding = len(self.canary)
-        self.open = 0  # handed out, not yet written
         self.failed = False
 
     def reprice(self, bench: str, tokens: float) -> None:
@@ -104,10 +103,6 @@ class VariantQueue:
     @property
     def unsent(self) -> int:
         return len(self.canary) + len(self.pending)
-
-    @property
-    def remaining(self) -> int:
-        return self.unsent + self.open
 
     @property
     def remaining_tokens(self) -> float:
@@ -132,13 +127,11 @@ class VariantQueue:
             source.clear()
             source.extend(source_left)
             taken = picked
-        self.open += len(taken)
         return taken
 
     def put_back(self, samples: list[Sample]) -> None:
         for s in sorted(samples, key=lambda s: s.cost):
             (self.canary if s.canary and self.canary_state == "pending" else self.pending).appendleft(s)
-        self.open -= len(samples)
 
     def drain(self) -> list[Sample]:
         out = [*self.canary, *self.pending]
@@ -163,6 +156,7 @@ class Slot:
     last_progress: float = field(default_factory=time.monotonic)
     busy_since: float | None = None
     busy_s: float = 0.0
+    latency_s: float = 0.0  # summed latency of the requests it finished (with `tokens`: seconds per token)
     samples: int = 0
     tokens: int = 0
 
@@ -217,7 +211,6 @@ class Scheduler:
                 self.samples[s.id] = s
                 by_variant.setdefault(w.variant, []).append(s)
         self.queues = {v: VariantQueue(ss, v in self.canary_rules) for v, ss in by_variant.items()}
-        self.canary_rows: dict[str, list[dict]] = {v: [] for v in self.queues}
         self.canary_results: dict[str, dict] = {}
         self.contexts: dict[tuple[str, str], RowContext] = {}
         self.slots: list[Slot] = []
@@ -229,6 +222,7 @@ class Scheduler:
         self.to_score: dict[tuple[str, str], list[tuple[Sample, Generated, str]]] = {}
         self.scoring: dict[Any, tuple[int, str, list[tuple[Sample, Generated, str]]]] = {}
         self.scoring_attempts: dict[int, int] = {}
+        self.suspects: set[int] = set()  # samples of a scoring batch whose actor died: scored one by one
         self.lengths: dict[tuple[str, str], list[int]] = {}  # (variant, bench) -> [tokens, samples] this run
         self.generated = 0
         self.failed_samples = 0
@@ -267,6 +261,8 @@ class Scheduler:
                 mine = [s for s in self.slots if s.variant == variant.name]
                 if queue.failed or queue.unsent <= self._room(mine):
                     continue
+                if self.start_failures.get(variant.name, 0) > self.farm.max_retries:
+                    continue  # its engines keep failing to start: the ones it has will do
                 if mine and not engine_class(variant.engine).uses_accelerator:
                     continue  # a client of a server or a replay: one actor per variant is enough
                 share = max(queue.remaining_tokens, 1.0) / (len(mine) + 1)
@@ -333,12 +329,12 @@ class Scheduler:
         self._retire(slot)
         failures = self.start_failures[slot.variant] = self.start_failures.get(slot.variant, 0) + 1
         self.runlog.event("engine_start_failed", engine=slot.name, variant=slot.variant, error=error[-2000:])
+        if any(s.variant == slot.variant for s in self.slots):
+            return  # another engine of the variant serves (or may yet load): no new ones are started for it
         if failures > self.farm.max_retries:
             queue = self.queues[slot.variant]
             queue.failed = True
-            samples = queue.drain()
-            queue.open += len(samples)
-            self._give_up(samples, f"engine failed to start: {error[-500:]}")
+            self._give_up(queue.drain(), f"engine failed to start: {error[-500:]}")
             self.runlog.event("variant_failed", variant=slot.variant, reason="engine failed to start")
 
     # -- feeding engines ---------------------------------------------------------------------
@@ -403,6 +399,7 @@ class Scheduler:
                 continue
             slot.samples += 1
             slot.tokens += g.completion.completion_tokens
+            slot.latency_s += g.completion.latency_s
             self._learn(sample, g.completion.completion_tokens)
             if self.progress:
                 self.progress.generated(g.completion.completion_tokens)
@@ -458,10 +455,19 @@ class Scheduler:
             if slot.loading is not None:
                 if now - slot.created > self.farm.engine_start_timeout_s:
                     self._engine_failed_to_start(slot, f"engine did not load in {self.farm.engine_start_timeout_s:.0f} s")
-            elif slot.inflight and now - slot.last_progress > self.farm.stall_timeout_s:
+            elif slot.inflight and now - slot.last_progress > self._patience(slot):
                 self._engine_lost(slot, "engine_stalled",
-                                  f"no request finished in {self.farm.stall_timeout_s:.0f} s "
+                                  f"no request finished in {now - slot.last_progress:.0f} s "
                                   f"with {len(slot.inflight)} in flight", kill=True)
+
+    def _patience(self, slot: Slot) -> float:
+        """How long an engine may finish nothing: `farm.stall_timeout_s`, or three times what its
+        longest request in flight would take at the seconds per token this engine has shown, if that
+        is longer (a 16k-token answer may legitimately outlast the timeout: an engine reports no
+        progress before a request finishes)."""
+        longest = max((s.work.recipe.generation_budget for s in slot.inflight.values()), default=0)
+        per_token = slot.latency_s / slot.tokens if slot.tokens else 0.0
+        return max(self.farm.stall_timeout_s, 3 * longest * per_token)
 
     # -- scoring and writing -----------------------------------------------------------------
 
@@ -478,7 +484,8 @@ class Scheduler:
                 scorer = min(self.scorer_load, key=self.scorer_load.get)
                 if self.scorer_load[scorer] >= SCORER_QUEUE:
                     return
-                batch, items[:] = items[:SCORE_BATCH], items[SCORE_BATCH:]
+                size = 1 if items[0][0].id in self.suspects else SCORE_BATCH  # suspects are scored alone
+                batch, items[:] = items[:size], items[size:]
                 ref = self.scorers[scorer].score.remote(cell[1], [(s.doc, g.completion) for s, g, _ in batch])
                 self.scoring[ref] = (scorer, cell[1], batch)
                 self.scorer_load[scorer] += 1
@@ -494,14 +501,18 @@ class Scheduler:
             cls = ray.remote(ScorerActor).options(num_cpus=self.farm.scorer_cpus, max_restarts=0, namespace=NAMESPACE)
             self.scorers[scorer] = cls.remote(self.grid.benches)
             again = []
-            for item in batch:
-                tries = self.scoring_attempts[item[0].id] = self.scoring_attempts.get(item[0].id, 0) + 1
+            if len(batch) > 1:  # which one did it is unknown: each is scored alone from now on
+                self.suspects.update(item[0].id for item in batch)
+                again = batch
+            else:
+                tries = self.scoring_attempts[batch[0][0].id] = self.scoring_attempts.get(batch[0][0].id, 0) + 1
                 if tries <= self.farm.max_retries:
-                    again.append(item)
+                    again = batch
                 else:
-                    self._finish(*item, None, f"scoring failed {tries} times: {_describe(err)[-300:]}", None)
+                    self._finish(*batch[0], None, f"scoring failed {tries} times: {_describe(err)[-300:]}", None)
             if again:
-                self.to_score.setdefault((again[0][0].variant, bench), []).extend(again)
+                queue = self.to_score.setdefault((again[0][0].variant, bench), [])
+                queue[:0] = again
             return
         except ray.exceptions.RayTaskError as err:  # the bench itself cannot score (e.g. cannot be built)
             self.runlog.event("scoring_failed", bench=bench, samples=len(batch), error=_describe(err)[-2000:])
@@ -524,7 +535,6 @@ class Scheduler:
                          scorer_version)
         self.buffer.add([row])
         queue = self.queues[sample.variant]
-        queue.open -= 1
         if error:
             self.failed_samples += 1
         else:
@@ -532,7 +542,6 @@ class Scheduler:
         if self.progress:
             self.progress.advance(samples=0 if error else 1, failed=1 if error else 0)
         if sample.canary and queue.canary_state == "pending":
-            self.canary_rows[sample.variant].append(row)
             queue.canary_outstanding -= 1
             if queue.canary_outstanding <= 0:
                 self._judge(sample.variant)
@@ -540,10 +549,10 @@ class Scheduler:
     # -- canary ------------------------------------------------------------------------------
 
     def _judge(self, variant: str) -> None:
-        """Judge a variant's canary sample: this run's rows plus those an earlier run stored."""
+        """Judge a variant's canary sample from the store (this run's rows written first)."""
         queue = self.queues[variant]
-        result = evaluate_canary(self._stored_canary_rows(variant) + self.canary_rows[variant],
-                                 self.canary_rules[variant])
+        self.buffer.flush()
+        result = judge_canary(self.store, self.plan, variant, self.canary_rules[variant])
         queue.canary_state = "passed" if result.passed else "failed"
         self.canary_results[variant] = result.to_dict()
         self.runlog.event("canary", variant=variant, passed=result.passed, reasons=result.reasons)
@@ -554,13 +563,6 @@ class Scheduler:
                               reason="canary failed: " + "; ".join(result.reasons))
             if self.progress:
                 self.progress.advance(skipped=skipped)
-
-    def _stored_canary_rows(self, variant: str) -> list[dict]:
-        """Canary rows stored before this run (this run's rows are kept in memory)."""
-        where = canary_filter(self.plan, variant)
-        if where is None:
-            return []
-        return self.store.read(filter=where & (pc.field("run_id") != self.runlog.run_id)).to_pylist()
 
     # -- the loop ----------------------------------------------------------------------------
 
