@@ -55,7 +55,9 @@ def hand_routing() -> tuple[Routing, Pair, dict]:
     var = np.array([DOCS[d][0] in ("gained", "both_correct") for d in paired])
     pair = Pair(bench="b", variant="v", doc_id=pa.array(paired), domain=None, subdomain=None,
                 base_score=base.astype(float), var_score=var.astype(float), base_pass=base, var_pass=var,
-                baseline_docs=len(paired), variant_docs=len(paired))
+                baseline_docs=len(paired), variant_docs=len(paired), base_repeats=np.ones(len(paired)),
+                var_repeats=np.ones(len(paired)), base_repeat_var=np.full(len(paired), np.nan),
+                var_repeat_var=np.full(len(paired), np.nan))
     labels = {d: (dom, sub) for d, (_, dom, sub, _) in DOCS.items()}
     return Routing("b", docs, [0, 1], weight, tokens), pair, {"b": labels}
 

@@ -119,7 +119,7 @@ def test_a_real_grid_with_a_canary_stopped_arm(tmp_path, local_ray):
         [hf_variant("toy", toy, batch_size=32), hf_variant("toy-copy", toy, batch_size=32),
          {"name": "a-echo", "model": "echo", "engine": "echo"}],
         [{"name": "toy", "kind": "jsonl", "source": str(bench)}],
-        recipe={"max_gen_toks": 12}, farm={"shard_size": 24, "canary": {"enabled": True, "docs": 4}},
+        recipe={"max_gen_toks": 12}, farm={"canary": {"enabled": True, "docs": 4}},
     ))
     summary = run_grid(grid, tmp_path / "results", show_progress=False)
     assert summary.status == "finished_with_skips" and summary.skipped == 20

@@ -23,6 +23,9 @@ class RowBuffer:
         self.count = 0
         self.oldest: float | None = None
         self.shards = 0
+        # A shard a killed run was writing (its temporary name): this run is the folder's one writer now.
+        for torn in store.samples_dir.glob("*/*/.tmp-*"):
+            torn.unlink(missing_ok=True)
 
     def add(self, rows: list[dict]) -> None:
         for row in rows:
