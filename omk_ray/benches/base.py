@@ -27,6 +27,7 @@ class Score:
     extracted: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     detail: str | None = None  # why it failed, when the scorer knows (e.g. "test 4: got 7, expected 6")
+    isolation: str | None = None  # how the answer's program was confined (code benches: namespaces|rlimits)
 
 
 class Bench(ABC):

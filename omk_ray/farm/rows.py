@@ -83,6 +83,7 @@ def sample_row(ctx: RowContext, doc: Doc, repeat: int, completion: Completion, s
         "recipe_hash": ctx.recipe_hash,
         "scorer_version": scorer_version,
         "score_detail": score.detail if score else None,
+        "isolation": score.isolation if score else None,
         "dataset_revision": ctx.dataset_revision,
         "started_at": started_at,
         "error": error,

@@ -15,6 +15,7 @@ from pathlib import Path
 import ray
 
 from omk_ray import __version__
+from omk_ray.benches.code_bench import isolation_used
 from omk_ray.config import GridConfig, grid_to_dict
 from omk_ray.farm.builds import artifact_root, build_variants
 from omk_ray.farm.planner import Plan, make_plan
@@ -155,6 +156,7 @@ def run_grid(
             failed_samples=scheduler.failed_samples if scheduler else 0,
             skipped_samples=scheduler.skipped_samples if scheduler else 0,
             canary=scheduler.canary_results if scheduler else {},
+            isolation=isolation_used(store, runlog.run_id) if scheduler else {},  # code benches: how programs ran
             engines=engines,
             gpus=sorted({g for e in engines if e["info"] for g in e["info"].get("gpus", [])}),
         )

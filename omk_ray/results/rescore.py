@@ -165,9 +165,10 @@ def _program_scorer(spec: BenchSpec) -> Scorer:
 
     def score(rows: list[dict[str, Any]]) -> list[Score | Exception]:
         programs = [r.get("extracted_answer") or "" for r in rows]
-        outcomes = sandbox.run_many(Job(program=p + "\n" + (r.get("target") or "")) for p, r in zip(programs, rows))
+        outcomes = sandbox.run_many(Job(program=p, test_code=r.get("target") or "") for p, r in zip(programs, rows))
         return [
-            Score(score=float(o.passed), correct=o.passed, extracted=p, metrics={metric: float(o.passed)})
+            Score(score=float(o.passed), correct=o.passed, extracted=p, metrics={metric: float(o.passed)},
+                  isolation=o.isolation)
             for p, o in zip(programs, outcomes)
         ]
 
@@ -207,7 +208,7 @@ def _rescore_shard(path: Path, score: Scorer, version: str, report: BenchRescore
         if old_version != version and old_score is not None:
             metrics.setdefault(f"score@{old_version}", old_score)
         row.update(score=new.score, correct=new.correct, extracted_answer=new.extracted,
-                   metrics=metrics, scorer_version=version)
+                   metrics=metrics, scorer_version=version, isolation=new.isolation)
         dirty = True
     if dirty and not dry_run:
         _replace_shard(path, pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA))

@@ -33,6 +33,7 @@ SAMPLE_SCHEMA = pa.schema(
         ("recipe_hash", pa.string()),
         ("scorer_version", pa.string()),
         ("score_detail", pa.string()),
+        ("isolation", pa.string()),  # code benches: the sandbox level that ran the program
         ("dataset_revision", pa.string()),
         ("started_at", pa.timestamp("us", tz="UTC")),
         ("error", pa.string()),
