@@ -467,3 +467,4 @@ def test_no_silent_fallback_to_rlimits_and_the_level_is_recorded(humaneval, tmp_
         else:
             score = bench.score(docs[0], answer)
             assert (score.correct, score.detail.split(":")[0], score.isolation) == (False, "AssertionError at test line 10", expected)
+    assert Sandbox(isolation="auto").isolation == "namespaces"  # what one interpreter learnt binds no other

@@ -88,7 +88,7 @@ def leftover_processes(marker: str | None = None) -> list[int]:
     return found
 
 
-def run(program: str, limits: Limits = FAST, isolation: str = "auto", **job):
+def run(program: str, limits: Limits = FAST, isolation: str = "namespaces" if NAMESPACES else "rlimits", **job):
     return Sandbox(limits, isolation=isolation).run(Job(program=textwrap.dedent(program), **job))
 
 
@@ -383,5 +383,7 @@ def test_unprivileged_user_with_checkout_and_venv_in_a_private_home(host):
 
 
 def test_isolation_is_reported():
-    outcome = Sandbox(FAST).run(Job(program="pass"))
+    outcome = Sandbox(FAST, isolation="auto").run(Job(program="pass"))
     assert outcome.isolation == ("namespaces" if NAMESPACES else "rlimits")
+    default = Sandbox(FAST).run(Job(program="pass"))  # never falls back by itself
+    assert (default.isolation, default.passed) == ("namespaces", NAMESPACES)

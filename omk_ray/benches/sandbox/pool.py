@@ -63,7 +63,7 @@ SECRET_LOCATIONS = (
 )  # fmt: skip
 
 Isolation = Literal["auto", "namespaces", "rlimits"]
-_namespaces_ok: bool | None = None  # learnt on first use, for the whole process
+_namespaces_ok: dict[str, bool] = {}  # interpreter -> whether namespaces work for it, learnt on first use
 _probe_lock = threading.Lock()
 
 
@@ -90,11 +90,11 @@ class Sandbox:
     def isolation(self) -> str:
         if self.requested != "auto":
             return self.requested
-        return "rlimits" if _namespaces_ok is False else "namespaces"
+        return "rlimits" if _namespaces_ok.get(self.python) is False else "namespaces"
 
     def run(self, job: Job) -> Outcome:
-        if self.requested == "auto" and _namespaces_ok is None:
-            with _probe_lock:  # the first program decides for everyone
+        if self.requested == "auto" and self.python not in _namespaces_ok:
+            with _probe_lock:  # the first program decides for every sandbox of this interpreter
                 return self._run_learning(job)
         return self._run(job, self.isolation)
 
@@ -103,7 +103,7 @@ class Sandbox:
         jobs = list(jobs)
         if len(jobs) <= 1 or self.workers == 1:
             return [self.run(j) for j in jobs]
-        if self.requested == "auto" and _namespaces_ok is None:
+        if self.requested == "auto" and self.python not in _namespaces_ok:
             first = self.run(jobs[0])
             return [first, *self.run_many(jobs[1:])]
         with ThreadPoolExecutor(self.workers, thread_name_prefix="sandbox") as pool:
@@ -112,19 +112,18 @@ class Sandbox:
     # -- one program ---------------------------------------------------------------------------
 
     def _run_learning(self, job: Job) -> Outcome:
-        global _namespaces_ok
-        if _namespaces_ok is not None:
+        if self.python in _namespaces_ok:
             return self._run(job, self.isolation)
         outcome = self._run(job, "namespaces")
         if outcome.refused:  # not any setup failure: a broken harness must never lower the isolation
-            _namespaces_ok = False
+            _namespaces_ok[self.python] = False
             log.warning(
                 "code sandbox: Linux namespaces are not available here (%s); programs run with resource "
                 "limits only: no network or filesystem isolation",
                 outcome.reason,
             )
             return self._run(job, "rlimits")
-        _namespaces_ok = True
+        _namespaces_ok[self.python] = True
         return outcome
 
     def _run(self, job: Job, mode: str) -> Outcome:
