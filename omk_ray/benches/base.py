@@ -6,8 +6,11 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from omk_ray.config import BenchSpec
 from omk_ray.engines.base import Completion
+from omk_ray.registry import parse_options
 
 
 @dataclass
@@ -30,11 +33,24 @@ class Score:
     isolation: str | None = None  # how the answer's program was confined (code benches: namespaces|rlimits)
 
 
+class BenchOptions(BaseModel):
+    """The `options:` every bench takes; a bench kind declares its own as a subclass named `Options`,
+    checked when the grid is planned (unknown keys refused)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    primary_metric: str | None = Field(None, description="the metric `compare` reports: a key of the rows' "
+                                       "metric map (lm-eval: \"metric,filter\"); default the row's score")
+    canary_min_p10_tokens: float | None = Field(None, ge=0, description="the canary's p10 length floor (tokens)")
+
+
 class Bench(ABC):
     scorer_version = "1"
+    Options: type[BenchOptions] = BenchOptions
 
     def __init__(self, spec: BenchSpec):
         self.spec = spec
+        self.options = parse_options(self.Options, spec.options, f"bench {spec.name!r}")
 
     @abstractmethod
     def load_docs(self) -> list[Doc]:

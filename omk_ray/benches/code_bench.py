@@ -7,19 +7,18 @@ import os
 from pathlib import Path
 from typing import Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
 from omk_ray.benches import data
-from omk_ray.benches.base import Bench, Doc, Score
+from omk_ray.benches.base import Bench, BenchOptions, Doc, Score
 from omk_ray.benches.sandbox import Job, Limits, Outcome, Sandbox
 from omk_ray.config import BenchSpec
 from omk_ray.engines.base import Completion
 
 
-class CodeOptions(BaseModel):
+class CodeOptions(BenchOptions):
     """Options every code bench takes."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     timeout_s: float = Field(10.0, gt=0, description="wall and CPU seconds per program")
     memory_mb: int = Field(2048, ge=64, description="address-space limit per process")
     workers: int = Field(2, ge=1, description="programs run at once by score_many")
@@ -30,22 +29,13 @@ class CodeOptions(BaseModel):
     )
 
 
-def parse_options(model: type[BaseModel], spec: BenchSpec) -> BaseModel:
-    try:
-        return model(**spec.options)
-    except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        raise ValueError(f"bench {spec.name!r}: bad options: {problems}") from None
-
-
 class CodeBench(Bench):
     """A bench whose answers are programs, scored by running them in the sandbox."""
 
-    options_model: type[CodeOptions] = CodeOptions
+    Options: type[CodeOptions] = CodeOptions
 
     def __init__(self, spec: BenchSpec):
         super().__init__(spec)
-        self.options = parse_options(self.options_model, spec)
         self._revision: str | None = spec.revision
 
     @functools.cached_property

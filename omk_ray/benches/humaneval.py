@@ -45,7 +45,7 @@ class HumanEvalOptions(CodeOptions):
 
 
 class HumanEvalBench(CodeBench):
-    options_model = HumanEvalOptions
+    Options = HumanEvalOptions
     scorer_version = "humaneval-chat-1"
     hub_path: str | None = "openai/openai_humaneval"
 

@@ -37,7 +37,7 @@ class MbppOptions(CodeOptions):
 
 
 class MbppBench(CodeBench):
-    options_model = MbppOptions
+    Options = MbppOptions
     scorer_version = "mbpp-1"
 
     def hub_split(self) -> data.HubSplit | None:

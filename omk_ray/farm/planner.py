@@ -96,17 +96,37 @@ def variant_fingerprint(variant: VariantSpec, model_path: str) -> str:
 
 
 def check_grid(grid: GridConfig) -> None:
-    """Refuse, before anything starts, what cannot run: unknown engines or benches, budgets too long."""
+    """Refuse, before anything starts, what cannot run (see `grid_problems`)."""
+    problems = grid_problems(grid)
+    if problems:
+        raise PlanError(_cannot_run(grid, problems))
+
+
+def grid_problems(grid: GridConfig) -> list[str]:
+    """Everything wrong with a grid that is known without loading data or starting anything:
+    unknown engines or bench kinds, engine and bench options their kind does not take, build
+    blocks that do not parse, model folders that are missing or hold no checkpoint, budgets
+    that do not fit the context."""
     from omk_ray.benches import BENCHES
     from omk_ray.engines import ENGINES
+    from omk_ray.registry import option_problems
 
     problems = []
     for v in grid.variants:
         if v.engine not in ENGINES:
             problems.append(f"variant {v.name!r}: unknown engine {v.engine!r} (known: {', '.join(sorted(ENGINES))})")
+        else:
+            engine = ENGINES.load(v.engine)
+            problems += [f"variant {v.name!r}: engine_args.extra.{p}" for p in option_problems(engine, v.engine_args.extra)]
+            if engine.uses_accelerator and v.model and not v.build:
+                problems += [f"variant {v.name!r}: model {p}" for p in _checkpoint_problems(v.model)]
+        if v.build:
+            problems += [f"variant {v.name!r}: {p}" for p in _build_problems(v.build)]
     for b in grid.benches:
         if b.kind not in BENCHES:
             problems.append(f"bench {b.name!r}: unknown bench kind {b.kind!r} (known: {', '.join(sorted(BENCHES))})")
+        else:
+            problems += [f"bench {b.name!r}: options.{p}" for p in option_problems(BENCHES.load(b.kind), b.options)]
     for v in grid.variants:
         limit = v.engine_args.max_model_len
         for b in grid.benches:
@@ -116,8 +136,70 @@ def check_grid(grid: GridConfig) -> None:
                     f"variant {v.name!r} on bench {b.name!r}: generation budget {budget} tokens does not fit "
                     f"max_model_len={limit} (budget = max(max_gen_toks, thinking_budget + headroom))"
                 )
+    return problems
+
+
+def _cannot_run(grid: GridConfig, problems: list[str]) -> str:
+    where = grid.source_path if grid.source_path and not grid.source_path.startswith("<") else "grid"
+    return f"{where}: cannot run:\n  " + "\n  ".join(problems)
+
+
+def _checkpoint_problems(model: str) -> list[str]:
+    """A local checkpoint folder must exist and hold config.json (or a GGUF file); a hub id is not checked here."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file() and not any(path.glob("*.gguf")):
+            return [f"folder {path} holds no config.json: not a checkpoint folder"]
+        return []
+    looks_local = model.startswith(("/", ".", "~")) or model.endswith("/") or model.count("/") > 1
+    if looks_local and not path.exists():
+        return [f"folder {path} not found (a hub id is NAME or ORG/NAME)"]
+    return []
+
+
+def _build_problems(build: dict) -> list[str]:
+    from omk_ray.variants.registry import BuildError, parse_build
+
+    try:
+        spec = parse_build(build)
+    except BuildError as err:
+        return [f"build: {err}".replace("build: invalid build block: ", "build.")]
+    return [f"build.base {p}" for p in _checkpoint_problems(spec.base)]
+
+
+@dataclass
+class Benches:
+    """Every bench's documents (limited as asked) and dataset revision, read once."""
+
+    docs: dict[str, list[Doc]]
+    revisions: dict[str, str | None]
+
+
+def read_benches(grid: GridConfig, variants: list[str] | None = None, limit_docs: int | None = None) -> Benches:
+    """Check the grid (`grid_problems`) and read every bench's documents, before anything starts:
+    one PlanError lists every problem found."""
+    problems = grid_problems(grid)
+    if variants is not None:
+        unknown = set(variants) - {v.name for v in grid.variants}
+        if unknown:
+            problems.append(f"unknown variants {sorted(unknown)}; the grid has {[v.name for v in grid.variants]}")
+    docs_by_bench: dict[str, list[Doc]] = {}
+    revisions: dict[str, str | None] = {}
+    for spec in grid.benches:
+        try:
+            bench = make_bench(spec)
+            docs = bench.docs()
+        except (OSError, ValueError, KeyError) as err:
+            text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+            problems.append(text if text.startswith(f"bench {spec.name!r}") else f"bench {spec.name!r}: {text}")
+            continue
+        if not docs:
+            problems.append(f"bench {spec.name!r}: no documents in {spec.source or 'its data'} (nothing to run)")
+        docs_by_bench[spec.name] = docs[:limit_docs] if limit_docs else docs
+        revisions[spec.name] = bench.dataset_revision
     if problems:
-        raise PlanError("grid cannot run:\n  " + "\n  ".join(problems))
+        raise PlanError(_cannot_run(grid, problems))
+    return Benches(docs_by_bench, revisions)
 
 
 def make_plan(
@@ -127,34 +209,21 @@ def make_plan(
     variants: list[str] | None = None,
     limit_docs: int | None = None,
     canary_only: bool = False,
+    benches: Benches | None = None,
 ) -> Plan:
-    """Every missing sample of the chosen variants; `canary_only`: only their canary samples."""
-    check_grid(grid)
+    """Every missing sample of the chosen variants; `canary_only`: only their canary samples;
+    `benches` when `read_benches` was called already (before builds)."""
+    benches = benches or read_benches(grid, variants, limit_docs)
     chosen = [v for v in grid.variants if variants is None or v.name in variants]
-    if variants is not None:
-        unknown = set(variants) - {v.name for v in grid.variants}
-        if unknown:
-            raise PlanError(f"unknown variants {sorted(unknown)}; the grid has {[v.name for v in grid.variants]}")
     model_paths = {v.name: (model_paths or {}).get(v.name) or v.model_ref for v in chosen}
     fingerprints = {v.name: variant_fingerprint(v, model_paths[v.name]) for v in chosen}
     done = store.done_keys() if store is not None else set()
     by_bench, by_doc = _observed_tokens(store) if store is not None else ({}, {})
     canary = grid.farm.canary
 
-    docs_by_bench: dict[str, list[Doc]] = {}
-    revisions: dict[str, str | None] = {}
-    for spec in grid.benches:
-        try:
-            bench = make_bench(spec)
-            docs = bench.docs()
-        except (OSError, ValueError, KeyError) as err:
-            raise PlanError(f"bench {spec.name!r}: {err}") from None
-        docs_by_bench[spec.name] = docs[:limit_docs] if limit_docs else docs
-        revisions[spec.name] = bench.dataset_revision
-
     work = []
     for spec in grid.benches:
-        docs = docs_by_bench[spec.name]
+        docs = benches.docs[spec.name]
         canary_ids = canary_sample(docs, canary.docs, canary.seed, spec.name) if canary.enabled or canary_only else []
         if canary_only:
             docs = [d for d in docs if d.id in set(canary_ids)]
@@ -170,7 +239,7 @@ def make_plan(
             per_sample = by_bench.get(spec.name) or recipe.generation_budget / 2
             work.append(BenchWork(v.name, spec.name, recipe, samples, len(docs) * recipe.repeats, per_sample,
                                   by_doc.get(spec.name, {}), canary_ids))
-    return Plan(grid, fingerprints, model_paths, work, revisions)
+    return Plan(grid, fingerprints, model_paths, work, benches.revisions)
 
 
 def canary_filter(plan: Plan, variant: str):

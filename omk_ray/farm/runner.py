@@ -18,7 +18,7 @@ from omk_ray import __version__
 from omk_ray.benches.code_bench import isolation_used
 from omk_ray.config import GridConfig, grid_to_dict
 from omk_ray.farm.builds import artifact_root, build_variants
-from omk_ray.farm.planner import Plan, make_plan
+from omk_ray.farm.planner import Plan, make_plan, read_benches
 from omk_ray.farm.progress import FarmProgress
 from omk_ray.farm.scheduler import Scheduler
 from omk_ray.results.store import ResultsStore
@@ -87,12 +87,13 @@ def run_grid(
 
     store = ResultsStore(results_root)
     if plan is None:
+        benches = read_benches(grid, variants, limit_docs)  # every mistake, before Ray starts or anything is built
         model_paths = {}
         if any(v.build for v in grid.variants):
             connect(address)
             model_paths = build_variants(grid, artifact_root(grid, results_root), variants)
         plan = make_plan(grid, store, model_paths=model_paths, variants=variants, limit_docs=limit_docs,
-                         canary_only=canary_only)
+                         canary_only=canary_only, benches=benches)
     runlog = store.new_run(run_id)
     runlog.folder.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(runlog.log_path)
