@@ -67,12 +67,12 @@ def plan(
     cannot fit, e.g. a tensor-parallel group larger than any node, is refused here).
     """
     from omk_ray.farm.planner import PlanError, describe, make_plan
-    from omk_ray.results.store import ResultsStore
+    from omk_ray.results.store import ResultsStore, UnreadableResults
 
     grid = load(config)
     try:
         the_plan = make_plan(grid, ResultsStore(results) if results else None, variants=variant, limit_docs=limit)
-    except PlanError as err:
+    except (PlanError, UnreadableResults) as err:
         fail(str(err))
     rows = describe(the_plan)
     if as_json:
@@ -114,6 +114,7 @@ def run(
     from omk_ray.farm.builds import BuildFailed
     from omk_ray.farm.planner import PlanError
     from omk_ray.farm.runner import run_grid
+    from omk_ray.results.store import UnreadableResults
 
     grid = load(config)
     if locked:
@@ -126,7 +127,7 @@ def run(
     try:
         summary = run_grid(grid, results, address=address, variants=variant, limit_docs=limit,
                            show_progress=not no_progress)
-    except (PlanError, BuildFailed) as err:
+    except (PlanError, BuildFailed, UnreadableResults) as err:
         fail(str(err))
     console.print(
         f"run {summary.run_id}: {summary.status}; generated {summary.generated} samples "
@@ -152,17 +153,21 @@ def report_canary(summary) -> None:
 
 @app.command()
 def status(results: Path = typer.Argument(..., help="results folder of a run")) -> None:
-    """Done / missing / failed samples per variant x bench (with each variant's canary verdict), the runs so far, and engine usage."""  # noqa: E501
+    """Done / missing / failed samples per variant x bench (with each variant's canary verdict), the runs so far, and engine usage.
+
+    Files that cannot be read (a truncated shard, a broken manifest) are named and left out;
+    their samples count as missing (`omk-ray doctor RESULTS --quarantine` moves them aside).
+    """  # noqa: E501
     from omk_ray.analysis.declared import canary_verdicts
     from omk_ray.farm.planner import PlanError
     from omk_ray.farm.status import engine_report, grid_status, latest_run
-    from omk_ray.results.store import ResultsStore
+    from omk_ray.results.store import ResultsStore, UnreadableResults
 
-    store = ResultsStore(results)
+    store = ResultsStore(results, skip_unreadable=True)
     try:
         run_log = latest_run(store)
         cells = grid_status(store, run_log)
-    except (FileNotFoundError, PlanError, ConfigError) as err:
+    except (FileNotFoundError, PlanError, ConfigError, UnreadableResults) as err:
         fail(str(err))
     canary = canary_verdicts(store.runs())
     print_table([{"variant": c.variant, "bench": c.bench, "expected": c.expected, "done": c.done,
@@ -183,6 +188,11 @@ def status(results: Path = typer.Argument(..., help="results folder of a run")) 
     for e in failures[-10:]:
         console.print(f"[yellow]{e['event']}[/] {e.get('variant')} {e.get('bench', '')}: {e.get('error', '')[:200]}")
     print_table(engine_report(run_log), title=f"engines of run {run_log.run_id}")
+    for bad in store.unreadable:
+        console.print(f"[red]unreadable[/] {bad.path}: {bad.problem}", highlight=False)
+    if store.unreadable:
+        console.print(f"{len(store.unreadable)} unreadable file(s) left out (their samples count as missing); "
+                      f"move them aside with `omk-ray doctor {results} --quarantine`")
 
 
 @app.command()
