@@ -44,6 +44,31 @@ class BenchOptions(BaseModel):
     canary_min_p10_tokens: float | None = Field(None, ge=0, description="the canary's p10 length floor (tokens)")
 
 
+class ScorerUnavailable(RuntimeError):
+    """The scorer cannot score anything here (e.g. no sandbox can start): no row is worth retrying alone."""
+
+
+def score_guarded(bench: "Bench", pairs: list[tuple[Doc, "Completion"]]) -> list["Score | Exception"]:
+    """Each pair's score, or the exception its scorer raised: one hostile answer fails its row only.
+
+    `score_many` first (code benches run their programs in parallel); if it raises, each row alone.
+    A `ScorerUnavailable` is every row's result at once.
+    """
+    try:
+        return list(bench.score_many(pairs))
+    except ScorerUnavailable as err:
+        return [err] * len(pairs)
+    except Exception:  # noqa: BLE001 - find the row that raised
+        pass
+    out: list[Score | Exception] = []
+    for doc, completion in pairs:
+        try:
+            out.append(bench.score(doc, completion))
+        except Exception as err:  # noqa: BLE001 - a scorer choking on one answer fails that row only
+            out.append(err)
+    return out
+
+
 class Bench(ABC):
     scorer_version = "1"
     Options: type[BenchOptions] = BenchOptions

@@ -10,7 +10,7 @@ from typing import Literal, Sequence
 from pydantic import Field
 
 from omk_ray.benches import data
-from omk_ray.benches.base import Bench, BenchOptions, Doc, Score
+from omk_ray.benches.base import Bench, BenchOptions, Doc, Score, ScorerUnavailable
 from omk_ray.benches.sandbox import Job, Limits, Outcome, Sandbox
 from omk_ray.config import BenchSpec
 from omk_ray.engines.base import Completion
@@ -93,7 +93,7 @@ class CodeBench(Bench):
         return [to_score(outcome, code) for outcome, (_, code) in zip(outcomes, jobs)]
 
 
-class SandboxUnavailable(RuntimeError):
+class SandboxUnavailable(ScorerUnavailable):
     """The sandbox could not start a program at the isolation level asked for."""
 
 
