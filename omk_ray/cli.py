@@ -89,9 +89,11 @@ def plan(
         except PlanError as err:
             fail(str(err))
     engines = {v.name: f"{v.engine} tp={v.engine_args.tensor_parallel_size}" for v in grid.variants}
+    stale = sum(w.stale for w in the_plan.work)
+    why = f" ({stale} stored before but generated again: their document changed)" if stale else ""
     console.print(
         f"{len(engines)} variants ({', '.join(f'{k}: {e}' for k, e in engines.items())}); "
-        f"{the_plan.missing} of {the_plan.expected} samples to generate, longest-expected first; "
+        f"{the_plan.missing} of {the_plan.expected} samples to generate{why}, longest-expected first; "
         f"est. {sum(r['est_tokens'] for r in rows):,} completion tokens"
     )
 

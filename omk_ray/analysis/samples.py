@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from omk_ray.results.schema import RESUME_KEY, SAMPLE_SCHEMA, is_score_key
-from omk_ray.results.store import ResultsStore, UnreadableResults, newest_per_key
+from omk_ray.results.store import ResultsStore, newest_per_key
 
 ROW_COLUMNS = [
     "cohort", "variant", "variant_fingerprint", "bench", "doc_id", "repeat",
@@ -52,7 +52,9 @@ def load_rows(store: ResultsStore, variants: list[str] | None, benches: list[str
                                   fragment_readahead=2)
         slim = [_summarise(b, features) for b in scanner.to_batches() if b.num_rows]
     except (pa.ArrowException, OSError) as err:
-        raise AnalysisError(str(UnreadableResults(store.root, store.find_unreadable(store.shard_paths(), err)))) from None
+        bad = "; ".join(f"{b.path}: {b.problem}" for b in store.find_unreadable(store.shard_paths(), err))
+        raise AnalysisError(f"{store.samples_dir}: cannot read the samples: {bad} (`omk-ray doctor "
+                            f"{store.root} --quarantine` moves them aside)") from None
     if not slim:
         empty = pa.RecordBatch.from_pylist([], schema=pa.schema([SAMPLE_SCHEMA.field(c) for c in ROW_COLUMNS]))
         slim = [_summarise(empty, features)]

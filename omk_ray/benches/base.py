@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from omk_ray.config import BenchSpec
+from omk_ray.config import BenchSpec, stable_hash
 from omk_ray.engines.base import Completion
 from omk_ray.registry import parse_options
 
@@ -21,6 +21,12 @@ class Doc:
     domain: str | None = None
     subdomain: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def hash(self) -> str:
+        """What the document asks and how it is judged (stored on every row as `doc_hash`): a document
+        edited under the same id is a new sample, and a resume generates it again."""
+        return stable_hash([self.id, self.messages, self.target, self.domain, self.subdomain, self.meta])
 
 
 @dataclass

@@ -28,7 +28,7 @@ from omk_ray.config import Recipe, VariantSpec
 from omk_ray.engines.base import Completion, Engine, Request
 
 REPLAYED = ["bench", "doc_id", "repeat", "recipe_hash", "response", "reasoning", "prompt_tokens", "completion_tokens",
-            "reasoning_tokens", "finish_reason", "latency_s", "prompt_hash", "error", "engine_version"]
+            "reasoning_tokens", "finish_reason", "latency_s", "prompt_hash", "error", "error_kind", "engine_version"]
 
 
 class ReplayOptions(BaseModel):
@@ -99,4 +99,5 @@ class ReplayEngine(Engine):
             latency_s=row["latency_s"] or 0.0,
             prompt_hash=row["prompt_hash"] or "",
             error=row["error"],
+            error_kind=row["error_kind"],
         )

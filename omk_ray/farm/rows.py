@@ -57,6 +57,7 @@ def sample_row(ctx: RowContext, doc: Doc, repeat: int, completion: Completion, s
         "doc_id": doc.id,
         "repeat": repeat,
         "prompt_hash": completion.prompt_hash,
+        "doc_hash": doc.hash,
         "prompt_tokens": completion.prompt_tokens,
         "completion_tokens": completion.completion_tokens,
         "reasoning_tokens": completion.reasoning_tokens,

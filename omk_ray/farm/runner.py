@@ -111,6 +111,7 @@ def run_grid(
         "config_path": grid.source_path,
         "variants": sorted(plan.fingerprints),
         "fingerprints": plan.fingerprints,
+        "weights": plan.weights,  # what each fingerprint hashed: content sha256, or the hub commit resolved
         "model_paths": plan.model_paths,
         "recipe_hashes": plan.recipe_hashes(),
         "dataset_revisions": plan.dataset_revisions,

@@ -36,7 +36,14 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from omk_ray.results.schema import COLUMNS, RESUME_KEY, SAMPLE_SCHEMA
+from omk_ray.results.schema import COLUMNS, NEVER_RUNS, RESUME_KEY, SAMPLE_SCHEMA
+
+
+@dataclass(frozen=True)
+class StoredSample:
+    doc_hash: str | None  # None: stored before documents were hashed (or imported)
+    error_kind: str | None  # set: the sample cannot run (NEVER_RUNS)
+    prompt_tokens: int | None
 
 
 @dataclass(frozen=True)
@@ -122,9 +129,18 @@ class ResultsStore:
             os.replace(b.path, target)
         return folder
 
+    def stored_samples(self) -> dict[tuple, "StoredSample"]:
+        """Per key, what the newest row knows of its inputs, for the keys that need no new generation
+        while those inputs stay the same: rows without an error, and samples that can never run
+        (`error_kind` in NEVER_RUNS). A sample whose generation failed otherwise is run again."""
+        table = self.read(columns=[*RESUME_KEY, "error", "error_kind", "doc_hash", "prompt_tokens"])
+        done = pc.or_kleene(pc.is_null(table["error"]), pc.is_in(table["error_kind"], pa.array(NEVER_RUNS)))
+        table = table.filter(pc.fill_null(done, False))
+        facts = zip(table["doc_hash"].to_pylist(), table["error_kind"].to_pylist(), table["prompt_tokens"].to_pylist())
+        return {key: StoredSample(*fact) for key, fact in zip(iter_keys(table), facts)}
+
     def done_keys(self) -> set[tuple]:
-        """Keys of the samples stored without an error: a sample whose generation failed is run again."""
-        return set(iter_keys(self.read(columns=list(RESUME_KEY), filter=pc.field("error").is_null())))
+        return set(self.stored_samples())
 
     # -- runs --------------------------------------------------------------------------------
 
