@@ -108,14 +108,18 @@ def run(
     no_progress: bool = typer.Option(False, "--no-progress", help="no live progress display"),
     locked: bool = typer.Option(False, "--locked", help="refuse to start if CONFIG drifted from CONFIG.lock.json "
                                 "(see `omk-ray lock`)"),
+    wait: bool = typer.Option(False, "--wait", help="if another run is writing RESULTS, wait for it to finish "
+                              "instead of refusing"),
 ) -> None:
     """Run a grid: generate every missing sample on Ray engine actors and store it as Parquet.
 
-    Rerunning the same command resumes: only samples not yet in RESULTS are generated.
+    Rerunning the same command resumes: only samples not yet in RESULTS are generated. One run
+    writes a results folder at a time: a second one is refused (exit code 2), or waits with --wait.
     """
     from omk_ray.farm.builds import BuildFailed
     from omk_ray.farm.planner import PlanError
     from omk_ray.farm.runner import run_grid
+    from omk_ray.results.folder_lock import FolderBusy, holder
     from omk_ray.results.store import UnreadableResults
 
     grid = load(config)
@@ -126,10 +130,13 @@ def run(
             check_lock(grid, variants=variant)
         except ConfigError as err:
             fail(str(err))
+    busy = holder(results) if wait else None
+    if busy:
+        err_console.print(f"waiting for {busy} to finish writing {results} ...")
     try:
         summary = run_grid(grid, results, address=address, variants=variant, limit_docs=limit,
-                           show_progress=not no_progress)
-    except (PlanError, BuildFailed, UnreadableResults) as err:
+                           show_progress=not no_progress, wait=wait)
+    except (PlanError, BuildFailed, UnreadableResults, FolderBusy) as err:
         fail(str(err))
     console.print(
         f"run {summary.run_id}: {summary.status}; generated {summary.generated} samples "
@@ -163,6 +170,7 @@ def status(results: Path = typer.Argument(..., help="results folder of a run")) 
     from omk_ray.analysis.declared import canary_verdicts
     from omk_ray.farm.planner import PlanError
     from omk_ray.farm.status import engine_report, grid_status, latest_run
+    from omk_ray.results.folder_lock import holder, stale_record
     from omk_ray.results.store import ResultsStore, UnreadableResults
 
     store = ResultsStore(results, skip_unreadable=True)
@@ -182,6 +190,10 @@ def status(results: Path = typer.Argument(..., help="results folder of a run")) 
         if not verdict.passed:
             console.print(f"[red]canary {verdict.label}[/] {variant} (run {verdict.run_id}): {'; '.join(verdict.reasons)}")
     runs = [r.manifest() for r in store.runs()]
+    writer = holder(results)
+    for m in runs:  # a run killed before it could record its end is no longer "running"
+        if m["status"] == "running" and (writer is None or writer.run_id != m["run_id"]):
+            m["status"] = "died"
     print_table([{"run": m["run_id"], "status": m["status"], "started": m["started_at"][:19],
                   "seconds": m.get("seconds"), "generated": m.get("generated_samples"),
                   "failed": m.get("failed_samples")} for m in runs], title="runs")
@@ -190,6 +202,10 @@ def status(results: Path = typer.Argument(..., help="results folder of a run")) 
     for e in failures[-10:]:
         console.print(f"[yellow]{e['event']}[/] {e.get('variant')} {e.get('bench', '')}: {e.get('error', '')[:200]}")
     print_table(engine_report(run_log), title=f"engines of run {run_log.run_id}")
+    if writer is not None:
+        console.print(f"{writer} is writing this folder now", highlight=False)
+    elif (dead := stale_record(results)) is not None:
+        console.print(f"[yellow]stale[/] {dead} died holding this folder; the next run takes it over", highlight=False)
     for bad in store.unreadable:
         console.print(f"[red]unreadable[/] {bad.path}: {bad.problem}", highlight=False)
     if store.unreadable:

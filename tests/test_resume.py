@@ -128,10 +128,10 @@ def test_a_prompt_longer_than_the_context_is_recorded_once(tmp_path, tiny_gemma4
                         [{"name": "copy", "kind": "jsonl", "source": str(bench)}])
     store = ResultsStore(tmp_path / "results")
     assert run_in_process(load_grid(config), store) == 3
+    assert run_in_process(load_grid(config), store) == 0  # not generated again, no second error row
+    assert len(store.shard_paths()) == 1
     [long] = [r for r in store.read().to_pylist() if r["doc_id"] == "long"]
     assert (long["error_kind"], long["finish_reason"]) == ("prompt_too_long", "error")
     assert long["error"].startswith("prompt of ") and long["prompt_tokens"] > 64
-    assert run_in_process(load_grid(config), store) == 0  # not generated again, no second error row
-    assert len(store.shard_paths()) == 1
     config.write_text(config.read_text().replace("max_model_len: 64", "max_model_len: 2048"))
     assert missing(load_grid(config), store) == {"v/copy": ["long#0"]}  # the context grew: it may fit now

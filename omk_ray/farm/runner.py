@@ -21,6 +21,7 @@ from omk_ray.farm.builds import artifact_root, build_variants
 from omk_ray.farm.planner import Plan, make_plan, read_benches
 from omk_ray.farm.progress import FarmProgress
 from omk_ray.farm.scheduler import Scheduler
+from omk_ray.results.folder_lock import writing
 from omk_ray.results.store import ResultsStore
 
 log = logging.getLogger("omk_ray.farm")
@@ -76,18 +77,29 @@ def run_grid(
     plan: Plan | None = None,
     canary_rules: dict | None = None,
     canary_only: bool = False,
+    wait: bool = False,
 ) -> RunSummary:
     """Generate every missing sample of the grid (or of `variants`) into `results_root`.
 
     `canary_rules` (variant -> CanaryRules) overrides the grid's canary rules; `canary_only` plans
     only the canary samples and stops at the verdicts (`omk-ray canary`). `on_shard(variant,
-    bench, table)` is called after every shard written (tests, jobs).
+    bench, table)` is called after every shard written (tests, jobs). One writer per results
+    folder: the run holds the folder's writer lock (results/folder_lock.py) from before it plans
+    until it ends; another run holding it is refused (FolderBusy), or waited for with `wait`.
     """
+    benches = read_benches(grid, variants, limit_docs) if plan is None else None  # every mistake, before anything
+    run_id = ResultsStore(results_root).new_run(run_id).run_id
+    with writing(results_root, run_id, wait=wait) as stale:
+        return _run_grid(grid, results_root, address, variants, limit_docs, run_id, show_progress, on_shard, plan,
+                         canary_rules, canary_only, benches, stale)
+
+
+def _run_grid(grid, results_root, address, variants, limit_docs, run_id, show_progress, on_shard, plan,
+              canary_rules, canary_only, benches, stale) -> RunSummary:
     from omk_ray.analysis.canary import rules_for
 
     store = ResultsStore(results_root)
     if plan is None:
-        benches = read_benches(grid, variants, limit_docs)  # every mistake, before Ray starts or anything is built
         model_paths = {}
         if any(v.build for v in grid.variants):
             connect(address)
@@ -122,6 +134,7 @@ def run_grid(
         "pid": os.getpid(),
         "address": address,
         "limit_docs": limit_docs,
+        "took_over_from": asdict(stale) if stale else None,  # a run that died holding the folder
     }
     runlog.write_manifest(manifest)
     log.info("run %s: %d samples to generate of %d expected", runlog.run_id, plan.missing, plan.expected)
