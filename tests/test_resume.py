@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import pytest
 
 from conftest import hf_variant, write_bench, write_grid
 from omk_ray.config import load_grid
@@ -135,3 +134,17 @@ def test_a_prompt_longer_than_the_context_is_recorded_once(tmp_path, tiny_gemma4
     assert long["error"].startswith("prompt of ") and long["prompt_tokens"] > 64
     config.write_text(config.read_text().replace("max_model_len: 64", "max_model_len: 2048"))
     assert missing(load_grid(config), store) == {"v/copy": ["long#0"]}  # the context grew: it may fit now
+
+
+def test_code_bench_rows_record_how_their_programs_were_confined(tmp_path):
+    """Every code-bench row says which sandbox level ran its program; the manifest's summary per bench."""
+    grid = load_grid(write_grid(tmp_path / "grid.yaml", [{"name": "e", "engine": "echo", "model": "m"}],
+                                [{"name": "he", "kind": "humaneval", "subset": 2}]))
+    store = ResultsStore(tmp_path / "results")
+    assert run_in_process(grid, store) == 2
+    rows = store.read().to_pylist()
+    assert [(r["doc_id"], r["isolation"], r["correct"]) for r in rows] == \
+        [("HumanEval/0", "namespaces", False), ("HumanEval/1", "namespaces", False)]  # the echoed prompt fails
+    from omk_ray.benches.code_bench import isolation_used
+
+    assert isolation_used(store, "run") == {"he": ["namespaces"]}

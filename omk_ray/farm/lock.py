@@ -10,7 +10,6 @@ silently. `omk-ray lock CONFIG --relock` records the new state on purpose.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from datetime import datetime, timezone
