@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from conftest import write_bench, write_grid
+from conftest import write_grid
 from omk_ray.cli import app
 from omk_ray.results.folder_lock import FolderBusy, holder, stale_record, writing
 from omk_ray.results.schema import RESUME_KEY
@@ -25,10 +26,12 @@ cli = CliRunner(env={"COLUMNS": "250"})
 
 
 def slow_grid(tmp_path: Path, docs: int, name: str = "grid.yaml") -> Path:
-    bench = write_bench(tmp_path / f"{name}.jsonl", docs)
-    return write_grid(tmp_path / name, [{"name": "e", "engine": "echo", "model": "m",
-                                         "engine_args": {"extra": {"seconds_per_token": 0.4}}}],
-                      [{"name": "copy", "kind": "jsonl", "source": str(bench)}], farm={"shard_size": 2})
+    """The FAKE GPU engine (simgpu), slowed down: each answer of 6 tokens takes about 6 s."""
+    bench = tmp_path / f"{name}.jsonl"
+    bench.write_text("".join(json.dumps({"id": f"q{i}", "prompt": "6", "target": "6"}) + "\n" for i in range(docs)))
+    return write_grid(tmp_path / name, [{"name": "sim", "engine": "simgpu", "model": "sim",
+                                         "engine_args": {"extra": {"step_s": 1.0}}}],
+                      [{"name": "copy", "kind": "jsonl", "source": str(bench)}])
 
 
 def start_run(config: Path, results: Path) -> subprocess.Popen:
@@ -89,7 +92,7 @@ def test_a_run_killed_holding_the_folder_is_seen_as_dead(tmp_path):
         with writing({str(results)!r}, "20260101T000000Z-dead00"):
             run = ResultsStore({str(results)!r}).new_run("20260101T000000Z-dead00")
             run.write_manifest({{"run_id": run.run_id, "status": "running", "started_at": "2026-01-01T00:00:00",
-                                "config": grid_to_dict(load_grid({str(config)!r})), "variants": ["e"]}})
+                                "config": grid_to_dict(load_grid({str(config)!r})), "variants": ["sim"]}})
             os.kill(os.getpid(), signal.SIGKILL)  # no finally, no manifest update: as a driver killed by the OOM killer
     """)])
     assert killed.wait(timeout=60) == -signal.SIGKILL

@@ -100,7 +100,7 @@ def test_each_bench_gets_its_own_stored_answers(tmp_path):
         store.write_shard(rows_to_table([row(bench, str(i), f"{bench} answer {i}") for i in range(2)]), "src", bench, bench)
     engine = replay(store.root)
     asked = [Request(id=f"{i}#0", messages=[], bench=bench) for bench in ("math500", "gsm8k") for i in range(2)]
-    assert [c.text for c in engine.generate(asked, GREEDY)] == \
+    assert [c.text for c in engine.generate_batch(asked, GREEDY)] == \
         ["math500 answer 0", "math500 answer 1", "gsm8k answer 0", "gsm8k answer 1"]
-    missing, = engine.generate([Request(id="7#0", messages=[], bench="gsm8k")], GREEDY)
+    missing, = engine.generate_batch([Request(id="7#0", messages=[], bench="gsm8k")], GREEDY)
     assert "no stored sample of doc '7' repeat 0 for variant 'src' on bench 'gsm8k'" in missing.error

@@ -8,23 +8,25 @@ import shutil
 
 
 from conftest import hf_variant, write_bench, write_grid
+from omk_ray.benches import make_bench
 from omk_ray.config import load_grid
-from omk_ray.farm.actor import EngineActor, WorkUnit
+from omk_ray.engines import engine_class
 from omk_ray.farm.planner import make_plan
+from omk_ray.farm.rows import RowContext, generate_rows
 from omk_ray.results.schema import rows_to_table
 from omk_ray.results.store import ResultsStore
 
 
 def run_in_process(grid, store: ResultsStore) -> int:
-    """Generate what the plan says is missing with the farm's own actor, in this process (echo engine)."""
+    """Generate what the plan says is missing through the farm's own generate -> score -> row path, here."""
     plan = make_plan(grid, store)
     for w in plan.work:
         if w.samples:
             variant = grid.variant(w.variant)
-            actor = EngineActor(variant, plan.model_paths[w.variant])
-            unit = WorkUnit(f"u-{w.variant}-{w.bench}-{len(store.shard_paths())}", "run", w.variant,
-                            plan.fingerprints[w.variant], grid.bench(w.bench), w.recipe, w.samples)
-            store.write_shard(actor.run_unit(unit), w.variant, w.bench, unit.id)
+            engine = engine_class(variant.engine)(variant, plan.model_paths[w.variant])
+            ctx = RowContext("run", w.variant, plan.fingerprints[w.variant], w.bench, w.recipe, variant.engine)
+            table = generate_rows(engine, make_bench(grid.bench(w.bench)), ctx, w.samples)
+            store.write_shard(table, w.variant, w.bench, f"u-{w.variant}-{w.bench}-{len(store.shard_paths())}")
     return plan.missing
 
 
