@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from omk_ray.results.schema import RESUME_KEY, SAMPLE_SCHEMA, is_score_key
+from omk_ray.results.schema import SAMPLE_SCHEMA, is_score_key
 from omk_ray.results.store import ResultsStore, newest_per_key
 
 ROW_COLUMNS = [
