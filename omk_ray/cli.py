@@ -67,12 +67,12 @@ def plan(
     cannot fit, e.g. a tensor-parallel group larger than any node, is refused here).
     """
     from omk_ray.farm.planner import PlanError, describe, make_plan
-    from omk_ray.results.store import ResultsStore
+    from omk_ray.results.store import ResultsStore, UnreadableResults
 
     grid = load(config)
     try:
         the_plan = make_plan(grid, ResultsStore(results) if results else None, variants=variant, limit_docs=limit)
-    except PlanError as err:
+    except (PlanError, UnreadableResults) as err:
         fail(str(err))
     rows = describe(the_plan)
     if as_json:
@@ -89,9 +89,11 @@ def plan(
         except PlanError as err:
             fail(str(err))
     engines = {v.name: f"{v.engine} tp={v.engine_args.tensor_parallel_size}" for v in grid.variants}
+    stale = sum(w.stale for w in the_plan.work)
+    why = f" ({stale} stored before but generated again: their document changed)" if stale else ""
     console.print(
         f"{len(engines)} variants ({', '.join(f'{k}: {e}' for k, e in engines.items())}); "
-        f"{the_plan.missing} of {the_plan.expected} samples to generate, longest-expected first; "
+        f"{the_plan.missing} of {the_plan.expected} samples to generate{why}, longest-expected first; "
         f"est. {sum(r['est_tokens'] for r in rows):,} completion tokens"
     )
 
@@ -106,14 +108,19 @@ def run(
     no_progress: bool = typer.Option(False, "--no-progress", help="no live progress display"),
     locked: bool = typer.Option(False, "--locked", help="refuse to start if CONFIG drifted from CONFIG.lock.json "
                                 "(see `omk-ray lock`)"),
+    wait: bool = typer.Option(False, "--wait", help="if another run is writing RESULTS, wait for it to finish "
+                              "instead of refusing"),
 ) -> None:
     """Run a grid: generate every missing sample on Ray engine actors and store it as Parquet.
 
-    Rerunning the same command resumes: only samples not yet in RESULTS are generated.
+    Rerunning the same command resumes: only samples not yet in RESULTS are generated. One run
+    writes a results folder at a time: a second one is refused (exit code 2), or waits with --wait.
     """
     from omk_ray.farm.builds import BuildFailed
     from omk_ray.farm.planner import PlanError
     from omk_ray.farm.runner import run_grid
+    from omk_ray.results.folder_lock import FolderBusy, holder
+    from omk_ray.results.store import UnreadableResults
 
     grid = load(config)
     if locked:
@@ -123,10 +130,13 @@ def run(
             check_lock(grid, variants=variant)
         except ConfigError as err:
             fail(str(err))
+    busy = holder(results) if wait else None
+    if busy:
+        err_console.print(f"waiting for {busy} to finish writing {results} ...")
     try:
         summary = run_grid(grid, results, address=address, variants=variant, limit_docs=limit,
-                           show_progress=not no_progress)
-    except (PlanError, BuildFailed) as err:
+                           show_progress=not no_progress, wait=wait)
+    except (PlanError, BuildFailed, UnreadableResults, FolderBusy) as err:
         fail(str(err))
     console.print(
         f"run {summary.run_id}: {summary.status}; generated {summary.generated} samples "
@@ -152,17 +162,22 @@ def report_canary(summary) -> None:
 
 @app.command()
 def status(results: Path = typer.Argument(..., help="results folder of a run")) -> None:
-    """Done / missing / failed samples per variant x bench (with each variant's canary verdict), the runs so far, and engine usage."""  # noqa: E501
+    """Done / missing / failed samples per variant x bench (with each variant's canary verdict), the runs so far, and engine usage.
+
+    Files that cannot be read (a truncated shard, a broken manifest) are named and left out;
+    their samples count as missing (`omk-ray doctor RESULTS --quarantine` moves them aside).
+    """  # noqa: E501
     from omk_ray.analysis.declared import canary_verdicts
     from omk_ray.farm.planner import PlanError
     from omk_ray.farm.status import engine_report, grid_status, latest_run
-    from omk_ray.results.store import ResultsStore
+    from omk_ray.results.folder_lock import holder, stale_record
+    from omk_ray.results.store import ResultsStore, UnreadableResults
 
-    store = ResultsStore(results)
+    store = ResultsStore(results, skip_unreadable=True)
     try:
         run_log = latest_run(store)
         cells = grid_status(store, run_log)
-    except (FileNotFoundError, PlanError, ConfigError) as err:
+    except (FileNotFoundError, PlanError, ConfigError, UnreadableResults) as err:
         fail(str(err))
     canary = canary_verdicts(store.runs())
     print_table([{"variant": c.variant, "bench": c.bench, "expected": c.expected, "done": c.done,
@@ -175,6 +190,10 @@ def status(results: Path = typer.Argument(..., help="results folder of a run")) 
         if not verdict.passed:
             console.print(f"[red]canary {verdict.label}[/] {variant} (run {verdict.run_id}): {'; '.join(verdict.reasons)}")
     runs = [r.manifest() for r in store.runs()]
+    writer = holder(results)
+    for m in runs:  # a run killed before it could record its end is no longer "running"
+        if m["status"] == "running" and (writer is None or writer.run_id != m["run_id"]):
+            m["status"] = "died"
     print_table([{"run": m["run_id"], "status": m["status"], "started": m["started_at"][:19],
                   "seconds": m.get("seconds"), "generated": m.get("generated_samples"),
                   "failed": m.get("failed_samples")} for m in runs], title="runs")
@@ -183,6 +202,15 @@ def status(results: Path = typer.Argument(..., help="results folder of a run")) 
     for e in failures[-10:]:
         console.print(f"[yellow]{e['event']}[/] {e.get('variant')} {e.get('bench', '')}: {e.get('error', '')[:200]}")
     print_table(engine_report(run_log), title=f"engines of run {run_log.run_id}")
+    if writer is not None:
+        console.print(f"{writer} is writing this folder now", highlight=False)
+    elif (dead := stale_record(results)) is not None:
+        console.print(f"[yellow]stale[/] {dead} died holding this folder; the next run takes it over", highlight=False)
+    for bad in store.unreadable:
+        console.print(f"[red]unreadable[/] {bad.path}: {bad.problem}", highlight=False)
+    if store.unreadable:
+        console.print(f"{len(store.unreadable)} unreadable file(s) left out (their samples count as missing); "
+                      f"move them aside with `omk-ray doctor {results} --quarantine`")
 
 
 @app.command()

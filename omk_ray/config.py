@@ -3,8 +3,13 @@
 A grid YAML has four sections: `recipe` (defaults for every bench), `variants`, `benches`
 and `farm`. The effective recipe of a (variant, bench) pair is
 `recipe` <- `bench.recipe` <- `variant.recipe_overrides[bench or "*"]`; its hash is stored on
-every sample row, so results of different recipes never mix. Top-level keys that start with
-`x-` are ignored: they hold YAML anchors for blocks repeated across variants.
+every sample row, so results of different recipes never mix (`repeats` is not part of it:
+each repeat is its own sample key). Top-level keys that start with `x-` are ignored: they
+hold YAML anchors for blocks repeated across variants. A key given twice in one mapping is
+refused. Local paths (a variant's `model`, a bench's `source` and `include_path`, a build's
+`base`, `drop_map`, `scores`, `profile_prompts`, `artifacts`) are resolved once, at load,
+against the config file's real folder (a linked config keeps its target's folder), so every
+later step (plan, builds, engines) sees the same absolute paths.
 """
 
 from __future__ import annotations
@@ -66,12 +71,16 @@ class Recipe(_Strict):
 
     @property
     def hash(self) -> str:
-        return stable_hash(self.model_dump(mode="json"))
+        """What makes two samples comparable. `repeats` only says how many there are: it is hashed
+        as 1 whatever its value (so the hashes of single-repeat recipes stayed what they were)."""
+        return stable_hash({**self.model_dump(mode="json"), "repeats": 1})
 
     @model_validator(mode="after")
-    def _thinking_needs_markers(self) -> "Recipe":
+    def _consistent(self) -> "Recipe":
         if self.thinking_budget and not self.enable_thinking:
             raise ValueError("thinking_budget is set but enable_thinking is false")
+        if self.min_tokens > self.max_gen_toks:
+            raise ValueError(f"min_tokens ({self.min_tokens}) is larger than max_gen_toks ({self.max_gen_toks})")
         return self
 
 
@@ -160,7 +169,20 @@ class BenchSpec(_Strict):
     revision: str | None = None
     subset: int | list[str] | None = Field(None, description="first N docs, or a list of doc ids")
     recipe: dict[str, Any] = Field(default_factory=dict)
-    options: dict[str, Any] = Field(default_factory=dict, description="bench-specific settings")
+    options: dict[str, Any] = Field(default_factory=dict, description="bench-specific settings (see each bench's Options)")
+
+    @field_validator("subset")
+    @classmethod
+    def _sane_subset(cls, value: int | list[str] | None) -> int | list[str] | None:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"subset must be a positive number of docs or a list of doc ids, not {value}")
+        if isinstance(value, list):
+            repeated = sorted({i for i in value if value.count(i) > 1})
+            if repeated:
+                raise ValueError(f"subset lists doc ids more than once: {repeated[:5]}")
+            if not value:
+                raise ValueError("subset is an empty list: the bench would have no docs")
+        return value
 
     @field_validator("recipe")
     @classmethod
@@ -273,18 +295,25 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+# (section, key path) of every value that may be a local path; a relative one that exists next
+# to the config becomes absolute, anything else is left alone (a hub id, "default").
+LOCAL_PATHS = (
+    ("variants", ("model",)), ("benches", ("source",)), ("benches", ("options", "include_path")),
+    ("variants", ("build", "base")), ("variants", ("build", "drop_map")), ("variants", ("build", "scores")),
+    ("variants", ("build", "profile_prompts")),
+)  # fmt: skip
+
+
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     """Local paths in a config are relative to the config file; anything else is a hub id."""
-    for section, key in (("variants", "model"), ("benches", "source")):
+    for section, keys in LOCAL_PATHS:
         for item in raw.get(section) or []:
+            *parents, key = keys
+            for parent in parents:
+                item = item.get(parent) if isinstance(item, dict) else None
             value = item.get(key) if isinstance(item, dict) else None
             if isinstance(value, str) and not Path(value).is_absolute() and (base / value).exists():
                 item[key] = str((base / value).resolve())
-    for bench in raw.get("benches") or []:
-        options = bench.get("options") if isinstance(bench, dict) else None
-        include = options.get("include_path") if isinstance(options, dict) else None
-        if isinstance(include, str) and not Path(include).is_absolute() and (base / include).exists():
-            options["include_path"] = str((base / include).resolve())
     if isinstance(raw.get("artifacts"), str) and not Path(raw["artifacts"]).is_absolute():
         raw["artifacts"] = str((base / raw["artifacts"]).resolve())
 
@@ -305,12 +334,30 @@ def parse_grid(raw: Any, source: str = "<config>", base_dir: Path | None = None)
     return grid.model_copy(update={"source_path": source})
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML's `<<` merges still override)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice in one mapping (lines {seen[key] + 1} and "
+                    f"{key_node.start_mark.line + 1}): only one can count", key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_grid(path: str | Path) -> GridConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     return parse_grid(raw, str(path), path.resolve().parent)  # resolve(): a linked config keeps its real folder

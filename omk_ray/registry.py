@@ -1,8 +1,16 @@
-"""A plug-in registry: a kind name -> "package.module:Class", imported only when first used."""
+"""A plug-in registry: a kind name -> "package.module:Class", imported only when first used.
+
+A plug-in class may declare its settings as a pydantic model, `Options` (`extra="forbid"`):
+`option_problems(cls, raw)` lists what is wrong with a raw settings dict before anything
+starts, and `parse_options` builds the model with the same wording.
+"""
 
 from __future__ import annotations
 
 import importlib
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
 
 
 class Registry(dict[str, str]):
@@ -18,3 +26,26 @@ class Registry(dict[str, str]):
             raise KeyError(f"unknown {self.what} {kind!r}; known: {', '.join(sorted(self))}")
         module, _, name = self[kind].partition(":")
         return getattr(importlib.import_module(module), name)
+
+
+def option_problems(plugin: type, options: dict[str, Any]) -> list[str]:
+    """'key: problem' for each thing wrong with `options`; none when the class declares no `Options`."""
+    model = getattr(plugin, "Options", None)
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return []
+    try:
+        model(**options)
+    except ValidationError as err:
+        return [f"{'.'.join(map(str, e['loc'])) or '(all)'}: {e['msg']}" for e in err.errors()]
+    except TypeError as err:  # not a mapping
+        return [str(err)]
+    return []
+
+
+def parse_options(model: type[BaseModel], options: dict[str, Any], where: str) -> BaseModel:
+    """The options as `model`, or a ValueError naming `where` and every bad key."""
+    try:
+        return model(**options)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(all)'}: {e['msg']}" for e in err.errors())
+        raise ValueError(f"{where}: bad options: {problems}") from None

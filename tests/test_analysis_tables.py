@@ -413,3 +413,21 @@ def test_a_corrupt_shard_is_named(tmp_path):
     bad.write_bytes(b"PAR1 this is not parquet")
     with pytest.raises(AnalysisError, match="cannot read the samples: .*part-broken-0000.parquet"):
         compare(tmp_path, CompareOptions(baseline="base"))
+
+
+def test_error_rows_are_excluded_from_pairing_counted_and_marked(tmp_path):
+    """20 engine failures in 200 samples are not 20 lost problems: they leave the statistics, counted."""
+    outcomes = [i % 4 != 0 for i in range(200)]
+    failed = [sample("v", "b", f"d{i}", False, response="", completion_tokens=0, finish_reason="error",
+                     error="engine died", metrics={}) if i < 20 else sample("v", "b", f"d{i}", o)
+              for i, o in enumerate(outcomes)]
+    write_store(tmp_path, bench_rows("base", "b", outcomes) + failed)
+    comparison = compare(tmp_path, CompareOptions(baseline="base"))
+    [row] = comparison.rows("scoreboard")
+    assert (row["n"], row["delta_pp"], row["lost"], row["gained"]) == (180, 0.0, 0, 0)  # was 200, -7.5 pp, 15 lost
+    assert row["errors_excluded"] == 20
+    assert row["p_value"] == 1.0 and row["marks"] == "§"
+    [errors] = [a for a in comparison.rows("anomalies") if a["kind"] == "error"]
+    assert errors["count"] == 20  # still listed as failures
+    markdown = to_markdown(comparison)
+    assert "§ b: 20 error samples of v excluded" in markdown and "b (180)§" in markdown

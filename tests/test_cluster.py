@@ -52,7 +52,8 @@ def test_cluster_yaml_validates_with_rays_own_validator():
 
 def grid_of(variants: list[tuple[str, str, int]], **farm):
     return parse_grid({
-        "variants": [{"name": n, "model": "m", "engine": e, "engine_args": {"tensor_parallel_size": tp}}
+        "variants": [{"name": n, "model": "m", "engine": e, "engine_args": {
+                         "tensor_parallel_size": tp, "extra": {"base_url": "http://127.0.0.1:1/v1"} if e == "openai" else {}}}
                      for n, e, tp in variants],
         "benches": [{"name": "b", "source": "b.jsonl"}],
         "farm": farm,

@@ -7,6 +7,8 @@ import base64
 import json
 import os
 import pickle
+import shutil
+import textwrap
 import zlib
 from pathlib import Path
 
@@ -379,3 +381,90 @@ def test_code_bench_options_are_validated():
     with pytest.raises(ValueError, match="bad options: nope"):
         make_bench(BenchSpec(name="he", kind="mbpp", options={"nope": 1}))
 
+
+
+# -- forged verdicts -----------------------------------------------------------------------------
+
+# A function body that walks the interpreter's frames (or every object the gc knows) to the
+# sandbox job's nonce and verdict descriptor, writes "pass" there and leaves before any test runs.
+FORGERIES = {
+    "frames": """
+    import os, sys
+    frame = sys._getframe()
+    while frame is not None:
+        for scope in (frame.f_locals, frame.f_globals):
+            job, fd = scope.get("job"), scope.get("verdict_fd")
+            if isinstance(job, dict) and "nonce" in job and isinstance(fd, int):
+                n = len(job.get("tests") or ()) or None
+                verdict = {"nonce": job["nonce"], "status": "pass", "reason": "", "tests_passed": n, "tests_total": n}
+                os.write(fd, (repr(verdict) + "\\n").encode())
+                os._exit(0)
+        frame = frame.f_back
+    """,
+    "gc": """
+    import gc, os
+    for o in gc.get_objects():
+        if isinstance(o, dict) and "nonce" in o and isinstance(o.get("verdict_fd"), int):
+            n = len(o.get("tests") or ()) or None
+            verdict = {"nonce": o["nonce"], "status": "pass", "reason": "", "tests_passed": n, "tests_total": n}
+            os.write(o["verdict_fd"], (repr(verdict) + "\\n").encode())
+            os._exit(0)
+    """,
+}
+
+
+def forged(signature: str, how: str, then: str = "return None") -> str:
+    body = "\n".join("    " + line for line in textwrap.dedent(FORGERIES[how]).strip().splitlines())
+    return f"{signature}\n{body}\n    {then}"
+
+
+@pytest.mark.parametrize("how", sorted(FORGERIES))
+def test_a_forged_verdict_scores_fail(how, humaneval, lcb_folder):
+    """The program cannot reach the verdict: frame-walking and gc forgeries score fail on every check."""
+    bench, docs = humaneval
+    he = bench.score(docs[0], fenced(forged("def has_close_elements(numbers, threshold):", how)))
+    assert (he.correct, he.metrics["pass@1"]) == (False, 0.0)
+    lcb_docs = {d.id: d for d in lcb(lcb_folder).docs()}
+    call = forged("class Solution:\n  def addTwo(self, a, b):", how, then="return 0").replace("\n    ", "\n      ")
+    stdio = textwrap.dedent(FORGERIES[how]) + "\nprint(0)"
+    scores = lcb(lcb_folder).score_many([(lcb_docs["lcb/leetcode/9001"], fenced(call)),
+                                          (lcb_docs["lcb/atcoder/abc999_a"], fenced(stdio))])
+    assert [s.correct for s in scores] == [False, False]
+    assert [s.metrics["tests_passed"] for s in scores] == [0.0, 0.0]
+
+
+def test_a_result_that_equals_everything_scores_fail(humaneval, lcb_folder):
+    """An object whose __eq__ always says True is the program's claim, not a value: it cannot pass."""
+    equal = "class _Any:\n    def __eq__(self, other):\n        return True\n    __hash__ = object.__hash__\n"
+    bench, docs = humaneval
+    he = bench.score(docs[0], fenced(equal + "def has_close_elements(numbers, threshold):\n    return _Any()"))
+    assert not he.correct
+    lcb_docs = {d.id: d for d in lcb(lcb_folder).docs()}
+    call = equal + "class Solution:\n    def addTwo(self, a, b):\n        return _Any()"
+    assert not lcb(lcb_folder).score(lcb_docs["lcb/leetcode/9001"], fenced(call)).correct
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv") or not Path("/usr/bin/python3").exists(),
+                    reason="needs root and setpriv to play a container that forbids namespaces")
+def test_no_silent_fallback_to_rlimits_and_the_level_is_recorded(humaneval, tmp_path):
+    """Where namespaces are forbidden the bench refuses (an error, not a wrong answer) unless told
+    `isolation: rlimits`; every score says which level ran it."""
+    from omk_ray.benches.code_bench import SandboxUnavailable
+    from omk_ray.benches.sandbox import Sandbox
+
+    _, docs = humaneval
+    answer = fenced("def has_close_elements(numbers, threshold):\n    return False")
+    assert make_bench(BenchSpec(name="he", kind="humaneval")).score(docs[0], answer).isolation == "namespaces"
+    no_unshare = tmp_path / "python-without-sys-admin"  # root without CAP_SYS_ADMIN: unshare is refused
+    no_unshare.write_text('#!/bin/sh\nexec setpriv --bounding-set -sys_admin /usr/bin/python3 "$@"\n')
+    no_unshare.chmod(0o755)
+    for options, expected in (({}, None), ({"isolation": "rlimits"}, "rlimits"), ({"isolation": "auto"}, "rlimits")):
+        bench = make_bench(BenchSpec(name="he", kind="humaneval", options=options))
+        bench.sandbox = Sandbox(bench.sandbox.limits, isolation=bench.options.isolation, python=str(no_unshare))
+        if expected is None:
+            with pytest.raises(SandboxUnavailable, match="unshare: Operation not permitted.*isolation: rlimits"):
+                bench.score(docs[0], answer)
+        else:
+            score = bench.score(docs[0], answer)
+            assert (score.correct, score.detail.split(":")[0], score.isolation) == (False, "AssertionError at test line 10", expected)
+    assert Sandbox(isolation="auto").isolation == "namespaces"  # what one interpreter learnt binds no other

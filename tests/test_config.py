@@ -111,3 +111,119 @@ def test_locked_run_refuses_a_config_without_or_off_its_lock(tmp_path, tiny_gemm
     code, output = run_cli("run", path, "--results", tmp_path / "r", "--locked")
     assert code == 2 and "max_gen_toks 8 -> 9" in output and not (tmp_path / "r").exists()
     assert not ray.is_initialized()
+
+
+# -- every mistake before start ------------------------------------------------------------------
+
+
+class StrictEcho:
+    """Stands in for an engine kind that declares its `engine_args.extra` (as every engine will)."""
+
+    from pydantic import BaseModel as _Base, ConfigDict as _Config
+
+    class Options(_Base):
+        model_config = {"extra": "forbid"}
+        seconds_per_token: float = 0.0
+
+    uses_accelerator = False
+
+
+@pytest.fixture
+def strict_engine():
+    from omk_ray.engines import ENGINES, register_engine
+
+    register_engine("strict-echo", f"{__name__}:StrictEcho")
+    yield "strict-echo"
+    ENGINES.pop("strict-echo")
+
+
+def mistakes(tmp_path) -> dict[str, tuple[dict, str]]:
+    """name -> (grid changes, what the error must say)."""
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    no_checkpoint = tmp_path / "not-a-checkpoint"
+    no_checkpoint.mkdir()
+    bench = {"name": "copy", "kind": "jsonl", "source": str(tmp_path / "b.jsonl")}
+    return {
+        "missing model folder": ({"variants": [hf_variant("base", "/nonexistent/model")]},
+                                 "variant 'base': model folder /nonexistent/model not found"),
+        "folder without config.json": ({"variants": [hf_variant("base", no_checkpoint)]},
+                                       f"variant 'base': model folder {no_checkpoint} holds no config.json"),
+        "min_tokens > max_gen_toks": ({"recipe": {"max_gen_toks": 8, "min_tokens": 9}},
+                                      "min_tokens (9) is larger than max_gen_toks (8)"),
+        "unknown engine extra": ({"variants": [{"name": "e", "engine": "strict-echo", "model": "m",
+                                                "engine_args": {"extra": {"seconds_per_tokn": 1}}}]},
+                                 "variant 'e': engine_args.extra.seconds_per_tokn: Extra inputs are not permitted"),
+        "unknown bench option": ({"benches": [{**bench, "options": {"answer_regexp": "x"}}]},
+                                 "bench 'copy': options.answer_regexp: Extra inputs are not permitted"),
+        "repeated subset id": ({"benches": [{**bench, "subset": ["q0", "q1", "q0"]}]},
+                               "subset lists doc ids more than once: ['q0']"),
+        "negative subset": ({"benches": [{**bench, "subset": -5}]}, "subset must be a positive number"),
+        "empty bench": ({"benches": [{**bench, "source": str(empty)}]}, f"bench 'copy': no documents in {empty}"),
+        "bad build block": ({"variants": [{"name": "arm", "engine": "transformers", "build": {
+                                "base": "/nonexistent/model", "drop_mapp": {"0": [1]}}}]},
+                            "variant 'arm': build.drop_mapp: Extra inputs are not permitted"),
+        "build base folder missing": ({"variants": [{"name": "arm", "engine": "transformers", "build": {
+                                          "base": "/nonexistent/model", "drop_map": {"0": [1]}}}]},
+                                      "variant 'arm': build.base folder /nonexistent/model not found"),
+    }
+
+
+@pytest.mark.parametrize("mistake", ["missing model folder", "folder without config.json", "min_tokens > max_gen_toks",
+                                     "unknown engine extra", "unknown bench option", "repeated subset id",
+                                     "negative subset", "empty bench", "bad build block", "build base folder missing"])
+def test_every_mistake_is_refused_before_anything_starts(tmp_path, tiny_gemma4, strict_engine, mistake):
+    change, message = mistakes(tmp_path)[mistake]
+    change.setdefault("variants", [hf_variant("base", tiny_gemma4)])
+    path = grid_file(tmp_path, tiny_model=tiny_gemma4, **change)
+    for command in (["plan", path], ["run", path, "--results", tmp_path / "results", "--no-progress"]):
+        code, output = run_cli(*command)
+        assert code == 2 and str(path) in output and message in " ".join(output.split()), output
+    assert not (tmp_path / "results").exists()  # no run folder, no shard
+    assert not ray.is_initialized()  # no cluster was started
+
+
+def test_a_key_given_twice_in_the_yaml_is_refused(tmp_path, tiny_gemma4):
+    path = grid_file(tmp_path, tiny_model=tiny_gemma4)
+    path.write_text(path.read_text() + "recipe:\n  max_gen_toks: 4\n")  # a second top-level `recipe`
+    code, output = run_cli("plan", path)
+    assert code == 2 and "the key 'recipe' is given twice in one mapping" in output
+    anchors = tmp_path / "anchors.yaml"  # YAML merge keys still override what they merge
+    anchors.write_text(path.read_text().rsplit("recipe:\n  max_gen_toks: 4\n", 1)[0].replace(
+        "name: test", "name: test\nx-r: &r {max_gen_toks: 5, temperature: 0}\nrecipe: {<<: *r, max_gen_toks: 6}", 1)
+        .replace("recipe:\n  max_gen_toks: 8\n", "", 1))
+    assert load_grid(anchors).recipe.max_gen_toks == 6
+
+
+def test_options_every_bench_takes_are_accepted(tmp_path, tiny_gemma4):
+    """The README's canary floor and a primary metric are options of every bench kind."""
+    code, output = run_cli("plan", grid_file(tmp_path, tiny_model=tiny_gemma4, benches=[
+        {"name": "he", "kind": "humaneval", "subset": 2, "options": {"canary_min_p10_tokens": 16, "timeout_s": 5}},
+        {"name": "copy", "kind": "jsonl", "source": str(write_bench(tmp_path / "c.jsonl", 2)),
+         "options": {"canary_min_p10_tokens": 2, "primary_metric": "exact_match"}},
+    ], variants=[hf_variant("base", tiny_gemma4)]))
+    assert code == 0, output
+
+
+def test_paths_resolve_against_the_config_files_real_folder(tmp_path, tiny_gemma4):
+    """A linked config (the README's configs/demo.yaml) resolves every local path, builds' too,
+    against the folder of the file it links to."""
+    import shutil
+
+    real = tmp_path / "real"
+    real.mkdir()
+    shutil.copytree(tiny_gemma4, real / "model")
+    write_bench(real / "bench.jsonl", 2)
+    (real / "grid.yaml").write_text(
+        "variants:\n  - {name: base, model: model, engine: transformers}\n"
+        "  - {name: arm, engine: transformers, build: {base: model, drop_map: drops.json}}\n"
+        "benches:\n  - {name: copy, kind: jsonl, source: bench.jsonl}\n")
+    (real / "drops.json").write_text('{"0": [1], "1": [2]}')
+    links = tmp_path / "configs"
+    links.mkdir()
+    (links / "grid.yaml").symlink_to(real / "grid.yaml")
+    grid = load_grid(links / "grid.yaml")
+    assert grid.variant("base").model == str((real / "model").resolve())
+    assert grid.variant("arm").build == {"base": str((real / "model").resolve()),
+                                         "drop_map": str((real / "drops.json").resolve())}
+    assert grid.bench("copy").source == str((real / "bench.jsonl").resolve())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import ray
 from typer.testing import CliRunner
@@ -56,3 +57,23 @@ def test_bad_drop_map_stops_before_running(tmp_path, tiny_gemma4):
     assert "could not build" in result.output and "'bad'" in result.output and "99" in result.output
     assert not list((tmp_path / "results").glob("samples/**/*.parquet"))
     ray.shutdown()
+
+
+def test_a_linked_config_builds_from_its_real_folder(tmp_path, tiny_gemma4, local_ray):
+    """The README's `omk-ray run configs/demo.yaml`: configs/ holds a link, the build's `base: model`
+    lies next to the file it links to, and the build step finds it there."""
+    import shutil
+
+    from omk_ray.farm.builds import build_variants
+
+    real = tmp_path / "assets"
+    real.mkdir()
+    shutil.copytree(tiny_gemma4, real / "model")
+    (real / "grid.yaml").write_text(
+        "variants:\n  - {name: arm, engine: transformers, build: {base: model, drop_map: {'0': [1], '1': [2]}}}\n"
+        "benches:\n  - {name: copy, kind: jsonl, source: bench.jsonl}\n")
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "grid.yaml").symlink_to(real / "grid.yaml")
+    paths = build_variants(load_grid(tmp_path / "configs" / "grid.yaml"), tmp_path / "artifacts")
+    assert json.loads((Path(paths["arm"]) / "config.json").read_text())["num_experts"] == 7
+    assert Path(paths["arm"]).parent == tmp_path / "artifacts"

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest_benches import LOGS
+from omk_ray.benches.jsonl import JsonlBench
 from omk_ray.cli import app
 from omk_ray.config import load_grid
 from omk_ray.results.importers import LogImportError, import_lmeval
@@ -144,3 +145,64 @@ def test_bad_inputs_are_clear_errors(tmp_path):
         rescore(tmp_path / "empty")
     done = runner.invoke(app, ["import", "lm-eval", str(tmp_path / "nope"), "--variant", "v", "--results", str(tmp_path)])
     assert done.exit_code == 2 and "no such folder" in done.output
+
+
+class FragileBench(JsonlBench):
+    """A jsonl bench whose scorer chokes on one answer (as a real scorer may on a hostile completion)."""
+
+    scorer_version = "fragile-2"
+
+    def score(self, doc, completion):
+        if completion.text == "boom":
+            raise ValueError("cannot parse 'boom'")
+        return super().score(doc, completion)
+
+
+def stored_rows(bench: str, answers: dict[str, str]) -> list[dict]:
+    return [{"variant": "v", "variant_fingerprint": "fp", "bench": bench, "doc_id": d, "repeat": 0, "recipe_hash": "r",
+             "response": text, "score": 0.0, "correct": False, "scorer_version": "fragile-1", "metrics": {}}
+            for d, text in answers.items()]
+
+
+@pytest.fixture
+def fragile(tmp_path):
+    from omk_ray.benches import BENCHES, register_bench
+    from omk_ray.results.schema import rows_to_table
+
+    register_bench("fragile", f"{__name__}:FragileBench")
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"id": f"d{i}", "prompt": "p", "target": str(i)}) + "\n" for i in range(4)))
+    config = tmp_path / "grid.yaml"
+    config.write_text(f"variants: [{{name: v, model: m, engine: echo}}]\nbenches: [{{name: f, kind: fragile, source: {data}}}]\n")
+    store = ResultsStore(tmp_path / "results")
+    shards = [store.write_shard(rows_to_table(stored_rows("f", {"d0": "0", "d1": "boom"})), "v", "f", "u1"),
+              store.write_shard(rows_to_table(stored_rows("f", {"d2": "2", "d3": "wrong"})), "v", "f", "u2")]
+    yield load_grid(config), store, shards
+    BENCHES.pop("fragile")
+
+
+def test_rescore_survives_a_scorer_that_raises_on_one_row(fragile):
+    grid, store, shards = fragile
+    [report] = rescore(store.root, grid=grid)
+    assert (report.rows, report.changed, report.errors, report.shards, report.skipped) == (4, 2, 1, 2, None)
+    got = {r["doc_id"]: (r["score"], r["correct"], r["error"], r["scorer_version"]) for r in store.read().to_pylist()}
+    assert got == {"d0": (1.0, True, None, "fragile-2"),
+                   "d1": (0.0, False, "scorer error: ValueError: cannot parse 'boom'", "fragile-2"),
+                   "d2": (1.0, True, None, "fragile-2"), "d3": (0.0, False, None, "fragile-2")}
+
+
+def test_rescore_writes_a_bench_only_when_it_scored_completely(fragile):
+    """A doc the bench no longer has, in the second shard: the bench is skipped and the first shard,
+    scored already, is not rewritten either."""
+    from omk_ray.results.schema import rows_to_table
+
+    grid, store, shards = fragile
+    shards[1].unlink()
+    store.write_shard(rows_to_table(stored_rows("f", {"d2": "2", "gone": "x"})), "v", "f", "u2")
+    before = {p: p.read_bytes() for p in store.shard_paths()}
+    [report] = rescore(store.root, grid=grid)
+    assert report.skipped == "bench 'f': doc 'gone' is not in the bench's data" and report.shards == 0
+    assert {p: p.read_bytes() for p in store.shard_paths()} == before
+    with pytest.raises(RescoreError, match="doc 'gone'"):
+        rescore(store.root, bench="f", grid=grid)
+    assert {p: p.read_bytes() for p in store.shard_paths()} == before

@@ -269,3 +269,23 @@ def test_two_nights_then_a_regression_is_caught_and_exported(tmp_path, capsys, l
     agreement = pv.read_csv(out / "agreement.csv").to_pylist()
     assert agreement[0]["lost"] == N_DOCS - 8 and agreement[0]["lost_ids"].split() == [f"d{i}" for i in range(8, N_DOCS)]
     assert export_agreement.main([str(root / "2026-01-02"), "--baseline", "nobody"]) == 2
+
+
+def test_the_nightly_gate_never_calls_errors_a_regression(tmp_path):
+    """Tonight the endpoint failed on 12 of 20 problems: those are errors, not 12 lost problems."""
+    import argparse
+
+    def night(folder: Path, failed: int) -> Path:
+        rows = [{"variant": "served", "variant_fingerprint": "fp", "bench": "say", "doc_id": f"d{i}", "repeat": 0,
+                 "cohort": "greedy", "recipe_hash": "r", "response": "" if i < failed else f"say {i}",
+                 "finish_reason": "error" if i < failed else "stop", "error": "endpoint unreachable" if i < failed else None,
+                 "score": 0.0 if i < failed else 1.0, "correct": i >= failed, "metrics": {} if i < failed else {"exact_match": 1.0},
+                 "completion_tokens": 0 if i < failed else 2} for i in range(N_DOCS)]
+        ResultsStore(folder).write_shard(rows_to_table(rows), "served", "say", "u0")
+        return folder
+
+    previous, tonight = night(tmp_path / "2026-01-01", failed=0), night(tmp_path / "2026-01-02", failed=12)
+    gate = argparse.Namespace(alpha=0.05, max_drop_pp=5.0)
+    assert canonical_rerun.night_over_night(previous, tonight, ["served"], gate) == []
+    report = (tonight / "vs-2026-01-01" / "served" / "report.md").read_text()
+    assert "12 error samples of served excluded" in report

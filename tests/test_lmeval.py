@@ -104,7 +104,7 @@ def test_missing_data_and_unknown_tasks_are_clear_errors(tmp_path, monkeypatch):
         bench("gsm8k", options={"task": "gsm8k"}).docs()
     with pytest.raises(ValueError, match="only generate_until"):
         bench("arc", options={"task": "arc_easy"}).docs()
-    with pytest.raises(ValueError, match="bad lmeval options: num_fewshot"):
+    with pytest.raises(ValueError, match="bad options: num_fewshot"):
         bench("x", options={"task": "gsm8k", "num_fewshot": 5})
     with pytest.raises(ValueError, match="did you mean.*gsm8k"):
         bench("x", options={"task": "gsm8kk"}).docs()

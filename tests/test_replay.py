@@ -91,3 +91,16 @@ def test_rescoring_with_a_new_scorer(stored, tmp_path):
     assert [(r["response"], r["extracted_answer"], r["correct"]) for r in rows] == \
         [("The answer is 42", "42", True), ("answer: 7", "7", True)]  # stored 0.0, rescored right
     assert all(r["engine"] == "replay" and r["completion_tokens"] > 0 for r in rows)
+
+
+def test_each_bench_gets_its_own_stored_answers(tmp_path):
+    """lm-eval benches number their docs 0, 1, ...: the same ids, the same recipe, in every bench."""
+    store = ResultsStore(tmp_path / "results")
+    for bench in ("gsm8k", "math500"):
+        store.write_shard(rows_to_table([row(bench, str(i), f"{bench} answer {i}") for i in range(2)]), "src", bench, bench)
+    engine = replay(store.root)
+    asked = [Request(id=f"{i}#0", messages=[], bench=bench) for bench in ("math500", "gsm8k") for i in range(2)]
+    assert [c.text for c in engine.generate_batch(asked, GREEDY)] == \
+        ["math500 answer 0", "math500 answer 1", "gsm8k answer 0", "gsm8k answer 1"]
+    missing, = engine.generate_batch([Request(id="7#0", messages=[], bench="gsm8k")], GREEDY)
+    assert "no stored sample of doc '7' repeat 0 for variant 'src' on bench 'gsm8k'" in missing.error

@@ -15,6 +15,7 @@ from omk_ray.analysis.anomalies import AnomalyRules, anomalies, text_features
 from omk_ray.analysis.cohort import Guard, check_cohorts
 from omk_ray.analysis.declared import CanaryVerdict, Declared, read_declared
 from omk_ray.analysis.domains import domain_breakdown
+from omk_ray.analysis.errors import error_notes, excluded, split_errors, with_error_rows
 from omk_ray.analysis.experts import expert_tables
 from omk_ray.analysis.headline import headline
 from omk_ray.analysis.samples import (
@@ -51,7 +52,7 @@ SCHEMAS = {
         ("baseline_score", _F), ("variant_score", _F), ("delta_pp", _F), ("ci_low_pp", _F), ("ci_high_pp", _F),
         ("test", _STR), ("p_value", _F), ("p_holm", _F), ("lost", _I), ("gained", _I),
         ("baseline_correct", _I), ("variant_correct", _I), ("binary", _B),
-        ("primary_metric", _STR), ("cohort", _STR), ("marks", _STR), ("canary", _STR),
+        ("primary_metric", _STR), ("cohort", _STR), ("marks", _STR), ("canary", _STR), ("errors_excluded", _I),
         ("ci_method", _STR), ("correction", _STR), *_PRECISION,
         ("repeats", _I), ("baseline_repeat_var", _F), ("variant_repeat_var", _F), ("repeat_se_pp", _F),
     ]),
@@ -147,6 +148,8 @@ def compare(results: str | Path, options: CompareOptions) -> Comparison:
     scored = [v for v in variants if not (v in canary and canary[v].stopped)]
 
     guard = check_cohorts(rows, options.baseline, scored, benches, declared, options.allow_mismatch)
+    all_rows, (rows, errors) = rows, split_errors(rows)  # failures leave the statistics, counted and marked
+    guard.notes.extend(error_notes(errors, options.baseline, scored, benches))
     primary = {b: options.metrics.get(b) or declared.primary_metrics.get(b) or SCORE_COLUMN for b in benches}
     rows = with_primary_score(rows, primary)
     one_row_each = not guard.mixed and (pc.max(rows["repeat"]).as_py() or 0) == 0
@@ -157,7 +160,7 @@ def compare(results: str | Path, options: CompareOptions) -> Comparison:
     have = {(p.variant, p.bench) for p in paired}
     notes.extend(f"{b}: no samples of {v}" for v in scored for b in benches if (v, b) not in have)
     lengths = token_lengths(rows)
-    tables = _tables(rows, paired, guard, primary, declared, options, canary, lengths, correction)
+    tables = _tables(rows, paired, guard, primary, declared, options, canary, lengths, correction, all_rows, errors)
     tables["headline"] = pa.Table.from_pylist(
         headline(problems, options.baseline, variants, benches, canary, stopped_samples), schema=SCHEMAS["headline"])
     tables["facts"] = pa.Table.from_pylist(variant_facts(store, declared, options.baseline, variants),
@@ -201,19 +204,20 @@ def _without_stopped(rows: pa.Table, baseline: str, variants: list[str], canary:
 
 def _tables(rows: pa.Table, paired: list[Pair], guard: Guard, primary: dict[str, str], declared: Declared,
             options: CompareOptions, canary: dict[str, CanaryVerdict], lengths: pa.Table,
-            correction: Correction) -> dict[str, pa.Table]:
+            correction: Correction, all_rows: pa.Table, errors) -> dict[str, pa.Table]:
     board = scoreboard(paired, options.resamples, correction)
     for row in board:
         row.update(primary_metric=primary[row["bench"]], cohort=guard.cohorts.get(row["bench"], ""),
                    marks=guard.mark(row["bench"], row["variant"]),
-                   canary=canary[row["variant"]].label if row["variant"] in canary else "")
+                   canary=canary[row["variant"]].label if row["variant"] in canary else "",
+                   errors_excluded=excluded(errors, options.baseline, row["variant"], row["bench"]))
     built = {
         "scoreboard": board,
         "agreement": agreement_mod.agreement(paired),
         "agreement_by_domain": agreement_mod.agreement_by_domain(paired),
         "domains": domain_breakdown(paired),
         "tokens": token_distributions(lengths),
-        "anomalies": anomalies(rows, options.anomaly),
+        "anomalies": anomalies(with_error_rows(rows, all_rows), options.anomaly),  # errors listed, not hidden
     }
     tables = {name: pa.Table.from_pylist(data, schema=SCHEMAS[name]) for name, data in built.items()}
     tables["problems"] = agreement_mod.problems_table(paired)

@@ -15,13 +15,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from omk_ray.results.schema import RESUME_KEY, SAMPLE_SCHEMA, is_score_key
-from omk_ray.results.store import ResultsStore
+from omk_ray.results.schema import SAMPLE_SCHEMA, is_score_key
+from omk_ray.results.store import ResultsStore, newest_per_key
 
 ROW_COLUMNS = [
     "cohort", "variant", "variant_fingerprint", "bench", "doc_id", "repeat",
     "completion_tokens", "reasoning_tokens", "finish_reason", "response", "reasoning",
-    "score", "correct", "metrics", "domain", "subdomain", "recipe_hash", "error",
+    "score", "correct", "metrics", "domain", "subdomain", "recipe_hash", "error", "started_at",
 ]  # fmt: skip
 TEXT_COLUMNS = ["response", "reasoning", "error"]  # read once, summarised by `features`, then dropped
 
@@ -52,11 +52,13 @@ def load_rows(store: ResultsStore, variants: list[str] | None, benches: list[str
                                   fragment_readahead=2)
         slim = [_summarise(b, features) for b in scanner.to_batches() if b.num_rows]
     except (pa.ArrowException, OSError) as err:
-        raise AnalysisError(f"{store.samples_dir}: cannot read the samples: {err}") from None
+        bad = "; ".join(f"{b.path}: {b.problem}" for b in store.find_unreadable(store.shard_paths(), err))
+        raise AnalysisError(f"{store.samples_dir}: cannot read the samples: {bad} (`omk-ray doctor "
+                            f"{store.root} --quarantine` moves them aside)") from None
     if not slim:
         empty = pa.RecordBatch.from_pylist([], schema=pa.schema([SAMPLE_SCHEMA.field(c) for c in ROW_COLUMNS]))
         slim = [_summarise(empty, features)]
-    return _one_per_key(pa.Table.from_batches(slim).combine_chunks())
+    return newest_per_key(pa.Table.from_batches(slim).combine_chunks())
 
 
 def _summarise(batch: pa.RecordBatch, features: Features) -> pa.RecordBatch:
@@ -65,16 +67,6 @@ def _summarise(batch: pa.RecordBatch, features: Features) -> pa.RecordBatch:
     for name, values in extra.items():
         batch = batch.append_column(name, values)
     return batch
-
-
-def _one_per_key(table: pa.Table) -> pa.Table:
-    """One row per sample key, as the store's own reader keeps (the last one read)."""
-    codes, _ = key_codes(table, list(RESUME_KEY))
-    reversed_first = np.unique(codes[::-1], return_index=True)[1]
-    if len(reversed_first) == table.num_rows:
-        return table
-    last = np.sort(table.num_rows - 1 - reversed_first)
-    return table.take(pa.array(last))
 
 
 def metric_keys(table: pa.Table) -> list[str]:

@@ -5,7 +5,7 @@ Add a bench type with `register_bench("kind", "package.module:Class")`.
 
 from __future__ import annotations
 
-from omk_ray.benches.base import Bench, Doc, Score
+from omk_ray.benches.base import Bench, BenchOptions, Doc, Score, score_guarded
 from omk_ray.config import BenchSpec
 from omk_ray.registry import Registry
 
@@ -30,4 +30,4 @@ def make_bench(spec: BenchSpec) -> Bench:
         raise KeyError(f"bench {spec.name!r}: {err.args[0]}") from None
 
 
-__all__ = ["BENCHES", "Bench", "Doc", "Score", "make_bench", "register_bench"]
+__all__ = ["BENCHES", "Bench", "BenchOptions", "Doc", "Score", "make_bench", "register_bench", "score_guarded"]

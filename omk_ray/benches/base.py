@@ -6,8 +6,11 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-from omk_ray.config import BenchSpec
+from pydantic import BaseModel, ConfigDict, Field
+
+from omk_ray.config import BenchSpec, stable_hash
 from omk_ray.engines.base import Completion
+from omk_ray.registry import parse_options
 
 
 @dataclass
@@ -19,6 +22,12 @@ class Doc:
     subdomain: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def hash(self) -> str:
+        """What the document asks and how it is judged (stored on every row as `doc_hash`): a document
+        edited under the same id is a new sample, and a resume generates it again."""
+        return stable_hash([self.id, self.messages, self.target, self.domain, self.subdomain, self.meta])
+
 
 @dataclass
 class Score:
@@ -27,13 +36,52 @@ class Score:
     extracted: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     detail: str | None = None  # why it failed, when the scorer knows (e.g. "test 4: got 7, expected 6")
+    isolation: str | None = None  # how the answer's program was confined (code benches: namespaces|rlimits)
+
+
+class BenchOptions(BaseModel):
+    """The `options:` every bench takes; a bench kind declares its own as a subclass named `Options`,
+    checked when the grid is planned (unknown keys refused)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    primary_metric: str | None = Field(None, description="the metric `compare` reports: a key of the rows' "
+                                       "metric map (lm-eval: \"metric,filter\"); default the row's score")
+    canary_min_p10_tokens: float | None = Field(None, ge=0, description="the canary's p10 length floor (tokens)")
+
+
+class ScorerUnavailable(RuntimeError):
+    """The scorer cannot score anything here (e.g. no sandbox can start): no row is worth retrying alone."""
+
+
+def score_guarded(bench: "Bench", pairs: list[tuple[Doc, "Completion"]]) -> list["Score | Exception"]:
+    """Each pair's score, or the exception its scorer raised: one hostile answer fails its row only.
+
+    `score_many` first (code benches run their programs in parallel); if it raises, each row alone.
+    A `ScorerUnavailable` is every row's result at once.
+    """
+    try:
+        return list(bench.score_many(pairs))
+    except ScorerUnavailable as err:
+        return [err] * len(pairs)
+    except Exception:  # noqa: BLE001 - find the row that raised
+        pass
+    out: list[Score | Exception] = []
+    for doc, completion in pairs:
+        try:
+            out.append(bench.score(doc, completion))
+        except Exception as err:  # noqa: BLE001 - a scorer choking on one answer fails that row only
+            out.append(err)
+    return out
 
 
 class Bench(ABC):
     scorer_version = "1"
+    Options: type[BenchOptions] = BenchOptions
 
     def __init__(self, spec: BenchSpec):
         self.spec = spec
+        self.options = parse_options(self.Options, spec.options, f"bench {spec.name!r}")
 
     @abstractmethod
     def load_docs(self) -> list[Doc]:

@@ -7,43 +7,35 @@ import os
 from pathlib import Path
 from typing import Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
 from omk_ray.benches import data
-from omk_ray.benches.base import Bench, Doc, Score
+from omk_ray.benches.base import Bench, BenchOptions, Doc, Score, ScorerUnavailable
 from omk_ray.benches.sandbox import Job, Limits, Outcome, Sandbox
 from omk_ray.config import BenchSpec
 from omk_ray.engines.base import Completion
 
 
-class CodeOptions(BaseModel):
+class CodeOptions(BenchOptions):
     """Options every code bench takes."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     timeout_s: float = Field(10.0, gt=0, description="wall and CPU seconds per program")
     memory_mb: int = Field(2048, ge=64, description="address-space limit per process")
     workers: int = Field(2, ge=1, description="programs run at once by score_many")
-    isolation: Literal["auto", "namespaces", "rlimits"] = Field(
-        "auto", description="namespaces: refuse to run code unconfined; auto: fall back to rlimits with a warning"
+    isolation: Literal["namespaces", "rlimits", "auto"] = Field(
+        "namespaces",
+        description="namespaces: refuse to run code where they are unavailable; rlimits: resource limits only "
+        "(say so explicitly); auto: namespaces, else rlimits with a warning. Every row records the level used",
     )
-
-
-def parse_options(model: type[BaseModel], spec: BenchSpec) -> BaseModel:
-    try:
-        return model(**spec.options)
-    except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        raise ValueError(f"bench {spec.name!r}: bad options: {problems}") from None
 
 
 class CodeBench(Bench):
     """A bench whose answers are programs, scored by running them in the sandbox."""
 
-    options_model: type[CodeOptions] = CodeOptions
+    Options: type[CodeOptions] = CodeOptions
 
     def __init__(self, spec: BenchSpec):
         super().__init__(spec)
-        self.options = parse_options(self.options_model, spec)
         self._revision: str | None = spec.revision
 
     @functools.cached_property
@@ -84,10 +76,36 @@ class CodeBench(Bench):
         return self.score_many([(doc, completion)])[0]
 
     def score_many(self, pairs: Sequence[tuple[Doc, Completion]]) -> list[Score]:
-        """Score many answers, `options.workers` programs at a time."""
+        """Score many answers, `options.workers` programs at a time.
+
+        A sandbox that cannot start is the farm's failure, not the answer's: it raises
+        (the samples are stored as errors, never as wrong answers).
+        """
         jobs = [self.job(doc, completion.text) for doc, completion in pairs]
         outcomes = self.sandbox.run_many(job for job, _ in jobs)
+        for outcome in outcomes:
+            if outcome.setup_failed:
+                raise SandboxUnavailable(
+                    f"bench {self.spec.name!r}: the code sandbox cannot run here ({outcome.reason}); "
+                    f"with isolation {self.options.isolation!r} nothing is run unconfined. Set the bench option "
+                    "`isolation: rlimits` to run programs with resource limits only"
+                )
         return [to_score(outcome, code) for outcome, (_, code) in zip(outcomes, jobs)]
+
+
+class SandboxUnavailable(ScorerUnavailable):
+    """The sandbox could not start a program at the isolation level asked for."""
+
+
+def isolation_used(store, run_id: str) -> dict[str, list[str]]:
+    """bench -> the sandbox levels that ran its programs in this run (for the run's manifest)."""
+    import pyarrow.compute as pc
+
+    rows = store.read(columns=["bench", "isolation"], filter=(pc.field("run_id") == run_id) & pc.field("isolation").is_valid())
+    found: dict[str, set[str]] = {}
+    for bench, level in zip(rows["bench"].to_pylist(), rows["isolation"].to_pylist()):
+        found.setdefault(bench, set()).add(level)
+    return {bench: sorted(levels) for bench, levels in sorted(found.items())}
 
 
 def to_score(outcome: Outcome, extracted: str) -> Score:
@@ -98,4 +116,4 @@ def to_score(outcome: Outcome, extracted: str) -> Score:
         metrics["tests_passed"] = float(outcome.tests_passed or 0)
         metrics["tests_total"] = float(outcome.tests_total)
     return Score(score=float(outcome.passed), correct=outcome.passed, extracted=extracted, metrics=metrics,
-                 detail=None if outcome.passed else (outcome.reason or outcome.status))
+                 detail=None if outcome.passed else (outcome.reason or outcome.status), isolation=outcome.isolation)

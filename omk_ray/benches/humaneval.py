@@ -12,7 +12,8 @@ The prompt and the answer filter are the users' `humaneval_chat` task: a chat in
 holding the prompt in a fenced block; the answer's last complete function (see
 `code_extract.function_code`) is appended to the prompt (so the prompt's imports and helper
 functions stay), and that program runs with the problem's tests and `check(entry_point)`,
-exactly what lm-eval's `pass@1` executes. The model's code never runs in this process.
+exactly what lm-eval's `pass@1` executes. The model's code never runs in this process, and the
+tests run in the sandbox's harness, outside the model code's process (see `sandbox/checks.py`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class HumanEvalOptions(CodeOptions):
 
 
 class HumanEvalBench(CodeBench):
-    options_model = HumanEvalOptions
+    Options = HumanEvalOptions
     scorer_version = "humaneval-chat-1"
     hub_path: str | None = "openai/openai_humaneval"
 
@@ -88,7 +89,7 @@ class HumanEvalBench(CodeBench):
 
     def job(self, doc: Doc, response: str) -> tuple[Job, str]:
         candidate = doc.meta["prompt"] + function_code(response)
-        return Job(program=check_program(candidate, doc.target or "")), candidate
+        return Job(program=candidate, test_code=doc.target or ""), candidate
 
 
 class HumanEvalPlusBench(HumanEvalBench):
@@ -101,15 +102,11 @@ class HumanEvalPlusBench(HumanEvalBench):
         return None
 
 
-def check_program(candidate: str, target: str) -> str:
-    """What lm-eval's pass@1 executes: the candidate program, then the doc's tests and check call."""
-    return candidate + "\n" + target
-
-
 def run_candidates(candidates: Sequence[str], targets: Sequence[str], sandbox: Sandbox | None = None) -> list[Outcome]:
-    """Execute stored candidates (e.g. lm-eval's filtered responses) against their targets."""
+    """What lm-eval's pass@1 executes: each stored candidate (e.g. lm-eval's filtered response),
+    then its target (the doc's tests and check call), the tests outside the candidate's process."""
     sandbox = sandbox or Sandbox(Limits(wall_s=10, cpu_s=10))
-    return sandbox.run_many(Job(program=check_program(c, t)) for c, t in zip(candidates, targets))
+    return sandbox.run_many(Job(program=c, test_code=t) for c, t in zip(candidates, targets))
 
 
 def packaged_humaneval() -> str:

@@ -2,7 +2,7 @@
 
 One problem per line: `{"id", "prompt" (or "messages"), "target", "domain"?, "subdomain"?}`.
 Options: `answer_regex` (the answer is the last match's first group, else the whole
-response), `case_sensitive` (default false).
+response), `case_sensitive` (default false), and those of every bench.
 """
 
 from __future__ import annotations
@@ -11,11 +11,20 @@ import json
 import re
 from pathlib import Path
 
-from omk_ray.benches.base import Bench, Doc, Score
+from pydantic import Field
+
+from omk_ray.benches.base import Bench, BenchOptions, Doc, Score
 from omk_ray.engines.base import Completion
 
 
+class JsonlOptions(BenchOptions):
+    answer_regex: str | None = Field(None, description="the answer is the last match (its first group)")
+    case_sensitive: bool = False
+
+
 class JsonlBench(Bench):
+    Options = JsonlOptions
+
     def load_docs(self) -> list[Doc]:
         path = Path(self.spec.source or "")
         if not path.is_file():
@@ -40,12 +49,12 @@ class JsonlBench(Bench):
 
     def score(self, doc: Doc, completion: Completion) -> Score:
         extracted = completion.text.strip()
-        pattern = self.spec.options.get("answer_regex")
+        pattern = self.options.answer_regex
         if pattern:
             matches = re.findall(pattern, completion.text)
             extracted = (matches[-1] if matches else "").strip()
         target = (doc.target or "").strip()
-        if not self.spec.options.get("case_sensitive", False):
+        if not self.options.case_sensitive:
             correct = extracted.casefold() == target.casefold()
         else:
             correct = extracted == target

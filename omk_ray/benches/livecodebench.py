@@ -85,7 +85,7 @@ class LcbOptions(CodeOptions):
 
 
 class LiveCodeBench(CodeBench):
-    options_model = LcbOptions
+    Options = LcbOptions
 
     @property
     def scorer_version(self) -> str:  # type: ignore[override]

@@ -33,10 +33,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
 from omk_ray.benches import data
-from omk_ray.benches.base import Bench, Doc, Score
+from omk_ray.benches.base import Bench, BenchOptions, Doc, Score
 from omk_ray.config import BenchSpec
 from omk_ray.engines.base import Completion
 
@@ -59,9 +59,7 @@ DOMAIN_FIELDS = {"gpqa": ("High-level domain", "Subdomain")}
 NLTK_NEEDS = {"ifeval": ("punkt_tab",)}
 
 
-class LmEvalOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class LmEvalOptions(BenchOptions):
     task: str
     include_path: tuple[str, ...] = ()
     split: str | None = Field(None, description="default: the task's test split, else its validation split")
@@ -81,13 +79,10 @@ class LmEvalOptions(BaseModel):
 
 
 class LmEvalBench(Bench):
+    Options = LmEvalOptions
+
     def __init__(self, spec: BenchSpec):
         super().__init__(spec)
-        try:
-            self.options = LmEvalOptions(**spec.options)
-        except ValidationError as err:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-            raise ValueError(f"bench {spec.name!r}: bad lmeval options: {problems}") from None
         self._revision: str | None = spec.revision
         self._scoring_task = None
         self.cache = data.default_cache()  # where `omk-ray fetch-data` put hub data and NLTK resources

@@ -37,7 +37,7 @@ class MbppOptions(CodeOptions):
 
 
 class MbppBench(CodeBench):
-    options_model = MbppOptions
+    Options = MbppOptions
     scorer_version = "mbpp-1"
 
     def hub_split(self) -> data.HubSplit | None:
@@ -76,4 +76,4 @@ class MbppBench(CodeBench):
 
     def job(self, doc: Doc, response: str) -> tuple[Job, str]:
         code = function_code(response)
-        return Job(program=code + "\n" + (doc.target or "")), code
+        return Job(program=code, test_code=doc.target or ""), code

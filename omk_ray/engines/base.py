@@ -30,6 +30,7 @@ class Request:
     id: str
     messages: list[dict[str, str]]
     repeat: int = 0
+    bench: str | None = None  # the bench the request comes from (engines that answer from stored samples key on it)
 
 
 @dataclass

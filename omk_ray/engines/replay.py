@@ -8,10 +8,12 @@ new scorer or bench version, and measuring the farm itself with real output leng
     variant           the stored variant to replay (default: this variant's name)
     recipe_hash       only replay samples made with this recipe hash (default: any)
 
-A request `doc#repeat` gets the stored sample with that doc id and repeat. When several
-benches hold the same doc id, the one whose recipe hash equals the request's recipe is used;
-if that still leaves more than one, or none is stored, the request comes back with an error
-(finish_reason "error") naming the problem: a replay never invents an answer.
+A request `doc#repeat` of bench B gets the stored sample of B with that doc id and repeat
+(lm-eval benches number their docs 0, 1, ...: the same ids in every bench). A request that
+names no bench gets the one bench holding that doc id; when several do, the one whose recipe
+hash equals the request's recipe. If that still leaves more than one, or none is stored, the
+request comes back with an error (finish_reason "error") naming the problem: a replay never
+invents an answer.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from omk_ray.config import Recipe, VariantSpec
 from omk_ray.engines.base import Completion, Engine, Request
 
 REPLAYED = ["bench", "doc_id", "repeat", "recipe_hash", "response", "reasoning", "prompt_tokens", "completion_tokens",
-            "reasoning_tokens", "finish_reason", "latency_s", "prompt_hash", "error", "engine_version"]
+            "reasoning_tokens", "finish_reason", "latency_s", "prompt_hash", "error", "error_kind", "engine_version"]
 
 
 class ReplayOptions(BaseModel):
@@ -59,7 +61,7 @@ class ReplayEngine(Engine):
         if not rows:
             raise ValueError(f"variant {variant.name!r}: {self.results} holds no samples of variant {self.source!r}"
                              + (f" with recipe {options.recipe_hash}" if options.recipe_hash else ""))
-        self.rows: dict[tuple[str, int], list[dict]] = defaultdict(list)
+        self.rows: dict[tuple[str, int], list[dict]] = defaultdict(list)  # (doc, repeat) -> one row per bench
         for row in rows:
             self.rows[(row["doc_id"], row["repeat"])].append(row)
         stored_versions = sorted({r["engine_version"] or "?" for r in rows})
@@ -76,10 +78,12 @@ class ReplayEngine(Engine):
     async def generate(self, request: Request, recipe: Recipe) -> Completion:
         doc_id = request.id.rsplit("#", 1)[0]
         found = self.rows.get((doc_id, request.repeat), [])
+        if request.bench is not None:
+            found = [r for r in found if r["bench"] == request.bench]
         if len(found) > 1:
             found = [r for r in found if r["recipe_hash"] == recipe.hash] or found
         if len(found) != 1:
-            where = f"variant {self.source!r} in {self.results}"
+            where = f"variant {self.source!r}{f' on bench {request.bench!r}' if request.bench else ''} in {self.results}"
             reason = (f"no stored sample of doc {doc_id!r} repeat {request.repeat} for {where}" if not found else
                       f"doc {doc_id!r} repeat {request.repeat} is stored in several benches "
                       f"({', '.join(sorted(r['bench'] for r in found))}) of {where}; set extra.recipe_hash to choose")
@@ -95,4 +99,5 @@ class ReplayEngine(Engine):
             latency_s=row["latency_s"] or 0.0,
             prompt_hash=row["prompt_hash"] or "",
             error=row["error"],
+            error_kind=row["error_kind"],
         )

@@ -24,9 +24,9 @@ def build_variants(grid: GridConfig, root: Path, variants: list[str] | None = No
     wanted = [v for v in grid.variants if v.build and (variants is None or v.name in variants)]
     if not wanted:
         return {}
-    base_dir = str(Path(grid.source_path).parent) if grid.source_path and grid.source_path != "<config>" else None
+    # The config's local paths were made absolute when it was loaded (config.LOCAL_PATHS): no base folder here.
     task = ray.remote(num_cpus=1, max_retries=0)(ensure_variant)
-    refs = {v.name: task.remote(v.build, str(root), base_dir) for v in wanted}
+    refs = {v.name: task.remote(v.build, str(root)) for v in wanted}
     paths, errors = {}, []
     for name, ref in refs.items():
         try:

@@ -10,7 +10,6 @@ silently. `omk-ray lock CONFIG --relock` records the new state on purpose.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from datetime import datetime, timezone
@@ -20,7 +19,8 @@ from typing import Any
 
 from omk_ray import __version__
 from omk_ray.config import ConfigError, GridConfig, VariantSpec, grid_to_dict, stable_hash
-from omk_ray.farm.planner import FINGERPRINT_FILES, check_grid
+from omk_ray.farm.planner import check_grid
+from omk_ray.farm.planner import weights_identity as planner_weights
 
 LOCK_VERSION = 1
 RECREATE = "recreate it with `omk-ray lock <config> --relock`"
@@ -58,23 +58,11 @@ def engine_version(kind: str) -> str:
 
 
 def weights_identity(variant: VariantSpec) -> str:
-    """A hash of what the variant loads, independent of where the config or checkout lies:
-    a local folder's weight files (names, sizes) and config files (contents), or a hub id and
-    revision; plus the engine settings that change tokens."""
-    weights: dict[str, Any] = {"revision": variant.revision}
-    folder = Path(variant.model_ref)
-    if variant.model_ref and folder.is_dir():
-        weights["files"] = sorted((p.name, p.stat().st_size) for p in folder.iterdir()
-                                  if p.suffix in (".safetensors", ".bin", ".gguf"))
-        for name in FINGERPRINT_FILES:
-            if (folder / name).is_file():
-                weights[name] = hashlib.sha256((folder / name).read_bytes()).hexdigest()
-    else:
-        weights["model"] = variant.model_ref
-        weights["build"] = variant.build
+    """A hash of what the variant loads (`planner.weights_identity`: by content, independent of where
+    the config or checkout lies), plus the engine settings that change tokens."""
     args = variant.engine_args
-    return stable_hash({"weights": weights, "dtype": args.dtype, "quantization": args.quantization,
-                        "extra": args.extra})
+    return stable_hash({"weights": planner_weights(variant, variant.model_ref), "dtype": args.dtype,
+                        "quantization": args.quantization, "extra": args.extra})
 
 
 def lock_state(grid: GridConfig) -> dict[str, Any]:
@@ -93,7 +81,7 @@ def lock_state(grid: GridConfig) -> dict[str, Any]:
             "kind": spec.kind,
             "dataset_revision": bench.dataset_revision,
             "docs": len(docs),
-            "docs_hash": stable_hash([[d.id, d.messages, d.target, d.domain, d.subdomain] for d in docs]),
+            "docs_hash": stable_hash([d.hash for d in docs]),
             "scorer_version": bench.scorer_version,
         }
     variants = {}

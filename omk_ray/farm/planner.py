@@ -1,17 +1,21 @@
 """From a grid config to the samples still to generate.
 
 A sample is one (variant, bench, doc, repeat). The plan lists every expected sample, drops
-those the results store already holds (same variant fingerprint and recipe hash), and
-groups the rest per variant and bench with a cost estimate per doc (completion tokens seen
-for that doc in earlier results, else the bench's mean, else half the generation budget), so
-the scheduler can hand out the longest-expected requests first. With the canary on, each
-group also names its canary sample (`omk_ray.analysis.canary.canary_sample`).
+those the results store already holds (same variant fingerprint, i.e. the same weights by
+content, and recipe hash) unless the bench's document changed since (its `doc_hash`: the plan
+counts those as `stale`), and groups the rest per variant and bench with a cost estimate per
+doc (completion tokens seen for that doc in earlier results, else the bench's mean, else half
+the generation budget), so the scheduler can hand out the longest-expected requests first. A
+sample stored as one that cannot run (a prompt longer than the context) stays done until its
+inputs or the context length change. With the canary on, each group also names its canary
+sample (`omk_ray.analysis.canary.canary_sample`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +24,8 @@ from omk_ray.benches import Doc, make_bench
 from omk_ray.config import GridConfig, Recipe, VariantSpec, stable_hash
 from omk_ray.results.store import ResultsStore
 
-FINGERPRINT_FILES = ("config.json", "model.safetensors.index.json", "omk_ray_provenance.json")
+PROVENANCE = "omk_ray_provenance.json"  # a built variant's record of how it was built
+log = logging.getLogger(__name__)
 
 
 class PlanError(ValueError):
@@ -39,6 +44,7 @@ class BenchWork:
     tokens_per_sample: float  # the estimate of a doc seen nowhere yet
     doc_tokens: dict[str, float] = field(default_factory=dict)  # doc id -> completion tokens seen before
     canary_ids: list[str] = field(default_factory=list)  # the bench's canary sample (every doc id, done or not)
+    stale: int = 0  # samples stored already, generated again because their document changed since
 
     def cost(self, doc: Doc) -> float:
         return self.doc_tokens.get(doc.id, self.tokens_per_sample)
@@ -55,6 +61,7 @@ class Plan:
     model_paths: dict[str, str]
     work: list[BenchWork]
     dataset_revisions: dict[str, str | None] = field(default_factory=dict)
+    weights: dict[str, dict] = field(default_factory=dict)  # variant -> what its fingerprint hashed
 
     @property
     def missing(self) -> int:
@@ -71,42 +78,88 @@ class Plan:
         return out
 
 
-def variant_fingerprint(variant: VariantSpec, model_path: str) -> str:
+def weights_identity(variant: VariantSpec, model_path: str | None) -> dict[str, object]:
+    """What a variant loads, by content, whatever its path: a local folder by the sha256 of its
+    config and weight files (cached by size and mtime), a hub id by the commit its revision
+    resolves to, a build not built yet by its block; an engine that holds no model by its `model`."""
+    from omk_ray.engines import engine_class
+    from omk_ray.variants.registry import content_hash, default_hash_cache, resolve_hub_revision
+
+    if not engine_class(variant.engine).uses_accelerator:
+        return {"model": variant.model_ref, "revision": variant.revision}
+    folder = Path(model_path) if model_path else None
+    if folder is not None and folder.is_dir():
+        identity: dict[str, object] = {"content_sha256": content_hash(folder, default_hash_cache())}
+        provenance = folder / PROVENANCE
+        if provenance.is_file():
+            identity[PROVENANCE] = hashlib.sha256(provenance.read_bytes()).hexdigest()
+        return identity
+    if variant.build and not model_path:  # not built yet (`omk-ray plan`, the lock): local inputs by content
+        return {"build": {key: _content(value) for key, value in variant.build.items()}}
+    commit = resolve_hub_revision(variant.model_ref, variant.revision)
+    if commit is None:
+        log.warning("variant %s: hub model %s@%s not resolved to a commit (offline, not cached): identified "
+                    "by its name only", variant.name, variant.model_ref, variant.revision or "main")
+    return {"hub": variant.model_ref, "revision": variant.revision, "commit": commit}
+
+
+def _content(value: object) -> object:
+    """A build input by content where it is a local file or folder, else as it is."""
+    from omk_ray.variants.registry import content_hash, default_hash_cache
+
+    path = Path(value) if isinstance(value, str) else None
+    if path is not None and path.is_dir():
+        return {"content_sha256": content_hash(path, default_hash_cache())}
+    if path is not None and path.is_file():
+        return {"sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    return value
+
+
+def variant_fingerprint(variant: VariantSpec, model_path: str, weights: dict[str, object] | None = None) -> str:
     """Identity of a variant's outputs: its name, weights and the engine settings that change tokens."""
-    weights: dict[str, object] = {"model": variant.model_ref, "revision": variant.revision, "build": variant.build}
-    folder = Path(model_path)
-    if folder.is_dir():
-        weights["files"] = sorted(
-            (p.name, p.stat().st_size) for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf")
-        )
-        for name in FINGERPRINT_FILES:
-            if (folder / name).is_file():
-                weights[name] = hashlib.sha256((folder / name).read_bytes()).hexdigest()
     args = variant.engine_args
-    return stable_hash(
-        {
-            "name": variant.name,
-            "weights": weights,
-            "engine": variant.engine,
-            "dtype": args.dtype,
-            "quantization": args.quantization,
-            "extra": args.extra,
-        }
-    )
+    return stable_hash({
+        "name": variant.name,
+        "weights": weights if weights is not None else weights_identity(variant, model_path),
+        "engine": variant.engine,
+        "dtype": args.dtype,
+        "quantization": args.quantization,
+        "extra": args.extra,
+    })
 
 
 def check_grid(grid: GridConfig) -> None:
-    """Refuse, before anything starts, what cannot run: unknown engines or benches, budgets too long."""
+    """Refuse, before anything starts, what cannot run (see `grid_problems`)."""
+    problems = grid_problems(grid)
+    if problems:
+        raise PlanError(_cannot_run(grid, problems))
+
+
+def grid_problems(grid: GridConfig) -> list[str]:
+    """Everything wrong with a grid that is known without loading data or starting anything:
+    unknown engines or bench kinds, engine and bench options their kind does not take, build
+    blocks that do not parse, model folders that are missing or hold no checkpoint, budgets
+    that do not fit the context."""
     from omk_ray.benches import BENCHES
     from omk_ray.engines import ENGINES
+    from omk_ray.registry import option_problems
 
     problems = []
     for v in grid.variants:
         if v.engine not in ENGINES:
             problems.append(f"variant {v.name!r}: unknown engine {v.engine!r} (known: {', '.join(sorted(ENGINES))})")
+        else:
+            engine = ENGINES.load(v.engine)
+            problems += [f"variant {v.name!r}: engine_args.extra.{p}" for p in option_problems(engine, v.engine_args.extra)]
+            if engine.uses_accelerator and v.model and not v.build:
+                problems += [f"variant {v.name!r}: model {p}" for p in _checkpoint_problems(v.model)]
+        if v.build:
+            problems += [f"variant {v.name!r}: {p}" for p in _build_problems(v.build)]
     for b in grid.benches:
         if b.kind not in BENCHES:
             problems.append(f"bench {b.name!r}: unknown bench kind {b.kind!r} (known: {', '.join(sorted(BENCHES))})")
+        else:
+            problems += [f"bench {b.name!r}: options.{p}" for p in option_problems(BENCHES.load(b.kind), b.options)]
     for v in grid.variants:
         limit = v.engine_args.max_model_len
         for b in grid.benches:
@@ -116,8 +169,70 @@ def check_grid(grid: GridConfig) -> None:
                     f"variant {v.name!r} on bench {b.name!r}: generation budget {budget} tokens does not fit "
                     f"max_model_len={limit} (budget = max(max_gen_toks, thinking_budget + headroom))"
                 )
+    return problems
+
+
+def _cannot_run(grid: GridConfig, problems: list[str]) -> str:
+    where = grid.source_path if grid.source_path and not grid.source_path.startswith("<") else "grid"
+    return f"{where}: cannot run:\n  " + "\n  ".join(problems)
+
+
+def _checkpoint_problems(model: str) -> list[str]:
+    """A local checkpoint folder must exist and hold config.json (or a GGUF file); a hub id is not checked here."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file() and not any(path.glob("*.gguf")):
+            return [f"folder {path} holds no config.json: not a checkpoint folder"]
+        return []
+    looks_local = model.startswith(("/", ".", "~")) or model.endswith("/") or model.count("/") > 1
+    if looks_local and not path.exists():
+        return [f"folder {path} not found (a hub id is NAME or ORG/NAME)"]
+    return []
+
+
+def _build_problems(build: dict) -> list[str]:
+    from omk_ray.variants.registry import BuildError, parse_build
+
+    try:
+        spec = parse_build(build)
+    except BuildError as err:
+        return [f"build: {err}".replace("build: invalid build block: ", "build.")]
+    return [f"build.base {p}" for p in _checkpoint_problems(spec.base)]
+
+
+@dataclass
+class Benches:
+    """Every bench's documents (limited as asked) and dataset revision, read once."""
+
+    docs: dict[str, list[Doc]]
+    revisions: dict[str, str | None]
+
+
+def read_benches(grid: GridConfig, variants: list[str] | None = None, limit_docs: int | None = None) -> Benches:
+    """Check the grid (`grid_problems`) and read every bench's documents, before anything starts:
+    one PlanError lists every problem found."""
+    problems = grid_problems(grid)
+    if variants is not None:
+        unknown = set(variants) - {v.name for v in grid.variants}
+        if unknown:
+            problems.append(f"unknown variants {sorted(unknown)}; the grid has {[v.name for v in grid.variants]}")
+    docs_by_bench: dict[str, list[Doc]] = {}
+    revisions: dict[str, str | None] = {}
+    for spec in grid.benches:
+        try:
+            bench = make_bench(spec)
+            docs = bench.docs()
+        except (OSError, ValueError, KeyError) as err:
+            text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+            problems.append(text if text.startswith(f"bench {spec.name!r}") else f"bench {spec.name!r}: {text}")
+            continue
+        if not docs:
+            problems.append(f"bench {spec.name!r}: no documents in {spec.source or 'its data'} (nothing to run)")
+        docs_by_bench[spec.name] = docs[:limit_docs] if limit_docs else docs
+        revisions[spec.name] = bench.dataset_revision
     if problems:
-        raise PlanError("grid cannot run:\n  " + "\n  ".join(problems))
+        raise PlanError(_cannot_run(grid, problems))
+    return Benches(docs_by_bench, revisions)
 
 
 def make_plan(
@@ -127,50 +242,44 @@ def make_plan(
     variants: list[str] | None = None,
     limit_docs: int | None = None,
     canary_only: bool = False,
+    benches: Benches | None = None,
 ) -> Plan:
-    """Every missing sample of the chosen variants; `canary_only`: only their canary samples."""
-    check_grid(grid)
+    """Every missing sample of the chosen variants; `canary_only`: only their canary samples;
+    `benches` when `read_benches` was called already (before builds)."""
+    benches = benches or read_benches(grid, variants, limit_docs)
     chosen = [v for v in grid.variants if variants is None or v.name in variants]
-    if variants is not None:
-        unknown = set(variants) - {v.name for v in grid.variants}
-        if unknown:
-            raise PlanError(f"unknown variants {sorted(unknown)}; the grid has {[v.name for v in grid.variants]}")
     model_paths = {v.name: (model_paths or {}).get(v.name) or v.model_ref for v in chosen}
-    fingerprints = {v.name: variant_fingerprint(v, model_paths[v.name]) for v in chosen}
-    done = store.done_keys() if store is not None else set()
+    weights = {v.name: weights_identity(v, model_paths[v.name]) for v in chosen}
+    fingerprints = {v.name: variant_fingerprint(v, model_paths[v.name], weights[v.name]) for v in chosen}
+    stored = store.stored_samples() if store is not None else {}
     by_bench, by_doc = _observed_tokens(store) if store is not None else ({}, {})
     canary = grid.farm.canary
 
-    docs_by_bench: dict[str, list[Doc]] = {}
-    revisions: dict[str, str | None] = {}
-    for spec in grid.benches:
-        try:
-            bench = make_bench(spec)
-            docs = bench.docs()
-        except (OSError, ValueError, KeyError) as err:
-            raise PlanError(f"bench {spec.name!r}: {err}") from None
-        docs_by_bench[spec.name] = docs[:limit_docs] if limit_docs else docs
-        revisions[spec.name] = bench.dataset_revision
-
     work = []
     for spec in grid.benches:
-        docs = docs_by_bench[spec.name]
+        docs = benches.docs[spec.name]
         canary_ids = canary_sample(docs, canary.docs, canary.seed, spec.name) if canary.enabled or canary_only else []
         if canary_only:
             docs = [d for d in docs if d.id in set(canary_ids)]
+        hashes = {doc.id: doc.hash for doc in docs}
         for v in chosen:
+            context = v.engine_args.max_model_len
             recipe = grid.recipe_for(v, spec)
             fp, rh = fingerprints[v.name], recipe.hash
-            samples = [
-                (doc, r)
-                for doc in docs
-                for r in range(recipe.repeats)
-                if (fp, rh, spec.name, doc.id, r) not in done
-            ]
+            samples, stale = [], 0
+            for doc in docs:
+                for r in range(recipe.repeats):
+                    known = stored.get((fp, rh, spec.name, doc.id, r))
+                    changed = known is not None and known.doc_hash is not None and known.doc_hash != hashes[doc.id]
+                    still_cannot_run = known is not None and known.error_kind is not None and \
+                        context is not None and (known.prompt_tokens or 0) >= context
+                    if known is None or changed or (known.error_kind is not None and not still_cannot_run):
+                        samples.append((doc, r))
+                        stale += changed
             per_sample = by_bench.get(spec.name) or recipe.generation_budget / 2
             work.append(BenchWork(v.name, spec.name, recipe, samples, len(docs) * recipe.repeats, per_sample,
-                                  by_doc.get(spec.name, {}), canary_ids))
-    return Plan(grid, fingerprints, model_paths, work, revisions)
+                                  by_doc.get(spec.name, {}), canary_ids, stale))
+    return Plan(grid, fingerprints, model_paths, work, benches.revisions, weights)
 
 
 def canary_filter(plan: Plan, variant: str):
@@ -216,6 +325,7 @@ def describe(plan: Plan) -> list[dict]:
             "recipe": w.recipe.hash[:8],
             "expected": w.expected,
             "missing": len(w.samples),
+            "stale": w.stale,
             "est_tokens": int(w.est_tokens),
         }
         for w in plan.work

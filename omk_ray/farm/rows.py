@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 
-from omk_ray.benches import Bench, Doc, Score
+from omk_ray.benches import Bench, Doc, Score, score_guarded
 from omk_ray.config import Recipe
 from omk_ray.engines.base import Completion, Engine, Request
 from omk_ray.results.schema import rows_to_table
@@ -35,18 +35,11 @@ class RowContext:
 
 
 def score_all(bench: Bench, pairs: list[tuple[Doc, Completion]]) -> list[tuple[Score | None, str | None]]:
-    """(score, error) per pair; a scorer choking on one completion fails that sample only."""
+    """(score, error) per pair; a scorer choking on one completion fails that sample only (`score_guarded`)."""
     todo = [i for i, (_, c) in enumerate(pairs) if c.error is None]
     out: list[tuple[Score | None, str | None]] = [(None, c.error) for _, c in pairs]
-    try:
-        for i, score in zip(todo, bench.score_many([pairs[i] for i in todo]), strict=True):
-            out[i] = (score, None)
-    except Exception:  # noqa: BLE001 - find the sample that broke it: score one by one
-        for i in todo:
-            try:
-                out[i] = (bench.score(*pairs[i]), None)
-            except Exception as err:  # noqa: BLE001
-                out[i] = (None, f"scorer error: {type(err).__name__}: {err}")
+    for i, score in zip(todo, score_guarded(bench, [pairs[i] for i in todo]), strict=True):
+        out[i] = (None, f"scorer error: {type(score).__name__}: {score}") if isinstance(score, Exception) else (score, None)
     return out
 
 
@@ -64,6 +57,7 @@ def sample_row(ctx: RowContext, doc: Doc, repeat: int, completion: Completion, s
         "doc_id": doc.id,
         "repeat": repeat,
         "prompt_hash": completion.prompt_hash,
+        "doc_hash": doc.hash,
         "prompt_tokens": completion.prompt_tokens,
         "completion_tokens": completion.completion_tokens,
         "reasoning_tokens": completion.reasoning_tokens,
@@ -83,6 +77,7 @@ def sample_row(ctx: RowContext, doc: Doc, repeat: int, completion: Completion, s
         "recipe_hash": ctx.recipe_hash,
         "scorer_version": scorer_version,
         "score_detail": score.detail if score else None,
+        "isolation": score.isolation if score else None,
         "dataset_revision": ctx.dataset_revision,
         "started_at": started_at,
         "error": error,
@@ -93,7 +88,7 @@ def sample_row(ctx: RowContext, doc: Doc, repeat: int, completion: Completion, s
 def generate_rows(engine: Engine, bench: Bench, ctx: RowContext, samples: list[tuple[Doc, int]]) -> pa.Table:
     """The farm's generate -> score -> row path for a few samples, in this process."""
     started = datetime.now(timezone.utc)
-    requests = [Request(id=f"{doc.id}#{r}", messages=doc.messages, repeat=r) for doc, r in samples]
+    requests = [Request(id=f"{doc.id}#{r}", messages=doc.messages, repeat=r, bench=ctx.bench) for doc, r in samples]
     completions = engine.generate_batch(requests, ctx.recipe)
     scores = score_all(bench, [(doc, c) for (doc, _), c in zip(samples, completions)])
     return rows_to_table([

@@ -15,11 +15,13 @@ from pathlib import Path
 import ray
 
 from omk_ray import __version__
+from omk_ray.benches.code_bench import isolation_used
 from omk_ray.config import GridConfig, grid_to_dict
 from omk_ray.farm.builds import artifact_root, build_variants
-from omk_ray.farm.planner import Plan, make_plan
+from omk_ray.farm.planner import Plan, make_plan, read_benches
 from omk_ray.farm.progress import FarmProgress
 from omk_ray.farm.scheduler import Scheduler
+from omk_ray.results.folder_lock import writing
 from omk_ray.results.store import ResultsStore
 
 log = logging.getLogger("omk_ray.farm")
@@ -75,13 +77,25 @@ def run_grid(
     plan: Plan | None = None,
     canary_rules: dict | None = None,
     canary_only: bool = False,
+    wait: bool = False,
 ) -> RunSummary:
     """Generate every missing sample of the grid (or of `variants`) into `results_root`.
 
     `canary_rules` (variant -> CanaryRules) overrides the grid's canary rules; `canary_only` plans
     only the canary samples and stops at the verdicts (`omk-ray canary`). `on_shard(variant,
-    bench, table)` is called after every shard written (tests, jobs).
+    bench, table)` is called after every shard written (tests, jobs). One writer per results
+    folder: the run holds the folder's writer lock (results/folder_lock.py) from before it plans
+    until it ends; another run holding it is refused (FolderBusy), or waited for with `wait`.
     """
+    benches = read_benches(grid, variants, limit_docs) if plan is None else None  # every mistake, before anything
+    run_id = ResultsStore(results_root).new_run(run_id).run_id
+    with writing(results_root, run_id, wait=wait) as stale:
+        return _run_grid(grid, results_root, address, variants, limit_docs, run_id, show_progress, on_shard, plan,
+                         canary_rules, canary_only, benches, stale)
+
+
+def _run_grid(grid, results_root, address, variants, limit_docs, run_id, show_progress, on_shard, plan,
+              canary_rules, canary_only, benches, stale) -> RunSummary:
     from omk_ray.analysis.canary import rules_for
 
     store = ResultsStore(results_root)
@@ -91,7 +105,7 @@ def run_grid(
             connect(address)
             model_paths = build_variants(grid, artifact_root(grid, results_root), variants)
         plan = make_plan(grid, store, model_paths=model_paths, variants=variants, limit_docs=limit_docs,
-                         canary_only=canary_only)
+                         canary_only=canary_only, benches=benches)
     runlog = store.new_run(run_id)
     runlog.folder.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(runlog.log_path)
@@ -109,6 +123,7 @@ def run_grid(
         "config_path": grid.source_path,
         "variants": sorted(plan.fingerprints),
         "fingerprints": plan.fingerprints,
+        "weights": plan.weights,  # what each fingerprint hashed: content sha256, or the hub commit resolved
         "model_paths": plan.model_paths,
         "recipe_hashes": plan.recipe_hashes(),
         "dataset_revisions": plan.dataset_revisions,
@@ -119,6 +134,7 @@ def run_grid(
         "pid": os.getpid(),
         "address": address,
         "limit_docs": limit_docs,
+        "took_over_from": asdict(stale) if stale else None,  # a run that died holding the folder
     }
     runlog.write_manifest(manifest)
     log.info("run %s: %d samples to generate of %d expected", runlog.run_id, plan.missing, plan.expected)
@@ -155,6 +171,7 @@ def run_grid(
             failed_samples=scheduler.failed_samples if scheduler else 0,
             skipped_samples=scheduler.skipped_samples if scheduler else 0,
             canary=scheduler.canary_results if scheduler else {},
+            isolation=isolation_used(store, runlog.run_id) if scheduler else {},  # code benches: how programs ran
             engines=engines,
             gpus=sorted({g for e in engines if e["info"] for g in e["info"].get("gpus", [])}),
         )

@@ -72,7 +72,8 @@ class Sample:
 
     @property
     def request(self) -> Request:
-        return Request(id=f"{self.doc.id}#{self.repeat}", messages=self.doc.messages, repeat=self.repeat)
+        return Request(id=f"{self.doc.id}#{self.repeat}", messages=self.doc.messages, repeat=self.repeat,
+                       bench=self.work.bench)
 
 
 class VariantQueue:

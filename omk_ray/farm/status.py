@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from omk_ray.config import parse_grid
 from omk_ray.farm.planner import make_plan
-from omk_ray.results.store import ResultsStore, RunLog
+from omk_ray.results.store import ResultsStore, RunLog, UnreadableResults
 
 
 @dataclass
@@ -21,8 +21,12 @@ class CellStatus:
 
 
 def latest_run(store: ResultsStore) -> RunLog:
+    """The newest run whose manifest can be read."""
     runs = store.runs()
     if not runs:
+        unreadable = [b for b in store.unreadable if b.path.name == "manifest.json"]
+        if unreadable:
+            raise UnreadableResults(store.root, unreadable)
         raise FileNotFoundError(f"{store.root}: no runs recorded (no runs/*/manifest.json)")
     return runs[-1]
 

@@ -137,6 +137,34 @@ def register(app: typer.Typer) -> None:
     app.add_typer(importer, name="import")
 
     @app.command()
+    def doctor(
+        results: Path = typer.Argument(..., help="results folder"),
+        quarantine: bool = typer.Option(False, "--quarantine", help="move the unreadable files to "
+                                        "RESULTS/quarantine/<time>/: the next run generates their samples again"),
+    ) -> None:
+        """Read every shard and run manifest of RESULTS whole and list those that cannot be read, with what is wrong.
+
+        Exit code 0 when every file reads (or every bad one was moved aside with --quarantine); 1 when bad
+        files remain.
+        """
+        from rich.console import Console
+
+        from omk_ray.results.store import ResultsStore
+
+        store = ResultsStore(results)
+        if not store.root.is_dir():
+            _fail(f"{results}: no such results folder")
+        bad = store.check()
+        shards, runs = len(store.shard_paths()), len(list(store.runs_dir.glob("*/manifest.json")))
+        _print_rows([{"file": str(b.path), "problem": b.problem} for b in bad], "unreadable")
+        Console().print(f"checked {shards} shards and {runs} run manifests: {len(bad)} unreadable", highlight=False)
+        if bad and quarantine:
+            Console().print(f"moved {len(bad)} file(s) to {store.quarantine(bad)}", highlight=False)
+        elif bad:
+            _warn("rerun with --quarantine to move them aside (the next `omk-ray run` generates their samples again)")
+            raise typer.Exit(1)
+
+    @app.command()
     def rescore(
         results: Path = typer.Argument(..., help="results folder"),
         bench: Optional[str] = typer.Option(None, "--bench", help="only this bench"),

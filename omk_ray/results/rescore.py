@@ -1,9 +1,12 @@
 """Score stored responses again with the current scorers, without generating anything.
 
-For each stored shard (optionally one bench), every row's response is scored by the bench's
-current scorer. A row whose score or scorer version changes keeps its previous score in the
-metric map as `score@<previous scorer version>`; the shard is rewritten in place, atomically
-(write aside, then rename), so a crash leaves either the old or the new shard.
+For each bench (optionally one), every stored row's response is scored by the bench's current
+scorer; a row whose scorer raises gets that error (and only that row). A row whose score or
+scorer version changes keeps its previous score in the metric map as
+`score@<previous scorer version>`. Shards are rewritten only once every shard of their bench
+has been scored: a bench that cannot be scored whole (its definition or data missing, a shard
+unreadable, no sandbox) is skipped with the reason and none of its shards changes. Each shard
+is rewritten in place, atomically (write aside, then rename).
 
 Where a bench's definition comes from, first found wins:
   1. the grid given with `--config`;
@@ -27,7 +30,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from omk_ray.benches import Doc, Score, make_bench
+from omk_ray.benches import Doc, Score, make_bench, score_guarded
+from omk_ray.benches.base import ScorerUnavailable
 from omk_ray.benches.data import DataError
 from omk_ray.config import BenchSpec, GridConfig, parse_grid
 from omk_ray.engines.base import Completion
@@ -70,26 +74,30 @@ def rescore(
         where = f"bench {bench!r} in " if bench else ""
         raise RescoreError(f"no samples of {where}{store.root}")
     specs = bench_specs(store, grid)
-    reports: dict[str, BenchRescore] = {}
-    scorers: dict[str, tuple[Scorer, str]] = {}
+    by_bench: dict[str, list[Path]] = {}
     for shard in shards:
-        name = shard.parent.name
-        report = reports.setdefault(name, BenchRescore(name))
-        if report.skipped:
-            continue
+        by_bench.setdefault(shard.parent.name, []).append(shard)
+    reports = []
+    for name, paths in by_bench.items():
+        report = BenchRescore(name)
         try:
             if name not in specs:
                 raise RescoreError(
                     f"bench {name!r}: no definition found (give `--config GRID`, or import it with `omk-ray import`)"
                 )
-            if name not in scorers:
-                scorers[name] = make_scorer(store, specs[name])
-            _rescore_shard(shard, *scorers[name], report, dry_run)
+            score, version = make_scorer(store, specs[name])
+            changes = [(path, _rescored(path, score, version, report)) for path in paths]  # nothing written yet
         except RescoreError as err:
             if bench is not None:  # the one bench asked for: its failure is the answer
                 raise
-            report.skipped = str(err)  # the other benches still get scored
-    return list(reports.values())
+            reports.append(BenchRescore(name, skipped=str(err)))  # none of its shards changed
+            continue
+        for path, changed in changes:
+            if changed and not dry_run:
+                _apply(path, changed)
+                report.shards += 1
+        reports.append(report)
+    return reports
 
 
 def bench_specs(store: ResultsStore, grid: GridConfig | None = None) -> dict[str, BenchSpec]:
@@ -133,9 +141,7 @@ def make_scorer(store: ResultsStore, spec: BenchSpec) -> tuple[Scorer, str]:
 
     def score(rows: list[dict[str, Any]]) -> list[Score | Exception]:
         pairs = [(doc_for(r["doc_id"]), Completion(text=r["response"] or "", reasoning=r.get("reasoning"))) for r in rows]
-        if hasattr(bench, "score_many"):
-            return bench.score_many(pairs)
-        return [_guarded(bench.score, doc, completion) for doc, completion in pairs]
+        return score_guarded(bench, pairs)
 
     try:
         version = bench.scorer_version
@@ -160,58 +166,63 @@ def _program_scorer(spec: BenchSpec) -> Scorer:
     """Run the stored program, then the row's target (the task's test code), in the sandbox."""
     from omk_ray.benches.sandbox import Job, Sandbox
 
-    sandbox = Sandbox(workers=2)
+    sandbox = Sandbox(workers=2, isolation=spec.options.get("isolation", "namespaces"))
     metric = spec.options.get("primary_metric") or "pass@1,none"
 
     def score(rows: list[dict[str, Any]]) -> list[Score | Exception]:
         programs = [r.get("extracted_answer") or "" for r in rows]
-        outcomes = sandbox.run_many(Job(program=p + "\n" + (r.get("target") or "")) for p, r in zip(programs, rows))
+        outcomes = sandbox.run_many(Job(program=p, test_code=r.get("target") or "") for p, r in zip(programs, rows))
+        refused = next((o for o in outcomes if o.setup_failed), None)
+        if refused is not None:
+            raise RescoreError(f"bench {spec.name!r}: the code sandbox cannot run here ({refused.reason})")
         return [
-            Score(score=float(o.passed), correct=o.passed, extracted=p, metrics={metric: float(o.passed)})
+            Score(score=float(o.passed), correct=o.passed, extracted=p, metrics={metric: float(o.passed)},
+                  isolation=o.isolation)
             for p, o in zip(programs, outcomes)
         ]
 
     return score
 
 
-def _guarded(fn, *args) -> Score | Exception:
+def _rescored(path: Path, score: Scorer, version: str, report: BenchRescore) -> dict[int, dict[str, Any]]:
+    """The new values of the rows of one shard that change (row index -> columns); nothing is written."""
     try:
-        return fn(*args)
-    except RescoreError:
-        raise
-    except Exception as err:  # noqa: BLE001 - a scorer choking on one response fails that row only
-        return err
-
-
-def _rescore_shard(path: Path, score: Scorer, version: str, report: BenchRescore, dry_run: bool) -> None:
-    rows = pq.read_table(path, schema=SAMPLE_SCHEMA).to_pylist()
+        rows = pq.read_table(path, schema=SAMPLE_SCHEMA).to_pylist()
+    except (pa.ArrowException, OSError) as err:
+        raise RescoreError(f"{path}: unreadable shard ({err}); see `omk-ray doctor`") from None
     report.rows += len(rows)
-    scorable = [r for r in rows if not (r["error"] and not r["response"])]  # errors with no response: nothing to score
-    dirty = False
-    for row, new in zip(scorable, score(scorable)):
+    scorable = [(i, r) for i, r in enumerate(rows) if not (r["error"] and not r["response"])]  # no response: nothing to score
+    changes = {}
+    for (i, row), new in zip(scorable, score([r for _, r in scorable])):
+        if isinstance(new, ScorerUnavailable):
+            raise RescoreError(f"bench {path.parent.name!r}: {new}")
         old_score, old_version, old_error = row["score"], row["scorer_version"] or "unknown", row["error"]
+        error = old_error
         if isinstance(new, Exception):
             report.errors += 1
-            row["error"] = f"scorer error: {type(new).__name__}: {new}"
+            error = f"scorer error: {type(new).__name__}: {new}"
             new = Score(score=0.0, correct=False, metrics={})
-        elif (row["error"] or "").startswith("scorer error"):
-            row["error"] = None  # the current scorer copes with this response
+        elif (old_error or "").startswith("scorer error"):
+            error = None  # the current scorer copes with this response
         changed = not _same(old_score, new.score)
         report.changed += changed
         report.scorer_versions.add(old_version)
-        if not changed and old_version == version and row["error"] == old_error:
+        if not changed and old_version == version and error == old_error:
             continue
-        old_metrics = dict(row["metrics"] or [])
-        metrics = {k: v for k, v in old_metrics.items() if "@" in k or k in KEEP_FLAGS}
+        metrics = {k: v for k, v in dict(row["metrics"] or []).items() if "@" in k or k in KEEP_FLAGS}
         metrics.update(new.metrics)
         if old_version != version and old_score is not None:
             metrics.setdefault(f"score@{old_version}", old_score)
-        row.update(score=new.score, correct=new.correct, extracted_answer=new.extracted,
-                   metrics=metrics, scorer_version=version)
-        dirty = True
-    if dirty and not dry_run:
-        _replace_shard(path, pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA))
-        report.shards += 1
+        changes[i] = dict(score=new.score, correct=new.correct, extracted_answer=new.extracted, metrics=metrics,
+                          scorer_version=version, isolation=new.isolation, error=error)
+    return changes
+
+
+def _apply(path: Path, changes: dict[int, dict[str, Any]]) -> None:
+    rows = pq.read_table(path, schema=SAMPLE_SCHEMA).to_pylist()
+    for i, values in changes.items():
+        rows[i].update(values)
+    _replace_shard(path, pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA))
 
 
 def _same(a: float | None, b: float | None) -> bool:

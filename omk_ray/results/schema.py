@@ -14,6 +14,7 @@ SAMPLE_SCHEMA = pa.schema(
         ("doc_id", pa.string()),
         ("repeat", pa.int32()),
         ("prompt_hash", pa.string()),
+        ("doc_hash", pa.string()),  # the bench document's hash (Doc.hash): a resume notices an edited document
         ("prompt_tokens", pa.int32()),
         ("completion_tokens", pa.int32()),
         ("reasoning_tokens", pa.int32()),
@@ -33,9 +34,11 @@ SAMPLE_SCHEMA = pa.schema(
         ("recipe_hash", pa.string()),
         ("scorer_version", pa.string()),
         ("score_detail", pa.string()),
+        ("isolation", pa.string()),  # code benches: the sandbox level that ran the program
         ("dataset_revision", pa.string()),
         ("started_at", pa.timestamp("us", tz="UTC")),
         ("error", pa.string()),
+        ("error_kind", pa.string()),  # "prompt_too_long": a sample that cannot run until its inputs change
     ]
 )
 
@@ -44,6 +47,10 @@ COLUMNS = SAMPLE_SCHEMA.names
 # A sample is identified by these columns: rerunning the same variant weights with the same
 # recipe on the same doc and repeat is the same sample, whatever run or actor produced it.
 RESUME_KEY = ("variant_fingerprint", "recipe_hash", "bench", "doc_id", "repeat")
+
+# Error kinds of samples that cannot run at all while their inputs stay the same: stored once,
+# counted as done, never generated again until the document, the recipe or the weights change.
+NEVER_RUNS = ("prompt_too_long",)
 
 
 # The metrics map holds a sample's scores under their scorer's keys ("exact_match,flexible-extract",

@@ -11,6 +11,12 @@ Layout under the results root:
 Every shard is written to a temporary name and renamed, so a crash leaves either the whole
 shard or nothing. Any Parquet reader sees the samples with no omk-ray code, e.g.
 `duckdb.sql("select * from 'RESULTS/samples/**/*.parquet'")` or `pandas.read_parquet(RESULTS + "/samples")`.
+
+A shard or manifest that cannot be read (a truncated copy, a disk error) raises
+`UnreadableResults`, naming each bad file and what is wrong with it; a store opened with
+`skip_unreadable=True` (`omk-ray status`) leaves such shards out and lists them in
+`unreadable`. `check()` reads every file (`omk-ray doctor`) and `quarantine()` moves the bad
+ones to `quarantine/<time>/`, so that the next run generates their samples again.
 """
 
 from __future__ import annotations
@@ -19,23 +25,50 @@ import json
 import os
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from omk_ray.results.schema import RESUME_KEY, SAMPLE_SCHEMA
+from omk_ray.results.schema import COLUMNS, NEVER_RUNS, RESUME_KEY, SAMPLE_SCHEMA
+
+
+@dataclass(frozen=True)
+class StoredSample:
+    doc_hash: str | None  # None: stored before documents were hashed (or imported)
+    error_kind: str | None  # set: the sample cannot run (NEVER_RUNS)
+    prompt_tokens: int | None
+
+
+@dataclass(frozen=True)
+class BadFile:
+    path: Path
+    problem: str
+
+
+class UnreadableResults(ValueError):
+    """Files of a results folder that cannot be read; the message names each and what is wrong."""
+
+    def __init__(self, root: Path, bad: list[BadFile]):
+        self.bad = bad
+        lines = "\n  ".join(f"{b.path}: {b.problem}" for b in bad)
+        super().__init__(f"{root}: {len(bad)} unreadable file(s):\n  {lines}\nMove them aside with "
+                         f"`omk-ray doctor {root} --quarantine` (the next run generates their samples again).")
 
 
 class ResultsStore:
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, skip_unreadable: bool = False):
         self.root = Path(root)
         self.samples_dir = self.root / "samples"
         self.runs_dir = self.root / "runs"
+        self.skip_unreadable = skip_unreadable
+        self.unreadable: list[BadFile] = []  # what a tolerant store left out so far
 
     # -- samples -----------------------------------------------------------------------------
 
@@ -50,20 +83,64 @@ class ResultsStore:
         return sorted(p for p in self.samples_dir.glob("*/*/part-*.parquet"))
 
     def read(self, columns: list[str] | None = None, filter: Any = None) -> pa.Table:
-        """All samples. A correct run never writes a key twice; if shards overlap, one row per key is kept."""
+        """All samples, one row per key: the newest (see `newest_per_key`) where a key was stored twice
+        (an error row then its retry, a rerun, a second import)."""
         paths = self.shard_paths()
         if not paths:
             return SAMPLE_SCHEMA.empty_table() if columns is None else SAMPLE_SCHEMA.empty_table().select(columns)
         wanted = None if columns is None else list(dict.fromkeys([*columns, *RESUME_KEY, "started_at"]))
-        table = ds.dataset([str(p) for p in paths], schema=SAMPLE_SCHEMA, format="parquet").to_table(
-            columns=wanted, filter=filter
-        )
-        table = _dedupe(table)
+        try:
+            table = _scan(paths, wanted, filter)
+        except (pa.ArrowException, OSError) as err:
+            bad = self.find_unreadable(paths, err)
+            if not self.skip_unreadable:
+                raise UnreadableResults(self.root, bad) from None
+            self.unreadable.extend(b for b in bad if b not in self.unreadable)
+            good = [p for p in paths if p not in {b.path for b in bad}]
+            table = _scan(good, wanted, filter) if good else SAMPLE_SCHEMA.empty_table().select(wanted or COLUMNS)
+        table = newest_per_key(table)
         return table if columns is None else table.select(columns)
 
+    def find_unreadable(self, paths: list[Path], err: BaseException | None = None) -> list[BadFile]:
+        """The shards among `paths` that cannot be read whole, each with its problem."""
+        bad = []
+        for path in paths:
+            try:
+                _scan([path], None, None)
+            except (pa.ArrowException, OSError) as problem:
+                bad.append(BadFile(path, _problem(problem, path)))
+        return bad or [BadFile(self.samples_dir, _problem(err) if err else "unreadable")]
+
+    def check(self) -> list[BadFile]:
+        """Every file of the store that cannot be read: shards (read whole) and run manifests."""
+        bad = [b for b in self.find_unreadable(self.shard_paths()) if b.path != self.samples_dir]
+        for path in sorted(self.runs_dir.glob("*/manifest.json")) if self.runs_dir.is_dir() else []:
+            problem = _read_manifest(path)[1]
+            if problem:
+                bad.append(BadFile(path, problem))
+        return bad
+
+    def quarantine(self, bad: list[BadFile]) -> Path:
+        """Move bad files to `quarantine/<time>/<their path under the root>`; returns that folder."""
+        folder = self.root / "quarantine" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        for b in bad:
+            target = folder / b.path.relative_to(self.root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(b.path, target)
+        return folder
+
+    def stored_samples(self) -> dict[tuple, "StoredSample"]:
+        """Per key, what the newest row knows of its inputs, for the keys that need no new generation
+        while those inputs stay the same: rows without an error, and samples that can never run
+        (`error_kind` in NEVER_RUNS). A sample whose generation failed otherwise is run again."""
+        table = self.read(columns=[*RESUME_KEY, "error", "error_kind", "doc_hash", "prompt_tokens"])
+        done = pc.or_kleene(pc.is_null(table["error"]), pc.is_in(table["error_kind"], pa.array(NEVER_RUNS)))
+        table = table.filter(pc.fill_null(done, False))
+        facts = zip(table["doc_hash"].to_pylist(), table["error_kind"].to_pylist(), table["prompt_tokens"].to_pylist())
+        return {key: StoredSample(*fact) for key, fact in zip(iter_keys(table), facts)}
+
     def done_keys(self) -> set[tuple]:
-        """Keys of the samples stored without an error: a sample whose generation failed is run again."""
-        return set(iter_keys(self.read(columns=list(RESUME_KEY), filter=pc.field("error").is_null())))
+        return set(self.stored_samples())
 
     # -- runs --------------------------------------------------------------------------------
 
@@ -72,9 +149,22 @@ class ResultsStore:
         return RunLog(self.runs_dir / run_id, run_id)
 
     def runs(self) -> list["RunLog"]:
+        """The runs recorded, oldest first; with `skip_unreadable`, those with a readable manifest."""
         if not self.runs_dir.is_dir():
             return []
-        return [RunLog(p, p.name) for p in sorted(self.runs_dir.iterdir()) if (p / "manifest.json").exists()]
+        runs = [RunLog(p, p.name) for p in sorted(self.runs_dir.iterdir()) if (p / "manifest.json").exists()]
+        if not self.skip_unreadable:
+            return runs
+        readable = []
+        for run in runs:
+            problem = _read_manifest(run.manifest_path)[1]
+            if problem:
+                bad = BadFile(run.manifest_path, problem)
+                if bad not in self.unreadable:
+                    self.unreadable.append(bad)
+            else:
+                readable.append(run)
+        return readable
 
 
 class RunLog:
@@ -94,7 +184,10 @@ class RunLog:
         os.replace(tmp, self.manifest_path)
 
     def manifest(self) -> dict[str, Any]:
-        return json.loads(self.manifest_path.read_text())
+        manifest, problem = _read_manifest(self.manifest_path)
+        if problem:
+            raise UnreadableResults(self.folder.parent.parent, [BadFile(self.manifest_path, problem)])
+        return manifest
 
     def event(self, kind: str, **fields: Any) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -122,14 +215,49 @@ def write_parquet(table: pa.Table, final: Path) -> Path:
     return final
 
 
-def _dedupe(table: pa.Table) -> pa.Table:
-    if table.num_rows == 0:
+def _scan(paths: list[Path], columns: list[str] | None, filter: Any) -> pa.Table:
+    return ds.dataset([str(p) for p in paths], schema=SAMPLE_SCHEMA, format="parquet").to_table(
+        columns=columns, filter=filter
+    )
+
+
+def _problem(err: BaseException, path: Path | None = None) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    text = text.replace(f"Could not open Parquet input source '{path}': ", "")
+    return f"not a readable Parquet shard ({text})"
+
+
+def _read_manifest(path: Path) -> tuple[dict[str, Any], str | None]:
+    """(the manifest, None), or ({}, what is wrong with the file)."""
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        return {}, f"not valid JSON ({err})"
+    except (OSError, UnicodeDecodeError) as err:
+        return {}, f"cannot be read ({err})"
+    if not isinstance(manifest, dict) or "run_id" not in manifest:
+        return {}, "not a run manifest (a JSON object with run_id, config, ...)"
+    return manifest, None
+
+
+def newest_per_key(table: pa.Table) -> pa.Table:
+    """One row per sample key (RESUME_KEY): the one started last (`started_at`), and of rows started
+    at the same moment the one read last (shards in name order, rows in file order: write order).
+    The rows kept stay in the order they were read. Every reader of samples goes through here."""
+    n = table.num_rows
+    if n == 0:
         return table
-    keyed = table.append_column("_row", pa.array(range(table.num_rows), pa.int64()))
-    last = keyed.group_by(list(RESUME_KEY), use_threads=False).aggregate([("_row", "max")])
-    if last.num_rows == table.num_rows:
+    started = table.column("started_at")
+    started = pc.fill_null(started, pa.scalar(0, started.type))  # unknown start: older than any known one
+    when = pa.table({"t": started, "row": pa.array(np.arange(n))})
+    order = pc.sort_indices(when, [("t", "ascending"), ("row", "ascending")]).to_numpy()
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)  # position of each row in (started_at, write order)
+    keyed = table.select(list(RESUME_KEY)).append_column("_rank", pa.array(rank))
+    newest = keyed.group_by(list(RESUME_KEY), use_threads=False).aggregate([("_rank", "max")])
+    if newest.num_rows == n:
         return table
-    return table.take(pc.sort_indices(last.column("_row_max")))
+    return table.take(pa.array(np.sort(order[newest.column("_rank_max").to_numpy()])))
 
 
 def iter_keys(table: pa.Table) -> Iterable[tuple]:

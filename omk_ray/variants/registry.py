@@ -54,6 +54,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -304,16 +305,43 @@ def resolve_base(base: str, revision: str | None, root: Path, as_path: Path) -> 
     try:
         from huggingface_hub import snapshot_download
 
-        path = Path(snapshot_download(repo_id=base, revision=revision))
+        path = Path(snapshot_download(repo_id=base, revision=resolve_hub_revision(base, revision) or revision))
     except Exception as err:  # not a folder, and the Hub cannot give it
         raise BuildError(f"base {base!r} is neither a local folder nor a downloadable hub model: {err}") from None
     return path, {"id": base, "revision": path.name}
 
 
+def resolve_hub_revision(repo_id: str, revision: str | None = None) -> str | None:
+    """The commit a hub model's `revision` (default: main) points to: asked of the hub, else read from
+    the local Hugging Face cache (offline, HF_HUB_OFFLINE=1); None when neither knows it."""
+    if revision and COMMIT.fullmatch(revision):
+        return revision
+    from huggingface_hub import HfApi, constants, snapshot_download
+
+    if not constants.HF_HUB_OFFLINE:
+        try:
+            return HfApi().model_info(repo_id, revision=revision).sha
+        except Exception as err:  # offline, no such repo, no access: the cache may still know
+            log.info("hub model %s@%s not resolved online: %s", repo_id, revision or "main", err)
+    try:
+        return Path(snapshot_download(repo_id=repo_id, revision=revision, local_files_only=True)).name
+    except Exception:  # noqa: BLE001 - not in the cache either
+        return None
+
+
+COMMIT = re.compile(r"[0-9a-f]{40}")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
+
+
+def default_hash_cache() -> Path:
+    """Where content hashes of model folders outside an artifact root are cached (by size and mtime)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "omk-ray"
+
+
 def content_hash(model_dir: Path, cache_dir: Path | None = None) -> str:
     """sha256 over config.json and the weight files (names and bytes), cached by size and mtime."""
     files = sorted(p for p in model_dir.iterdir() if p.is_file() and (
-        p.name == "config.json" or p.name.endswith(".safetensors") or p.name.endswith(".safetensors.index.json")
+        p.name == "config.json" or p.name.endswith(WEIGHT_SUFFIXES) or p.name.endswith(".safetensors.index.json")
     ))
     stamp = {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}
     cache = cache_dir / "content-hashes.json" if cache_dir else None
@@ -332,6 +360,7 @@ def content_hash(model_dir: Path, cache_dir: Path | None = None) -> str:
         cache.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(cache) + ".lock"):
             table = json.loads(cache.read_text()) if cache.is_file() else {}
+            table = {k: v for k, v in table.items() if Path(k).is_dir()}  # forget folders that are gone
             table[key] = {"files": stamp, "sha256": value}
             _write_atomic(cache, json.dumps(table, indent=1))
     return value
@@ -377,6 +406,7 @@ def push_variant(hub_repo: str, path: Path, fingerprint: str) -> None:
 
 
 __all__ = [
-    "BUILDER_VERSION", "BuildError", "BuildSpec", "ResolvedBuild", "content_hash", "ensure_variant",
-    "fingerprint_of", "parse_build", "pull_variant", "push_variant", "resolve_build", "variant_fingerprint",
+    "BUILDER_VERSION", "BuildError", "BuildSpec", "ResolvedBuild", "content_hash", "default_hash_cache",
+    "ensure_variant", "fingerprint_of", "parse_build", "pull_variant", "push_variant", "resolve_build",
+    "resolve_hub_revision", "variant_fingerprint",
 ]

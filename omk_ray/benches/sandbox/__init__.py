@@ -1,7 +1,7 @@
 """Run untrusted code (model completions) confined: see `pool.py` for what is isolated and how.
 
     sandbox = Sandbox(Limits(wall_s=10), workers=2)
-    outcome = sandbox.run(Job(program=solution + tests))     # Outcome(status="pass", ...)
+    outcome = sandbox.run(Job(program=solution, test_code=tests))   # Outcome(status="pass", ...)
     outcomes = sandbox.run_many(jobs)                         # `workers` at a time, in order
 """
 

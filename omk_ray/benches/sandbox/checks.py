@@ -1,131 +1,247 @@
-"""How a program is tested, inside the sandbox. Standard library only.
+"""How a program is judged: the harness, a process of its own that never runs the program's code.
+
+The harness forks the runner (runner.py: the program's own process, with its limits and no
+privileges) before it reads the job, sends it the program and the test inputs, and compares
+what comes back with the expected outputs here. The expected outputs, the nonce and the
+verdict's descriptor never leave this process, which the runner can neither read nor trace
+(it is not dumpable, and the runner has no capabilities): a program can only answer, never
+write a verdict. Standard library only; `wire` (runner.py) is set by the supervisor.
 
 Three checks, chosen by the job's `check`:
 
-- `script`: run the program (solution + its tests, e.g. HumanEval's `check(entry_point)`);
-  it passes when it runs to the end without an exception.
-- `stdio`: LiveCodeBench stdin/stdout problems: run the program once per test with the
-  test's input on fd 0 and compare what it writes to fd 1 with the expected output, line by
-  line, numbers compared as decimals (LiveCodeBench's own rule).
-- `call`: LiveCodeBench functional (LeetCode) problems: call `Solution().<fn_name>(*args)`
-  (or a top-level function) per test, arguments and expected value given as JSON lines.
+- `script`: run the program, then the job's `test_code` (HumanEval's tests and
+  `check(entry_point)`, MBPP's asserts) *here*, where each name of the program the tests use
+  stands for the program's object: calling it calls the object in the runner and returns a
+  copy of the value (an object that is not plain data comes back as a handle, which compares
+  by identity only). The asserts run in this process, on values. Without `test_code` the
+  program is its own test and passes when it runs to its end (trusted programs only: an
+  untrusted one can always end early with a clean exit).
+- `stdio`: LiveCodeBench stdin/stdout problems: the runner runs the program once per test with
+  the test's input on fd 0 and returns what it wrote to fd 1; the lines are compared here,
+  numbers as decimals (LiveCodeBench's own rule).
+- `call`: LiveCodeBench functional (LeetCode) problems: per test, the runner calls
+  `Solution().<fn_name>(*args)` (or a top-level function) with the test's JSON arguments and
+  returns the value, compared here with the expected JSON value.
 
-The verdict is written once, as one line (a Python literal) carrying the job's nonce, after the tests;
-a program that exits early (exit(), os._exit) leaves no verdict and cannot pass.
+The verdict is one line (a Python literal) carrying the job's nonce, written after the tests.
+When the runner dies (a signal, a limit, os._exit), the harness dies the same death, and the
+host reads the verdict from how it ended (pool.py).
 """
 
 from __future__ import annotations
 
-import io
+import builtins
+import json
 import os
+import select
 import signal
-import sys
 
-# The imports LiveCodeBench puts in front of every solution.
-LCB_STAR_IMPORTS = (
-    "string", "re", "datetime", "collections", "heapq", "bisect", "copy", "math", "random",
-    "statistics", "itertools", "functools", "operator", "io", "sys", "json", "builtins", "typing",
-)  # fmt: skip
-LCB_PREAMBLE = (
-    "".join(f"from {m} import *\n" for m in LCB_STAR_IMPORTS)
-    + "".join(f"import {m}\n" for m in LCB_STAR_IMPORTS if m not in ("builtins", "typing"))
-    + "sys.setrecursionlimit(50000)\n"
-)
+wire = None  # runner.py, loaded from source by the supervisor
+
 SNIPPET = 160
-
-_write = os.write  # taken before any untrusted code can replace it
-
-
-class TimeLimit(BaseException):
-    """One test ran past its time limit (BaseException: `except Exception` must not swallow it)."""
+TESTS_FILE = "<tests>"
 
 
-def run(job: dict, verdict_fd: int) -> None:
+class Program:
+    """The runner seen from the harness: one request out, one reply in."""
+
+    def __init__(self, pid: int, requests: int, replies: int, max_reply: int):
+        self.pid, self.requests, self.replies, self.max_reply = pid, requests, replies, max_reply
+        self.buffer = bytearray()
+        self.remotes: dict[int, Remote] = {}
+
+    def ask(self, request: dict, timeout: float | None = None) -> dict:
+        """The reply ({"timeout": True} after `timeout` s); when the runner has died this process ends too."""
+        try:
+            wire.send(self.requests, request)
+        except BrokenPipeError:
+            self.mirror_end()
+        while True:
+            end = self.buffer.find(b"\n")
+            if end >= 0:
+                line, self.buffer = bytes(self.buffer[:end]), self.buffer[end + 1 :]
+                try:
+                    reply = json.loads(line)
+                except ValueError:
+                    reply = None
+                if not isinstance(reply, dict) or len(reply) != 1:
+                    return {"raised": {"type": "ValueError", "reason": "the program garbled its answer"}}
+                return reply
+            if len(self.buffer) > self.max_reply:
+                self.stop()
+                return {"raised": {"type": "ValueError", "reason": f"an answer over {self.max_reply >> 20} MiB"}}
+            if not select.select([self.replies], [], [], timeout)[0]:
+                self.stop()
+                return {"timeout": True}
+            chunk = os.read(self.replies, 1 << 16)
+            if not chunk:
+                self.mirror_end()
+            self.buffer += chunk
+
+    def value(self, data):
+        return wire.decode(data, self.remote)
+
+    def remote(self, handle: int) -> "Remote":
+        if handle not in self.remotes:
+            self.remotes[handle] = Remote(self, handle)
+        return self.remotes[handle]
+
+    def argument(self, value):
+        def handle(obj):
+            if isinstance(obj, Remote) and obj.program is self:
+                return obj.handle
+            raise TypeError(f"cannot pass a {type(obj).__name__} to the program")
+
+        return wire.encode(value, handle)
+
+    def stop(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except OSError:  # another uid (the harness has no capabilities): init's end takes it down
+            pass
+
+    def mirror_end(self):
+        """The runner is gone: end this process the way it ended, for the host to read."""
+        _, status, _ = os.wait4(self.pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if code < 0:
+            signal.signal(-code, signal.SIG_DFL)
+            os.kill(os.getpid(), -code)
+            code = 128 - code  # a signal whose default is not to end a process
+        os._exit(code)
+
+
+class Remote:
+    """An object of the program (a function, a class, an instance): callable, compared by identity."""
+
+    def __init__(self, program: Program, handle: int):
+        self.program, self.handle = program, handle
+
+    def __call__(self, *args, **kwargs):
+        program = self.program
+        reply = program.ask({"op": "call", "handle": self.handle, "args": [program.argument(a) for a in args],
+                             "kwargs": {k: program.argument(v) for k, v in kwargs.items()}})
+        if "ok" in reply:
+            return program.value(reply["ok"])
+        raise program_error(reply)
+
+    def __repr__(self) -> str:
+        return f"<object {self.handle} of the program>"
+
+
+class ProgramError(Exception):
+    """What the program raised (or how it stopped), raised again in the tests."""
+
+    reason = ""
+
+
+class ProgramExited(ProgramError):
+    pass
+
+
+def program_error(reply: dict) -> BaseException:
+    """The program's exception as the tests expect it: a builtin exception type stays that type."""
+    if "exited" in reply:
+        err = ProgramExited(f"SystemExit({reply['exited']})")
+        err.reason = f"the program exited (SystemExit({reply['exited']})) before its tests finished"
+        return err
+    raised = reply.get("raised") or {"type": "Exception", "reason": "the program gave no answer"}
+    base = getattr(builtins, str(raised.get("type")), None)
+    kind = ProgramError
+    if isinstance(base, type) and issubclass(base, Exception) and base is not Exception:
+        try:
+            kind = type(base.__name__, (base, ProgramError), {})
+        except TypeError:  # an incompatible layout
+            pass
+    err = kind(str(raised.get("reason")))
+    err.reason = str(raised.get("reason"))
+    return err
+
+
+def run(job: dict, verdict_fd: int, program: Program) -> None:
     checks = {"script": check_script, "stdio": check_stdio, "call": check_call}
-    status, reason, passed = checks[job["check"]](job)
+    try:
+        status, reason, passed = checks[job["check"]](job, program)
+    except (AttributeError, KeyError, TypeError, ValueError) as err:  # a reply of the wrong shape
+        status, reason, passed = "error", f"the program garbled its answers ({type(err).__name__})", None
     total = len(job.get("tests") or []) if job["check"] != "script" else None
     verdict = {"nonce": job["nonce"], "status": status, "reason": reason, "tests_passed": passed, "tests_total": total}
-    _write(verdict_fd, (repr(verdict) + "\n").encode())
+    os.write(verdict_fd, (repr(verdict) + "\n").encode())
+
+
+def load_failure(reply: dict) -> tuple[str, str]:
+    if "exited" in reply:
+        return "fail", f"the program exited (SystemExit({reply['exited']})) before its tests finished"
+    raised = reply["raised"]
+    return ("fail" if raised["type"] == "AssertionError" else "error"), str(raised["reason"])
 
 
 # -- script ----------------------------------------------------------------------------------
 
 
-def check_script(job: dict) -> tuple[str, str, int | None]:
-    source = job["program"]
+def check_script(job: dict, program: Program) -> tuple[str, str, int | None]:
+    source = job.get("test_code")
     try:
-        code = compile(source, "<program>", "exec")
+        tests = compile(source, TESTS_FILE, "exec") if source else None
     except (SyntaxError, ValueError) as err:
-        return "error", _syntax(err), None
+        return "error", f"the tests do not compile: {wire.syntax_error(err)}", None
+    reply = program.ask({"op": "load", "program": job["program"], "names": sorted(_names(tests)) if tests else []})
+    if "ok" not in reply:
+        return (*load_failure(reply), None)
+    if tests is None:
+        return "pass", "", None
+    namespace: dict = {"__name__": "__main__"}
+    for name, what in reply["ok"].items():
+        try:
+            if "callable" in what:
+                namespace[name] = program.remote(int(what["callable"]))
+            elif "value" in what:
+                namespace[name] = program.value(what["value"])
+            else:
+                namespace[name] = __import__(str(what["module"]), fromlist=["_"])
+        except (ImportError, ValueError, TypeError, RecursionError):
+            pass  # a name the tests cannot use: they fail on it, as they would without it
     try:
-        exec(code, {"__name__": "__main__"})
+        exec(tests, namespace)
+    except ProgramExited as err:
+        return "fail", err.reason, None
     except AssertionError as err:
-        return "fail", _failed_assertion(err, source), None
-    except SystemExit as err:
-        return "fail", f"the program exited (SystemExit({err.code!r})) before its tests finished", None
-    except BaseException as err:  # noqa: BLE001 - every way a program can die is a verdict
-        return "error", _exception(err), None
+        if isinstance(err, ProgramError):
+            return "fail", err.reason, None
+        return "fail", wire.failed_assertion(err, source, TESTS_FILE).replace(" at line ", " at test line ", 1), None
+    except ProgramError as err:
+        return "error", err.reason, None
+    except BaseException as err:  # noqa: BLE001 - the tests raised on the program's answer
+        return "error", wire.exception(err), None
     return "pass", "", None
 
 
-def _failed_assertion(err: AssertionError, source: str) -> str:
-    import traceback
-
-    lines = source.splitlines()
-    for frame in reversed(traceback.extract_tb(err.__traceback__)):
-        if frame.filename == "<program>" and frame.lineno and frame.lineno <= len(lines):
-            detail = f": {err}" if str(err) else ""
-            return _short(f"AssertionError at line {frame.lineno}: {lines[frame.lineno - 1].strip()}{detail}")
-    return _short(f"AssertionError: {err}")
+def _names(code) -> set[str]:
+    """Every name the compiled tests (and the functions they define) may look up."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if hasattr(const, "co_names"):
+            names |= _names(const)
+    return names
 
 
 # -- stdio -----------------------------------------------------------------------------------
 
 
-def check_stdio(job: dict) -> tuple[str, str, int]:
-    try:
-        code = compile(LCB_PREAMBLE + job["program"], "<program>", "exec")
-    except (SyntaxError, ValueError) as err:
-        return "error", _syntax(err), 0
+def check_stdio(job: dict, program: Program) -> tuple[str, str, int]:
+    reply = program.ask({"op": "load", "program": job["program"], "preamble": wire.LCB_PREAMBLE, "run": False})
+    if "ok" not in reply:
+        return (*load_failure(reply), 0)
     tests, limit = job["tests"], job["test_timeout_s"]
-    real_stdout, devnull = os.dup(1), os.open(os.devnull, os.O_RDONLY)
     for i, test in enumerate(tests):
-        os.dup2(devnull, 0)  # fds 0 and 1 taken again (a program may close them, e.g. open(0))
-        os.dup2(real_stdout, 1)  # so that the files below never land on them
-        with open(".stdin", "w", encoding="utf-8") as f:
-            f.write(test["input"])
-        stdin = os.open(".stdin", os.O_RDONLY)
-        os.unlink(".stdin")  # test files live only as open descriptors: the folder stays small
-        capture = open(".stdout", "w+b")  # noqa: SIM115 - read back below
-        os.unlink(".stdout")
-        os.dup2(stdin, 0)
-        os.close(stdin)
-        sys.stdout.flush()
-        os.dup2(capture.fileno(), 1)
-        sys.stdin = io.open(0, "r", encoding="utf-8", closefd=False)
-        sys.stdout = io.open(1, "w", encoding="utf-8", closefd=False)
-        outcome = None
-        try:
-            with _time_limit(limit):
-                exec(code, {"__name__": "__main__"})
-        except SystemExit:
-            pass
-        except TimeLimit:
-            outcome = ("timeout", f"test {i}: time limit of {limit:g} s exceeded", i)
-        except BaseException as err:  # noqa: BLE001
-            outcome = ("error", f"test {i}: {_exception(err)}", i)
-        finally:
-            try:
-                sys.stdout.flush()
-            except BaseException:  # noqa: BLE001 - a closed or broken stdout is the program's problem
-                pass
-            os.dup2(real_stdout, 1)
-            sys.stdout, sys.stdin = sys.__stdout__, sys.__stdin__
-        if outcome:
-            return outcome
-        capture.seek(0)
-        got = capture.read().decode("utf-8", "replace")
-        capture.close()
+        reply = program.ask({"op": "stdio", "input": test["input"], "timeout": limit}, timeout=limit + 2)
+        if "timeout" in reply:
+            return "timeout", f"test {i}: time limit of {limit:g} s exceeded", i
+        if "ok" not in reply:
+            return "error", f"test {i}: {program_error(reply).reason}", i
+        got = reply["ok"]
+        if not isinstance(got, str):
+            return "error", f"test {i}: the program garbled its answer", i
         if not same_output(got, test["output"]):
             return "fail", _short(f"test {i}: wrong answer: expected {test['output']!r}, got {got!r}"), i
     return "pass", "", len(tests)
@@ -156,24 +272,17 @@ def _lines(text: str) -> list[str]:
 # -- call ------------------------------------------------------------------------------------
 
 
-def check_call(job: dict) -> tuple[str, str, int]:
-    import json
-
-    program, fn_name, limit = job["program"], job["fn_name"], job["test_timeout_s"]
-    try:
-        code = compile(LCB_PREAMBLE + program, "<program>", "exec")
-    except (SyntaxError, ValueError) as err:
-        return "error", _syntax(err), 0
-    module: dict = {"__name__": "solution"}
-    try:
-        with _time_limit(limit):
-            exec(code, module)
-    except TimeLimit:
+def check_call(job: dict, program: Program) -> tuple[str, str, int]:
+    source, fn_name, limit = job["program"], job["fn_name"], job["test_timeout_s"]
+    reply = program.ask({"op": "load", "program": source, "preamble": wire.LCB_PREAMBLE, "module": "solution",
+                         "names": ["Solution", fn_name or ""], "timeout": limit}, timeout=limit + 2)
+    if "timeout" in reply:
         return "timeout", f"loading the program took over {limit:g} s", 0
-    except BaseException as err:  # noqa: BLE001
-        return "error", f"loading the program: {_exception(err)}", 0
-    solution = module.get("Solution") if "class Solution" in program else None
-    if solution is None and not callable(module.get(fn_name)):
+    if "ok" not in reply:
+        return "error", f"loading the program: {load_failure(reply)[1]}", 0
+    defined = {name for name, what in reply["ok"].items() if "callable" in what}
+    solution = "class Solution" in source and "Solution" in defined
+    if not solution and fn_name not in defined:
         return "error", f"no class Solution and no function {fn_name!r} defined", 0
     for i, test in enumerate(job["tests"]):
         try:
@@ -181,18 +290,17 @@ def check_call(job: dict) -> tuple[str, str, int]:
             expected = json.loads(test["output"])
         except ValueError as err:
             return "error", f"test {i}: malformed test data ({err})", i
-        try:
-            with _time_limit(limit):
-                method = getattr(solution(), fn_name) if solution is not None else module[fn_name]
-                result = method(*args)
-                if isinstance(result, tuple):
-                    result = list(result)  # LiveCodeBench accepts a tuple where a list is expected
-                correct = result == expected
-        except TimeLimit:
+        reply = program.ask({"op": "solve", "fn": fn_name, "solution": solution, "timeout": limit,
+                             "args": [program.argument(a) for a in args]}, timeout=limit + 2)
+        if "timeout" in reply:
             return "timeout", f"test {i}: time limit of {limit:g} s exceeded", i
-        except BaseException as err:  # noqa: BLE001
-            return "error", f"test {i}: {_exception(err)}", i
-        if not correct:
+        if "ok" not in reply:
+            return "error", f"test {i}: {program_error(reply).reason}", i
+        try:
+            result = program.value(reply["ok"])
+        except (ValueError, TypeError, RecursionError):
+            return "error", f"test {i}: the program garbled its answer", i
+        if result != expected:
             return "fail", _short(f"test {i}: got {_repr(result)} expected {_repr(expected)}"), i
     return "pass", "", len(job["tests"])
 
@@ -200,40 +308,8 @@ def check_call(job: dict) -> tuple[str, str, int]:
 # -- helpers ---------------------------------------------------------------------------------
 
 
-class _time_limit:
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-
-    def __enter__(self):
-        def expire(signum, frame):
-            raise TimeLimit()
-
-        signal.signal(signal.SIGALRM, expire)
-        signal.setitimer(signal.ITIMER_REAL, self.seconds)
-
-    def __exit__(self, *exc):
-        signal.setitimer(signal.ITIMER_REAL, 0)
-
-
-def _syntax(err: Exception) -> str:
-    if isinstance(err, SyntaxError):
-        return _short(f"SyntaxError: {err.msg} (line {err.lineno})")
-    return _short(f"{type(err).__name__}: {err}")
-
-
-def _exception(err: BaseException) -> str:
-    if isinstance(err, MemoryError):
-        return "MemoryError: the memory limit was reached"
-    if isinstance(err, SystemExit):
-        return f"SystemExit({err.code!r})"
-    return _short(f"{type(err).__name__}: {err}")
-
-
 def _repr(value) -> str:
-    try:
-        text = repr(value)
-    except BaseException:  # noqa: BLE001 - a hostile __repr__
-        text = f"<{type(value).__name__}>"
+    text = repr(value)  # plain data or a handle: nothing of the program's runs here
     return text if len(text) <= SNIPPET else text[:SNIPPET] + "..."
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 Status = Literal["pass", "fail", "timeout", "error"]
+SETUP_FAILED = "sandbox setup failed"  # how the reason of an outcome starts when no program ran
 CheckKind = Literal["script", "stdio", "call"]
 
 
@@ -28,12 +29,16 @@ class Limits:
 class Job:
     """One program and how to test it (see `checks.py` for the three kinds of check).
 
-    `tests` are `{"input": str, "output": str}` (stdio: the text on stdin and the expected
-    stdout; call: one JSON value per input line, the expected value as JSON).
+    `test_code` (script): the tests, run outside the program's process against its names
+    (HumanEval's tests and `check(entry_point)`, MBPP's asserts); without it the program is
+    its own test, which only a trusted program can be. `tests` (stdio, call) are
+    `{"input": str, "output": str}` (stdio: the text on stdin and the expected stdout; call:
+    one JSON value per input line, the expected value as JSON).
     """
 
     program: str
     check: CheckKind = "script"
+    test_code: str | None = None
     tests: tuple[dict, ...] = ()
     fn_name: str | None = None
     test_timeout_s: float = 6.0
@@ -51,7 +56,13 @@ class Outcome:
     tests_passed: int | None = None
     tests_total: int | None = None
     isolation: str = ""
+    refused: bool = False  # the isolation level could not be set up here at all (e.g. unshare forbidden)
 
     @property
     def passed(self) -> bool:
         return self.status == "pass"
+
+    @property
+    def setup_failed(self) -> bool:
+        """The sandbox could not start the program: the farm's failure, not the program's."""
+        return self.status == "error" and self.reason.startswith(SETUP_FAILED)

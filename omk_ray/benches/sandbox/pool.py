@@ -1,6 +1,8 @@
 """The host side: start confined programs, read what they report, run many at once.
 
-Isolation levels (chosen once per process by `isolation="auto"`):
+Isolation levels (`namespaces` by default; `rlimits` only when asked for; `auto` tries
+namespaces once per process and falls back to rlimits, with a warning, only where the kernel or
+the container refuses them):
 
 - `namespaces`: private mount, pid, network, IPC and UTS namespaces. As root, the program
   runs as a random unprivileged uid (so RLIMIT_NPROC binds and host files keep their
@@ -12,7 +14,10 @@ Isolation levels (chosen once per process by `isolation="auto"`):
   is down).
 - `rlimits`: where namespaces are forbidden (some containers): resource limits, a fresh
   working directory, a scrubbed environment and a process group killed on timeout; files
-  and network are as reachable as for the farm's own user. A warning says so.
+  and network are as reachable as for the farm's own user, and so are the farm's own processes:
+  a program written to attack the sandbox could read a verdict's nonce there. Never the default.
+
+Every `Outcome` says which level ran it (`isolation`), and every code-bench row records it.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Iterable, Literal
 
-from omk_ray.benches.sandbox.jobs import Job, Limits, Outcome
+from omk_ray.benches.sandbox.jobs import SETUP_FAILED, Job, Limits, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +48,8 @@ HERE = Path(__file__).parent
 # Sent as source (argv and stdin), never as paths: the program's user need not read the checkout.
 SUPERVISOR_SOURCE = (HERE / "supervisor.py").read_text()
 CHECKS_SOURCE = (HERE / "checks.py").read_text()
-SETUP_FAILED = 125
+RUNNER_SOURCE = (HERE / "runner.py").read_text()
+SETUP_EXIT_CODE = 125  # supervisor.SETUP_FAILED
 HOST_GRACE_S = 10.0  # the supervisor enforces the wall limit; the host only steps in after this
 UID_BASE, UID_SPAN = 1_000_000_000, 100_000_000  # random per program: no other process shares it
 
@@ -57,7 +63,7 @@ SECRET_LOCATIONS = (
 )  # fmt: skip
 
 Isolation = Literal["auto", "namespaces", "rlimits"]
-_namespaces_ok: bool | None = None  # learnt on first use, for the whole process
+_namespaces_ok: dict[str, bool] = {}  # interpreter -> whether namespaces work for it, learnt on first use
 _probe_lock = threading.Lock()
 
 
@@ -68,7 +74,7 @@ class Sandbox:
         self,
         limits: Limits = Limits(),
         workers: int = 2,
-        isolation: Isolation = "auto",
+        isolation: Isolation = "namespaces",
         hide: Iterable[str] = (),
         python: str | None = None,
     ):
@@ -84,11 +90,11 @@ class Sandbox:
     def isolation(self) -> str:
         if self.requested != "auto":
             return self.requested
-        return "rlimits" if _namespaces_ok is False else "namespaces"
+        return "rlimits" if _namespaces_ok.get(self.python) is False else "namespaces"
 
     def run(self, job: Job) -> Outcome:
-        if self.requested == "auto" and _namespaces_ok is None:
-            with _probe_lock:  # the first program decides for everyone
+        if self.requested == "auto" and self.python not in _namespaces_ok:
+            with _probe_lock:  # the first program decides for every sandbox of this interpreter
                 return self._run_learning(job)
         return self._run(job, self.isolation)
 
@@ -97,7 +103,7 @@ class Sandbox:
         jobs = list(jobs)
         if len(jobs) <= 1 or self.workers == 1:
             return [self.run(j) for j in jobs]
-        if self.requested == "auto" and _namespaces_ok is None:
+        if self.requested == "auto" and self.python not in _namespaces_ok:
             first = self.run(jobs[0])
             return [first, *self.run_many(jobs[1:])]
         with ThreadPoolExecutor(self.workers, thread_name_prefix="sandbox") as pool:
@@ -106,19 +112,18 @@ class Sandbox:
     # -- one program ---------------------------------------------------------------------------
 
     def _run_learning(self, job: Job) -> Outcome:
-        global _namespaces_ok
-        if _namespaces_ok is not None:
+        if self.python in _namespaces_ok:
             return self._run(job, self.isolation)
         outcome = self._run(job, "namespaces")
-        if outcome.status == "error" and outcome.reason.startswith("sandbox setup failed"):
-            _namespaces_ok = False
+        if outcome.refused:  # not any setup failure: a broken harness must never lower the isolation
+            _namespaces_ok[self.python] = False
             log.warning(
                 "code sandbox: Linux namespaces are not available here (%s); programs run with resource "
                 "limits only: no network or filesystem isolation",
                 outcome.reason,
             )
             return self._run(job, "rlimits")
-        _namespaces_ok = True
+        _namespaces_ok[self.python] = True
         return outcome
 
     def _run(self, job: Job, mode: str) -> Outcome:
@@ -129,26 +134,27 @@ class Sandbox:
         files = [tempfile.TemporaryFile() for _ in range(5)]
         spec, report, verdict, stdout, stderr = files
         try:
-            spec.write(
-                marshal.dumps(
-                    {
-                        "mode": mode,
-                        "nonce": nonce,
-                        "check": job.check,
-                        "program": job.program,
-                        "tests": list(job.tests),
-                        "fn_name": job.fn_name,
-                        "test_timeout_s": job.test_timeout_s,
-                        "limits": asdict(limits),
-                        "uid": random.randrange(UID_BASE, UID_BASE + UID_SPAN),  # used when run as root
-                        "hide": hidden_paths(self.hide),
-                        "workdir": workdir,
-                        "checks_source": CHECKS_SOURCE,
-                        "report_fd": report.fileno(),
-                        "verdict_fd": verdict.fileno(),
-                    }
-                )
-            )
+            setup = marshal.dumps({
+                "mode": mode,
+                "limits": asdict(limits),
+                "uid": random.randrange(UID_BASE, UID_BASE + UID_SPAN),  # used when run as root
+                "hide": hidden_paths(self.hide),
+                "workdir": workdir,
+                "checks_source": CHECKS_SOURCE,
+                "runner_source": RUNNER_SOURCE,
+                "report_fd": report.fileno(),
+                "verdict_fd": verdict.fileno(),
+            })
+            secret = marshal.dumps({  # read by the harness only, after the program's process is forked
+                "nonce": nonce,
+                "check": job.check,
+                "program": job.program,
+                "test_code": job.test_code,
+                "tests": list(job.tests),
+                "fn_name": job.fn_name,
+                "test_timeout_s": job.test_timeout_s,
+            })
+            spec.write(len(setup).to_bytes(8, "little") + setup + secret)
             spec.seek(0)
             start = time.perf_counter()
             proc = subprocess.Popen(
@@ -192,8 +198,8 @@ def _outcome(*, report, verdicts, nonce, stdout, stderr, limits: Limits, duratio
     state = report[-1] if report else {}
     base["cpu_s"] = state.get("cpu_s")
     setup_error = next((r["setup_error"] for r in report if "setup_error" in r), None)
-    if setup_error:
-        return Outcome("error", f"sandbox setup failed: {setup_error}", **base)
+    if setup_error:  # the supervisor or init could not set up the isolation: no program started
+        return Outcome("error", f"{SETUP_FAILED}: {setup_error}", refused=True, **base)
     verdict = next((v for v in verdicts if v.get("nonce") == nonce), None)
     if verdict is not None and verdict.get("status") in ("pass", "fail", "timeout", "error"):
         return Outcome(
@@ -210,8 +216,8 @@ def _outcome(*, report, verdicts, nonce, stdout, stderr, limits: Limits, duratio
     code, sig = state.get("exit_code"), state.get("signal")
     if mode == "namespaces" and code is not None and code > 128:
         code, sig = None, code - 128  # init passes on the signal that killed the program
-    if code == SETUP_FAILED:
-        return Outcome("error", f"sandbox setup failed: {_last_line(stderr)}", **base)
+    if code == SETUP_EXIT_CODE:
+        return Outcome("error", f"{SETUP_FAILED}: {_last_line(stderr)}", **base)
     if sig is not None:
         return Outcome(*_signal_verdict(sig, state, limits), **base)
     if code == 0:

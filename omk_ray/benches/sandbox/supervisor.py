@@ -1,27 +1,35 @@
-"""The process that confines one untrusted program. Standard library only; run as a script.
+"""The processes that confine one untrusted program. Standard library only; run as a script.
 
-The host starts `python -S -c <this file's source>` with a scrubbed environment and the job
-(a marshalled dict, holding the source of checks.py too) on stdin: nothing of the farm's
-checkout has to be readable by the user the program runs as. Nothing heavy is imported: every program pays for this start-up.
-Three processes follow:
+The host starts `python -S -c <this file's source>` with a scrubbed environment and, on
+stdin, the setup (a length-prefixed marshalled dict: mode, limits, the sources of checks.py
+and runner.py) followed by the job (the program, its tests, the nonce): nothing of the
+farm's checkout has to be readable by the user the program runs as. Nothing heavy is
+imported: every program pays for this start-up. Four processes follow:
 
     supervisor (host pid namespace)    enforces the wall-time limit, writes the report
       └─ init (pid 1 of new namespaces) mounts the private filesystem view, reaps orphans;
-           └─ driver                    drops privileges and limits, then runs the check
-                                        (checks.py), which runs the untrusted code in-process
+           └─ harness                   the check (checks.py): holds the expected outputs and
+                │                       the verdict's descriptor, never runs the program's code
+                └─ runner               runner.py, with the limits, an unprivileged uid and
+                                        no capabilities: runs the program
 
+The runner is forked before the harness reads the job, so neither the expected outputs nor
+the nonce were ever in its memory, and it keeps only its two pipes and fds 1-2. The
+supervisor, init and the harness are not dumpable: a runner of the same uid (a user
+namespace, or rlimits mode) can neither trace them nor open their memory or descriptors.
 When init exits the kernel kills every process left in its pid namespace, so nothing the
 program forked survives it. In "rlimits" mode (no namespaces allowed here) there is no
-init: the driver runs in its own process group, which the supervisor kills on timeout.
+init: the harness runs in its own process group, which the supervisor kills on timeout.
 
 The report (one line, a Python literal, on `report_fd`) is written only by the supervisor
-and init, which never run untrusted code. The verdict (on `verdict_fd`) comes from the driver and
-counts only if it carries the job's nonce.
+and init (a `setup_error` there means the isolation could not be set up at all); the verdict
+(on `verdict_fd`) only by the harness, and counts only if it carries the job's nonce.
 """
 
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import marshal
 import os
 import resource
@@ -34,7 +42,7 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID = 1, 2
 SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE = 442, -100, 0x8000  # same number on every arch
-PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 24, 38
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 4, 24, 38
 SETUP_FAILED = 125
 DEVICES = ("null", "zero", "full", "random", "urandom")  # all of /dev a program gets (no GPUs)
 
@@ -85,11 +93,11 @@ def main() -> None:
     if sys.path and sys.path[0] == "":
         sys.path.pop(0)  # `-c` puts the working directory first: nothing may be imported from it by accident
     _add_site_packages()
-    job = marshal.loads(sys.stdin.buffer.read())
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
+    size = int.from_bytes(_read(0, 8), "little")
+    job = marshal.loads(_read(0, size))  # the setup only: the harness reads the rest of stdin later
     report_fd = job["report_fd"]
-    checks = _load_checks(job["checks_source"])
+    checks = _load_source(job["checks_source"], "checks.py")
+    checks.wire = _load_source(job["runner_source"], "runner.py")
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() == 1:  # the host died before we set the death signal
         os._exit(1)
@@ -103,6 +111,7 @@ def main() -> None:
         except (SetupError, OSError) as err:
             _report(report_fd, setup_error=str(err))
             os._exit(SETUP_FAILED)
+    libc.prctl(PR_SET_DUMPABLE, 0)  # after the uid map is written; init and the harness inherit it
 
     timed_out = False
     child = os.fork()
@@ -111,7 +120,7 @@ def main() -> None:
             _init(job, checks, report_fd)
         os.close(report_fd)
         os.setpgid(0, 0)
-        _driver(job, checks, job["workdir"])
+        _harness(job, checks, job["workdir"])
     if not namespaces:
         try:
             os.setpgid(child, child)  # also here: the timer must find the group whichever runs first
@@ -158,9 +167,21 @@ def _add_site_packages() -> None:
     sys.path.extend(p for p in site.getsitepackages() if p not in sys.path and os.path.isdir(p))
 
 
-def _load_checks(source: str):
-    module = type(sys)("_omk_sandbox_checks")
-    exec(compile(source, "checks.py", "exec"), module.__dict__)
+def _read(fd: int, size: int | None = None) -> bytes:
+    """Exactly `size` bytes (None: up to end of file), unbuffered: nothing beyond is read ahead."""
+    chunks, left = [], size
+    while left is None or left > 0:
+        chunk = os.read(fd, 1 << 20 if left is None else min(left, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left = None if left is None else left - len(chunk)
+    return b"".join(chunks)
+
+
+def _load_source(source: str, filename: str):
+    module = type(sys)(f"_omk_sandbox_{filename[:-3]}")
+    exec(compile(source, filename, "exec"), module.__dict__)
     return module
 
 
@@ -190,13 +211,13 @@ def _init(job: dict, checks, report_fd: int) -> None:
     except (SetupError, OSError) as err:
         _report(report_fd, setup_error=str(err))
         os._exit(SETUP_FAILED)
-    driver = os.fork()
-    if driver == 0:
+    harness = os.fork()
+    if harness == 0:
         os.close(report_fd)
-        _driver(job, checks, workdir)
-    while True:  # reap everything; leave when the driver is done
+        _harness(job, checks, workdir)
+    while True:  # reap everything; leave when the harness is done
         pid, status = os.wait()
-        if pid == driver:
+        if pid == harness:
             break
     code = os.waitstatus_to_exitcode(status)
     os._exit(code if code >= 0 else 128 - code)
@@ -278,24 +299,45 @@ def _under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-# -- the driver: the process that runs the untrusted code -----------------------------------
+# -- the harness, and the runner it forks ----------------------------------------------------
 
 
-def _driver(job: dict, checks, workdir: str) -> None:
+def _harness(setup: dict, checks, workdir: str) -> None:
     try:
-        os.chdir(workdir)
-        _set_limits(job["limits"], shared_uid=job["mode"] == "rlimits" and os.getuid() != 0)
-        _drop_privileges(job.get("uid"))
+        program = _start_runner(setup, checks, workdir)
+        _drop_privileges(None)  # the harness needs no capabilities either
+        job = {**setup, **marshal.loads(_read(0))}  # only now: the runner never held the job in memory
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
     except BaseException as err:  # noqa: BLE001 - anything here is a setup failure
-        os.write(2, f"sandbox driver setup failed: {type(err).__name__}: {err}\n".encode())
+        os.write(2, f"harness: {type(err).__name__}: {err}\n".encode())
         os._exit(SETUP_FAILED)
-    checks.run(job, job["verdict_fd"])
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except BaseException:  # noqa: BLE001 - the program may have closed or replaced it
-            pass
+    checks.run(job, job["verdict_fd"], program)
+    program.stop()
     os._exit(0)
+
+
+def _start_runner(setup: dict, checks, workdir: str):
+    """Fork the runner: confined, fd 0 on /dev/null, fds 1-2 and its two pipes, nothing else."""
+    requests_r, requests_w = os.pipe()
+    replies_r, replies_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            inbound, outbound = (fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (requests_r, replies_w))
+            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # the job is still unread on stdin
+            os.dup2(inbound, checks.wire.REQUESTS)
+            os.dup2(outbound, checks.wire.REPLIES)
+            os.closerange(5, os.sysconf("SC_OPEN_MAX"))  # the verdict and report descriptors among them
+            os.chdir(workdir)
+            _set_limits(setup["limits"], shared_uid=setup["mode"] == "rlimits" and os.getuid() != 0)
+            _drop_privileges(setup.get("uid"))
+        except BaseException as err:  # noqa: BLE001 - anything here is a setup failure
+            os.write(2, f"runner: {type(err).__name__}: {err}\n".encode())
+            os._exit(SETUP_FAILED)
+        checks.wire.main()
+    os.close(requests_r)
+    os.close(replies_w)
+    return checks.Program(pid, requests_w, replies_r, max_reply=8 * setup["limits"]["disk_mb"] << 20)
 
 
 def _set_limits(limits: dict, shared_uid: bool) -> None:
