@@ -2,7 +2,7 @@
 
 A grid of six benches whose answers are forced to different lengths (min_tokens = max_gen_toks
 = 8, 16, 32, 64, 128 or 200 tokens; 128 toy problems each, 768 requests) runs through
-`omk-ray run` on one vLLM engine actor. Its generation throughput (completion tokens from the
+`omk-ray run` on one vLLM engine actor (fed request by request). Its generation throughput (completion tokens from the
 first request's start to the last request's end, from the rows) is divided by the same engine's
 throughput when `vllm.LLM.generate` gets every one of the same requests at once (same prompt
 tokens, same sampling), measured in a fresh process after the farm's run. Today's design, the
@@ -93,7 +93,7 @@ def direct(config: str) -> None:
     for i in range(0, len(inputs), 16):
         llm.generate(inputs[i:i + 16], params[i:i + 16], use_tqdm=False)
     units = time.perf_counter() - t0
-    print(json.dumps({"tokens": tokens, "all_at_once_s": all_at_once, "units16_s": units}))
+    print("RESULT " + json.dumps({"tokens": tokens, "all_at_once_s": all_at_once, "units16_s": units}))
 
 
 def main() -> None:
@@ -116,7 +116,7 @@ def main() -> None:
         out = subprocess.run([sys.executable, __file__, "--direct", config], capture_output=True, text=True)
         if out.returncode:
             sys.exit(out.stderr[-3000:])
-        ref = json.loads(out.stdout.strip().splitlines()[-1])
+        ref = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])
     assert ref["tokens"] == tokens, (ref["tokens"], tokens)
     at_once = ref["tokens"] / ref["all_at_once_s"]
     units = ref["tokens"] / ref["units16_s"]
@@ -125,7 +125,7 @@ def main() -> None:
     print(f"{'how the engine was fed':<52} {'tokens/s':>9} {'vs all at once':>15}")
     print(f"{'LLM.generate, every request at once (the limit)':<52} {at_once:>9.0f} {1.0:>15.3f}")
     print(f"{'LLM.generate in sequential units of 16 (today)':<52} {units:>9.0f} {units / at_once:>15.3f}")
-    print(f"{'omk-ray run: AsyncLLM in an actor, fed continuously':<52} {farm_rate:>9.0f} {farm_rate / at_once:>15.3f}"
+    print(f"{'omk-ray run: engine actor fed continuously':<52} {farm_rate:>9.0f} {farm_rate / at_once:>15.3f}"
           f"   (target >= 0.9; makespan {span:.1f} s)")
 
 
