@@ -156,7 +156,7 @@ def register(app: typer.Typer) -> None:
         max_length: Optional[int] = typer.Option(None, "--max-length", min=2, help="Cut longer sequences (counted)."),
         dtype: str = typer.Option("auto", "--dtype", help="auto, bfloat16, float32, ..."),
         revision: Optional[str] = typer.Option(None, "--revision"),
-        force: bool = typer.Option(False, "--force", help="Drop the variant's routing table and route everything again."),
+        force: bool = typer.Option(False, "--force", help="Drop the variant's routing (on the --bench benches only, when given) and route it again."),
     ):
         """Which experts each stored sample used: teacher-force every stored (prompt, response) of a variant through a model with the router hooks, and store per sample, segment (prompt, reasoning, answer) and MoE layer the tokens each expert received and their summed routing weight, in RESULTS/routing/<variant>/<bench>/ (Parquet). Resumes: samples already routed are skipped.
 
