@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import write_grid
-from conftest_analysis import bench_rows, write_store
+from conftest_analysis import bench_rows, grid_config, write_store
 from omk_ray.config import Recipe, VariantSpec, load_grid
 from omk_ray.farm.runner import run_grid
 from omk_ray.engines.base import Request
@@ -201,6 +201,36 @@ def test_serving_cohorts_side_by_side(tmp_path):
 
     text = render(side.sections())
     assert "| b | arm | 50.00% (arm) −25.00pp | 25.00% (arm-q) −25.00pp |" in text
+
+
+def test_serving_side_by_side_names_the_problems_of_each_cell_and_agrees_on_the_primary_metric(tmp_path):
+    """A partly covered arm (arm-q answered 2 of the 4 problems) and a declared primary metric
+    (`strict`) that disagrees with the rows' `correct`: the baseline's cell is its full-bench score,
+    the arm's says "on 2", and agreement counts verdicts on `strict`."""
+    from omk_ray.analysis.markdown import render
+    from omk_ray.analysis.serving import ServingCohort, side_by_side
+
+    strict = {"base": [1, 1, 0, 0], "base-q": [1, 0, 0, 0], "arm": [1, 1, 0, 0], "arm-q": [0, 1]}
+    rows = []
+    for variant, values in strict.items():
+        for r, value in zip(bench_rows(variant, "b", [True] * len(values)), values):
+            rows.append({**r, "metrics": {"exact_match": 1.0, "strict": float(value)}})
+    rows[-2]["response"] = "something else"  # arm-q's d0: another text
+    config = grid_config([{"name": v} for v in strict], ["b"])
+    config["benches"][0]["options"] = {"primary_metric": "strict"}
+    write_store(tmp_path, rows, [config])
+    side = side_by_side(tmp_path, [ServingCohort("vllm", ["base", "arm"]), ServingCohort("gguf", ["base-q", "arm-q"])],
+                        resamples=200)
+    by_arm = {r["arm"]: r for r in side.scores}
+    assert (by_arm["base"]["gguf"]["score"], by_arm["base"]["gguf"]["n"]) == (25.0, 4)  # all 4, not the 2 shared
+    assert (by_arm["arm"]["gguf"]["score"], by_arm["arm"]["gguf"]["delta_pp"], by_arm["arm"]["gguf"]["n"]) == (
+        50.0, 0.0, 2)  # arm-q and base-q on d0, d1
+    text = render(side.sections())
+    assert "| b | base | 50.00% (base) | 25.00% (base-q) |" in text
+    assert "| b | arm | 50.00% (arm) 0.00pp | 50.00% (arm-q) 0.00pp on 2 |" in text
+    agree = {r["arm"]: r for r in side.agreement}
+    assert (agree["base"]["n"], agree["base"]["same_verdict_pct"], agree["base"]["identical_pct"]) == (4, 75.0, 100.0)
+    assert (agree["arm"]["n"], agree["arm"]["same_verdict_pct"], agree["arm"]["identical_pct"]) == (2, 50.0, 50.0)
 
 
 # -- the real tools ---------------------------------------------------------------------------

@@ -81,6 +81,11 @@ def resolution(row: dict) -> str:
     return "detectable" if row["detectable"] else BELOW_MDE
 
 
+def on_k(k: int, n: int) -> str:
+    """" on 10" beside a paired cell that covers only k of the bench's n problems."""
+    return "" if k == n else f" on {k}"
+
+
 def count(x: float) -> str:
     return "—" if _missing(x) else f"{round(x):,}"
 
@@ -152,8 +157,7 @@ def _scores(c: Comparison) -> list[Section]:
                 if v in c.stopped:
                     line.append("stopped by canary")
                 elif r:
-                    on = f" on {r['n']}" if r["n"] != n else ""
-                    line.append(f"{pct(r['variant_score'])} ({signed(r['delta_pp'])}){on}")
+                    line.append(f"{pct(r['variant_score'])} ({signed(r['delta_pp'])}){on_k(r['n'], n)}")
                 else:
                     line.append("—")
             rows.append(line)
