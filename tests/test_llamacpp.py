@@ -164,6 +164,51 @@ def test_tool_cache_is_keyed_by_version_and_flags(tmp_path, monkeypatch):
         tools.find_tools()
 
 
+def test_the_build_is_chosen_by_profile_not_by_age(tmp_path, monkeypatch, caplog):
+    """A GPU node with a cpu and a cuda build: the cuda one where CUDA is visible, even when the cpu one is
+    newer. No GPU exists here: `cuda_visible` is replaced by a fake that says what a GPU process would."""
+    from omk_ray.llamacpp import tools
+
+    def fake_build(profile: str, built_at: str):
+        folder = tools.build_dir(profile, root=tmp_path)
+        folder.mkdir()
+        info = {"llama_cpp_python": tools.LLAMA_CPP_PYTHON, "llama_cpp_commit": "abc1234", "profile": profile,
+                "flags": tools.build_flags(profile), "sdist_sha256": "0", "built_at": built_at}
+        (folder / tools.INFO_NAME).write_text(json.dumps(info))
+        return folder.resolve()
+
+    monkeypatch.setenv("OMK_RAY_LLAMACPP_CACHE", str(tmp_path))
+    monkeypatch.delenv("OMK_RAY_LLAMACPP", raising=False)
+    monkeypatch.delenv(tools.PROFILE_ENV, raising=False)
+    gpu = {"visible": True}
+    monkeypatch.setattr(tools, "cuda_visible", lambda: gpu["visible"])
+    cpu = fake_build("cpu", "2026-02-01T00:00:00Z")
+    with caplog.at_level("WARNING", logger="omk_ray.llamacpp"):
+        assert tools.find_tools().root == cpu  # the only build: used, and said
+    assert "a CUDA device is visible but llama.cpp" in caplog.text and "--profile cuda" in caplog.text
+    cuda = fake_build("cuda", "2026-01-01T00:00:00Z")  # older than the cpu build
+    assert tools.find_tools().root == cuda
+    gpu["visible"] = False
+    assert tools.find_tools().root == cpu
+    monkeypatch.setenv(tools.PROFILE_ENV, "cuda")
+    assert tools.find_tools().root == cuda  # asked for by name, whatever is visible
+    monkeypatch.setenv(tools.PROFILE_ENV, "rocm")
+    with pytest.raises(tools.ToolsMissing, match="OMK_RAY_LLAMACPP_PROFILE=rocm: unknown profile; choose one of cpu, cuda"):
+        tools.find_tools()
+    monkeypatch.delenv(tools.PROFILE_ENV)
+    for p in cpu.iterdir():
+        p.unlink()
+    cpu.rmdir()
+    with pytest.raises(tools.ToolsMissing, match="no CUDA device is visible .* no cpu build .*builds there: cuda"):
+        tools.find_tools()
+    monkeypatch.setenv(tools.PROFILE_ENV, "cpu")
+    with pytest.raises(tools.ToolsMissing, match="OMK_RAY_LLAMACPP_PROFILE=cpu: no cpu build .*--profile cpu"):
+        tools.find_tools()
+    monkeypatch.undo()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert tools.cuda_visible() is False  # a Ray process given no GPU
+
+
 def test_llamacpp_engine_options_are_its_own():
     from pydantic import ValidationError
 
