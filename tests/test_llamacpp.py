@@ -343,6 +343,46 @@ def _wide_gemma4(out: Path) -> Path:
                              moe_intermediate=256, intermediate=256, heads=1, kv_heads=1)
 
 
+OWNER = """
+import sys, threading, time
+from pathlib import Path
+from omk_ray.llamacpp import server
+if sys.argv[3] == "prctl":  # as on a machine without setpriv
+    which = server.shutil.which
+    server.shutil.which = lambda name, *a, **k: None if name == "setpriv" else which(name, *a, **k)
+threading.Thread(target=time.sleep, args=(600,), daemon=True).start()  # a multithreaded owner, like an actor
+s = server.LlamaServer(Path(sys.argv[1]), Path(sys.argv[2]), ["--ctx-size", "256", "--n-gpu-layers", "0"])
+print(s.pid, " ".join(server.die_with_parent()[0]), flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.slow  # the toy's F16 conversion (~30 s, shared); each case ~3 s
+@pytest.mark.parametrize("how", ["setpriv", "prctl"])
+def test_a_killed_owner_leaves_no_llama_server(toy_f16, llama_tools, how):
+    """The owner (an engine actor) dies by SIGKILL, which it cannot catch: its llama-server goes with it."""
+    import subprocess
+    import sys
+
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, str(llama_tools.bin("llama-server")), str(gguf_file(toy_f16)),
+                              how], stdout=subprocess.PIPE, text=True)
+    try:
+        pid, prefix = owner.stdout.readline().strip().partition(" ")[::2]
+        pid = int(pid)
+        assert prefix == ("" if how == "prctl" else f"{shutil.which('setpriv')} --pdeathsig KILL --")
+        assert pid in llama_servers() and "setpriv" not in llama_servers()[pid]  # setpriv exec'd the server
+        ppid = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("PPid:"))
+        assert int(ppid.split()[1]) == owner.pid
+    finally:
+        owner.kill()
+        owner.wait()
+    for _ in range(50):
+        if pid not in llama_servers():
+            break
+        time.sleep(0.1)
+    assert pid not in llama_servers()
+
+
 @pytest.mark.slow
 def test_q6k_with_an_importance_matrix_writes_real_q6k_tensors(tmp_path, llama_tools):
     f16 = build_gguf(_wide_gemma4(tmp_path / "wide"), tmp_path / "f16", GGUFOptions(type="F16"), log=lambda m: None)
