@@ -34,6 +34,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from omk_ray.config import stable_hash
+from omk_ray.files import file_sha256
 
 LLAMA_CPP_PYTHON = "0.3.36"  # pins llama.cpp (its CHANGELOG names the commit)
 TARGETS = ("llama-quantize", "llama-imatrix", "llama-server")
@@ -196,7 +197,7 @@ def build_tools(profile: str = "cpu", extra: tuple[str, ...] | list[str] = (), j
                 "profile": profile,
                 "flags": flags,
                 "targets": list(TARGETS),
-                "sdist_sha256": _sha256(sdist),
+                "sdist_sha256": file_sha256(sdist),
                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "build_seconds": round(time.time() - start, 1),
                 "cmake": subprocess.run(["cmake", "--version"], capture_output=True, text=True).stdout.split("\n")[0],
@@ -254,10 +255,3 @@ def _run(cmd: list[str], step: str, log, log_file: Path | None = None) -> None:
     if proc.returncode:
         tail = "".join(lines)[-4000:]
         raise ToolsBuildError(f"llama.cpp {step} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()

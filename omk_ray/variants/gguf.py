@@ -19,7 +19,6 @@ checkpoint's side files (config, tokenizer, chat template) and `omk_ray_provenan
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -33,6 +32,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from omk_ray.files import file_sha256
 from omk_ray.variants.checkpoint import copy_side_files, publish, write_provenance
 
 GGUF_VERSION = "1"  # bump when the bytes a GGUF build writes would change
@@ -83,7 +83,7 @@ def gguf_identity(options: GGUFOptions, imatrix_path: Path | None) -> dict:
         "gguf_version": GGUF_VERSION,
         "llama_cpp_python": LLAMA_CPP_PYTHON,
         **options.model_dump(exclude={"imatrix", "allow_fallback"}),
-        "imatrix_sha256": _sha256(imatrix_path) if imatrix_path else None,
+        "imatrix_sha256": file_sha256(imatrix_path) if imatrix_path else None,
     }
 
 
@@ -426,8 +426,3 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
