@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from omk_ray.files import file_sha256
 from omk_ray.variants.checkpoint import copy_side_files, publish, write_provenance
+from omk_ray.variants.hf_config import text_config
 
 GGUF_VERSION = "1"  # bump when the bytes a GGUF build writes would change
 # llama-quantize type -> the ggml type of its tensors (the `_S/_M/_L` mixes keep some tensors higher)
@@ -154,7 +155,7 @@ def converter_ready(model_dir: Path, dest: Path) -> list[str]:
     config = _read_json(model_dir / "config.json")
     done = []
     if (config.get("architectures") or [""])[0].startswith("Gemma4"):
-        text = config.get("text_config", config)
+        text = text_config(config)
         if text.get("global_head_dim") is None:
             text["global_head_dim"] = _full_attention_head_dim(model_dir)
             done.append(f"config.json: global_head_dim = {text['global_head_dim']} (what transformers uses "
@@ -198,7 +199,7 @@ def _gemma4_tokenizer_plan(model_dir: Path) -> dict | None:
             "needs a byte-fallback BPE with merges (model.type BPE, byte_fallback true), and omk-ray converts only "
             "character-level WordLevel tokenizers into one")
     rows = _read_json(model_dir / "config.json")
-    rows = rows.get("text_config", rows).get("vocab_size") or len(vocab)
+    rows = text_config(rows).get("vocab_size") or len(vocab)
     bpe_vocab = {("▁" if t == " " else t): i for t, i in vocab.items()}
     free = [i for i in range(rows) if i not in set(vocab.values())]
     if len(free) < 3:

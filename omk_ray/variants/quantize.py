@@ -32,7 +32,8 @@ from omk_ray.variants.checkpoint import (
     write_model,
 )
 from omk_ray.variants.layout import DEFAULT_IGNORE, Linear, LayoutError, family_of, find_linears, fusion_key
-from omk_ray.variants.surgery import DEFAULT_MAX_SHARD, find_keys
+from omk_ray.variants.hf_config import find_keys
+from omk_ray.variants.surgery import DEFAULT_MAX_SHARD
 
 QUANT_VERSION = "2"
 BACKENDS = ("compressed-tensors", "llm-compressor")
