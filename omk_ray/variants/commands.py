@@ -13,12 +13,13 @@
 from __future__ import annotations
 
 import json
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import typer
+
+from omk_ray.files import write_text_atomic
 
 
 @contextmanager
@@ -50,9 +51,7 @@ def _write_json(path: Path, data, force: bool) -> None:
     if path.exists() and not force:
         raise ValueError(f"{path} exists; pass --force to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1) + "\n")
 
 
 def register(app: typer.Typer) -> None:

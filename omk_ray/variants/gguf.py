@@ -26,13 +26,12 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from omk_ray.files import file_sha256
+from omk_ray.files import file_sha256, write_text_atomic
 from omk_ray.variants.checkpoint import copy_side_files, publish, write_provenance
 from omk_ray.variants.hf_config import text_config
 
@@ -129,7 +128,7 @@ def supported_architectures(tools) -> set[str]:
     if done.returncode or not names:
         raise GGUFError(f"{tools.converter} --print-supported-models failed: {(done.stderr or done.stdout)[-2000:]}")
     try:
-        _write_atomic(cache, json.dumps(sorted(set(names))))
+        write_text_atomic(cache, json.dumps(sorted(set(names))))
     except OSError:
         pass  # a read-only cache: ask again next time
     return set(names)
@@ -423,7 +422,3 @@ def _replace(link: Path, text: str) -> None:
     link.write_text(text)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
