@@ -25,11 +25,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from omk_ray.analysis.compare import Comparison
 from omk_ray.analysis.markdown import render
 from omk_ray.analysis.sections import (
-    ESTIMATED_MARK, KIND_LABELS, Section, Table, canary_text, count, lost_gained_by_domain, pct, signed,
+    ESTIMATED_MARK, KIND_LABELS, STOPPED, Section, Table, canary_text, delta_cell, lost_gained_by_domain, pct,
+    scores_table, signed, token_table,
 )  # fmt: skip
-from omk_ray.analysis.tokens import DEFAULT_STATS, check_stats, token_distributions
-
-STAT_LABELS = {"total": "total tokens"}
+from omk_ray.analysis.tokens import DEFAULT_STATS, check_stats
 
 
 class CardOptions(BaseModel):
@@ -112,53 +111,35 @@ def _facts(c: Comparison) -> Section:
 
 
 def _scores(c: Comparison, options: CardOptions) -> Section:
-    head = {(r["bench"], r["variant"]): r for r in c.rows("headline")}
-    board = {(r["bench"], r["variant"]): r for r in c.rows("scoreboard")}
-
-    def score(r: dict, n: int) -> str:
+    def score(r: dict | None, n: int) -> str:
+        if r is None:
+            return "—"
         if r["status"] != "scored":
-            return "stopped by canary"
+            return STOPPED
         text = pct(r["score"])
         if options.stderr and r["stderr_pp"] == r["stderr_pp"]:  # NaN (one problem) has none
             text += f" ±{r['stderr_pp']:.2f}"
         return text + (f" (n={r['n']})" if r["n"] != n else "")
 
-    rows = []
-    for bench in c.benches:
-        base = head.get((bench, c.baseline))
-        if base is None:
-            continue
-        n = base["n"]
-        line = [f"{bench} ({n}){c.guard.mark(bench)}", score(base, n)]
-        line += [score(head[(bench, v)], n) if (bench, v) in head else "—" for v in c.variants]
-        for v in c.variants:
-            r = board.get((bench, v))
-            line.append("—" if r is None else signed(r["delta_pp"]) + (f" on {r['n']}" if r["n"] != n else ""))
-        rows.append(line)
     deltas = ["Δ"] if len(c.variants) == 1 else [f"Δ {v}" for v in c.variants]
+    table = scores_table(
+        c, c.baseline, lambda base: score(base, base["n"]),
+        [(v, v, lambda head, _, n: score(head, n)) for v in c.variants]
+        + [(header, v, delta_cell) for header, v in zip(deltas, c.variants)],
+        label=lambda bench, n: f"{bench} ({n}){c.guard.mark(bench)}")
     stderr = " (± standard error)" if options.stderr else ""
     paragraphs = [f"Each score on all the problems the variant answered{stderr}; Δ: the paired difference to "
                   f"{c.baseline} on the problems both answered (\"on k\" where fewer than n)."]
     paragraphs += [f"Stopped: {canary_text(c, v)}." for v in c.stopped]
-    return Section("Scores", level=3, paragraphs=paragraphs, tables=[Table(
-        ["Bench (n)", c.baseline, *c.variants, *deltas], rows, [False] + [True] * (1 + 2 * len(c.variants)))])
+    return Section("Scores", level=3, paragraphs=paragraphs, tables=[table])
 
 
 # -- tokens and anomalies ---------------------------------------------------------------------
 
 
 def _tokens(c: Comparison, options: CardOptions) -> Section:
-    rows = token_distributions(c.lengths, options.stats) if c.lengths is not None else []
-    rows = [r for r in rows if r["measure"] == "completion"]
-    order = {v: i for i, v in enumerate([c.baseline, *c.variants])}
-    rows.sort(key=lambda r: (c.benches.index(r["bench"]), order.get(r["variant"], 99)))
-    table = Table(["Bench", "Variant", *(STAT_LABELS.get(s, s) for s in options.stats)],
-                  [[r["bench"], (ESTIMATED_MARK if r["estimated"] else "") + r["variant"],
-                    *(count(r[s]) for s in options.stats)] for r in rows],
-                  [False, False] + [True] * len(options.stats))
-    paragraphs = []
-    if any(r["estimated"] for r in rows):
-        paragraphs.append(f"{ESTIMATED_MARK} approximate: raw chars ÷ 4 where no token counts were stored.")
+    table, estimated = token_table(c, "completion", options.stats)
+    paragraphs = [f"{ESTIMATED_MARK} approximate: raw chars ÷ 4 where no token counts were stored."] if estimated else []
     return Section("Per-bench output token distribution", level=3, tables=[table], paragraphs=paragraphs)
 
 
