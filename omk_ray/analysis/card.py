@@ -8,7 +8,8 @@
                   default; e.g. median/mean/p95/max/total)
     anomalies     what the sanity sweep found, with its cost
     domains       per bench with domain metadata: high-level domains, then subdomains of at least
-                  `subdomain_min_n` problems (the smaller ones are named under the table)
+                  `subdomain_min_n` problems (the smaller ones are named under the table); each
+                  Δ marked `below MDE` or `detectable` (the domain's precision columns)
     agreement     per bench: both correct / both wrong / only the baseline right (LOST) / only
                   the variant right (GAINED), and the lost and rescued problems by domain
 
@@ -25,10 +26,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from omk_ray.analysis.compare import Comparison
 from omk_ray.analysis.markdown import render
 from omk_ray.analysis.sections import (
-    ESTIMATED_MARK, KIND_LABELS, STOPPED, Section, Table, canary_text, delta_cell, lost_gained_by_domain, pct,
-    scores_table, signed, token_table,
+    BELOW_MDE, ESTIMATED_MARK, KIND_LABELS, STOPPED, Section, Table, canary_text, delta_cell, lost_gained_by_domain,
+    pct, resolution, scores_table, signed, token_table,
 )  # fmt: skip
+from omk_ray.analysis.stats import ALPHA, POWER
 from omk_ray.analysis.tokens import DEFAULT_STATS, check_stats
+
+
+RESOLUTION_NOTE = (f"Δpp marked {BELOW_MDE}: smaller than the MDE, the smallest |Δ| that many problems detect with "
+                   f"{POWER:.0%} power at p ≤ {ALPHA:g} given how often the two disagree; detectable: at least the MDE.")
 
 
 class CardOptions(BaseModel):
@@ -172,7 +178,7 @@ def _domains(c: Comparison, options: CardOptions) -> list[Section]:
             shown = {k: v for k, v in labels.items() if level == "domain" or _n(v) >= options.subdomain_min_n}
             table = _domain_table(c, header, shown)
             small = [f"{k} ({_n(v)})" for k, v in labels.items() if k not in shown]
-            paragraphs = []
+            paragraphs = [] if level == "subdomain" else [RESOLUTION_NOTE]
             if small:
                 paragraphs.append(f"Fewer than {options.subdomain_min_n} problems, not shown: {', '.join(small)}.")
             sections.append(Section(title, level=3 if level == "domain" else 4, tables=[table], paragraphs=paragraphs))
@@ -197,8 +203,8 @@ def _domain_table(c: Comparison, header: str, labels: dict[str, dict[str, dict]]
             if r is None:
                 line.append("—")
                 continue
-            one = abs(r["gained"] - r["lost"]) == 1
-            line.append(signed(r["delta_pp"], 1, "") + (" (1 problem)" if one else ""))
+            mark = f" ({resolution(r)})" if abs(r["delta_pp"]) >= 0.05 else ""  # a Δ shown as 0.0 needs none
+            line.append(signed(r["delta_pp"], 1, "") + mark)
         rows.append(line)
     deltas = ["Δpp"] if len(scored) == 1 else [f"Δpp {v}" for v in scored]
     return Table([header, "n", c.baseline, *scored, *deltas], rows, [False] + [True] * (2 + 2 * len(scored)))
