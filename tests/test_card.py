@@ -21,24 +21,25 @@ from omk_ray.results.store import ResultsStore
 CANONICAL = Path(__file__).resolve().parents[1] / "configs" / "canonical.yaml"
 runner = CliRunner(env={"COLUMNS": "200"})
 
-# Every number of the seed card's GPQA-Diamond tables, as the card prints them (bench named by the task).
+# Every number of the seed card's GPQA-Diamond tables, as the card prints them (bench named by the task); where
+# the seed hand-marked "(1 problem)", the computed mark (every nonzero Δ here is below the domain's MDE).
 CARD_LINES = [
     f"| {TASK} (198) | 73.23% ±3.15 | 69.19% ±3.29 | −4.04pp |",
     # the card prints the means 681 / 679: it truncates 134,972 / 198 = 681.7 and 134,546 / 198 = 679.5
     f"| {TASK} | ≈128e | 492 | 625 | 799 | 2,814 | 682 | 134,972 |",
     f"| {TASK} | ≈v4 | 501 | 617 | 760 | 2,662 | 680 | 134,546 |",
     "| Physics | 86 | 88.4% | 88.4% | 0.0 |",
-    "| Chemistry | 93 | 62.4% | 54.8% | −7.5 |",
-    "| Biology | 19 | 57.9% | 52.6% | −5.3 (1 problem) |",
+    "| Chemistry | 93 | 62.4% | 54.8% | −7.5 (below MDE) |",
+    "| Biology | 19 | 57.9% | 52.6% | −5.3 (below MDE) |",
     "| High-energy particle physics | 14 | 100.0% | 100.0% | 0.0 |",
     "| Quantum Mechanics | 25 | 92.0% | 92.0% | 0.0 |",
     "| Physics (general) | 19 | 84.2% | 84.2% | 0.0 |",
-    "| Astrophysics | 13 | 76.9% | 84.6% | +7.7 (1 problem) |",
+    "| Astrophysics | 13 | 76.9% | 84.6% | +7.7 (below MDE) |",
     "| Electromagnetism and Photonics | 6 | 83.3% | 83.3% | 0.0 |",
     "| Molecular Biology | 15 | 60.0% | 60.0% | 0.0 |",
-    "| Relativistic Mechanics | 7 | 85.7% | 71.4% | −14.3 (1 problem) |",
-    "| Organic Chemistry | 72 | 58.3% | 51.4% | −6.9 |",
-    "| Chemistry (general) | 20 | 75.0% | 65.0% | −10.0 |",
+    "| Relativistic Mechanics | 7 | 85.7% | 71.4% | −14.3 (below MDE) |",
+    "| Organic Chemistry | 72 | 58.3% | 51.4% | −6.9 (below MDE) |",
+    "| Chemistry (general) | 20 | 75.0% | 65.0% | −10.0 (below MDE) |",
     "| | both correct | both wrong | only 128e right | only v4 right |",
     "| count | 122 (61.6%) | 38 (19.2%) | 23 (v4 LOST) | 15 (v4 GAINED) |",
     "Of the 23 problems v4 lost: 18 Chemistry, 4 Physics, 1 Biology.",
@@ -95,7 +96,7 @@ def test_the_canonical_grid_names_the_bench_its_ids_and_domain_fields(gpqa_logs,
     c = compare(tmp_path / "results", CompareOptions(baseline="128e", resamples=200))
     card = to_card(c, CardOptions())
     assert "| gpqa_diamond (198) | 73.23% ±3.15 | 69.19% ±3.29 | −4.04pp |" in card
-    assert "| Chemistry | 93 | 62.4% | 54.8% | −7.5 |" in card and c.rows("anomalies") == []
+    assert "| Chemistry | 93 | 62.4% | 54.8% | −7.5 (below MDE) |" in card and c.rows("anomalies") == []
 
 
 @pytest.mark.slow
@@ -186,3 +187,20 @@ def test_a_farm_gpqa_bench_maps_the_domain_fields_by_default(tmp_path):
     named = make_bench(BenchSpec(name="gpqa", kind="lmeval", source=str(data),
                                  options={"task": TASK, "domain_field": "Subdomain", "subdomain_field": "Record ID"}))
     assert [(d.domain, d.subdomain) for d in named.docs()] == [(p["Subdomain"], p["Record ID"]) for p in raw]
+
+
+def test_the_cards_domain_marks_are_the_computed_resolution(tmp_path):
+    """A domain the variant loses 15 of 20 problems in is detectable; one lost problem of 20 is below the MDE."""
+    base = bench_rows("base", "b", [True] * 40)
+    var = bench_rows("v", "b", [i >= 15 for i in range(20)] + [i != 0 for i in range(20)])
+    for rows in (base, var):
+        for i, r in enumerate(rows):
+            r["domain"] = "a" if i < 20 else "z"
+    write_store(tmp_path, base + var)
+    c = compare(tmp_path, CompareOptions(baseline="base", resamples=200))
+    domains = {r["domain"]: r for r in c.rows("domains") if r["level"] == "domain"}
+    assert (domains["a"]["detectable"], domains["z"]["detectable"]) == (True, False)
+    card = to_card(c)
+    assert "| a | 20 | 100.0% | 25.0% | −75.0 (detectable) |" in card
+    assert "| z | 20 | 100.0% | 95.0% | −5.0 (below MDE) |" in card
+    assert "1 problem" not in card

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import write_grid
-from conftest_analysis import bench_rows, write_store
+from conftest_analysis import bench_rows, grid_config, write_store
 from omk_ray.config import Recipe, VariantSpec, load_grid
 from omk_ray.farm.runner import run_grid
 from omk_ray.engines.base import Request
@@ -164,6 +164,51 @@ def test_tool_cache_is_keyed_by_version_and_flags(tmp_path, monkeypatch):
         tools.find_tools()
 
 
+def test_the_build_is_chosen_by_profile_not_by_age(tmp_path, monkeypatch, caplog):
+    """A GPU node with a cpu and a cuda build: the cuda one where CUDA is visible, even when the cpu one is
+    newer. No GPU exists here: `cuda_visible` is replaced by a fake that says what a GPU process would."""
+    from omk_ray.llamacpp import tools
+
+    def fake_build(profile: str, built_at: str):
+        folder = tools.build_dir(profile, root=tmp_path)
+        folder.mkdir()
+        info = {"llama_cpp_python": tools.LLAMA_CPP_PYTHON, "llama_cpp_commit": "abc1234", "profile": profile,
+                "flags": tools.build_flags(profile), "sdist_sha256": "0", "built_at": built_at}
+        (folder / tools.INFO_NAME).write_text(json.dumps(info))
+        return folder.resolve()
+
+    monkeypatch.setenv("OMK_RAY_LLAMACPP_CACHE", str(tmp_path))
+    monkeypatch.delenv("OMK_RAY_LLAMACPP", raising=False)
+    monkeypatch.delenv(tools.PROFILE_ENV, raising=False)
+    gpu = {"visible": True}
+    monkeypatch.setattr(tools, "cuda_visible", lambda: gpu["visible"])
+    cpu = fake_build("cpu", "2026-02-01T00:00:00Z")
+    with caplog.at_level("WARNING", logger="omk_ray.llamacpp"):
+        assert tools.find_tools().root == cpu  # the only build: used, and said
+    assert "a CUDA device is visible but llama.cpp" in caplog.text and "--profile cuda" in caplog.text
+    cuda = fake_build("cuda", "2026-01-01T00:00:00Z")  # older than the cpu build
+    assert tools.find_tools().root == cuda
+    gpu["visible"] = False
+    assert tools.find_tools().root == cpu
+    monkeypatch.setenv(tools.PROFILE_ENV, "cuda")
+    assert tools.find_tools().root == cuda  # asked for by name, whatever is visible
+    monkeypatch.setenv(tools.PROFILE_ENV, "rocm")
+    with pytest.raises(tools.ToolsMissing, match="OMK_RAY_LLAMACPP_PROFILE=rocm: unknown profile; choose one of cpu, cuda"):
+        tools.find_tools()
+    monkeypatch.delenv(tools.PROFILE_ENV)
+    for p in cpu.iterdir():
+        p.unlink()
+    cpu.rmdir()
+    with pytest.raises(tools.ToolsMissing, match="no CUDA device is visible .* no cpu build .*builds there: cuda"):
+        tools.find_tools()
+    monkeypatch.setenv(tools.PROFILE_ENV, "cpu")
+    with pytest.raises(tools.ToolsMissing, match="OMK_RAY_LLAMACPP_PROFILE=cpu: no cpu build .*--profile cpu"):
+        tools.find_tools()
+    monkeypatch.undo()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert tools.cuda_visible() is False  # a Ray process given no GPU
+
+
 def test_llamacpp_engine_options_are_its_own():
     from pydantic import ValidationError
 
@@ -201,6 +246,36 @@ def test_serving_cohorts_side_by_side(tmp_path):
 
     text = render(side.sections())
     assert "| b | arm | 50.00% (arm) −25.00pp | 25.00% (arm-q) −25.00pp |" in text
+
+
+def test_serving_side_by_side_names_the_problems_of_each_cell_and_agrees_on_the_primary_metric(tmp_path):
+    """A partly covered arm (arm-q answered 2 of the 4 problems) and a declared primary metric
+    (`strict`) that disagrees with the rows' `correct`: the baseline's cell is its full-bench score,
+    the arm's says "on 2", and agreement counts verdicts on `strict`."""
+    from omk_ray.analysis.markdown import render
+    from omk_ray.analysis.serving import ServingCohort, side_by_side
+
+    strict = {"base": [1, 1, 0, 0], "base-q": [1, 0, 0, 0], "arm": [1, 1, 0, 0], "arm-q": [0, 1]}
+    rows = []
+    for variant, values in strict.items():
+        for r, value in zip(bench_rows(variant, "b", [True] * len(values)), values):
+            rows.append({**r, "metrics": {"exact_match": 1.0, "strict": float(value)}})
+    rows[-2]["response"] = "something else"  # arm-q's d0: another text
+    config = grid_config([{"name": v} for v in strict], ["b"])
+    config["benches"][0]["options"] = {"primary_metric": "strict"}
+    write_store(tmp_path, rows, [config])
+    side = side_by_side(tmp_path, [ServingCohort("vllm", ["base", "arm"]), ServingCohort("gguf", ["base-q", "arm-q"])],
+                        resamples=200)
+    by_arm = {r["arm"]: r for r in side.scores}
+    assert (by_arm["base"]["gguf"]["score"], by_arm["base"]["gguf"]["n"]) == (25.0, 4)  # all 4, not the 2 shared
+    assert (by_arm["arm"]["gguf"]["score"], by_arm["arm"]["gguf"]["delta_pp"], by_arm["arm"]["gguf"]["n"]) == (
+        50.0, 0.0, 2)  # arm-q and base-q on d0, d1
+    text = render(side.sections())
+    assert "| b | base | 50.00% (base) | 25.00% (base-q) |" in text
+    assert "| b | arm | 50.00% (arm) 0.00pp | 50.00% (arm-q) 0.00pp on 2 |" in text
+    agree = {r["arm"]: r for r in side.agreement}
+    assert (agree["base"]["n"], agree["base"]["same_verdict_pct"], agree["base"]["identical_pct"]) == (4, 75.0, 100.0)
+    assert (agree["arm"]["n"], agree["arm"]["same_verdict_pct"], agree["arm"]["identical_pct"]) == (2, 50.0, 50.0)
 
 
 # -- the real tools ---------------------------------------------------------------------------
@@ -266,6 +341,46 @@ def _wide_gemma4(out: Path) -> Path:
     # every row width a multiple of 256: hidden, head, FFN and expert widths
     return build_tiny_gemma4(out, seed=1, num_experts=4, top_k=2, layers=2, hidden=256, head_dim=256,
                              moe_intermediate=256, intermediate=256, heads=1, kv_heads=1)
+
+
+OWNER = """
+import sys, threading, time
+from pathlib import Path
+from omk_ray.llamacpp import server
+if sys.argv[3] == "prctl":  # as on a machine without setpriv
+    which = server.shutil.which
+    server.shutil.which = lambda name, *a, **k: None if name == "setpriv" else which(name, *a, **k)
+threading.Thread(target=time.sleep, args=(600,), daemon=True).start()  # a multithreaded owner, like an actor
+s = server.LlamaServer(Path(sys.argv[1]), Path(sys.argv[2]), ["--ctx-size", "256", "--n-gpu-layers", "0"])
+print(s.pid, " ".join(server.die_with_parent()[0]), flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.slow  # the toy's F16 conversion (~30 s, shared); each case ~3 s
+@pytest.mark.parametrize("how", ["setpriv", "prctl"])
+def test_a_killed_owner_leaves_no_llama_server(toy_f16, llama_tools, how):
+    """The owner (an engine actor) dies by SIGKILL, which it cannot catch: its llama-server goes with it."""
+    import subprocess
+    import sys
+
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, str(llama_tools.bin("llama-server")), str(gguf_file(toy_f16)),
+                              how], stdout=subprocess.PIPE, text=True)
+    try:
+        pid, prefix = owner.stdout.readline().strip().partition(" ")[::2]
+        pid = int(pid)
+        assert prefix == ("" if how == "prctl" else f"{shutil.which('setpriv')} --pdeathsig KILL --")
+        assert pid in llama_servers() and "setpriv" not in llama_servers()[pid]  # setpriv exec'd the server
+        ppid = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("PPid:"))
+        assert int(ppid.split()[1]) == owner.pid
+    finally:
+        owner.kill()
+        owner.wait()
+    for _ in range(50):
+        if pid not in llama_servers():
+            break
+        time.sleep(0.1)
+    assert pid not in llama_servers()
 
 
 @pytest.mark.slow

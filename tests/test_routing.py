@@ -108,8 +108,13 @@ def test_teacher_forced_routing_equals_the_routing_recorded_while_generating(tmp
 
     again = route_variant(tmp_path / "results", "toy", dtype="float32")
     assert (again.routed, again.already) == (0, 8)
+    full_before = sorted(r for r in RoutingTable(tmp_path / "results").shard_paths("toy") if r.parent.name == "full")
     forced = route_variant(tmp_path / "results", "toy", dtype="float32", benches=["capped"], force=True)
-    assert forced.routed == 4 and RoutingTable(tmp_path / "results").read("toy").num_rows == 4 * 2 * 3
+    assert (forced.routed, forced.already, forced.benches) == (4, 0, {"capped": 4})
+    after = RoutingTable(tmp_path / "results")
+    assert sorted(p for p in after.shard_paths("toy") if p.parent.name == "full") == full_before  # untouched
+    keys = [(r["bench"], r["doc_id"], r["segment"], r["layer"]) for r in after.read("toy").to_pylist()]
+    assert sorted(keys) == sorted(seen)  # both benches' routing, each once
 
 
 @pytest.mark.slow

@@ -202,3 +202,22 @@ def test_gemma4_multimodal_layout_with_nested_text_config(tiny_gemma4, tmp_path)
     assert torch.equal(got["model.vision_tower.encoder.layers.0.mlp.fc1.weight"], tower["model.vision_tower.encoder.layers.0.mlp.fc1.weight"])
     config = json.loads((out / "config.json").read_text())
     assert config["text_config"]["num_experts"] == 5 and config["vision_config"] == {"num_hidden_layers": 1}
+
+
+def test_one_reading_of_the_text_config_and_the_expert_counts():
+    """Surgery, facts, the NVFP4 layout check and the GGUF step read the same numbers from a config."""
+    from omk_ray.variants.facts import facts_from
+    from omk_ray.variants.hf_config import num_experts, text_config, top_k
+    from omk_ray.variants.layout import FAMILIES, moe_dims
+
+    gemma = {"model_type": "gemma4", "vision_config": {"hidden_size": 1152},
+             "text_config": {"num_experts": 128, "top_k_experts": 8, "hidden_size": 2816, "moe_intermediate_size": 704}}
+    routed = {"n_routed_experts": 256, "num_experts_per_tok": 8, "hidden_size": 7168, "moe_intermediate_size": 2048}
+    assert text_config(gemma) is gemma["text_config"] and text_config(routed) is routed
+    assert (num_experts(gemma), top_k(gemma)) == (128, 8) and (num_experts(routed), top_k(routed)) == (256, 8)
+    assert moe_dims(gemma, FAMILIES["gemma4"]) == (128, 2816, 704)
+    assert moe_dims(routed, FAMILIES["qwen3_moe"]) == (256, 7168, 2048)  # the layout once missed n_routed_experts
+    assert num_experts({"num_experts": 8, "text_config": {"num_local_experts": 16}}) is None  # two counts: none
+    assert top_k({"top_k_experts": 2, "num_experts_per_tok": 4}) == 4  # the safe bound for a drop map
+    facts = facts_from("m", routed, [], None, "test")
+    assert (facts.experts_per_layer, facts.top_k) == (256, 8)

@@ -8,7 +8,8 @@
                   default; e.g. median/mean/p95/max/total)
     anomalies     what the sanity sweep found, with its cost
     domains       per bench with domain metadata: high-level domains, then subdomains of at least
-                  `subdomain_min_n` problems (the smaller ones are named under the table)
+                  `subdomain_min_n` problems (the smaller ones are named under the table); each
+                  Δ marked `below MDE` or `detectable` (the domain's precision columns)
     agreement     per bench: both correct / both wrong / only the baseline right (LOST) / only
                   the variant right (GAINED), and the lost and rescued problems by domain
 
@@ -25,11 +26,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from omk_ray.analysis.compare import Comparison
 from omk_ray.analysis.markdown import render
 from omk_ray.analysis.sections import (
-    ESTIMATED_MARK, KIND_LABELS, Section, Table, canary_text, count, lost_gained_by_domain, pct, signed,
+    BELOW_MDE, ESTIMATED_MARK, KIND_LABELS, STOPPED, Section, Table, canary_text, delta_cell, lost_gained_by_domain,
+    pct, resolution, scores_table, signed, token_table,
 )  # fmt: skip
-from omk_ray.analysis.tokens import DEFAULT_STATS, check_stats, token_distributions
+from omk_ray.analysis.stats import ALPHA, POWER
+from omk_ray.analysis.tokens import DEFAULT_STATS, check_stats
 
-STAT_LABELS = {"total": "total tokens"}
+
+RESOLUTION_NOTE = (f"Δpp marked {BELOW_MDE}: smaller than the MDE, the smallest |Δ| that many problems detect with "
+                   f"{POWER:.0%} power at p ≤ {ALPHA:g} given how often the two disagree; detectable: at least the MDE.")
 
 
 class CardOptions(BaseModel):
@@ -112,53 +117,35 @@ def _facts(c: Comparison) -> Section:
 
 
 def _scores(c: Comparison, options: CardOptions) -> Section:
-    head = {(r["bench"], r["variant"]): r for r in c.rows("headline")}
-    board = {(r["bench"], r["variant"]): r for r in c.rows("scoreboard")}
-
-    def score(r: dict, n: int) -> str:
+    def score(r: dict | None, n: int) -> str:
+        if r is None:
+            return "—"
         if r["status"] != "scored":
-            return "stopped by canary"
+            return STOPPED
         text = pct(r["score"])
         if options.stderr and r["stderr_pp"] == r["stderr_pp"]:  # NaN (one problem) has none
             text += f" ±{r['stderr_pp']:.2f}"
         return text + (f" (n={r['n']})" if r["n"] != n else "")
 
-    rows = []
-    for bench in c.benches:
-        base = head.get((bench, c.baseline))
-        if base is None:
-            continue
-        n = base["n"]
-        line = [f"{bench} ({n}){c.guard.mark(bench)}", score(base, n)]
-        line += [score(head[(bench, v)], n) if (bench, v) in head else "—" for v in c.variants]
-        for v in c.variants:
-            r = board.get((bench, v))
-            line.append("—" if r is None else signed(r["delta_pp"]) + (f" on {r['n']}" if r["n"] != n else ""))
-        rows.append(line)
     deltas = ["Δ"] if len(c.variants) == 1 else [f"Δ {v}" for v in c.variants]
+    table = scores_table(
+        c, c.baseline, lambda base: score(base, base["n"]),
+        [(v, v, lambda head, _, n: score(head, n)) for v in c.variants]
+        + [(header, v, delta_cell) for header, v in zip(deltas, c.variants)],
+        label=lambda bench, n: f"{bench} ({n}){c.guard.mark(bench)}")
     stderr = " (± standard error)" if options.stderr else ""
     paragraphs = [f"Each score on all the problems the variant answered{stderr}; Δ: the paired difference to "
                   f"{c.baseline} on the problems both answered (\"on k\" where fewer than n)."]
     paragraphs += [f"Stopped: {canary_text(c, v)}." for v in c.stopped]
-    return Section("Scores", level=3, paragraphs=paragraphs, tables=[Table(
-        ["Bench (n)", c.baseline, *c.variants, *deltas], rows, [False] + [True] * (1 + 2 * len(c.variants)))])
+    return Section("Scores", level=3, paragraphs=paragraphs, tables=[table])
 
 
 # -- tokens and anomalies ---------------------------------------------------------------------
 
 
 def _tokens(c: Comparison, options: CardOptions) -> Section:
-    rows = token_distributions(c.lengths, options.stats) if c.lengths is not None else []
-    rows = [r for r in rows if r["measure"] == "completion"]
-    order = {v: i for i, v in enumerate([c.baseline, *c.variants])}
-    rows.sort(key=lambda r: (c.benches.index(r["bench"]), order.get(r["variant"], 99)))
-    table = Table(["Bench", "Variant", *(STAT_LABELS.get(s, s) for s in options.stats)],
-                  [[r["bench"], (ESTIMATED_MARK if r["estimated"] else "") + r["variant"],
-                    *(count(r[s]) for s in options.stats)] for r in rows],
-                  [False, False] + [True] * len(options.stats))
-    paragraphs = []
-    if any(r["estimated"] for r in rows):
-        paragraphs.append(f"{ESTIMATED_MARK} approximate: raw chars ÷ 4 where no token counts were stored.")
+    table, estimated = token_table(c, "completion", options.stats)
+    paragraphs = [f"{ESTIMATED_MARK} approximate: raw chars ÷ 4 where no token counts were stored."] if estimated else []
     return Section("Per-bench output token distribution", level=3, tables=[table], paragraphs=paragraphs)
 
 
@@ -191,7 +178,7 @@ def _domains(c: Comparison, options: CardOptions) -> list[Section]:
             shown = {k: v for k, v in labels.items() if level == "domain" or _n(v) >= options.subdomain_min_n}
             table = _domain_table(c, header, shown)
             small = [f"{k} ({_n(v)})" for k, v in labels.items() if k not in shown]
-            paragraphs = []
+            paragraphs = [] if level == "subdomain" else [RESOLUTION_NOTE]
             if small:
                 paragraphs.append(f"Fewer than {options.subdomain_min_n} problems, not shown: {', '.join(small)}.")
             sections.append(Section(title, level=3 if level == "domain" else 4, tables=[table], paragraphs=paragraphs))
@@ -216,8 +203,8 @@ def _domain_table(c: Comparison, header: str, labels: dict[str, dict[str, dict]]
             if r is None:
                 line.append("—")
                 continue
-            one = abs(r["gained"] - r["lost"]) == 1
-            line.append(signed(r["delta_pp"], 1, "") + (" (1 problem)" if one else ""))
+            mark = f" ({resolution(r)})" if abs(r["delta_pp"]) >= 0.05 else ""  # a Δ shown as 0.0 needs none
+            line.append(signed(r["delta_pp"], 1, "") + mark)
         rows.append(line)
     deltas = ["Δpp"] if len(scored) == 1 else [f"Δpp {v}" for v in scored]
     return Table([header, "n", c.baseline, *scored, *deltas], rows, [False] + [True] * (2 + 2 * len(scored)))

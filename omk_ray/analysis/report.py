@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import pyarrow.parquet as pq
 
 from omk_ray.analysis.compare import Comparison
 from omk_ray.analysis.html import to_html
 from omk_ray.analysis.markdown import to_markdown
+from omk_ray.files import write_text_atomic
+from omk_ray.results.store import write_parquet
 
 if TYPE_CHECKING:
     from omk_ray.analysis.card import CardOptions
@@ -31,16 +30,12 @@ def write_report(comparison: Comparison, out: str | Path, html: bool = True, car
     (out / "tables").mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     for name, table in comparison.tables.items():
-        path = out / "tables" / f"{name}.parquet"
-        tmp = path.with_name(f".tmp-{path.name}")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-        paths[name] = path
-    paths["markdown"] = _write_text(out / "report.md", to_markdown(comparison))
-    paths["card"] = _write_text(out / "card.md", to_card(comparison, card or CardOptions()))
+        paths[name] = write_parquet(table, out / "tables" / f"{name}.parquet")
+    paths["markdown"] = write_text_atomic(out / "report.md", to_markdown(comparison))
+    paths["card"] = write_text_atomic(out / "card.md", to_card(comparison, card or CardOptions()))
     if html:
-        paths["html"] = _write_text(out / "report.html", to_html(comparison))
-    paths["summary"] = _write_text(out / "summary.json", json.dumps(summary(comparison, out, paths), indent=2))
+        paths["html"] = write_text_atomic(out / "report.html", to_html(comparison))
+    paths["summary"] = write_text_atomic(out / "summary.json", json.dumps(summary(comparison, out, paths), indent=2))
     return paths
 
 
@@ -77,8 +72,3 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _write_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path

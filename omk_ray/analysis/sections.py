@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from omk_ray.analysis.cohort import DECLARED_MARK, MISMATCH_MARK
@@ -15,12 +16,15 @@ from omk_ray.analysis.compare import Comparison
 from omk_ray.analysis.experts import expert_sections
 from omk_ray.analysis.samples import SCORE_COLUMN
 from omk_ray.analysis.stats import ALPHA, POWER
+from omk_ray.analysis.tokens import DEFAULT_STATS, token_distributions
 
 MINUS = "\u2212"
 ESTIMATED_MARK = "≈"
 MAX_IDS = 30
 BELOW_MDE = "below MDE"
 PRECISION_HEADERS = ["SE", "MDE", "Δ vs MDE", "ρ"]
+STAT_LABELS = {"total": "total tokens"}
+STOPPED = "stopped by canary"
 
 KIND_LABELS = {
     "silent-empty": "silent-empty output (model stopped with an empty answer)",
@@ -81,6 +85,11 @@ def resolution(row: dict) -> str:
     return "detectable" if row["detectable"] else BELOW_MDE
 
 
+def on_k(k: int, n: int) -> str:
+    """" on 10" beside a paired cell that covers only k of the bench's n problems."""
+    return "" if k == n else f" on {k}"
+
+
 def count(x: float) -> str:
     return "—" if _missing(x) else f"{round(x):,}"
 
@@ -136,35 +145,20 @@ def _scores(c: Comparison) -> list[Section]:
     board = c.rows("scoreboard")
     sections = []
     if len(c.variants) > 1:
-        by_bench: dict[str, dict[str, dict]] = defaultdict(dict)
-        for r in board:
-            by_bench[r["bench"]][r["variant"]] = r
-        base = {r["bench"]: r for r in c.rows("headline") if r["role"] == "baseline"}
-        rows = []
-        for bench in c.benches:
-            cells = by_bench.get(bench, {})
-            if bench not in base:
-                continue
-            n = base[bench]["n"]
-            line = [_bench_label(c, bench, n), pct(base[bench]["score"])]
-            for v in c.variants:
-                r = cells.get(v)
-                if v in c.stopped:
-                    line.append("stopped by canary")
-                elif r:
-                    on = f" on {r['n']}" if r["n"] != n else ""
-                    line.append(f"{pct(r['variant_score'])} ({signed(r['delta_pp'])}){on}")
-                else:
-                    line.append("—")
-            rows.append(line)
+        def shared(head: dict | None, r: dict | None, n: int) -> str:
+            if head is not None and head["status"] != "scored":
+                return STOPPED
+            return "—" if r is None else f"{pct(r['variant_score'])} ({signed(r['delta_pp'])}){on_k(r['n'], n)}"
+
+        table = scores_table(c, f"{c.baseline} (all n)", lambda base: pct(base["score"]),
+                             [(v, v, shared) for v in c.variants])
         sections.append(Section(
             "Scores", paragraphs=[
                 f"{c.baseline}: its score on all n problems of the bench. Each variant: its score and, in parentheses, "
                 f"Δ on the problems it shares with {c.baseline} (\"on k\" where that is fewer than n)."
                 + (" Stopped by canary: the variant failed its canary and has no full run (reasons in the notes)."
                    if c.stopped else "")],
-            tables=[Table(["Bench (n)", f"{c.baseline} (all n)", *c.variants], rows,
-                          [False] + [True] * (1 + len(c.variants)))],
+            tables=[table],
             plot="deltas",
         ))
     for variant in c.variants:
@@ -203,6 +197,34 @@ def _scores(c: Comparison) -> list[Section]:
     return sections
 
 
+ScoreCell = Callable[[dict | None, dict | None, int], str]  # (headline row, scoreboard row, baseline's n)
+
+
+def scores_table(c: Comparison, baseline_header: str, baseline_cell: Callable[[dict], str],
+                 columns: list[tuple[str, str, ScoreCell]], label: Callable[[str, int], str] | None = None) -> Table:
+    """The scores side by side, one row per bench the baseline has: `Bench (n)`, the baseline's cell from its
+    headline (its score on all n problems), then per column (header, variant, cell) the cell of that
+    variant's headline and scoreboard rows (None where it has none)."""
+    head = {(r["bench"], r["variant"]): r for r in c.rows("headline")}
+    board = {(r["bench"], r["variant"]): r for r in c.rows("scoreboard")}
+    label = label or (lambda bench, n: _bench_label(c, bench, n))
+    rows = []
+    for bench in c.benches:
+        base = head.get((bench, c.baseline))
+        if base is None:
+            continue
+        n = base["n"]
+        rows.append([label(bench, n), baseline_cell(base),
+                     *(cell(head.get((bench, v)), board.get((bench, v)), n) for _, v, cell in columns)])
+    headers = ["Bench (n)", baseline_header, *(h for h, _, _ in columns)]
+    return Table(headers, rows, [False] + [True] * (len(headers) - 1))
+
+
+def delta_cell(head: dict | None, r: dict | None, n: int) -> str:
+    """Δ to the baseline on the problems both answered ("on k" where fewer than n)."""
+    return "—" if r is None else signed(r["delta_pp"]) + on_k(r["n"], n)
+
+
 def _precision_cells(r: dict, digits: int = 2) -> list[str]:
     return [plain(r["se_pp"], digits), plain(r["mde_pp"], digits), resolution(r), plain(r["correlation"])]
 
@@ -237,24 +259,29 @@ def canary_text(c: Comparison, variant: str) -> str:
 def _tokens(c: Comparison) -> list[Section]:
     sections = []
     for measure, title in (("completion", "Output tokens per response"), ("reasoning", "Reasoning tokens per response")):
-        rows = [r for r in c.rows("tokens") if r["measure"] == measure]
-        if not rows:
+        table, estimated = token_table(c, measure)
+        if not table.rows:
             continue
-        order = {v: i for i, v in enumerate([c.baseline, *c.variants])}
-        rows.sort(key=lambda r: (c.benches.index(r["bench"]), order.get(r["variant"], 99)))
-        estimated = any(r["estimated"] for r in rows)
-        table = Table(
-            ["Bench", "Variant", "p10", "p50", "p90", "max", "mean", "total tokens"],
-            [[r["bench"], (ESTIMATED_MARK if r["estimated"] else "") + r["variant"], count(r["p10"]), count(r["p50"]),
-              count(r["p90"]), count(r["max"]), count(r["mean"]), count(r["total"])] for r in rows],
-            [False, False] + [True] * 6,
-        )
         paragraphs = []
         if estimated:
             paragraphs.append(f"{ESTIMATED_MARK} approximate: no token counts stored for some samples, raw chars ÷ 4 used "
                               "for those (see `source` in tables/tokens.parquet).")
         sections.append(Section(title, tables=[table], paragraphs=paragraphs, plot="tokens" if measure == "completion" else None))
     return sections
+
+
+def token_table(c: Comparison, measure: str, stats: tuple[str, ...] = DEFAULT_STATS) -> tuple[Table, bool]:
+    """Per bench and variant (baseline first), the statistics of one measure (completion, reasoning) of the
+    output tokens, and whether some of them are estimated (chars ÷ 4, marked ≈)."""
+    rows = c.rows("tokens") if stats == DEFAULT_STATS or c.lengths is None else token_distributions(c.lengths, stats)
+    rows = [r for r in rows if r["measure"] == measure]
+    order = {v: i for i, v in enumerate([c.baseline, *c.variants])}
+    rows.sort(key=lambda r: (c.benches.index(r["bench"]), order.get(r["variant"], 99)))
+    table = Table(["Bench", "Variant", *(STAT_LABELS.get(s, s) for s in stats)],
+                  [[r["bench"], (ESTIMATED_MARK if r["estimated"] else "") + r["variant"], *(count(r[s]) for s in stats)]
+                   for r in rows],
+                  [False, False] + [True] * len(stats))
+    return table, any(r["estimated"] for r in rows)
 
 
 def _anomalies(c: Comparison) -> Section:

@@ -13,14 +13,16 @@ and the weights differ by design, and the agreement table shows by how much.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from omk_ray.analysis.compare import CompareOptions, compare
 from omk_ray.analysis.samples import AnalysisError
-from omk_ray.analysis.sections import Section, Table, pct, signed
+from omk_ray.analysis.sections import Section, Table, on_k, pct, signed
 from omk_ray.results.store import ResultsStore
 
 
@@ -33,7 +35,7 @@ class ServingCohort:
 @dataclass
 class SideBySide:
     cohorts: list[ServingCohort]
-    scores: list[dict]  # bench, arm, then per cohort: variant, score (%), delta_pp (vs its baseline), n
+    scores: list[dict]  # bench, arm, then per cohort a cell (see _cohort_scores) or None
     agreement: list[dict]  # bench, arm, cohort, variant, twin, n, same_verdict_pct, identical_pct
     notes: list[str] = field(default_factory=list)
 
@@ -53,8 +55,12 @@ class SideBySide:
         return [
             Section("Serving cohorts side by side", 2, tables=[scores], paragraphs=[
                 "Each cohort is compared with its own baseline: "
-                + ", ".join(f"{c.name}: {c.variants[0]}" for c in self.cohorts) + "."]),
-            Section(f"Agreement with {names[0]}", 3, tables=[agree], paragraphs=list(self.notes)),
+                + ", ".join(f"{c.name}: {c.variants[0]}" for c in self.cohorts) + ". A baseline's cell: its score on "
+                "all its problems of the bench (n). A variant's: its score and Δ on the problems it shares with its "
+                "cohort's baseline (\"on k\" where that is fewer than the baseline's n)."]),
+            Section(f"Agreement with {names[0]}", 3, tables=[agree], paragraphs=[
+                ("On the problems both twins answered: same verdict (both right or both wrong on the bench's primary "
+                 "metric) and the very same answer text (in every repeat)."), *self.notes]),
         ]
 
 
@@ -70,10 +76,9 @@ def side_by_side(results: str | Path, cohorts: list[ServingCohort], benches: lis
     arm_names = cohorts[0].variants
     cells: dict[tuple[str, str], dict] = {}
     for c in cohorts:
-        for bench, variant, score, delta, n in _cohort_scores(results, c, benches, resamples):
-            arm = arm_names[c.variants.index(variant)]
-            cells.setdefault((bench, arm), {"bench": bench, "arm": arm})[c.name] = {
-                "variant": variant, "score": score, "delta_pp": delta, "n": n}
+        for bench, cell in _cohort_scores(results, c, benches, resamples):
+            arm = arm_names[c.variants.index(cell["variant"])]
+            cells.setdefault((bench, arm), {"bench": bench, "arm": arm})[c.name] = cell
     order = {a: i for i, a in enumerate(arm_names)}
     scores = sorted(cells.values(), key=lambda r: (r["bench"], order[r["arm"]]))
     for row in scores:
@@ -82,8 +87,9 @@ def side_by_side(results: str | Path, cohorts: list[ServingCohort], benches: lis
     agreement, notes = [], []
     for c in cohorts[1:]:
         for i, arm in enumerate(arm_names):
-            for row in twin_agreement(results, cohorts[0].variants[i], c.variants[i], benches):
-                agreement.append({"arm": arm, "cohort": c.name, "twin_cohort": cohorts[0].name, **row})
+            rows, twin_notes = twin_agreement(results, cohorts[0].variants[i], c.variants[i], benches, resamples)
+            agreement += [{"arm": arm, "cohort": c.name, "twin_cohort": cohorts[0].name, **row} for row in rows]
+            notes += twin_notes
     agreement.sort(key=lambda r: (r["bench"], order[r["arm"]], r["cohort"]))
     if not agreement:
         notes.append("no problem was answered by both twins of any arm")
@@ -91,45 +97,62 @@ def side_by_side(results: str | Path, cohorts: list[ServingCohort], benches: lis
 
 
 def _cohort_scores(results, cohort: ServingCohort, benches, resamples):
-    """(bench, variant, score, delta_pp vs the cohort's baseline, n) for every variant of a cohort."""
+    """(bench, cell) for every variant of a cohort. The baseline's cell is its headline (its score on all
+    its problems of the bench); a variant's holds its score and Δ on the problems it shares with the
+    baseline: `n` those problems, `baseline_n` all the baseline's."""
     baseline, others = cohort.variants[0], cohort.variants[1:]
     if not others:
         raise AnalysisError(f"cohort {cohort.name!r} has only its baseline {baseline}: nothing to compare")
     comparison = compare(results, CompareOptions(baseline=baseline, variants=others, benches=benches,
                                                  resamples=resamples))
-    seen = set()
+    full = {r["bench"]: r for r in comparison.rows("headline") if r["role"] == "baseline"}
+    for bench, r in full.items():
+        yield bench, {"variant": baseline, "score": r["score"], "delta_pp": None, "n": r["n"], "baseline_n": r["n"]}
     for r in comparison.rows("scoreboard"):
-        if r["bench"] not in seen:
-            seen.add(r["bench"])
-            yield r["bench"], baseline, r["baseline_score"], None, r["baseline_docs"]
-        yield r["bench"], r["variant"], r["variant_score"], r["delta_pp"], r["n"]
+        yield r["bench"], {"variant": r["variant"], "score": r["variant_score"], "delta_pp": r["delta_pp"],
+                           "n": r["n"], "baseline_n": full[r["bench"]]["n"]}
 
 
-def twin_agreement(results: str | Path, a: str, b: str, benches: list[str] | None = None) -> list[dict]:
-    """Per bench: on the problems both variants answered without error, how often they reached the
-    same verdict (both right or both wrong) and gave the very same answer text."""
+def twin_agreement(results: str | Path, a: str, b: str, benches: list[str] | None = None,
+                   resamples: int = 200) -> tuple[list[dict], list[str]]:
+    """Per bench, `b` compared with its twin `a` as `compare` pairs them (on the bench's primary metric,
+    the problems both answered): how often they reached the same verdict (both right or both wrong)
+    and gave the very same answer text. Returns the rows and the comparison's notes on what differs
+    beyond the engine and the weights (the cohort guard's, allowed: twins differ by design)."""
+    twins = compare(results, CompareOptions(baseline=a, variants=[b], benches=benches, resamples=resamples,
+                                            allow_mismatch=True))
+    identical = _identical_answers(results, a, b, twins.tables["problems"])
+    rows = [{"bench": r["bench"], "variant": b, "twin": a, "n": r["n"],
+             "same_verdict_pct": r["both_correct_pct"] + r["both_wrong_pct"],
+             "identical_pct": 100.0 * identical.get(r["bench"], 0) / r["n"] if r["n"] else float("nan")}
+            for r in sorted(twins.rows("agreement"), key=lambda r: r["bench"])]
+    return rows, [f"{b} vs {a}: {n.text}" for n in twins.guard.notes]
+
+
+def _identical_answers(results: str | Path, a: str, b: str, problems: pa.Table) -> dict[str, int]:
+    """Per bench: how many of the paired problems got the same answer text from both in every repeat both
+    answered without error."""
+    paired = set(zip(problems["bench"].to_pylist(), problems["doc_id"].to_pylist()))
     where = pc.field("variant").isin([a, b]) & pc.field("error").is_null()
-    if benches:
-        where &= pc.field("bench").isin(benches)
-    rows = ResultsStore(results).read(columns=["variant", "bench", "doc_id", "repeat", "response", "correct"],
-                                      filter=where).to_pylist()
-    left = {(r["bench"], r["doc_id"], r["repeat"]): r for r in rows if r["variant"] == a}
-    out: dict[str, dict] = {}
-    for r in rows:
-        twin = left.get((r["bench"], r["doc_id"], r["repeat"])) if r["variant"] == b else None
-        if twin is None:
-            continue
-        acc = out.setdefault(r["bench"], {"bench": r["bench"], "variant": b, "twin": a, "n": 0, "same": 0, "identical": 0})
-        acc["n"] += 1
-        acc["same"] += bool(r["correct"]) == bool(twin["correct"])
-        acc["identical"] += r["response"] == twin["response"]
-    return [{"bench": v["bench"], "variant": v["variant"], "twin": v["twin"], "n": v["n"],
-             "same_verdict_pct": 100.0 * v["same"] / v["n"], "identical_pct": 100.0 * v["identical"] / v["n"]}
-            for v in sorted(out.values(), key=lambda v: v["bench"])]
+    rows = ResultsStore(results).read(columns=["variant", "bench", "doc_id", "repeat", "response"], filter=where)
+    answers: dict[tuple, dict[str, str | None]] = defaultdict(dict)
+    for r in rows.to_pylist():
+        if (r["bench"], r["doc_id"]) in paired:
+            answers[(r["bench"], r["doc_id"], r["repeat"])][r["variant"]] = r["response"]
+    same: dict[tuple[str, str], bool] = {}
+    for (bench, doc, _), by in answers.items():
+        if len(by) == 2:
+            same[(bench, doc)] = same.get((bench, doc), True) and by[a] == by[b]
+    counts: dict[str, int] = defaultdict(int)
+    for (bench, _), equal in same.items():
+        counts[bench] += equal
+    return counts
 
 
 def _score_cell(cell: dict | None) -> str:
     if cell is None:
         return "—"
     text = f"{pct(cell['score'])} ({cell['variant']})"
-    return text if cell["delta_pp"] is None else f"{text} {signed(cell['delta_pp'])}"
+    if cell["delta_pp"] is None:
+        return text
+    return f"{text} {signed(cell['delta_pp'])}" + on_k(cell["n"], cell["baseline_n"])

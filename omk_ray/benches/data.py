@@ -24,6 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from omk_ray.files import write_text_atomic
+
 CACHE_ENV = "OMK_RAY_DATA_CACHE"
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 
@@ -167,9 +169,7 @@ def _short(err: Exception, limit: int = 300) -> str:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2))
 
 
 # -- NLTK (IFEval) -------------------------------------------------------------------------------

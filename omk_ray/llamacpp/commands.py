@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
 
     @group.command("info")
     def info():
-        """The build omk-ray will use ($OMK_RAY_LLAMACPP, else the newest in the cache) and its versions."""
+        """The build omk-ray will use and its versions: $OMK_RAY_LLAMACPP, else the newest in the cache of the profile $OMK_RAY_LLAMACPP_PROFILE names, else cuda where a CUDA device is visible and cpu where none is."""
         from omk_ray.llamacpp.tools import ToolsMissing, cache_root, find_tools
 
         try:

@@ -5,12 +5,19 @@ waits until `/health` answers 200, and `stop()` ends it. A watchdog thread spawn
 and waits on it: the server gets SIGKILL when that thread's process dies (Linux
 PR_SET_PDEATHSIG), so a killed engine actor leaves no server behind, and `on_exit(code, log)`
 is called when the server ends without `stop()`.
+
+The death signal is set by `setpriv --pdeathsig KILL` (util-linux), which execs the server: no
+Python runs between fork and exec, where a multithreaded actor could deadlock on a lock some
+other thread held at the fork. Without setpriv a `preexec_fn` calls prctl, resolved beforehand
+in the parent so that the child only makes the call.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -36,6 +43,8 @@ class LlamaServer:
         self.on_exit = on_exit
         self._stopping = False
         self._ready = False
+        if shutil.which(str(binary)) is None:  # behind setpriv, only the log would say so
+            raise ServerStartError(f"cannot start {binary}: not an executable file")
         last = None
         for _ in range(3):  # a port taken between choosing and binding it: choose again
             self.port = free_port(host)
@@ -69,8 +78,10 @@ class LlamaServer:
         def watch() -> None:
             try:
                 with open(self.log_path, "ab") as log:
-                    self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                 env={**os.environ, **(env or {})}, preexec_fn=_die_with_parent)
+                    prefix, preexec = die_with_parent()
+                    self.proc = subprocess.Popen([*prefix, *self.cmd], stdout=log, stderr=subprocess.STDOUT,
+                                                 stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
+                                                 preexec_fn=preexec)  # noqa: PLW1509 (None with setpriv)
             except BaseException as err:  # no such binary, not executable
                 failure.append(err)
                 spawned.set()
@@ -131,7 +142,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL when the spawning thread's process dies (Linux only)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+@functools.cache
+def die_with_parent():
+    """(command prefix, preexec_fn) that give the child SIGKILL when the spawning thread's process dies:
+    `setpriv --pdeathsig KILL --` where setpriv has it, else a prctl resolved here (None off Linux)."""
+    if not sys.platform.startswith("linux"):
+        return [], None
+    setpriv = shutil.which("setpriv")
+    if setpriv:
+        try:
+            usage = subprocess.run([setpriv, "--help"], capture_output=True, text=True, timeout=10, check=False).stdout
+        except (OSError, subprocess.SubprocessError):
+            usage = ""
+        if "--pdeathsig" in usage:
+            return [setpriv, "--pdeathsig", "KILL", "--"], None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl.argtypes, prctl.restype = [ctypes.c_int, ctypes.c_ulong], ctypes.c_int
+    args = (PR_SET_PDEATHSIG, int(signal.SIGKILL))
+    return [], functools.partial(prctl, *args)

@@ -9,12 +9,16 @@ distribution (which vendors llama.cpp) into a cache folder keyed by version and 
 `<cache>` is `$OMK_RAY_LLAMACPP_CACHE`, else `~/.cache/omk-ray/llama.cpp`. A build that is
 there is reused; `build_tools()` builds it (under a file lock, staged then renamed) and
 `find_tools()` returns the one to use: `$OMK_RAY_LLAMACPP` (a build folder) when set, else
-the newest complete build of the pinned version.
+the newest complete build of the pinned version in the wanted profile: `$OMK_RAY_LLAMACPP_PROFILE`
+when set (only that one will do), else cuda where a CUDA device is visible and cpu where none is.
+A GPU process with only a cpu build falls back to it with a warning (llama-server then runs on
+the CPU); a CPU process with only a cuda build is refused (it would need a GPU).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -30,6 +34,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from omk_ray.config import stable_hash
+from omk_ray.files import file_sha256
 
 LLAMA_CPP_PYTHON = "0.3.36"  # pins llama.cpp (its CHANGELOG names the commit)
 TARGETS = ("llama-quantize", "llama-imatrix", "llama-server")
@@ -42,7 +47,11 @@ PROFILES = {
     "cuda": ("-DGGML_NATIVE=OFF", "-DGGML_CUDA=ON"),
 }
 INFO_NAME = "build.json"
+PROFILE_ENV = "OMK_RAY_LLAMACPP_PROFILE"
 CONVERT_FILES = ("convert_hf_to_gguf.py", "conversion", "gguf-py")
+
+
+log = logging.getLogger("omk_ray.llamacpp")
 
 
 class ToolsMissing(RuntimeError):
@@ -100,6 +109,17 @@ def build_dir(profile: str = "cpu", extra: tuple[str, ...] | list[str] = (), roo
     return (root or cache_root()) / f"{LLAMA_CPP_PYTHON}-{profile}-{stable_hash(flags, 8)}"
 
 
+def cuda_visible() -> bool:
+    """Whether this process sees a CUDA device (Ray gives a process without GPUs CUDA_VISIBLE_DEVICES="")."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
 def find_tools() -> Tools:
     """The llama.cpp build to use (see the module doc)."""
     explicit = os.environ.get("OMK_RAY_LLAMACPP")
@@ -115,7 +135,25 @@ def find_tools() -> Tools:
         raise ToolsMissing(
             f"llama.cpp {LLAMA_CPP_PYTHON} is not built under {root}: run `make llamacpp` "
             f"(or `omk-ray llamacpp build`; on a GPU node `--profile cuda`)")
-    return max(builds, key=lambda t: t.info["built_at"])
+    asked = os.environ.get(PROFILE_ENV)
+    if asked is not None and asked not in PROFILES:
+        raise ToolsMissing(f"{PROFILE_ENV}={asked}: unknown profile; choose one of {', '.join(PROFILES)}")
+    wanted = asked or ("cuda" if cuda_visible() else "cpu")
+    mine = [t for t in builds if t.info.get("profile") == wanted]
+    if mine:
+        return max(mine, key=lambda t: t.info["built_at"])
+    have = ", ".join(sorted({str(t.info.get("profile")) for t in builds}))
+    build = f"`omk-ray llamacpp build --profile {wanted}` (or `make llamacpp LLAMACPP_PROFILE={wanted}`)"
+    if asked:
+        raise ToolsMissing(f"{PROFILE_ENV}={asked}: no {asked} build of llama.cpp {LLAMA_CPP_PYTHON} under {root} "
+                           f"(builds there: {have}); run {build}")
+    if wanted == "cpu":
+        raise ToolsMissing(f"no CUDA device is visible and llama.cpp {LLAMA_CPP_PYTHON} has no cpu build under {root} "
+                           f"(builds there: {have}); run {build}, or set {PROFILE_ENV}=cuda to use the cuda one")
+    fallback = max((t for t in builds if t.info.get("profile") == "cpu"), key=lambda t: t.info["built_at"])
+    log.warning("a CUDA device is visible but llama.cpp %s has no cuda build under %s: using the cpu build %s "
+                "(llama-server runs on the CPU); run %s", LLAMA_CPP_PYTHON, root, fallback.root, build)
+    return fallback
 
 
 def _load(path: Path) -> Tools | None:
@@ -159,7 +197,7 @@ def build_tools(profile: str = "cpu", extra: tuple[str, ...] | list[str] = (), j
                 "profile": profile,
                 "flags": flags,
                 "targets": list(TARGETS),
-                "sdist_sha256": _sha256(sdist),
+                "sdist_sha256": file_sha256(sdist),
                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "build_seconds": round(time.time() - start, 1),
                 "cmake": subprocess.run(["cmake", "--version"], capture_output=True, text=True).stdout.split("\n")[0],
@@ -217,10 +255,3 @@ def _run(cmd: list[str], step: str, log, log_file: Path | None = None) -> None:
     if proc.returncode:
         tail = "".join(lines)[-4000:]
         raise ToolsBuildError(f"llama.cpp {step} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -72,5 +72,7 @@ class RoutingTable:
         table = self.read(variant, columns=list(RESUME_KEY))
         return set(zip(*(table.column(c).to_pylist() for c in RESUME_KEY)))
 
-    def clear(self, variant: str) -> None:
-        shutil.rmtree(self.root / variant, ignore_errors=True)
+    def clear(self, variant: str, benches: list[str] | None = None) -> None:
+        """Drop the variant's routing rows: on `benches` only, or on every bench."""
+        for folder in [self.root / variant / b for b in benches] if benches else [self.root / variant]:
+            shutil.rmtree(folder, ignore_errors=True)

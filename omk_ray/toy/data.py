@@ -17,6 +17,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
+from omk_ray.files import write_text_atomic
 from omk_ray.toy.tasks import TrainingStream, heldout_problems
 
 MODEL_DIR = "model"
@@ -60,10 +61,7 @@ def calibration_text() -> str:
 def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def write_data(out_dir: str | Path) -> dict[str, Path]:

@@ -36,9 +36,8 @@ from pathlib import Path
 
 from omk_ray.variants import nvfp4
 from omk_ray.variants.checkpoint import CheckpointError, SourceTensor, read_bytes, read_tensors
-from omk_ray.variants.layout import (
-    NOT_LINEAR, Family, expert_module, family_of, fusion_key, ignored, moe_dims, text_config,
-)
+from omk_ray.variants.hf_config import text_config
+from omk_ray.variants.layout import NOT_LINEAR, Family, expert_module, family_of, fusion_key, ignored, moe_dims
 from omk_ray.variants.surgery import expected_moe_layers
 
 DTYPES = {nvfp4.PACKED: "U8", nvfp4.SCALE: "F8_E4M3", nvfp4.GLOBAL_SCALE: "F32"}

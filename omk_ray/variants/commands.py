@@ -13,12 +13,13 @@
 from __future__ import annotations
 
 import json
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import typer
+
+from omk_ray.files import write_text_atomic
 
 
 @contextmanager
@@ -50,9 +51,7 @@ def _write_json(path: Path, data, force: bool) -> None:
     if path.exists() and not force:
         raise ValueError(f"{path} exists; pass --force to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1) + "\n")
 
 
 def register(app: typer.Typer) -> None:
@@ -156,7 +155,7 @@ def register(app: typer.Typer) -> None:
         max_length: Optional[int] = typer.Option(None, "--max-length", min=2, help="Cut longer sequences (counted)."),
         dtype: str = typer.Option("auto", "--dtype", help="auto, bfloat16, float32, ..."),
         revision: Optional[str] = typer.Option(None, "--revision"),
-        force: bool = typer.Option(False, "--force", help="Drop the variant's routing table and route everything again."),
+        force: bool = typer.Option(False, "--force", help="Drop the variant's routing (on the --bench benches only, when given) and route it again."),
     ):
         """Which experts each stored sample used: teacher-force every stored (prompt, response) of a variant through a model with the router hooks, and store per sample, segment (prompt, reasoning, answer) and MoE layer the tokens each expert received and their summed routing weight, in RESULTS/routing/<variant>/<bench>/ (Parquet). Resumes: samples already routed are skipped.
 

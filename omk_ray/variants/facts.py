@@ -27,7 +27,8 @@ from typing import Any
 
 from omk_ray.config import DeclaredFacts
 from omk_ray.variants.checkpoint import CheckpointError, read_tensors
-from omk_ray.variants.surgery import EXPERT_COUNT_KEYS, PROVENANCE_NAME, TOP_K_KEYS, find_keys
+from omk_ray.variants.hf_config import find_keys, num_experts, top_k
+from omk_ray.variants.surgery import PROVENANCE_NAME
 
 _EXPERT = re.compile(r"(?:^|\.)experts\.")  # fused `experts.gate_up_proj`, per-expert `mlp.experts.7.w1.weight`
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
@@ -115,14 +116,13 @@ def facts_from(model: str, config: dict, tensors: list[tuple[str, str, tuple[int
             expert += n
             if m := _LAYER.search(name):
                 layers.add(int(m[1]))
-    experts = _one(config, EXPERT_COUNT_KEYS)
-    top_k = _one(config, TOP_K_KEYS)
+    experts, k = num_experts(config), top_k(config)
     active = None
-    if experts and top_k and tensors:
-        active = total - expert * (1 - top_k / experts)
+    if experts and k and tensors:
+        active = total - expert * (1 - k / experts)
     facts = Facts(model=model, total_params=float(total) if tensors else None,
                   expert_params=float(expert) if tensors else None, active_params=active, moe_layers=len(layers) or None,
-                  experts_per_layer=experts, top_k=top_k, quantization=_quantization(config), source=source)
+                  experts_per_layer=experts, top_k=k, quantization=_quantization(config), source=source)
     _add_provenance(facts, provenance or {})
     return facts
 
@@ -203,12 +203,6 @@ def _quantization(config: dict) -> str:
         return " ".join(str(p) for p in parts if p) or "quantized"
     dtype = next((v for _, v in find_keys(config, ("torch_dtype", "dtype"), int_only=False) if v), None)
     return f"none ({dtype})" if dtype else "none"
-
-
-def _one(config: dict, keys: tuple[str, ...]) -> int | None:
-    """The one value of these integer keys anywhere in the config (None if absent or ambiguous)."""
-    values = {v for _, v in find_keys(config, keys)}
-    return values.pop() if len(values) == 1 else None
 
 
 # -- provenance -------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ checkpoint's side files (config, tokenizer, chat template) and `omk_ray_provenan
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -27,13 +26,14 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from omk_ray.files import file_sha256, write_text_atomic
 from omk_ray.variants.checkpoint import copy_side_files, publish, write_provenance
+from omk_ray.variants.hf_config import text_config
 
 GGUF_VERSION = "1"  # bump when the bytes a GGUF build writes would change
 # llama-quantize type -> the ggml type of its tensors (the `_S/_M/_L` mixes keep some tensors higher)
@@ -83,7 +83,7 @@ def gguf_identity(options: GGUFOptions, imatrix_path: Path | None) -> dict:
         "gguf_version": GGUF_VERSION,
         "llama_cpp_python": LLAMA_CPP_PYTHON,
         **options.model_dump(exclude={"imatrix", "allow_fallback"}),
-        "imatrix_sha256": _sha256(imatrix_path) if imatrix_path else None,
+        "imatrix_sha256": file_sha256(imatrix_path) if imatrix_path else None,
     }
 
 
@@ -128,7 +128,7 @@ def supported_architectures(tools) -> set[str]:
     if done.returncode or not names:
         raise GGUFError(f"{tools.converter} --print-supported-models failed: {(done.stderr or done.stdout)[-2000:]}")
     try:
-        _write_atomic(cache, json.dumps(sorted(set(names))))
+        write_text_atomic(cache, json.dumps(sorted(set(names))))
     except OSError:
         pass  # a read-only cache: ask again next time
     return set(names)
@@ -154,7 +154,7 @@ def converter_ready(model_dir: Path, dest: Path) -> list[str]:
     config = _read_json(model_dir / "config.json")
     done = []
     if (config.get("architectures") or [""])[0].startswith("Gemma4"):
-        text = config.get("text_config", config)
+        text = text_config(config)
         if text.get("global_head_dim") is None:
             text["global_head_dim"] = _full_attention_head_dim(model_dir)
             done.append(f"config.json: global_head_dim = {text['global_head_dim']} (what transformers uses "
@@ -198,7 +198,7 @@ def _gemma4_tokenizer_plan(model_dir: Path) -> dict | None:
             "needs a byte-fallback BPE with merges (model.type BPE, byte_fallback true), and omk-ray converts only "
             "character-level WordLevel tokenizers into one")
     rows = _read_json(model_dir / "config.json")
-    rows = rows.get("text_config", rows).get("vocab_size") or len(vocab)
+    rows = text_config(rows).get("vocab_size") or len(vocab)
     bpe_vocab = {("▁" if t == " " else t): i for t, i in vocab.items()}
     free = [i for i in range(rows) if i not in set(vocab.values())]
     if len(free) < 3:
@@ -422,12 +422,3 @@ def _replace(link: Path, text: str) -> None:
     link.write_text(text)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from omk_ray.variants.checkpoint import SourceTensor
+from omk_ray.variants.hf_config import num_experts, text_config
 
 # Linear layers that vLLM fuses into one (qkv_proj, gate_up_proj, w13): one global scale each.
 FUSED_SETS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"), ("w1", "w3"))
@@ -84,11 +85,6 @@ class LayoutError(ValueError):
     """A checkpoint whose Linear layers cannot be named for vLLM; the message names the tensor."""
 
 
-def text_config(config: dict[str, Any]) -> dict[str, Any]:
-    inner = config.get("text_config")
-    return inner if isinstance(inner, dict) else config
-
-
 def family_of(config: dict[str, Any]) -> Family | None:
     for c in (text_config(config), config):
         name = MODEL_TYPES.get(c.get("model_type", ""))
@@ -100,8 +96,7 @@ def family_of(config: dict[str, Any]) -> Family | None:
 def moe_dims(config: dict[str, Any], family: Family) -> tuple[int, int, int]:
     """(experts, hidden, expert intermediate size) from the config."""
     text = text_config(config)
-    experts = text.get("num_experts", text.get("num_local_experts"))
-    return experts, text.get("hidden_size"), text.get(family.intermediate_key)
+    return num_experts(config), text.get("hidden_size"), text.get(family.intermediate_key)
 
 
 def expert_module(layer_prefix: str, family: Family, expert: int, projection: str) -> str:

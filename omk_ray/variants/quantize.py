@@ -32,7 +32,8 @@ from omk_ray.variants.checkpoint import (
     write_model,
 )
 from omk_ray.variants.layout import DEFAULT_IGNORE, Linear, LayoutError, family_of, find_linears, fusion_key
-from omk_ray.variants.surgery import DEFAULT_MAX_SHARD, find_keys
+from omk_ray.variants.hf_config import find_keys
+from omk_ray.variants.surgery import DEFAULT_MAX_SHARD
 
 QUANT_VERSION = "2"
 BACKENDS = ("compressed-tensors", "llm-compressor")
@@ -301,7 +302,7 @@ def _quantize_llmcompressor(model_dir: Path, out: Path, scheme: str, record: dic
     import torch
     from transformers import AutoModelForCausalLM
 
-    from omk_ray.variants.checkpoint import PROVENANCE_NAME, copy_side_files
+    from omk_ray.variants.checkpoint import copy_side_files, write_provenance
 
     oneshot, modifier, load_quantizable_moe = _llmcompressor()
     with load_quantizable_moe(AutoModelForCausalLM):
@@ -309,11 +310,7 @@ def _quantize_llmcompressor(model_dir: Path, out: Path, scheme: str, record: dic
     oneshot(model=model, recipe=modifier(targets="Linear", scheme=scheme, ignore=list(DEFAULT_IGNORE)))
     model.save_pretrained(out, save_compressed=True)
     copy_side_files(model_dir, out)
-    record = {**record, "ignore": list(DEFAULT_IGNORE)}
-    parent = model_dir / PROVENANCE_NAME
-    if parent.is_file():
-        record["base_provenance"] = json.loads(parent.read_text())
-    (out / PROVENANCE_NAME).write_text(json.dumps(record, indent=2) + "\n")
+    write_provenance(out, model_dir, {**record, "ignore": list(DEFAULT_IGNORE)})
     if "quantization_config" not in json.loads((out / "config.json").read_text()):
         raise QuantizeError(f"llm-compressor wrote no quantization_config for scheme {scheme!r}")
 

@@ -65,6 +65,7 @@ from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from omk_ray.config import stable_hash
+from omk_ray.files import write_text_atomic
 from omk_ray.variants.dropmap import CRITERIA, STRATEGIES, plan_drop_map, validate_drop_map
 from omk_ray.variants.gguf import GGUFOptions
 from omk_ray.variants.quantize import QUANT_VERSION
@@ -293,7 +294,8 @@ def _profiled_scores(spec: BuildSpec, base_path: Path, identity: dict, root: Pat
     if path.is_file():
         return json.loads(path.read_text())
     cd = profile_model(str(base_path), prompts, spec.profile_generate_tokens, num_workers=spec.profile_workers)
-    _write_atomic(path, json.dumps(cd) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(cd) + "\n")
     return cd
 
 
@@ -362,15 +364,10 @@ def content_hash(model_dir: Path, cache_dir: Path | None = None) -> str:
             table = json.loads(cache.read_text()) if cache.is_file() else {}
             table = {k: v for k, v in table.items() if Path(k).is_dir()}  # forget folders that are gone
             table[key] = {"files": stamp, "sha256": value}
-            _write_atomic(cache, json.dumps(table, indent=1))
+            write_text_atomic(cache, json.dumps(table, indent=1))
     return value
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # -- Hugging Face Hub --------------------------------------------------------------------------

@@ -283,7 +283,7 @@ def route_variant(
                          "(imported samples?): give --model")
     table = RoutingTable(results)
     if force:
-        table.clear(variant)
+        table.clear(variant, benches)
     done = table.routed_keys(variant)
     report = RouteReport(variant=variant, model=str(model), samples=rows.num_rows)
 

@@ -31,10 +31,9 @@ from omk_ray.variants.checkpoint import (
     write_model,
 )
 from omk_ray.variants.dropmap import DropMapError, drop_map_hash, validate_drop_map
+from omk_ray.variants.hf_config import EXPERT_COUNT_KEYS, expert_counts, find_keys, num_experts, text_config, top_k
 
 SURGERY_VERSION = "1"
-EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")
-TOP_K_KEYS = ("top_k_experts", "num_experts_per_tok")
 ROUTER_NAMES = ("router.proj.weight", "router.per_expert_scale", "mlp.gate.weight", "block_sparse_moe.gate.weight")
 DEFAULT_MAX_SHARD = "5GB"
 
@@ -108,26 +107,24 @@ def prune_checkpoint(
 def plan_prune(model_dir: Path, drop_map: dict, protected: dict[str, list[int]] | None = None) -> PrunePlan:
     """Everything the surgery will write, checked against the checkpoint; writes nothing."""
     config = load_config(model_dir)
-    counts = {v for _, v in find_keys(config, EXPERT_COUNT_KEYS)}
-    if len(counts) != 1:
-        raise SurgeryError(
-            f"{model_dir}/config.json: expected one expert count under {EXPERT_COUNT_KEYS}, found {sorted(counts) or 'none'}"
-        )
-    num_experts = counts.pop()
-    top_k = max((v for _, v in find_keys(config, TOP_K_KEYS)), default=None)
+    experts = num_experts(config)
+    if experts is None:
+        raise SurgeryError(f"{model_dir}/config.json: expected one expert count under {EXPERT_COUNT_KEYS}, found "
+                           f"{sorted(expert_counts(config)) or 'none'}")
     try:
         tensors = read_tensors(model_dir)
     except CheckpointError as err:
         raise SurgeryError(str(err)) from None
     layers = find_moe_layers(tensors)
-    check_layers(layers, num_experts, expected_moe_layers(config), model_dir)
-    clean = validate_drop_map(drop_map, num_experts=num_experts, layers=sorted(layers), protected=protected, top_k=top_k)
+    check_layers(layers, experts, expected_moe_layers(config), model_dir)
+    clean = validate_drop_map(drop_map, num_experts=experts, layers=sorted(layers), protected=protected,
+                              top_k=top_k(config))
     n_drop = len(next(iter(clean.values())))
 
     out: list[OutTensor] = []
     moe_names: set[str] = set()
     for index, layer in layers.items():
-        keep = [e for e in range(num_experts) if e not in set(clean[str(index)])]
+        keep = [e for e in range(experts) if e not in set(clean[str(index)])]
         for t in [*layer.routers.values(), *layer.fused.values()]:
             out.append(rows(t, keep))
             moe_names.add(t.name)
@@ -140,8 +137,8 @@ def plan_prune(model_dir: Path, drop_map: dict, protected: dict[str, list[int]] 
 
     new_config = json.loads(json.dumps(config))
     for path, _ in find_keys(config, EXPERT_COUNT_KEYS):
-        _set(new_config, path, num_experts - n_drop)
-    return PrunePlan(num_experts, num_experts - n_drop, clean, new_config, out)
+        _set(new_config, path, experts - n_drop)
+    return PrunePlan(experts, experts - n_drop, clean, new_config, out)
 
 
 def find_moe_layers(tensors: dict[str, SourceTensor]) -> dict[int, MoELayer]:
@@ -208,7 +205,7 @@ def check_layers(layers: dict[int, MoELayer], num_experts: int, expected: set[in
 
 def expected_moe_layers(config: dict[str, Any]) -> set[int] | None:
     """The decoder layers that have experts, by the config's conventions (None if it cannot tell)."""
-    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    text = text_config(config)
     total = text.get("num_hidden_layers")
     if not isinstance(total, int):
         return None
@@ -231,15 +228,6 @@ def load_config(model_dir: Path) -> dict[str, Any]:
     if list(find_keys(config, ("quantization_config",), int_only=False)):
         raise SurgeryError(f"{path}: the checkpoint is quantized; prune the unquantized model, then quantize")
     return config
-
-
-def find_keys(obj: Any, keys: tuple[str, ...], path: tuple = (), int_only: bool = True):
-    """(path, value) of every occurrence of the keys in nested dicts."""
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if k in keys and (not int_only or (isinstance(v, int) and not isinstance(v, bool))):
-                yield (*path, k), v
-            yield from find_keys(v, keys, (*path, k), int_only)
 
 
 def _set(obj: dict, path: tuple, value: Any) -> None:
