@@ -318,6 +318,21 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
         raw["artifacts"] = str((base / raw["artifacts"]).resolve())
 
 
+# Settings earlier versions wrote into run manifests and this one no longer has: a grid read back
+# from a manifest ignores them (a user's config that names one is refused with a pointer instead).
+RETIRED = {"farm": ("shard_size",)}
+
+
+def recorded_grid(raw: Any, source: str) -> GridConfig:
+    """The grid a run's manifest recorded, as this version reads it."""
+    raw = json.loads(json.dumps(raw))
+    for section, keys in RETIRED.items():
+        if isinstance(raw, dict) and isinstance(raw.get(section), dict):
+            for key in keys:
+                raw[section].pop(key, None)
+    return parse_grid(raw, source)
+
+
 def parse_grid(raw: Any, source: str = "<config>", base_dir: Path | None = None) -> GridConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a grid config must be a mapping, got {type(raw).__name__}")

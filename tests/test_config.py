@@ -227,3 +227,16 @@ def test_paths_resolve_against_the_config_files_real_folder(tmp_path, tiny_gemma
     assert grid.variant("arm").build == {"base": str((real / "model").resolve()),
                                          "drop_map": str((real / "drops.json").resolve())}
     assert grid.bench("copy").source == str((real / "bench.jsonl").resolve())
+
+
+def test_a_manifest_of_an_earlier_version_still_reads(tmp_path):
+    """Run manifests written before farm.shard_size was retired read back (status, compare, rescore);
+    a user's config that still names it is refused with a pointer to what replaced it."""
+    from omk_ray.config import parse_grid, recorded_grid
+
+    raw = {"name": "old", "variants": [{"name": "a", "model": "m", "engine": "echo"}],
+           "benches": [{"name": "b", "source": "b.jsonl"}], "farm": {"shard_size": 16, "max_retries": 3}}
+    grid = recorded_grid(raw, "runs/x/manifest.json")
+    assert grid.farm.max_retries == 3 and grid.variants[0].name == "a"
+    with pytest.raises(ConfigError, match="farm.shard_size is gone"):
+        parse_grid(raw, "grid.yaml")

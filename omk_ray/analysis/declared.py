@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from omk_ray.config import ConfigError, DeclaredFacts, parse_grid
+from omk_ray.config import ConfigError, DeclaredFacts, recorded_grid
 from omk_ray.results.store import ResultsStore, RunLog
 
 log = logging.getLogger("omk_ray.analysis")
@@ -75,7 +75,7 @@ def read_declared(store: ResultsStore) -> Declared:
             config = manifest.get("config")
             if config is None:
                 continue
-            grid = parse_grid(config, source=f"{run.manifest_path} (config)")
+            grid = recorded_grid(config, f"{run.manifest_path} (config)")
         except (OSError, ValueError, ConfigError) as err:
             log.warning("run %s: config not readable, its overrides are not known: %s", run.run_id, err)
             declared.unreadable.append(run.run_id)

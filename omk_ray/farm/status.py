@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from omk_ray.config import parse_grid
+from omk_ray.config import recorded_grid
 from omk_ray.farm.planner import make_plan
 from omk_ray.results.store import ResultsStore, RunLog, UnreadableResults
 
@@ -34,7 +34,7 @@ def latest_run(store: ResultsStore) -> RunLog:
 def grid_status(store: ResultsStore, run: RunLog | None = None) -> list[CellStatus]:
     run = run or latest_run(store)
     manifest = run.manifest()
-    grid = parse_grid(manifest["config"], f"{run.manifest_path}:config")
+    grid = recorded_grid(manifest["config"], f"{run.manifest_path}:config")
     plan = make_plan(grid, store, model_paths=manifest.get("model_paths"), variants=manifest.get("variants"),
                      limit_docs=manifest.get("limit_docs"))
     failures: dict[tuple[str, str], set[str]] = {}

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from omk_ray.benches import Doc, Score, make_bench, score_guarded
 from omk_ray.benches.base import ScorerUnavailable
 from omk_ray.benches.data import DataError
-from omk_ray.config import BenchSpec, GridConfig, parse_grid
+from omk_ray.config import BenchSpec, GridConfig, recorded_grid
 from omk_ray.engines.base import Completion
 from omk_ray.results.importers import PROGRAM_TESTS, TOKENS_MISSING, bench_sidecar_paths
 from omk_ray.results.schema import SAMPLE_SCHEMA
@@ -109,7 +109,7 @@ def bench_specs(store: ResultsStore, grid: GridConfig | None = None) -> dict[str
     for run in store.runs():  # later runs win over earlier ones and over imports
         config = run.manifest().get("config")
         if config:
-            specs.update({b.name: b for b in parse_grid(config, str(run.manifest_path)).benches})
+            specs.update({b.name: b for b in recorded_grid(config, str(run.manifest_path)).benches})
     if grid is not None:
         specs.update({b.name: b for b in grid.benches})
     return specs

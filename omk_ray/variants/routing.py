@@ -37,7 +37,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from omk_ray.config import Recipe, parse_grid
+from omk_ray.config import Recipe, recorded_grid
 from omk_ray.results.routing import ROUTING_SCHEMA, SEGMENTS, RoutingTable
 from omk_ray.results.schema import RESUME_KEY
 from omk_ray.results.store import ResultsStore
@@ -117,7 +117,7 @@ class SampleSource:
             manifest = run.manifest()
             if not manifest.get("config"):
                 continue
-            grid = parse_grid(manifest["config"], f"{run.manifest_path} (config)")
+            grid = recorded_grid(manifest["config"], f"{run.manifest_path} (config)")
             if variant not in {v.name for v in grid.variants}:
                 continue
             spec = grid.variant(variant)
