@@ -59,7 +59,8 @@ class Engine(ABC):
     """An engine holds one variant's weights and answers requests, many at once."""
 
     kind: str = ""
-    uses_accelerator: bool = True  # False for engines that hold no model (HTTP clients, replay, echo)
+    uses_accelerator: bool = True  # False for engines that need no GPU slot (HTTP clients, replay, echo)
+    holds_weights: bool = True  # False for engines that load no checkpoint (those and the fake simgpu)
     Options: type[BaseModel] = NoOptions  # validates `engine_args.extra` when the grid is loaded
 
     def __init__(self, variant: VariantSpec, model_path: str):

@@ -12,6 +12,7 @@ from omk_ray.engines.base import Completion, Engine, Request
 class EchoEngine(Engine):
     kind = "echo"
     uses_accelerator = False
+    holds_weights = False
 
     @property
     def capacity(self) -> int:

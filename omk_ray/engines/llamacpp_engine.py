@@ -59,6 +59,7 @@ class LlamaCppOptions(OpenAIOptions):
 class LlamaCppEngine(OpenAIEngine):
     kind = "llamacpp"
     uses_accelerator = True  # the server holds the model on this actor's slot
+    holds_weights = True
     Options = LlamaCppOptions
 
     def __init__(self, variant: VariantSpec, model_path: str):

@@ -66,6 +66,7 @@ class OpenAIOptions(BaseModel):
 class OpenAIEngine(Engine):
     kind = "openai"
     uses_accelerator = False  # the server holds the model
+    holds_weights = False
     Options = OpenAIOptions
 
     def __init__(self, variant: VariantSpec, model_path: str):

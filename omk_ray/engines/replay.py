@@ -42,6 +42,7 @@ class ReplayOptions(BaseModel):
 class ReplayEngine(Engine):
     kind = "replay"
     uses_accelerator = False
+    holds_weights = False
     Options = ReplayOptions
 
     def __init__(self, variant: VariantSpec, model_path: str):

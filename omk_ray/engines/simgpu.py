@@ -51,6 +51,7 @@ class _Seq:
 class SimulatedGpuEngine(Engine):
     kind = "simgpu"
     Options = SimGpuOptions
+    holds_weights = False
 
     def __init__(self, variant, model_path: str):
         super().__init__(variant, model_path)

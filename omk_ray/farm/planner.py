@@ -85,7 +85,7 @@ def weights_identity(variant: VariantSpec, model_path: str | None) -> dict[str, 
     from omk_ray.engines import engine_class
     from omk_ray.variants.registry import content_hash, default_hash_cache, resolve_hub_revision
 
-    if not engine_class(variant.engine).uses_accelerator:
+    if not engine_class(variant.engine).holds_weights:
         return {"model": variant.model_ref, "revision": variant.revision}
     folder = Path(model_path) if model_path else None
     if folder is not None and folder.is_dir():
@@ -151,7 +151,7 @@ def grid_problems(grid: GridConfig) -> list[str]:
         else:
             engine = ENGINES.load(v.engine)
             problems += [f"variant {v.name!r}: engine_args.extra.{p}" for p in option_problems(engine, v.engine_args.extra)]
-            if engine.uses_accelerator and v.model and not v.build:
+            if engine.holds_weights and v.model and not v.build:
                 problems += [f"variant {v.name!r}: model {p}" for p in _checkpoint_problems(v.model)]
         if v.build:
             problems += [f"variant {v.name!r}: {p}" for p in _build_problems(v.build)]
