@@ -14,9 +14,10 @@ from pydantic import BaseModel, ValidationError
 
 
 class Registry(dict[str, str]):
-    def __init__(self, what: str, entries: dict[str, str]):
+    def __init__(self, what: str, entries: dict[str, str], base: type):
         super().__init__(entries)
         self.what = what
+        self.base = base  # what every plug-in derives from, so it inherits the defaults the core reads
 
     def register(self, kind: str, target: str) -> None:
         self[kind] = target
@@ -25,7 +26,11 @@ class Registry(dict[str, str]):
         if kind not in self:
             raise KeyError(f"unknown {self.what} {kind!r}; known: {', '.join(sorted(self))}")
         module, _, name = self[kind].partition(":")
-        return getattr(importlib.import_module(module), name)
+        plugin = getattr(importlib.import_module(module), name)
+        if not (isinstance(plugin, type) and issubclass(plugin, self.base)):
+            raise TypeError(f"{self.what} {kind!r} is {self[kind]}, which does not derive from "
+                            f"{self.base.__module__}.{self.base.__name__}")
+        return plugin
 
 
 def option_problems(plugin: type, options: dict[str, Any]) -> list[str]:

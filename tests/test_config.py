@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 import ray
+from conftest import hf_variant, write_bench, write_grid
+from pydantic import BaseModel
 from typer.testing import CliRunner
 
-from conftest import hf_variant, write_bench, write_grid
 from omk_ray.cli import app
 from omk_ray.config import ConfigError, Recipe, load_grid
+from omk_ray.engines.echo import EchoEngine
 
 runner = CliRunner()
 
@@ -116,16 +118,16 @@ def test_locked_run_refuses_a_config_without_or_off_its_lock(tmp_path, tiny_gemm
 # -- every mistake before start ------------------------------------------------------------------
 
 
-class StrictEcho:
-    """Stands in for an engine kind that declares its `engine_args.extra` (as every engine will)."""
+class StrictEcho(EchoEngine):
+    """The echo engine with options of its own, as a plug-in engine declares its `engine_args.extra`."""
 
-    from pydantic import BaseModel as _Base, ConfigDict as _Config
-
-    class Options(_Base):
+    class Options(BaseModel):
         model_config = {"extra": "forbid"}
         seconds_per_token: float = 0.0
 
-    uses_accelerator = False
+
+class NotAnEngine:
+    """A plug-in that forgot to derive from Engine (and so lacks the defaults the farm reads)."""
 
 
 @pytest.fixture
@@ -133,8 +135,11 @@ def strict_engine():
     from omk_ray.engines import ENGINES, register_engine
 
     register_engine("strict-echo", f"{__name__}:StrictEcho")
+    register_engine("not-an-engine", f"{__name__}:NotAnEngine")
+    register_engine("missing-module", "no_such_package.engine:Engine")
     yield "strict-echo"
-    ENGINES.pop("strict-echo")
+    for kind in ("strict-echo", "not-an-engine", "missing-module"):
+        ENGINES.pop(kind)
 
 
 def mistakes(tmp_path) -> dict[str, tuple[dict, str]]:
@@ -154,6 +159,13 @@ def mistakes(tmp_path) -> dict[str, tuple[dict, str]]:
         "unknown engine extra": ({"variants": [{"name": "e", "engine": "strict-echo", "model": "m",
                                                 "engine_args": {"extra": {"seconds_per_tokn": 1}}}]},
                                  "variant 'e': engine_args.extra.seconds_per_tokn: Extra inputs are not permitted"),
+        "plug-in not an Engine": ({"variants": [{"name": "e", "engine": "not-an-engine", "model": "m"}]},
+                                  f"variant 'e': cannot load engine 'not-an-engine' ({__name__}:NotAnEngine): engine "
+                                  f"'not-an-engine' is {__name__}:NotAnEngine, which does not derive from "
+                                  "omk_ray.engines.base.Engine"),
+        "plug-in module missing": ({"variants": [{"name": "e", "engine": "missing-module", "model": "m"}]},
+                                   "variant 'e': cannot load engine 'missing-module' (no_such_package.engine:Engine): "
+                                   "No module named 'no_such_package'"),
         "unknown bench option": ({"benches": [{**bench, "options": {"answer_regexp": "x"}}]},
                                  "bench 'copy': options.answer_regexp: Extra inputs are not permitted"),
         "repeated subset id": ({"benches": [{**bench, "subset": ["q0", "q1", "q0"]}]},
@@ -170,7 +182,8 @@ def mistakes(tmp_path) -> dict[str, tuple[dict, str]]:
 
 
 @pytest.mark.parametrize("mistake", ["missing model folder", "folder without config.json", "min_tokens > max_gen_toks",
-                                     "unknown engine extra", "unknown bench option", "repeated subset id",
+                                     "unknown engine extra", "plug-in not an Engine", "plug-in module missing",
+                                     "unknown bench option", "repeated subset id",
                                      "negative subset", "empty bench", "bad build block", "build base folder missing"])
 def test_every_mistake_is_refused_before_anything_starts(tmp_path, tiny_gemma4, strict_engine, mistake):
     change, message = mistakes(tmp_path)[mistake]

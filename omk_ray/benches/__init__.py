@@ -16,7 +16,7 @@ BENCHES = Registry("bench kind", {
     "humaneval_plus": "omk_ray.benches.humaneval:HumanEvalPlusBench",
     "mbpp": "omk_ray.benches.mbpp:MbppBench",
     "livecodebench": "omk_ray.benches.livecodebench:LiveCodeBench",
-})
+}, base=Bench)
 
 
 def register_bench(kind: str, target: str) -> None:

@@ -16,7 +16,7 @@ ENGINES = Registry("engine", {
     "openai": "omk_ray.engines.openai_engine:OpenAIEngine",
     "replay": "omk_ray.engines.replay:ReplayEngine",
     "llamacpp": "omk_ray.engines.llamacpp_engine:LlamaCppEngine",
-})
+}, base=Engine)
 
 
 def register_engine(kind: str, target: str) -> None:

@@ -146,20 +146,17 @@ def grid_problems(grid: GridConfig) -> list[str]:
 
     problems = []
     for v in grid.variants:
-        if v.engine not in ENGINES:
-            problems.append(f"variant {v.name!r}: unknown engine {v.engine!r} (known: {', '.join(sorted(ENGINES))})")
-        else:
-            engine = ENGINES.load(v.engine)
+        engine = _plugin(ENGINES, v.engine, f"variant {v.name!r}", problems)
+        if engine:
             problems += [f"variant {v.name!r}: engine_args.extra.{p}" for p in option_problems(engine, v.engine_args.extra)]
             if engine.holds_weights and v.model and not v.build:
                 problems += [f"variant {v.name!r}: model {p}" for p in _checkpoint_problems(v.model)]
         if v.build:
             problems += [f"variant {v.name!r}: {p}" for p in _build_problems(v.build)]
     for b in grid.benches:
-        if b.kind not in BENCHES:
-            problems.append(f"bench {b.name!r}: unknown bench kind {b.kind!r} (known: {', '.join(sorted(BENCHES))})")
-        else:
-            problems += [f"bench {b.name!r}: options.{p}" for p in option_problems(BENCHES.load(b.kind), b.options)]
+        bench = _plugin(BENCHES, b.kind, f"bench {b.name!r}", problems)
+        if bench:
+            problems += [f"bench {b.name!r}: options.{p}" for p in option_problems(bench, b.options)]
     for v in grid.variants:
         limit = v.engine_args.max_model_len
         for b in grid.benches:
@@ -170,6 +167,17 @@ def grid_problems(grid: GridConfig) -> list[str]:
                     f"max_model_len={limit} (budget = max(max_gen_toks, thinking_budget + headroom))"
                 )
     return problems
+
+
+def _plugin(registry, kind: str, where: str, problems: list[str]) -> type | None:
+    """The class registered for `kind`, or None with the reason added to `problems`."""
+    try:
+        return registry.load(kind)
+    except KeyError as err:
+        problems.append(f"{where}: {err.args[0]}")
+    except (ImportError, AttributeError, TypeError) as err:
+        problems.append(f"{where}: cannot load {registry.what} {kind!r} ({registry[kind]}): {err}")
+    return None
 
 
 def _cannot_run(grid: GridConfig, problems: list[str]) -> str:
