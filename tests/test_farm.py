@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import ray
 
 from conftest import hf_variant, stored_keys, vllm_variant, write_bench, write_grid
@@ -250,3 +251,35 @@ def test_code_bench_engine_keeps_generating_while_programs_are_scored(tmp_path, 
     # request by request, neither waited for it nor sat idle between requests.
     assert idle < 0.3, idle
     assert last - first < n * sleep_s / 2, (last - first)
+
+
+
+@pytest.mark.parametrize("load_s, docs, engines", [(4.0, 30, 2), (0.5, 100, 3)])
+def test_a_sibling_engine_starts_only_when_it_pays_for_its_load(tmp_path, local_ray, load_s, docs, engines):
+    """A slot freed mid-run goes to a further engine of a busy variant only when that variant's work left
+    outlasts an engine's load, both measured in the run. Fake GPUs: `serial` answers one 5-token request
+    at a time (50 tokens/s); `wide` answers every request at once in 2 s and frees its slot."""
+    lengths = tmp_path / "lengths.json"
+    lengths.write_text(json.dumps({"5": 200}))
+    fake = {"step_s": 0.02, "step_s_per_seq": 0, "load_s": load_s}
+    grid = parse_grid({
+        "name": "siblings", "recipe": {"max_gen_toks": 256},
+        "variants": [
+            {"name": "serial", "model": "none", "engine": "simgpu", "engine_args": {"extra": {**fake, "max_num_seqs": 1}}},
+            {"name": "wide", "model": "none", "engine": "simgpu", "engine_args": {"extra": {
+                **fake, "step_s": 0.01, "max_num_seqs": docs, "lengths": str(lengths)}}},
+        ],
+        "benches": [{"name": "b", "kind": "jsonl", "source": str(bench_of(tmp_path / "b.jsonl", docs, "5"))}],
+        "farm": {"max_engines": 2, "canary": {"enabled": False}},
+    })
+    summary = run_grid(grid, tmp_path / "results", show_progress=False)
+    events = ResultsStore(tmp_path / "results").runs()[-1].events()
+    started = sorted(e["variant"] for e in events if e["event"] == "engine_starting")
+    # 4 s of load for ~1 s of work left: no third engine; 0.5 s for ~8 s left: one more `serial`
+    assert summary.failed == 0 and summary.generated == 2 * docs
+    assert started == (["serial", "wide"] if engines == 2 else ["serial", "serial", "wide"])
+
+
+def bench_of(path, n: int, prompt: str):
+    path.write_text("".join(json.dumps({"id": f"q{i}", "prompt": prompt, "target": prompt}) + "\n" for i in range(n)))
+    return path

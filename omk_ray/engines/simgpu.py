@@ -12,7 +12,7 @@ It takes a GPU slot like a real engine, so N fake GPUs hold N of them.
 `quantum_s` (0.02: the loop sleeps in steps of about this much simulated time, so arrivals wait at
 most that long), `lengths` (a JSON file {last message: answer tokens}), `answers` (a JSON file
 {last message: answer text}; default: the message itself), `stall_after` (answer this many
-requests, then never again: for stall tests).
+requests, then never again: for stall tests), `load_s` (seconds the fake model takes to load).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class SimGpuOptions(BaseModel):
     lengths: str | None = None
     answers: str | None = None
     stall_after: int | None = Field(None, ge=0)
+    load_s: float = Field(0.0, ge=0)
 
 
 class _Seq:
@@ -61,6 +62,7 @@ class SimulatedGpuEngine(Engine):
         self._loop_task: asyncio.Task | None = None
         self.lengths = json.loads(Path(self.options.lengths).read_text()) if self.options.lengths else {}
         self.answers = json.loads(Path(self.options.answers).read_text()) if self.options.answers else {}
+        time.sleep(self.options.load_s)
 
     @property
     def capacity(self) -> int:

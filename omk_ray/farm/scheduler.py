@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -218,6 +219,7 @@ class Scheduler:
         self.retired: list[EngineStats] = []
         self.attempts: dict[int, int] = {}
         self.start_failures: dict[str, int] = {}
+        self.load_seconds: list[tuple[str, float]] = []  # (engine kind, seconds from start to loaded)
         self.scorers: list[Any] = []
         self.scorer_load: dict[int, int] = {}
         self.to_score: dict[tuple[str, str], list[tuple[Sample, Generated, str]]] = {}
@@ -266,12 +268,29 @@ class Scheduler:
                     continue  # its engines keep failing to start: the ones it has will do
                 if mine and not engine_class(variant.engine).uses_accelerator:
                     continue  # a client of a server or a replay: one actor per variant is enough
+                if mine and not self._sibling_pays(variant, queue, mine):
+                    continue
                 share = max(queue.remaining_tokens, 1.0) / (len(mine) + 1)
                 if share > best_share and self._cost(variant) <= self._free() + 1e-9:
                     best, best_share = variant, share
             if best is None:
                 return
             self._start(best)
+
+    def _sibling_pays(self, variant: VariantSpec, queue: VariantQueue, mine: list[Slot]) -> bool:
+        """A further engine for a variant that has some pays only when its engines would take longer to
+        finish the work left than a new one takes to load, both measured on this run's engines of the
+        variant's kind, the speed on the variant's own engines where they have finished something
+        (unmeasured: it pays, as at the start every free slot is worth an engine)."""
+        kind = variant.engine
+        loads = [seconds for k, seconds in self.load_seconds if k == kind]
+        stats = [e for e in self.engine_stats() if e.tokens and self.grid.variant(e.variant).engine == kind]
+        stats = [e for e in stats if e.variant == variant.name] or stats
+        busy = sum(e.busy_s for e in stats)
+        if not loads or busy <= 0:
+            return True
+        tokens_per_s = sum(e.tokens for e in stats) / busy
+        return queue.remaining_tokens / (tokens_per_s * len(mine)) > statistics.median(loads)
 
     def _room(self, slots: list[Slot]) -> int:
         """Requests these engines (one variant's) can still take; a loading one counts as the target of a
@@ -323,6 +342,7 @@ class Scheduler:
 
     def _loaded(self, slot: Slot, info: dict) -> None:
         slot.info, slot.loading = info, None
+        self.load_seconds.append((self.grid.variant(slot.variant).engine, time.monotonic() - slot.created))
         slot.target = self.farm.max_in_flight or max(1, math.ceil(IN_FLIGHT_FACTOR * info.get("capacity", 1)))
         self.runlog.event("engine_started", name=slot.name, info=info, in_flight=slot.target)
 
