@@ -390,6 +390,10 @@ def test_unmarked_blocks_run(block, tmp_path):
     out = "\n".join(r.stdout for r in results)
     if "example_plugins/grid.yaml" in block.text:  # docs/adding-an-engine.md: the plug-ins through a grid
         assert "| wordcount (40) | 100.00% ±0.00 | 87.50% ±5.30 | −12.50pp |" in out, out[-3000:]
-    if "--variant toy-hf --variant max" in block.text:  # the README's tour
-        assert "## Evaluation: max vs toy-hf" in out and "| toy (40) |" in out, out[-3000:]
+    if "--variant toy-hf --variant max" in block.text:  # the README's tour: plan, run, status, compare
+        plan, _, status, card = (r.stdout for r in results)
+        assert "3200 of 3200 samples to generate" in " ".join(plan.split()), plan
+        for variant in ("toy-hf", "max"):  # 40 expected, 40 done, 0 missing, 0 failed, canary passed
+            assert re.search(variant + r"\s*│\s*toy\s*│\s*40\s*│\s*40\s*│\s*0\s*│\s*0\s*│\s*passed", status), status
+        assert "## Evaluation: max vs toy-hf" in card and "| toy (40) |" in card, card[-3000:]
         assert (tmp_path / "runs/tour/report/card.md").is_file()
