@@ -202,7 +202,7 @@ def test_the_docs_show_commands():
     assert any(omk_args(program(a)[1]) == ["plan", "configs/demo.yaml"] for _, a in found)
 
 
-@pytest.mark.parametrize("where,argv", all_commands(), ids=lambda v: v if isinstance(v, str) else None)
+@pytest.mark.parametrize("where,argv", [pytest.param(w, a, id=f"{w} {shlex.join(a[:3])}") for w, a in all_commands()])
 def test_every_shown_command_checks(where, argv):
     problems = check_command(argv)
     assert not problems, f"{where}: `{shlex.join(argv)}`: " + "; ".join(problems)
