@@ -77,14 +77,14 @@ def test_per_variant_override_changes_recipe_hash(tmp_path):
     [
         ({"variants": [{**hf_variant("a", "/m"), "engine": "sglang"}]}, "unknown engine 'sglang'"),
         ({"benches": [{"name": "x", "kind": "nope", "source": "x"}]}, "unknown bench kind 'nope'"),
-        ({"benches": [{"name": "x", "kind": "jsonl", "source": "/no/such.jsonl"}]}, "not found"),
+        ({"benches": [{"name": "x", "kind": "jsonl", "source": "/no/such.jsonl"}]}, "data file /no/such.jsonl not found"),
         ({"recipe": {"max_gen_toks": 400}}, "does not fit max_model_len=256"),
     ],
 )
 def test_cli_refuses_before_starting_anything(tmp_path, change, message):
     results = tmp_path / "results"
     code, output = run_cli("run", grid_file(tmp_path, **change), "--results", results)
-    assert code == 2 and message in output
+    assert code == 2 and output.count(message) == 1  # said once
     assert not results.exists()  # no run folder, no shard
     assert not ray.is_initialized()  # no cluster was started
 
@@ -191,7 +191,9 @@ def test_every_mistake_is_refused_before_anything_starts(tmp_path, tiny_gemma4, 
     path = grid_file(tmp_path, tiny_model=tiny_gemma4, **change)
     for command in (["plan", path], ["run", path, "--results", tmp_path / "results", "--no-progress"]):
         code, output = run_cli(*command)
-        assert code == 2 and str(path) in output and message in " ".join(output.split()), output
+        said = " ".join(output.split())
+        assert code == 2 and str(path) in output and message in said, output
+        assert [said.count(w) for w in ("bench '", "variant '")] == [message.count(w) for w in ("bench '", "variant '")]
     assert not (tmp_path / "results").exists()  # no run folder, no shard
     assert not ray.is_initialized()  # no cluster was started
 
