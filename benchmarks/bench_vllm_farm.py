@@ -26,7 +26,7 @@ from pathlib import Path
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-TOY = Path(__file__).resolve().parents[1] / "omk_ray" / "toy" / "assets"
+TOY = Path(__file__).resolve().parents[1] / "omk_ray" / "_data" / "toy"
 LENGTHS = (8, 16, 32, 64, 128, 200)
 ENGINE_ARGS = {"dtype": "float32", "max_model_len": 256, "extra": {"enforce_eager": True}}
 

@@ -304,16 +304,23 @@ LOCAL_PATHS = (
 )  # fmt: skip
 
 
-def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
-    """Local paths in a config are relative to the config file; anything else is a hub id."""
+def _local_paths(raw: dict[str, Any]):
+    """(holder, key, value) of every string at a LOCAL_PATHS place in a raw config."""
     for section, keys in LOCAL_PATHS:
         for item in raw.get(section) or []:
             *parents, key = keys
             for parent in parents:
                 item = item.get(parent) if isinstance(item, dict) else None
             value = item.get(key) if isinstance(item, dict) else None
-            if isinstance(value, str) and not Path(value).is_absolute() and (base / value).exists():
-                item[key] = str((base / value).resolve())
+            if isinstance(value, str):
+                yield item, key, value
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    """Local paths in a config are relative to the config file; anything else is a hub id."""
+    for item, key, value in _local_paths(raw):
+        if not Path(value).is_absolute() and (base / value).exists():
+            item[key] = str((base / value).resolve())
     if isinstance(raw.get("artifacts"), str) and not Path(raw["artifacts"]).is_absolute():
         raw["artifacts"] = str((base / raw["artifacts"]).resolve())
 
@@ -323,6 +330,27 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
 RETIRED = {"farm": ("shard_size",)}
 
 
+# Package data earlier versions shipped elsewhere (old -> new, inside the omk_ray package): the
+# absolute paths a manifest recorded to it are read as where the files live now.
+MOVED_DATA = (
+    ("toy/assets/profile_prompts.jsonl", "_data/toy/toy_profile_prompts.jsonl"),
+    ("toy/assets/", "_data/toy/"),
+    ("data/profile_prompts.jsonl", "_data/routing_profile_prompts.jsonl"),
+    ("benches/lmeval_tasks", "_data/lmeval_tasks"),
+)
+
+
+def _moved_data(path: str) -> str:
+    """`path` as it is now, if it is package data of an earlier version that has moved."""
+    for old, new in MOVED_DATA:
+        marker = f"/omk_ray/{old}"
+        if marker in path and not Path(path).exists():
+            moved = path.replace(marker, f"/omk_ray/{new}", 1)
+            if Path(moved).exists():
+                return moved
+    return path
+
+
 def recorded_grid(raw: Any, source: str) -> GridConfig:
     """The grid a run's manifest recorded, as this version reads it."""
     raw = json.loads(json.dumps(raw))
@@ -330,6 +358,9 @@ def recorded_grid(raw: Any, source: str) -> GridConfig:
         if isinstance(raw, dict) and isinstance(raw.get(section), dict):
             for key in keys:
                 raw[section].pop(key, None)
+    if isinstance(raw, dict):
+        for item, key, value in list(_local_paths(raw)):
+            item[key] = _moved_data(value)
     return parse_grid(raw, source)
 
 

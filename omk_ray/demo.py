@@ -1,7 +1,7 @@
 """`omk-ray demo`: the whole path on this machine, from a trained toy MoE to a model-card report.
 
-The grid is `configs/demo.yaml` (a link to `omk_ray/toy/assets/demo.yaml`): the toy Gemma 4
-MoE shipped in `omk_ray/toy/assets/` as the baseline (on vLLM, and on transformers to show
+The grid is `configs/demo.yaml` (a link to `omk_ray/_data/toy/demo.yaml`): the toy Gemma 4
+MoE shipped in `omk_ray/_data/toy/` as the baseline (on vLLM, and on transformers to show
 both engines agree), and pruned arms that the run builds itself: the toy model is profiled
 per class, drop maps are made by `max`, `mean` and `geomean` over classes and by `max` with
 the arithmetic class split into its subclasses, and the experts are cut out by the
@@ -28,7 +28,7 @@ from omk_ray.config import load_grid
 from omk_ray.farm.runner import run_grid
 
 console = Console()
-DEMO_CONFIG = Path(__file__).parent / "toy" / "assets" / "demo.yaml"
+DEMO_CONFIG = Path(__file__).parent / "_data" / "toy" / "demo.yaml"
 GGUF_CONFIG = DEMO_CONFIG.with_name("demo_gguf.yaml")
 BASELINE = "toy"
 GGUF_COHORTS = [("vLLM float32", ["toy", "max"]), ("llama.cpp F16", ["toy-f16", "max-f16"]),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from omk_ray.benches import data
+from omk_ray.benches import sources
 
 # A real lm-eval run, kept in the repository (see its README for where it came from).
 LOGS = Path(__file__).resolve().parent / "fixtures" / "lm-eval-logs"
@@ -24,14 +24,14 @@ def data_cache(tmp_path_factory) -> Path:
     import os
 
     cache = tmp_path_factory.mktemp("omk-data")
-    data.fetch_nltk("punkt_tab", cache)
-    old = os.environ.get(data.CACHE_ENV)
-    os.environ[data.CACHE_ENV] = str(cache)
+    sources.fetch_nltk("punkt_tab", cache)
+    old = os.environ.get(sources.CACHE_ENV)
+    os.environ[sources.CACHE_ENV] = str(cache)
     yield cache
     if old is None:
-        os.environ.pop(data.CACHE_ENV, None)
+        os.environ.pop(sources.CACHE_ENV, None)
     else:
-        os.environ[data.CACHE_ENV] = old
+        os.environ[sources.CACHE_ENV] = old
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from conftest_benches import TASK_ROWS, data_cache, write_jsonl  # noqa: F401 - fixture
 from omk_ray.benches import BENCHES, make_bench
-from omk_ray.benches.data import DataError
+from omk_ray.benches.sources import DataError
 from omk_ray.config import BenchSpec, grid_to_dict, load_grid, parse_grid
 
 CANONICAL = Path(__file__).resolve().parents[1] / "configs" / "canonical.yaml"

@@ -255,3 +255,27 @@ def test_a_manifest_of_an_earlier_version_still_reads(tmp_path):
     assert grid.farm.max_retries == 3 and grid.variants[0].name == "a"
     with pytest.raises(ConfigError, match="farm.shard_size is gone"):
         parse_grid(raw, "grid.yaml")
+
+
+def test_a_manifest_naming_package_data_where_it_used_to_live_reads_where_it_is_now(tmp_path):
+    """Manifests recorded absolute paths to the shipped toy, its prompts and lm-eval tasks before
+    they moved under omk_ray/_data/; read back, each names the file where it lives now."""
+    from omk_ray.config import recorded_grid
+    from omk_ray.toy.data import assets_dir
+
+    package = assets_dir().parents[1]  # .../omk_ray
+    raw = {"name": "old",
+           "variants": [{"name": "toy", "model": str(package / "toy/assets/model")},
+                        {"name": "arm", "build": {"base": str(package / "toy/assets/model"), "drop": 6,
+                                                  "profile_prompts": str(package / "toy/assets/profile_prompts.jsonl")}},
+                        {"name": "hub", "model": "google/gemma-4-26b-a4b-it"}],
+           "benches": [{"name": "toy", "source": str(package / "toy/assets/bench.jsonl")},
+                       {"name": "aime", "kind": "lmeval", "options": {
+                           "task": "aime24_chat", "include_path": str(package / "benches/lmeval_tasks")}}]}
+    grid = recorded_grid(raw, "runs/x/manifest.json")
+    assert grid.variant("toy").model == str(package / "_data/toy/model")
+    assert grid.variant("arm").build == {"base": str(package / "_data/toy/model"), "drop": 6,
+                                         "profile_prompts": str(package / "_data/toy/toy_profile_prompts.jsonl")}
+    assert grid.variant("hub").model == "google/gemma-4-26b-a4b-it"
+    assert grid.bench("toy").source == str(package / "_data/toy/bench.jsonl")
+    assert grid.bench("aime").options["include_path"] == str(package / "_data/lmeval_tasks")

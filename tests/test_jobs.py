@@ -130,7 +130,7 @@ def greedy_answers(model: Path, prompts: list[str], recipe: Recipe) -> list[str]
 
 def test_ablation_grid_job_submitted_through_the_jobs_api(tmp_path, tiny_gemma4, ray_head):
     """Build an arm (one expert dropped per layer), canary both, evaluate, compare, report."""
-    from omk_ray.variants.registry import ensure_variant
+    from omk_ray.variants.artifacts import ensure_variant
 
     recipe = {"max_gen_toks": 4, "min_tokens": 1}
     build = {"base": str(tiny_gemma4), "drop_map": {"0": [1], "1": [1]}}

@@ -21,7 +21,7 @@ from omk_ray.farm.runner import run_grid
 from omk_ray.engines.base import Request
 from omk_ray.toy.data import CALIBRATION_FILE, calibration_text, shipped
 from omk_ray.variants.gguf import GGUFError, GGUFOptions, build_gguf, converter_ready, gguf_file, import_gguf
-from omk_ray.variants.registry import BuildError, ensure_variant, parse_build, resolve_build
+from omk_ray.variants.artifacts import BuildError, ensure_variant, parse_build, resolve_build
 
 TOY_RECIPE = Recipe(max_gen_toks=8, temperature=0)
 

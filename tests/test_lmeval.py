@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from conftest_benches import data_cache, gpqa_rows, gsm8k_rows, ifeval_rows, write_jsonl  # noqa: F401
-from omk_ray.benches import data, make_bench
+from omk_ray.benches import make_bench, sources
 from omk_ray.config import BenchSpec
 from omk_ray.engines.base import Completion
 
@@ -99,8 +99,8 @@ def test_gpqa_keeps_ids_and_domains_and_shuffles_choices_the_same_every_time(tmp
 
 
 def test_missing_data_and_unknown_tasks_are_clear_errors(tmp_path, monkeypatch):
-    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "empty-cache"))
-    with pytest.raises(data.DataError, match=r"openai/gsm8k/main\[test\] is not in the data cache.*fetch-data.*source:"):
+    monkeypatch.setenv(sources.CACHE_ENV, str(tmp_path / "empty-cache"))
+    with pytest.raises(sources.DataError, match=r"openai/gsm8k/main\[test\] is not in the data cache.*fetch-data.*source:"):
         bench("gsm8k", options={"task": "gsm8k"}).docs()
     with pytest.raises(ValueError, match="only generate_until"):
         bench("arc", options={"task": "arc_easy"}).docs()
@@ -113,13 +113,13 @@ def test_missing_data_and_unknown_tasks_are_clear_errors(tmp_path, monkeypatch):
 def test_ifeval_without_punkt_tab_says_how_to_get_it(tmp_path, monkeypatch):
     import nltk
 
-    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "no-nltk"))
+    monkeypatch.setenv(sources.CACHE_ENV, str(tmp_path / "no-nltk"))
     # forget the folders other tests (or a developer's fetch-data) added for this process
     monkeypatch.setattr(nltk.data, "path", [p for p in nltk.data.path if "omk-data" not in p and "omk-ray" not in p])
-    if data.has_nltk("punkt_tab", tmp_path / "no-nltk"):
+    if sources.has_nltk("punkt_tab", tmp_path / "no-nltk"):
         pytest.skip("punkt_tab is installed system-wide here")
     source = write_jsonl(tmp_path / "ifeval.jsonl", ifeval_rows(2))
-    with pytest.raises(data.DataError, match="needs NLTK's 'punkt_tab'.*omk-ray fetch-data"):
+    with pytest.raises(sources.DataError, match="needs NLTK's 'punkt_tab'.*omk-ray fetch-data"):
         bench("ifeval", source=str(source), options={"task": "ifeval"}).docs()
 
 

@@ -95,7 +95,7 @@ def test_a_hub_id_is_identified_by_the_commit_it_resolves_to(tmp_path, monkeypat
     """Offline, the commit comes from the Hugging Face cache (the layout huggingface_hub writes)."""
     from huggingface_hub import constants
 
-    from omk_ray.variants.registry import resolve_hub_revision
+    from omk_ray.variants.artifacts import resolve_hub_revision
 
     cache = tmp_path / "hub"
     repo = cache / "models--org--tiny"

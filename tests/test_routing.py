@@ -16,9 +16,10 @@ from omk_ray.config import Recipe
 from omk_ray.results.routing import SEGMENTS, RoutingTable
 from omk_ray.results.schema import rows_to_table
 from omk_ray.results.store import ResultsStore
+from omk_ray.toy.data import shipped
 from omk_ray.variants.routing import ANSWER, PROMPT, REASONING, RouteError, completion_parts, forced_positions, route_variant
 
-TOY = Path(__file__).resolve().parents[1] / "omk_ray" / "toy" / "assets" / "model"
+TOY = shipped("model")
 LOGS = Path(__file__).parent / "fixtures" / "lm-eval-logs"
 PROBLEMS = [
     {"id": "add-1", "prompt": "add 76 6", "target": "82", "domain": "arith"},

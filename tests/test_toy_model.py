@@ -15,7 +15,7 @@ from omk_ray.toy.data import REPORT_FILE, shipped
 from omk_ray.toy.evaluate import accuracy, answers, open_engine
 from omk_ray.toy.tasks import CLASSES, heldout_problems
 
-# Held-out accuracy every class must reach (greedy, exact match); see omk_ray/toy/assets/report.json
+# Held-out accuracy every class must reach (greedy, exact match); see omk_ray/_data/toy/report.json
 # and /work/notes/README_toy.md for the measured figures.
 FLOORS = {"arith": 0.50, "arith/add": 0.80, "arith/sub": 0.80, "arith/mul": 0.15, "reverse": 0.80, "sort": 0.80,
           "logic": 0.80, "brackets": 0.80, "upper": 0.80}

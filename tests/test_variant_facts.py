@@ -16,7 +16,7 @@ from omk_ray.analysis.compare import CompareOptions, compare
 from omk_ray.cli import app
 from omk_ray.toy.data import shipped
 from omk_ray.variants.facts import checkpoint_facts
-from omk_ray.variants.registry import ensure_variant
+from omk_ray.variants.artifacts import ensure_variant
 
 runner = CliRunner(env={"COLUMNS": "200"})
 TOY = shipped("model")  # Gemma 4: 3 MoE layers x 16 experts (hidden 96, expert width 64), top-2

@@ -404,8 +404,9 @@ def test_transformers_engine_runs_the_nvfp4_toy_exactly_as_its_fake_quantized_fl
     accuracy against the float32 toy is printed (the quantization delta)."""
     from omk_ray.toy.evaluate import RECIPE, accuracy, open_engine
     from omk_ray.engines.base import Request
+    from omk_ray.toy.data import assets_dir
 
-    toy = Path(__file__).parents[1] / "omk_ray" / "toy" / "assets"
+    toy = assets_dir()
     problems = [json.loads(line) for line in (toy / "bench.jsonl").read_text().splitlines()]
     for p in problems:
         p["class"], p["subclass"] = p["domain"], p.get("subdomain")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from omk_ray.benches.base import Bench, BenchOptions, Doc, Score, score_guarded
 from omk_ray.config import BenchSpec
-from omk_ray.registry import Registry
+from omk_ray.plugins import Registry
 
 BENCHES = Registry("bench kind", {
     "jsonl": "omk_ray.benches.jsonl:JsonlBench",

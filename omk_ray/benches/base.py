@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from omk_ray.config import BenchSpec, stable_hash
 from omk_ray.engines.base import Completion
-from omk_ray.registry import parse_options
+from omk_ray.plugins import parse_options
 
 
 @dataclass

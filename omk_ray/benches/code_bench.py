@@ -9,7 +9,7 @@ from typing import Literal, Sequence
 
 from pydantic import Field
 
-from omk_ray.benches import data
+from omk_ray.benches import sources
 from omk_ray.benches.base import Bench, BenchOptions, Doc, Score, ScorerUnavailable
 from omk_ray.benches.sandbox import Job, Limits, Outcome, Sandbox
 from omk_ray.config import BenchSpec
@@ -50,11 +50,11 @@ class CodeBench(Bench):
 
     # -- data ----------------------------------------------------------------------------------
 
-    def hub_split(self) -> data.HubSplit | None:
+    def hub_split(self) -> sources.HubSplit | None:
         """The hub dataset split the bench reads from the data cache; None when it reads a local file."""
         return None
 
-    def records(self, cache: Path | None = None) -> data.Records:
+    def records(self, cache: Path | None = None) -> sources.Records:
         raise NotImplementedError
 
     def fetch_data(self, cache: Path) -> list[str]:
@@ -62,7 +62,7 @@ class CodeBench(Bench):
         ref = self.hub_split()
         if ref is None:
             return [f"local data: {len(self.records(cache).rows)} rows"]
-        meta = data.fetch_split(ref, cache, token=os.environ.get("HF_TOKEN"))
+        meta = sources.fetch_split(ref, cache, token=os.environ.get("HF_TOKEN"))
         state = "cached" if meta.get("cached") else "fetched"
         return [f"{ref.label}@{meta['revision']}: {meta['rows']} rows ({state})"]
 

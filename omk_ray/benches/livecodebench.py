@@ -34,7 +34,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from omk_ray.benches import data
+from omk_ray.benches import sources
 from omk_ray.benches.base import Doc
 from omk_ray.benches.code_extract import last_fenced_block
 from omk_ray.benches.code_bench import CodeBench, CodeOptions
@@ -104,15 +104,15 @@ class LiveCodeBench(CodeBench):
             if path.is_file():
                 return [path]
             if not path.is_dir():
-                raise data.DataError(f"bench {self.spec.name!r}: LiveCodeBench source {source} not found")
+                raise sources.DataError(f"bench {self.spec.name!r}: LiveCodeBench source {source} not found")
             folder = path
         else:
             folder = cache_folder(cache)
         missing = [name for name in self.release_files if not (folder / name).is_file()]
         if missing:
-            raise data.DataError(
+            raise sources.DataError(
                 f"bench {self.spec.name!r}: {folder} lacks {missing} of {self.options.release}. Run "
-                f"`omk-ray fetch-data CONFIG --cache DIR` where the hub is reachable (and set {data.CACHE_ENV}=DIR), "
+                f"`omk-ray fetch-data CONFIG --cache DIR` where the hub is reachable (and set {sources.CACHE_ENV}=DIR), "
                 f"or give the bench `source:` a folder holding code_generation_lite's test*.jsonl"
             )
         return [folder / name for name in self.release_files]
@@ -166,7 +166,7 @@ class LiveCodeBench(CodeBench):
             public = json.loads(row.get("public_test_cases") or "[]")
             metadata = json.loads(row.get("metadata") or "{}")
         except ValueError as err:
-            raise data.DataError(f"{task_id(row)}: malformed public_test_cases or metadata ({err})") from None
+            raise sources.DataError(f"{task_id(row)}: malformed public_test_cases or metadata ({err})") from None
         testtype = public[0].get("testtype") if public else "stdin"
         starter = row.get("starter_code") or ""
         fn_name = metadata.get("func_name") or _method_name(starter)
@@ -263,9 +263,9 @@ def read_rows(files: list[Path], wanted: set[str] | None):
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as err:
-                    raise data.DataError(f"{path}:{n}: not JSON ({err})") from None
+                    raise sources.DataError(f"{path}:{n}: not JSON ({err})") from None
                 if not isinstance(row, dict) or "question_id" not in row or "question_content" not in row:
-                    raise data.DataError(f"{path}:{n}: not a code_generation_lite problem")
+                    raise sources.DataError(f"{path}:{n}: not a code_generation_lite problem")
                 yield row
 
 
@@ -274,7 +274,7 @@ def task_id(row: dict) -> str:
 
 
 def cache_folder(cache: Path | None = None) -> Path:
-    return Path(cache or data.default_cache()) / HUB_REPO.replace("/", "__")
+    return Path(cache or sources.default_cache()) / HUB_REPO.replace("/", "__")
 
 
 def revision_of(files: list[Path]) -> str:

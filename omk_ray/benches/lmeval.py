@@ -4,7 +4,7 @@
       kind: lmeval
       subset: 100
       options:
-        task: gsm8k                              # built in, omk-ray's own (lmeval_tasks/), or yours:
+        task: gsm8k                              # built in, omk-ray's own (_data/lmeval_tasks/), or yours:
         include_path: [my_tasks/]                # folders of task YAMLs, searched first
         primary_metric: exact_match,flexible-extract   # "metric,filter" as in lm-eval's results
         id_field: null                           # doc id: this field of the raw row, else the row index
@@ -20,7 +20,7 @@ accuracy) is stored as its mean plus `metric,filter/n`, the list's length, so th
 
 Data: `source: file.jsonl|parquet` overrides everything; a task whose YAML loads local files
 (`dataset_path: json` + `dataset_kwargs: {data_files: ...}`) is read as is; a hub dataset is
-read from the cache that `omk-ray fetch-data` fills (see `omk_ray.benches.data`).
+read from the cache that `omk-ray fetch-data` fills (see `omk_ray.benches.sources`).
 """
 
 from __future__ import annotations
@@ -35,12 +35,12 @@ from typing import Any, Iterator
 
 from pydantic import Field, field_validator
 
-from omk_ray.benches import data
+from omk_ray.benches import sources
 from omk_ray.benches.base import Bench, BenchOptions, Doc, Score
 from omk_ray.config import BenchSpec
 from omk_ray.engines.base import Completion
 
-OWN_TASKS = Path(__file__).with_name("lmeval_tasks")
+OWN_TASKS = Path(__file__).parents[1] / "_data" / "lmeval_tasks"
 LOCAL_BUILDERS = {"json", "csv", "parquet", "text", "arrow"}
 SPLIT = "omk"
 
@@ -85,7 +85,7 @@ class LmEvalBench(Bench):
         super().__init__(spec)
         self._revision: str | None = spec.revision
         self._scoring_task = None
-        self.cache = data.default_cache()  # where `omk-ray fetch-data` put hub data and NLTK resources
+        self.cache = sources.default_cache()  # where `omk-ray fetch-data` put hub data and NLTK resources
 
     # -- the task definition ---------------------------------------------------------------
 
@@ -106,7 +106,7 @@ class LmEvalBench(Bench):
     @functools.cached_property
     def config(self) -> dict[str, Any]:
         for resource in self.nltk_resources:  # before the task's code is imported: it downloads otherwise
-            data.require_nltk(resource, f"bench {self.spec.name!r} (lm-eval task {self.options.task})", self.cache)
+            sources.require_nltk(resource, f"bench {self.spec.name!r} (lm-eval task {self.options.task})", self.cache)
         return load_task_config(self.yaml_path)
 
     @functools.cached_property
@@ -138,17 +138,17 @@ class LmEvalBench(Bench):
 
     # -- data ------------------------------------------------------------------------------
 
-    def hub_split(self) -> data.HubSplit | None:
-        if data.is_local_source(self.spec.source) or self.config.get("dataset_path") in LOCAL_BUILDERS:
+    def hub_split(self) -> sources.HubSplit | None:
+        if sources.is_local_source(self.spec.source) or self.config.get("dataset_path") in LOCAL_BUILDERS:
             return None
         path = self.spec.source or self.config.get("dataset_path")
         if not path:
             raise ValueError(f"bench {self.spec.name!r}: task {self.options.task} has no dataset_path")
-        return data.HubSplit(path, self.config.get("dataset_name"), self.split, self.spec.revision)
+        return sources.HubSplit(path, self.config.get("dataset_name"), self.split, self.spec.revision)
 
-    def records(self) -> data.Records:
-        if data.is_local_source(self.spec.source):
-            return data.read_local(self.spec.source)
+    def records(self) -> sources.Records:
+        if sources.is_local_source(self.spec.source):
+            return sources.read_local(self.spec.source)
         cfg = self.config
         if cfg.get("dataset_path") in LOCAL_BUILDERS:
             import datasets
@@ -159,15 +159,15 @@ class LmEvalBench(Bench):
             if self.split not in splits:
                 raise ValueError(f"bench {self.spec.name!r}: the task's local data has splits {list(splits)}, "
                                  f"not {self.split!r}")
-            return data.Records(splits[self.split].to_list(), f"local:{kwargs.get('data_files')}")
-        return data.read_cached(self.hub_split(), self.cache)
+            return sources.Records(splits[self.split].to_list(), f"local:{kwargs.get('data_files')}")
+        return sources.read_cached(self.hub_split(), self.cache)
 
     def fetch_data(self, cache: Path) -> list[str]:
         """Download what the bench needs into `cache`; one line per thing done."""
         self.cache = Path(cache)
         done = []
         for resource in self.nltk_resources:
-            done.append(f"nltk {resource}: {data.fetch_nltk(resource, cache)}")
+            done.append(f"nltk {resource}: {sources.fetch_nltk(resource, cache)}")
         ref = self.hub_split()
         if ref is None:
             n = len(self.records().rows)
@@ -175,7 +175,7 @@ class LmEvalBench(Bench):
         else:
             import os
 
-            meta = data.fetch_split(ref, cache, token=os.environ.get("HF_TOKEN"))
+            meta = sources.fetch_split(ref, cache, token=os.environ.get("HF_TOKEN"))
             state = "cached" if meta.get("cached") else "fetched"
             done.append(f"{ref.label}@{meta['revision']}: {meta['rows']} rows ({state})")
         return done
@@ -390,8 +390,8 @@ def score_response(
                 for metric, value in task.process_results(doc, [filtered]).items():
                     metrics.update(metric_values(f"{metric},{name}", value))
     except LookupError as err:  # an NLTK resource missing: say how to get it
-        raise data.DataError(f"scoring needs NLTK data that is missing ({str(err).strip().splitlines()[0]}); "
-                             f"run `omk-ray fetch-data CONFIG` and set {data.CACHE_ENV}") from None
+        raise sources.DataError(f"scoring needs NLTK data that is missing ({str(err).strip().splitlines()[0]}); "
+                                f"run `omk-ray fetch-data CONFIG` and set {sources.CACHE_ENV}") from None
     return metrics, instance.filtered_resps
 
 

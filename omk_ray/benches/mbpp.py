@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from omk_ray.benches import data
+from omk_ray.benches import sources
 from omk_ray.benches.base import Doc
 from omk_ray.benches.code_extract import function_code
 from omk_ray.benches.code_bench import CodeBench, CodeOptions
@@ -40,15 +40,15 @@ class MbppBench(CodeBench):
     Options = MbppOptions
     scorer_version = "mbpp-1"
 
-    def hub_split(self) -> data.HubSplit | None:
-        if data.is_local_source(self.spec.source):
+    def hub_split(self) -> sources.HubSplit | None:
+        if sources.is_local_source(self.spec.source):
             return None
-        return data.HubSplit(self.spec.source or "google-research-datasets/mbpp", "full", "test", self.spec.revision)
+        return sources.HubSplit(self.spec.source or "google-research-datasets/mbpp", "full", "test", self.spec.revision)
 
-    def records(self, cache: Path | None = None) -> data.Records:
-        if data.is_local_source(self.spec.source):
-            return data.read_local(self.spec.source)
-        return data.read_cached(self.hub_split(), cache)
+    def records(self, cache: Path | None = None) -> sources.Records:
+        if sources.is_local_source(self.spec.source):
+            return sources.read_local(self.spec.source)
+        return sources.read_cached(self.hub_split(), cache)
 
     def load_docs(self) -> list[Doc]:
         records = self.records()

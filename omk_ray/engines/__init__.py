@@ -6,7 +6,7 @@ Add a backend with `register_engine("name", "package.module:Class")`; nothing el
 from __future__ import annotations
 
 from omk_ray.engines.base import Completion, Engine, Request
-from omk_ray.registry import Registry
+from omk_ray.plugins import Registry
 
 ENGINES = Registry("engine", {
     "vllm": "omk_ray.engines.vllm_engine:VLLMEngine",

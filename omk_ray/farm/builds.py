@@ -19,7 +19,7 @@ def artifact_root(grid: GridConfig, results_root: str | Path) -> Path:
 
 def build_variants(grid: GridConfig, root: Path, variants: list[str] | None = None) -> dict[str, str]:
     """name -> checkpoint folder for every chosen variant with a build block (Ray must be connected)."""
-    from omk_ray.variants.registry import ensure_variant
+    from omk_ray.variants.artifacts import ensure_variant
 
     wanted = [v for v in grid.variants if v.build and (variants is None or v.name in variants)]
     if not wanted:

@@ -83,7 +83,7 @@ def weights_identity(variant: VariantSpec, model_path: str | None) -> dict[str, 
     config and weight files (cached by size and mtime), a hub id by the commit its revision
     resolves to, a build not built yet by its block; an engine that holds no model by its `model`."""
     from omk_ray.engines import engine_class
-    from omk_ray.variants.registry import content_hash, default_hash_cache, resolve_hub_revision
+    from omk_ray.variants.artifacts import content_hash, default_hash_cache, resolve_hub_revision
 
     if not engine_class(variant.engine).holds_weights:
         return {"model": variant.model_ref, "revision": variant.revision}
@@ -105,7 +105,7 @@ def weights_identity(variant: VariantSpec, model_path: str | None) -> dict[str, 
 
 def _content(value: object) -> object:
     """A build input by content where it is a local file or folder, else as it is."""
-    from omk_ray.variants.registry import content_hash, default_hash_cache
+    from omk_ray.variants.artifacts import content_hash, default_hash_cache
 
     path = Path(value) if isinstance(value, str) else None
     if path is not None and path.is_dir():
@@ -115,7 +115,7 @@ def _content(value: object) -> object:
     return value
 
 
-def variant_fingerprint(variant: VariantSpec, model_path: str, weights: dict[str, object] | None = None) -> str:
+def output_fingerprint(variant: VariantSpec, model_path: str, weights: dict[str, object] | None = None) -> str:
     """Identity of a variant's outputs: its name, weights and the engine settings that change tokens."""
     args = variant.engine_args
     return stable_hash({
@@ -142,7 +142,7 @@ def grid_problems(grid: GridConfig) -> list[str]:
     that do not fit the context."""
     from omk_ray.benches import BENCHES
     from omk_ray.engines import ENGINES
-    from omk_ray.registry import option_problems
+    from omk_ray.plugins import option_problems
 
     problems = []
     for v in grid.variants:
@@ -199,7 +199,7 @@ def _checkpoint_problems(model: str) -> list[str]:
 
 
 def _build_problems(build: dict) -> list[str]:
-    from omk_ray.variants.registry import BuildError, parse_build
+    from omk_ray.variants.artifacts import BuildError, parse_build
 
     try:
         spec = parse_build(build)
@@ -260,7 +260,7 @@ def make_plan(
     chosen = [v for v in grid.variants if variants is None or v.name in variants]
     model_paths = {v.name: (model_paths or {}).get(v.name) or v.model_ref for v in chosen}
     weights = {v.name: weights_identity(v, model_paths[v.name]) for v in chosen}
-    fingerprints = {v.name: variant_fingerprint(v, model_paths[v.name], weights[v.name]) for v in chosen}
+    fingerprints = {v.name: output_fingerprint(v, model_paths[v.name], weights[v.name]) for v in chosen}
     stored = store.stored_samples() if store is not None else {}
     by_bench, by_doc = _observed_tokens(store) if store is not None else ({}, {})
     canary = grid.farm.canary

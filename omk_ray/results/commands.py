@@ -177,7 +177,7 @@ def register(app: typer.Typer) -> None:
         A sample whose score or scorer version changes keeps its previous score in its metric
         map as `score@<previous scorer version>`. Prints how many samples changed score per bench.
         """
-        from omk_ray.benches.data import DataError
+        from omk_ray.benches.sources import DataError
         from omk_ray.results.rescore import RescoreError, rescore as run_rescore
 
         grid = _load_grid(config)

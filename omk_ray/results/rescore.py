@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from omk_ray.benches import Doc, Score, make_bench, score_guarded
 from omk_ray.benches.base import ScorerUnavailable
-from omk_ray.benches.data import DataError
+from omk_ray.benches.sources import DataError
 from omk_ray.config import BenchSpec, GridConfig, recorded_grid
 from omk_ray.engines.base import Completion
 from omk_ray.results.importers import PROGRAM_TESTS, TOKENS_MISSING, bench_sidecar_paths

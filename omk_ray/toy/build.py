@@ -2,7 +2,7 @@
 
     OUT/model/                 the checkpoint
     OUT/bench.jsonl            held-out bench problems
-    OUT/profile_prompts.jsonl  held-out profiling prompts
+    OUT/toy_profile_prompts.jsonl  held-out profiling prompts
     OUT/report.json            recipe, training time, weights hash, held-out accuracy per class
 
 The checkpoint is trained into a temporary folder and renamed into place at the end, so an

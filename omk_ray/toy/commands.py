@@ -1,6 +1,6 @@
 """`omk-ray toy ...`: the toy MoE that has learned synthetic tasks (see omk_ray/toy/train.py).
 
-    omk-ray toy train --out omk_ray/toy/assets [--seed 0] [--steps N] [--force]
+    omk-ray toy train --out omk_ray/_data/toy [--seed 0] [--steps N] [--force]
     omk-ray toy data  --out DIR
     omk-ray toy eval  [--model DIR] [--engine transformers|vllm]
 """
@@ -38,8 +38,8 @@ def register(app: typer.Typer) -> None:
 
     @toy.command("train")
     def train_cmd(
-        out: Path = typer.Option(..., "--out", help="Folder for model/, bench.jsonl, profile_prompts.jsonl, "
-                                 "report.json (omk_ray/toy/assets refreshes the shipped copy)."),
+        out: Path = typer.Option(..., "--out", help="Folder for model/, bench.jsonl, toy_profile_prompts.jsonl, "
+                                 "report.json (omk_ray/_data/toy refreshes the shipped copy)."),
         seed: int = typer.Option(0, "--seed", help="Seeds the weights, the training stream and the specialists."),
         steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Optimizer steps (default: the recipe's)."),
         threads: int = typer.Option(1, "--threads", min=1, help="torch CPU threads (results depend on it slightly)."),
@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
             _print_accuracy(report["heldout_accuracy"], "held-out accuracy (transformers engine, greedy)")
 
     @toy.command("data")
-    def data_cmd(out: Path = typer.Option(..., "--out", help="Folder for bench.jsonl and profile_prompts.jsonl.")):
+    def data_cmd(out: Path = typer.Option(..., "--out", help="Folder for bench.jsonl and toy_profile_prompts.jsonl.")):
         """Write the held-out bench and profiling prompts (no training)."""
         from omk_ray.toy.data import write_data
 

@@ -1,11 +1,11 @@
 """The toy model's files: bench and profiling-prompt JSONL, and where the shipped copies live.
 
-`omk_ray/toy/assets/` (package data, written by `omk-ray toy train --out omk_ray/toy/assets`):
+`omk_ray/_data/toy/` (package data, written by `omk-ray toy train --out omk_ray/_data/toy`):
 
     model/                   the trained checkpoint (Gemma4ForCausalLM, tokenizer, chat template)
     bench.jsonl              held-out test problems for the `jsonl` bench:
                              {"id", "prompt", "target", "domain" (class), "subdomain" (subclass)}
-    profile_prompts.jsonl    held-out profiling prompts: {"id", "class", "subclass", "prompt"}
+    toy_profile_prompts.jsonl  held-out profiling prompts: {"id", "class", "subclass", "prompt"}
     report.json              recipe, training time and held-out accuracy per class and subclass
     calibration.txt          chat-formatted training-distribution problems: the text GGUF builds
                              compute their importance matrix on (`gguf: {imatrix: calibration.txt}`)
@@ -22,14 +22,14 @@ from omk_ray.toy.tasks import TrainingStream, heldout_problems
 
 MODEL_DIR = "model"
 BENCH_FILE = "bench.jsonl"
-PROFILE_FILE = "profile_prompts.jsonl"
+PROFILE_FILE = "toy_profile_prompts.jsonl"
 REPORT_FILE = "report.json"
 CALIBRATION_FILE = "calibration.txt"
 CALIBRATION_SEED, CALIBRATION_PROBLEMS = 5_000_011, 400
 
 
 def assets_dir() -> Path:
-    return Path(str(resources.files("omk_ray.toy") / "assets"))
+    return Path(str(resources.files("omk_ray") / "_data" / "toy"))
 
 
 def shipped(name: str = MODEL_DIR) -> Path:

@@ -8,7 +8,7 @@
     check.check_variant(model_dir)                                               -> vLLM layout report
     load.load_dequantized(model_dir)                                             -> transformers model (NVFP4)
     gguf.build_gguf(model_dir, out_dir, GGUFOptions(type="Q6_K", imatrix=...))   -> GGUF variant (llama.cpp)
-    registry.ensure_variant(build_spec, artifact_root)                           -> artifact_root/<fingerprint>
+    artifacts.ensure_variant(build_spec, artifact_root)                          -> artifact_root/<fingerprint>
     facts.checkpoint_facts(model_dir_or_hub_id)                                  -> parameters, experts, recipe
     routing.route_variant(results, variant, model=None)                          -> RESULTS/routing/ side table
 

@@ -287,13 +287,13 @@ def register(app: typer.Typer) -> None:
 
     @app.command("build-variant")
     def build_variant(
-        spec: Path = typer.Option(..., "--spec", help="YAML/JSON file holding a build block (see variants.registry)."),
+        spec: Path = typer.Option(..., "--spec", help="YAML/JSON file holding a build block (see variants.artifacts)."),
         artifact_root: Path = typer.Option(..., "--artifact-root", help="Where variants live, by fingerprint."),
     ):
         """Build (or reuse) a variant from a build block; prints its folder."""
         import yaml
 
-        from omk_ray.variants.registry import ensure_variant
+        from omk_ray.variants.artifacts import ensure_variant
 
         with _clear_errors():
             if not spec.is_file():

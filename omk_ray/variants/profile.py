@@ -26,7 +26,7 @@ import numpy as np
 
 from omk_ray.variants.cdscores import SUBCLASS_SEPARATOR, CDTable, merge_cd
 
-DEFAULT_PROMPTS = "profile_prompts.jsonl"
+DEFAULT_PROMPTS = "routing_profile_prompts.jsonl"
 
 
 class ProfileError(ValueError):
@@ -37,7 +37,7 @@ class ProfileError(ValueError):
 
 
 def default_prompts_path() -> Path:
-    return Path(str(resources.files("omk_ray") / "data" / DEFAULT_PROMPTS))
+    return Path(str(resources.files("omk_ray") / "_data" / DEFAULT_PROMPTS))
 
 
 def load_prompts(path: str | Path | None = None) -> list[dict[str, Any]]:

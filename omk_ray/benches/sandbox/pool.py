@@ -40,7 +40,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Iterable, Literal
 
-from omk_ray.benches.sandbox.jobs import SETUP_FAILED, Job, Limits, Outcome
+from omk_ray.benches.sandbox.programs import SETUP_FAILED, Job, Limits, Outcome
 
 log = logging.getLogger(__name__)
 

@@ -182,7 +182,7 @@ def fingerprint_of(base_identity: dict, drop_map: dict | None, quantization: str
     })
 
 
-def variant_fingerprint(build: dict | BuildSpec, artifact_root: str | Path, base_dir: str | Path | None = None) -> str:
+def artifact_fingerprint(build: dict | BuildSpec, artifact_root: str | Path, base_dir: str | Path | None = None) -> str:
     """The fingerprint `ensure_variant` would build under (may profile the base to know it)."""
     return resolve_build(build, artifact_root, base_dir).fingerprint
 
@@ -405,5 +405,5 @@ def push_variant(hub_repo: str, path: Path, fingerprint: str) -> None:
 __all__ = [
     "BUILDER_VERSION", "BuildError", "BuildSpec", "ResolvedBuild", "content_hash", "default_hash_cache",
     "ensure_variant", "fingerprint_of", "parse_build", "pull_variant", "push_variant", "resolve_build",
-    "resolve_hub_revision", "variant_fingerprint",
+    "resolve_hub_revision", "artifact_fingerprint",
 ]

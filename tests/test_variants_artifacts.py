@@ -9,10 +9,10 @@ import threading
 import pytest
 from conftest_variants import tiny_gemma4  # noqa: F401  (fixture)
 
-from omk_ray.variants import registry
+from omk_ray.variants import artifacts
 from omk_ray.variants.check import check_variant
 from omk_ray.variants.quantize import QuantizationUnavailable, quantization_available
-from omk_ray.variants.registry import BuildError, ensure_variant, variant_fingerprint
+from omk_ray.variants.artifacts import BuildError, artifact_fingerprint, ensure_variant
 from omk_ray.variants.surgery import PROVENANCE_NAME
 
 DROP = {"0": [1, 4], "1": [0, 3]}
@@ -31,7 +31,7 @@ def cd_file(path):
 def test_builds_once_then_reuses(tiny_gemma4, tmp_path, monkeypatch):
     root = tmp_path / "artifacts"
     path = ensure_variant({"base": str(tiny_gemma4), "drop_map": DROP}, root)
-    assert path.parent == root and path.name == variant_fingerprint({"base": str(tiny_gemma4), "drop_map": DROP}, root)
+    assert path.parent == root and path.name == artifact_fingerprint({"base": str(tiny_gemma4), "drop_map": DROP}, root)
     record = json.loads((path / PROVENANCE_NAME).read_text())
     assert record["fingerprint"] == path.name and record["base"]["content_sha256"]
     assert json.loads((path / "config.json").read_text())["num_experts"] == 6
@@ -47,14 +47,14 @@ def test_builds_once_then_reuses(tiny_gemma4, tmp_path, monkeypatch):
 def test_fingerprint_follows_content_not_names(tiny_gemma4, tmp_path):
     root = tmp_path / "artifacts"
     copy = shutil.copytree(tiny_gemma4, tmp_path / "copy")
-    fp = variant_fingerprint({"base": str(tiny_gemma4), "drop_map": DROP}, root)
-    assert variant_fingerprint({"base": str(copy), "drop_map": DROP}, root) == fp
-    assert variant_fingerprint({"base": str(copy), "drop_map": {"0": [1, 5], "1": [0, 3]}}, root) != fp
-    assert variant_fingerprint({"base": str(copy), "drop_map": DROP, "quantization": "NVFP4A16"}, root) != fp
+    fp = artifact_fingerprint({"base": str(tiny_gemma4), "drop_map": DROP}, root)
+    assert artifact_fingerprint({"base": str(copy), "drop_map": DROP}, root) == fp
+    assert artifact_fingerprint({"base": str(copy), "drop_map": {"0": [1, 5], "1": [0, 3]}}, root) != fp
+    assert artifact_fingerprint({"base": str(copy), "drop_map": DROP, "quantization": "NVFP4A16"}, root) != fp
     data = bytearray((copy / "model.safetensors").read_bytes())
     data[-1] ^= 0xFF
     (copy / "model.safetensors").write_bytes(bytes(data))
-    assert variant_fingerprint({"base": str(copy), "drop_map": DROP}, root) != fp
+    assert artifact_fingerprint({"base": str(copy), "drop_map": DROP}, root) != fp
 
 
 def test_strategies_from_a_scores_file_and_relative_paths(tiny_gemma4, tmp_path):
@@ -81,20 +81,20 @@ def test_profile_prompts_are_profiled_once_and_cached(tiny_gemma4, tmp_path, mon
     path = ensure_variant(spec, root)
     assert len(list((root / "cd").glob("*.json"))) == 1
     monkeypatch.setattr("omk_ray.variants.profile.profile_model", lambda *a, **k: pytest.fail("profiled twice"))
-    assert variant_fingerprint({**spec, "strategy": "mean"}, root)  # from the cached scores
+    assert artifact_fingerprint({**spec, "strategy": "mean"}, root)  # from the cached scores
     assert ensure_variant(spec, root) == path
 
 
 def test_concurrent_builders_build_once(tiny_gemma4, tmp_path, monkeypatch):
     root = tmp_path / "artifacts"
     calls = []
-    real = registry._build
+    real = artifacts._build
 
     def counting(*args):
         calls.append(1)
         return real(*args)
 
-    monkeypatch.setattr(registry, "_build", counting)
+    monkeypatch.setattr(artifacts, "_build", counting)
     results = []
     threads = [threading.Thread(target=lambda: results.append(ensure_variant({"base": str(tiny_gemma4), "drop_map": DROP}, root)))
                for _ in range(3)]

@@ -1,4 +1,4 @@
-"""Bench data: fetched once from the Hugging Face hub into a local cache, read offline ever after.
+"""A bench's rows: a local file, or a hub dataset fetched once into a local cache, read offline after.
 
 `omk-ray fetch-data GRID --cache DIR` downloads every bench's dataset split (pinned to its
 revision, or to the revision current at fetch time, which is then recorded) as Parquet:
