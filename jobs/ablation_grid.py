@@ -19,8 +19,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from jobkit import CANARY_FAILED, FAILED_SAMPLES, OK, REFUSED, Refused, canary_failures, cluster_args, \
-    connect_and_place, load  # fmt: skip
+from jobkit import Refused, cluster_args, connect_and_place, load, print_run, refused
+
+from omk_ray.exits import ExitCode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,35 +44,27 @@ def main(argv: list[str] | None = None) -> int:
         chosen = [n for n in names if not args.variant or n in args.variant or n == args.baseline]
         connect_and_place(grid, args, chosen)
     except Refused as err:
-        print(f"refused: {err}", file=sys.stderr)
-        return REFUSED
+        return refused(err)
 
-    from omk_ray.analysis.compare import CompareOptions, compare
-    from omk_ray.analysis.report import write_report
-    from omk_ray.farm.runner import run_grid
+    from omk_ray.run_and_compare import run_and_compare
 
-    summary = run_grid(grid, args.results, address=args.address, variants=chosen, limit_docs=args.limit,
-                       show_progress=False)
-    print(f"run {summary.run_id}: {summary.status}; {summary.generated} samples generated, {summary.failed} failed, "
-          f"{summary.skipped} skipped, {summary.seconds:.0f} s", flush=True)
-    failed = canary_failures(args.results, summary.run_id)
+    outcome = run_and_compare(grid, args.results, args.baseline, args.report, variants=chosen, after_run=print_run,
+                              address=args.address, limit_docs=args.limit, show_progress=False)
+    failed = outcome.canary_failed
     if args.baseline in failed:
         print(f"the baseline {args.baseline} failed its canary: nothing to compare with", file=sys.stderr)
-        return CANARY_FAILED
+        return ExitCode.CANARY_FAILED
 
-    arms = [n for n in chosen if n != args.baseline and n not in failed]
-    if arms:
-        comparison = compare(args.results, CompareOptions(baseline=args.baseline, variants=arms))
-        paths = write_report(comparison, args.report or args.results / "report")
-        for row in comparison.rows("scoreboard"):
+    if outcome.comparison is not None:
+        for row in outcome.comparison.rows("scoreboard"):
             print(f"{row['bench']:>16} {row['variant']:>16}: {row['variant_score']:.2f} vs {row['baseline_score']:.2f} "
                   f"({row['delta_pp']:+.2f} pp, p_holm={row['p_holm']:.3g})")
-        print(f"report: {paths['markdown']}", flush=True)
+        print(f"report: {outcome.report['markdown']}", flush=True)
     for name, reasons in failed.items():
         print(f"arm {name} left out: canary failed: {'; '.join(reasons)}", file=sys.stderr)
     if failed:
-        return CANARY_FAILED
-    return FAILED_SAMPLES if summary.failed else OK
+        return ExitCode.CANARY_FAILED
+    return ExitCode.FAILED if outcome.summary.failed else ExitCode.OK
 
 
 if __name__ == "__main__":

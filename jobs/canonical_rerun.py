@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from jobkit import CANARY_FAILED, FAILED_SAMPLES, OK, REFUSED, REGRESSION, Refused, canary_failures, \
-    cluster_args, connect_and_place, load  # fmt: skip
+from jobkit import Refused, cluster_args, connect_and_place, load, print_run, refused
 
+from omk_ray.exits import ExitCode
 from omk_ray.results.store import ResultsStore
 
 
@@ -62,25 +62,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.config} matches its lock {lock}", flush=True)
         connect_and_place(grid, args, chosen)
     except Refused as err:
-        print(f"refused: {err}", file=sys.stderr)
-        return REFUSED
+        return refused(err)
 
-    from omk_ray.farm.runner import run_grid
+    from omk_ray.run_and_compare import run_and_compare
 
     tonight = args.root / args.date
     baseline = args.baseline or chosen[0]
-    summary = run_grid(grid, tonight, address=args.address, variants=chosen, show_progress=False)
-    print(f"run {summary.run_id}: {summary.status}; {summary.generated} samples generated, {summary.failed} failed, "
-          f"{summary.skipped} skipped", flush=True)
-    failed = canary_failures(tonight, summary.run_id)
+    outcome = run_and_compare(grid, tonight, baseline, variants=chosen, after_run=print_run, address=args.address,
+                              show_progress=False)
+    summary, failed = outcome.summary, outcome.canary_failed
     passing = [n for n in chosen if n not in failed]
 
     record: dict = {"date": args.date, "config": str(args.config), "variants": chosen, "baseline": baseline,
                     "canary_failed": failed, "run": summary.run_id, "status": summary.status,
                     "failed_samples": summary.failed}
-    others = [n for n in passing if n != baseline]
-    if baseline in passing and others:
-        record["report"] = str(report_vs_baseline(tonight, baseline, others))
+    if outcome.report is not None:
+        record["report"] = str(outcome.report["markdown"])
+        print(f"report vs {baseline}: {outcome.report['markdown']}", flush=True)
     previous = previous_night(args.root, args.date)
     record["previous"] = previous.name if previous else None
     record["regressions"] = night_over_night(previous, tonight, passing, args) if previous else []
@@ -91,19 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, reasons in failed.items():
         print(f"CANARY FAILED {name}: {'; '.join(reasons)}", file=sys.stderr)
     if failed:
-        return CANARY_FAILED
+        return ExitCode.CANARY_FAILED
     if record["regressions"]:
-        return REGRESSION
-    return FAILED_SAMPLES if summary.failed else OK
-
-
-def report_vs_baseline(folder: Path, baseline: str, variants: list[str]) -> Path:
-    from omk_ray.analysis.compare import CompareOptions, compare
-    from omk_ray.analysis.report import write_report
-
-    paths = write_report(compare(folder, CompareOptions(baseline=baseline, variants=variants)), folder / "report")
-    print(f"report vs {baseline}: {paths['markdown']}", flush=True)
-    return paths["markdown"]
+        return ExitCode.REGRESSION
+    return ExitCode.FAILED if summary.failed else ExitCode.OK
 
 
 def previous_night(root: Path, date: str) -> Path | None:

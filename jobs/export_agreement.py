@@ -21,7 +21,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.csv as pv
 import pyarrow.parquet as pq
-from jobkit import OK, REFUSED
+from jobkit import refused
+
+from omk_ray.exits import ExitCode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,8 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         comparison = compare(args.results, CompareOptions(baseline=args.baseline, variants=args.variant,
                                                           benches=args.bench, allow_mismatch=args.allow_mismatch))
     except AnalysisError as err:
-        print(f"refused: {err}", file=sys.stderr)
-        return REFUSED
+        return refused(err)
     out = args.out or args.results / "agreement"
     out.mkdir(parents=True, exist_ok=True)
     problems = comparison.tables["problems"]
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         pq.write_table(table, out / f"{name}.parquet")
         pv.write_csv(flat(table), out / f"{name}.csv")
         print(f"{out / name}.{{parquet,csv}}: {table.num_rows} rows", flush=True)
-    return OK
+    return ExitCode.OK
 
 
 def wide(problems: pa.Table, variants: list[str]) -> pa.Table:

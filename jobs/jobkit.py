@@ -1,4 +1,8 @@
-"""What the job scripts share: arguments, connecting and placing, canary outcomes, tables."""
+"""What the job scripts share: arguments, connecting and placing, the run's line, tables.
+
+Every job exits with omk_ray.exits.ExitCode (0 ok, 1 failed samples, 2 refused, 3 canary failed,
+4 regression), as the CLI does.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +12,18 @@ import sys
 from pathlib import Path
 
 from omk_ray.config import ConfigError, GridConfig, load_grid
+from omk_ray.exits import ExitCode, error
 from omk_ray.farm.planner import PlanError
-from omk_ray.results.store import ResultsStore
-
-# Exit codes of every job (Ray Jobs reports the job FAILED on any non-zero code).
-OK, FAILED_SAMPLES, REFUSED, CANARY_FAILED, REGRESSION = 0, 1, 2, 3, 4
 
 
 class Refused(Exception):
     """The job cannot start as asked (bad config, drifted lock, grid that cannot fit)."""
+
+
+def refused(err: Exception) -> ExitCode:
+    """Say why the job did not start; its exit code."""
+    error(f"refused: {err}")
+    return ExitCode.REFUSED
 
 
 def cluster_args(parser: argparse.ArgumentParser) -> None:
@@ -54,14 +61,15 @@ def connect_and_place(grid: GridConfig, args: argparse.Namespace, variants: list
     print_rows("placement", describe_placements(placements))
 
 
-def canary_failures(results: Path, run_id: str) -> dict[str, list[str]]:
-    """Variants whose canary failed in that run -> the reasons (the farm skipped their full run)."""
-    run = next(r for r in ResultsStore(results).runs() if r.run_id == run_id)
-    judged = run.manifest().get("canary") or {}
-    for variant, result in sorted(judged.items()):
+def print_run(summary) -> None:
+    """The run's one line, then each variant's canary verdict (`after_run` of run_and_compare)."""
+    from omk_ray.run_and_compare import canary_verdicts
+
+    print(f"run {summary.run_id}: {summary.status}; {summary.generated} samples generated, {summary.failed} failed, "
+          f"{summary.skipped} skipped, {summary.seconds:.0f} s", flush=True)
+    for variant, result in canary_verdicts(summary.results, summary.run_id).items():
         print(f"canary {variant}: {'passed' if result['passed'] else 'FAILED: ' + '; '.join(result['reasons'])}",
               flush=True)
-    return {v: r["reasons"] for v, r in judged.items() if not r["passed"]}
 
 
 def print_rows(title: str, rows: list[dict]) -> None:

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from omk_ray.config import ConfigError, GridConfig, load_grid
+from omk_ray.exits import ExitCode, fail
 
 app = typer.Typer(
     name="omk-ray",
@@ -26,11 +27,6 @@ console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
 AREAS = ("farm", "variants", "analysis", "benches", "results", "toy", "llamacpp")
-
-
-def fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
 
 
 def load(config: Path) -> GridConfig:
@@ -146,7 +142,7 @@ def run(
     report_canary(summary)
     console.print(f"results: {summary.results}  (log: {summary.results}/runs/{summary.run_id}/run.log)")
     if summary.failed or summary.skipped:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.FAILED)
 
 
 def report_canary(summary) -> None:

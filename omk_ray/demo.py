@@ -25,7 +25,6 @@ from pathlib import Path
 from rich.console import Console
 
 from omk_ray.config import load_grid
-from omk_ray.farm.runner import run_grid
 
 console = Console()
 DEMO_CONFIG = Path(__file__).parent / "_data" / "toy" / "demo.yaml"
@@ -50,8 +49,7 @@ def untrained_stand_in(out: Path, config: Path = DEMO_CONFIG) -> Path:
 
 def run_demo(out: Path, fresh: bool = False, config: Path = DEMO_CONFIG, cohorts=None) -> None:
     from omk_ray.analysis.card import to_card
-    from omk_ray.analysis.compare import CompareOptions, compare
-    from omk_ray.analysis.report import write_report
+    from omk_ray.run_and_compare import run_and_compare
     from omk_ray.variants.routing import route_variant
 
     if fresh and out.exists():
@@ -69,14 +67,18 @@ def run_demo(out: Path, fresh: bool = False, config: Path = DEMO_CONFIG, cohorts
         grid = grid.model_copy(update={"farm": grid.farm.model_copy(update={"canary": canary})})
     console.print(f"[bold]grid[/] {config}: {len(grid.variants)} variants x {len(grid.benches)} benches; "
                   f"arms are built under {out / 'artifacts'}; local Ray")
-    summary = run_grid(grid, out / "results")
-    console.print(f"run {summary.run_id}: {summary.status}, {summary.generated} samples generated "
-                  f"({summary.expected - summary.planned} already stored) in {summary.seconds:.0f} s")
-    routed = route_variant(out / "results", BASELINE)
-    console.print(f"routing of {BASELINE}: {routed.routed} samples teacher-forced ({routed.already} already routed)")
-    comparison = compare(out / "results", CompareOptions(baseline=BASELINE))
-    paths = write_report(comparison, out / "report")
-    console.print(to_card(comparison), markup=False, highlight=False, soft_wrap=True)
+
+    def then_route(summary) -> None:
+        console.print(f"run {summary.run_id}: {summary.status}, {summary.generated} samples generated "
+                      f"({summary.expected - summary.planned} already stored) in {summary.seconds:.0f} s")
+        routed = route_variant(out / "results", BASELINE)
+        console.print(f"routing of {BASELINE}: {routed.routed} samples teacher-forced ({routed.already} already "
+                      "routed)")
+
+    outcome = run_and_compare(grid, out / "results", BASELINE, out / "report", after_run=then_route,
+                              leave_out_failed=False)
+    paths = outcome.report
+    console.print(to_card(outcome.comparison), markup=False, highlight=False, soft_wrap=True)
     if cohorts:
         from omk_ray.analysis.markdown import render
         from omk_ray.analysis.serving import ServingCohort, side_by_side

@@ -3,6 +3,8 @@
     write_text_atomic(path, text), write_bytes_atomic(path, data)   written aside (a name unique
         to this process and call) and renamed into place: a reader, or a crash, sees the old
         file or the new one, never half of one
+    with written_aside(path) as tmp: write(tmp)   the same for any writer (Parquet, a dataset
+        split): `tmp` is renamed to `path` when the block ends, removed if it raises
     file_sha256(path)   the hex sha256 of a file's bytes, read in chunks
 """
 
@@ -11,7 +13,23 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+TMP_PREFIX = ".tmp-"  # what a file being written aside is called first (a killed writer may leave one)
+
+
+@contextmanager
+def written_aside(path: str | Path) -> Iterator[Path]:
+    path = Path(path)
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
@@ -19,15 +37,9 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with written_aside(path) as tmp:
         tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def file_sha256(path: str | Path) -> str:

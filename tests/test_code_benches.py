@@ -16,10 +16,10 @@ import pytest
 
 from omk_ray.benches import make_bench
 from omk_ray.benches.code_extract import function_code, last_fenced_block
-from omk_ray.benches.sources import DataError
 from omk_ray.benches.humaneval import HumanEvalBench, HumanEvalPlusBench, run_candidates
 from omk_ray.benches.livecodebench import MEDIUM_55, LiveCodeBench, decode_private_tests
 from omk_ray.benches.mbpp import MbppBench
+from omk_ray.benches.sources import DataError
 from omk_ray.config import BenchSpec
 from omk_ray.engines.base import Completion
 

@@ -10,9 +10,9 @@ import pytest
 from conftest_variants import tiny_gemma4  # noqa: F401  (fixture)
 
 from omk_ray.variants import artifacts
+from omk_ray.variants.artifacts import BuildError, artifact_fingerprint, ensure_variant
 from omk_ray.variants.check import check_variant
 from omk_ray.variants.quantize import QuantizationUnavailable, quantization_available
-from omk_ray.variants.artifacts import BuildError, artifact_fingerprint, ensure_variant
 from omk_ray.variants.surgery import PROVENANCE_NAME
 
 DROP = {"0": [1, 4], "1": [0, 3]}

@@ -8,14 +8,7 @@ from typing import Optional
 import typer
 
 from omk_ray.analysis.tokens import DEFAULT_STATS
-
-
-def _fail(message: str, code: int = 2) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
-    raise typer.Exit(code)
+from omk_ray.exits import ExitCode, fail
 
 
 def _metric_options(values: list[str]) -> dict[str, str]:
@@ -92,12 +85,12 @@ def register(app: typer.Typer) -> None:
         from omk_ray.analysis.samples import AnalysisError
 
         if not results.is_dir():
-            _fail(f"{results}: no such results folder")
+            fail(f"{results}: no such results folder")
         if ctx.args and not variants:
-            _fail(f"unexpected arguments {ctx.args}: only RESULTS is positional (variants go after --variants)")
+            fail(f"unexpected arguments {ctx.args}: only RESULTS is positional (variants go after --variants)")
         variants = [*(variants or []), *ctx.args]  # `--variants a b c`: click hands over b and c as extra args
         if output not in ("report", "card"):
-            _fail(f"--format {output!r}: choose report or card")
+            fail(f"--format {output!r}: choose report or card")
         try:
             options = CompareOptions(baseline=baseline, variants=_split(variants), benches=_split(benches),
                                      metrics=_metric_options(metric), allow_mismatch=allow_mismatch, resamples=resamples,
@@ -105,11 +98,11 @@ def register(app: typer.Typer) -> None:
             card = CardOptions(stats=tuple(s.strip() for s in token_stats.split(",") if s.strip()),
                                stderr=not no_stderr, subdomain_min_n=min_subdomain_n)
         except ValidationError as err:
-            _fail(f"invalid options: {err}")
+            fail(f"invalid options: {err}")
         try:
             comparison = run_compare(results, options)
         except AnalysisError as err:
-            _fail(str(err))
+            fail(str(err))
         paths = write_report(comparison, out, html=not no_html, card=card)
         if not quiet:
             print(to_card(comparison, card) if output == "card" else to_markdown(comparison))
@@ -139,11 +132,11 @@ def register(app: typer.Typer) -> None:
                 raise typer.BadParameter(f"{value!r}: expected NAME=BASELINE,VARIANT,...", param_hint="--cohort")
             cohorts.append(ServingCohort(name.strip(), [v.strip() for v in variants.split(",") if v.strip()]))
         if not results.is_dir():
-            _fail(f"{results}: no such results folder")
+            fail(f"{results}: no such results folder")
         try:
             side = side_by_side(results, cohorts, _split(benches), resamples)
         except AnalysisError as err:
-            _fail(str(err))
+            fail(str(err))
         print(render(side.sections()))
 
     @app.command()
@@ -173,23 +166,23 @@ def register(app: typer.Typer) -> None:
         from omk_ray.analysis.samples import AnalysisError
 
         if not results.is_dir():
-            _fail(f"{results}: no such results folder")
+            fail(f"{results}: no such results folder")
         variants = _split(variants) or []
         if drop_map and len(variants) != 1:
-            _fail("--drop-map needs exactly one --variant")
+            fail("--drop-map needs exactly one --variant")
         try:
             options = CompareOptions(baseline=baseline, variants=variants, benches=_split(benches),
                                      allow_mismatch=allow_mismatch,
                                      drop_maps={variants[0]: str(drop_map)} if drop_map else {})
             comparison = run_compare(results, options)
         except ValidationError as err:
-            _fail(f"invalid options: {err}")
+            fail(f"invalid options: {err}")
         except AnalysisError as err:
-            _fail(str(err))
+            fail(str(err))
         sections = expert_sections(comparison)
         if not sections:
             why = [n for n in comparison.notes if "exposure" in n]
-            _fail("no exposure to show: " + ("; ".join(why) if why else
+            fail("no exposure to show: " + ("; ".join(why) if why else
                   f"{baseline} has no routing in {results} (run `omk-ray route {results} --variant {baseline}`)"))
         print(render(sections), end="")
         for note in (n for n in comparison.notes if "exposure" in n):
@@ -220,21 +213,21 @@ def register(app: typer.Typer) -> None:
         try:
             grid = load_grid(config)
         except ConfigError as err:
-            _fail(str(err))
+            fail(str(err))
         if variant not in {v.name for v in grid.variants}:
-            _fail(f"{config}: no variant {variant!r} (variants: {', '.join(v.name for v in grid.variants)})")
+            fail(f"{config}: no variant {variant!r} (variants: {', '.join(v.name for v in grid.variants)})")
         rules = rules_for(grid, variant, max_empty_rate=max_empty_rate)
         floors = {**rules.p10_floors, **_floor_options(floor)}
         rules = rules.model_copy(update={"p10_floors": floors})
         try:
             result = run_canary(grid, variant, results, docs=limit, address=address, rules=rules)
         except (ValueError, OSError) as err:
-            _fail(f"canary of {variant}: {err}")
+            fail(f"canary of {variant}: {err}")
         for b in result.benches:
             print(f"{b.bench}: n={b.n} empty={b.empty} leaks={b.leaks} loops={b.loops} "
                   f"p10={b.p10_tokens:.0f} (floor {b.floor:g}) mean score={b.mean_score:.2f}")
         print(result.summary())
-        raise typer.Exit(0 if result.passed else 1)
+        raise typer.Exit(ExitCode.OK if result.passed else ExitCode.FAILED)
 
 
 def _split(values: Optional[list[str]]) -> Optional[list[str]]:

@@ -7,13 +7,7 @@ from typing import Optional
 
 import typer
 
-
-def _fail(message: str, code: int = 2) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-
-    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
-    raise typer.Exit(code)
+from omk_ray.exits import ExitCode, fail
 
 
 def register(app: typer.Typer) -> None:
@@ -41,10 +35,10 @@ def register(app: typer.Typer) -> None:
         try:
             grid = load_grid(config)
         except ConfigError as err:
-            _fail(str(err))
+            fail(str(err))
         unknown = set(bench or []) - {b.name for b in grid.benches}
         if unknown:
-            _fail(f"unknown benches {sorted(unknown)}; the grid has {[b.name for b in grid.benches]}")
+            fail(f"unknown benches {sorted(unknown)}; the grid has {[b.name for b in grid.benches]}")
         cache = Path(cache or default_cache())
         cache.mkdir(parents=True, exist_ok=True)
         table = Table(title=f"bench data in {cache}", title_justify="left")
@@ -68,4 +62,4 @@ def register(app: typer.Typer) -> None:
                 table.add_row(escape(spec.name), "[red]failed[/]", escape(str(err)))
         Console(width=200).print(table)
         if failed:
-            raise typer.Exit(1)
+            raise typer.Exit(ExitCode.FAILED)

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from omk_ray.files import write_text_atomic
+from omk_ray.files import write_text_atomic, written_aside
 
 CACHE_ENV = "OMK_RAY_DATA_CACHE"
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -148,9 +148,8 @@ def fetch_split(ref: HubSplit, cache: Path, token: str | None = None) -> dict[st
     except Exception as err:
         raise DataError(f"cannot download {ref.label}@{revision}: {type(err).__name__}: {_short(err)}") from None
     data.parent.mkdir(parents=True, exist_ok=True)
-    tmp = data.with_suffix(".parquet.tmp")
-    split.to_parquet(str(tmp))
-    os.replace(tmp, data)
+    with written_aside(data) as tmp:
+        split.to_parquet(str(tmp))
     meta = {
         "dataset": ref.path,
         "config": ref.name,

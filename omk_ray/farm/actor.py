@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 
 from omk_ray.benches import Bench, Doc, Score, make_bench
 from omk_ray.config import BenchSpec, Recipe, VariantSpec
+from omk_ray.devices import cuda_visible, gpu_names
 from omk_ray.engines import Completion, Request, engine_class
 from omk_ray.farm.rows import score_all
 
@@ -33,7 +34,7 @@ class EngineActor:
     """Wrapped by `ray.remote` in the scheduler."""
 
     def __init__(self, variant: VariantSpec, model_path: str):
-        if os.environ.get("CUDA_VISIBLE_DEVICES") == "" or not _has_cuda():
+        if not cuda_visible():
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         start = time.perf_counter()
         self.variant = variant
@@ -51,7 +52,7 @@ class EngineActor:
             "host": socket.gethostname(),
             "node_id": _node_id(),
             "pid": os.getpid(),
-            "gpus": _gpu_names(),
+            "gpus": gpu_names(),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "load_s": round(self.load_s, 2),
         }
@@ -115,18 +116,3 @@ def _node_id() -> str | None:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
-def _has_cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
-
-
-def _gpu_names() -> list[str]:
-    if not _has_cuda():
-        return []
-    import torch
-
-    return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]

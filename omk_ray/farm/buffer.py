@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pyarrow as pa
 
+from omk_ray.files import TMP_PREFIX
 from omk_ray.results.schema import rows_to_table
 from omk_ray.results.store import ResultsStore
 
@@ -24,7 +25,7 @@ class RowBuffer:
         self.oldest: float | None = None
         self.shards = 0
         # A shard a killed run was writing (its temporary name): this run is the folder's one writer now.
-        for torn in store.samples_dir.glob("*/*/.tmp-*"):
+        for torn in store.samples_dir.glob(f"*/*/{TMP_PREFIX}*"):
             torn.unlink(missing_ok=True)
 
     def add(self, rows: list[dict]) -> None:

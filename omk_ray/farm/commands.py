@@ -20,7 +20,8 @@ def register(app: typer.Typer) -> None:
 
         A locked run (jobs/canonical_rerun.py, or check_lock in code) refuses to start when the config or the installed engines no longer match the lock. Rerunning `omk-ray lock` on a matching config changes nothing; on a drifted one it lists the differences and exits 1 unless --relock.
         """  # noqa: E501
-        from omk_ray.cli import console, fail, load
+        from omk_ray.cli import console, load
+        from omk_ray.exits import ExitCode, fail
         from omk_ray.farm.lock import LockError, lock_drift, lock_path, read_lock, write_lock
         from omk_ray.farm.planner import PlanError
 
@@ -29,7 +30,7 @@ def register(app: typer.Typer) -> None:
         try:
             if not path.exists():
                 if check:
-                    fail(f"{path}: no lock file; create it with `omk-ray lock {config}`", code=1)
+                    fail(f"{path}: no lock file; create it with `omk-ray lock {config}`", ExitCode.FAILED)
                 write_lock(grid, path)
                 console.print(f"locked {len(grid.variants)} variants x {len(grid.benches)} benches: {path}")
                 return
@@ -43,6 +44,6 @@ def register(app: typer.Typer) -> None:
             console.print(f"[yellow]drift[/] {line}", highlight=False)
         if check or not relock:
             fail(f"{config} no longer matches {path} ({len(drift)} differences)"
-                 + ("" if check else "; rerun with --relock to record the new state"), code=1)
+                 + ("" if check else "; rerun with --relock to record the new state"), ExitCode.FAILED)
         write_lock(grid, path)
         console.print(f"relocked: {path}")

@@ -11,7 +11,6 @@ silently. `omk-ray lock CONFIG --relock` records the new state on purpose.
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -21,6 +20,7 @@ from omk_ray import __version__
 from omk_ray.config import ConfigError, GridConfig, VariantSpec, grid_to_dict, stable_hash
 from omk_ray.farm.planner import check_grid
 from omk_ray.farm.planner import weights_identity as planner_weights
+from omk_ray.files import write_text_atomic
 
 LOCK_VERSION = 1
 RECREATE = "recreate it with `omk-ray lock <config> --relock`"
@@ -108,10 +108,7 @@ def write_lock(grid: GridConfig, path: str | Path | None = None) -> Path:
         "config_hash": stable_hash(grid_to_dict(grid)),
         **lock_state(grid),
     }
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(document, indent=2, sort_keys=False) + "\n")
 
 
 def read_lock(path: str | Path) -> dict[str, Any]:

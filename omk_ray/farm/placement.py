@@ -76,18 +76,27 @@ def cluster_nodes() -> list[Node]:
     return nodes
 
 
-def needs(variant: VariantSpec, gpu_mode: bool, cpus_per_engine: float) -> tuple[float, float, int]:
-    """(GPUs, CPUs, bundles) one engine of `variant` asks Ray for, as the scheduler requests them."""
+@dataclass(frozen=True)
+class Needs:
+    """What one engine of a variant asks Ray for: `place` packs it so and the scheduler starts it so."""
+
+    gpus: float
+    cpus: float
+    bundles: int  # > 0: a STRICT_PACK placement group of `bundles` x {GPU: 1, CPU: 1}; 0: a plain actor
+    cost: float  # its share of the scheduler's capacity (the cluster's GPUs, or its CPUs where it has none)
+
+
+def needs(variant: VariantSpec, gpu_mode: bool, cpus_per_engine: float) -> Needs:
+    """The resources of one engine of `variant` on a cluster with GPUs (`gpu_mode`) or without."""
     from omk_ray.engines import engine_class
 
     if not engine_class(variant.engine).uses_accelerator:
-        return 0.0, min(1.0, cpus_per_engine), 0
+        return Needs(0.0, min(1.0, cpus_per_engine), 0, cost=0.0 if gpu_mode else cpus_per_engine)
     if not gpu_mode:
-        return 0.0, cpus_per_engine, 0
+        return Needs(0.0, cpus_per_engine, 0, cost=cpus_per_engine)
     tp = variant.engine_args.tensor_parallel_size
-    if tp > 1 and variant.engine == "vllm":
-        return float(tp), float(tp), tp
-    return float(tp), 1.0, 0
+    bundles = tp if tp > 1 and variant.engine == "vllm" else 0  # vLLM's Ray executor: a worker per bundle
+    return Needs(float(tp), float(tp) if bundles else 1.0, bundles, cost=tp)
 
 
 def place(grid: GridConfig, nodes: list[Node], variants: list[str] | None = None) -> list[Placement]:
@@ -103,7 +112,7 @@ def place(grid: GridConfig, nodes: list[Node], variants: list[str] | None = None
 
     problems = []
     for v in chosen:
-        gpus, cpus, _ = demand[v.name]
+        gpus, cpus = demand[v.name].gpus, demand[v.name].cpus
         if not any(n.gpus >= gpus and n.cpus >= cpus for n in usable):
             largest = max(usable, key=lambda n: (n.gpus, n.cpus))
             what = f"{gpus:g} GPUs and {cpus:g} CPUs on one node" if gpus else f"{cpus:g} CPUs on one node"
@@ -116,7 +125,7 @@ def place(grid: GridConfig, nodes: list[Node], variants: list[str] | None = None
         raise PlanError("grid cannot fit the cluster:\n  " + "\n  ".join(problems))
 
     order = {n.node_id: i for i, n in enumerate(usable)}
-    pending = sorted(chosen, key=lambda v: (-demand[v.name][0], -demand[v.name][1]))  # stable: grid order otherwise
+    pending = sorted(chosen, key=lambda v: (-demand[v.name].gpus, -demand[v.name].cpus))  # stable: grid order otherwise
     limit = grid.farm.max_engines
     placements: list[Placement] = []
     wave = 0
@@ -125,7 +134,7 @@ def place(grid: GridConfig, nodes: list[Node], variants: list[str] | None = None
         later = []
         in_wave = 0
         for v in pending:
-            gpus, cpus, bundles = demand[v.name]
+            gpus, cpus, bundles = demand[v.name].gpus, demand[v.name].cpus, demand[v.name].bundles
             fits = [n for n in usable if free[n.node_id][0] >= gpus and free[n.node_id][1] >= cpus]
             if not fits or (limit is not None and in_wave >= limit):
                 later.append(v)

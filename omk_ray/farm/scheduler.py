@@ -36,6 +36,7 @@ from omk_ray.engines import Completion, Request, engine_class
 from omk_ray.farm.actor import EngineActor, Generated, ScorerActor
 from omk_ray.farm.buffer import RowBuffer
 from omk_ray.farm.canary import judge_canary
+from omk_ray.farm.placement import Needs, needs
 from omk_ray.farm.planner import BenchWork, Plan
 from omk_ray.farm.rows import RowContext, sample_row
 from omk_ray.results.store import ResultsStore, RunLog
@@ -245,10 +246,8 @@ class Scheduler:
             return True, gpus
         return False, max(resources.get("CPU", 1), self.farm.cpus_per_engine)
 
-    def _cost(self, variant: VariantSpec) -> float:
-        if not engine_class(variant.engine).uses_accelerator:
-            return 0.0 if self.gpu_mode else self.farm.cpus_per_engine
-        return variant.engine_args.tensor_parallel_size if self.gpu_mode else self.farm.cpus_per_engine
+    def _needs(self, variant: VariantSpec) -> Needs:
+        return needs(variant, self.gpu_mode, self.farm.cpus_per_engine)
 
     def _free(self) -> float:
         return self.capacity - sum(s.cost for s in self.slots)
@@ -271,7 +270,7 @@ class Scheduler:
                 if mine and not self._sibling_pays(variant, queue, mine):
                     continue
                 share = max(queue.remaining_tokens, 1.0) / (len(mine) + 1)
-                if share > best_share and self._cost(variant) <= self._free() + 1e-9:
+                if share > best_share and self._needs(variant).cost <= self._free() + 1e-9:
                     best, best_share = variant, share
             if best is None:
                 return
@@ -303,22 +302,18 @@ class Scheduler:
     def _start(self, variant: VariantSpec) -> None:
         self._counter += 1
         name = f"omk-{self.runlog.run_id}-{variant.name}-{self._counter}"
-        tp = variant.engine_args.tensor_parallel_size
+        need = self._needs(variant)
         options: dict[str, Any] = {"name": name, "namespace": NAMESPACE, "max_restarts": 0, "max_concurrency": 64}
         pg = None
-        if not engine_class(variant.engine).uses_accelerator:
-            options.update(num_cpus=min(1.0, self.farm.cpus_per_engine), num_gpus=0)
-        elif self.gpu_mode and tp > 1 and variant.engine == "vllm":
+        if need.bundles:
             # vLLM's Ray executor puts one worker per bundle; STRICT_PACK keeps them on one node.
-            pg = placement_group([{"GPU": 1, "CPU": 1}] * tp, strategy="STRICT_PACK")
+            pg = placement_group([{"GPU": 1, "CPU": 1}] * need.bundles, strategy="STRICT_PACK")
             options.update(num_cpus=0, num_gpus=0, scheduling_strategy=PlacementGroupSchedulingStrategy(
                 pg, placement_group_capture_child_tasks=True))
-        elif self.gpu_mode:
-            options.update(num_cpus=1, num_gpus=tp)
         else:
-            options.update(num_cpus=self.farm.cpus_per_engine, num_gpus=0)
+            options.update(num_cpus=need.cpus, num_gpus=need.gpus)
         handle = ray.remote(EngineActor).options(**options).remote(variant, self.plan.model_paths[variant.name])
-        slot = Slot(name, variant.name, handle, self._cost(variant), pg=pg)
+        slot = Slot(name, variant.name, handle, need.cost, pg=pg)
         slot.loading = handle.info.remote()
         self.slots.append(slot)
         self.runlog.event("engine_starting", engine=name, variant=variant.name)

@@ -9,6 +9,8 @@ from typing import Optional
 
 import typer
 
+from omk_ray.exits import fail
+
 
 def register(app: typer.Typer) -> None:
     group = typer.Typer(help="The pinned llama.cpp tools (llama-quantize, llama-imatrix, llama-server, "
@@ -31,8 +33,7 @@ def register(app: typer.Typer) -> None:
         try:
             tools = build_tools(profile, tuple(flag), jobs, sdist, log=lambda m: typer.echo(m, err=True))
         except (ToolsBuildError, ValueError) as err:
-            typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
-            raise typer.Exit(2) from None
+            fail(str(err))
         typer.echo(str(tools.root))
 
     @group.command("info")
@@ -43,7 +44,6 @@ def register(app: typer.Typer) -> None:
         try:
             tools = find_tools()
         except ToolsMissing as err:
-            typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
-            raise typer.Exit(2) from None
+            fail(str(err))
         typer.echo(f"{tools.version}\n{tools.root}  (cache: {os.environ.get('OMK_RAY_LLAMACPP') or cache_root()})")
         typer.echo(json.dumps(tools.info, indent=1))

@@ -34,6 +34,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from omk_ray.config import stable_hash
+from omk_ray.devices import cuda_visible
 from omk_ray.files import file_sha256
 
 LLAMA_CPP_PYTHON = "0.3.36"  # pins llama.cpp (its CHANGELOG names the commit)
@@ -107,17 +108,6 @@ def build_flags(profile: str = "cpu", extra: tuple[str, ...] | list[str] = ()) -
 def build_dir(profile: str = "cpu", extra: tuple[str, ...] | list[str] = (), root: Path | None = None) -> Path:
     flags = build_flags(profile, extra)
     return (root or cache_root()) / f"{LLAMA_CPP_PYTHON}-{profile}-{stable_hash(flags, 8)}"
-
-
-def cuda_visible() -> bool:
-    """Whether this process sees a CUDA device (Ray gives a process without GPUs CUDA_VISIBLE_DEVICES="")."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
-        return False
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
 
 
 def find_tools() -> Tools:

@@ -7,13 +7,7 @@ from typing import Optional
 
 import typer
 
-
-def _fail(message: str, code: int = 2) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-
-    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
-    raise typer.Exit(code)
+from omk_ray.exits import ExitCode, fail
 
 
 def _warn(message: str) -> None:
@@ -46,7 +40,7 @@ def _load_grid(path: Path | None):
     try:
         return load_grid(path)
     except ConfigError as err:
-        _fail(str(err))
+        fail(str(err))
 
 
 def _pairs(values: list[str], option: str, example: str = "TASK=METRIC,FILTER, e.g. gsm8k=exact_match,flexible-extract"
@@ -70,7 +64,7 @@ def _report_imports(reports) -> None:
                          "reproduced": "yes" if r.reproduced else "NO", "domains": domains})
     _print_rows(rows, "imported")
     if not all(r.reproduced for r in reports):
-        _fail("some imported aggregates differ from the run's own results file (see 'reproduced')", code=1)
+        fail("some imported aggregates differ from the run's own results file (see 'reproduced')", ExitCode.FAILED)
 
 
 def register(app: typer.Typer) -> None:
@@ -113,7 +107,7 @@ def register(app: typer.Typer) -> None:
                                     _pairs(domain_field, "--domain-field", fields),
                                     _pairs(subdomain_field, "--subdomain-field", fields), model, revision)
         except (LogImportError, OSError, ValueError) as err:
-            _fail(str(err))
+            fail(str(err))
         _report_imports(reports)
 
     @importer.command("lcb")
@@ -131,7 +125,7 @@ def register(app: typer.Typer) -> None:
         try:
             report = import_lcb(file, variant, results, bench, model, revision)
         except (LogImportError, OSError, ValueError) as err:
-            _fail(str(err))
+            fail(str(err))
         _report_imports([report])
 
     app.add_typer(importer, name="import")
@@ -153,7 +147,7 @@ def register(app: typer.Typer) -> None:
 
         store = ResultsStore(results)
         if not store.root.is_dir():
-            _fail(f"{results}: no such results folder")
+            fail(f"{results}: no such results folder")
         bad = store.check()
         shards, runs = len(store.shard_paths()), len(list(store.runs_dir.glob("*/manifest.json")))
         _print_rows([{"file": str(b.path), "problem": b.problem} for b in bad], "unreadable")
@@ -162,7 +156,7 @@ def register(app: typer.Typer) -> None:
             Console().print(f"moved {len(bad)} file(s) to {store.quarantine(bad)}", highlight=False)
         elif bad:
             _warn("rerun with --quarantine to move them aside (the next `omk-ray run` generates their samples again)")
-            raise typer.Exit(1)
+            raise typer.Exit(ExitCode.FAILED)
 
     @app.command()
     def rescore(
@@ -184,7 +178,7 @@ def register(app: typer.Typer) -> None:
         try:
             reports = run_rescore(results, bench, grid, dry_run=dry_run)
         except (RescoreError, DataError) as err:
-            _fail(str(err))
+            fail(str(err))
         _print_rows([{"bench": r.bench, "samples": r.rows, "changed": r.changed, "scorer errors": r.errors,
                       "previous scorers": ", ".join(sorted(r.scorer_versions)),
                       "shards rewritten": 0 if dry_run else r.shards} for r in reports if not r.skipped],
@@ -193,4 +187,4 @@ def register(app: typer.Typer) -> None:
         for r in skipped:
             _warn(f"skipped {r.bench}: {r.skipped}")
         if skipped:
-            raise typer.Exit(1)
+            raise typer.Exit(ExitCode.FAILED)

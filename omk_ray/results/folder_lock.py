@@ -25,6 +25,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from omk_ray.files import write_text_atomic
+
 LOCK = ".writer.lock"
 RECORD = ".writer.json"
 GRACE_S = 2.0  # a refused run tries this long first (`holder()` takes the lock for an instant to look)
@@ -105,6 +107,4 @@ def _record(root: Path) -> Holder | None:
 
 
 def _write_record(root: Path, who: Holder) -> None:
-    tmp = root / f"{RECORD}.{os.getpid()}"
-    tmp.write_text(json.dumps(asdict(who)))
-    os.replace(tmp, root / RECORD)
+    write_text_atomic(root / RECORD, json.dumps(asdict(who)))

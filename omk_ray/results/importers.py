@@ -34,6 +34,7 @@ from typing import Any
 
 from omk_ray.benches.lmeval import aggregate, first_text, metric_values, resolve_domain_fields, resolve_primary
 from omk_ray.config import BenchSpec, DeclaredFacts, GridConfig, Recipe, stable_hash
+from omk_ray.files import write_text_atomic
 from omk_ray.results.schema import TOKENS_MISSING, rows_to_table
 from omk_ray.results.store import ResultsStore
 from omk_ray.variants.facts import Facts, FactsError, checkpoint_facts
@@ -151,9 +152,7 @@ def _write_variant_facts(store: ResultsStore, variant: str, facts: Facts | None)
         return
     path = variant_sidecar_path(store.root, variant)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"variant": variant, "facts": facts.to_dict()}, indent=2))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps({"variant": variant, "facts": facts.to_dict()}, indent=2))
 
 
 def _bench_for_task(task: str, grid: GridConfig | None) -> BenchSpec:
@@ -414,6 +413,4 @@ def _write_bench_sidecar(store: ResultsStore, spec: BenchSpec, docs: list[dict],
     if docs_path.is_file():
         known = {d["doc_id"]: d for d in _read_jsonl(docs_path)}
     known.update({d["doc_id"]: d for d in docs})
-    tmp = docs_path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(d) + "\n" for d in known.values()))
-    tmp.replace(docs_path)
+    write_text_atomic(docs_path, "".join(json.dumps(d) + "\n" for d in known.values()))

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ from omk_ray.config import BenchSpec, GridConfig, recorded_grid
 from omk_ray.engines.base import Completion
 from omk_ray.results.importers import PROGRAM_TESTS, TOKENS_MISSING, bench_sidecar_paths
 from omk_ray.results.schema import SAMPLE_SCHEMA
-from omk_ray.results.store import ResultsStore
+from omk_ray.results.store import ResultsStore, write_parquet
 
 KEEP_FLAGS = (TOKENS_MISSING, "thinking_budget_hit")
 
@@ -233,6 +232,4 @@ def _same(a: float | None, b: float | None) -> bool:
 
 def _replace_shard(path: Path, table: pa.Table) -> None:
     """Rewrite a shard under its own name (readers keep seeing one copy of each row)."""
-    tmp = path.with_name(f".tmp-{path.name}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    write_parquet(table, path)

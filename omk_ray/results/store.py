@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from omk_ray.files import write_text_atomic, written_aside
 from omk_ray.results.schema import COLUMNS, NEVER_RUNS, RESUME_KEY, SAMPLE_SCHEMA
 
 
@@ -179,9 +180,7 @@ class RunLog:
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.manifest_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2, default=str))
-        os.replace(tmp, self.manifest_path)
+        write_text_atomic(self.manifest_path, json.dumps(manifest, indent=2, default=str))
 
     def manifest(self) -> dict[str, Any]:
         manifest, problem = _read_manifest(self.manifest_path)
@@ -209,9 +208,8 @@ class RunLog:
 
 def write_parquet(table: pa.Table, final: Path) -> Path:
     """Write `final` aside and rename it into place: a crash leaves the whole file or nothing."""
-    tmp = final.with_name(f".tmp-{final.name}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, final)
+    with written_aside(final) as tmp:
+        pq.write_table(table, tmp)
     return final
 
 

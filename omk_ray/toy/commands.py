@@ -12,10 +12,7 @@ from typing import Optional
 
 import typer
 
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(2)
+from omk_ray.exits import fail
 
 
 def _print_accuracy(scores: dict[str, float], title: str) -> None:
@@ -54,7 +51,7 @@ def register(app: typer.Typer) -> None:
         try:
             report = build_toy(out, recipe, force=force, evaluate=not no_eval, log=typer.echo)
         except ToyBuildError as err:
-            _fail(str(err))
+            fail(str(err))
         typer.echo(f"wrote {out}: trained {recipe.steps} steps in {report['train_seconds']:.0f} s")
         if "heldout_accuracy" in report:
             _print_accuracy(report["heldout_accuracy"], "held-out accuracy (transformers engine, greedy)")
@@ -65,7 +62,7 @@ def register(app: typer.Typer) -> None:
         from omk_ray.toy.data import write_data
 
         if out.exists() and not out.is_dir():
-            _fail(f"{out} is a file, not a folder")
+            fail(f"{out} is a file, not a folder")
         for kind, path in write_data(out).items():
             typer.echo(f"{kind}: {path}")
 
@@ -83,7 +80,7 @@ def register(app: typer.Typer) -> None:
         try:
             path = model or shipped()
         except FileNotFoundError as err:
-            _fail(str(err))
+            fail(str(err))
         if not (path / "config.json").is_file():
-            _fail(f"{path} is not a checkpoint folder (no config.json)")
+            fail(f"{path} is not a checkpoint folder (no config.json)")
         _print_accuracy(evaluate(str(path), engine=engine), f"{path}: held-out accuracy ({engine})")

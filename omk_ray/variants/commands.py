@@ -19,6 +19,7 @@ from typing import Optional
 
 import typer
 
+from omk_ray.exits import error, fail
 from omk_ray.files import write_text_atomic
 
 
@@ -30,8 +31,7 @@ def _clear_errors():
     try:
         yield
     except (ValueError, KeyError, QuantizationUnavailable) as err:
-        typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(2) from None
+        fail(str(err))
 
 
 def _pairs(values: list[str], option: str) -> dict[str, float]:
@@ -241,9 +241,8 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"note: {note}")
         if not report.ok:
             for problem in report.problems:
-                typer.secho(f"error: {problem}", err=True, fg=typer.colors.RED)
-            typer.secho(f"{model}: refused ({len(report.problems)} problems)", err=True, fg=typer.colors.RED)
-            raise typer.Exit(2)
+                error(problem)
+            fail(f"{model}: refused ({len(report.problems)} problems)")
         if report.quantized:
             typer.echo(f"{model}: ok, {report.family or 'unknown family'}: {report.modules} NVFP4A16 modules, "
                        f"{report.experts} of them experts")

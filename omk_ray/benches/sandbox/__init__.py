@@ -5,7 +5,7 @@
     outcomes = sandbox.run_many(jobs)                         # `workers` at a time, in order
 """
 
-from omk_ray.benches.sandbox.programs import Job, Limits, Outcome, Status
 from omk_ray.benches.sandbox.pool import Sandbox
+from omk_ray.benches.sandbox.programs import Job, Limits, Outcome, Status
 
 __all__ = ["Job", "Limits", "Outcome", "Sandbox", "Status"]

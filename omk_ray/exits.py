@@ -1,0 +1,43 @@
+"""How every `omk-ray` command and every job under jobs/ ends: one set of exit codes, one error line."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import NoReturn
+
+import typer
+
+
+class ExitCode(IntEnum):
+    """The exit codes of the CLI and the Ray Jobs alike (Ray Jobs marks a job FAILED on any but 0).
+
+    OK             0  everything done as asked.
+    FAILED         1  it ran, but not all of it went well: samples failed (kept as error rows) or were
+                      skipped by a canary; a check found a difference (`omk-ray lock --check`, imported
+                      aggregates that the run's own results do not reproduce); `fetch-data` could not
+                      fetch a bench, `rescore` skipped one; `canary` or `doctor` found a problem.
+    REFUSED        2  nothing started: a bad config, option or input file, a drifted lock, a grid that
+                      cannot fit the cluster, a results folder another run is writing.
+    CANARY_FAILED  3  (jobs) a variant failed its canary: left out of the comparison.
+    REGRESSION     4  (jobs/canonical_rerun.py) a significant regression against the previous night.
+    """
+
+    OK = 0
+    FAILED = 1
+    REFUSED = 2
+    CANARY_FAILED = 3
+    REGRESSION = 4
+
+
+def error(message: str) -> None:
+    """`error: MESSAGE` on stderr (the message printed as it is, never read as rich markup)."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+
+
+def fail(message: str, code: ExitCode = ExitCode.REFUSED) -> NoReturn:
+    """End a command: the error line, then exit with `code`."""
+    error(message)
+    raise typer.Exit(int(code))
