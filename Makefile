@@ -11,7 +11,7 @@ TORCH ?= torch==2.13.0
 LLAMACPP_PROFILE ?= cpu
 LLAMACPP_FLAGS ?=
 
-.PHONY: venv system-deps llamacpp demo demo-gguf test bench clean
+.PHONY: venv system-deps llamacpp demo demo-gguf test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -42,6 +42,10 @@ demo-gguf: venv llamacpp
 
 test: venv system-deps llamacpp
 	$(PY) -m pytest -q -ra
+
+# Everything but the tests marked slow (vLLM starts, Ray clusters, llama.cpp, training); one area: `$(PY) -m pytest tests/farm`.
+test-fast: venv
+	$(PY) -m pytest -q -ra -m "not slow"
 
 bench: venv
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

