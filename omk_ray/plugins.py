@@ -1,5 +1,10 @@
 """A plug-in registry: a kind name -> "package.module:Class", imported only when first used.
 
+Kinds come from the built-in table, from `register(...)` in the running process, and from the
+entry points of the registry's group (`omk_ray.engines`, `omk_ray.benches`) of every installed
+package: an installed plug-in is found in every process, the engine actors on a cluster's
+nodes included, where a `register(...)` made in the driver is not.
+
 A plug-in class may declare its settings as a pydantic model, `Options` (`extra="forbid"`):
 `option_problems(cls, raw)` lists what is wrong with a raw settings dict before anything
 starts, and `parse_options` builds the model with the same wording.
@@ -8,16 +13,26 @@ starts, and `parse_options` builds the model with the same wording.
 from __future__ import annotations
 
 import importlib
+import logging
+from importlib.metadata import entry_points
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+log = logging.getLogger(__name__)
+
 
 class Registry(dict[str, str]):
-    def __init__(self, what: str, entries: dict[str, str], base: type):
+    def __init__(self, what: str, entries: dict[str, str], base: type, group: str):
         super().__init__(entries)
         self.what = what
         self.base = base  # what every plug-in derives from, so it inherits the defaults the core reads
+        for ep in entry_points(group=group):
+            if ep.name in self and self[ep.name] != ep.value:
+                log.warning("%s %r of %s (%s) ignored: the name is taken by %s", what, ep.name,
+                            ep.dist.name if ep.dist else "an installed package", ep.value, self[ep.name])
+                continue
+            self[ep.name] = ep.value
 
     def register(self, kind: str, target: str) -> None:
         self[kind] = target

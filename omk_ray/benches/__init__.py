@@ -1,6 +1,7 @@
 """Bench registry: a bench kind -> the class that loads and scores it, imported when used.
 
-Add a bench type with `register_bench("kind", "package.module:Class")`.
+Add a bench type with an entry point in the `omk_ray.benches` group of an installed package, or with
+`register_bench("kind", "package.module:Class")` in every process that needs it (docs/adding-a-bench.md).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ BENCHES = Registry("bench kind", {
     "humaneval_plus": "omk_ray.benches.humaneval:HumanEvalPlusBench",
     "mbpp": "omk_ray.benches.mbpp:MbppBench",
     "livecodebench": "omk_ray.benches.livecodebench:LiveCodeBench",
-}, base=Bench)
+}, base=Bench, group="omk_ray.benches")
 
 
 def register_bench(kind: str, target: str) -> None:

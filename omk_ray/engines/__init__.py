@@ -1,6 +1,8 @@
 """Engine registry: a kind name -> the class that serves it, imported only when used.
 
-Add a backend with `register_engine("name", "package.module:Class")`; nothing else changes.
+Add a backend with an entry point in the `omk_ray.engines` group of an installed package (found in
+every process, cluster nodes included), or with `register_engine("name", "package.module:Class")` in
+every process that needs it; nothing else changes (docs/adding-an-engine.md).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ ENGINES = Registry("engine", {
     "openai": "omk_ray.engines.openai_engine:OpenAIEngine",
     "replay": "omk_ray.engines.replay:ReplayEngine",
     "llamacpp": "omk_ray.engines.llamacpp_engine:LlamaCppEngine",
-}, base=Engine)
+}, base=Engine, group="omk_ray.engines")
 
 
 def register_engine(kind: str, target: str) -> None:
