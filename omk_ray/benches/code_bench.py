@@ -11,7 +11,7 @@ from pydantic import Field
 
 from omk_ray.benches import sources
 from omk_ray.benches.base import Bench, BenchOptions, Doc, Score, ScorerUnavailable
-from omk_ray.benches.sandbox import Job, Limits, Outcome, Sandbox
+from omk_ray.benches.sandbox import Program, Limits, Outcome, Sandbox
 from omk_ray.config import BenchSpec
 from omk_ray.engines.base import Completion
 
@@ -68,7 +68,7 @@ class CodeBench(Bench):
 
     # -- scoring -------------------------------------------------------------------------------
 
-    def job(self, doc: Doc, response: str) -> tuple[Job, str]:
+    def program(self, doc: Doc, response: str) -> tuple[Program, str]:
         """The program to run for this answer, and the code extracted from the answer."""
         raise NotImplementedError
 
@@ -81,7 +81,7 @@ class CodeBench(Bench):
         A sandbox that cannot start is the farm's failure, not the answer's: it raises
         (the samples are stored as errors, never as wrong answers).
         """
-        jobs = [self.job(doc, completion.text) for doc, completion in pairs]
+        jobs = [self.program(doc, completion.text) for doc, completion in pairs]
         outcomes = self.sandbox.run_many(job for job, _ in jobs)
         for outcome in outcomes:
             if outcome.setup_failed:

@@ -31,7 +31,7 @@ from omk_ray.benches import sources
 from omk_ray.benches.base import Doc
 from omk_ray.benches.code_bench import CodeBench, CodeOptions
 from omk_ray.benches.code_extract import function_code
-from omk_ray.benches.sandbox import Job, Limits, Outcome, Sandbox
+from omk_ray.benches.sandbox import Program, Limits, Outcome, Sandbox
 
 CHAT_INSTRUCTION = (
     "Write a complete Python function that solves the following problem. Output ONLY the function "
@@ -87,9 +87,9 @@ class HumanEvalBench(CodeBench):
             )
         return docs
 
-    def job(self, doc: Doc, response: str) -> tuple[Job, str]:
+    def program(self, doc: Doc, response: str) -> tuple[Program, str]:
         candidate = doc.meta["prompt"] + function_code(response)
-        return Job(program=candidate, test_code=doc.target or ""), candidate
+        return Program(program=candidate, test_code=doc.target or ""), candidate
 
 
 class HumanEvalPlusBench(HumanEvalBench):
@@ -106,7 +106,7 @@ def run_candidates(candidates: Sequence[str], targets: Sequence[str], sandbox: S
     """What lm-eval's pass@1 executes: each stored candidate (e.g. lm-eval's filtered response),
     then its target (the doc's tests and check call), the tests outside the candidate's process."""
     sandbox = sandbox or Sandbox(Limits(wall_s=10, cpu_s=10))
-    return sandbox.run_many(Job(program=c, test_code=t) for c, t in zip(candidates, targets))
+    return sandbox.run_many(Program(program=c, test_code=t) for c, t in zip(candidates, targets))
 
 
 def packaged_humaneval() -> str:

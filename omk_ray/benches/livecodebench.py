@@ -38,7 +38,7 @@ from omk_ray.benches import sources
 from omk_ray.benches.base import Doc
 from omk_ray.benches.code_extract import last_fenced_block
 from omk_ray.benches.code_bench import CodeBench, CodeOptions
-from omk_ray.benches.sandbox import Job
+from omk_ray.benches.sandbox import Program
 
 HUB_REPO = "livecodebench/code_generation_lite"
 RELEASE_FILES = ("test.jsonl", "test2.jsonl", "test3.jsonl", "test4.jsonl", "test5.jsonl", "test6.jsonl")
@@ -190,7 +190,7 @@ class LiveCodeBench(CodeBench):
 
     # -- scoring ---------------------------------------------------------------------------
 
-    def job(self, doc: Doc, response: str) -> tuple[Job, str]:
+    def program(self, doc: Doc, response: str) -> tuple[Program, str]:
         code = last_fenced_block(response)
         tests = list(doc.meta["public_tests"])
         if self.options.tests == "all":
@@ -200,7 +200,7 @@ class LiveCodeBench(CodeBench):
         biggest = max((len(t["input"]) + len(t["output"]) for t in tests), default=0)
         disk_mb = max(self.sandbox.limits.disk_mb, 4 * biggest // 2**20 + 16)  # one test's files at a time
         return (
-            Job(
+            Program(
                 program=code,
                 check="call" if doc.meta["testtype"] == "functional" else "stdio",
                 tests=tuple(tests),

@@ -22,7 +22,7 @@ from omk_ray.benches import sources
 from omk_ray.benches.base import Doc
 from omk_ray.benches.code_extract import function_code
 from omk_ray.benches.code_bench import CodeBench, CodeOptions
-from omk_ray.benches.sandbox import Job
+from omk_ray.benches.sandbox import Program
 
 PROMPT = (
     "You are an expert Python programmer, and here is your task:\n{text}\n"
@@ -74,6 +74,6 @@ class MbppBench(CodeBench):
             target=tests,
         )
 
-    def job(self, doc: Doc, response: str) -> tuple[Job, str]:
+    def program(self, doc: Doc, response: str) -> tuple[Program, str]:
         code = function_code(response)
-        return Job(program=code, test_code=doc.target or ""), code
+        return Program(program=code, test_code=doc.target or ""), code

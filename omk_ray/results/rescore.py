@@ -163,14 +163,14 @@ def _imported_docs(store: ResultsStore, bench: str) -> dict[str, dict]:
 
 def _program_scorer(spec: BenchSpec) -> Scorer:
     """Run the stored program, then the row's target (the task's test code), in the sandbox."""
-    from omk_ray.benches.sandbox import Job, Sandbox
+    from omk_ray.benches.sandbox import Program, Sandbox
 
     sandbox = Sandbox(workers=2, isolation=spec.options.get("isolation", "namespaces"))
     metric = spec.options.get("primary_metric") or "pass@1,none"
 
     def score(rows: list[dict[str, Any]]) -> list[Score | Exception]:
         programs = [r.get("extracted_answer") or "" for r in rows]
-        outcomes = sandbox.run_many(Job(program=p, test_code=r.get("target") or "") for p, r in zip(programs, rows))
+        outcomes = sandbox.run_many(Program(program=p, test_code=r.get("target") or "") for p, r in zip(programs, rows))
         refused = next((o for o in outcomes if o.setup_failed), None)
         if refused is not None:
             raise RescoreError(f"bench {spec.name!r}: the code sandbox cannot run here ({refused.reason})")

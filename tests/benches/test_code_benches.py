@@ -325,7 +325,7 @@ def test_lcb_stdin_tests(lcb_folder):
     pairs = [(total, fenced(code)) for code in readers] + [(total, fenced(wrong)), (average, fenced(mean))]
     scores = bench.score_many(pairs)
     assert [s.correct for s in scores] == [True] * 5 + [False, True]
-    slow = bench.job(total, fenced("while True: pass").text)[0]
+    slow = bench.program(total, fenced("while True: pass").text)[0]
     outcome = bench.sandbox.run(slow)
     assert outcome.status == "timeout" and outcome.reason == "test 0: time limit of 2 s exceeded"
 

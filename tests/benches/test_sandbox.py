@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from omk_ray.benches.sandbox import Job, Limits, Sandbox
+from omk_ray.benches.sandbox import Program, Limits, Sandbox
 from omk_ray.benches.sandbox import pool
 
 FAST = Limits(wall_s=3, cpu_s=3, memory_mb=512, processes=8)
@@ -31,7 +31,7 @@ FILE_SECRET = f"hf_filesecret{uuid.uuid4().hex}"
 
 
 def namespaces_available() -> bool:
-    outcome = Sandbox(FAST, isolation="namespaces").run(Job(program="pass"))
+    outcome = Sandbox(FAST, isolation="namespaces").run(Program(program="pass"))
     return outcome.passed
 
 
@@ -89,7 +89,7 @@ def leftover_processes(marker: str | None = None) -> list[int]:
 
 
 def run(program: str, limits: Limits = FAST, isolation: str = "namespaces" if NAMESPACES else "rlimits", **job):
-    return Sandbox(limits, isolation=isolation).run(Job(program=textwrap.dedent(program), **job))
+    return Sandbox(limits, isolation=isolation).run(Program(program=textwrap.dedent(program), **job))
 
 
 # -- verdicts ------------------------------------------------------------------------------------
@@ -149,7 +149,7 @@ def test_output_is_capped():
 
 def test_many_programs_run_in_order_on_a_bounded_pool():
     sandbox = Sandbox(FAST, workers=2)
-    jobs = [Job(program=f"assert {i} % 3 != 0") for i in range(9)]
+    jobs = [Program(program=f"assert {i} % 3 != 0") for i in range(9)]
     start = time.perf_counter()
     outcomes = sandbox.run_many(jobs)
     assert [o.status for o in outcomes] == ["fail" if i % 3 == 0 else "pass" for i in range(9)]
@@ -330,7 +330,7 @@ def test_unprivileged_farm_gets_a_user_namespace(tmp_path, host):
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
     os.chown(host["precious"], 4242, 4242)  # the farm's own file: permissions would let it go
     sandbox = Sandbox(FAST, isolation="namespaces", python=str(wrapper))
-    check = lambda program: sandbox.run(Job(program=textwrap.dedent(program)))  # noqa: E731
+    check = lambda program: sandbox.run(Program(program=textwrap.dedent(program)))  # noqa: E731
     assert check("import os; assert os.getuid() == 0 and os.listdir('/root') == []").passed
     deleted = check(f"import os; os.remove('{host['precious']}')")
     assert deleted.status == "error" and "Read-only file system" in deleted.reason
@@ -364,10 +364,10 @@ def test_unprivileged_user_with_checkout_and_venv_in_a_private_home(host):
         subprocess.run(["chown", "-R", "4242:4242", str(home)], check=True)
         hidden = f"import os; assert os.getuid() == 0 and 'checkout' not in os.listdir({str(home)!r})"
         script = textwrap.dedent(f"""
-            from omk_ray.benches.sandbox import Job, Limits, Sandbox
+            from omk_ray.benches.sandbox import Program, Limits, Sandbox
             sandbox = Sandbox(Limits(wall_s=5, cpu_s=5, memory_mb=512, processes=8), isolation="namespaces")
-            ok = sandbox.run(Job(program={hidden!r}))
-            wrong = sandbox.run(Job(program="assert 1 + 1 == 3"))
+            ok = sandbox.run(Program(program={hidden!r}))
+            wrong = sandbox.run(Program(program="assert 1 + 1 == 3"))
             print(ok.status, ok.isolation, wrong.status, ok.reason)
         """)
         done = subprocess.run(
@@ -383,7 +383,7 @@ def test_unprivileged_user_with_checkout_and_venv_in_a_private_home(host):
 
 
 def test_isolation_is_reported():
-    outcome = Sandbox(FAST, isolation="auto").run(Job(program="pass"))
+    outcome = Sandbox(FAST, isolation="auto").run(Program(program="pass"))
     assert outcome.isolation == ("namespaces" if NAMESPACES else "rlimits")
-    default = Sandbox(FAST).run(Job(program="pass"))  # never falls back by itself
+    default = Sandbox(FAST).run(Program(program="pass"))  # never falls back by itself
     assert (default.isolation, default.passed) == ("namespaces", NAMESPACES)

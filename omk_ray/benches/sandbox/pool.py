@@ -40,7 +40,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Iterable, Literal
 
-from omk_ray.benches.sandbox.programs import SETUP_FAILED, Job, Limits, Outcome
+from omk_ray.benches.sandbox.programs import SETUP_FAILED, Program, Limits, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +92,13 @@ class Sandbox:
             return self.requested
         return "rlimits" if _namespaces_ok.get(self.python) is False else "namespaces"
 
-    def run(self, job: Job) -> Outcome:
+    def run(self, job: Program) -> Outcome:
         if self.requested == "auto" and self.python not in _namespaces_ok:
             with _probe_lock:  # the first program decides for every sandbox of this interpreter
                 return self._run_learning(job)
         return self._run(job, self.isolation)
 
-    def run_many(self, jobs: Iterable[Job]) -> list[Outcome]:
+    def run_many(self, jobs: Iterable[Program]) -> list[Outcome]:
         """Every job's outcome, in order, `workers` programs at a time."""
         jobs = list(jobs)
         if len(jobs) <= 1 or self.workers == 1:
@@ -111,7 +111,7 @@ class Sandbox:
 
     # -- one program ---------------------------------------------------------------------------
 
-    def _run_learning(self, job: Job) -> Outcome:
+    def _run_learning(self, job: Program) -> Outcome:
         if self.python in _namespaces_ok:
             return self._run(job, self.isolation)
         outcome = self._run(job, "namespaces")
@@ -126,7 +126,7 @@ class Sandbox:
         _namespaces_ok[self.python] = True
         return outcome
 
-    def _run(self, job: Job, mode: str) -> Outcome:
+    def _run(self, job: Program, mode: str) -> Outcome:
         limits = job.limits or self.limits
         workdir = None if mode == "namespaces" else tempfile.mkdtemp(prefix="omk-sandbox-")
         home = "/tmp/work" if mode == "namespaces" else workdir

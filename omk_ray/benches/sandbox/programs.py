@@ -26,7 +26,7 @@ class Limits:
 
 
 @dataclass(frozen=True)
-class Job:
+class Program:
     """One program and how to test it (see `checks.py` for the three kinds of check).
 
     `test_code` (script): the tests, run outside the program's process against its names
