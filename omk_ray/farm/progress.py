@@ -82,9 +82,11 @@ class FarmProgress:
         self.last_line = time.monotonic()
         done = self.samples + self.failed + self.skipped
         busy = sum(1 for *_, state, _ in self.slots if "in flight" in state)
+        loading = sum(1 for *_, state, _ in self.slots if state == "loading")
         share = f" ({100 * done / self.total:.0f}%)" if self.total else ""
         print(f"[omk-ray] samples {done}/{self.total}{share}  {self._rate()}  engines busy {busy}/{len(self.slots)}"
-              f"  elapsed {time.monotonic() - self.started:.0f}s", file=self.stream, flush=True)
+              + (f", {loading} loading" if loading else "")
+              + f"  elapsed {time.monotonic() - self.started:.0f}s", file=self.stream, flush=True)
 
     def _render(self):
         table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
