@@ -220,7 +220,7 @@ class Scheduler:
         self.retired: list[EngineStats] = []
         self.attempts: dict[int, int] = {}
         self.start_failures: dict[str, int] = {}
-        self.load_seconds: list[tuple[str, float]] = []  # (engine kind, seconds from start to loaded)
+        self.load_seconds: list[tuple[str, str, float]] = []  # (engine kind, variant, seconds from start to loaded)
         self.scorers: list[Any] = []
         self.scorer_load: dict[int, int] = {}
         self.to_score: dict[tuple[str, str], list[tuple[Sample, Generated, str]]] = {}
@@ -278,16 +278,17 @@ class Scheduler:
 
     def _sibling_pays(self, variant: VariantSpec, queue: VariantQueue, mine: list[Slot]) -> bool:
         """A further engine for a variant that has some pays only when its engines would take longer to
-        finish the work left than a new one takes to load, both measured on this run's engines of the
-        variant's kind, the speed on the variant's own engines where they have finished something
-        (unmeasured: it pays, as at the start every free slot is worth an engine)."""
+        finish the work left (at their measured tokens per second) than a new one takes to load
+        (measured on the variant's engines, else on those of its engine kind).
+        Before any engine has loaded every free slot is worth an engine (the first wave); after, a variant
+        not measured yet waits for its first engine's load and first answers."""
         kind = variant.engine
-        loads = [seconds for k, seconds in self.load_seconds if k == kind]
-        stats = [e for e in self.engine_stats() if e.tokens and self.grid.variant(e.variant).engine == kind]
-        stats = [e for e in stats if e.variant == variant.name] or stats
+        loads = [s for _, v, s in self.load_seconds if v == variant.name] or [
+            s for k, _, s in self.load_seconds if k == kind]
+        stats = [e for e in self.engine_stats() if e.tokens and e.variant == variant.name]
         busy = sum(e.busy_s for e in stats)
         if not loads or busy <= 0:
-            return True
+            return not self.load_seconds
         tokens_per_s = sum(e.tokens for e in stats) / busy
         return queue.remaining_tokens / (tokens_per_s * len(mine)) > statistics.median(loads)
 
@@ -337,7 +338,7 @@ class Scheduler:
 
     def _loaded(self, slot: Slot, info: dict) -> None:
         slot.info, slot.loading = info, None
-        self.load_seconds.append((self.grid.variant(slot.variant).engine, time.monotonic() - slot.created))
+        self.load_seconds.append((self.grid.variant(slot.variant).engine, slot.variant, time.monotonic() - slot.created))
         slot.target = self.farm.max_in_flight or max(1, math.ceil(IN_FLIGHT_FACTOR * info.get("capacity", 1)))
         self.runlog.event("engine_started", name=slot.name, info=info, in_flight=slot.target)
 

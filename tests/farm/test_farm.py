@@ -259,20 +259,26 @@ def test_code_bench_engine_keeps_generating_while_programs_are_scored(tmp_path, 
 
 
 
-@pytest.mark.parametrize("load_s, docs, engines", [(4.0, 30, 2), (0.5, 100, 3)])
-def test_a_sibling_engine_starts_only_when_it_pays_for_its_load(tmp_path, local_ray, load_s, docs, engines):
+@pytest.mark.parametrize("load_s, wide_load_s, wide_tokens, docs, engines", [
+    (4.0, 4.0, 200, 30, 2),  # `wide` frees its slot with ~1 s of `serial`'s work left, a load takes 4 s
+    (0.5, 0.5, 200, 100, 3),  # ... with ~8 s left and a 0.5 s load: one more `serial`
+    (3.0, 0.0, 1, 20, 2),  # `wide` is done while `serial` still loads: wait for its load and speed (2 s left)
+])
+def test_a_sibling_engine_starts_only_when_it_pays_for_its_load(tmp_path, local_ray, load_s, wide_load_s, wide_tokens,
+                                                                docs, engines):
     """A slot freed mid-run goes to a further engine of a busy variant only when that variant's work left
     outlasts an engine's load, both measured in the run. Fake GPUs: `serial` answers one 5-token request
-    at a time (50 tokens/s); `wide` answers every request at once in 2 s and frees its slot."""
+    at a time (50 tokens/s); `wide` answers every request at once and frees its slot."""
     lengths = tmp_path / "lengths.json"
-    lengths.write_text(json.dumps({"5": 200}))
-    fake = {"step_s": 0.02, "step_s_per_seq": 0, "load_s": load_s}
+    lengths.write_text(json.dumps({"5": wide_tokens}))
+    fake = {"step_s": 0.02, "step_s_per_seq": 0}
     grid = parse_grid({
         "name": "siblings", "recipe": {"max_gen_toks": 256},
         "variants": [
-            {"name": "serial", "model": "none", "engine": "simgpu", "engine_args": {"extra": {**fake, "max_num_seqs": 1}}},
+            {"name": "serial", "model": "none", "engine": "simgpu",
+             "engine_args": {"extra": {**fake, "max_num_seqs": 1, "load_s": load_s}}},
             {"name": "wide", "model": "none", "engine": "simgpu", "engine_args": {"extra": {
-                **fake, "step_s": 0.01, "max_num_seqs": docs, "lengths": str(lengths)}}},
+                **fake, "step_s": 0.01, "max_num_seqs": docs, "lengths": str(lengths), "load_s": wide_load_s}}},
         ],
         "benches": [{"name": "b", "kind": "jsonl", "source": str(bench_of(tmp_path / "b.jsonl", docs, "5"))}],
         "farm": {"max_engines": 2, "canary": {"enabled": False}},
@@ -280,9 +286,10 @@ def test_a_sibling_engine_starts_only_when_it_pays_for_its_load(tmp_path, local_
     summary = run_grid(grid, tmp_path / "results", show_progress=False)
     events = ResultsStore(tmp_path / "results").runs()[-1].events()
     started = sorted(e["variant"] for e in events if e["event"] == "engine_starting")
-    # 4 s of load for ~1 s of work left: no third engine; 0.5 s for ~8 s left: one more `serial`
     assert summary.failed == 0 and summary.generated == 2 * docs
-    assert started == (["serial", "wide"] if engines == 2 else ["serial", "serial", "wide"])
+    assert started == (["serial", "wide"] if engines == 2 else ["serial", "serial", "wide"]), [
+        (e["time"][17:26], e["event"], e.get("variant") or e.get("info", {}).get("variant")) for e in events
+        if e["event"].startswith("engine")]
 
 
 def bench_of(path, n: int, prompt: str):
