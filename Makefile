@@ -7,9 +7,14 @@ TORCH ?= torch==2.13.0
 
 # llama.cpp (GGUF variants, the llamacpp engine): built from the pinned llama-cpp-python sdist into
 # ~/.cache/omk-ray/llama.cpp/<version>-<profile>-<flags hash>/ (OMK_RAY_LLAMACPP_CACHE moves it), reused
-# when there. GPU nodes: `make llamacpp LLAMACPP_PROFILE=cuda LLAMACPP_FLAGS=-DCMAKE_CUDA_ARCHITECTURES=90`.
+# when there. GPU machines: `make llamacpp LLAMACPP_PROFILE=cuda` builds for this machine's GPU only:
+# CUDA_ARCH is its compute capability without the dot (89: L40S and L4, e.g. the g6e workers of
+# ray_cluster.yaml, which build with 89 themselves; 90: H100 and H200; 80: A100), read from nvidia-smi
+# unless given; empty (no nvidia-smi) builds for every architecture CUDA knows (slow, large).
 LLAMACPP_PROFILE ?= cpu
 LLAMACPP_FLAGS ?=
+CUDA_ARCH ?= $(shell nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d .)
+LLAMACPP_ARCH_FLAG = $(if $(and $(filter cuda,$(LLAMACPP_PROFILE)),$(CUDA_ARCH)),--flag=-DCMAKE_CUDA_ARCHITECTURES=$(CUDA_ARCH))
 
 .PHONY: venv system-deps llamacpp demo demo-gguf test test-fast bench clean
 
@@ -31,7 +36,7 @@ system-deps:
 	  echo "note: chromium is not installed; the HTML report's rendering test will be skipped"
 
 llamacpp: venv
-	nice -n 10 $(VENV)/bin/omk-ray llamacpp build --profile $(LLAMACPP_PROFILE) $(foreach f,$(LLAMACPP_FLAGS),--flag=$(f))
+	nice -n 10 $(VENV)/bin/omk-ray llamacpp build --profile $(LLAMACPP_PROFILE) $(LLAMACPP_ARCH_FLAG) $(foreach f,$(LLAMACPP_FLAGS),--flag=$(f))
 
 demo: venv
 	$(VENV)/bin/omk-ray demo --out demo_out
