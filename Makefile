@@ -16,7 +16,7 @@ LLAMACPP_FLAGS ?=
 CUDA_ARCH ?= $(shell nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d .)
 LLAMACPP_ARCH_FLAG = $(if $(and $(filter cuda,$(LLAMACPP_PROFILE)),$(CUDA_ARCH)),--flag=-DCMAKE_CUDA_ARCHITECTURES=$(CUDA_ARCH))
 
-.PHONY: venv system-deps llamacpp demo demo-gguf test test-fast bench clean
+.PHONY: venv system-deps llamacpp demo demo-gguf test test-fast bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -54,6 +54,14 @@ test-fast: venv
 
 bench: venv
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# One GPU against the CPU, no Ray cluster (docs/clusters.md, "One-GPU self-check"): a table of checks, each
+# ok / FAIL / skipped (why); exit 1 on a FAIL. No venv is made: the python that has the CUDA torch (and
+# vLLM) runs it, .venv's when there; e.g. `make gpu-check GPU_CHECK_PY=python3 GPU_CHECK_ARGS="--json out.json"`.
+GPU_CHECK_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(GPU_CHECK_PY) -m omk_ray.gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) demo_out demo_gguf_out .pytest_cache

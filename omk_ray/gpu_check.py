@@ -119,7 +119,7 @@ def bench_prompts(n: int | None = None) -> list[dict]:
 
 def real_width_config(experts: int = 16, top_k: int = 8, layers: int = 2):
     """Gemma 4 26B-A4B's widths (google/gemma-4-26B-A4B-it's text config) on `layers` layers, the
-    last one global, with the toy's character vocabulary and fewer experts."""
+    last one global, with the toy's character vocabulary, fewer experts and an lm_head of its own."""
     from transformers import Gemma4TextConfig
 
     from omk_ray.toy.tiny import VOCAB_SIZE
@@ -134,7 +134,9 @@ def real_width_config(experts: int = 16, top_k: int = 8, layers: int = 2):
         rope_parameters={"full_attention": {"partial_rotary_factor": 0.25, "rope_theta": 1e6, "rope_type": "proportional"},
                          "sliding_attention": {"rope_theta": 1e4, "rope_type": "default"}},
         hidden_activation="gelu_pytorch_tanh", final_logit_softcapping=30.0, max_position_embeddings=4096,
-        num_kv_shared_layers=0, use_double_wide_mlp=False, tie_word_embeddings=True,
+        # Untied, unlike the real model: random tied embeddings make the output copy the last input
+        # token (its logit ~21 against ~3), so every comparison would be of one certain token.
+        num_kv_shared_layers=0, use_double_wide_mlp=False, tie_word_embeddings=False,
         pad_token_id=0, eos_token_id=1, bos_token_id=2,
     )
 
@@ -285,15 +287,18 @@ class Reference:
     prompts: list[list[int]]  # rendered prompt ids
     logprobs: list[list[float]]  # first-token log-probabilities over the vocabulary
     greedy: list[list[int]]  # greedy tokens (the demo's recipe)
-    thinking: list  # Completions under thinking_recipe()
+    thinking_prompts: list[list[int]]  # rendered prompt ids that open a thought
+    thinking: list[list[int]]  # generated ids under thinking_recipe()
+    markers: tuple[int, int]  # the ids of the reasoning markers
 
 
-def reference(nvfp4: Path, prompts: list[dict]) -> Reference:
+def reference(path: Path, prompts: list[dict]) -> Reference:
     import torch
 
     from omk_ray.config import Recipe
+    from omk_ray.engines.base import marker_id
 
-    engine = on_device(transformers_engine("real-width-nvfp4", nvfp4), "cpu")
+    engine = on_device(transformers_engine(f"{path.name}-reference", path), "cpu")
     engine.max_model_len = MAX_MODEL_LEN
     recipe = Recipe(max_gen_toks=12, temperature=0)
     reqs = requests(prompts)
@@ -303,8 +308,11 @@ def reference(nvfp4: Path, prompts: list[dict]) -> Reference:
         for p in ids:
             logits = engine.model(torch.tensor([p])).logits[0, -1].float()
             logprobs.append(torch.log_softmax(logits, -1).tolist())
-    thinking = engine.generate_batch(requests(prompts, open_thought), thinking_recipe())
-    return Reference(ids, logprobs, greedy(engine, reqs, recipe), thinking)
+    thinking = thinking_recipe()
+    opened = requests(prompts, open_thought)
+    markers = tuple(marker_id(engine.tokenizer, m) for m in thinking.reasoning_markers)
+    return Reference(ids, logprobs, greedy(engine, reqs, recipe), [engine.render(r, thinking) for r in opened],
+                     greedy(engine, opened, thinking), markers)
 
 
 def vllm_logprobs(engine, prompts: list[list[int]], vocab: int) -> list[list[float]]:
@@ -326,15 +334,31 @@ def compare_logprobs(vllm: list[list[float]], ref: list[list[float]]) -> tuple[f
     return diff, agree
 
 
-def thinking_figures(vllm: list, cpu: list) -> tuple[str, list[str]]:
-    """Figures of two runs under thinking_recipe(), and what breaks the budget in the vLLM one."""
-    over = [f"prompt {i}: thought of {c.reasoning_tokens} tokens" for i, c in enumerate(vllm)
-            if c.reasoning_tokens > THINKING_BUDGET or (c.thinking_budget_hit and c.reasoning_tokens != THINKING_BUDGET)]
-    lengths = sum(a.reasoning_tokens == b.reasoning_tokens for a, b in zip(vllm, cpu))
-    hits = sum(c.thinking_budget_hit for c in vllm), sum(c.thinking_budget_hit for c in cpu)
-    same = sum(a.token_ids == b.token_ids for a, b in zip(vllm, cpu))
-    figures = (f"budget {THINKING_BUDGET}: hit {hits[0]}/{len(vllm)} (CPU {hits[1]}/{len(cpu)}), thought lengths "
-               f"equal {lengths}/{len(vllm)}, tokens identical {same}/{len(vllm)}")
+def longest_thought(prompt: list[int], ids: list[int], start: int, end: int) -> int:
+    """Tokens in the longest thought of prompt + ids: vLLM's budget counts from the opening marker on,
+    in the prompt or generated (one that the prompt opens counts its prompt part)."""
+    longest, current = 0, None
+    for token in [*prompt, *ids]:
+        if current is None:
+            current = 0 if token == start else None
+        elif token == end:
+            longest, current = max(longest, current), None
+        else:
+            current += 1
+    return max(longest, current or 0)
+
+
+def thinking_figures(vllm: list[list[int]], cpu: list[list[int]], prompts: list[list[int]],
+                     markers: tuple[int, int]) -> tuple[str, list[str]]:
+    """Figures of two runs' generated ids under thinking_recipe(), and the thoughts of the vLLM run
+    that outran the budget."""
+    thoughts = [[longest_thought(p, ids, *markers) for p, ids in zip(prompts, run)] for run in (vllm, cpu)]
+    over = [f"prompt {i}: a thought of {n} tokens" for i, n in enumerate(thoughts[0]) if n > THINKING_BUDGET]
+    hits = [sum(n == THINKING_BUDGET for n in run) for run in thoughts]
+    lengths = sum(a == b for a, b in zip(*thoughts))
+    same = sum(a == b for a, b in zip(vllm, cpu))
+    figures = (f"budget {THINKING_BUDGET}: reached by {hits[0]}/{len(vllm)} (CPU {hits[1]}/{len(cpu)}), "
+               f"longest thoughts equal {lengths}/{len(vllm)}, tokens identical {same}/{len(vllm)}")
     return figures, over
 
 
@@ -380,17 +404,21 @@ def vllm_checks(work: Path, m: Machine, n_prompts: int):
     if skip:
         yield from (Row(name, "skipped", "", skip) for name in names)
         return
+    yield from vllm_rows(work / "real-width-nvfp4-cuda", "bfloat16", bench_prompts(n_prompts), ray=m.ray is not None)
+
+
+def vllm_rows(path: Path, dtype: str, prompts: list[dict], ray: bool = True):
+    """The vLLM rows for the checkpoint at `path`, against the transformers engine on the CPU."""
     from omk_ray.config import Recipe
     from omk_ray.engines.vllm_engine import VLLMEngine
     from omk_ray.toy.tiny import VOCAB_SIZE
 
-    nvfp4 = work / "real-width-nvfp4-cuda"
-    prompts = bench_prompts(n_prompts)
-    ref = reference(nvfp4, prompts)
-    spec = variant("real-width-nvfp4", nvfp4, "vllm", "bfloat16", max_model_len=MAX_MODEL_LEN,
+    names = CHECKS[5:]
+    ref = reference(path, prompts)
+    spec = variant(f"{path.name}-vllm", path, "vllm", dtype, max_model_len=MAX_MODEL_LEN,
                    gpu_memory_utilization=0.35, enforce_eager=True, max_logprobs=VOCAB_SIZE)
     start = time.perf_counter()
-    engine = VLLMEngine(spec, str(nvfp4))
+    engine = VLLMEngine(spec, str(path))
     loaded = time.perf_counter() - start
     try:
         recipe = Recipe(max_gen_toks=12, temperature=0)
@@ -408,16 +436,16 @@ def vllm_checks(work: Path, m: Machine, n_prompts: int):
               [f"argmax agrees on fewer than {ARGMAX_AGREE:.0%}"] * (agree < ARGMAX_AGREE * len(prompts))
         yield Row(names[1], "FAIL" if bad else "ok", figures, "; ".join(bad))
 
-        thinking = engine.generate_batch(requests(prompts, open_thought), thinking_recipe())
-        figures, over = thinking_figures(thinking, ref.thinking)
+        thinking = greedy(engine, requests(prompts, open_thought), thinking_recipe())
+        figures, over = thinking_figures(thinking, ref.thinking, ref.thinking_prompts, ref.markers)
         yield Row(names[2], "FAIL" if over else "ok", figures, "; ".join(over))
     finally:
         engine.close()
 
-    if not m.ray:
+    if not ray:
         yield Row(names[3], "skipped", "", "Ray is not installed")
         return
-    placed, ray_version = in_placement_group(spec, nvfp4, reqs, recipe)
+    placed, ray_version = in_placement_group(spec, path, reqs, recipe)
     same = sum(a == b for a, b in zip(placed, tokens))
     figures = f"{ray_version}: greedy tokens vs the engine outside Ray {same}/{len(tokens)} identical"
     yield Row(names[3], "ok" if same == len(tokens) else "FAIL", figures,
