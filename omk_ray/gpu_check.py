@@ -93,7 +93,6 @@ class Machine:
 
 def machine() -> Machine:
     import importlib.metadata as md
-    import importlib.util
 
     import torch
 
@@ -105,8 +104,11 @@ def machine() -> Machine:
             break
         except md.PackageNotFoundError:
             continue
-    ray = md.version("ray") if importlib.util.find_spec("ray") else None
-    return Machine(torch.__version__, cuda, vllm, ray)
+    try:
+        import ray
+    except ImportError:
+        ray = None
+    return Machine(torch.__version__, cuda, vllm, ray and ray.__version__)
 
 
 # -- fixtures --------------------------------------------------------------------------------------
