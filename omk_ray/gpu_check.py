@@ -153,9 +153,13 @@ def build_real_width(out: Path, experts: int = 16, top_k: int = 8, seed: int = 0
     if (out / "config.json").is_file():
         return out
     torch.manual_seed(seed)
-    with torch.device("cpu"):
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # initialising on the GPU is quicker
         model = Gemma4ForCausalLM(real_width_config(experts, top_k)).to(torch.bfloat16)
-    return _save(model, out)
+    out = _save(model, out)
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return out
 
 
 def quantized(model: Path, out: Path, device: str) -> Path:

