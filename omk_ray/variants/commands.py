@@ -260,8 +260,9 @@ def register(app: typer.Typer) -> None:
                 error(problem)
             fail(f"{model}: refused ({len(report.problems)} problems)")
         if report.quantized:
-            typer.echo(f"{model}: ok, {report.format} {report.family or 'unknown family'}: {report.modules} NVFP4A16 "
-                       f"modules, {report.experts} of them experts" + (", loaded by vLLM" if loader == "vllm" else ""))
+            typer.echo(f"{model}: ok, {report.family or 'unknown family'}: {report.modules} NVFP4A16 modules, "
+                       f"{report.experts} of them experts ({report.format}"
+                       + (", loaded by vLLM)" if loader == "vllm" else ")"))
         else:
             typer.echo(f"{model}: ok (not quantized)")
 
