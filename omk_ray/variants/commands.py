@@ -246,7 +246,7 @@ def register(app: typer.Typer) -> None:
         if loader not in ("rules", "vllm"):
             fail(f"--loader {loader!r}: choose rules or vllm")
         report = check_variant(model)
-        if loader == "vllm" and report.ok and report.quantized:
+        if loader == "vllm" and report.format is not None:  # vLLM's verdict too, whatever the rules said
             from omk_ray.variants.vllm_check import vllm_load_check
 
             with _clear_errors():

@@ -253,6 +253,11 @@ def test_vllm_loader_takes_every_tensor_of_either_format_and_names_a_missing_exp
         "weight", "weight_scale", "weight_scale_2")
     stem = "model.layers.1.experts.2.gate_proj"
     gone = mutate(path, tmp_path / "gone", lambda t: [t.pop(f"{stem}.{p}") for p in names])
-    problems = vllm_load_check(gone).problems
-    assert sorted(p.split(":")[0] for p in problems) == sorted(f"{stem}.{p}" for p in names), problems
+    app = typer.Typer()
+    register(app)
+    result = CliRunner().invoke(app, ["check-variant", str(gone), "--loader", "vllm"])
+    assert result.exit_code == 2
+    problems = [line.removeprefix("error: ") for line in result.output.splitlines() if "vLLM loaded nothing" in line]
+    assert sorted(p.split(":")[0] for p in problems) == sorted(f"{stem}.{p}" for p in names), result.output
     assert all("expert 2 of model.layers.1.experts.routed_experts.w13_" in p for p in problems)
+    assert f"{stem}: missing (every expert" in result.output  # the rules say it too
