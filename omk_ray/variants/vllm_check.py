@@ -88,7 +88,7 @@ def _check(model_dir: str) -> LoadReport:
             model.load_weights(_weights(model_dir))
             kept = {n: _bytes(p) == fill for n, p in params.items()}
             never = kept if never is None else {n: never[n] & kept[n] for n in params}
-        checkpoint = _Checkpoint(model_dir, model, config)
+        checkpoint = _Checkpoint(model_dir, model)
         for name in sorted(params):
             if never[name].any() and not SELF_FILLED.search(name):
                 report.problems.extend(checkpoint.unloaded(name, params[name], never[name]))
@@ -139,14 +139,14 @@ def _bytes(t):
 class _Checkpoint:
     """Where vLLM puts each NVFP4 tensor of the checkpoint, by vLLM's own mappings."""
 
-    def __init__(self, model_dir: str, model, config):
+    def __init__(self, model_dir: str, model):
         from omk_ray.variants import nvfp4
         from omk_ray.variants.check import NAMES
         from omk_ray.variants.layout import family_of, moe_dims
 
         raw = json.loads((Path(model_dir) / "config.json").read_text())
         self.names = NAMES[nvfp4.format_of(raw) or "compressed-tensors"]
-        self.model, self.model_dir = model, model_dir
+        self.model_dir = model_dir
         self.mapper = getattr(model, "hf_to_vllm_mapper", None)
         self.packed = getattr(model, "packed_modules_mapping", {}) or {}
         self.modules = dict(model.named_modules())
