@@ -36,6 +36,7 @@ The `build:` block of a grid variant (the `build` dict here) accepts these keys:
     quantization: str            NVFP4A16 (built by omk-ray, streaming, checked against vLLM's layout);
                                  another compressed-tensors preset needs the `quant` extra; or gguf;
                                  default none
+    nvfp4_format: str            NVFP4A16's serialization: compressed-tensors (default) or modelopt
     gguf: {type, base_type, imatrix, imatrix_ctx, imatrix_chunks, allow_fallback}
                                  with `quantization: gguf` (see variants/gguf.py): e.g.
                                  {type: Q6_K, imatrix: calibration.txt, base_type: F16}
@@ -59,7 +60,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -107,6 +108,7 @@ class BuildSpec(BaseModel):
     weights: dict[str, float] | None = None
     params: dict[str, float] = Field(default_factory=dict)
     quantization: str | None = None
+    nvfp4_format: Literal["compressed-tensors", "modelopt"] = "compressed-tensors"
     gguf: GGUFOptions | None = None
     hub_repo: str | None = None
     push: bool = False
@@ -126,6 +128,8 @@ class BuildSpec(BaseModel):
     def _consistent(self) -> "BuildSpec":
         if self.gguf is not None and self.quantization != "gguf":
             raise ValueError("a `gguf` block needs `quantization: gguf`")
+        if self.nvfp4_format != "compressed-tensors" and self.quantization != "NVFP4A16":
+            raise ValueError(f"nvfp4_format {self.nvfp4_format} needs `quantization: NVFP4A16`")
         sources = [k for k in ("drop_map", "scores", "profile_prompts") if getattr(self, k) is not None]
         if len(sources) > 1:
             raise ValueError(f"give one source of the drop map, not {sources}")
@@ -237,7 +241,8 @@ def _build(resolved: ResolvedBuild, final: Path, root: Path) -> None:
         elif spec.quantization:
             from omk_ray.variants.quantize import quantize_checkpoint
 
-            quantize_checkpoint(source, final, spec.quantization, provenance=resolved.provenance)
+            quantize_checkpoint(source, final, spec.quantization, provenance=resolved.provenance,
+                                nvfp4_format=spec.nvfp4_format)
     finally:
         if staged is not None:
             shutil.rmtree(staged, ignore_errors=True)
@@ -281,6 +286,8 @@ def resolve_build(build: dict | BuildSpec, artifact_root: str | Path, base_dir: 
             options = options.model_copy(update={"imatrix": str(local(options.imatrix).resolve())})
         spec = spec.model_copy(update={"gguf": options})
         quantization = gguf_identity(options, Path(options.imatrix) if options.imatrix else None)
+    if spec.nvfp4_format != "compressed-tensors":  # the default keeps the plain scheme name as before
+        quantization = {"scheme": quantization, "nvfp4_format": spec.nvfp4_format}
     fingerprint = fingerprint_of(identity, drop_map, quantization)
     return ResolvedBuild(spec, fingerprint, base_path, identity, drop_map, protected)
 

@@ -23,7 +23,15 @@ worse, load wrongly. What it holds a checkpoint to, and where vLLM (0.32) requir
   w2 [E, H, I/2], [E, H, I/16]); no fused 3-D expert tensor (that method has no `w13_weight`);
   routers unquantized (Mixtral's and Qwen3's `GateLinear` take no quantization config).
 
+ModelOpt's serialization (`quant_method: modelopt`, `quant_algo: W4A16_NVFP4`, or `NVFP4` with no
+input activations, which vLLM routes to W4A16: `ModelOptNvFp4Config._from_config`) is held to the
+same rules under its names (`KNvfp4Static.create_weights`, `ModelOptNvFp4FusedMoE.create_weights`):
+`weight` U8 [N, K/2], `weight_scale` F8_E4M3 [N, K/16], `weight_scale_2` F32 scalar (or [1]); an
+`input_scale` is allowed (vLLM drops it for W4A16); exclusions are ModelOpt's wildcards
+(`ModelOptQuantConfigBase.is_layer_excluded`: exact name, substring, or fnmatch).
+
 Kernel tile sizes are not checked: vLLM pads them (Marlin) or picks another NVFP4 backend.
+`check-variant --loader vllm` (`vllm_check`) runs vLLM's own loader instead.
 """
 
 from __future__ import annotations
@@ -40,9 +48,53 @@ from omk_ray.variants.hf_config import text_config
 from omk_ray.variants.layout import NOT_LINEAR, Family, expert_module, family_of, fusion_key, ignored, moe_dims
 from omk_ray.variants.surgery import expected_moe_layers
 
-DTYPES = {nvfp4.PACKED: "U8", nvfp4.SCALE: "F8_E4M3", nvfp4.GLOBAL_SCALE: "F32"}
 _QUANT_PARAM = re.compile(r"^(?P<module>.+)\.(?P<param>weight_packed|weight_scale|weight_global_scale|"
                           r"weight_zero_point|input_global_scale|weight_shape)$")
+_MODELOPT_PARAM = re.compile(r"^(?P<module>.+)\.(?P<param>weight|weight_scale|weight_scale_2|input_scale)$")
+
+
+@dataclass(frozen=True)
+class Names:
+    """What one serialization calls the three NVFP4 tensors of a module, and how its config excludes."""
+
+    format: str
+    packed: str
+    global_scale: str
+    global_shapes: tuple[tuple[int, ...], ...]
+    allowed_extra: tuple[str, ...] = ()
+
+    @property
+    def params(self) -> tuple[str, str, str]:
+        return self.packed, nvfp4.SCALE, self.global_scale
+
+    @property
+    def dtypes(self) -> dict[str, str]:
+        return {self.packed: "U8", nvfp4.SCALE: "F8_E4M3", self.global_scale: "F32"}
+
+    def excluded(self, module: str, ignore: list[str]) -> bool:
+        return ignored(module, ignore) if self.format == "compressed-tensors" else modelopt_excluded(module, ignore)
+
+
+NAMES = {
+    "compressed-tensors": Names("compressed-tensors", nvfp4.PACKED, nvfp4.GLOBAL_SCALE, ((1,),)),
+    "modelopt": Names("modelopt", nvfp4.MODELOPT_PACKED, nvfp4.MODELOPT_SCALE_2, ((), (1,)),
+                      (nvfp4.MODELOPT_INPUT_SCALE,)),
+}
+DTYPES = NAMES["compressed-tensors"].dtypes
+
+
+def modelopt_excluded(module: str, patterns: list[str]) -> bool:
+    """vLLM's `ModelOptQuantConfigBase.is_layer_excluded` on a checkpoint name: exact, substring, or
+    fnmatch wildcard (after `apply_vllm_mapper` splits `path*` into `path` and `path.*`)."""
+    from fnmatch import fnmatch
+
+    expanded = []
+    for p in patterns:
+        if len(p) >= 2 and p[-1] == "*" and p[-2] != ".":
+            expanded += [p[:-1], p[:-1] + ".*"]
+        else:
+            expanded.append(p)
+    return any(p == module or p in module or fnmatch(module, p) for p in expanded)
 _LAYER = re.compile(r"^(?P<prefix>(?:.*\.)?layers\.(?P<layer>\d+)\.)")
 
 
@@ -50,6 +102,7 @@ _LAYER = re.compile(r"^(?P<prefix>(?:.*\.)?layers\.(?P<layer>\d+)\.)")
 class LayoutReport:
     model_dir: Path
     quantized: bool = False
+    format: str | None = None  # compressed-tensors | modelopt
     family: str | None = None
     modules: int = 0  # quantized modules
     experts: int = 0  # quantized expert modules
@@ -76,7 +129,13 @@ def check_variant(model_dir: str | Path) -> LayoutReport:
         report.notes.append("not quantized: vLLM loads its weights as stored; nothing NVFP4 to check")
         return report
     report.quantized = True
-    ignore = _check_config(q, report)
+    if isinstance(q, dict) and str(q.get("quant_method", "")).lower().startswith("modelopt"):
+        report.format = "modelopt"
+        ignore = _check_modelopt_config(q, model_dir, report)
+    else:
+        report.format = "compressed-tensors"
+        ignore = _check_config(q, report)
+    names = NAMES[report.format]
     try:
         tensors = read_tensors(model_dir)
     except CheckpointError as err:
@@ -84,16 +143,16 @@ def check_variant(model_dir: str | Path) -> LayoutReport:
         return report
     if report.problems:
         return report
-    modules, broken = _quantized_modules(tensors, ignore, report)
-    _check_unquantized(tensors, modules.keys() | broken, ignore, report)
-    _check_fusion(tensors, modules, report)
+    modules, broken = _quantized_modules(tensors, ignore, report, names)
+    _check_unquantized(tensors, modules.keys() | broken, ignore, report, names)
+    _check_fusion(tensors, modules, report, names)
     family = family_of(config)
     report.family = family.name if family else None
     if family is None:
         report.notes.append(f"no expert layout known for model_type {text_config(config).get('model_type')!r}: "
                             "checked the Linear rules only")
     else:
-        _check_experts(config, family, tensors, modules, broken, ignore, report)
+        _check_experts(config, family, tensors, modules, broken, ignore, report, names)
     report.modules = len(modules)
     return report
 
@@ -131,43 +190,81 @@ def _check_config(q: dict, report: LayoutReport) -> list[str]:
     return list(parsed.ignore or [])
 
 
-def _quantized_modules(tensors: dict[str, SourceTensor], ignore: list[str],
-                       report: LayoutReport) -> tuple[dict[str, tuple[int, int]], set[str]]:
+def _check_modelopt_config(q: dict, model_dir: Path, report: LayoutReport) -> list[str]:
+    """vLLM's `ModelOptNvFp4Config.from_config` on config.json's quantization_config (which vLLM reads
+    before hf_quant_config.json); that file, when present, must say the same."""
+    where = "config.json quantization_config"
+    algo = str(q.get("quant_algo", "")).upper()
+    groups = q.get("config_groups")
+    weight_only = isinstance(groups, dict) and groups and all(
+        isinstance(g, dict) and g.get("input_activations") is None for g in groups.values())
+    if algo not in (nvfp4.MODELOPT_ALGO, "NVFP4"):
+        report.problems.append(f"{where}: quant_algo {q.get('quant_algo')!r}; expected {nvfp4.MODELOPT_ALGO!r} "
+                               "(weight-only NVFP4)")
+    elif algo == "NVFP4" and not weight_only:
+        report.problems.append(f"{where}: quant_algo 'NVFP4' with input activations is W4A4 (NVFP4 activations), "
+                               f"not NVFP4A16; expected {nvfp4.MODELOPT_ALGO!r}")
+    group_size = q.get("group_size", nvfp4.GROUP_SIZE)
+    if group_size != nvfp4.GROUP_SIZE:
+        report.problems.append(f"{where}: group_size {group_size!r}, expected {nvfp4.GROUP_SIZE}")
+    ignore = q.get("ignore", [])
+    if not isinstance(ignore, list):
+        report.problems.append(f"{where}: ignore must be a list, got {type(ignore).__name__}")
+        ignore = []
+    side = model_dir / nvfp4.HF_QUANT_CONFIG
+    if side.is_file():
+        try:
+            hf = json.loads(side.read_text()).get("quantization") or {}
+        except (OSError, json.JSONDecodeError, AttributeError) as err:
+            report.problems.append(f"{side}: cannot read it ({err})")
+            return ignore
+        said = (str(hf.get("quant_algo", "")).upper(), hf.get("exclude_modules", []), hf.get("group_size"))
+        if said != (algo, ignore, group_size):
+            report.problems.append(f"{side}: quant_algo / exclude_modules / group_size {said} disagree with "
+                                   f"config.json's {(algo, ignore, group_size)}")
+    return ignore
+
+
+def _quantized_modules(tensors: dict[str, SourceTensor], ignore: list[str], report: LayoutReport,
+                       names: Names = NAMES["compressed-tensors"]) -> tuple[dict[str, tuple[int, int]], set[str]]:
     """(module -> (N, K) of every well-formed quantized module, the malformed ones, reported)."""
     found: dict[str, dict[str, SourceTensor]] = {}
     for name, t in tensors.items():
-        m = _QUANT_PARAM.match(name)
+        m = (_QUANT_PARAM if names.format == "compressed-tensors" else _MODELOPT_PARAM).match(name)
         if m:
             found.setdefault(m["module"], {})[m["param"]] = t
+    if names.format == "modelopt":  # `weight` alone is an unquantized layer: quantized ones have scales or U8
+        found = {m: p for m, p in found.items() if set(p) != {"weight"} or p["weight"].dtype == "U8"}
     modules, broken = {}, set()
     for module, params in sorted(found.items()):
         broken.add(module)
         problems = report.problems
         before = len(problems)
-        for extra in sorted(set(params) - set(nvfp4.PARAMS)):
+        for extra in sorted(set(params) - set(names.params) - set(names.allowed_extra)):
             problems.append(f"{module}.{extra}: vLLM's NVFP4A16 layers have no such parameter")
-        for param in nvfp4.PARAMS:
+        for param in names.params:
             if param not in params:
                 problems.append(f"{module}: missing {module}.{param} (vLLM would keep uninitialised memory)")
-            elif params[param].dtype != DTYPES[param]:
-                problems.append(f"{module}.{param}: dtype {params[param].dtype}, expected {DTYPES[param]}")
-        if f"{module}.weight" in tensors:
+            elif params[param].dtype != names.dtypes[param]:
+                problems.append(f"{module}.{param}: dtype {params[param].dtype}, expected {names.dtypes[param]}")
+        if names.format == "compressed-tensors" and f"{module}.weight" in tensors:
             problems.append(f"{module}: has both weight and weight_packed")
-        if ignored(module, ignore):
+        if names.excluded(module, ignore):
             problems.append(f"{module}: quantized, but the config's ignore list covers it (vLLM would load it "
                             "as an unquantized layer)")
         if len(problems) > before:
             continue
-        packed, scale, gscale = (params[p].shape for p in nvfp4.PARAMS)
+        packed, scale, gscale = (params[p].shape for p in names.params)
         if len(packed) != 2:
-            problems.append(f"{module}.{nvfp4.PACKED}: shape {list(packed)}, expected [N, K/2]")
+            problems.append(f"{module}.{names.packed}: shape {list(packed)}, expected [N, K/2]")
             continue
         n, k = packed[0], packed[1] * 2
         if k % nvfp4.GROUP_SIZE or scale != (n, k // nvfp4.GROUP_SIZE):
             problems.append(f"{module}.{nvfp4.SCALE}: shape {list(scale)}, expected [{n}, {k // nvfp4.GROUP_SIZE}] "
-                            f"for {nvfp4.PACKED} {list(packed)} (groups of {nvfp4.GROUP_SIZE})")
-        elif gscale != (1,):
-            problems.append(f"{module}.{nvfp4.GLOBAL_SCALE}: shape {list(gscale)}, expected [1]")
+                            f"for {names.packed} {list(packed)} (groups of {nvfp4.GROUP_SIZE})")
+        elif gscale not in names.global_shapes:
+            problems.append(f"{module}.{names.global_scale}: shape {list(gscale)}, expected "
+                            f"{' or '.join(str(list(s)) for s in names.global_shapes)}")
         else:
             modules[module] = (n, k)
             broken.discard(module)
@@ -175,20 +272,21 @@ def _quantized_modules(tensors: dict[str, SourceTensor], ignore: list[str],
 
 
 def _check_unquantized(tensors: dict[str, SourceTensor], modules, ignore: list[str],
-                       report: LayoutReport) -> None:
+                       report: LayoutReport, names: Names = NAMES["compressed-tensors"]) -> None:
     for name, t in sorted(tensors.items()):
         if not name.endswith(".weight") or len(t.shape) != 2:
             continue
         module = name.removesuffix(".weight")
-        if module not in modules and not NOT_LINEAR.search(module) and not ignored(module, ignore):
+        if module not in modules and not NOT_LINEAR.search(module) and not names.excluded(module, ignore):
             report.problems.append(f"{name}: stored unquantized, but the config targets it (Linear, not in "
-                                   "ignore): vLLM would expect weight_packed / weight_scale / weight_global_scale")
+                                   f"ignore): vLLM would expect {' / '.join(names.params)}")
 
 
-def _check_fusion(tensors: dict[str, SourceTensor], modules: dict, report: LayoutReport) -> None:
+def _check_fusion(tensors: dict[str, SourceTensor], modules: dict, report: LayoutReport,
+                  names: Names = NAMES["compressed-tensors"]) -> None:
     groups: dict[str, list[str]] = {}
     for name in tensors:
-        for suffix in (".weight", f".{nvfp4.PACKED}"):
+        for suffix in {".weight", f".{names.packed}"}:
             if name.endswith(suffix) and len(tensors[name].shape) == 2:
                 module = name.removesuffix(suffix)
                 if fusion_key(module) != module:
@@ -200,14 +298,15 @@ def _check_fusion(tensors: dict[str, SourceTensor], modules: dict, report: Layou
             report.problems.append(f"{key}: vLLM fuses these layers, but {sorted(quantized)} are quantized and "
                                    f"{plain} are not (vLLM requires one scheme per fused layer)")
         elif len(quantized) > 1:
-            values = {m: _global_scale(tensors[f"{m}.{nvfp4.GLOBAL_SCALE}"]) for m in sorted(quantized)}
+            values = {m: _global_scale(tensors[f"{m}.{names.global_scale}"]) for m in sorted(quantized)}
             if len(set(values.values())) > 1:
                 report.problems.append(f"{key}: global scales differ ({values}); vLLM keeps one per fused "
                                        "layer, so the others would be mis-scaled")
 
 
 def _check_experts(config: dict, family: Family, tensors: dict[str, SourceTensor], modules: dict,
-                   broken: set[str], ignore: list[str], report: LayoutReport) -> None:
+                   broken: set[str], ignore: list[str], report: LayoutReport,
+                   names: Names = NAMES["compressed-tensors"]) -> None:
     experts, hidden, inter = moe_dims(config, family)
     if not all(isinstance(v, int) for v in (experts, hidden, inter)):
         report.problems.append(f"config.json: expert count, hidden_size or {family.intermediate_key} missing")
@@ -224,7 +323,7 @@ def _check_experts(config: dict, family: Family, tensors: dict[str, SourceTensor
         router = f"{prefix}{family.router}"
         if f"{router}.weight" not in tensors:
             report.problems.append(f"layer {index}: no unquantized router {router}.weight")
-        if ignored(f"{prefix}{family.block}.0.{family.gate}", ignore):
+        if names.excluded(f"{prefix}{family.block}.0.{family.gate}", ignore):
             report.notes.append(f"layer {index}: experts ignored by the config (left unquantized)")
             continue
         for name in tensors:

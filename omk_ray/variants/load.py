@@ -1,8 +1,9 @@
 """Load an NVFP4A16 checkpoint into transformers by dequantizing it: the W4A16 arithmetic on any device.
 
-transformers cannot run compressed-tensors NVFP4 weights on CPU, and does not load per-expert
+transformers cannot run NVFP4 weights (compressed-tensors' or ModelOpt's) on CPU, and does not load per-expert
 quantized tensors into Gemma 4's fused experts. So every quantized module becomes its weight
-again (e2m1 x scale / global_scale, in float32, then the requested dtype), the experts a family
+again (e2m1 x scale / global_scale, in float32, then the requested dtype; a ModelOpt
+`weight_scale_2` is turned into the global scale whose reciprocal it is), the experts a family
 stores fused are stacked back (`experts.gate_up_proj` [E, 2I, H], `experts.down_proj`
 [E, H, I]), and the model is built from that state dict with the config's `quantization_config`
 removed; other families go through transformers' own per-expert conversion. Memory: the
@@ -64,22 +65,34 @@ def dequantized_state_dict(folder: str | Path, dtype) -> dict:
     files: dict[Path, list[str]] = {}
     for name, t in read_tensors(folder).items():
         files.setdefault(t.file, []).append(name)
-    state, triples = {}, {}
+    state = {}
     for file, names in files.items():
         with safe_open(file, framework="pt") as f:
             for name in names:
-                module, _, param = name.rpartition(".")
-                if param in nvfp4.PARAMS:
-                    triples.setdefault(module, {})[param] = f.get_tensor(name)
-                else:
-                    state[name] = f.get_tensor(name)
-    for module, params in triples.items():
-        state[f"{module}.weight"] = nvfp4.dequantize(params[nvfp4.PACKED], params[nvfp4.SCALE],
-                                                     params[nvfp4.GLOBAL_SCALE], dtype)
+                state[name] = f.get_tensor(name)
+    for module, (packed, scale, gscale) in pop_triples(state, nvfp4.format_of(config)).items():
+        state[f"{module}.weight"] = nvfp4.dequantize(packed, scale, gscale, dtype)
     family = family_of(config)
     if family is not None and family.fused_on_disk:
         fuse_experts(state, family)
     return state
+
+
+def pop_triples(state: dict, nvfp4_format: str | None) -> dict[str, tuple]:
+    """module -> (packed, scale, global scale) of every quantized module, taken out of `state`; a
+    ModelOpt module's `weight_scale_2` becomes its global scale, its `input_scale` (if any) goes."""
+    triples = {}
+    if nvfp4_format == "modelopt":
+        for name in [n for n in state if n.endswith(f".{nvfp4.MODELOPT_SCALE_2}")]:
+            module = name.removesuffix(f".{nvfp4.MODELOPT_SCALE_2}")
+            state.pop(f"{module}.{nvfp4.MODELOPT_INPUT_SCALE}", None)
+            triples[module] = (state.pop(f"{module}.{nvfp4.MODELOPT_PACKED}"), state.pop(f"{module}.{nvfp4.SCALE}"),
+                               nvfp4.global_scale_of(state.pop(name)))
+        return triples
+    for name in [n for n in state if n.endswith(f".{nvfp4.PACKED}")]:
+        module = name.removesuffix(f".{nvfp4.PACKED}")
+        triples[module] = tuple(state.pop(f"{module}.{p}") for p in nvfp4.PARAMS)
+    return triples
 
 
 def fuse_experts(state: dict, family) -> None:

