@@ -78,7 +78,7 @@ class SimulatedGpuEngine(Engine):
         return SIMGPU  # a timing model, never a real GPU, wherever it runs
 
     def identity(self) -> EngineIdentity:
-        return super().identity().model_copy(update={"version": "1", "device": SIMGPU, "device_count": 1})
+        return EngineIdentity(kind=self.kind, family=self.kind, version="1", device=SIMGPU, device_count=1)
 
     async def generate(self, request: Request, recipe: Recipe) -> Completion:
         start = time.perf_counter()
