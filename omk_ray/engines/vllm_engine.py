@@ -81,6 +81,9 @@ class VLLMEngine(TokenEngine):
             kwargs["reasoning_config"] = ReasoningConfig(reasoning_start_str=self.markers[0],
                                                          reasoning_end_str=self.markers[1])
         kwargs.update(args.extra)
+        self._probe = "worker_extension_cls" not in kwargs  # a grid's own extension is left alone
+        if self._probe:
+            kwargs["worker_extension_cls"] = f"{__name__}.QuantMethodsProbe"
         self.llm = LLM(**{k: v for k, v in kwargs.items() if v is not None})
         config = self.llm.llm_engine.vllm_config
         self.max_num_seqs = config.scheduler_config.max_num_seqs
@@ -116,9 +119,11 @@ class VLLMEngine(TokenEngine):
 
     def _kernel(self) -> str | None:
         """The quantized layers' method classes (e.g. `CompressedTensorsW4A16Fp4MoEMethod`), asked of the
-        workers; None when they cannot be reached cheaply."""
+        workers (`QuantMethodsProbe`); None when they cannot be asked."""
+        if not self._probe:
+            return None
         try:
-            found = self.llm.collective_rpc(_quant_methods)
+            found = self.llm.collective_rpc("omk_quant_methods")
         except Exception:  # noqa: BLE001 - best effort: the kernel is recorded where known
             return None
         names = sorted({n for worker in found or [] for n in worker or []})
@@ -197,11 +202,15 @@ class VLLMEngine(TokenEngine):
         del self.llm
 
 
-def _quant_methods(worker) -> list[str]:
-    """On a vLLM worker: the class names of the quantized layers' methods (unquantized ones left out)."""
-    model = worker.model_runner.model
-    names = {type(m.quant_method).__name__ for m in model.modules() if getattr(m, "quant_method", None) is not None}
-    return sorted(n for n in names if not n.startswith("Unquantized"))
+class QuantMethodsProbe:
+    """Mixed into vLLM's workers (`worker_extension_cls`), so that `collective_rpc` can ask them by name
+    (vLLM refuses to ship a function to its workers unless insecure serialization is allowed)."""
+
+    def omk_quant_methods(self) -> list[str]:
+        """The class names of the quantized layers' methods (unquantized ones left out)."""
+        model = self.model_runner.model
+        names = {type(m.quant_method).__name__ for m in model.modules() if getattr(m, "quant_method", None) is not None}
+        return sorted(n for n in names if not n.startswith("Unquantized"))
 
 
 def _settle(future: asyncio.Future, result, error: BaseException | None) -> None:

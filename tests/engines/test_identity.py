@@ -136,3 +136,19 @@ def test_row_cohort_names_version_dtype_and_device_class():
     assert row_cohort({**row, "device": None, "engine_dtype": None, "engine_version": "echo 2",
                        "engine_family": "echo"}) == "echo 2"
     assert row_cohort({"engine_family": None, "engine_version": "vllm 0.11.0"}) is None  # older rows
+
+
+def test_the_vllm_worker_probe_names_the_quantized_layers_methods():
+    from types import SimpleNamespace
+
+    import torch
+
+    from omk_ray.engines.vllm_engine import QuantMethodsProbe
+
+    UnquantizedLinearMethod = type("UnquantizedLinearMethod", (), {})
+    MarlinNvFp4MoEMethod = type("MarlinNvFp4MoEMethod", (), {})
+    layers = [torch.nn.Linear(2, 2) for _ in range(3)]
+    layers[0].quant_method, layers[1].quant_method = UnquantizedLinearMethod(), MarlinNvFp4MoEMethod()
+    worker = type("Worker", (QuantMethodsProbe,), {})()
+    worker.model_runner = SimpleNamespace(model=torch.nn.Sequential(*layers))
+    assert worker.omk_quant_methods() == ["MarlinNvFp4MoEMethod"]
