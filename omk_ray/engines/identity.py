@@ -84,13 +84,14 @@ def device_class(device: str | None) -> str | None:
 
 def row_cohort(row: dict) -> str | None:
     """A stored row's engine cohort (what `compare` pairs within), e.g. `vllm 0.32.0 bfloat16 on cuda`:
-    the engine version (`engine_version`, or the family), dtype and device class; None for rows written
-    before the identity was recorded (and imports), which are paired with any."""
-    if row.get("engine_family") is None:
+    the engine version (`engine_version`, or the family), dtype and device class. None, paired with any:
+    rows written before the identity was recorded (and imports), and rows of engines that run no model
+    on a device of their own (an HTTP endpoint, a replayed folder, echo), whose maker is not known here."""
+    where = device_class(row.get("device"))
+    if row.get("engine_family") is None or where is None:
         return None
     version = row.get("engine_version") or row["engine_family"]
-    where = device_class(row.get("device"))
-    return " ".join(p for p in (version, row.get("engine_dtype")) if p) + (f" on {where}" if where else "")
+    return " ".join(p for p in (version, row.get("engine_dtype")) if p) + f" on {where}"
 
 
 def installed(packages: tuple[str, ...]) -> tuple[str | None, str | None]:

@@ -134,7 +134,7 @@ def test_row_cohort_names_version_dtype_and_device_class():
     assert row_cohort(row) == "vllm 0.32.0 bfloat16 on cuda"
     assert row_cohort({**row, "device": "cpu"}) == "vllm 0.32.0 bfloat16 on cpu"
     assert row_cohort({**row, "device": None, "engine_dtype": None, "engine_version": "echo 2",
-                       "engine_family": "echo"}) == "echo 2"
+                       "engine_family": "echo"}) is None  # no model on a device of its own: paired with any
     assert row_cohort({"engine_family": None, "engine_version": "vllm 0.11.0"}) is None  # older rows
 
 
