@@ -26,7 +26,7 @@ import uuid
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from omk_ray.config import Recipe, VariantSpec
-from omk_ray.devices import cuda_visible
+from omk_ray.devices import gpu_names
 from omk_ray.engines.base import GenParams, RawOutput, TokenEngine
 from omk_ray.engines.identity import EngineIdentity
 
@@ -111,11 +111,17 @@ class VLLMEngine(TokenEngine):
         return f"vllm {vllm.__version__}"
 
     def identity(self) -> EngineIdentity:
-        model = self.llm.llm_engine.vllm_config.model_config
+        config = self.llm.llm_engine.vllm_config
+        model = config.model_config
+        # vLLM's own platform, not this process's view: with tensor_parallel_size > 1 its Ray workers
+        # hold the GPUs and this actor sees none.
+        on_cuda = str(config.device_config.device_type) == "cuda"
+        names = gpu_names()
         return super().identity().model_copy(update={
             "dtype": str(model.dtype).removeprefix("torch."), "quantization": model.quantization,
             "kernel": self._kernel() if model.quantization else None,
-            "device_count": self.variant.engine_args.tensor_parallel_size if cuda_visible() else 1})
+            "device": (names[0] if names else "cuda") if on_cuda else "cpu",
+            "device_count": config.parallel_config.world_size if on_cuda else 1})
 
     def _kernel(self) -> str | None:
         """The quantized layers' method classes (e.g. `CompressedTensorsW4A16Fp4MoEMethod`), asked of the
