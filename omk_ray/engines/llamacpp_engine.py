@@ -37,6 +37,7 @@ from pydantic import Field
 
 from omk_ray.config import Recipe, VariantSpec
 from omk_ray.engines.base import Request
+from omk_ray.engines.identity import EngineIdentity, local_device
 from omk_ray.engines.openai_engine import OpenAIEngine, OpenAIOptions
 
 log = logging.getLogger("omk_ray.engines.llamacpp")
@@ -61,6 +62,7 @@ class LlamaCppEngine(OpenAIEngine):
     uses_accelerator = True  # the server holds the model on this actor's slot
     holds_weights = True
     Options = LlamaCppOptions
+    family = "llama.cpp"
 
     def __init__(self, variant: VariantSpec, model_path: str):
         from omk_ray.llamacpp.server import LlamaServer
@@ -85,6 +87,16 @@ class LlamaCppEngine(OpenAIEngine):
             raise
         self.variant = variant
         self._version = f"llamacpp {tools.version} {self.gguf.name}"
+        self.tools_info = tools.info
+
+    def identity(self) -> EngineIdentity:
+        """The llama.cpp build (its commit) and where the server runs: the CUDA build on this actor's GPU,
+        else the CPU; the GGUF's quantization is part of the weights."""
+        cuda = self.tools_info.get("profile") == "cuda"
+        device, count = local_device(True) if cuda else ("cpu", 1)
+        return super().identity().model_copy(update={
+            "version": str(self.tools_info.get("llama_cpp_commit")), "package": "llama-cpp-python", "dtype": None,
+            "device": device, "device_count": count})
 
     @staticmethod
     def _server_args(variant: VariantSpec, o: LlamaCppOptions, tools) -> list[str]:

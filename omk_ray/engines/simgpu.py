@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from omk_ray.config import Recipe
 from omk_ray.engines.base import Completion, Engine, Request
+from omk_ray.engines.identity import SIMGPU, EngineIdentity
 
 
 class SimGpuOptions(BaseModel):
@@ -71,6 +72,13 @@ class SimulatedGpuEngine(Engine):
     @property
     def version(self) -> str:
         return "simgpu 1 (fake GPU timing model)"
+
+    @classmethod
+    def planned_device(cls, gpu: bool) -> str | None:
+        return SIMGPU  # a timing model, never a real GPU, wherever it runs
+
+    def identity(self) -> EngineIdentity:
+        return EngineIdentity(kind=self.kind, family=self.kind, version="1", device=SIMGPU, device_count=1)
 
     async def generate(self, request: Request, recipe: Recipe) -> Completion:
         start = time.perf_counter()

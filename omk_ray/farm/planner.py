@@ -1,14 +1,15 @@
 """From a grid config to the samples still to generate.
 
-A sample is one (variant, bench, doc, repeat). The plan lists every expected sample, drops
-those the results store already holds (same variant fingerprint, i.e. the same weights by
-content, and recipe hash) unless the bench's document changed since (its `doc_hash`: the plan
-counts those as `stale`), and groups the rest per variant and bench with a cost estimate per
-doc (completion tokens seen for that doc in earlier results, else the bench's mean, else half
-the generation budget), so the scheduler can hand out the longest-expected requests first. A
-sample stored as one that cannot run (a prompt longer than the context) stays done until its
-inputs or the context length change. With the canary on, each group also names its canary
-sample (`omk_ray.analysis.canary.canary_sample`).
+A sample is one (variant, bench, doc, repeat). The plan lists every expected sample, drops those
+the results store already holds (same variant fingerprint, i.e. the same weights by content and
+the same engine identity as planned, omk_ray/engines/identity.py; and recipe hash) unless the
+bench's document changed since (its `doc_hash`: the plan counts those as `stale`), and groups
+the rest per variant and bench with a cost estimate per doc (completion tokens seen for that doc
+in earlier results, else the bench's mean, else half the generation budget), so the scheduler
+can hand out the longest-expected requests first. A sample stored as one that cannot run (a
+prompt longer than the context) stays done until its inputs or the context length change. With
+the canary on, each group also names its canary sample
+(`omk_ray.analysis.canary.canary_sample`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from omk_ray.analysis.canary import canary_sample
 from omk_ray.benches import Doc, make_bench
 from omk_ray.config import GridConfig, Recipe, VariantSpec, stable_hash
+from omk_ray.engines.identity import EngineIdentity, planned_identity
 from omk_ray.results.store import ResultsStore
 
 PROVENANCE = "omk_ray_provenance.json"  # a built variant's record of how it was built
@@ -62,6 +64,8 @@ class Plan:
     work: list[BenchWork]
     dataset_revisions: dict[str, str | None] = field(default_factory=dict)
     weights: dict[str, dict] = field(default_factory=dict)  # variant -> what its fingerprint hashed
+    identities: dict[str, EngineIdentity] = field(default_factory=dict)  # variant -> its engine's, as planned
+    gpu: bool = False  # planned for a cluster with GPUs (engines/identity.py: the device class)
 
     @property
     def missing(self) -> int:
@@ -115,9 +119,14 @@ def _content(value: object) -> object:
     return value
 
 
-def output_fingerprint(variant: VariantSpec, model_path: str, weights: dict[str, object] | None = None) -> str:
-    """Identity of a variant's outputs: its name, weights and the engine settings that change tokens."""
+def output_fingerprint(variant: VariantSpec, model_path: str, weights: dict[str, object] | None = None,
+                       identity: EngineIdentity | None = None) -> str:
+    """Identity of a variant's outputs: its name, weights, the engine settings that change tokens, and
+    the engine identity as planned (`EngineIdentity.resume_key`: family, version, dtype, quantization,
+    device class; engines/identity.py says why it is the planned one and how a loaded engine is held to it).
+    Without `identity`, the one planned for this machine's devices (`cluster_has_gpus`)."""
     args = variant.engine_args
+    identity = identity or planned_identity(variant, cluster_has_gpus())
     return stable_hash({
         "name": variant.name,
         "weights": weights if weights is not None else weights_identity(variant, model_path),
@@ -125,7 +134,20 @@ def output_fingerprint(variant: VariantSpec, model_path: str, weights: dict[str,
         "dtype": args.dtype,
         "quantization": args.quantization,
         "extra": args.extra,
+        "engine_identity": identity.resume_key(),
     })
+
+
+def cluster_has_gpus() -> bool:
+    """Whether the farm's engines get GPUs (the scheduler's rule: any GPU in the cluster): the cluster
+    Ray is connected to, else this machine (where a local Ray would start)."""
+    import ray
+
+    from omk_ray.devices import cuda_visible
+
+    if ray.is_initialized():
+        return ray.cluster_resources().get("GPU", 0) >= 1
+    return cuda_visible()
 
 
 def check_grid(grid: GridConfig) -> None:
@@ -253,14 +275,19 @@ def make_plan(
     limit_docs: int | None = None,
     canary_only: bool = False,
     benches: Benches | None = None,
+    gpu: bool | None = None,
 ) -> Plan:
     """Every missing sample of the chosen variants; `canary_only`: only their canary samples;
-    `benches` when `read_benches` was called already (before builds)."""
+    `benches` when `read_benches` was called already (before builds); `gpu`: whether the engines
+    will run on a cluster with GPUs (default: `cluster_has_gpus()`), part of the resume key."""
     benches = benches or read_benches(grid, variants, limit_docs)
     chosen = [v for v in grid.variants if variants is None or v.name in variants]
     model_paths = {v.name: (model_paths or {}).get(v.name) or v.model_ref for v in chosen}
     weights = {v.name: weights_identity(v, model_paths[v.name]) for v in chosen}
-    fingerprints = {v.name: output_fingerprint(v, model_paths[v.name], weights[v.name]) for v in chosen}
+    gpu = cluster_has_gpus() if gpu is None else gpu
+    identities = {v.name: planned_identity(v, gpu) for v in chosen}
+    fingerprints = {v.name: output_fingerprint(v, model_paths[v.name], weights[v.name], identities[v.name])
+                    for v in chosen}
     stored = store.stored_samples() if store is not None else {}
     by_bench, by_doc = _observed_tokens(store) if store is not None else ({}, {})
     canary = grid.farm.canary
@@ -289,7 +316,7 @@ def make_plan(
             per_sample = by_bench.get(spec.name) or recipe.generation_budget / 2
             work.append(BenchWork(v.name, spec.name, recipe, samples, len(docs) * recipe.repeats, per_sample,
                                   by_doc.get(spec.name, {}), canary_ids, stale))
-    return Plan(grid, fingerprints, model_paths, work, benches.revisions, weights)
+    return Plan(grid, fingerprints, model_paths, work, benches.revisions, weights, identities, gpu)
 
 
 def canary_filter(plan: Plan, variant: str):
@@ -330,6 +357,7 @@ def describe(plan: Plan) -> list[dict]:
         {
             "variant": w.variant,
             "engine": variants[w.variant].engine,
+            "engine_identity": plan.identities[w.variant].label if w.variant in plan.identities else None,
             "bench": w.bench,
             "cohort": w.recipe.cohort,
             "recipe": w.recipe.hash[:8],

@@ -14,6 +14,8 @@ import pyarrow as pa
 from omk_ray.benches import Bench, Doc, Score, score_guarded
 from omk_ray.config import Recipe
 from omk_ray.engines.base import Completion, Engine, Request
+from omk_ray.engines.identity import ROW_COLUMNS as IDENTITY_COLUMNS
+from omk_ray.engines.identity import EngineIdentity
 from omk_ray.results.schema import rows_to_table
 
 
@@ -44,7 +46,9 @@ def score_all(bench: Bench, pairs: list[tuple[Doc, Completion]]) -> list[tuple[S
 
 
 def sample_row(ctx: RowContext, doc: Doc, repeat: int, completion: Completion, score: Score | None,
-               error: str | None, started_at: datetime, engine_version: str, scorer_version: str | None) -> dict:
+               error: str | None, started_at: datetime, engine_version: str | None, scorer_version: str | None,
+               identity: EngineIdentity | None = None) -> dict:
+    """One sample's row; `identity`: the engine's that made it (None: no engine answered, e.g. given up)."""
     metrics = dict(score.metrics) if score else {}
     if completion.thinking_budget_hit:
         metrics["thinking_budget_hit"] = 1.0
@@ -74,6 +78,7 @@ def sample_row(ctx: RowContext, doc: Doc, repeat: int, completion: Completion, s
         "latency_s": completion.latency_s,
         "engine": ctx.engine,
         "engine_version": engine_version,
+        **(identity.columns() if identity else dict.fromkeys(IDENTITY_COLUMNS)),
         "recipe_hash": ctx.recipe_hash,
         "scorer_version": scorer_version,
         "score_detail": score.detail if score else None,
@@ -90,8 +95,9 @@ def generate_rows(engine: Engine, bench: Bench, ctx: RowContext, samples: list[t
     started = datetime.now(timezone.utc)
     requests = [Request(id=f"{doc.id}#{r}", messages=doc.messages, repeat=r, bench=ctx.bench) for doc, r in samples]
     completions = engine.generate_batch(requests, ctx.recipe)
+    identity = engine.identity()
     scores = score_all(bench, [(doc, c) for (doc, _), c in zip(samples, completions)])
     return rows_to_table([
-        sample_row(ctx, doc, r, c, score, error, started, engine.version, bench.scorer_version)
+        sample_row(ctx, doc, r, c, score, error, started, engine.version, bench.scorer_version, identity)
         for (doc, r), c, (score, error) in zip(samples, completions, scores)
     ])

