@@ -23,9 +23,10 @@ class CodeOptions(BenchOptions):
     memory_mb: int = Field(2048, ge=64, description="address-space limit per process")
     workers: int = Field(2, ge=1, description="programs run at once by score_many")
     isolation: Literal["namespaces", "rlimits", "auto"] = Field(
-        "namespaces",
-        description="namespaces: refuse to run code where they are unavailable; rlimits: resource limits only "
-        "(say so explicitly); auto: namespaces, else rlimits with a warning. Every row records the level used",
+        "auto",
+        description="auto: the strongest level the node allows (namespaces, else rlimits with a warning, said up "
+        "front by `omk-ray preflight` and `omk-ray plan`); namespaces: refuse to run code where they are "
+        "unavailable; rlimits: resource limits only. Every row records the level used",
     )
 
 
@@ -88,7 +89,7 @@ class CodeBench(Bench):
                 raise SandboxUnavailable(
                     f"bench {self.spec.name!r}: the code sandbox cannot run here ({outcome.reason}); "
                     f"with isolation {self.options.isolation!r} nothing is run unconfined. Set the bench option "
-                    "`isolation: rlimits` to run programs with resource limits only"
+                    "`isolation: auto` (the default) or `isolation: rlimits` to run programs with resource limits only"
                 )
         return [to_score(outcome, code) for outcome, (_, code) in zip(outcomes, jobs)]
 

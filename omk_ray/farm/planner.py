@@ -22,6 +22,7 @@ from pathlib import Path
 from omk_ray.analysis.canary import canary_sample
 from omk_ray.benches import Doc, make_bench
 from omk_ray.config import GridConfig, Recipe, VariantSpec, stable_hash
+from omk_ray.farm.sizes import checkpoint_bytes, start_timeout_s
 from omk_ray.results.store import ResultsStore
 
 PROVENANCE = "omk_ray_provenance.json"  # a built variant's record of how it was built
@@ -62,6 +63,8 @@ class Plan:
     work: list[BenchWork]
     dataset_revisions: dict[str, str | None] = field(default_factory=dict)
     weights: dict[str, dict] = field(default_factory=dict)  # variant -> what its fingerprint hashed
+    checkpoint_bytes: dict[str, int | None] = field(default_factory=dict)  # variant -> its tensors' bytes
+    start_timeouts: dict[str, float] = field(default_factory=dict)  # variant -> seconds its engine may take to start
 
     @property
     def missing(self) -> int:
@@ -153,6 +156,7 @@ def grid_problems(grid: GridConfig) -> list[str]:
                 problems += [f"variant {v.name!r}: model {p}" for p in _checkpoint_problems(v.model)]
         if v.build:
             problems += [f"variant {v.name!r}: {p}" for p in _build_problems(v.build)]
+        problems += _gpu_only_problems(v)
     for b in grid.benches:
         bench = _plugin(BENCHES, b.kind, f"bench {b.name!r}", problems)
         if bench:
@@ -167,6 +171,42 @@ def grid_problems(grid: GridConfig) -> list[str]:
                     f"max_model_len={limit} (budget = max(max_gen_toks, thinking_budget + headroom))"
                 )
     return problems
+
+
+def _gpu_only_problems(variant: VariantSpec) -> list[str]:
+    """What would only fail on the GPU nodes: vLLM's NVFP4 weight-only kernels (Marlin) take bfloat16
+    or float16 activations, never float32."""
+    dtype = variant.engine_args.dtype.lower().removeprefix("torch.")
+    if variant.engine != "vllm" or dtype not in ("float32", "float", "fp32"):
+        return []
+    nvfp4 = nvfp4_source(variant)
+    if nvfp4 is None:
+        return []
+    return [f"variant {variant.name!r}: dtype {variant.engine_args.dtype} with an NVFP4A16 checkpoint ({nvfp4}) on "
+            "the vllm engine: vLLM's NVFP4 weight-only kernels (Marlin) take bfloat16 or float16 activations only; "
+            "set engine_args.dtype: bfloat16 (or float16), or serve it with engine: transformers"]
+
+
+def nvfp4_source(variant: VariantSpec) -> str | None:
+    """Why a variant's weights are NVFP4 (a build's quantization, engine_args.quantization, or its
+    checkpoint's quantization config, compressed-tensors or ModelOpt); None when they are not."""
+    quant = str((variant.build or {}).get("quantization") or "")
+    if quant.upper().startswith("NVFP4"):
+        return f"build.quantization {quant}"
+    if (variant.engine_args.quantization or "").lower() in ("modelopt_fp4", "nvfp4"):
+        return f"engine_args.quantization {variant.engine_args.quantization}"
+    folder = Path(variant.model).expanduser() if variant.model and not variant.build else None
+    if folder is None or not folder.is_dir():
+        return None
+    for name in ("config.json", "hf_quant_config.json"):
+        try:
+            text = json.dumps(json.loads((folder / name).read_text()).get(
+                "quantization_config" if name == "config.json" else "quantization", {}))
+        except (OSError, ValueError, AttributeError):
+            continue
+        if "nvfp4" in text.lower():
+            return f"{name} of {folder}"
+    return None
 
 
 def _plugin(registry, kind: str, where: str, problems: list[str]) -> type | None:
@@ -261,6 +301,8 @@ def make_plan(
     model_paths = {v.name: (model_paths or {}).get(v.name) or v.model_ref for v in chosen}
     weights = {v.name: weights_identity(v, model_paths[v.name]) for v in chosen}
     fingerprints = {v.name: output_fingerprint(v, model_paths[v.name], weights[v.name]) for v in chosen}
+    sizes = {v.name: _checkpoint_size(v, model_paths[v.name]) for v in chosen}
+    timeouts = {name: grid.farm.engine_start_timeout_s or start_timeout_s(size) for name, size in sizes.items()}
     stored = store.stored_samples() if store is not None else {}
     by_bench, by_doc = _observed_tokens(store) if store is not None else ({}, {})
     canary = grid.farm.canary
@@ -289,7 +331,15 @@ def make_plan(
             per_sample = by_bench.get(spec.name) or recipe.generation_budget / 2
             work.append(BenchWork(v.name, spec.name, recipe, samples, len(docs) * recipe.repeats, per_sample,
                                   by_doc.get(spec.name, {}), canary_ids, stale))
-    return Plan(grid, fingerprints, model_paths, work, benches.revisions, weights)
+    return Plan(grid, fingerprints, model_paths, work, benches.revisions, weights, sizes, timeouts)
+
+
+def _checkpoint_size(variant: VariantSpec, model_path: str | None) -> int | None:
+    from omk_ray.engines import engine_class
+
+    if not engine_class(variant.engine).holds_weights or not model_path:
+        return 0
+    return checkpoint_bytes(model_path, variant.revision)
 
 
 def canary_filter(plan: Plan, variant: str):
