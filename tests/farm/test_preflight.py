@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -269,9 +270,8 @@ def faulty_cluster(tmp_path, tiny_gemma4):
     if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("setpriv"):
         pytest.skip("needs root, unshare and setpriv to give a simulated node a disk and privileges of its own")
     ray_bin = str(Path(sys.executable).with_name("ray"))
-    root = tmp_path / "ray"
+    root = Path(tempfile.mkdtemp(prefix="omkpf-", dir="/tmp"))  # short: Ray's unix sockets live under it
     cache = tmp_path / "cache"
-    root.mkdir()
     cache.mkdir()
     port = _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMK_RAY_ARTIFACT_CACHE": str(cache),
@@ -281,9 +281,11 @@ def faulty_cluster(tmp_path, tiny_gemma4):
     markers = [str(root), f"127.0.0.1:{port}"]
     worker_log = open(tmp_path / "worker.log", "w")
     try:
-        subprocess.run([ray_bin, "start", "--head", "--port", str(port), "--num-cpus", "1", "--temp-dir", str(root),
-                        "--include-dashboard=false", "--disable-usage-stats", "--ray-client-server-port",
-                        str(_free_port()), *ports()], env=env, check=True, capture_output=True, timeout=180)
+        head = subprocess.run([ray_bin, "start", "--head", "--port", str(port), "--num-cpus", "1", "--temp-dir",
+                               str(root), "--include-dashboard=false", "--disable-usage-stats",
+                               "--ray-client-server-port", str(_free_port()), *ports()],
+                              env=env, capture_output=True, text=True, timeout=180)
+        assert head.returncode == 0, head.stdout[-2000:] + head.stderr[-2000:]
         start_worker = " ".join([
             f"mount -t tmpfs -o size=64k tmpfs {cache} &&", f"mount -t tmpfs -o size=64k tmpfs {tiny_gemma4} &&",
             "exec setpriv --bounding-set -sys_admin", ray_bin, "start", "--address", f"127.0.0.1:{port}",
@@ -304,6 +306,7 @@ def faulty_cluster(tmp_path, tiny_gemma4):
         ray.shutdown()
         _stop(markers)
         worker_log.close()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.slow
