@@ -92,6 +92,13 @@ def plan(
         f"{the_plan.missing} of {the_plan.expected} samples to generate{why}, longest-expected first; "
         f"est. {sum(r['est_tokens'] for r in rows):,} completion tokens"
     )
+    from omk_ray.farm.preflight import sandbox_here
+
+    sandbox = sandbox_here(grid)
+    if sandbox is not None:  # said up front: where namespaces are refused, programs run with resource limits only
+        color = {"ok": "green", "warn": "yellow", "FAIL": "red"}[sandbox.status]
+        console.print(f"code sandbox on this machine: [{color}]{sandbox.status}[/] {sandbox.detail} "
+                      "(`omk-ray preflight GRID --address ADDR` checks every node of a cluster)", highlight=False)
 
 
 @app.command()

@@ -109,6 +109,22 @@ def isolation_used(store, run_id: str) -> dict[str, list[str]]:
     return {bench: sorted(levels) for bench, levels in sorted(found.items())}
 
 
+def rlimits_notes(store, variants: list[str], benches: list[str]) -> list[str]:
+    """A card's notes: per code bench, the variants some of whose programs ran with resource limits only
+    (`isolation: auto` where namespaces were refused): verdicts alike, but no file or network isolation."""
+    import pyarrow.compute as pc
+
+    rows = store.read(columns=["variant", "bench", "isolation"],
+                      filter=(pc.field("isolation") == "rlimits") & pc.field("variant").isin(variants)
+                      & pc.field("bench").isin(benches))
+    found: dict[str, set[str]] = {}
+    for variant, bench in zip(rows["variant"].to_pylist(), rows["bench"].to_pylist()):
+        found.setdefault(bench, set()).add(variant)
+    return [f"{bench}: programs of {', '.join(sorted(names))} ran with resource limits only (sandbox `rlimits`: "
+            "Linux namespaces were not available on the node), without file or network isolation; the verdicts "
+            "do not depend on it" for bench, names in sorted(found.items())]
+
+
 def to_score(outcome: Outcome, extracted: str) -> Score:
     metrics = {"pass@1": float(outcome.passed)}
     if not outcome.passed:

@@ -107,8 +107,6 @@ def family_version(kind: str, installed: str | None) -> str | None:
 
 
 def expectations(grid: GridConfig, cluster_gpus: float = 0.0) -> Expect:
-    from omk_ray.benches import BENCHES
-    from omk_ray.benches.code_bench import CodeBench
     from omk_ray.engines import engine_class
     from omk_ray.farm.lock import ENGINE_PACKAGES, LockError, engine_version, lock_path, read_lock
 
@@ -136,6 +134,18 @@ def expectations(grid: GridConfig, cluster_gpus: float = 0.0) -> Expect:
             artifact_bytes = None if size is None or artifact_bytes is None else artifact_bytes + size
         if hub:
             hub_bytes = None if size is None or hub_bytes is None else hub_bytes + size
+    return Expect(
+        engines=locked, local_engines={k: family_version(k, engine_version(k)) for k in kinds}, lock=lock,
+        models=models, artifact_bytes=artifact_bytes, hub_bytes=hub_bytes, artifacts=grid.artifacts,
+        isolation=code_bench_isolation(grid), cluster_gpus=cluster_gpus,
+    )
+
+
+def code_bench_isolation(grid: GridConfig) -> dict[str, str]:
+    """Code bench -> its `isolation` option (auto, the default; namespaces; rlimits)."""
+    from omk_ray.benches import BENCHES
+    from omk_ray.benches.code_bench import CodeBench
+
     isolation = {}
     for spec in grid.benches:
         try:
@@ -147,11 +157,18 @@ def expectations(grid: GridConfig, cluster_gpus: float = 0.0) -> Expect:
                 isolation[spec.name] = cls.Options.model_validate(spec.options).isolation
             except ValueError:
                 isolation[spec.name] = spec.options.get("isolation", "auto")
-    return Expect(
-        engines=locked, local_engines={k: family_version(k, engine_version(k)) for k in kinds}, lock=lock,
-        models=models, artifact_bytes=artifact_bytes, hub_bytes=hub_bytes, artifacts=grid.artifacts,
-        isolation=isolation, cluster_gpus=cluster_gpus,
-    )
+    return isolation
+
+
+def sandbox_here(grid: GridConfig) -> Check | None:
+    """`omk-ray plan`'s word on the code sandbox of this machine (None: the grid has no code bench)."""
+    from omk_ray.benches.sandbox.pool import probe_isolation
+
+    isolation = code_bench_isolation(grid)
+    if not isolation:
+        return None
+    mode, why = probe_isolation()
+    return judge_sandbox({"mode": mode, "reason": why}, isolation)
 
 
 # -- what a node has (runs on the node) --------------------------------------------------------
