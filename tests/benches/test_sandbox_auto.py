@@ -80,3 +80,19 @@ def test_auto_uses_namespaces_where_they_work():
     mode, _ = probe_isolation()
     outcome = Sandbox().run(Program(program="pass"))  # auto, the default
     assert outcome.passed and outcome.isolation == mode
+
+
+def test_the_card_notes_programs_that_ran_with_rlimits_only(tmp_path):
+    from helpers.samples import bench_rows, write_store
+
+    from omk_ray.analysis.card import to_card
+    from omk_ray.analysis.compare import CompareOptions, compare
+
+    outcomes = [True, False, True, True]
+    rows = (bench_rows("base", "he", outcomes, isolation="namespaces") + bench_rows("v4", "he", outcomes, isolation="rlimits")
+            + bench_rows("base", "gsm8k", outcomes) + bench_rows("v4", "gsm8k", outcomes))
+    write_store(tmp_path, rows)
+    card = to_card(compare(tmp_path, CompareOptions(baseline="base", resamples=200)))
+    notes = card[card.index("### Notes"):]
+    assert "he: programs of v4 ran with resource limits only (sandbox `rlimits`" in notes
+    assert "gsm8k: programs" not in notes and "base ran with" not in notes
