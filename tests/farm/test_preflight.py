@@ -358,3 +358,26 @@ def test_preflight_names_the_faulty_node_and_each_problem(tmp_path, tiny_gemma4,
                                      [{"name": "he", "kind": "humaneval"}]))
     sandbox = {c.name: c for c in {r.node_id: r for r in run_preflight(auto_only)}[faulty].checks}["sandbox"]
     assert sandbox.status == "warn" and sandbox.detail.startswith("rlimits only for he (isolation: auto)")
+
+
+def test_an_engine_start_that_times_out_says_which_phase_and_how_long(tmp_path, local_ray):
+    """A fake GPU engine that takes 60 s to load, with a 2 s start timeout: its samples fail, and the
+    run log says the engine was still loading, for how long, and which setting to raise."""
+    from omk_ray.config import parse_grid
+    from omk_ray.farm.runner import run_grid
+    from omk_ray.results.store import ResultsStore
+
+    bench = write_bench(tmp_path / "b.jsonl", 3)
+    grid = parse_grid({
+        "name": "slow", "recipe": {"max_gen_toks": 8},
+        "variants": [{"name": "sim", "model": "none", "engine": "simgpu", "engine_args": {"extra": {"load_s": 60}}}],
+        "benches": [{"name": "b", "kind": "jsonl", "source": str(bench)}],
+        "farm": {"engine_start_timeout_s": 2, "max_retries": 0, "canary": {"enabled": False}},
+    })
+    summary = run_grid(grid, tmp_path / "results", show_progress=False)
+    assert (summary.generated, summary.failed) == (0, 3)
+    failed = [e for e in ResultsStore(tmp_path / "results").runs()[-1].events() if e["event"] == "engine_start_failed"]
+    assert failed  # one per engine started (as many as the CPUs allow)
+    for error in (e["error"] for e in failed):
+        assert error.startswith("engine of variant 'sim' did not start in ")
+        assert "(timeout 2 s, farm.engine_start_timeout_s); it was loading (download, weights, compile" in error
