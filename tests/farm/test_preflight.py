@@ -121,6 +121,25 @@ def test_a_whole_report_and_the_refusal_names_node_and_problem():
     assert refusal([good]) is None
 
 
+def test_what_a_node_reads_of_its_disk_and_checkpoints(tmp_path, tiny_gemma4, monkeypatch):
+    from omk_ray.farm.preflight import disk_room, hf_token_source, model_state
+
+    later = disk_room(str(tmp_path / "not" / "yet"))
+    assert (later["exists"], later["at"], later["writable"]) == (False, str(tmp_path), True)
+    assert later["free"] > 0 and not (tmp_path / "not").exists()  # nothing created
+    (tmp_path / "empty").mkdir()
+    assert model_state(str(tiny_gemma4)) == "local"
+    assert model_state(str(tmp_path / "empty")) == "not a checkpoint"
+    assert model_state(str(tmp_path / "gone")) == "missing"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    assert model_state("org/never-downloaded") == "offline"
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
+    assert hf_token_source() == "HF_TOKEN"
+
+
 # -- what the grid expects ----------------------------------------------------------------------
 
 
