@@ -369,6 +369,12 @@ def test_preflight_names_the_faulty_node_and_each_problem(tmp_path, tiny_gemma4,
     assert lines[0] == "preflight: 1 of 2 nodes not ready:"
     assert all(f"node {faulty[:12]}" in line for line in lines[1:5]) and len(lines) == 6
 
+    from omk_ray.farm.runner import run_grid
+
+    with pytest.raises(PreflightFailed, match=f"node {faulty[:12]}"):  # `omk-ray run` itself
+        run_grid(grid, tmp_path / "results", show_progress=False)
+    assert not (tmp_path / "results" / "artifacts").exists()  # refused before any build started
+
     shown = CliRunner().invoke(app, ["preflight", str(config)])  # connected already: the same cluster
     assert shown.exit_code == 2, shown.output
     assert f"node {faulty[:12]}" in shown.output and "FAIL" in shown.output
