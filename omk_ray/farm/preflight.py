@@ -10,9 +10,10 @@ judging is pure (`judge_node`, tested without Ray):
                the machine that runs the check; a difference is then a warning)
     gpu        NVIDIA driver and the newest CUDA it runs (nvidia-smi) against the CUDA torch was
                built for; GPUs Ray counts without a driver answering are simulated (a warning)
-    disk       free room where the node keeps fetched artifacts (`node_artifact_cache()`), the
-               grid's `artifacts:` path when it names one, and the HF cache (hub models), against
-               the checkpoints' bytes (safetensors headers; a build's base bounds its variant)
+    disk       free room where the node keeps fetched artifacts (`node_artifact_cache()`), where
+               builds write when the grid names `artifacts:` (a build may land on any node), and
+               the HF cache (hub models), against the checkpoints' bytes (safetensors headers; a
+               build's base bounds its variant)
     sandbox    the level code benches will run programs at here (`probe_isolation`):
                namespaces, or rlimits only (a warning under `isolation: auto`, a refusal under
                `isolation: namespaces`)
@@ -176,7 +177,13 @@ def sandbox_here(grid: GridConfig) -> Check | None:
 
 def node_artifact_cache() -> Path:
     """Where this node keeps the artifacts it fetched: $OMK_RAY_ARTIFACT_CACHE, else
-    $XDG_CACHE_HOME/omk-ray/artifacts (~/.cache/omk-ray/artifacts)."""
+    $XDG_CACHE_HOME/omk-ray/artifacts (~/.cache/omk-ray/artifacts): the artifact store's own rule."""
+    try:
+        from omk_ray.farm.artifact_store import cache_root
+    except ImportError:  # a checkout without the artifact store: the same rule, written out
+        pass
+    else:
+        return cache_root()
     if os.environ.get("OMK_RAY_ARTIFACT_CACHE"):
         return Path(os.environ["OMK_RAY_ARTIFACT_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "omk-ray" / "artifacts"
@@ -392,10 +399,7 @@ def judge_disk(disk: dict[str, dict[str, Any]], expect: Expect) -> list[Check]:
         what = "built variants" if name != "HF cache" else "hub models"
         wanted = f"{what} need up to {human_bytes(need)}" if need else f"no {what}"
         where = room["path"] if room["exists"] else f"{room['path']} (not there yet; nearest folder {room['at']})"
-        if name == "grid artifacts" and not room["exists"]:
-            checks.append(Check(f"disk: {name}", "FAIL", f"{room['path']} does not exist on this node: the grid's "
-                                                         "artifacts: path must be shared by every node"))
-        elif not room["writable"] and need != 0:
+        if not room["writable"] and need != 0:
             checks.append(Check(f"disk: {name}", "FAIL", f"{where} is not writable; {wanted}"))
         elif need and room["free"] < need:
             checks.append(Check(f"disk: {name}", "FAIL", f"{where}: {human_bytes(room['free'])} free, {wanted}"))

@@ -78,8 +78,9 @@ def test_disk_room_for_the_artifacts():
     assert judge_disk({"artifact cache": room(20 * GiB)}, expect())[0].status == "ok"
     assert judge_disk({"artifact cache": room(20 * GiB, writable=False)}, expect())[0].status == "FAIL"
     assert judge_disk({"artifact cache": room(20 * GiB)}, expect(artifact_bytes=None))[0].status == "warn"
-    shared = judge_disk({"grid artifacts": room(20 * GiB, exists=False, path="/shared/art")}, expect())
-    assert shared[0].status == "FAIL" and "/shared/art does not exist on this node" in shared[0].detail
+    builds = judge_disk({"grid artifacts": room(2 * GiB, exists=False, path="/data/art")}, expect())
+    assert builds[0].status == "FAIL"
+    assert builds[0].detail == "/data/art (not there yet; nearest folder /): 2.0 GiB free, built variants need up to 10.0 GiB"
 
 
 def test_sandbox_level_by_what_the_benches_ask():
