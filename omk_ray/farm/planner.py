@@ -13,6 +13,7 @@ sample (`omk_ray.analysis.canary.canary_sample`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -22,7 +23,6 @@ from pathlib import Path
 from omk_ray.analysis.canary import canary_sample
 from omk_ray.benches import Doc, make_bench
 from omk_ray.config import GridConfig, Recipe, VariantSpec, stable_hash
-from omk_ray.farm.sizes import checkpoint_bytes, start_timeout_s
 from omk_ray.results.store import ResultsStore
 
 PROVENANCE = "omk_ray_provenance.json"  # a built variant's record of how it was built
@@ -63,8 +63,6 @@ class Plan:
     work: list[BenchWork]
     dataset_revisions: dict[str, str | None] = field(default_factory=dict)
     weights: dict[str, dict] = field(default_factory=dict)  # variant -> what its fingerprint hashed
-    checkpoint_bytes: dict[str, int | None] = field(default_factory=dict)  # variant -> its tensors' bytes
-    start_timeouts: dict[str, float] = field(default_factory=dict)  # variant -> seconds its engine may take to start
 
     @property
     def missing(self) -> int:
@@ -79,6 +77,18 @@ class Plan:
         for w in self.work:
             out.setdefault(w.variant, {})[w.bench] = w.recipe.hash
         return out
+
+    @functools.cached_property
+    def checkpoint_bytes(self) -> dict[str, int | None]:
+        """variant -> the bytes of the checkpoint its engine loads (farm/sizes.py; None: unknown)."""
+        return {name: _checkpoint_size(self.grid.variant(name), path) for name, path in self.model_paths.items()}
+
+    def start_timeout(self, variant: str) -> float:
+        """Seconds the variant's engine may take to start: `farm.engine_start_timeout_s`, else from its
+        checkpoint's size (`sizes.start_timeout_s`)."""
+        from omk_ray.farm.sizes import start_timeout_s
+
+        return self.grid.farm.engine_start_timeout_s or start_timeout_s(self.checkpoint_bytes.get(variant))
 
 
 def weights_identity(variant: VariantSpec, model_path: str | None) -> dict[str, object]:
@@ -301,8 +311,6 @@ def make_plan(
     model_paths = {v.name: (model_paths or {}).get(v.name) or v.model_ref for v in chosen}
     weights = {v.name: weights_identity(v, model_paths[v.name]) for v in chosen}
     fingerprints = {v.name: output_fingerprint(v, model_paths[v.name], weights[v.name]) for v in chosen}
-    sizes = {v.name: _checkpoint_size(v, model_paths[v.name]) for v in chosen}
-    timeouts = {name: grid.farm.engine_start_timeout_s or start_timeout_s(size) for name, size in sizes.items()}
     stored = store.stored_samples() if store is not None else {}
     by_bench, by_doc = _observed_tokens(store) if store is not None else ({}, {})
     canary = grid.farm.canary
@@ -331,11 +339,12 @@ def make_plan(
             per_sample = by_bench.get(spec.name) or recipe.generation_budget / 2
             work.append(BenchWork(v.name, spec.name, recipe, samples, len(docs) * recipe.repeats, per_sample,
                                   by_doc.get(spec.name, {}), canary_ids, stale))
-    return Plan(grid, fingerprints, model_paths, work, benches.revisions, weights, sizes, timeouts)
+    return Plan(grid, fingerprints, model_paths, work, benches.revisions, weights)
 
 
 def _checkpoint_size(variant: VariantSpec, model_path: str | None) -> int | None:
     from omk_ray.engines import engine_class
+    from omk_ray.farm.sizes import checkpoint_bytes
 
     if not engine_class(variant.engine).holds_weights or not model_path:
         return 0

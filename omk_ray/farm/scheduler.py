@@ -39,7 +39,7 @@ from omk_ray.farm.canary import judge_canary
 from omk_ray.farm.placement import Needs, needs
 from omk_ray.farm.planner import BenchWork, Plan
 from omk_ray.farm.rows import RowContext, sample_row
-from omk_ray.farm.sizes import start_timed_out, start_timeout_s
+from omk_ray.farm.sizes import start_timed_out
 from omk_ray.results.store import ResultsStore, RunLog
 
 NAMESPACE = "omk-ray"
@@ -471,7 +471,7 @@ class Scheduler:
         now = time.monotonic()
         for slot in list(self.slots):
             if slot.loading is not None:
-                timeout = self.plan.start_timeouts.get(slot.variant) or start_timeout_s(None)
+                timeout = self.plan.start_timeout(slot.variant)
                 if now - slot.created > timeout:
                     phase = "waiting for its GPUs (placement group not placed)" if slot.pg is not None and \
                         not slot.pg.wait(0) else "loading (download, weights, compile and warm-up are not told apart)"

@@ -203,11 +203,12 @@ def test_plan_sizes_each_variants_start_timeout(tmp_path, tiny_gemma4):
         {"name": "echo", "model": "x", "engine": "echo"}], [{"name": "copy", "kind": "jsonl", "source": str(bench)}]))
     plan = make_plan(grid)
     assert plan.checkpoint_bytes == {"a": checkpoint_bytes(tiny_gemma4), "echo": 0}
-    assert plan.start_timeouts == {"a": start_timeout_s(checkpoint_bytes(tiny_gemma4)), "echo": 600}
+    assert {v: plan.start_timeout(v) for v in ("a", "echo")} == {"a": start_timeout_s(checkpoint_bytes(tiny_gemma4)),
+                                                                 "echo": 600}
     fixed = load_grid(write_grid(tmp_path / "f.yaml", [{"name": "a", "model": str(tiny_gemma4)}],
                                  [{"name": "copy", "kind": "jsonl", "source": str(bench)}],
                                  farm={"engine_start_timeout_s": 42}))
-    assert make_plan(fixed).start_timeouts == {"a": 42}
+    assert make_plan(fixed).start_timeout("a") == 42
 
 
 # -- GPU-only mistakes refused by plan -----------------------------------------------------------
