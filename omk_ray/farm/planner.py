@@ -346,9 +346,11 @@ def _checkpoint_size(variant: VariantSpec, model_path: str | None) -> int | None
     from omk_ray.engines import engine_class
     from omk_ray.farm.sizes import checkpoint_bytes
 
-    if not engine_class(variant.engine).holds_weights or not model_path:
+    if not engine_class(variant.engine).holds_weights:
         return 0
-    return checkpoint_bytes(model_path, variant.revision)
+    if not model_path and variant.build:  # not built yet (`omk-ray plan`): its base bounds it
+        return checkpoint_bytes(str(variant.build["base"]), variant.build.get("revision"))
+    return checkpoint_bytes(model_path, variant.revision) if model_path else None
 
 
 def canary_filter(plan: Plan, variant: str):
