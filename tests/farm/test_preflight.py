@@ -209,6 +209,19 @@ def test_plan_sizes_each_variants_start_timeout(tmp_path, tiny_gemma4):
                                  [{"name": "copy", "kind": "jsonl", "source": str(bench)}],
                                  farm={"engine_start_timeout_s": 42}))
     assert make_plan(fixed).start_timeout("a") == 42
+    unbuilt = load_grid(write_grid(tmp_path / "u.yaml", [
+        {"name": "p", "build": {"base": str(tiny_gemma4), "drop_map": {"0": [0]}}}],
+        [{"name": "copy", "kind": "jsonl", "source": str(bench)}]))
+    assert make_plan(unbuilt).checkpoint_bytes == {"p": checkpoint_bytes(tiny_gemma4)}  # its base bounds it
+
+    from typer.testing import CliRunner
+
+    from omk_ray.cli import app
+
+    shown = CliRunner().invoke(app, ["plan", str(tmp_path / "f.yaml")])
+    assert shown.exit_code == 0, shown.output
+    assert "engine start timeouts (farm.engine_start_timeout_s, else from the checkpoint): a 42 s (" in \
+        " ".join(shown.output.split())
 
 
 # -- GPU-only mistakes refused by plan -----------------------------------------------------------
