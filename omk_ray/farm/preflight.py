@@ -86,7 +86,7 @@ class Expect:
     models: list[tuple[str, str, str | None]]  # (what, local path or hub id, revision)
     artifact_bytes: int | None  # built variants, bounded by their bases' bytes (None: unknown)
     hub_bytes: int | None  # hub models the engines download (None: unknown)
-    artifacts: str | None  # the grid's shared artifact path, if it names one
+    artifacts: str | None  # the grid's `artifacts:` folder (where builds write), if it names one
     isolation: dict[str, str]  # code bench -> its isolation option
     cluster_gpus: float = 0.0
 
@@ -141,7 +141,11 @@ def expectations(grid: GridConfig, cluster_gpus: float = 0.0) -> Expect:
             lock = None
     models, artifact_bytes, hub_bytes = [], 0, 0
     for v in grid.variants:
-        if not engine_class(v.engine).holds_weights and not v.build:
+        try:
+            holds_weights = engine_class(v.engine).holds_weights
+        except (KeyError, ImportError, AttributeError, TypeError):  # `omk-ray plan` names it
+            holds_weights = True
+        if not holds_weights and not v.build:
             continue
         ref = str(v.build["base"]) if v.build else v.model_ref
         rev = (v.build or {}).get("revision") if v.build else v.revision
