@@ -92,6 +92,17 @@ def plan(
         f"{the_plan.missing} of {the_plan.expected} samples to generate{why}, longest-expected first; "
         f"est. {sum(r['est_tokens'] for r in rows):,} completion tokens"
     )
+    from omk_ray.farm.preflight import sandbox_here
+    from omk_ray.farm.sizes import human_bytes
+
+    console.print("engine start timeouts (farm.engine_start_timeout_s, else from the checkpoint): " + ", ".join(
+        f"{v} {the_plan.start_timeout(v):.0f} s ({human_bytes(the_plan.checkpoint_bytes[v])})"
+        for v in the_plan.model_paths), highlight=False)
+    sandbox = sandbox_here(grid)
+    if sandbox is not None:  # said up front: where namespaces are refused, programs run with resource limits only
+        color = {"ok": "green", "warn": "yellow", "FAIL": "red"}[sandbox.status]
+        console.print(f"code sandbox on this machine: [{color}]{sandbox.status}[/] {sandbox.detail} "
+                      "(`omk-ray preflight GRID --address ADDR` checks every node of a cluster)", highlight=False)
 
 
 @app.command()

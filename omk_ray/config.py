@@ -214,7 +214,9 @@ class FarmSpec(_Strict):
     max_retries: int = Field(2, ge=0, description="retries of a sample after its engine failed on it")
     max_engines: int | None = Field(None, ge=1, description="cap on engine actors alive at once")
     cpus_per_engine: float = Field(1, gt=0)
-    engine_start_timeout_s: float = Field(900, gt=0)
+    engine_start_timeout_s: float | None = Field(
+        None, gt=0, description="an engine not started by then failed to start (default: from its checkpoint's "
+        "size, farm/sizes.py: 600 s + the bytes at 100 MB/s; 1800 s when the size is unknown)")
     stall_timeout_s: float = Field(600, gt=0, description="an engine that finishes nothing for this long "
                                    "while it has requests is replaced")
     scorers: int = Field(2, ge=1, description="CPU scoring actors (they run the sandboxed programs)")

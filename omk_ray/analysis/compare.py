@@ -24,6 +24,7 @@ from omk_ray.analysis.samples import (
 from omk_ray.analysis.scoreboard import Correction, scoreboard
 from omk_ray.analysis.tokens import token_distributions, token_lengths
 from omk_ray.analysis.variant_facts import variant_facts
+from omk_ray.benches.code_bench import rlimits_notes
 from omk_ray.results.store import ResultsStore
 
 
@@ -134,6 +135,7 @@ def compare(results: str | Path, options: CompareOptions) -> Comparison:
 
     notes = [f"runs {', '.join(declared.unreadable)}: grid config unreadable, their declared overrides are unknown"] if declared.unreadable else []
     benches, base_benches = _benches(rows, options)
+    notes.extend(rlimits_notes(store, [options.baseline, *variants], benches))
     for bench in benches:
         if bench not in base_benches:
             notes.append(f"{bench}: the baseline {options.baseline} has no samples; left out of every table")

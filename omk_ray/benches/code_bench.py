@@ -23,9 +23,10 @@ class CodeOptions(BenchOptions):
     memory_mb: int = Field(2048, ge=64, description="address-space limit per process")
     workers: int = Field(2, ge=1, description="programs run at once by score_many")
     isolation: Literal["namespaces", "rlimits", "auto"] = Field(
-        "namespaces",
-        description="namespaces: refuse to run code where they are unavailable; rlimits: resource limits only "
-        "(say so explicitly); auto: namespaces, else rlimits with a warning. Every row records the level used",
+        "auto",
+        description="auto: the strongest level the node allows (namespaces, else rlimits with a warning, said up "
+        "front by `omk-ray preflight` and `omk-ray plan`); namespaces: refuse to run code where they are "
+        "unavailable; rlimits: resource limits only. Every row records the level used",
     )
 
 
@@ -88,7 +89,7 @@ class CodeBench(Bench):
                 raise SandboxUnavailable(
                     f"bench {self.spec.name!r}: the code sandbox cannot run here ({outcome.reason}); "
                     f"with isolation {self.options.isolation!r} nothing is run unconfined. Set the bench option "
-                    "`isolation: rlimits` to run programs with resource limits only"
+                    "`isolation: auto` (the default) or `isolation: rlimits` to run programs with resource limits only"
                 )
         return [to_score(outcome, code) for outcome, (_, code) in zip(outcomes, jobs)]
 
@@ -106,6 +107,22 @@ def isolation_used(store, run_id: str) -> dict[str, list[str]]:
     for bench, level in zip(rows["bench"].to_pylist(), rows["isolation"].to_pylist()):
         found.setdefault(bench, set()).add(level)
     return {bench: sorted(levels) for bench, levels in sorted(found.items())}
+
+
+def rlimits_notes(store, variants: list[str], benches: list[str]) -> list[str]:
+    """A card's notes: per code bench, the variants some of whose programs ran with resource limits only
+    (`isolation: auto` where namespaces were refused): verdicts alike, but no file or network isolation."""
+    import pyarrow.compute as pc
+
+    rows = store.read(columns=["variant", "bench", "isolation"],
+                      filter=(pc.field("isolation") == "rlimits") & pc.field("variant").isin(variants)
+                      & pc.field("bench").isin(benches))
+    found: dict[str, set[str]] = {}
+    for variant, bench in zip(rows["variant"].to_pylist(), rows["bench"].to_pylist()):
+        found.setdefault(bench, set()).add(variant)
+    return [f"{bench}: programs of {', '.join(sorted(names))} ran with resource limits only (sandbox `rlimits`: "
+            "Linux namespaces were not available on the node), without file or network isolation; the verdicts "
+            "do not depend on it" for bench, names in sorted(found.items())]
 
 
 def to_score(outcome: Outcome, extracted: str) -> Score:

@@ -1,4 +1,4 @@
-"""`omk-ray lock`; `omk_ray.cli` calls `register(app)` at start-up."""
+"""`omk-ray lock`, `omk-ray preflight`; `omk_ray.cli` calls `register(app)` at start-up."""
 
 from __future__ import annotations
 
@@ -47,3 +47,38 @@ def register(app: typer.Typer) -> None:
                  + ("" if check else "; rerun with --relock to record the new state"), ExitCode.FAILED)
         write_lock(grid, path)
         console.print(f"relocked: {path}")
+
+    @app.command()
+    def preflight(
+        config: Path = typer.Argument(..., help="grid config (YAML)"),
+        address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local Ray: this machine)"),
+        as_json: bool = typer.Option(False, "--json", help="print every node's checks as JSON"),
+    ) -> None:
+        """Check every node of the cluster for this grid: engine versions against the lock, GPU driver and
+        CUDA, free disk for the artifacts, the code sandbox's isolation level, the checkpoints and hub
+        models it must read, the HF token's presence. A table per node; exit 2 naming each node not ready.
+
+        `omk-ray run` does the same on a cluster of several nodes before anything starts.
+        """
+        import json
+        from dataclasses import asdict
+
+        from omk_ray.cli import console, load
+        from omk_ray.exits import fail
+        from omk_ray.farm.preflight import refusal, run_preflight, tables
+        from omk_ray.farm.runner import connect
+
+        grid = load(config)
+        connect(address)
+        results = run_preflight(grid)
+        if as_json:
+            print(json.dumps([asdict(r) for r in results], indent=2))
+        else:
+            for table in tables(results):
+                console.print(table)
+        problem = refusal(results)
+        if problem:
+            fail(problem)
+        warnings = sum(c.status == "warn" for r in results for c in r.checks)
+        console.print(f"preflight: {len(results)} node(s) ready for {grid.name}"
+                      + (f" ({warnings} warning(s))" if warnings else ""))

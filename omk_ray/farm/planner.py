@@ -14,6 +14,7 @@ the canary on, each group also names its canary sample
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -80,6 +81,18 @@ class Plan:
         for w in self.work:
             out.setdefault(w.variant, {})[w.bench] = w.recipe.hash
         return out
+
+    @functools.cached_property
+    def checkpoint_bytes(self) -> dict[str, int | None]:
+        """variant -> the bytes of the checkpoint its engine loads (farm/sizes.py; None: unknown)."""
+        return {name: _checkpoint_size(self.grid.variant(name), path) for name, path in self.model_paths.items()}
+
+    def start_timeout(self, variant: str) -> float:
+        """Seconds the variant's engine may take to start: `farm.engine_start_timeout_s`, else from its
+        checkpoint's size (`sizes.start_timeout_s`)."""
+        from omk_ray.farm.sizes import start_timeout_s
+
+        return self.grid.farm.engine_start_timeout_s or start_timeout_s(self.checkpoint_bytes.get(variant))
 
 
 def weights_identity(variant: VariantSpec, model_path: str | None) -> dict[str, object]:
@@ -175,6 +188,7 @@ def grid_problems(grid: GridConfig) -> list[str]:
                 problems += [f"variant {v.name!r}: model {p}" for p in _checkpoint_problems(v.model)]
         if v.build:
             problems += [f"variant {v.name!r}: {p}" for p in _build_problems(v.build)]
+        problems += _gpu_only_problems(v)
     for b in grid.benches:
         bench = _plugin(BENCHES, b.kind, f"bench {b.name!r}", problems)
         if bench:
@@ -189,6 +203,42 @@ def grid_problems(grid: GridConfig) -> list[str]:
                     f"max_model_len={limit} (budget = max(max_gen_toks, thinking_budget + headroom))"
                 )
     return problems
+
+
+def _gpu_only_problems(variant: VariantSpec) -> list[str]:
+    """What would only fail on the GPU nodes: vLLM's NVFP4 weight-only kernels (Marlin) take bfloat16
+    or float16 activations, never float32."""
+    dtype = variant.engine_args.dtype.lower().removeprefix("torch.")
+    if variant.engine != "vllm" or dtype not in ("float32", "float", "fp32"):
+        return []
+    nvfp4 = nvfp4_source(variant)
+    if nvfp4 is None:
+        return []
+    return [f"variant {variant.name!r}: dtype {variant.engine_args.dtype} with an NVFP4A16 checkpoint ({nvfp4}) on "
+            "the vllm engine: vLLM's NVFP4 weight-only kernels (Marlin) take bfloat16 or float16 activations only; "
+            "set engine_args.dtype: bfloat16 (or float16), or serve it with engine: transformers"]
+
+
+def nvfp4_source(variant: VariantSpec) -> str | None:
+    """Why a variant's weights are NVFP4 (a build's quantization, engine_args.quantization, or its
+    checkpoint's quantization config, compressed-tensors or ModelOpt); None when they are not."""
+    quant = str((variant.build or {}).get("quantization") or "")
+    if quant.upper().startswith("NVFP4"):
+        return f"build.quantization {quant}"
+    if (variant.engine_args.quantization or "").lower() in ("modelopt_fp4", "nvfp4"):
+        return f"engine_args.quantization {variant.engine_args.quantization}"
+    folder = Path(variant.model).expanduser() if variant.model and not variant.build else None
+    if folder is None or not folder.is_dir():
+        return None
+    for name in ("config.json", "hf_quant_config.json"):
+        try:
+            text = json.dumps(json.loads((folder / name).read_text()).get(
+                "quantization_config" if name == "config.json" else "quantization", {}))
+        except (OSError, ValueError, AttributeError):
+            continue
+        if "nvfp4" in text.lower():
+            return f"{name} of {folder}"
+    return None
 
 
 def _plugin(registry, kind: str, where: str, problems: list[str]) -> type | None:
@@ -317,6 +367,17 @@ def make_plan(
             work.append(BenchWork(v.name, spec.name, recipe, samples, len(docs) * recipe.repeats, per_sample,
                                   by_doc.get(spec.name, {}), canary_ids, stale))
     return Plan(grid, fingerprints, model_paths, work, benches.revisions, weights, identities, gpu)
+
+
+def _checkpoint_size(variant: VariantSpec, model_path: str | None) -> int | None:
+    from omk_ray.engines import engine_class
+    from omk_ray.farm.sizes import checkpoint_bytes
+
+    if not engine_class(variant.engine).holds_weights:
+        return 0
+    if not model_path and variant.build:  # not built yet (`omk-ray plan`): its base bounds it
+        return checkpoint_bytes(str(variant.build["base"]), variant.build.get("revision"))
+    return checkpoint_bytes(model_path, variant.revision) if model_path else None
 
 
 def canary_filter(plan: Plan, variant: str):

@@ -19,6 +19,7 @@ from omk_ray.benches.code_bench import isolation_used
 from omk_ray.config import GridConfig, grid_to_dict
 from omk_ray.farm.builds import artifact_root, build_variants
 from omk_ray.farm.planner import Plan, make_plan, read_benches
+from omk_ray.farm.preflight import check_cluster
 from omk_ray.farm.progress import FarmProgress
 from omk_ray.farm.scheduler import Scheduler
 from omk_ray.results.folder_lock import writing
@@ -99,10 +100,17 @@ def _run_grid(grid, results_root, address, variants, limit_docs, run_id, show_pr
     from omk_ray.analysis.canary import rules_for
 
     store = ResultsStore(results_root)
+    preflight: list = []
+
+    def connect_checked() -> None:  # a cluster of several nodes is checked once, before anything starts there
+        connect(address)
+        if not preflight:
+            preflight.append(check_cluster(grid))
+
     if plan is None:
         model_paths = {}
         if any(v.build for v in grid.variants):
-            connect(address)
+            connect_checked()
             model_paths = build_variants(grid, artifact_root(grid, results_root), variants)
         if address:
             connect(address)  # the cluster's devices are part of the samples' key (engines/identity.py)
@@ -148,8 +156,11 @@ def _run_grid(grid, results_root, address, variants, limit_docs, run_id, show_pr
     scheduler = None
     try:
         if plan.missing:
-            connect(address)
+            connect_checked()
             manifest["cluster_resources"] = ray.cluster_resources()
+            if preflight[0]:
+                manifest["preflight"] = {r.node_id: {c.name: f"{c.status}: {c.detail}" for c in r.checks}
+                                         for r in preflight[0]}
             progress = FarmProgress(plan.missing, enabled=show_progress)
             if canary_rules is None and (grid.farm.canary.enabled or canary_only):
                 canary_rules = {v: rules_for(grid, v) for v in plan.fingerprints}

@@ -40,6 +40,7 @@ from omk_ray.farm.placement import Needs, needs
 from omk_ray.farm.planner import BenchWork, Plan
 from omk_ray.engines.identity import EngineIdentity, disagreements
 from omk_ray.farm.rows import RowContext, sample_row
+from omk_ray.farm.sizes import start_timed_out
 from omk_ray.results.store import ResultsStore, RunLog
 
 NAMESPACE = "omk-ray"
@@ -471,8 +472,13 @@ class Scheduler:
         now = time.monotonic()
         for slot in list(self.slots):
             if slot.loading is not None:
-                if now - slot.created > self.farm.engine_start_timeout_s:
-                    self._engine_failed_to_start(slot, f"engine did not load in {self.farm.engine_start_timeout_s:.0f} s")
+                timeout = self.plan.start_timeout(slot.variant)
+                if now - slot.created > timeout:
+                    phase = "waiting for its GPUs (placement group not placed)" if slot.pg is not None and \
+                        not slot.pg.wait(0) else "loading (download, weights, compile and warm-up are not told apart)"
+                    self._engine_failed_to_start(slot, start_timed_out(
+                        slot.variant, now - slot.created, timeout, phase, self.plan.checkpoint_bytes.get(slot.variant),
+                        configured=self.farm.engine_start_timeout_s is not None))
             elif slot.inflight and now - slot.last_progress > self._patience(slot):
                 self._engine_lost(slot, "engine_stalled",
                                   f"no request finished in {now - slot.last_progress:.0f} s "

@@ -165,7 +165,7 @@ def _program_scorer(spec: BenchSpec) -> Scorer:
     """Run the stored program, then the row's target (the task's test code), in the sandbox."""
     from omk_ray.benches.sandbox import Program, Sandbox
 
-    sandbox = Sandbox(workers=2, isolation=spec.options.get("isolation", "namespaces"))
+    sandbox = Sandbox(workers=2, isolation=spec.options.get("isolation", "auto"))
     metric = spec.options.get("primary_metric") or "pass@1,none"
 
     def score(rows: list[dict[str, Any]]) -> list[Score | Exception]:

@@ -447,8 +447,9 @@ def test_a_result_that_equals_everything_scores_fail(humaneval, lcb_folder):
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv") or not Path("/usr/bin/python3").exists(),
                     reason="needs root and setpriv to play a container that forbids namespaces")
 def test_no_silent_fallback_to_rlimits_and_the_level_is_recorded(humaneval, tmp_path):
-    """Where namespaces are forbidden the bench refuses (an error, not a wrong answer) unless told
-    `isolation: rlimits`; every score says which level ran it."""
+    """Where namespaces are forbidden a bench told `isolation: namespaces` refuses (an error, not a wrong
+    answer); `auto` (the default) and `rlimits` run the program with resource limits only; every score
+    says which level ran it."""
     from omk_ray.benches.code_bench import SandboxUnavailable
     from omk_ray.benches.sandbox import Sandbox
 
@@ -458,7 +459,8 @@ def test_no_silent_fallback_to_rlimits_and_the_level_is_recorded(humaneval, tmp_
     no_unshare = tmp_path / "python-without-sys-admin"  # root without CAP_SYS_ADMIN: unshare is refused
     no_unshare.write_text('#!/bin/sh\nexec setpriv --bounding-set -sys_admin /usr/bin/python3 "$@"\n')
     no_unshare.chmod(0o755)
-    for options, expected in (({}, None), ({"isolation": "rlimits"}, "rlimits"), ({"isolation": "auto"}, "rlimits")):
+    for options, expected in (({"isolation": "namespaces"}, None), ({"isolation": "rlimits"}, "rlimits"),
+                              ({}, "rlimits")):
         bench = make_bench(BenchSpec(name="he", kind="humaneval", options=options))
         bench.sandbox = Sandbox(bench.sandbox.limits, isolation=bench.options.isolation, python=str(no_unshare))
         if expected is None:

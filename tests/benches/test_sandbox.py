@@ -385,5 +385,6 @@ def test_unprivileged_user_with_checkout_and_venv_in_a_private_home(host):
 def test_isolation_is_reported():
     outcome = Sandbox(FAST, isolation="auto").run(Program(program="pass"))
     assert outcome.isolation == ("namespaces" if NAMESPACES else "rlimits")
-    default = Sandbox(FAST).run(Program(program="pass"))  # never falls back by itself
-    assert (default.isolation, default.passed) == ("namespaces", NAMESPACES)
+    strict = Sandbox(FAST, isolation="namespaces").run(Program(program="pass"))  # never falls back by itself
+    assert (strict.isolation, strict.passed) == ("namespaces", NAMESPACES)
+    assert Sandbox(FAST).requested == "auto"  # the default

@@ -1,8 +1,9 @@
 """The host side: start confined programs, read what they report, run many at once.
 
-Isolation levels (`namespaces` by default; `rlimits` only when asked for; `auto` tries
-namespaces once per process and falls back to rlimits, with a warning, only where the kernel or
-the container refuses them):
+Isolation levels (`auto` by default: the strongest level this node allows, i.e. namespaces once
+tried and found to work, else rlimits with a warning, only where the kernel or the container refuses
+them; `namespaces` refuses to run anything unconfined; `rlimits` when asked for). `probe_isolation()`
+says up front which level `auto` will use here (`omk-ray preflight` and `omk-ray plan` report it):
 
 - `namespaces`: private mount, pid, network, IPC and UTS namespaces. As root, the program
   runs as a random unprivileged uid (so RLIMIT_NPROC binds and host files keep their
@@ -15,7 +16,8 @@ the container refuses them):
 - `rlimits`: where namespaces are forbidden (some containers): resource limits, a fresh
   working directory, a scrubbed environment and a process group killed on timeout; files
   and network are as reachable as for the farm's own user, and so are the farm's own processes:
-  a program written to attack the sandbox could read a verdict's nonce there. Never the default.
+  a program written to attack the sandbox could read a verdict's nonce there. Never chosen
+  where namespaces work.
 
 Every `Outcome` says which level ran it (`isolation`), and every code-bench row records it.
 """
@@ -64,6 +66,7 @@ SECRET_LOCATIONS = (
 
 Isolation = Literal["auto", "namespaces", "rlimits"]
 _namespaces_ok: dict[str, bool] = {}  # interpreter -> whether namespaces work for it, learnt on first use
+_refusals: dict[str, str] = {}  # interpreter -> why namespaces were refused
 _probe_lock = threading.Lock()
 
 
@@ -74,7 +77,7 @@ class Sandbox:
         self,
         limits: Limits = Limits(),
         workers: int = 2,
-        isolation: Isolation = "namespaces",
+        isolation: Isolation = "auto",
         hide: Iterable[str] = (),
         python: str | None = None,
     ):
@@ -109,6 +112,14 @@ class Sandbox:
         with ThreadPoolExecutor(self.workers, thread_name_prefix="sandbox") as pool:
             return list(pool.map(self.run, jobs))
 
+    def probe(self) -> tuple[str, str]:
+        """(the level `auto` uses here, why): runs one empty program under namespaces, once per interpreter."""
+        if self.python not in _namespaces_ok:
+            Sandbox(self.limits, isolation="auto", python=self.python).run(Program(program="pass"))
+        if _namespaces_ok.get(self.python):
+            return "namespaces", "Linux namespaces work here"
+        return "rlimits", _refusals.get(self.python, "Linux namespaces are refused here")
+
     # -- one program ---------------------------------------------------------------------------
 
     def _run_learning(self, job: Program) -> Outcome:
@@ -117,6 +128,7 @@ class Sandbox:
         outcome = self._run(job, "namespaces")
         if outcome.refused:  # not any setup failure: a broken harness must never lower the isolation
             _namespaces_ok[self.python] = False
+            _refusals[self.python] = f"namespaces refused ({outcome.reason.split(': ', 1)[-1]}): resource limits only"
             log.warning(
                 "code sandbox: Linux namespaces are not available here (%s); programs run with resource "
                 "limits only: no network or filesystem isolation",
@@ -306,3 +318,8 @@ def _head(f: IO[bytes], limit: int) -> str:
 def _last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip() and not line.startswith("[...")]
     return lines[-1][:300] if lines else "no error message"
+
+
+def probe_isolation(python: str | None = None) -> tuple[str, str]:
+    """(the level `isolation: auto` will use on this machine, why): `namespaces` or `rlimits`."""
+    return Sandbox(Limits(wall_s=10, cpu_s=10, memory_mb=512), python=python).probe()
