@@ -220,6 +220,9 @@ class FarmSpec(_Strict):
     scorers: int = Field(2, ge=1, description="CPU scoring actors (they run the sandboxed programs)")
     scorer_cpus: float = Field(0, ge=0, description="CPUs each scoring actor reserves")
     canary: CanarySpec = CanarySpec()
+    build_resources: dict[str, float] | None = Field(None, description="the Ray resources each build task asks "
+                                                     "for, e.g. {CPU: 8, memory: 68719476736, builder: 1} "
+                                                     "(default: sized by the checkpoint, farm/builds.py)")
 
     @model_validator(mode="before")
     @classmethod
