@@ -239,7 +239,8 @@ class GridConfig(_Strict):
     variants: list[VariantSpec] = Field(min_length=1)
     benches: list[BenchSpec] = Field(min_length=1)
     farm: FarmSpec = FarmSpec()
-    artifacts: str | None = Field(None, description="where built variants live (a shared path on a cluster)")
+    artifacts: str | None = Field(None, description="where built variants live on the node that builds them "
+                                  "(other nodes fetch them: farm/artifact_store.py)")
     source_path: str | None = Field(None, exclude=True)
 
     @model_validator(mode="after")
