@@ -163,6 +163,8 @@ def local_copy(model_path: str) -> tuple[str, dict | None]:
     `model_path` itself and None when nothing was published there."""
     import ray
 
+    from omk_ray.farm.scheduler import NAMESPACE
+
     published = find_published(model_path)
     if published is None:
         return model_path, None
@@ -180,7 +182,7 @@ def local_copy(model_path: str) -> tuple[str, dict | None]:
         if shared.is_dir() and manifest_of(shared, published.manifest) == published.manifest:
             _mark_verified(cache, published, shared)
             return str(shared), {**report, "source": "shared path"}
-        store = ray.get_actor(STORE_PREFIX + published.node_id, namespace=_namespace())
+        store = ray.get_actor(STORE_PREFIX + published.node_id, namespace=NAMESPACE)
         refused = fetch_into(cache, published, lambda name: _chunks(store, published, name))
         _mark_verified(cache, published, cached)
         return str(cached), {**report, "source": "fetched", "bytes": published.size, "refused": refused}
@@ -189,8 +191,16 @@ def local_copy(model_path: str) -> tuple[str, dict | None]:
 def fetch_into(cache: Path, published: Published, read: Callable[[str], Iterator[bytes]],
                tries: int = FETCH_TRIES) -> list[str]:
     """Write every file of `published` (`read(name)` yields its chunks) to `cache/<fingerprint>/`,
-    each checked against the manifest; the names of the fetches refused, one per refusal."""
+    each checked against the manifest; the names of the fetches refused, one per refusal. The
+    caller holds the fingerprint's lock: what an earlier, killed fetch left aside is removed."""
     dest = cache / published.fingerprint
+    cache.mkdir(parents=True, exist_ok=True)
+    for left in (cache / STAGING).glob(f"{published.fingerprint}-*"):
+        shutil.rmtree(left, ignore_errors=True)
+    free = shutil.disk_usage(cache).free
+    if free < published.size:
+        raise ArtifactFetchError(f"variant {published.fingerprint} needs {published.size / 2**30:.1f} GiB, the cache "
+                                 f"{cache} has {free / 2**30:.1f} GiB free (set {CACHE_ENV} to a bigger disk)")
     staging = cache / STAGING / f"{published.fingerprint}-{uuid.uuid4().hex[:8]}"
     refused: list[str] = []
     try:
@@ -272,9 +282,3 @@ def _verified(cache: Path, published: Published, folder: Path) -> bool:
 
 def _mark_verified(cache: Path, published: Published, folder: Path) -> None:
     write_text_atomic(_marker(cache, published), json.dumps({"manifest": published.manifest_hash, "folder": str(folder)}))
-
-
-def _namespace() -> str:
-    from omk_ray.farm.scheduler import NAMESPACE
-
-    return NAMESPACE

@@ -73,6 +73,24 @@ def test_a_file_that_never_arrives_intact_is_refused_by_name(tmp_path, faults):
     assert not list((tmp_path / "cache" / artifact_store.STAGING).iterdir())
 
 
+def test_a_fetch_that_cannot_fit_the_cache_is_refused_before_it_starts(tmp_path):
+    pub = Published("fp9", str(tmp_path), "node-a", {"huge.safetensors": {"size": 1 << 60, "sha256": "0" * 64}})
+    (tmp_path / "cache").mkdir()
+    with pytest.raises(ArtifactFetchError, match=r"variant fp9 needs 1073741824.0 GiB, the cache .* GiB free "
+                                                 r"\(set OMK_RAY_ARTIFACT_CACHE to a bigger disk\)"):
+        fetch_into(tmp_path / "cache", pub, lambda name: iter([]))
+
+
+def test_what_a_killed_fetch_left_aside_is_removed(tmp_path, faults):
+    pub = published_folder(tmp_path)
+    faults(0)
+    left = tmp_path / "cache" / artifact_store.STAGING / "fp123-0dead000"
+    left.mkdir(parents=True)
+    (left / "config.json").write_text("half")
+    assert fetch_into(tmp_path / "cache", pub, reader(pub)) == []
+    assert not left.exists() and manifest_of(tmp_path / "cache" / "fp123") == pub.manifest
+
+
 def test_a_truncated_transfer_is_refused(tmp_path, faults):
     pub = published_folder(tmp_path)
     faults(0)
@@ -144,3 +162,54 @@ def test_a_build_is_published_and_its_own_node_uses_it_in_place(tmp_path, tiny_g
                                        "built_on": published.node_id, "source": "built here"})
     assert local_copy(str(tiny_gemma4)) == (str(tiny_gemma4), None)  # never published: as it is
     shutil.rmtree(tmp_path / "artifacts")
+
+
+@pytest.fixture
+def two_nodes(tmp_path):
+    """Two Ray nodes of this machine (so both see one disk), each with a cache of its own."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "resources": {"a": 1}, "env_vars": {artifact_store.CACHE_ENV: str(tmp_path / "cache-a")}})
+    cluster.add_node(num_cpus=1, resources={"b": 1}, env_vars={artifact_store.CACHE_ENV: str(tmp_path / "cache-b")})
+    import ray
+
+    ray.init(address=cluster.address, log_to_driver=False)
+    cluster.wait_for_nodes()
+    nodes = {("a" if n["Resources"].get("a") else "b"): n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    yield nodes
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def copy_on_b(path: str):
+    import ray
+
+    from omk_ray.farm.artifact_store import local_copy
+
+    return ray.get(ray.remote(local_copy).options(resources={"b": 1}).remote(path))
+
+
+@pytest.mark.slow
+def test_a_shared_path_is_used_in_place_and_a_changed_folder_refused(tmp_path, two_nodes):
+    from omk_ray.farm.artifact_store import publish
+
+    pub = published_folder(tmp_path)
+    published = publish(pub.path, two_nodes["a"], "fp123")
+    assert published.manifest == pub.manifest and published.node_id == two_nodes["a"]
+
+    # node b sees the folder at its path: hashed once against the manifest, then used where it is
+    path, report = copy_on_b(pub.path)
+    assert (path, report["source"]) == (pub.path, "shared path")
+    marker = tmp_path / "cache-b" / "fp123.verified.json"
+    assert marker.is_file() and not (tmp_path / "cache-b" / "fp123").exists()
+    assert copy_on_b(pub.path) == (pub.path, report)  # the marker: not hashed again
+
+    # the folder changes after it was published (same size): the path no longer matches, and
+    # what the store serves does not either; the fetch is refused by name after 3 tries
+    marker.unlink()
+    weights = Path(pub.path) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[::-1])
+    with pytest.raises(Exception, match=r"variant fp123: model.safetensors fetched 3 times from node"):
+        copy_on_b(pub.path)
+    assert not (tmp_path / "cache-b" / "fp123").exists() and not marker.exists()
