@@ -64,13 +64,13 @@ def _build_task(build: dict, root: str) -> tuple[str, str]:
 
 
 def build_steps(spec) -> list[str]:
-    """What a build block makes its task do: profile, prune, quantize."""
+    """What a build block makes its task do: profile, prune, quantize (or gguf)."""
     # profiling sharded over several workers runs in tasks of their own (variants/profile.py)
     steps = ["profile"] if spec.profile_prompts and spec.profile_workers == 1 else []
     if spec.drop_map is not None or spec.scores or spec.profile_prompts:
         steps.append("prune")
     if spec.quantization:
-        steps.append("quantize")
+        steps.append("gguf" if spec.quantization == "gguf" else "quantize")  # llama.cpp's tools run on the CPU
     return steps
 
 

@@ -136,6 +136,8 @@ def test_build_steps_of_a_block():
     assert build_steps(parse_build({"base": "m", "drop_map": {"0": [1]}, "quantization": "nvfp4a16"})) == \
         ["prune", "quantize"]
     assert build_steps(parse_build({"base": "m", "profile_prompts": "default", "target": 6})) == ["profile", "prune"]
+    assert build_steps(parse_build({"base": "m", "quantization": "gguf"})) == ["gguf"]
+    assert build_resources(GiB, ["gguf"], GPU_NODES) == {"CPU": 1, "memory": 2 * GiB}
     # sharded profiling runs in tasks of its own, each asking for its GPU: the build task must not hold one
     assert build_steps(parse_build({"base": "m", "profile_prompts": "default", "target": 6,
                                     "profile_workers": 2})) == ["prune"]

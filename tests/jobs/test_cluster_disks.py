@@ -24,7 +24,8 @@ import ray
 
 from helpers import write_bench, write_grid
 from omk_ray.config import load_grid
-from omk_ray.farm.artifact_store import FAULT_ENV, find_published, manifest_of
+from omk_ray.farm.artifact_store import FAULT_ENV, find_published, manifest_of, publish
+from omk_ray.farm.planner import PROVENANCE, weights_identity
 from omk_ray.farm.scheduler import NAMESPACE
 from omk_ray.results.store import ResultsStore
 from omk_ray.variants.artifacts import content_hash
@@ -172,3 +173,17 @@ def test_an_arm_built_on_one_node_is_served_on_another_that_cannot_see_its_disk(
     assert info["artifact"]["source"] == "cache" and "refused" not in info["artifact"]
     ray.kill(again)
     assert json.loads((built / "config.json").read_text())["num_experts"] == 6
+
+    # a variant built where the driver cannot see it: the driver identifies it by its manifest,
+    # with the hash the building node computes from the files
+    elsewhere, hashed_there = on_node(nodes["worker"], copy_and_hash, str(copy), str(data / "worker-built" / "fpw"))
+    assert not Path(elsewhere).exists()
+    publish(elsewhere, nodes["worker"], "fpw")
+    identity = weights_identity(grid.variants[0], elsewhere)
+    assert identity["content_sha256"] == hashed_there == content_hash(built)
+    assert identity[PROVENANCE] == published.manifest[PROVENANCE]["sha256"]
+
+
+def copy_and_hash(source: str, dest: str) -> tuple[str, str]:
+    shutil.copytree(source, dest)
+    return dest, content_hash(Path(dest))
