@@ -37,11 +37,13 @@ class EngineActor:
     def __init__(self, variant: VariantSpec, model_path: str):
         if not cuda_visible():
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        # a variant built on another node: a verified copy on this one (farm/artifact_store.py)
-        model_path, self.artifact = local_copy(model_path)
+        engine = engine_class(variant.engine)
+        self.artifact = None
+        if engine.holds_weights:  # a variant built on another node: a verified copy on this one (farm/artifact_store.py)
+            model_path, self.artifact = local_copy(model_path)
         start = time.perf_counter()
         self.variant = variant
-        self.engine = engine_class(variant.engine)(variant, model_path)
+        self.engine = engine(variant, model_path)
         self.load_s = time.perf_counter() - start
         self.finished: list[Generated] = []
         self.tasks: set[asyncio.Task] = set()
