@@ -41,7 +41,7 @@ WINDOW = 4  # chunks in flight per fetch
 FETCH_TRIES = 3  # fetches of one file before its variant is refused
 CACHE_ENV = "OMK_RAY_ARTIFACT_CACHE"
 FAULT_ENV = "OMK_RAY_FAULT_CORRUPT_CHUNKS"  # fault injector for tests: flip a byte in the first N chunks fetched
-STORE_PREFIX = "omk-ray-artifacts:"  # + node id: the store actor of that node
+STORE_PREFIX = "omk-ray-artifacts:"  # + node id + driver's job id: a store actor
 STAGING = ".staging"
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class Published:
     path: str  # the folder on the node that built it
     node_id: str
     manifest: Manifest = field(repr=False)
+    store: str = ""  # the name of the store actor serving it
 
     @property
     def manifest_hash(self) -> str:
@@ -93,7 +94,8 @@ def manifest_of(folder: str | Path, only: Manifest | None = None) -> Manifest:
 class ArtifactStore:
     """The store's actor on one node: publishes folders of that node and serves their bytes."""
 
-    def __init__(self):
+    def __init__(self, name: str = ""):
+        self.name = name
         self.published: dict[str, Published] = {}  # by folder
 
     def publish(self, path: str, fingerprint: str | None = None) -> Published:
@@ -104,7 +106,8 @@ class ArtifactStore:
             if not manifest:
                 raise ArtifactFetchError(f"cannot publish {path}: no files there")
             fingerprint = fingerprint or f"content-{stable_hash(manifest)}"
-            self.published[path] = Published(fingerprint, path, ray.get_runtime_context().get_node_id(), manifest)
+            self.published[path] = Published(fingerprint, path, ray.get_runtime_context().get_node_id(), manifest,
+                                             self.name)
         return self.published[path]
 
     def find(self, path: str) -> Published | None:
@@ -120,7 +123,7 @@ class ArtifactStore:
             return f.read(CHUNK)
 
 
-_stores: dict[str, object] = {}  # node id -> store actor handle, held by the driver for the run's life
+_stores: dict[str, object] = {}  # store name -> actor handle, held by the driver for the run's life
 
 
 def publish(path: str, node_id: str, fingerprint: str | None = None) -> Published:
@@ -130,12 +133,14 @@ def publish(path: str, node_id: str, fingerprint: str | None = None) -> Publishe
 
     from omk_ray.farm.scheduler import NAMESPACE
 
-    if node_id not in _stores:
-        _stores[node_id] = ray.remote(ArtifactStore).options(
-            name=STORE_PREFIX + node_id, namespace=NAMESPACE, get_if_exists=True, num_cpus=0, max_concurrency=8,
+    # one store per node and driver: a store dies with the driver that owns it, not with another run's
+    name = f"{STORE_PREFIX}{node_id}:{ray.get_runtime_context().get_job_id()}"
+    if name not in _stores:
+        _stores[name] = ray.remote(ArtifactStore).options(
+            name=name, namespace=NAMESPACE, get_if_exists=True, num_cpus=0, max_concurrency=8,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-        ).remote()
-    return ray.get(_stores[node_id].publish.remote(path, fingerprint))
+        ).remote(name)
+    return ray.get(_stores[name].publish.remote(path, fingerprint))
 
 
 def find_published(path: str) -> Published | None:
@@ -182,7 +187,7 @@ def local_copy(model_path: str) -> tuple[str, dict | None]:
         if shared.is_dir() and manifest_of(shared, published.manifest) == published.manifest:
             _mark_verified(cache, published, shared)
             return str(shared), {**report, "source": "shared path"}
-        store = ray.get_actor(STORE_PREFIX + published.node_id, namespace=NAMESPACE)
+        store = ray.get_actor(published.store, namespace=NAMESPACE)
         refused = fetch_into(cache, published, lambda name: _chunks(store, published, name))
         _mark_verified(cache, published, cached)
         return str(cached), {**report, "source": "fetched", "bytes": published.size, "refused": refused}
