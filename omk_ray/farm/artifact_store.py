@@ -163,6 +163,22 @@ def find_published(path: str) -> Published | None:
     return None
 
 
+def sidecar(path: str | Path) -> Path:
+    """Where the driver keeps a built folder's manifest on its own disk: `<folder>.manifest.json`."""
+    path = Path(path)
+    return path.with_name(path.name + ".manifest.json")
+
+
+def manifest_at(path: str) -> Manifest | None:
+    """The manifest published at `path`: from a store of this run, else from the sidecar a run left
+    on this machine (`omk-ray status` after the run); None when neither knows it."""
+    published = find_published(path)
+    if published is not None:
+        return published.manifest
+    side = sidecar(path)
+    return json.loads(side.read_text()) if side.is_file() else None
+
+
 def local_copy(model_path: str) -> tuple[str, dict | None]:
     """(a folder on this node holding the variant published at `model_path`, how it got there);
     `model_path` itself and None when nothing was published there."""

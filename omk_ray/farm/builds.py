@@ -3,12 +3,14 @@ each on a node where its weights fit, then published to every node (farm/artifac
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import ray
 
 from omk_ray.config import GridConfig
+from omk_ray.files import write_text_atomic
 
 GiB = 1 << 30
 STREAMING_MEMORY = 4 * GiB  # pruning and NVFP4 quantization hold a few tensors at a time, not the model
@@ -26,7 +28,7 @@ def artifact_root(grid: GridConfig, results_root: str | Path) -> Path:
 def build_variants(grid: GridConfig, root: Path, variants: list[str] | None = None) -> dict[str, str]:
     """name -> checkpoint folder for every chosen variant with a build block (Ray must be connected).
     Each folder is published: an engine on another node gets a verified copy of it."""
-    from omk_ray.farm.artifact_store import publish
+    from omk_ray.farm.artifact_store import publish, sidecar
     from omk_ray.variants.artifacts import parse_build
 
     wanted = [v for v in grid.variants if v.build and (variants is None or v.name in variants)]
@@ -45,7 +47,11 @@ def build_variants(grid: GridConfig, root: Path, variants: list[str] | None = No
     for name, ref in refs.items():
         try:
             path, node_id = ray.get(ref)
-            publish(path, node_id, Path(path).name if Path(path).parent == Path(root) else None)
+            built = Path(path).parent == Path(root)
+            published = publish(path, node_id, Path(path).name if built else None)
+            if built:  # the driver identifies the variant later even where it cannot see its folder
+                sidecar(path).parent.mkdir(parents=True, exist_ok=True)
+                write_text_atomic(sidecar(path), json.dumps(published.manifest, indent=1, sort_keys=True))
             paths[name] = path
         except Exception as err:  # a bad drop map, a missing tensor, an unreachable base
             cause = getattr(err, "cause", None) or err

@@ -83,7 +83,7 @@ def weights_identity(variant: VariantSpec, model_path: str | None) -> dict[str, 
     config and weight files (cached by size and mtime), a hub id by the commit its revision
     resolves to, a build not built yet by its block; an engine that holds no model by its `model`."""
     from omk_ray.engines import engine_class
-    from omk_ray.farm.artifact_store import find_published
+    from omk_ray.farm.artifact_store import manifest_at
     from omk_ray.variants.artifacts import (combine_hashes, content_hash, default_hash_cache, identifies,
                                             resolve_hub_revision)
 
@@ -96,12 +96,12 @@ def weights_identity(variant: VariantSpec, model_path: str | None) -> dict[str, 
         if provenance.is_file():
             identity[PROVENANCE] = hashlib.sha256(provenance.read_bytes()).hexdigest()
         return identity
-    published = find_published(model_path) if model_path else None  # built on a node this one cannot see
-    if published is not None:
-        identity = {"content_sha256": combine_hashes({n: e["sha256"] for n, e in published.manifest.items()
+    manifest = manifest_at(model_path) if model_path else None  # built on a node this one cannot see
+    if manifest is not None:
+        identity = {"content_sha256": combine_hashes({n: e["sha256"] for n, e in manifest.items()
                                                       if "/" not in n and identifies(n)})}
-        if PROVENANCE in published.manifest:
-            identity[PROVENANCE] = published.manifest[PROVENANCE]["sha256"]
+        if PROVENANCE in manifest:
+            identity[PROVENANCE] = manifest[PROVENANCE]["sha256"]
         return identity
     if variant.build and not model_path:  # not built yet (`omk-ray plan`, the lock): local inputs by content
         return {"build": {key: _content(value) for key, value in variant.build.items()}}

@@ -4,6 +4,7 @@ The multi-node run, each node with a disk of its own: tests/jobs/test_cluster_di
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -107,6 +108,21 @@ def test_content_identity_from_the_manifest_equals_the_folders(tiny_gemma4):
     assert from_manifest == content_hash(tiny_gemma4)
 
 
+def test_after_the_run_the_driver_identifies_a_variant_it_never_saw_by_its_sidecar(tmp_path, tiny_gemma4):
+    """`omk-ray status` on the head after a job whose builds ran on GPU workers: no store is left,
+    the folder is not on this disk, the manifest the run kept beside the artifact root is."""
+    from omk_ray.config import parse_grid
+    from omk_ray.farm.artifact_store import sidecar
+    from omk_ray.farm.planner import weights_identity
+
+    elsewhere = tmp_path / "artifacts" / "fp777"  # never created here
+    sidecar(elsewhere).parent.mkdir(parents=True)
+    sidecar(elsewhere).write_text(json.dumps(manifest_of(tiny_gemma4)))
+    variant = parse_grid({"variants": [{"name": "v", "model": str(elsewhere), "engine": "transformers"}],
+                          "benches": [{"name": "b", "source": "b.jsonl"}]}).variants[0]
+    assert weights_identity(variant, str(elsewhere)) == {"content_sha256": content_hash(tiny_gemma4)}
+
+
 # -- build tasks sized by the checkpoint -----------------------------------------------------------
 
 CPU_NODES = [{"CPU": 8, "memory": 64 * GiB}, {"CPU": 4, "memory": 16 * GiB}]
@@ -163,6 +179,8 @@ def test_a_build_is_published_and_its_own_node_uses_it_in_place(tmp_path, tiny_g
     assert local_copy(path) == (path, {"fingerprint": published.fingerprint, "manifest": published.manifest_hash[:16],
                                        "built_on": published.node_id, "source": "built here"})
     assert local_copy(str(tiny_gemma4)) == (str(tiny_gemma4), None)  # never published: as it is
+    assert json.loads((tmp_path / "artifacts" / f"{published.fingerprint}.manifest.json").read_text()) == \
+        published.manifest
     shutil.rmtree(tmp_path / "artifacts")
 
 
