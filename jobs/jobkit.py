@@ -33,8 +33,9 @@ def cluster_args(parser: argparse.ArgumentParser) -> None:
                         help="ask the autoscaler for this many GPUs and wait for them before starting")
     parser.add_argument("--gpu-timeout", type=float, default=1800, help="seconds to wait for --gpus")
     parser.add_argument("--artifacts", type=Path,
-                        help="where built variants go (default: the config's `artifacts`, else RESULTS/artifacts); "
-                             "on a multi-node cluster a path every node sees (NFS, EFS)")
+                        help="where built variants go on the node that builds them (default: the config's "
+                             "`artifacts`, else RESULTS/artifacts); other nodes fetch them from there "
+                             "(docs/clusters.md); a path every node sees (NFS, EFS) is used in place")
 
 
 def load(config: Path, args: argparse.Namespace) -> GridConfig:

@@ -222,6 +222,9 @@ class FarmSpec(_Strict):
     scorers: int = Field(2, ge=1, description="CPU scoring actors (they run the sandboxed programs)")
     scorer_cpus: float = Field(0, ge=0, description="CPUs each scoring actor reserves")
     canary: CanarySpec = CanarySpec()
+    build_resources: dict[str, float] | None = Field(None, description="the Ray resources each build task asks "
+                                                     "for, e.g. {CPU: 8, memory: 68719476736, builder: 1} "
+                                                     "(default: sized by the checkpoint, farm/builds.py)")
 
     @model_validator(mode="before")
     @classmethod
@@ -238,7 +241,8 @@ class GridConfig(_Strict):
     variants: list[VariantSpec] = Field(min_length=1)
     benches: list[BenchSpec] = Field(min_length=1)
     farm: FarmSpec = FarmSpec()
-    artifacts: str | None = Field(None, description="where built variants live (a shared path on a cluster)")
+    artifacts: str | None = Field(None, description="where built variants live on the node that builds them "
+                                  "(other nodes fetch them: farm/artifact_store.py)")
     source_path: str | None = Field(None, exclude=True)
 
     @model_validator(mode="after")

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from omk_ray.benches import Bench, Doc, Score, make_bench
 from omk_ray.config import BenchSpec, Recipe, VariantSpec
 from omk_ray.devices import cuda_visible, gpu_names
+from omk_ray.farm.artifact_store import local_copy
 from omk_ray.engines import Completion, Request, engine_class
 from omk_ray.farm.rows import score_all
 
@@ -36,9 +37,13 @@ class EngineActor:
     def __init__(self, variant: VariantSpec, model_path: str):
         if not cuda_visible():
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        engine = engine_class(variant.engine)
+        self.artifact = None
+        if engine.holds_weights:  # a variant built on another node: a verified copy on this one (farm/artifact_store.py)
+            model_path, self.artifact = local_copy(model_path)
         start = time.perf_counter()
         self.variant = variant
-        self.engine = engine_class(variant.engine)(variant, model_path)
+        self.engine = engine(variant, model_path)
         self.load_s = time.perf_counter() - start
         self.identity = self.engine.identity()  # what made this engine's samples (engines/identity.py)
         self.finished: list[Generated] = []
@@ -57,6 +62,7 @@ class EngineActor:
             "gpus": gpu_names(),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "load_s": round(self.load_s, 2),
+            "artifact": self.artifact,
         }
 
     async def submit(self, requests: list[tuple[int, Request]], recipe: Recipe) -> int:

@@ -100,7 +100,9 @@ def weights_identity(variant: VariantSpec, model_path: str | None) -> dict[str, 
     config and weight files (cached by size and mtime), a hub id by the commit its revision
     resolves to, a build not built yet by its block; an engine that holds no model by its `model`."""
     from omk_ray.engines import engine_class
-    from omk_ray.variants.artifacts import content_hash, default_hash_cache, resolve_hub_revision
+    from omk_ray.farm.artifact_store import manifest_at
+    from omk_ray.variants.artifacts import (combine_hashes, content_hash, default_hash_cache, identifies,
+                                            resolve_hub_revision)
 
     if not engine_class(variant.engine).holds_weights:
         return {"model": variant.model_ref, "revision": variant.revision}
@@ -110,6 +112,13 @@ def weights_identity(variant: VariantSpec, model_path: str | None) -> dict[str, 
         provenance = folder / PROVENANCE
         if provenance.is_file():
             identity[PROVENANCE] = hashlib.sha256(provenance.read_bytes()).hexdigest()
+        return identity
+    manifest = manifest_at(model_path) if model_path else None  # built on a node this one cannot see
+    if manifest is not None:
+        identity = {"content_sha256": combine_hashes({n: e["sha256"] for n, e in manifest.items()
+                                                      if "/" not in n and identifies(n)})}
+        if PROVENANCE in manifest:
+            identity[PROVENANCE] = manifest[PROVENANCE]["sha256"]
         return identity
     if variant.build and not model_path:  # not built yet (`omk-ray plan`, the lock): local inputs by content
         return {"build": {key: _content(value) for key, value in variant.build.items()}}

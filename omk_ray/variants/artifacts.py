@@ -242,10 +242,17 @@ def _build(resolved: ResolvedBuild, final: Path, root: Path) -> None:
             from omk_ray.variants.quantize import quantize_checkpoint
 
             quantize_checkpoint(source, final, spec.quantization, provenance=resolved.provenance,
-                                nvfp4_format=spec.nvfp4_format)
+                                nvfp4_format=spec.nvfp4_format, device=_device())
     finally:
         if staged is not None:
             shutil.rmtree(staged, ignore_errors=True)
+
+
+def _device() -> str:
+    """Where the quantizer computes: the build task's GPU when it was given one (farm/builds.py)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def resolve_build(build: dict | BuildSpec, artifact_root: str | Path, base_dir: str | Path | None = None) -> ResolvedBuild:
@@ -347,11 +354,22 @@ def default_hash_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "omk-ray"
 
 
+def identifies(name: str) -> bool:
+    """A file of a model folder that its content hash covers."""
+    return name == "config.json" or name.endswith(WEIGHT_SUFFIXES) or name.endswith(".safetensors.index.json")
+
+
+def combine_hashes(digests: dict[str, str]) -> str:
+    """The content hash of a folder from its identifying files' hex sha256s, by file name."""
+    digest = hashlib.sha256()
+    for name in sorted(digests):
+        digest.update(name.encode() + b"\0" + bytes.fromhex(digests[name]))
+    return digest.hexdigest()
+
+
 def content_hash(model_dir: Path, cache_dir: Path | None = None) -> str:
     """sha256 over config.json and the weight files (names and bytes), cached by size and mtime."""
-    files = sorted(p for p in model_dir.iterdir() if p.is_file() and (
-        p.name == "config.json" or p.name.endswith(WEIGHT_SUFFIXES) or p.name.endswith(".safetensors.index.json")
-    ))
+    files = sorted(p for p in model_dir.iterdir() if p.is_file() and identifies(p.name))
     stamp = {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}
     cache = cache_dir / "content-hashes.json" if cache_dir else None
     key = str(model_dir.resolve())
@@ -359,12 +377,11 @@ def content_hash(model_dir: Path, cache_dir: Path | None = None) -> str:
         known = json.loads(cache.read_text()).get(key)
         if known and known["files"] == stamp:
             return known["sha256"]
-    digest = hashlib.sha256()
+    digests = {}
     for p in files:
-        digest.update(p.name.encode() + b"\0")
         with open(p, "rb") as f:
-            digest.update(hashlib.file_digest(f, "sha256").digest())
-    value = digest.hexdigest()
+            digests[p.name] = hashlib.file_digest(f, "sha256").hexdigest()
+    value = combine_hashes(digests)
     if cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(cache) + ".lock"):
