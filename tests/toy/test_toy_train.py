@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -41,6 +43,12 @@ def test_cli_train_writes_a_loadable_checkpoint_and_refuses_to_overwrite(tmp_pat
     again = run_cli("--out", str(tmp_path), "--steps", "3", "--no-eval")
     assert again.returncode == 2 and "already exists" in again.stderr
     assert json.loads((tmp_path / REPORT_FILE).read_text()) == report, "a refused run changed the report"
+
+
+def cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    names = re.findall(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.M) if cpuinfo.exists() else []
+    return names[0] if names else platform.processor() or platform.machine()
 
 
 def weights_of(out, *args: str, env: dict | None = None) -> str:
@@ -89,7 +97,7 @@ def test_retraining_reproduces_the_shipped_weights_bitwise_where_the_cpu_runs_th
     assert recipe.warmup_steps >= PREFIX_STEPS  # so a PREFIX_STEPS run is the full run's first steps
     prefix = weights_of(tmp_path / "prefix", "--seed", str(recipe.seed), "--steps", str(PREFIX_STEPS))
     if prefix != SHIPPED_PREFIX_SHA256:
-        pytest.skip(f"this CPU ({platform.processor() or platform.machine()}, torch kernels "
+        pytest.skip(f"this CPU ({cpu_name()}, torch kernels "
                     f"{torch.backends.cpu.get_cpu_capability()}) gives other bits from the first {PREFIX_STEPS} steps "
                     "than the CPUs that reproduce the shipped toy: its weights cannot be reproduced bitwise here")
     full = weights_of(tmp_path / "full", "--seed", str(recipe.seed), "--steps", str(recipe.steps))
