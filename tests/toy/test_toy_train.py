@@ -94,6 +94,7 @@ def test_retraining_reproduces_the_shipped_weights_bitwise_where_the_cpu_runs_th
 
     shipped_report = json.loads(shipped(REPORT_FILE).read_text())
     recipe = ToyRecipe(**shipped_report["recipe"])
+    assert recipe == ToyRecipe(seed=recipe.seed, steps=recipe.steps)  # the CLI's defaults, as weights_of runs it
     assert recipe.warmup_steps >= PREFIX_STEPS  # so a PREFIX_STEPS run is the full run's first steps
     prefix = weights_of(tmp_path / "prefix", "--seed", str(recipe.seed), "--steps", str(PREFIX_STEPS))
     if prefix != SHIPPED_PREFIX_SHA256:
