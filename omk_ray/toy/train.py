@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 import random
+import re
 import time
 from pathlib import Path
 
@@ -238,11 +240,19 @@ def _router_loss(probs: dict, task_of, specialist, shared):
 
 
 def _versions() -> dict:
+    """The libraries, and the CPU and kernels that decide the weights' last bits (see `train`)."""
     import tokenizers
     import torch
     import transformers
 
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "tokenizers": tokenizers.__version__}
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
+            "cpu": cpu_name(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
-__all__ = ["ToyRecipe", "specialist_plan", "train", "encode"]
+def cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    names = re.findall(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.M) if cpuinfo.exists() else []
+    return names[0] if names else platform.processor() or platform.machine()
+
+
+__all__ = ["ToyRecipe", "specialist_plan", "train", "encode", "cpu_name"]

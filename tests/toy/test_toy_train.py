@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -43,12 +40,6 @@ def test_cli_train_writes_a_loadable_checkpoint_and_refuses_to_overwrite(tmp_pat
     again = run_cli("--out", str(tmp_path), "--steps", "3", "--no-eval")
     assert again.returncode == 2 and "already exists" in again.stderr
     assert json.loads((tmp_path / REPORT_FILE).read_text()) == report, "a refused run changed the report"
-
-
-def cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    names = re.findall(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.M) if cpuinfo.exists() else []
-    return names[0] if names else platform.processor() or platform.machine()
 
 
 def weights_of(out, *args: str, env: dict | None = None) -> str:
@@ -90,7 +81,7 @@ def test_retraining_reproduces_the_shipped_weights_bitwise_where_the_cpu_runs_th
     bits, the shipped weights cannot be reproduced here and the test says so (determinism is checked above)."""
     import torch
 
-    from omk_ray.toy.train import ToyRecipe
+    from omk_ray.toy.train import ToyRecipe, cpu_name
 
     shipped_report = json.loads(shipped(REPORT_FILE).read_text())
     recipe = ToyRecipe(**shipped_report["recipe"])
