@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from omk_ray.config import ConfigError, GridConfig, load_grid
+from omk_ray.console import output_console
 from omk_ray.exits import ExitCode, fail
 
 app = typer.Typer(
@@ -23,8 +23,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True, soft_wrap=True)
+console = output_console()
+err_console = output_console(stderr=True)
 
 AREAS = ("farm", "variants", "analysis", "benches", "results", "toy", "llamacpp")
 
@@ -42,7 +42,8 @@ def print_table(rows: list[dict], title: str | None = None) -> None:
         return
     table = Table(title=title, title_justify="left")
     for key in rows[0]:
-        table.add_column(str(key), justify="right" if isinstance(rows[0][key], (int, float)) else "left")
+        table.add_column(str(key), justify="right" if isinstance(rows[0][key], (int, float)) else "left",
+                         overflow="fold")
     for row in rows:
         table.add_row(*(str(v) for v in row.values()))
     console.print(table)

@@ -22,11 +22,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from rich.console import Console
-
 from omk_ray.config import load_grid
+from omk_ray.console import output_console
 
-console = Console()
+console = output_console()
 DEMO_CONFIG = Path(__file__).parent / "_data" / "toy" / "demo.yaml"
 GGUF_CONFIG = DEMO_CONFIG.with_name("demo_gguf.yaml")
 BASELINE = "toy"

@@ -31,10 +31,11 @@ class ExitCode(IntEnum):
 
 def error(message: str) -> None:
     """`error: MESSAGE` on stderr (the message printed as it is, never read as rich markup)."""
-    from rich.console import Console
     from rich.markup import escape
 
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    from omk_ray.console import output_console
+
+    output_console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
 
 
 def fail(message: str, code: ExitCode = ExitCode.REFUSED) -> NoReturn:

@@ -24,13 +24,13 @@ def register(app: typer.Typer) -> None:
         folder on every node, so runs read local files only. Gated datasets (GPQA) need HF_TOKEN.
         Benches with `source: file.jsonl|.parquet` are only checked. Exits 1 if any bench failed.
         """
-        from rich.console import Console
         from rich.markup import escape
         from rich.table import Table
 
         from omk_ray.benches import make_bench
         from omk_ray.benches.sources import DataError, default_cache, is_local_source, read_local
         from omk_ray.config import ConfigError, load_grid
+        from omk_ray.console import output_console
 
         try:
             grid = load_grid(config)
@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
         cache.mkdir(parents=True, exist_ok=True)
         table = Table(title=f"bench data in {cache}", title_justify="left")
         for column in ("bench", "status", "detail"):
-            table.add_column(column)
+            table.add_column(column, overflow="fold")
         failed = 0
         for spec in grid.benches:
             if bench and spec.name not in bench:
@@ -60,6 +60,6 @@ def register(app: typer.Typer) -> None:
             except (DataError, OSError, ValueError, KeyError) as err:
                 failed += 1
                 table.add_row(escape(spec.name), "[red]failed[/]", escape(str(err)))
-        Console(width=200).print(table)
+        output_console().print(table)
         if failed:
             raise typer.Exit(ExitCode.FAILED)

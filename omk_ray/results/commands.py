@@ -11,25 +11,27 @@ from omk_ray.exits import ExitCode, fail
 
 
 def _warn(message: str) -> None:
-    from rich.console import Console
     from rich.markup import escape
 
-    Console(stderr=True).print(f"[yellow]{escape(message)}[/]", highlight=False)
+    from omk_ray.console import output_console
+
+    output_console(stderr=True).print(f"[yellow]{escape(message)}[/]", highlight=False)
 
 
 def _print_rows(rows: list[dict], title: str) -> None:
     if not rows:
         return
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
+    from omk_ray.console import output_console
+
     table = Table(title=title, title_justify="left")
     for key in rows[0]:
-        table.add_column(key)
+        table.add_column(key, overflow="fold")
     for row in rows:
         table.add_row(*(escape(str(v)) for v in row.values()))
-    Console().print(table)
+    output_console().print(table)
 
 
 def _load_grid(path: Path | None):
@@ -141,8 +143,7 @@ def register(app: typer.Typer) -> None:
         Exit code 0 when every file reads (or every bad one was moved aside with --quarantine); 1 when bad
         files remain.
         """
-        from rich.console import Console
-
+        from omk_ray.console import output_console
         from omk_ray.results.store import ResultsStore
 
         store = ResultsStore(results)
@@ -151,9 +152,10 @@ def register(app: typer.Typer) -> None:
         bad = store.check()
         shards, runs = len(store.shard_paths()), len(list(store.runs_dir.glob("*/manifest.json")))
         _print_rows([{"file": str(b.path), "problem": b.problem} for b in bad], "unreadable")
-        Console().print(f"checked {shards} shards and {runs} run manifests: {len(bad)} unreadable", highlight=False)
+        out = output_console()
+        out.print(f"checked {shards} shards and {runs} run manifests: {len(bad)} unreadable", highlight=False)
         if bad and quarantine:
-            Console().print(f"moved {len(bad)} file(s) to {store.quarantine(bad)}", highlight=False)
+            out.print(f"moved {len(bad)} file(s) to {store.quarantine(bad)}", highlight=False)
         elif bad:
             _warn("rerun with --quarantine to move them aside (the next `omk-ray run` generates their samples again)")
             raise typer.Exit(ExitCode.FAILED)

@@ -16,8 +16,9 @@ from omk_ray.exits import fail
 
 
 def _print_accuracy(scores: dict[str, float], title: str) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from omk_ray.console import output_console
 
     table = Table(title=title, title_justify="left")
     table.add_column("class")
@@ -25,7 +26,7 @@ def _print_accuracy(scores: dict[str, float], title: str) -> None:
     for name, value in scores.items():
         if name != "engine":
             table.add_row(name, f"{value:.3f}")
-    Console().print(table)
+    output_console().print(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 import random
+import re
 import time
 from pathlib import Path
 
@@ -46,7 +48,7 @@ class ToyRecipe(BaseModel):
     warmup_steps: int = Field(50, ge=0)
     router_loss_weight: float = Field(0.5, ge=0)
     threads: int = Field(1, ge=1, description="torch CPU threads; one is barely slower on two idle cores and "
-                         "many times faster on a busy shared machine (the result may depend on it slightly)")
+                         "many times faster on a busy shared machine (another count gives other weights)")
     layers: int = Field(3, ge=1)
     hidden: int = 96
     heads: int = 3
@@ -107,15 +109,24 @@ class RouterTaps:
 
 
 def train(out_dir: str | Path, recipe: ToyRecipe = ToyRecipe(), log=print) -> Path:
-    """Train on CPU; save the checkpoint (with tokenizer, chat template, generation config) to out_dir."""
+    """Train on CPU; save the checkpoint (with tokenizer, chat template, generation config) to out_dir.
+
+    Deterministic: the same recipe gives bitwise-equal weights in any process on the same CPU (the
+    thread count is the recipe's, every random draw is seeded, nondeterministic kernels are refused).
+    The bits depend on which kernels torch and MKL pick for the CPU (AVX-512 or AVX2, vendor), so
+    another CPU model trains another, equally deterministic, model from the same seed.
+    """
     import torch
 
     threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(recipe.threads)
+    torch.use_deterministic_algorithms(True)
     try:
         return _train(out_dir, recipe, log)
     finally:
         torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
 
 
 def _train(out_dir: str | Path, recipe: ToyRecipe, log) -> Path:
@@ -229,11 +240,19 @@ def _router_loss(probs: dict, task_of, specialist, shared):
 
 
 def _versions() -> dict:
+    """The libraries, and the CPU and kernels that decide the weights' last bits (see `train`)."""
     import tokenizers
     import torch
     import transformers
 
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "tokenizers": tokenizers.__version__}
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
+            "cpu": cpu_name(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
-__all__ = ["ToyRecipe", "specialist_plan", "train", "encode"]
+def cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    names = re.findall(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.M) if cpuinfo.exists() else []
+    return names[0] if names else platform.processor() or platform.machine()
+
+
+__all__ = ["ToyRecipe", "specialist_plan", "train", "encode", "cpu_name"]

@@ -342,8 +342,9 @@ def register(app: typer.Typer) -> None:
 
 
 def _print_summary(report: dict, out: Path) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from omk_ray.console import output_console
 
     params = report["params"]
     criterion = "" if params.get("criterion", "cd") == "cd" else f", criterion {params['criterion']}"
@@ -354,7 +355,7 @@ def _print_summary(report: dict, out: Path) -> None:
     compare = report.get("compare")
     if compare:
         table.add_column("overlap", justify="right")
-        table.add_column("only here / only other")
+        table.add_column("only here / only other", overflow="fold")
     for layer, entry in report["layers"].items():
         row = [layer, _fmt(entry.get("kept_min")), _fmt(entry.get("dropped_max")), _fmt(entry.get("margin")),
                ",".join(str(t["id"]) for t in entry.get("near_ties", [])) or "-", str(len(entry["protected"]))]
@@ -362,7 +363,7 @@ def _print_summary(report: dict, out: Path) -> None:
             c = compare["layers"].get(layer, {})
             row += [f"{c.get('overlap', 0):.2f}", f"{c.get('only_a', [])} / {c.get('only_b', [])}"]
         table.add_row(*row)
-    Console().print(table)
+    output_console().print(table)
     if compare:
         typer.echo(f"overlap with the other map: {compare['overlap']:.3f}, {compare['differing_experts']} experts differ")
 

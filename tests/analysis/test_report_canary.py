@@ -17,7 +17,7 @@ from omk_ray.analysis.report import write_report
 from omk_ray.analysis.samples import AnalysisError
 from omk_ray.cli import app
 
-runner = CliRunner(env={"COLUMNS": "200"})
+runner = CliRunner()
 REASON = "toy: every score is exactly 0 (8 of 8): the model or the scorer is broken"
 
 

@@ -392,7 +392,7 @@ def test_unmarked_blocks_run(block, tmp_path):
         assert "| wordcount (40) | 100.00% ±0.00 | 87.50% ±5.30 | −12.50pp |" in out, out[-3000:]
     if "--variant toy-hf --variant max" in block.text:  # the README's tour: plan, run, status, compare
         plan, _, status, card = (r.stdout for r in results)
-        assert "3200 of 3200 samples to generate" in " ".join(plan.split()), plan
+        assert "3200 of 3200 samples to generate" in plan, plan
         for variant in ("toy-hf", "max"):  # 40 expected, 40 done, 0 missing, 0 failed, canary passed
             assert re.search(variant + r"\s*│\s*toy\s*│\s*40\s*│\s*40\s*│\s*0\s*│\s*0\s*│\s*passed", status), status
         assert "## Evaluation: max vs toy-hf" in card and "| toy (40) |" in card, card[-3000:]

@@ -54,8 +54,7 @@ def test_a_bench_edited_under_the_same_ids_is_generated_again(tmp_path):
 
     shown = CliRunner().invoke(app, ["plan", str(tmp_path / "grid.yaml"), "--results", str(store.root)])
     assert shown.exit_code == 0
-    assert "2 of 4 samples to generate (2 stored before but generated again: their document changed)" in \
-        " ".join(shown.output.split())
+    assert "2 of 4 samples to generate (2 stored before but generated again: their document changed)" in shown.output
 
 
 def test_changing_repeats_keeps_the_stored_samples(tmp_path):

@@ -22,7 +22,7 @@ from omk_ray.results.schema import RESUME_KEY
 from omk_ray.results.store import ResultsStore, iter_keys
 
 ROOT = Path(__file__).resolve().parents[2]
-cli = CliRunner(env={"COLUMNS": "250"})
+cli = CliRunner()
 
 
 def slow_grid(tmp_path: Path, docs: int, name: str = "grid.yaml") -> Path:
@@ -59,7 +59,7 @@ def test_a_second_run_on_a_folder_being_written_is_refused_or_waits(tmp_path):
         writer = wait_for_writer(results, first)
         code = cli.invoke(app, ["run", str(slow_grid(tmp_path, 6)), "--results", str(results), "--no-progress"])
         assert code.exit_code == 2, code.output
-        message = " ".join(code.output.split())
+        message = code.output
         assert f"run {writer.run_id} (host {writer.host}, pid {first.pid}," in message
         assert "is writing this results folder" in message and "--wait" in message
         status = cli.invoke(app, ["status", str(results)])
@@ -69,8 +69,8 @@ def test_a_second_run_on_a_folder_being_written_is_refused_or_waits(tmp_path):
         waited = cli.invoke(app, ["run", str(slow_grid(tmp_path, 6)), "--results", str(results), "--no-progress",
                                   "--wait"])
         assert waited.exit_code == 0, waited.output
-        assert f"waiting for run {writer.run_id}" in " ".join(waited.output.split())
-        assert "generated 0 samples (6 already stored" in " ".join(waited.output.split())
+        assert f"waiting for run {writer.run_id}" in waited.output
+        assert "generated 0 samples (6 already stored" in waited.output
         assert first.wait(timeout=300) == 0
     finally:
         first.kill()
@@ -102,7 +102,7 @@ def test_a_run_killed_holding_the_folder_is_seen_as_dead(tmp_path):
     status = cli.invoke(app, ["status", str(results)])
     assert status.exit_code == 0, status.output
     assert "│ died" in status.output and "│ running" not in status.output
-    assert f"stale run 20260101T000000Z-dead00 (host {dead.host}, pid {killed.pid}," in " ".join(status.output.split())
+    assert f"stale run 20260101T000000Z-dead00 (host {dead.host}, pid {killed.pid}," in status.output
     with writing(results, "20260102T000000Z-next00") as stale:  # the next writer takes over, and says from whom
         assert stale == dead
         assert holder(results).run_id == "20260102T000000Z-next00"

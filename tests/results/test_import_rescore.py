@@ -18,7 +18,7 @@ from omk_ray.results.rescore import RescoreError, rescore
 from omk_ray.results.store import ResultsStore
 
 CANONICAL = Path(__file__).resolve().parents[2] / "configs" / "canonical.yaml"
-runner = CliRunner(env={"COLUMNS": "200"})
+runner = CliRunner()
 
 
 def scores(root: Path) -> dict[str, dict]:

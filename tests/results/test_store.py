@@ -103,7 +103,9 @@ def test_error_rows_are_not_done(tmp_path):
 
 def test_a_truncated_shard_is_named_and_the_rest_still_reported(tmp_path):
     """status names a truncated shard and a broken manifest and reports the rest; plan refuses
-    with the file's name; doctor lists them and moves them aside, and their samples count as missing."""
+    with the file's name; doctor lists them and moves them aside, and their samples count as missing.
+    Piped output is never wrapped or cut: each path is whole on one line, however narrow COLUMNS
+    and however long the folder's path."""
     from helpers import write_bench, write_grid
     from typer.testing import CliRunner
 
@@ -116,7 +118,7 @@ def test_a_truncated_shard_is_named_and_the_rest_still_reported(tmp_path):
     grid = load_grid(config)
     plan = make_plan(grid)
     fp, recipe = plan.fingerprints["a"], plan.work[0].recipe.hash
-    results = tmp_path / "results"
+    results = tmp_path / ("a-results-folder-with-a-long-name-" * 4) / "results"
     store = ResultsStore(results)
     shards = []
     for unit, docs in (("u1", ["q0", "q1", "q2"]), ("u2", ["q3", "q4"])):
@@ -129,22 +131,27 @@ def test_a_truncated_shard_is_named_and_the_rest_still_reported(tmp_path):
     broken.parent.mkdir(parents=True)
     broken.write_text('{"run_id": "20260102T000000Z-bbbbbb", "status": "run')  # a driver killed mid-write
     shards[1].write_bytes(shards[1].read_bytes()[:200])  # a copy cut short
-    cli = CliRunner()
+    cli = CliRunner(env={"COLUMNS": "40"})
 
     status = cli.invoke(app, ["status", str(results)])
     assert status.exit_code == 0, status.output
-    out = status.output.replace("\n", "")  # rich wraps long paths
-    assert f"{shards[1]}: not a readable Parquet shard (Parquet magic bytes not found in footer." in out
-    assert f"{broken}: not valid JSON (Unterminated string" in out
+    lines = status.output.splitlines()
+    assert any(line.startswith(f"unreadable {shards[1]}: not a readable Parquet shard (Parquet magic bytes not found "
+                                "in footer.") for line in lines), status.output
+    assert any(line.startswith(f"unreadable {broken}: not valid JSON (Unterminated string") for line in lines)
     [cells] = [[c.strip() for c in line.split("│")[1:-1]] for line in status.output.splitlines() if line.startswith("│ a ")]
     assert cells[:6] == ["a", "b", "6", "3", "3", "0"]  # variant, bench, expected, done, missing, failed
 
     plan_out = cli.invoke(app, ["plan", str(config), "--results", str(results)])
-    assert plan_out.exit_code == 2 and str(shards[1]) in plan_out.output.replace("\n", "")
+    assert plan_out.exit_code == 2 and any(str(shards[1]) in line for line in plan_out.output.splitlines())
     assert "Traceback" not in plan_out.output
 
     doctor = cli.invoke(app, ["doctor", str(results)])
     assert doctor.exit_code == 1 and "checked 2 shards and 2 run manifests: 2 unreadable" in doctor.output
+    rows_shown = [[c.strip() for c in line.split("│")[1:-1]] for line in doctor.output.splitlines() if "│" in line]
+    shown = {row[0]: row[1] for row in rows_shown}  # file -> problem
+    assert shown.keys() == {str(shards[1]), str(broken)}, doctor.output
+    assert shown[str(shards[1])].startswith("not a readable Parquet shard (Parquet magic bytes not found in footer.")
     fixed = cli.invoke(app, ["doctor", str(results), "--quarantine"])
     assert fixed.exit_code == 0 and "moved 2 file(s) to" in fixed.output
     assert not shards[1].exists() and not broken.exists()
