@@ -99,13 +99,8 @@ def family_version(kind: str, installed: str | None) -> str | None:
     family. None for a package not installed, or an engine that is omk-ray's own code."""
     if not installed or installed.endswith("(not installed)") or "(omk-ray " in installed:
         return None
-    try:
-        from omk_ray.engines.identity import family_version as by_family
-    except ImportError:  # a checkout without engine identities: the lock's table of distributions
-        from omk_ray.farm import lock
+    from omk_ray.engines.identity import family_version as by_family
 
-        name, _, version = installed.partition(" ")
-        return f"{kind if name in getattr(lock, 'ENGINE_PACKAGES', {}).get(kind, ()) else name} {version}".strip()
     return by_family(installed)
 
 
@@ -197,17 +192,10 @@ def sandbox_here(grid: GridConfig) -> Check | None:
 
 
 def node_artifact_cache() -> Path:
-    """Where this node keeps the artifacts it fetched: $OMK_RAY_ARTIFACT_CACHE, else
-    $XDG_CACHE_HOME/omk-ray/artifacts (~/.cache/omk-ray/artifacts): the artifact store's own rule."""
-    try:
-        from omk_ray.farm.artifact_store import cache_root
-    except ImportError:  # a checkout without the artifact store: the same rule, written out
-        pass
-    else:
-        return cache_root()
-    if os.environ.get("OMK_RAY_ARTIFACT_CACHE"):
-        return Path(os.environ["OMK_RAY_ARTIFACT_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "omk-ray" / "artifacts"
+    """Where this node keeps the artifacts it fetched (the artifact store's rule)."""
+    from omk_ray.farm.artifact_store import cache_root
+
+    return cache_root()
 
 
 def probe_node(expect: Expect) -> dict[str, Any]:
