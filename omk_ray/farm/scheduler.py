@@ -33,6 +33,7 @@ from omk_ray.analysis.canary import CanaryRules
 from omk_ray.benches import Doc
 from omk_ray.config import FarmSpec, VariantSpec
 from omk_ray.engines import Completion, Request, engine_class
+from omk_ray.farm import NAMESPACE
 from omk_ray.farm.actor import EngineActor, Generated, ScorerActor
 from omk_ray.farm.buffer import RowBuffer
 from omk_ray.farm.canary import judge_canary
@@ -43,7 +44,6 @@ from omk_ray.farm.rows import RowContext, sample_row
 from omk_ray.farm.sizes import start_timed_out
 from omk_ray.results.store import ResultsStore, RunLog
 
-NAMESPACE = "omk-ray"
 ACTOR_DIED = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 POLL_S = 0.2  # how long an engine's poll waits for its first finished request
 FEED_CHUNK = 16  # engines are topped up in rounds of this many requests: the longest spread over them
