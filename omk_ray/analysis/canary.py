@@ -2,8 +2,8 @@
 
 Everything the canary is lives here: which problems it asks (`canary_sample`), the rules
 (`rules_for`) and the judgement (`evaluate_canary`). The farm's scheduler runs a variant's
-canary sample first and calls these; `omk-ray canary` (omk_ray/farm/canary.py) is the same
-path stopped after the verdict.
+canary sample first and calls these; `omk-ray canary` (`run_canary` in omk_ray/farm/runner.py) is
+the same path stopped after the verdict.
 
 The seed's lesson: a variant can look fine on an aggregate score (or a teacher-forced loss)
 and still be broken when it generates. Before a variant's full run, a handful of samples per

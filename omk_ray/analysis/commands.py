@@ -160,10 +160,10 @@ def register(app: typer.Typer) -> None:
 
         from omk_ray.analysis.compare import CompareOptions
         from omk_ray.analysis.compare import compare as run_compare
-        from omk_ray.analysis.experts import expert_sections
         from omk_ray.analysis.markdown import render
         from omk_ray.analysis.report import write_report
         from omk_ray.analysis.samples import AnalysisError
+        from omk_ray.analysis.sections import expert_sections
 
         if not results.is_dir():
             fail(f"{results}: no such results folder")
@@ -207,7 +207,7 @@ def register(app: typer.Typer) -> None:
         Fails (exit code 1) when a bench has more than 5% empty answers, a reasoning marker in an answer, a p10 completion length under its floor (bench option canary_min_p10_tokens, or --floor), a degenerate loop, or every score exactly 0. Exit code 0 when all pass.
         """  # noqa: E501 (typer keeps line breaks: one paragraph per line)
         from omk_ray.analysis.canary import rules_for
-        from omk_ray.farm.canary import run_canary
+        from omk_ray.farm.runner import run_canary
         from omk_ray.config import ConfigError, load_grid
 
         try:

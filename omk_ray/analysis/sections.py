@@ -11,9 +11,10 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from omk_ray.analysis.cohort import DECLARED_MARK, ENGINE_MARK, MISMATCH_MARK
 from omk_ray.analysis.compare import Comparison
-from omk_ray.analysis.experts import expert_sections
 from omk_ray.analysis.samples import SCORE_COLUMN
 from omk_ray.analysis.stats import ALPHA, POWER
 from omk_ray.analysis.tokens import DEFAULT_STATS, token_distributions
@@ -345,6 +346,77 @@ def _agreement(c: Comparison) -> list[Section]:
         paragraphs.append(" ".join(lines))
     paragraphs.append("Full per-problem outcomes: tables/problems.parquet; id lists: tables/agreement.parquet.")
     return [Section("Per-problem agreement", tables=[table], paragraphs=paragraphs, plot="agreement")]
+
+
+def expert_sections(c: Comparison) -> list[Section]:
+    """The report's dropped-expert exposure section (`analysis/experts.py` computes its tables; none when the
+    comparison has no exposure tables)."""
+    if "exposure_tests" not in c.tables:
+        return []
+    tests = c.rows("exposure_tests")
+    exposure = c.rows("exposure")
+    medians: dict[tuple[str, str], float] = {}
+    for key in dict.fromkeys((r["bench"], r["variant"]) for r in exposure):
+        values = [r["exposure"] for r in exposure if (r["bench"], r["variant"]) == key]
+        medians[key] = float(np.nanmedian(values)) if values else float("nan")
+
+    def group(t: dict, side: str) -> str:
+        return f"{t[f'n_{side}']}: {pct(100 * t[f'median_{side}'], 1)}" if t[f"n_{side}"] else "0"
+
+    rows = []
+    for key, median in medians.items():
+        by = {(t["group_a"], t["group_b"]): t for t in tests if (t["bench"], t["variant"]) == key}
+        main, gained = by[("lost", "both_correct")], by[("gained", "both_correct")]
+        rows.append([key[0], key[1], str(sum(1 for r in exposure if (r["bench"], r["variant"]) == key)),
+                     pct(100 * median, 1), group(main, "a"), group(main, "b"), group(gained, "a"),
+                     p_value(main["p_value"]), _signed_r(main["rank_biserial"])])
+    summary = Table(["Bench", "Variant", "problems", "exposure (median)", "lost (n: median)",
+                     "both correct (n: median)", "gained (n: median)", "p (lost vs both correct)", "r"],
+                    rows, [False, False] + [True] * 7)
+    out = [Section("Dropped-expert exposure", plot="experts", tables=[summary], paragraphs=[
+        f"Exposure of a problem: the share of {c.baseline}'s routing weight (its own samples, every token, every "
+        "MoE layer, teacher-forced by `omk-ray route`) that went to the experts the variant dropped. p: two-sided "
+        "Mann-Whitney U test of lost against both-correct problems; r: rank-biserial correlation (+1: every lost "
+        "problem more exposed than every both-correct one). Per-problem exposures (per layer too): "
+        "tables/exposure.parquet.",
+    ])]
+    domains = c.rows("exposure_domains")
+    for key in dict.fromkeys((r["bench"], r["variant"]) for r in domains):
+        mine = [r for r in domains if (r["bench"], r["variant"]) == key]
+        table = Table(
+            ["Domain", "n", "exposure (mean)", "median", "paired", "lost", "gained", "lost: exposure",
+             "both correct: exposure"],
+            [[r["domain"] if r["level"] == "domain" else f"  {r['subdomain']}", str(r["n"]),
+              pct(100 * r["exposure_mean"], 1), pct(100 * r["exposure_median"], 1), str(r["paired"]), str(r["lost"]),
+              str(r["gained"]), pct(100 * r["lost_exposure"], 1), pct(100 * r["both_correct_exposure"], 1)]
+             for r in mine],
+            [False] + [True] * 8,
+        )
+        ranked = sorted((r for r in mine if r["level"] == "domain"), key=lambda r: -r["exposure_mean"])
+        line = ", ".join(f"{r['domain']} {pct(100 * r['exposure_mean'], 1)}" for r in ranked)
+        out.append(Section(f"Exposure by domain: {key[1]} on {key[0]}", level=3, tables=[table],
+                           paragraphs=[f"Domains from most to least exposed: {line}."] if len(ranked) > 1 else []))
+    experts = c.rows("exposure_experts")
+    for key in dict.fromkeys((r["bench"], r["variant"]) for r in experts):
+        mine = [r for r in experts if (r["bench"], r["variant"]) == key]
+        table = Table(
+            ["Layer", "Expert", "lost problems touched", "share in lost", "share in both correct", "lift", "top domain"],
+            [[str(r["layer"]), str(r["expert"]), f"{r['lost_touched']}/{r['lost']}", pct(100 * r["lost_share"], 2),
+              pct(100 * r["both_correct_share"], 2), "—" if not np.isfinite(r["lift"]) else f"{r['lift']:.2f}",
+              r["top_domain"] or "—"] for r in mine],
+            [True, True, True, True, True, True, False],
+        )
+        out.append(Section(f"Dropped experts behind the lost problems: {key[1]} on {key[0]}", level=3, tables=[table],
+                           paragraphs=["Dropped experts ordered by how many lost problems they touch (more than an "
+                                       "even part, 1/experts, of the layer's routing weight in that problem), then by "
+                                       "their mean share of the lost problems' routing in their layer; lift: share in "
+                                       "lost over share in both-correct problems; top domain: the lost problems' domain "
+                                       "that routed the most weight to it."]))
+    return out
+
+
+def _signed_r(r: float) -> str:
+    return "—" if not np.isfinite(r) else f"{r:+.2f}".replace("-", "\u2212")
 
 
 def _statistics_notes(c: Comparison) -> list[str]:

@@ -1,0 +1,1 @@
+NAMESPACE = "omk-ray"  # the Ray namespace of every named actor the farm starts

@@ -34,6 +34,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from omk_ray.config import stable_hash
+from omk_ray.farm import NAMESPACE
 from omk_ray.files import write_text_atomic
 
 CHUNK = 64 << 20  # bytes per transfer: what one fetching process holds at a time, times WINDOW
@@ -131,7 +132,6 @@ def publish(path: str, node_id: str, fingerprint: str | None = None) -> Publishe
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from omk_ray.farm.scheduler import NAMESPACE
 
     # one store per node and driver: a store dies with the driver that owns it, not with another run's
     name = f"{STORE_PREFIX}{node_id}:{ray.get_runtime_context().get_job_id()}"
@@ -147,7 +147,6 @@ def find_published(path: str) -> Published | None:
     """What a store published at `path` (None: no store did, or Ray is not connected)."""
     import ray
 
-    from omk_ray.farm.scheduler import NAMESPACE
 
     if not ray.is_initialized():
         return None
@@ -184,7 +183,6 @@ def local_copy(model_path: str) -> tuple[str, dict | None]:
     `model_path` itself and None when nothing was published there."""
     import ray
 
-    from omk_ray.farm.scheduler import NAMESPACE
 
     published = find_published(model_path)
     if published is None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
 import socket
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -16,8 +18,10 @@ import ray
 
 from omk_ray import __version__
 from omk_ray.benches.code_bench import isolation_used
+from omk_ray.analysis.canary import CanaryResult, CanaryRules, rules_for
 from omk_ray.config import GridConfig, grid_to_dict
 from omk_ray.farm.builds import artifact_root, build_variants
+from omk_ray.farm.canary import judge_canary
 from omk_ray.farm.planner import Plan, make_plan, read_benches
 from omk_ray.farm.preflight import check_cluster
 from omk_ray.farm.progress import FarmProgress
@@ -97,8 +101,6 @@ def run_grid(
 
 def _run_grid(grid, results_root, address, variants, limit_docs, run_id, show_progress, on_shard, plan,
               canary_rules, canary_only, benches, stale) -> RunSummary:
-    from omk_ray.analysis.canary import rules_for
-
     store = ResultsStore(results_root)
     preflight: list = []
 
@@ -205,3 +207,43 @@ def _run_grid(grid, results_root, address, variants, limit_docs, run_id, show_pr
         status=status,
         engines=engines,
     )
+
+
+def run_canary(
+    grid,
+    variant: str,
+    results_root: str | Path | None = None,
+    docs: int = 8,
+    address: str | None = None,
+    rules: CanaryRules | None = None,
+    show_progress: bool = False,
+) -> CanaryResult:
+    """Generate `docs` problems of every bench (the canary sample) for `variant`, then judge them.
+
+    With a results folder the samples stay there (a full run later resumes from them); without
+    one they go to a temporary folder that is deleted afterwards.
+    """
+    if results_root is None:
+        with tempfile.TemporaryDirectory(prefix="omk-ray-canary-") as tmp:
+            return run_canary(grid, variant, tmp, docs, address, rules, show_progress)
+    grid.variant(variant)  # KeyError names an unknown variant before anything starts
+    spec = grid.farm.canary.model_copy(update={"docs": docs, "enabled": True})
+    grid = grid.model_copy(update={"farm": grid.farm.model_copy(update={"canary": spec})})
+    rules = rules or rules_for(grid, variant)
+    summary = run_grid(grid, results_root, address=address, variants=[variant], show_progress=show_progress,
+                       canary_rules={variant: rules}, canary_only=True)
+    store = ResultsStore(results_root)
+    run = next(r for r in store.runs() if r.run_id == summary.run_id)
+    manifest = run.manifest()
+    verdict = manifest.get("canary", {}).get(variant)
+    if verdict is not None:
+        result = CanaryResult.from_dict(verdict)
+    else:  # every canary sample was stored already: judge what is there
+        plan = make_plan(grid, model_paths=manifest.get("model_paths"), variants=[variant], canary_only=True,
+                         gpu=manifest.get("gpu"))
+        result = judge_canary(store, plan, variant, rules)
+    if summary.failed:
+        result.passed = False
+        result.reasons.append(f"{summary.failed} samples failed to generate (see {run.log_path})")
+    (run.folder / "canary.json").write_text(json.dumps({"variant": variant, **result.to_dict()}, indent=2))
+    return result

@@ -18,10 +18,7 @@
 
 from __future__ import annotations
 
-import math
-import statistics
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,34 +30,25 @@ from omk_ray.analysis.canary import CanaryRules
 from omk_ray.benches import Doc
 from omk_ray.config import FarmSpec, VariantSpec
 from omk_ray.engines import Completion, Request, engine_class
+from omk_ray.farm import NAMESPACE
 from omk_ray.farm.actor import EngineActor, Generated, ScorerActor
 from omk_ray.farm.buffer import RowBuffer
 from omk_ray.farm.canary import judge_canary
 from omk_ray.farm.placement import Needs, needs
+from omk_ray.farm.policies import (EngineView, EngineWork, LoadTime, VariantQueue, VariantView, feed_size,
+                                   in_flight_target, may_retry, next_engine, patience, reprices_at, stalled,
+                                   start_overdue)
 from omk_ray.farm.planner import BenchWork, Plan
 from omk_ray.engines.identity import EngineIdentity, disagreements
 from omk_ray.farm.rows import RowContext, sample_row
 from omk_ray.farm.sizes import start_timed_out
 from omk_ray.results.store import ResultsStore, RunLog
 
-NAMESPACE = "omk-ray"
 ACTOR_DIED = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 POLL_S = 0.2  # how long an engine's poll waits for its first finished request
 FEED_CHUNK = 16  # engines are topped up in rounds of this many requests: the longest spread over them
 SCORE_BATCH = 256  # most samples per scoring call (a call takes what is waiting, up to this)
 SCORER_QUEUE = 2  # scoring calls in flight per scoring actor
-IN_FLIGHT_FACTOR = 1.1
-PROBE = 4  # samples per never-seen bench handed out first, to learn the bench's lengths
-
-
-def _round_robin(samples: list[Sample], per_bench: int) -> list[Sample]:
-    """Up to `per_bench` samples of every bench whose costs are guesses, interleaved bench by bench."""
-    by_bench: dict[str, list[Sample]] = {}
-    for s in samples:
-        if not s.seen and len(by_bench.setdefault(s.work.bench, [])) < per_bench:
-            by_bench[s.work.bench].append(s)
-    rounds = [[b[i] for b in by_bench.values() if i < len(b)] for i in range(per_bench)]
-    return [s for r in rounds for s in r]
 
 
 @dataclass(eq=False)
@@ -75,74 +63,13 @@ class Sample:
     seen: bool = False  # the cost is this doc's own, seen in earlier results (else the bench's guess)
 
     @property
+    def bench(self) -> str:
+        return self.work.bench
+
+    @property
     def request(self) -> Request:
         return Request(id=f"{self.doc.id}#{self.repeat}", messages=self.doc.messages, repeat=self.repeat,
                        bench=self.work.bench)
-
-
-class VariantQueue:
-    """A variant's samples not yet handed to an engine, longest-expected first; the canary sample first.
-
-    A bench whose docs were never seen has only a guess for a cost (its budget), so the first
-    `PROBE` samples of every such bench go out first, round-robin over the benches: the lengths
-    they come back with reprice the rest of their bench (`reprice`) before most of it is handed out.
-    """
-
-    def __init__(self, samples: list[Sample], canary: bool):
-        self.canary = deque(sorted((s for s in samples if s.canary), key=lambda s: -s.cost))
-        rest = [s for s in samples if not s.canary]
-        probes = [] if self.canary else _round_robin(rest, PROBE)
-        chosen = set(map(id, probes))
-        self.pending = deque([*probes, *sorted((s for s in rest if id(s) not in chosen), key=lambda s: -s.cost)])
-        self.canary_state = "pending" if canary else None  # None (no canary), "pending", "passed", "failed"
-        self.canary_outstanding = len(self.canary)
-        self.failed = False
-
-    def reprice(self, bench: str, tokens: float) -> None:
-        """Samples of `bench` whose cost was a guess now expect `tokens`; the queue is sorted again."""
-        for s in (*self.canary, *self.pending):
-            if s.work.bench == bench and not s.seen:
-                s.cost = tokens
-        self.pending = deque(sorted(self.pending, key=lambda s: -s.cost))
-
-    @property
-    def unsent(self) -> int:
-        return len(self.canary) + len(self.pending)
-
-    @property
-    def remaining_tokens(self) -> float:
-        return sum(s.cost for s in (*self.canary, *self.pending))
-
-    @property
-    def waiting_for_canary(self) -> bool:
-        return self.canary_state == "pending" and self.canary_outstanding > 0
-
-    def take(self, n: int, stride: int = 1) -> list[Sample]:
-        """The next `n` samples; with `stride` k, every k-th of them: the ones between are left for the
-        variant's engines still loading, so the longest requests do not all go to the first engine up."""
-        if self.failed:
-            return []
-        source = self.canary if self.canary_state == "pending" else self.pending
-        if stride == 1 or source is self.canary:
-            taken = [source.popleft() for _ in range(min(n, len(source)))]
-        else:
-            picked = list(source)[: n * stride : stride]
-            chosen = set(map(id, picked))
-            source_left = [s for s in source if id(s) not in chosen]
-            source.clear()
-            source.extend(source_left)
-            taken = picked
-        return taken
-
-    def put_back(self, samples: list[Sample]) -> None:
-        for s in sorted(samples, key=lambda s: s.cost):
-            (self.canary if s.canary and self.canary_state == "pending" else self.pending).appendleft(s)
-
-    def drain(self) -> list[Sample]:
-        out = [*self.canary, *self.pending]
-        self.canary.clear()
-        self.pending.clear()
-        return out
 
 
 @dataclass(eq=False)
@@ -257,50 +184,34 @@ class Scheduler:
     # -- engines -----------------------------------------------------------------------------
 
     def _start_engines(self) -> None:
-        """Start engines while some variant has requests that no engine of it (loaded or loading) will take."""
+        """Start engines while some variant has requests that no engine of it (loaded or loading) will take
+        (`policies.next_engine` decides which, from a snapshot of the queues and engines)."""
         while self.farm.max_engines is None or len(self.slots) < self.farm.max_engines:
-            best, best_share = None, 0.0
-            for variant in self._variants():
-                queue = self.queues[variant.name]
-                mine = [s for s in self.slots if s.variant == variant.name]
-                if queue.failed or queue.unsent <= self._room(mine):
-                    continue
-                if self.start_failures.get(variant.name, 0) > self.farm.max_retries:
-                    continue  # its engines keep failing to start: the ones it has will do
-                if mine and not engine_class(variant.engine).uses_accelerator:
-                    continue  # a client of a server or a replay: one actor per variant is enough
-                if mine and not self._sibling_pays(variant, queue, mine):
-                    continue
-                share = max(queue.remaining_tokens, 1.0) / (len(mine) + 1)
-                if share > best_share and self._needs(variant).cost <= self._free() + 1e-9:
-                    best, best_share = variant, share
+            best = next_engine(self._variant_views(), self._engine_views(), self._load_times(), self._work(),
+                               self._free(), self.farm.max_retries)
             if best is None:
                 return
-            self._start(best)
+            self._start(self.grid.variant(best))
 
-    def _sibling_pays(self, variant: VariantSpec, queue: VariantQueue, mine: list[Slot]) -> bool:
-        """A further engine for a variant that has some pays only when its engines would take longer to
-        finish the work left (at their measured tokens per second) than a new one takes to load
-        (measured on the variant's engines, else on those of its engine kind).
-        Before any engine has loaded every free slot is worth an engine (the first wave); after, a variant
-        not measured yet waits for its first engine's load and first answers."""
-        kind = variant.engine
-        loads = [s for _, v, s in self.load_seconds if v == variant.name] or [
-            s for k, _, s in self.load_seconds if k == kind]
-        stats = [e for e in self.engine_stats() if e.tokens and e.variant == variant.name]
-        busy = sum(e.busy_s for e in stats)
-        if not loads or busy <= 0:
-            return not self.load_seconds
-        tokens_per_s = sum(e.tokens for e in stats) / busy
-        return queue.remaining_tokens / (tokens_per_s * len(mine)) > statistics.median(loads)
+    def _variant_views(self) -> list[VariantView]:
+        views = []
+        for variant in self._variants():
+            queue = self.queues[variant.name]
+            views.append(VariantView(
+                variant.name, variant.engine, self._needs(variant).cost, queue.unsent,
+                queue.remaining_tokens, queue.failed,
+                self.start_failures.get(variant.name, 0), engine_class(variant.engine).uses_accelerator))
+        return views
 
-    def _room(self, slots: list[Slot]) -> int:
-        """Requests these engines (one variant's) can still take; a loading one counts as the target of a
-        loaded engine of the same kind (else 1: at the start every free slot is worth an engine)."""
-        kind = self.grid.variant(slots[0].variant).engine if slots else None
-        known = next((s.target for s in self.slots if s.loading is None and self.grid.variant(s.variant).engine == kind),
-                     1)
-        return sum(known if s.loading is not None else max(0, s.target - len(s.inflight)) for s in slots)
+    def _engine_views(self) -> list[EngineView]:
+        return [EngineView(s.variant, self.grid.variant(s.variant).engine, s.loading is not None, s.target,
+                           len(s.inflight)) for s in self.slots]
+
+    def _load_times(self) -> list[LoadTime]:
+        return [LoadTime(kind, variant, seconds) for kind, variant, seconds in self.load_seconds]
+
+    def _work(self) -> list[EngineWork]:
+        return [EngineWork(e.variant, e.tokens, e.busy_s) for e in self.engine_stats()]
 
     def _start(self, variant: VariantSpec) -> None:
         self._counter += 1
@@ -341,7 +252,7 @@ class Scheduler:
     def _loaded(self, slot: Slot, info: dict) -> None:
         slot.info, slot.loading = info, None
         self.load_seconds.append((self.grid.variant(slot.variant).engine, slot.variant, time.monotonic() - slot.created))
-        slot.target = self.farm.max_in_flight or max(1, math.ceil(IN_FLIGHT_FACTOR * info.get("capacity", 1)))
+        slot.target = in_flight_target(self.farm.max_in_flight, info.get("capacity", 1))
         self.runlog.event("engine_started", name=slot.name, info=info, in_flight=slot.target)
 
     def _engine_failed_to_start(self, slot: Slot, error: str) -> None:
@@ -384,12 +295,9 @@ class Scheduler:
 
     def _take(self, slot: Slot, most: int, taken: list[Sample]) -> bool:
         """Up to `most` more requests for the engine (fewer if at target) into `taken`; True if any."""
-        queue = self.queues[slot.variant]
-        room = slot.target - len(slot.inflight) - len(taken)
         loading = sum(1 for s in self.slots if s.variant == slot.variant and s.loading is not None)
-        # With siblings still loading, take the whole room at once, every (1 + loading)-th request:
-        # the ones between wait for the siblings, so the longest do not all land on this engine.
-        samples = queue.take(room, stride=1 + loading) if loading else queue.take(min(most, room))
+        n, stride = feed_size(slot.target, len(slot.inflight), len(taken), most, loading)
+        samples = self.queues[slot.variant].take(n, stride=stride)
         taken.extend(samples)
         return bool(samples)
 
@@ -433,7 +341,7 @@ class Scheduler:
         seen = self.lengths.setdefault((sample.variant, sample.work.bench), [0, 0])
         seen[0] += tokens
         seen[1] += 1
-        if seen[1] & (seen[1] - 1) == 0:
+        if reprices_at(seen[1]):
             self.queues[sample.variant].reprice(sample.work.bench, seen[0] / seen[1])
 
     def _engine_lost(self, slot: Slot, event: str, error: str, kill: bool) -> None:
@@ -447,7 +355,7 @@ class Scheduler:
         again, given_up = [], []
         for s in samples:
             self.attempts[s.id] = self.attempts.get(s.id, 0) + 1
-            (again if self.attempts[s.id] <= self.farm.max_retries else given_up).append(s)
+            (again if may_retry(self.attempts[s.id], self.farm.max_retries) else given_up).append(s)
         by_variant: dict[str, list[Sample]] = {}
         for s in again:
             by_variant.setdefault(s.variant, []).append(s)
@@ -473,25 +381,20 @@ class Scheduler:
         for slot in list(self.slots):
             if slot.loading is not None:
                 timeout = self.plan.start_timeout(slot.variant)
-                if now - slot.created > timeout:
+                if start_overdue(now - slot.created, timeout):
                     phase = "waiting for its GPUs (placement group not placed)" if slot.pg is not None and \
                         not slot.pg.wait(0) else "loading (download, weights, compile and warm-up are not told apart)"
                     self._engine_failed_to_start(slot, start_timed_out(
                         slot.variant, now - slot.created, timeout, phase, self.plan.checkpoint_bytes.get(slot.variant),
                         configured=self.farm.engine_start_timeout_s is not None))
-            elif slot.inflight and now - slot.last_progress > self._patience(slot):
+            elif stalled(now - slot.last_progress, len(slot.inflight), self._patience(slot)):
                 self._engine_lost(slot, "engine_stalled",
                                   f"no request finished in {now - slot.last_progress:.0f} s "
                                   f"with {len(slot.inflight)} in flight", kill=True)
 
     def _patience(self, slot: Slot) -> float:
-        """How long an engine may finish nothing: `farm.stall_timeout_s`, or three times what its
-        longest request in flight would take at the seconds per token this engine has shown, if that
-        is longer (a 16k-token answer may legitimately outlast the timeout: an engine reports no
-        progress before a request finishes)."""
         longest = max((s.work.recipe.generation_budget for s in slot.inflight.values()), default=0)
-        per_token = slot.latency_s / slot.tokens if slot.tokens else 0.0
-        return max(self.farm.stall_timeout_s, 3 * longest * per_token)
+        return patience(self.farm.stall_timeout_s, longest, slot.latency_s, slot.tokens)
 
     # -- scoring and writing -----------------------------------------------------------------
 
