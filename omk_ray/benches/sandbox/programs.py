@@ -31,7 +31,11 @@ class Program:
 
     `test_code` (script): the tests, run outside the program's process against its names
     (HumanEval's tests and `check(entry_point)`, MBPP's asserts); without it the program is
-    its own test, which only a trusted program can be. `tests` (stdio, call) are
+    its own test, which only a trusted program can be. `helpers` (script): the problem's own code
+    (HumanEval's prompt), run in the harness before the tests so that a helper the tests call
+    (`poly`, `encode_cyclic`) is the problem's, whatever the program redefined; `entry_point`:
+    then the only name the tests take from the program. Without it they take every name they use
+    that is neither a builtin nor defined by `helpers`. `tests` (stdio, call) are
     `{"input": str, "output": str}` (stdio: the text on stdin and the expected stdout; call:
     one JSON value per input line, the expected value as JSON).
     """
@@ -41,6 +45,8 @@ class Program:
     test_code: str | None = None
     tests: tuple[dict, ...] = ()
     fn_name: str | None = None
+    helpers: str | None = None
+    entry_point: str | None = None
     test_timeout_s: float = 6.0
     limits: Limits | None = None
 

@@ -237,7 +237,9 @@ def _private_filesystem(job: dict) -> str:
         pass  # some container runtimes forbid it; the host's /proc stays (documented)
     _read_only("/")
     tmp = f"size={limits['disk_mb']}m,mode=1777"
-    for path in hidden:
+    for path in hidden:  # outer first: a path inside a hidden folder is gone unless a mount brought it back
+        if not os.path.lexists(path):
+            continue
         if os.path.isdir(path):
             _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, tmp if path == "/tmp" else "size=1m,mode=755")
             for inner in sorted(p for p in keep if _under(p, path)):
