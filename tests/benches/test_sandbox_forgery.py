@@ -40,11 +40,14 @@ EXPOSED = ("HumanEval/2", "HumanEval/4", "HumanEval/10", "HumanEval/32", "HumanE
 SAMPLE = (*EXPOSED, "HumanEval/0", "HumanEval/52", "HumanEval/53", "HumanEval/100", "HumanEval/163")
 
 ATTACKS = {
-    "shadow abs": ("HumanEval/2", "def truncate_number(number: float) -> float:\n    return 0.0\n"
+    "shadow abs": ("HumanEval/2", "def truncate_number(number: float) -> float:\n    return 0.5\n"
                                   "abs = lambda *a, **k: 0"),
+    "shadow abs everywhere": ("HumanEval/4", "abs = lambda *a, **k: 0\ndef mean_absolute_deviation(numbers):\n"
+                                             "    return 0.0"),
     "patch builtins.abs": ("HumanEval/4", "import builtins\nbuiltins.abs = lambda *a, **k: 0\n"
                                           "def mean_absolute_deviation(numbers):\n    return 0.0"),
-    "shadow sum": ("HumanEval/151", "sum = lambda *a, **k: 0\ndef double_the_difference(lst):\n    return 0"),
+    "shadow sum": ("HumanEval/151", "sum = lambda *a, **k: 0\ndef double_the_difference(lst):\n"
+                                    "    return {(5, 4): 25, (0.2, 3, 5): 34}.get(tuple(lst), 0)"),
     "redefine poly": ("HumanEval/32", "def poly(xs, x):\n    return 0.0\ndef find_zero(xs):\n    return 0.0"),
     "monkeypatch math": ("HumanEval/32", "import math\nmath.fabs = lambda x: 0.0\ndef find_zero(xs):\n    return 0.0"),
     "redefine encode_cyclic": ("HumanEval/38", "def encode_cyclic(s):\n    return s\ndef decode_cyclic(s):\n    return s"),
