@@ -42,6 +42,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Iterable, Literal
 
+from omk_ray.benches.sandbox.memory import ProgramCgroup
 from omk_ray.benches.sandbox.programs import SETUP_FAILED, Program, Limits, Outcome
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class Sandbox:
         isolation: Isolation = "auto",
         hide: Iterable[str] = (),
         python: str | None = None,
+        cgroups: bool = True,
     ):
         if isolation not in ("auto", "namespaces", "rlimits"):
             raise ValueError(f"isolation must be auto, namespaces or rlimits, not {isolation!r}")
@@ -96,6 +98,7 @@ class Sandbox:
         self.requested = isolation
         self.hide = tuple(hide)
         self.python = python or sys.executable
+        self.cgroups = cgroups  # False: the per-process bound only, as on a node without cgroups
 
     @property
     def isolation(self) -> str:
@@ -153,6 +156,7 @@ class Sandbox:
         nonce = uuid.uuid4().hex
         files = [tempfile.TemporaryFile() for _ in range(5)]
         spec, report, verdict, stdout, stderr = files
+        cgroup = ProgramCgroup.create(limits.memory_mb) if self.cgroups else None
         try:
             setup = marshal.dumps({
                 "mode": mode,
@@ -164,6 +168,7 @@ class Sandbox:
                 "runner_source": RUNNER_SOURCE,
                 "report_fd": report.fileno(),
                 "verdict_fd": verdict.fileno(),
+                "cgroup_procs": cgroup.procs if cgroup else None,
             })
             secret = marshal.dumps({  # read by the harness only, after the program's process is forked
                 "nonce": nonce,
@@ -197,6 +202,10 @@ class Sandbox:
                 proc.wait()
                 host_killed = True
             duration = time.perf_counter() - start
+            usage = None
+            if cgroup is not None:
+                cgroup.kill()
+                usage = cgroup.usage()
             return _outcome(
                 report=_literal_lines(report),
                 verdicts=_literal_lines(verdict),
@@ -207,18 +216,29 @@ class Sandbox:
                 duration=duration,
                 mode=mode,
                 host_killed=host_killed,
+                usage=usage,
             )
         finally:
+            if cgroup is not None:
+                cgroup.remove()
             for f in files:
                 f.close()
             if workdir:
                 shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _outcome(*, report, verdicts, nonce, stdout, stderr, limits: Limits, duration, mode, host_killed) -> Outcome:
+def _outcome(*, report, verdicts, nonce, stdout, stderr, limits: Limits, duration, mode, host_killed,
+             usage=None) -> Outcome:
     base = dict(stdout=stdout, stderr=stderr, duration_s=round(duration, 4), isolation=mode)
-    state = report[-1] if report else {}
+    state = next((r for r in reversed(report) if "cgroup" not in r), {})
     base["cpu_s"] = state.get("cpu_s")
+    whole = usage is not None and any(r.get("cgroup") is True for r in report)
+    base["memory_bound"] = "cgroup" if whole else "rlimits"
+    base["memory_limit_mb"] = limits.memory_mb if whole else limits.memory_mb * limits.processes
+    base["memory_peak_mb"] = usage.peak_mb if whole else None
+    if whole and usage.oom_kills:  # whatever the verdict: the program went past its memory
+        return Outcome("error", f"memory limit of {limits.memory_mb} MiB for the whole program exceeded "
+                                f"({usage.oom_kills} process(es) killed)", **base)
     setup_error = next((r["setup_error"] for r in report if "setup_error" in r), None)
     if setup_error:  # the supervisor or init could not set up the isolation: no program started
         return Outcome("error", f"{SETUP_FAILED}: {setup_error}", refused=True, **base)

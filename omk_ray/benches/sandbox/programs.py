@@ -12,7 +12,8 @@ CheckKind = Literal["script", "stdio", "call"]
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-program limits. Memory is per process (RLIMIT_AS): processes x memory bounds the total."""
+    """Per-program limits. Memory: `memory_mb` for the whole program where a cgroup can be made (see
+    memory.py), else per process (RLIMIT_AS), `processes x memory_mb` in all; `Outcome.memory_bound` says which."""
 
     wall_s: float = 10.0
     cpu_s: float = 10.0
@@ -62,6 +63,9 @@ class Outcome:
     tests_passed: int | None = None
     tests_total: int | None = None
     isolation: str = ""
+    memory_bound: str = ""  # "cgroup": memory_limit_mb for the whole program; "rlimits": memory_mb per process
+    memory_limit_mb: int | None = None  # the most the whole program could hold
+    memory_peak_mb: float | None = None  # the cgroup's own peak accounting (None without a cgroup)
     refused: bool = False  # the isolation level could not be set up here at all (e.g. unshare forbidden)
 
     @property
