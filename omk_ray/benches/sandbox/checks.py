@@ -10,8 +10,10 @@ write a verdict. Standard library only; `wire` (runner.py) is set by the supervi
 Three checks, chosen by the job's `check`:
 
 - `script`: run the program, then the job's `test_code` (HumanEval's tests and
-  `check(entry_point)`, MBPP's asserts) *here*, where each name of the program the tests use
-  stands for the program's object: calling it calls the object in the runner and returns a
+  `check(entry_point)`, MBPP's asserts) *here*, with this process's own builtins and, first, the
+  problem's own `helpers` (HumanEval's prompt): the names taken from the program are the
+  `entry_point` only, or without one those the tests use that are neither builtins nor the
+  problem's. Each stands for the program's object: calling it calls the object in the runner and returns a
   copy of the value (an object that is not plain data comes back as a handle, which compares
   by identity only). The asserts run in this process, on values. Without `test_code` the
   program is its own test and passes when it runs to its end (trusted programs only: an

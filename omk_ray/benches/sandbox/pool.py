@@ -8,18 +8,20 @@ says up front which level `auto` will use here (`omk-ray preflight` and `omk-ray
 - `namespaces`: private mount, pid, network, IPC and UTS namespaces. As root, the program
   runs as a random unprivileged uid (so RLIMIT_NPROC binds and host files keep their
   permissions); as another user, inside its own user namespace with no capabilities. The
-  whole filesystem is read-only, home folders, /root, /home, /run and secret locations are
-  hidden behind empty tmpfs mounts (the Python installation is mounted back), /tmp is a
+  whole filesystem is read-only, every top-level folder but the system's (so homes, checkouts,
+  results folders), /run, secret locations and data caches are hidden behind empty tmpfs mounts
+  (the Python installation is mounted back, less the answer-key packages `ANSWER_PACKAGES`), /tmp is a
   fresh size-limited tmpfs, /dev holds only null/zero/full/random/urandom (no GPUs), /proc
   shows only the sandbox's processes, and there is no network (only a loopback device that
   is down).
 - `rlimits`: where namespaces are forbidden (some containers): resource limits, a fresh
   working directory, a scrubbed environment and a process group killed on timeout; files
-  and network are as reachable as for the farm's own user, and so are the farm's own processes:
+  (answer keys, results folders, the checkout) and network are as reachable as for the farm's own user, and so are the farm's own processes:
   a program written to attack the sandbox could read a verdict's nonce there. Never chosen
   where namespaces work.
 
-Every `Outcome` says which level ran it (`isolation`), and every code-bench row records it.
+Every `Outcome` says which level ran it (`isolation`), and every code-bench row records it. In both
+levels the whole program gets one memory cgroup where the node allows it (memory.py).
 """
 
 from __future__ import annotations
