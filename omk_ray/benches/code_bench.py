@@ -12,6 +12,7 @@ from pydantic import Field
 from omk_ray.benches import sources
 from omk_ray.benches.base import Bench, BenchOptions, Doc, Score, ScorerUnavailable
 from omk_ray.benches.sandbox import Program, Limits, Outcome, Sandbox
+from omk_ray.benches.sandbox.memory import bounded_memory_mb, cgroups_here, host_memory_mb
 from omk_ray.config import BenchSpec
 from omk_ray.engines.base import Completion
 
@@ -20,7 +21,12 @@ class CodeOptions(BenchOptions):
     """Options every code bench takes."""
 
     timeout_s: float = Field(10.0, gt=0, description="wall and CPU seconds per program")
-    memory_mb: int = Field(2048, ge=64, description="address-space limit per process")
+    memory_mb: int = Field(
+        2048, ge=64,
+        description="memory for the whole program where the node allows a cgroup, else per process (RLIMIT_AS; "
+        "processes x memory_mb in all). Left unset, lowered so that `workers` programs at once fit in half the "
+        "host's memory. Every row records the bound (metrics sandbox_memory_limit_mb, sandbox_memory_cgroup)",
+    )
     workers: int = Field(2, ge=1, description="programs run at once by score_many")
     isolation: Literal["namespaces", "rlimits", "auto"] = Field(
         "auto",
@@ -43,6 +49,10 @@ class CodeBench(Bench):
     def sandbox(self) -> Sandbox:
         o = self.options
         limits = Limits(wall_s=o.timeout_s, cpu_s=o.timeout_s, memory_mb=o.memory_mb)
+        if "memory_mb" not in o.model_fields_set:  # the default: never more than the host can hold
+            whole = cgroups_here()
+            memory = bounded_memory_mb(o.memory_mb, o.workers, limits.processes, host_memory_mb(), whole)
+            limits = limits.but(memory_mb=memory)
         return Sandbox(limits, workers=o.workers, isolation=o.isolation)
 
     @property
@@ -125,10 +135,17 @@ def rlimits_notes(store, variants: list[str], benches: list[str]) -> list[str]:
             "do not depend on it" for bench, names in sorted(found.items())]
 
 
+MEMORY_LIMIT_KEY = "sandbox_memory_limit_mb"  # bookkeeping ("sandbox_" keys are never scores)
+MEMORY_CGROUP_KEY = "sandbox_memory_cgroup"
+
+
 def to_score(outcome: Outcome, extracted: str) -> Score:
     metrics = {"pass@1": float(outcome.passed)}
     if not outcome.passed:
         metrics[f"sandbox_{outcome.status}"] = 1.0
+    if outcome.memory_limit_mb:  # the bound the whole program ran under, and whether a cgroup enforced it
+        metrics[MEMORY_LIMIT_KEY] = float(outcome.memory_limit_mb)
+        metrics[MEMORY_CGROUP_KEY] = float(outcome.memory_bound == "cgroup")
     if outcome.tests_total:
         metrics["tests_passed"] = float(outcome.tests_passed or 0)
         metrics["tests_total"] = float(outcome.tests_total)

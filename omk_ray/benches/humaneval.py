@@ -89,7 +89,9 @@ class HumanEvalBench(CodeBench):
 
     def program(self, doc: Doc, response: str) -> tuple[Program, str]:
         candidate = doc.meta["prompt"] + function_code(response)
-        return Program(program=candidate, test_code=doc.target or ""), candidate
+        program = Program(program=candidate, test_code=doc.target or "", helpers=doc.meta["prompt"],
+                          entry_point=doc.meta["entry_point"])
+        return program, candidate
 
 
 class HumanEvalPlusBench(HumanEvalBench):

@@ -28,6 +28,11 @@ HE_LOG = FIXTURES / "humaneval_full" / "samples_humaneval_chat_2026-05-17T13-55-
 LCB_LOG = FIXTURES / "lcb_medium_55" / "lcb_result.samples.jsonl"
 
 
+def verdict(metrics: dict) -> dict:
+    """The metrics but the memory bound every code row records (it depends on the node)."""
+    return {k: v for k, v in metrics.items() if not k.startswith("sandbox_memory_")}
+
+
 def fenced(code: str, prose: str = "Here is the solution.") -> Completion:
     return Completion(text=f"{prose}\n```python\n{code}\n```\nThat's it.")
 
@@ -94,7 +99,7 @@ def test_humaneval_canonical_solutions_all_pass_and_wrong_ones_fail(humaneval):
     canonical = [(d, fenced(problems[d.id]["prompt"] + problems[d.id]["canonical_solution"])) for d in docs]
     scores = bench.score_many(canonical)
     assert [d.id for (d, _), s in zip(canonical, scores) if not s.correct] == []
-    assert all(s.metrics == {"pass@1": 1.0} for s in scores)
+    assert all(verdict(s.metrics) == {"pass@1": 1.0} for s in scores)
 
     wrong = [
         (docs[0], fenced("def has_close_elements(numbers, threshold):\n    return False")),
@@ -104,9 +109,9 @@ def test_humaneval_canonical_solutions_all_pass_and_wrong_ones_fail(humaneval):
     ]
     scores = make_bench(BenchSpec(name="humaneval", kind="humaneval", options={"timeout_s": 2})).score_many(wrong)
     assert [s.correct for s in scores] == [False] * 4
-    assert scores[0].metrics == {"pass@1": 0.0, "sandbox_fail": 1.0}
-    assert scores[2].metrics == {"pass@1": 0.0, "sandbox_error": 1.0}
-    assert scores[3].metrics == {"pass@1": 0.0, "sandbox_timeout": 1.0}
+    assert verdict(scores[0].metrics) == {"pass@1": 0.0, "sandbox_fail": 1.0}
+    assert verdict(scores[2].metrics) == {"pass@1": 0.0, "sandbox_error": 1.0}
+    assert verdict(scores[3].metrics) == {"pass@1": 0.0, "sandbox_timeout": 1.0}
     assert "OMK_PWNED" not in os.environ  # the completion ran elsewhere, never in this process
 
 
@@ -304,7 +309,7 @@ def test_lcb_functional_tests_public_and_private(lcb_folder):
     scores = bench.score_many([(add, Completion(text=answer)), (add, fenced(only_public)), (pair, fenced(as_tuple))])
     assert [s.correct for s in scores] == [True, False, True]
     assert scores[0].extracted == right and scores[0].metrics["tests_total"] == 3.0
-    assert scores[1].metrics == {"pass@1": 0.0, "sandbox_fail": 1.0, "tests_passed": 1.0, "tests_total": 3.0}
+    assert verdict(scores[1].metrics) == {"pass@1": 0.0, "sandbox_fail": 1.0, "tests_passed": 1.0, "tests_total": 3.0}
     assert lcb(lcb_folder, tests="public").score(add, fenced(only_public)).correct  # the upstream runner's rule
 
 

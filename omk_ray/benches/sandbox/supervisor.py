@@ -96,6 +96,13 @@ def main() -> None:
     size = int.from_bytes(_read(0, 8), "little")
     job = marshal.loads(_read(0, size))  # the setup only: the harness reads the rest of stdin later
     report_fd = job["report_fd"]
+    if job.get("cgroup_procs"):  # before anything is forked: the whole program is charged to one cgroup
+        try:
+            with open(job["cgroup_procs"], "w") as f:
+                f.write(str(os.getpid()))
+            _report(report_fd, cgroup=True)
+        except OSError as err:
+            _report(report_fd, cgroup=False, cgroup_error=str(err))
     checks = _load_source(job["checks_source"], "checks.py")
     checks.wire = _load_source(job["runner_source"], "runner.py")
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -237,7 +244,9 @@ def _private_filesystem(job: dict) -> str:
         pass  # some container runtimes forbid it; the host's /proc stays (documented)
     _read_only("/")
     tmp = f"size={limits['disk_mb']}m,mode=1777"
-    for path in hidden:
+    for path in hidden:  # outer first: a path inside a hidden folder is gone unless a mount brought it back
+        if not os.path.lexists(path):
+            continue
         if os.path.isdir(path):
             _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, tmp if path == "/tmp" else "size=1m,mode=755")
             for inner in sorted(p for p in keep if _under(p, path)):
