@@ -106,7 +106,7 @@ def bench_specs(store: ResultsStore, grid: GridConfig | None = None) -> dict[str
         spec = json.loads(path.read_text())["spec"]
         specs[spec["name"]] = BenchSpec(**spec)
     for run in store.runs():  # later runs win over earlier ones and over imports
-        config = run.manifest().get("config")
+        config = run.records().manifest.config
         if config:
             specs.update({b.name: b for b in recorded_grid(config, str(run.manifest_path)).benches})
     if grid is not None:
