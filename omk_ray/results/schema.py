@@ -91,8 +91,10 @@ def make_row(**columns) -> dict:
     unknown = columns.keys() - _COLUMN_SET
     if unknown:
         raise ValueError(f"not columns of a sample row: {', '.join(sorted(unknown))}")
-    row = dict.fromkeys(COLUMNS)
-    row.update(columns)
+    row = columns  # a dict of its own, made by this call
+    if len(row) < len(COLUMNS):
+        row = dict.fromkeys(COLUMNS)
+        row.update(columns)
     if row["error"] is not None:
         row["score"] = row["correct"] = None
     return row
