@@ -213,8 +213,8 @@ def _rescored(path: Path, score: Scorer, version: str, report: BenchRescore) -> 
         metrics.update(new.metrics)
         if old_version != version and old_score is not None:
             metrics.setdefault(f"score@{old_version}", old_score)
-        changes[i] = dict(score=new_score, correct=None if error else new.correct, extracted_answer=new.extracted, metrics=metrics,
-                          scorer_version=version, isolation=new.isolation, error=error)
+        changes[i] = dict(score=new_score, correct=None if error else new.correct, extracted_answer=new.extracted,
+                          metrics=metrics, scorer_version=version, isolation=new.isolation, error=error)
     return changes
 
 

@@ -189,8 +189,13 @@ class RunLog:
 
     def records(self) -> RunRecords:
         """The one reader of the run: its manifest and events, typed (run_records.py)."""
-        return RunRecords(manifest=RunManifest.model_validate(self.manifest()),
-                          events=[RunEvent.model_validate(e) for e in self.events() if isinstance(e, dict)])
+        events = []
+        for e in self.events():
+            try:
+                events.append(RunEvent.model_validate(e))
+            except ValidationError:
+                continue  # not an event (a line some other tool wrote): skipped like a torn line
+        return RunRecords(manifest=RunManifest.model_validate(self.manifest()), events=events)
 
     def manifest(self) -> dict[str, Any]:
         """The manifest's JSON as stored (code reads `records()`)."""

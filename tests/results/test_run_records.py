@@ -73,6 +73,7 @@ def test_events_are_typed_and_an_unknown_kind_is_refused_when_written_but_read_w
         run.event("engine_exploded", engine="e0")
     with run.events_path.open("a") as f:  # a kind an older version wrote
         f.write(json.dumps({"time": "t", "event": "unit_failed", "error": "x"}) + "\n")
+        f.write(json.dumps({"time": "t", "error": "no kind"}) + "\n[1, 2]\n")  # not events: skipped
     events = run.records().events
     assert [e.event for e in events] == [EventKind.ENGINE_DIED, EventKind.SAMPLES_FAILED, "unit_failed"]
     assert isinstance(events[0].event, EventKind) and not isinstance(events[2].event, EventKind)
