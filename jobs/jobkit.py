@@ -69,7 +69,7 @@ def print_run(summary) -> None:
     print(f"run {summary.run_id}: {summary.status}; {summary.generated} samples generated, {summary.failed} failed, "
           f"{summary.skipped} skipped, {summary.seconds:.0f} s", flush=True)
     for variant, result in canary_verdicts(summary.results, summary.run_id).items():
-        print(f"canary {variant}: {'passed' if result['passed'] else 'FAILED: ' + '; '.join(result['reasons'])}",
+        print(f"canary {variant}: {'passed' if result.passed else 'FAILED: ' + '; '.join(result.reasons)}",
               flush=True)
 
 

@@ -161,10 +161,10 @@ def report_canary(summary) -> None:
     from omk_ray.results.store import ResultsStore
 
     run_log = next(r for r in ResultsStore(summary.results).runs() if r.run_id == summary.run_id)
-    for variant, result in run_log.manifest().get("canary", {}).items():
-        verdict = "[green]passed[/]" if result["passed"] else "[red]FAILED[/]"
+    for variant, result in run_log.records().manifest.canary.items():
+        verdict = "[green]passed[/]" if result.passed else "[red]FAILED[/]"
         console.print(f"canary {variant}: {verdict}")
-        for reason in result["reasons"]:
+        for reason in result.reasons:
             console.print(f"  - {reason}")
 
 
@@ -197,18 +197,14 @@ def status(results: Path = typer.Argument(..., help="results folder of a run")) 
     for variant, verdict in canary.items():
         if not verdict.passed:
             console.print(f"[red]canary {verdict.label}[/] {variant} (run {verdict.run_id}): {'; '.join(verdict.reasons)}")
-    runs = [r.manifest() for r in store.runs()]
     writer = holder(results)
-    for m in runs:  # a run killed before it could record its end is no longer "running"
-        if m["status"] == "running" and (writer is None or writer.run_id != m["run_id"]):
-            m["status"] = "died"
-    print_table([{"run": m["run_id"], "status": m["status"], "started": m["started_at"][:19],
-                  "seconds": m.get("seconds"), "generated": m.get("generated_samples"),
-                  "failed": m.get("failed_samples")} for m in runs], title="runs")
-    failures = [e for e in run_log.events() if e["event"] in ("engine_died", "engine_stalled", "request_failed",
-                                                               "scorer_died", "scoring_failed", "engine_start_failed")]
-    for e in failures[-10:]:
-        console.print(f"[yellow]{e['event']}[/] {e.get('variant')} {e.get('bench', '')}: {e.get('error', '')[:200]}")
+    runs = [r.records() for r in store.runs()]
+    print_table([{"run": r.run_id, "status": r.status(writer.run_id if writer else None),
+                  "started": (r.manifest.started_at or "")[:19], "seconds": r.manifest.seconds,
+                  "generated": r.manifest.generated_samples, "failed": r.manifest.failed_samples} for r in runs],
+                title="runs")
+    for e in run_log.records().failures()[-10:]:
+        console.print(f"[yellow]{e.event}[/] {e.variant} {e.bench or ''}: {(e.error or '')[:200]}")
     print_table(engine_report(run_log), title=f"engines of run {run_log.run_id}")
     if writer is not None:
         console.print(f"{writer} is writing this folder now", highlight=False)

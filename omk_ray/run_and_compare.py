@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from omk_ray.config import GridConfig
+from omk_ray.results.run_records import CanaryRecord
 from omk_ray.results.store import ResultsStore
 
 if TYPE_CHECKING:
@@ -35,10 +36,10 @@ class Outcome:
     report: dict[str, Path] | None = None
 
 
-def canary_verdicts(results: str | Path, run_id: str) -> dict[str, dict[str, Any]]:
-    """Variant -> {"passed", "reasons"} as the run `run_id` judged its canary."""
+def canary_verdicts(results: str | Path, run_id: str) -> dict[str, CanaryRecord]:
+    """Variant -> its canary verdict (passed, reasons) as the run `run_id` judged it."""
     run = next(r for r in ResultsStore(results).runs() if r.run_id == run_id)
-    return dict(sorted((run.manifest().get("canary") or {}).items()))
+    return dict(sorted(run.records().manifest.canary.items()))
 
 
 def run_and_compare(
@@ -61,7 +62,7 @@ def run_and_compare(
     summary = run_grid(grid, results, variants=variants, **run_options)
     if after_run is not None:
         after_run(summary)
-    failed = {v: r["reasons"] for v, r in canary_verdicts(results, summary.run_id).items() if not r["passed"]}
+    failed = {v: r.reasons for v, r in canary_verdicts(results, summary.run_id).items() if not r.passed}
     left_out = set(failed) if leave_out_failed else set()
     outcome = Outcome(summary, failed)
     if baseline in left_out:

@@ -40,15 +40,14 @@ def canary_verdicts(runs: list[RunLog]) -> dict[str, CanaryVerdict]:
     out: dict[str, CanaryVerdict] = {}
     for run in runs:
         try:
-            manifest = run.manifest()
+            manifest = run.records().manifest
         except (OSError, ValueError):
             continue
-        farm = (manifest.get("config") or {}).get("farm") or {}
+        farm = (manifest.config or {}).get("farm") or {}
         on_fail = (farm.get("canary") or {}).get("on_fail", "skip")
-        for variant, verdict in (manifest.get("canary") or {}).items():
-            passed = bool(verdict.get("passed"))
-            out[variant] = CanaryVerdict(passed, not passed and on_fail == "skip", list(verdict.get("reasons") or []),
-                                         run.run_id)
+        for variant, verdict in manifest.canary.items():
+            out[variant] = CanaryVerdict(verdict.passed, not verdict.passed and on_fail == "skip",
+                                         list(verdict.reasons), run.run_id)
     return out
 
 
@@ -71,8 +70,8 @@ def read_declared(store: ResultsStore) -> Declared:
     declared = Declared(canary=canary_verdicts(store.runs()))
     for run in store.runs():
         try:
-            manifest = run.manifest()
-            config = manifest.get("config")
+            manifest = run.records().manifest
+            config = manifest.config
             if config is None:
                 continue
             grid = recorded_grid(config, f"{run.manifest_path} (config)")
@@ -84,7 +83,7 @@ def read_declared(store: ResultsStore) -> Declared:
             metric = bench.options.get("primary_metric")
             if isinstance(metric, str):
                 declared.primary_metrics[bench.name] = metric
-        paths = manifest.get("model_paths") or {}
+        paths = manifest.model_paths
         for variant in grid.variants:
             if paths.get(variant.name) or variant.model:
                 declared.models[variant.name] = (paths.get(variant.name) or variant.model, variant.revision)

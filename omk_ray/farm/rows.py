@@ -1,7 +1,7 @@
 """From a generated completion to a stored row: scoring (on CPU, never on the engine) and the row itself.
 
-`score_all` is what the scoring actors run; `sample_row` is the one place a sample row is built;
-`generate_rows` puts both behind an engine in-process (tests, scripts).
+`score_all` is what the scoring actors run; `sample_row` is the farm's row, built by the one row
+constructor (`results.schema.make_row`); `generate_rows` puts both behind an engine in-process (tests, scripts).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from omk_ray.config import Recipe
 from omk_ray.engines.base import Completion, Engine, Request
 from omk_ray.engines.identity import ROW_COLUMNS as IDENTITY_COLUMNS
 from omk_ray.engines.identity import EngineIdentity
-from omk_ray.results.schema import rows_to_table
+from omk_ray.results.schema import make_row, rows_to_table
 
 
 @dataclass(frozen=True)
@@ -52,42 +52,42 @@ def sample_row(ctx: RowContext, doc: Doc, repeat: int, completion: Completion, s
     metrics = dict(score.metrics) if score else {}
     if completion.thinking_budget_hit:
         metrics["thinking_budget_hit"] = 1.0
-    return {
-        "run_id": ctx.run_id,
-        "cohort": ctx.cohort,
-        "variant": ctx.variant,
-        "variant_fingerprint": ctx.fingerprint,
-        "bench": ctx.bench,
-        "doc_id": doc.id,
-        "repeat": repeat,
-        "prompt_hash": completion.prompt_hash,
-        "doc_hash": doc.hash,
-        "prompt_tokens": completion.prompt_tokens,
-        "completion_tokens": completion.completion_tokens,
-        "reasoning_tokens": completion.reasoning_tokens,
-        "finish_reason": completion.finish_reason,
-        "response": completion.text,
-        "reasoning": completion.reasoning,
-        "extracted_answer": score.extracted if score else None,
-        "target": doc.target,
-        "score": score.score if score else 0.0,
-        "correct": score.correct if score else False,
-        "metrics": metrics,
-        "domain": doc.domain,
-        "subdomain": doc.subdomain,
-        "latency_s": completion.latency_s,
-        "engine": ctx.engine,
-        "engine_version": engine_version,
+    return make_row(
+        run_id=ctx.run_id,
+        cohort=ctx.cohort,
+        variant=ctx.variant,
+        variant_fingerprint=ctx.fingerprint,
+        bench=ctx.bench,
+        doc_id=doc.id,
+        repeat=repeat,
+        prompt_hash=completion.prompt_hash,
+        doc_hash=doc.hash,
+        prompt_tokens=completion.prompt_tokens,
+        completion_tokens=completion.completion_tokens,
+        reasoning_tokens=completion.reasoning_tokens,
+        finish_reason=completion.finish_reason,
+        response=completion.text,
+        reasoning=completion.reasoning,
+        extracted_answer=score.extracted if score else None,
+        target=doc.target,
+        score=score.score if score else None,
+        correct=score.correct if score else None,
+        metrics=metrics,
+        domain=doc.domain,
+        subdomain=doc.subdomain,
+        latency_s=completion.latency_s,
+        engine=ctx.engine,
+        engine_version=engine_version,
         **(identity.columns() if identity else dict.fromkeys(IDENTITY_COLUMNS)),
-        "recipe_hash": ctx.recipe_hash,
-        "scorer_version": scorer_version,
-        "score_detail": score.detail if score else None,
-        "isolation": score.isolation if score else None,
-        "dataset_revision": ctx.dataset_revision,
-        "started_at": started_at,
-        "error": error,
-        "error_kind": completion.error_kind if error else None,
-    }
+        recipe_hash=ctx.recipe_hash,
+        scorer_version=scorer_version,
+        score_detail=score.detail if score else None,
+        isolation=score.isolation if score else None,
+        dataset_revision=ctx.dataset_revision,
+        started_at=started_at,
+        error=error,
+        error_kind=completion.error_kind if error else None,
+    )
 
 
 def generate_rows(engine: Engine, bench: Bench, ctx: RowContext, samples: list[tuple[Doc, int]]) -> pa.Table:

@@ -27,6 +27,7 @@ from omk_ray.farm.preflight import check_cluster
 from omk_ray.farm.progress import FarmProgress
 from omk_ray.farm.scheduler import Scheduler
 from omk_ray.results.folder_lock import writing
+from omk_ray.results.run_records import RunManifest
 from omk_ray.results.store import ResultsStore
 
 log = logging.getLogger("omk_ray.farm")
@@ -126,30 +127,30 @@ def _run_grid(grid, results_root, address, variants, limit_docs, run_id, show_pr
     logging.getLogger("omk_ray").setLevel(logging.INFO)
 
     started = datetime.now(timezone.utc)
-    manifest = {
-        "run_id": runlog.run_id,
-        "status": "running",
-        "started_at": started.isoformat(),
-        "ended_at": None,
-        "config": grid_to_dict(grid),
-        "config_path": grid.source_path,
-        "variants": sorted(plan.fingerprints),
-        "fingerprints": plan.fingerprints,
-        "gpu": plan.gpu,  # planned for a cluster with GPUs: `status` keys samples the same way
-        "engine_identities": {name: i.model_dump() for name, i in plan.identities.items()},
-        "weights": plan.weights,  # what each fingerprint hashed: content sha256, or the hub commit resolved
-        "model_paths": plan.model_paths,
-        "recipe_hashes": plan.recipe_hashes(),
-        "dataset_revisions": plan.dataset_revisions,
-        "expected_samples": plan.expected,
-        "planned_samples": plan.missing,
-        "versions": versions(),
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "address": address,
-        "limit_docs": limit_docs,
-        "took_over_from": asdict(stale) if stale else None,  # a run that died holding the folder
-    }
+    manifest = RunManifest(
+        run_id=runlog.run_id,
+        status="running",
+        started_at=started.isoformat(),
+        ended_at=None,
+        config=grid_to_dict(grid),
+        config_path=grid.source_path,
+        variants=sorted(plan.fingerprints),
+        fingerprints=plan.fingerprints,
+        gpu=plan.gpu,  # planned for a cluster with GPUs: `status` keys samples the same way
+        engine_identities={name: i.model_dump() for name, i in plan.identities.items()},
+        weights=plan.weights,  # what each fingerprint hashed: content sha256, or the hub commit resolved
+        model_paths=plan.model_paths,
+        recipe_hashes=plan.recipe_hashes(),
+        dataset_revisions=plan.dataset_revisions,
+        expected_samples=plan.expected,
+        planned_samples=plan.missing,
+        versions=versions(),
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        address=address,
+        limit_docs=limit_docs,
+        took_over_from=asdict(stale) if stale else None,  # a run that died holding the folder
+    )
     runlog.write_manifest(manifest)
     log.info("run %s: %d samples to generate of %d expected", runlog.run_id, plan.missing, plan.expected)
 
@@ -159,9 +160,9 @@ def _run_grid(grid, results_root, address, variants, limit_docs, run_id, show_pr
     try:
         if plan.missing:
             connect_checked()
-            manifest["cluster_resources"] = ray.cluster_resources()
+            manifest.cluster_resources = ray.cluster_resources()
             if preflight[0]:
-                manifest["preflight"] = {r.node_id: {c.name: f"{c.status}: {c.detail}" for c in r.checks}
+                manifest.preflight = {r.node_id: {c.name: f"{c.status}: {c.detail}" for c in r.checks}
                                          for r in preflight[0]}
             progress = FarmProgress(plan.missing, enabled=show_progress)
             if canary_rules is None and (grid.farm.canary.enabled or canary_only):
@@ -180,18 +181,19 @@ def _run_grid(grid, results_root, address, variants, limit_docs, run_id, show_pr
         raise
     finally:
         engines = [asdict(e) for e in scheduler.engine_stats()] if scheduler else []
-        manifest.update(
-            status=status,
-            ended_at=datetime.now(timezone.utc).isoformat(),
-            seconds=round(time.monotonic() - t0, 2),
-            generated_samples=scheduler.generated if scheduler else 0,
-            failed_samples=scheduler.failed_samples if scheduler else 0,
-            skipped_samples=scheduler.skipped_samples if scheduler else 0,
-            canary=scheduler.canary_results if scheduler else {},
-            isolation=isolation_used(store, runlog.run_id) if scheduler else {},  # code benches: how programs ran
-            engines=engines,
-            gpus=sorted({g for e in engines if e["info"] for g in e["info"].get("gpus", [])}),
-        )
+        manifest = RunManifest.model_validate({
+            **dict(manifest),
+            "status": status,
+            "ended_at": datetime.now(timezone.utc).isoformat(),
+            "seconds": round(time.monotonic() - t0, 2),
+            "generated_samples": scheduler.generated if scheduler else 0,
+            "failed_samples": scheduler.failed_samples if scheduler else 0,
+            "skipped_samples": scheduler.skipped_samples if scheduler else 0,
+            "canary": scheduler.canary_results if scheduler else {},
+            "isolation": isolation_used(store, runlog.run_id) if scheduler else {},  # code benches: how programs ran
+            "engines": engines,
+            "gpus": sorted({g for e in engines if e["info"] for g in e["info"].get("gpus", [])}),
+        })
         runlog.write_manifest(manifest)
         logging.getLogger("omk_ray").removeHandler(handler)
         handler.close()
@@ -200,10 +202,10 @@ def _run_grid(grid, results_root, address, variants, limit_docs, run_id, show_pr
         results=str(store.root),
         expected=plan.expected,
         planned=plan.missing,
-        generated=manifest["generated_samples"],
-        failed=manifest["failed_samples"],
-        skipped=manifest["skipped_samples"],
-        seconds=manifest["seconds"],
+        generated=manifest.generated_samples,
+        failed=manifest.failed_samples,
+        skipped=manifest.skipped_samples,
+        seconds=manifest.seconds,
         status=status,
         engines=engines,
     )

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from omk_ray.config import recorded_grid
 from omk_ray.farm.planner import make_plan
-from omk_ray.results.store import ResultsStore, RunLog, UnreadableResults
+from omk_ray.results.store import BadFile, ResultsStore, RunLog, UnreadableResults
 
 
 @dataclass
@@ -33,17 +33,19 @@ def latest_run(store: ResultsStore) -> RunLog:
 
 def grid_status(store: ResultsStore, run: RunLog | None = None) -> list[CellStatus]:
     run = run or latest_run(store)
-    manifest = run.manifest()
-    grid = recorded_grid(manifest["config"], f"{run.manifest_path}:config")
-    plan = make_plan(grid, store, model_paths=manifest.get("model_paths"), variants=manifest.get("variants"),
-                     limit_docs=manifest.get("limit_docs"), gpu=manifest.get("gpu"))
+    records = run.records()
+    manifest = records.manifest
+    if manifest.config is None:
+        raise UnreadableResults(store.root, [BadFile(run.manifest_path, "not a run manifest (no config)")])
+    grid = recorded_grid(manifest.config, f"{run.manifest_path}:config")
+    plan = make_plan(grid, store, model_paths=manifest.model_paths, variants=manifest.variants,
+                     limit_docs=manifest.limit_docs, gpu=manifest.gpu)
     failures: dict[tuple[str, str], set[str]] = {}
     reasons: dict[tuple[str, str], list[str]] = {}
-    for event in run.events():
-        if event["event"] == "samples_failed":
-            key = (event["variant"], event["bench"])
-            failures.setdefault(key, set()).update(event["doc_ids"])
-            reasons.setdefault(key, []).append(event["reason"])
+    for event in records.given_up():
+        key = (event.variant, event.bench)
+        failures.setdefault(key, set()).update(event.doc_ids)
+        reasons.setdefault(key, []).append(event.reason)
     cells = []
     for w in plan.work:
         missing = {f"{d.id}#{r}" for d, r in w.samples}
@@ -56,15 +58,15 @@ def grid_status(store: ResultsStore, run: RunLog | None = None) -> list[CellStat
 def engine_report(run: RunLog) -> list[dict]:
     """Per engine: GPU-hours (GPUs held x time alive), busy share, tokens per second."""
     rows = []
-    for e in run.manifest().get("engines", []):
-        busy = e["busy_s"] or 0.0
+    for e in run.records().manifest.engines:
+        busy = e.busy_s or 0.0
         rows.append({
-            "engine": e["name"].split("-", 2)[-1],
-            "variant": e["variant"],
-            "host": (e.get("info") or {}).get("host"),
-            "gpu_hours": round(e["gpus"] * e["alive_s"] / 3600, 4),
-            "busy": round(busy / e["alive_s"], 3) if e["alive_s"] else 0.0,
-            "samples": e["samples"],
-            "tokens_per_s": round(e["tokens"] / busy, 1) if busy else 0.0,
+            "engine": e.name.split("-", 2)[-1],
+            "variant": e.variant,
+            "host": (e.info or {}).get("host"),
+            "gpu_hours": round(e.gpus * e.alive_s / 3600, 4),
+            "busy": round(busy / e.alive_s, 3) if e.alive_s else 0.0,
+            "samples": e.samples,
+            "tokens_per_s": round(e.tokens / busy, 1) if busy else 0.0,
         })
     return rows

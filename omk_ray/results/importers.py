@@ -35,7 +35,7 @@ from typing import Any
 from omk_ray.benches.lmeval import aggregate, first_text, metric_values, resolve_domain_fields, resolve_primary
 from omk_ray.config import BenchSpec, DeclaredFacts, GridConfig, Recipe, stable_hash
 from omk_ray.files import write_text_atomic
-from omk_ray.results.schema import TOKENS_MISSING, rows_to_table
+from omk_ray.results.schema import TOKENS_MISSING, make_row, rows_to_table
 from omk_ray.results.store import ResultsStore
 from omk_ray.variants.facts import Facts, FactsError, checkpoint_facts
 
@@ -231,31 +231,31 @@ def _import_one(
         doc = lines[0]["doc"]
         sample_id = str(doc[id_field]) if id_field and doc.get(id_field) is not None else str(doc_id)
         value = metrics[primary]
-        rows.append({
-            "run_id": f"import-lm-eval-{results_path.stem.removeprefix('results_')}",
-            "cohort": recipe.cohort,
-            "variant": variant,
-            "variant_fingerprint": fingerprint,
-            "bench": spec.name,
-            "doc_id": sample_id,
-            "repeat": 0,
-            "prompt_hash": lines[0].get("prompt_hash"),
-            "finish_reason": None,
-            "response": first_text(lines[0]["resps"]),
-            "extracted_answer": _extracted(filtered.get(primary_filter), lines[0]["resps"]),
-            "target": None if lines[0].get("target") is None else str(lines[0]["target"]),
-            "domain": _text(doc.get(fields[0])) if fields[0] else None,
-            "subdomain": _text(doc.get(fields[1])) if fields[1] else None,
-            "score": value,
-            "correct": value >= 1.0,
-            "metrics": metrics,
-            "engine": "lm-eval-import",
-            "engine_version": results.get("lm_eval_version"),
-            "recipe_hash": recipe.hash,
-            "scorer_version": scorer,
-            "dataset_revision": revision,
-            "started_at": started,
-        })
+        rows.append(make_row(
+            run_id=f"import-lm-eval-{results_path.stem.removeprefix('results_')}",
+            cohort=recipe.cohort,
+            variant=variant,
+            variant_fingerprint=fingerprint,
+            bench=spec.name,
+            doc_id=sample_id,
+            repeat=0,
+            prompt_hash=lines[0].get("prompt_hash"),
+            finish_reason=None,
+            response=first_text(lines[0]["resps"]),
+            extracted_answer=_extracted(filtered.get(primary_filter), lines[0]["resps"]),
+            target=None if lines[0].get("target") is None else str(lines[0]["target"]),
+            domain=_text(doc.get(fields[0])) if fields[0] else None,
+            subdomain=_text(doc.get(fields[1])) if fields[1] else None,
+            score=value,
+            correct=value >= 1.0,
+            metrics=metrics,
+            engine="lm-eval-import",
+            engine_version=results.get("lm_eval_version"),
+            recipe_hash=recipe.hash,
+            scorer_version=scorer,
+            dataset_revision=revision,
+            started_at=started,
+        ))
         docs.append({"doc_id": sample_id, "index": doc_id, "doc": doc, "prompt": _logged_prompt(lines[0])})
 
     report = ImportReport(spec.name, task, len(rows), str(samples_path), "", fields,
@@ -353,27 +353,27 @@ def import_lcb(path: Path, variant: str, results_root: Path, bench: str = "lcb_m
         metrics = {"pass@1": float(passed)}
         if any(v is None for v in tokens.values()):
             metrics[TOKENS_MISSING] = 1.0
-        rows.append({
-            "run_id": f"import-lcb-{samples_path.stem}",
-            "cohort": "greedy",
-            "variant": variant,
-            "variant_fingerprint": fingerprint,
-            "bench": bench,
-            "doc_id": str(s["task_id"]),
-            "repeat": 0,
+        rows.append(make_row(
+            run_id=f"import-lcb-{samples_path.stem}",
+            cohort="greedy",
+            variant=variant,
+            variant_fingerprint=fingerprint,
+            bench=bench,
+            doc_id=str(s["task_id"]),
+            repeat=0,
             **tokens,
-            "finish_reason": s.get("finish_reason"),
-            "response": s["completion"],
-            "extracted_answer": s.get("cleaned"),
-            "score": float(passed),
-            "correct": passed,
-            "metrics": metrics,
-            "latency_s": s.get("gen_secs"),
-            "engine": "lcb-import",
-            "scorer_version": "lcb-runner",
-            "dataset_revision": "livecodebench/code_generation_lite@unrecorded",
-            "started_at": started,
-        })
+            finish_reason=s.get("finish_reason"),
+            response=s["completion"],
+            extracted_answer=s.get("cleaned"),
+            score=float(passed),
+            correct=passed,
+            metrics=metrics,
+            latency_s=s.get("gen_secs"),
+            engine="lcb-import",
+            scorer_version="lcb-runner",
+            dataset_revision="livecodebench/code_generation_lite@unrecorded",
+            started_at=started,
+        ))
     report = ImportReport(bench, "livecodebench", len(rows), str(samples_path), "")
     if "pass_at_1" in summary:
         report.aggregates["pass@1"] = (float(summary["pass_at_1"]), aggregate([r["metrics"] for r in rows], "pass@1"))

@@ -35,7 +35,7 @@ from omk_ray.benches.sources import DataError
 from omk_ray.config import BenchSpec, GridConfig, recorded_grid
 from omk_ray.engines.base import Completion
 from omk_ray.results.importers import PROGRAM_TESTS, TOKENS_MISSING, bench_sidecar_paths
-from omk_ray.results.schema import SAMPLE_SCHEMA
+from omk_ray.results.schema import SAMPLE_SCHEMA, make_row
 from omk_ray.results.store import ResultsStore, write_parquet
 
 KEEP_FLAGS = (TOKENS_MISSING, "thinking_budget_hit")
@@ -106,7 +106,7 @@ def bench_specs(store: ResultsStore, grid: GridConfig | None = None) -> dict[str
         spec = json.loads(path.read_text())["spec"]
         specs[spec["name"]] = BenchSpec(**spec)
     for run in store.runs():  # later runs win over earlier ones and over imports
-        config = run.manifest().get("config")
+        config = run.records().manifest.config
         if config:
             specs.update({b.name: b for b in recorded_grid(config, str(run.manifest_path)).benches})
     if grid is not None:
@@ -203,7 +203,8 @@ def _rescored(path: Path, score: Scorer, version: str, report: BenchRescore) -> 
             new = Score(score=0.0, correct=False, metrics={})
         elif (old_error or "").startswith("scorer error"):
             error = None  # the current scorer copes with this response
-        changed = not _same(old_score, new.score)
+        new_score = None if error else new.score  # an error row's score is null (make_row)
+        changed = not _same(old_score, new_score)
         report.changed += changed
         report.scorer_versions.add(old_version)
         if not changed and old_version == version and error == old_error:
@@ -212,15 +213,15 @@ def _rescored(path: Path, score: Scorer, version: str, report: BenchRescore) -> 
         metrics.update(new.metrics)
         if old_version != version and old_score is not None:
             metrics.setdefault(f"score@{old_version}", old_score)
-        changes[i] = dict(score=new.score, correct=new.correct, extracted_answer=new.extracted, metrics=metrics,
-                          scorer_version=version, isolation=new.isolation, error=error)
+        changes[i] = dict(score=new_score, correct=None if error else new.correct, extracted_answer=new.extracted,
+                          metrics=metrics, scorer_version=version, isolation=new.isolation, error=error)
     return changes
 
 
 def _apply(path: Path, changes: dict[int, dict[str, Any]]) -> None:
     rows = pq.read_table(path, schema=SAMPLE_SCHEMA).to_pylist()
     for i, values in changes.items():
-        rows[i].update(values)
+        rows[i] = make_row(**{**rows[i], **values})
     _replace_shard(path, pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA))
 
 

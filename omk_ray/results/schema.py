@@ -81,6 +81,25 @@ def is_score_key(key: str) -> bool:
         BOOKKEEPING_SUFFIXES)
 
 
+_COLUMN_SET = frozenset(COLUMNS)
+
+
+def make_row(**columns) -> dict:
+    """The one constructor of a sample row (the farm's, the importers', rescoring's): every column of
+    SAMPLE_SCHEMA, those not given null. An error row (`error` set) has a null `score` and `correct`:
+    a failure is not a wrong answer, for any reader of the shards."""
+    unknown = columns.keys() - _COLUMN_SET
+    if unknown:
+        raise ValueError(f"not columns of a sample row: {', '.join(sorted(unknown))}")
+    row = columns  # a dict of its own, made by this call
+    if len(row) < len(COLUMNS):
+        row = dict.fromkeys(COLUMNS)
+        row.update(columns)
+    if row["error"] is not None:
+        row["score"] = row["correct"] = None
+    return row
+
+
 def rows_to_table(rows: list[dict]) -> pa.Table:
     """Rows as dicts (missing columns become null) -> a table in SAMPLE_SCHEMA."""
     return pa.Table.from_pylist([{c: r.get(c) for c in COLUMNS} for r in rows], schema=SAMPLE_SCHEMA)

@@ -35,8 +35,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+from pydantic import ValidationError
 
 from omk_ray.files import write_text_atomic, written_aside
+from omk_ray.results.run_records import EventKind, RunEvent, RunManifest, RunRecords
 from omk_ray.results.schema import COLUMNS, NEVER_RUNS, RESUME_KEY, SAMPLE_SCHEMA
 
 
@@ -178,21 +180,36 @@ class RunLog:
         self.events_path = folder / "events.jsonl"
         self.log_path = folder / "run.log"
 
-    def write_manifest(self, manifest: dict[str, Any]) -> None:
+    def write_manifest(self, manifest: RunManifest | dict[str, Any]) -> None:
+        """The one writer of the manifest: whatever is written reads back as a `RunManifest`."""
+        if not isinstance(manifest, RunManifest):
+            manifest = RunManifest.model_validate(manifest)
         self.folder.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.manifest_path, json.dumps(manifest, indent=2, default=str))
+        write_text_atomic(self.manifest_path, json.dumps(manifest.model_dump(), indent=2, default=str))
+
+    def records(self) -> RunRecords:
+        """The one reader of the run: its manifest and events, typed (run_records.py)."""
+        events = []
+        for e in self.events():
+            try:
+                events.append(RunEvent.model_validate(e))
+            except ValidationError:
+                continue  # not an event (a line some other tool wrote): skipped like a torn line
+        return RunRecords(manifest=RunManifest.model_validate(self.manifest()), events=events)
 
     def manifest(self) -> dict[str, Any]:
+        """The manifest's JSON as stored (code reads `records()`)."""
         manifest, problem = _read_manifest(self.manifest_path)
         if problem:
             raise UnreadableResults(self.folder.parent.parent, [BadFile(self.manifest_path, problem)])
         return manifest
 
-    def event(self, kind: str, **fields: Any) -> None:
+    def event(self, kind: EventKind | str, **fields: Any) -> None:
+        """Append one event; `kind` must be an `EventKind` (a ValueError names any other)."""
+        record = RunEvent(event=EventKind(kind), time=datetime.now(timezone.utc).isoformat(), **fields)
         self.folder.mkdir(parents=True, exist_ok=True)
-        record = {"time": datetime.now(timezone.utc).isoformat(), "event": kind, **fields}
         with self.events_path.open("a") as f:
-            f.write(json.dumps(record, default=str) + "\n")
+            f.write(json.dumps(record.model_dump(exclude_unset=True), default=str) + "\n")
 
     def events(self) -> list[dict[str, Any]]:
         if not self.events_path.exists():
@@ -235,6 +252,11 @@ def _read_manifest(path: Path) -> tuple[dict[str, Any], str | None]:
         return {}, f"cannot be read ({err})"
     if not isinstance(manifest, dict) or "run_id" not in manifest:
         return {}, "not a run manifest (a JSON object with run_id, config, ...)"
+    try:
+        RunManifest.model_validate(manifest)
+    except ValidationError as err:
+        first = err.errors()[0]
+        return {}, f"not a run manifest ({'.'.join(map(str, first['loc']))}: {first['msg']})"
     return manifest, None
 
 

@@ -114,10 +114,10 @@ class SampleSource:
         self.specs: dict = {}
         self.recipes: dict[tuple[str, str], Recipe] = {}
         for run in store.runs():
-            manifest = run.manifest()
-            if not manifest.get("config"):
+            config = run.records().manifest.config
+            if not config:
                 continue
-            grid = recorded_grid(manifest["config"], f"{run.manifest_path} (config)")
+            grid = recorded_grid(config, f"{run.manifest_path} (config)")
             if variant not in {v.name for v in grid.variants}:
                 continue
             spec = grid.variant(variant)
@@ -178,7 +178,7 @@ def checkpoint_of(store: ResultsStore, variant: str) -> str | None:
     """The checkpoint the variant's latest run loaded (run manifests record it), if any."""
     path = None
     for run in store.runs():
-        path = (run.manifest().get("model_paths") or {}).get(variant) or path
+        path = run.records().manifest.model_paths.get(variant) or path
     return path
 
 

@@ -84,10 +84,10 @@ def test_rows_outside_schema_are_refused():
 
 def test_torn_event_line_is_skipped(tmp_path):
     run = ResultsStore(tmp_path).new_run("r1")
-    run.event("unit_failed", error="x")
+    run.event("request_failed", error="x")
     with run.events_path.open("a") as f:
         f.write('{"event": "cut sho')
-    assert [e["event"] for e in run.events()] == ["unit_failed"]
+    assert [e["event"] for e in run.events()] == ["request_failed"]
 
 
 def test_error_rows_are_not_done(tmp_path):
