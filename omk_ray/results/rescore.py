@@ -36,7 +36,7 @@ from omk_ray.config import BenchSpec, GridConfig, recorded_grid
 from omk_ray.engines.base import Completion
 from omk_ray.results.importers import PROGRAM_TESTS, TOKENS_MISSING, bench_sidecar_paths
 from omk_ray.results.schema import SAMPLE_SCHEMA
-from omk_ray.results.store import ResultsStore, write_parquet
+from omk_ray.results.store import ResultsStore, shard_problem, write_parquet
 
 KEEP_FLAGS = (TOKENS_MISSING, "thinking_budget_hit")
 
@@ -185,6 +185,9 @@ def _program_scorer(spec: BenchSpec) -> Scorer:
 
 def _rescored(path: Path, score: Scorer, version: str, report: BenchRescore) -> dict[int, dict[str, Any]]:
     """The new values of the rows of one shard that change (row index -> columns); nothing is written."""
+    problem = shard_problem(path)
+    if problem:
+        raise RescoreError(f"{path}: unreadable shard ({problem}); see `omk-ray doctor`")
     try:
         rows = pq.read_table(path, schema=SAMPLE_SCHEMA).to_pylist()
     except (pa.ArrowException, OSError) as err:
