@@ -49,15 +49,13 @@ def load_rows(store: ResultsStore, variants: list[str] | None, benches: list[str
         where = c if where is None else where & c
     try:
         paths = store.readable_shards()  # every shard checked against the schema: a bad one is named, never counted
-    except UnreadableResults as err:
-        raise AnalysisError(str(err)) from None
-    try:
         dataset = ds.dataset([str(p) for p in paths], schema=SAMPLE_SCHEMA, format="parquet")
         scanner = dataset.scanner(columns=ROW_COLUMNS, filter=where, batch_size=16_384, batch_readahead=2,
                                   fragment_readahead=2)
         slim = [_summarise(b, features) for b in scanner.to_batches() if b.num_rows]
-    except (pa.ArrowException, OSError) as err:
-        bad = "; ".join(f"{b.path}: {b.problem}" for b in store.find_unreadable(store.shard_paths(), err))
+    except (pa.ArrowException, OSError, UnreadableResults) as err:
+        found = err.bad if isinstance(err, UnreadableResults) else store.find_unreadable(store.shard_paths(), err)
+        bad = "; ".join(f"{b.path}: {b.problem}" for b in found)
         raise AnalysisError(f"{store.samples_dir}: cannot read the samples: {bad} (`omk-ray doctor "
                             f"{store.root} --quarantine` moves them aside)") from None
     if not slim:
