@@ -198,7 +198,8 @@ def register(app: typer.Typer) -> None:
             reports = run_rescore(results, bench, grid, dry_run=dry_run, variants=variant or None, wait=wait)
         except (RescoreError, DataError, FolderBusy) as err:
             fail(str(err))
-        _print_rows([{"bench": r.bench, "variant": r.variant, "samples": r.rows, "changed": r.changed, "scorer errors": r.errors,
+        _print_rows([{"bench": r.bench, "variant": r.variant, "samples": r.rows, "changed": r.changed,
+                      "scorer errors": r.errors,
                       "previous scorers": ", ".join(sorted(r.scorer_versions)),
                       "shards rewritten": 0 if dry_run else r.shards} for r in reports if not r.skipped],
                     "rescored (dry run)" if dry_run else "rescored")

@@ -432,7 +432,8 @@ def _table(source: Path, rows: list[dict]) -> pa.Table:
     try:
         return rows_to_table(rows)
     except (pa.ArrowException, TypeError, ValueError) as err:
-        raise LogImportError(f"{source}: its samples do not fit the sample schema ({err}); nothing was imported") from None
+        raise LogImportError(f"{source}: its samples do not fit the sample schema ({err}); "
+                             "nothing was imported") from None
 
 
 def _write_report(store: ResultsStore, report: ImportReport, variant: str) -> None:
@@ -476,9 +477,12 @@ def variant_bench_specs(root: Path) -> dict[tuple[str, str], BenchSpec]:
     out = {}
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         record = read_bench_record(root, path.stem)
-        for variant, entry in (record.get("variants") or {}).items():
-            spec = BenchSpec(**entry["spec"])
-            out[(variant, spec.name)] = spec
+        try:
+            for variant, entry in (record.get("variants") or {}).items():
+                spec = BenchSpec(**entry["spec"])
+                out[(variant, spec.name)] = spec
+        except (AttributeError, KeyError, TypeError, ValueError) as err:
+            raise LogImportError(f"{path}: not a bench record ({type(err).__name__}: {err})") from None
     return out
 
 

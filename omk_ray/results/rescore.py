@@ -42,7 +42,9 @@ from omk_ray.benches.sources import DataError
 from omk_ray.config import BenchSpec, GridConfig, recorded_grid
 from omk_ray.engines.base import Completion
 from omk_ray.results.folder_lock import writing
-from omk_ray.results.importers import PROGRAM_TESTS, TOKENS_MISSING, bench_sidecar_paths, variant_bench_specs
+from omk_ray.results.importers import (
+    PROGRAM_TESTS, TOKENS_MISSING, LogImportError, bench_sidecar_paths, variant_bench_specs,
+)
 from omk_ray.results.schema import SAMPLE_SCHEMA
 from omk_ray.results.store import ResultsStore, shard_problem, write_parquet
 
@@ -95,7 +97,10 @@ def _rescore(store: ResultsStore, bench: str | None, grid: GridConfig | None, dr
         who = f"variants {', '.join(variants)} " if variants else ""
         raise RescoreError(f"no samples of {who}{where}{store.root}")
     specs = bench_specs(store, grid)
-    own = {} if grid is not None else variant_bench_specs(store.root)  # --config overrides what imports recorded
+    try:
+        own = {} if grid is not None else variant_bench_specs(store.root)  # --config overrides what imports recorded
+    except LogImportError as err:
+        raise RescoreError(str(err)) from None
     by_bench: dict[tuple[str, str], list[Path]] = {}
     for shard in shards:
         by_bench.setdefault((shard.parent.name, shard.parent.parent.name), []).append(shard)
