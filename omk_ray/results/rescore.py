@@ -104,7 +104,7 @@ def _rescore(store: ResultsStore, bench: str | None, grid: GridConfig | None, dr
     by_bench: dict[tuple[str, str], list[Path]] = {}
     for shard in shards:
         by_bench.setdefault((shard.parent.name, shard.parent.parent.name), []).append(shard)
-    reports = []
+    reports, scored = [], []
     for (name, variant), paths in sorted(by_bench.items()):
         report = BenchRescore(name, variant)
         spec = own.get((variant, name)) or specs.get(name)
@@ -120,11 +120,13 @@ def _rescore(store: ResultsStore, bench: str | None, grid: GridConfig | None, dr
                 raise
             reports.append(BenchRescore(name, variant, skipped=str(err)))  # none of its shards changed
             continue
+        reports.append(report)
+        scored.append((report, changes))
+    for report, changes in scored:  # written once every bench asked for has scored: a refusal writes nothing
         for path, changed in changes:
             if changed and not dry_run:
                 _apply(path, changed)
                 report.shards += 1
-        reports.append(report)
     return reports
 
 

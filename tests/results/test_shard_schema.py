@@ -150,3 +150,19 @@ def test_a_shard_written_before_the_later_columns_still_counts(folder):
     b = table.filter(pa.compute.equal(table["variant"], "b"))
     assert b["score"].to_pylist() == [0.5] * 6 and b["engine_family"].to_pylist() == [None] * 6
     assert store.check() == []
+
+
+def test_rescore_refuses_a_bench_with_a_shard_outside_the_schema(folder):
+    from omk_ray.results.rescore import RescoreError, rescore
+
+    config, results, template = folder
+    bad = planted(results, ten_columns(template))
+    before = {p: p.read_bytes() for p in results.rglob("*.parquet")}
+    with pytest.raises(RescoreError, match=f"{bad}: unreadable shard \\(not in the sample schema: missing columns"):
+        rescore(results, bench="q", grid=load_grid(config))
+    assert {p: p.read_bytes() for p in results.rglob("*.parquet")} == before  # refused: nothing written
+    reports = {r.variant: r for r in rescore(results, grid=load_grid(config))}  # the other variant is still rescored
+    assert "missing columns" in reports["b"].skipped and reports["a"].skipped is None and reports["a"].rows == 6
+    after = {p: p.read_bytes() for p in results.rglob("*.parquet")}
+    assert {p for p in before if after[p] != before[p]} == {p for p in before if p.parent.parent.name == "a"}
+    assert reports["a"].shards == 1  # a rescored (its scorer version was unknown); none of b's shards changed
