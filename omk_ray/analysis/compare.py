@@ -115,6 +115,28 @@ class Comparison:
         return [v for v in self.variants if v in self.canary and self.canary[v].stopped]
 
 
+def _refuse_mixed_metrics(store: ResultsStore, baseline: str, variants: list[str], benches: list[str],
+                          primary: dict[str, str]) -> None:
+    """Refuse to pair the `score` columns of variants imported under different primary metrics (each
+    import records its own, results/importers.py); a --metric reads one metric from every row instead."""
+    from omk_ray.results.importers import LogImportError, variant_bench_specs
+
+    try:
+        recorded = variant_bench_specs(store.root)
+    except LogImportError as err:
+        raise AnalysisError(str(err)) from None
+    for bench in (b for b in benches if primary[b] == SCORE_COLUMN):
+        metric = {v: spec.options.get("primary_metric") for (v, b), spec in recorded.items() if b == bench}
+        base = metric.get(baseline)
+        for variant in variants:
+            other = metric.get(variant)
+            if base and other and base != other:
+                raise AnalysisError(
+                    f"{bench}: baseline {baseline} was scored by {base} but {variant} by {other} (each as imported); "
+                    f"their scores do not compare. Give --metric {bench}=METRIC to compare one metric of every "
+                    f"row's metrics map, e.g. --metric {bench}={base}")
+
+
 def compare(results: str | Path, options: CompareOptions) -> Comparison:
     store = ResultsStore(results)
     if not store.shard_paths():
@@ -153,6 +175,7 @@ def compare(results: str | Path, options: CompareOptions) -> Comparison:
     all_rows, (rows, errors) = rows, split_errors(rows)  # failures leave the statistics, counted and marked
     guard.notes.extend(error_notes(errors, options.baseline, scored, benches))
     primary = {b: options.metrics.get(b) or declared.primary_metrics.get(b) or SCORE_COLUMN for b in benches}
+    _refuse_mixed_metrics(store, options.baseline, scored, benches, primary)
     rows = with_primary_score(rows, primary)
     one_row_each = not guard.mixed and (pc.max(rows["repeat"]).as_py() or 0) == 0
     problems = per_problem(rows, one_row_each)

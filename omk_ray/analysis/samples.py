@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from omk_ray.results.schema import SAMPLE_SCHEMA, is_score_key
-from omk_ray.results.store import ResultsStore, newest_per_key
+from omk_ray.results.store import ResultsStore, UnreadableResults, newest_per_key
 
 ROW_COLUMNS = [
     "cohort", "variant", "variant_fingerprint", "bench", "doc_id", "repeat",
@@ -48,12 +48,14 @@ def load_rows(store: ResultsStore, variants: list[str] | None, benches: list[str
     ):
         where = c if where is None else where & c
     try:
-        dataset = ds.dataset([str(p) for p in store.shard_paths()], schema=SAMPLE_SCHEMA, format="parquet")
+        paths = store.readable_shards()  # every shard checked against the schema: a bad one is named, never counted
+        dataset = ds.dataset([str(p) for p in paths], schema=SAMPLE_SCHEMA, format="parquet")
         scanner = dataset.scanner(columns=ROW_COLUMNS, filter=where, batch_size=16_384, batch_readahead=2,
                                   fragment_readahead=2)
         slim = [_summarise(b, features) for b in scanner.to_batches() if b.num_rows]
-    except (pa.ArrowException, OSError) as err:
-        bad = "; ".join(f"{b.path}: {b.problem}" for b in store.find_unreadable(store.shard_paths(), err))
+    except (pa.ArrowException, OSError, UnreadableResults) as err:
+        found = err.bad if isinstance(err, UnreadableResults) else store.find_unreadable(store.shard_paths(), err)
+        bad = "; ".join(f"{b.path}: {b.problem}" for b in found)
         raise AnalysisError(f"{store.samples_dir}: cannot read the samples: {bad} (`omk-ray doctor "
                             f"{store.root} --quarantine` moves them aside)") from None
     if not slim:

@@ -95,11 +95,13 @@ def register(app: typer.Typer) -> None:
             None, "--model", help="the variant's checkpoint folder or hub id: its facts (parameters, experts, drop "
                                   "map) are read from the safetensors headers and provenance, never the weights"),
         revision: Optional[str] = typer.Option(None, "--revision", help="hub revision of --model"),
+        wait: bool = typer.Option(False, "--wait", help="wait for the run writing RESULTS instead of refusing"),
     ) -> None:
         """Import lm-eval per-sample logs: one row per doc, every metric of every filter in its metric map.
 
         Prints each aggregate of the run's results file next to the same aggregate recomputed from the imported rows; exits 1 if any differs. Domains come from the doc fields named by --domain-field / --subdomain-field, else by the grid's bench options domain_field / subdomain_field, else by the task's defaults (GPQA: High-level domain, Subdomain).
         """  # noqa: E501 (typer keeps line breaks: one paragraph per line)
+        from omk_ray.results.folder_lock import FolderBusy
         from omk_ray.results.importers import LogImportError, import_lmeval
 
         grid = _load_grid(config)
@@ -107,8 +109,8 @@ def register(app: typer.Typer) -> None:
         try:
             reports = import_lmeval(folder, variant, results, grid, _pairs(primary_metric, "--primary-metric"),
                                     _pairs(domain_field, "--domain-field", fields),
-                                    _pairs(subdomain_field, "--subdomain-field", fields), model, revision)
-        except (LogImportError, OSError, ValueError) as err:
+                                    _pairs(subdomain_field, "--subdomain-field", fields), model, revision, wait=wait)
+        except (LogImportError, FolderBusy, OSError, ValueError) as err:
             fail(str(err))
         _report_imports(reports)
 
@@ -120,13 +122,15 @@ def register(app: typer.Typer) -> None:
         bench: str = typer.Option("lcb_medium", "--bench", help="bench name of the rows"),
         model: Optional[str] = typer.Option(None, "--model", help="the variant's checkpoint folder or hub id (facts)"),
         revision: Optional[str] = typer.Option(None, "--revision", help="hub revision of --model"),
+        wait: bool = typer.Option(False, "--wait", help="wait for the run writing RESULTS instead of refusing"),
     ) -> None:
         """Import the upstream LiveCodeBench runner's per-problem samples (pass/fail, tokens, finish reason)."""
+        from omk_ray.results.folder_lock import FolderBusy
         from omk_ray.results.importers import LogImportError, import_lcb
 
         try:
-            report = import_lcb(file, variant, results, bench, model, revision)
-        except (LogImportError, OSError, ValueError) as err:
+            report = import_lcb(file, variant, results, bench, model, revision, wait=wait)
+        except (LogImportError, FolderBusy, OSError, ValueError) as err:
             fail(str(err))
         _report_imports([report])
 
@@ -137,26 +141,35 @@ def register(app: typer.Typer) -> None:
         results: Path = typer.Argument(..., help="results folder"),
         quarantine: bool = typer.Option(False, "--quarantine", help="move the unreadable files to "
                                         "RESULTS/quarantine/<time>/: the next run generates their samples again"),
+        wait: bool = typer.Option(False, "--wait", help="with --quarantine: wait for the run writing RESULTS "
+                                                        "instead of refusing"),
     ) -> None:
         """Read every shard and run manifest of RESULTS whole and list those that cannot be read, with what is wrong.
 
         Exit code 0 when every file reads (or every bad one was moved aside with --quarantine); 1 when bad
         files remain.
         """
+        from contextlib import nullcontext
+
         from omk_ray.console import output_console
+        from omk_ray.results.folder_lock import FolderBusy, writing
         from omk_ray.results.store import ResultsStore
 
         store = ResultsStore(results)
         if not store.root.is_dir():
             fail(f"{results}: no such results folder")
-        bad = store.check()
-        shards, runs = len(store.shard_paths()), len(list(store.runs_dir.glob("*/manifest.json")))
-        _print_rows([{"file": str(b.path), "problem": b.problem} for b in bad], "unreadable")
-        out = output_console()
-        out.print(f"checked {shards} shards and {runs} run manifests: {len(bad)} unreadable", highlight=False)
-        if bad and quarantine:
-            out.print(f"moved {len(bad)} file(s) to {store.quarantine(bad)}", highlight=False)
-        elif bad:
+        try:  # moving files aside: only while no run or import writes the folder
+            with writing(results, "doctor --quarantine", wait=wait) if quarantine else nullcontext():
+                bad = store.check()
+                shards, runs = len(store.shard_paths()), len(list(store.runs_dir.glob("*/manifest.json")))
+                _print_rows([{"file": str(b.path), "problem": b.problem} for b in bad], "unreadable")
+                out = output_console()
+                out.print(f"checked {shards} shards and {runs} run manifests: {len(bad)} unreadable", highlight=False)
+                if bad and quarantine:
+                    out.print(f"moved {len(bad)} file(s) to {store.quarantine(bad)}", highlight=False)
+        except FolderBusy as err:
+            fail(str(err))
+        if bad and not quarantine:
             _warn("rerun with --quarantine to move them aside (the next `omk-ray run` generates their samples again)")
             raise typer.Exit(ExitCode.FAILED)
 
@@ -167,26 +180,31 @@ def register(app: typer.Typer) -> None:
         config: Optional[Path] = typer.Option(None, "--config", help="grid that defines the benches (default: the "
                                                                      "grids recorded by runs and imports)"),
         dry_run: bool = typer.Option(False, "--dry-run", help="count what would change; write nothing"),
+        variant: list[str] = typer.Option([], "--variant", "-v", help="only this variant (repeatable); the "
+                                          "others' shards are not touched"),
+        wait: bool = typer.Option(False, "--wait", help="wait for the run writing RESULTS instead of refusing"),
     ) -> None:
         """Score stored responses again with the current scorers (no generation).
 
         A sample whose score or scorer version changes keeps its previous score in its metric
-        map as `score@<previous scorer version>`. Prints how many samples changed score per bench.
-        """
+        map as `score@<previous scorer version>`. Prints how many samples changed score per bench and variant. Each imported variant is scored under the bench record of its own import (its primary metric); --config overrides that.
+        """  # noqa: E501
         from omk_ray.benches.sources import DataError
+        from omk_ray.results.folder_lock import FolderBusy
         from omk_ray.results.rescore import RescoreError, rescore as run_rescore
 
         grid = _load_grid(config)
         try:
-            reports = run_rescore(results, bench, grid, dry_run=dry_run)
-        except (RescoreError, DataError) as err:
+            reports = run_rescore(results, bench, grid, dry_run=dry_run, variants=variant or None, wait=wait)
+        except (RescoreError, DataError, FolderBusy) as err:
             fail(str(err))
-        _print_rows([{"bench": r.bench, "samples": r.rows, "changed": r.changed, "scorer errors": r.errors,
+        _print_rows([{"bench": r.bench, "variant": r.variant, "samples": r.rows, "changed": r.changed,
+                      "scorer errors": r.errors,
                       "previous scorers": ", ".join(sorted(r.scorer_versions)),
                       "shards rewritten": 0 if dry_run else r.shards} for r in reports if not r.skipped],
                     "rescored (dry run)" if dry_run else "rescored")
         skipped = [r for r in reports if r.skipped]
         for r in skipped:
-            _warn(f"skipped {r.bench}: {r.skipped}")
+            _warn(f"skipped {r.bench} ({r.variant}): {r.skipped}")
         if skipped:
             raise typer.Exit(ExitCode.FAILED)

@@ -63,7 +63,7 @@ def writing(root: str | Path, run_id: str, wait: bool = False,
         if not wait:
             raise FolderBusy(
                 f"{root}: {current or 'another run'} is writing this results folder; wait for it "
-                "(`omk-ray run ... --wait`) or give another --results folder"
+                "(`--wait`, e.g. `omk-ray run ... --wait`) or give another --results folder"
             ) from None
         if on_wait:
             on_wait(current)

@@ -16,6 +16,15 @@ samples are kept next to the samples (`benches/<bench>.docs.jsonl`) with the ben
 (`benches/<bench>.json`), so `omk-ray rescore` can score them again without the dataset, with the
 prompt lm-eval sent, so `omk-ray route` can teacher-force them.
 
+The bench's spec (its primary metric above all) is recorded per variant (`variants` in
+`benches/<bench>.json`): importing one variant never changes how another's rows were scored or are
+rescored. A doc already recorded under the same id with other content is refused.
+
+An import is all or nothing: every log is read, checked and turned into rows first (a log that
+cannot be imported, a sample logged twice, stops it with nothing written); only then, holding the
+results folder's writer lock (`results/folder_lock.py`, as `omk-ray run` does), are the shards and
+records written.
+
 The variant's facts for the model card (parameters, experts, drop map recipe; see
 `omk_ray.variants.facts`) are read at import from the checkpoint folder or hub id given as
 `model` (headers only), or from the grid variant of the same name (its `model` and `facts`), and
@@ -32,9 +41,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from omk_ray.benches.lmeval import aggregate, first_text, metric_values, resolve_domain_fields, resolve_primary
 from omk_ray.config import BenchSpec, DeclaredFacts, GridConfig, Recipe, stable_hash
 from omk_ray.files import write_text_atomic
+from omk_ray.results.folder_lock import writing
 from omk_ray.results.schema import TOKENS_MISSING, make_row, rows_to_table
 from omk_ray.results.store import ResultsStore
 from omk_ray.variants.facts import Facts, FactsError, checkpoint_facts
@@ -59,6 +71,11 @@ class ImportReport:
     with_domain: int = 0  # rows that got a domain or subdomain
     # aggregate key -> (value in the run's own results file, value recomputed from the imported rows)
     aggregates: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    table: pa.Table | None = field(default=None, repr=False)  # the rows, until written
+    spec: BenchSpec | None = field(default=None, repr=False)
+    docs: list[dict] = field(default_factory=list, repr=False)
+    unit: str = ""
 
     @property
     def reproduced(self) -> bool:
@@ -97,14 +114,16 @@ def import_lmeval(
     subdomain_fields: dict[str, str] | None = None,
     model: str | None = None,
     revision: str | None = None,
+    wait: bool = False,
 ) -> list[ImportReport]:
-    """Import every lm-eval log under `folder` as `variant`.
+    """Import every lm-eval log under `folder` as `variant`: all of them, or nothing.
 
     A grid maps tasks to its benches (the bench whose `options.task` names the task, or whose
     name is the task) and supplies their primary metric, doc-id field and domain fields; otherwise
     the bench is named after the task. `primary_metrics` (task or bench -> "metric,filter"),
     `domain_fields` and `subdomain_fields` (task or bench -> doc field) override both. `model`
-    (a checkpoint folder or hub id) is where the variant's facts are read.
+    (a checkpoint folder or hub id) is where the variant's facts are read. `wait`: wait for the
+    writer holding the results folder instead of refusing (FolderBusy).
     """
     store = ResultsStore(results_root)
     logs = find_lmeval_logs(folder)
@@ -120,7 +139,18 @@ def import_lmeval(
         options = {k: v for k, v in named if v}
         spec = spec.model_copy(update={"options": {**spec.options, **options}})
         reports.append(_import_one(store, samples_path, results_path, task, spec, variant, given(primary_metrics)))
-    _write_variant_facts(store, variant, facts)
+    benches: dict[str, str] = {}
+    for r in reports:
+        if r.bench in benches:
+            raise LogImportError(f"{r.source} and {benches[r.bench]}: both are logs of bench {r.bench!r}; "
+                                 "import them one at a time")
+        benches[r.bench] = r.source
+    with writing(results_root, f"import-lm-eval-{variant}", wait=wait):
+        for r in reports:
+            _check_docs(store, r)
+        for r in reports:
+            _write_report(store, r, variant)
+        _write_variant_facts(store, variant, facts)
     return reports
 
 
@@ -194,7 +224,11 @@ def _import_one(
         for key in ("doc_id", "doc", "resps", "filtered_resps", "filter", "metrics"):
             if key not in s:
                 raise LogImportError(f"{samples_path}: a sample of doc {s.get('doc_id')} has no {key!r}")
-        by_doc.setdefault(s["doc_id"], []).append(s)
+        lines = by_doc.setdefault(s["doc_id"], [])
+        if any(line["filter"] == s["filter"] for line in lines):
+            raise LogImportError(f"{samples_path}: doc {s['doc_id']} is logged twice for filter {s['filter']!r}; "
+                                 "nothing was imported")
+        lines.append(s)
 
     metric_keys = [k for k in logged if "," in k and "_stderr" not in k]
     primary = resolve_primary(primary or spec.options.get("primary_metric"), task,
@@ -263,8 +297,7 @@ def _import_one(
     maps = [r["metrics"] for r in rows]
     for key in metric_keys:
         report.aggregates[key] = (float(logged[key]), aggregate(maps, key))
-    report.shard = str(_write(store, rows, variant, spec.name, f"import-{task}"))
-    _write_bench_sidecar(store, spec, docs, source=str(samples_path))
+    report.table, report.spec, report.docs, report.unit = _table(samples_path, rows), spec, docs, f"import-{task}"
     return report
 
 
@@ -330,8 +363,9 @@ def _timestamp(value: Any) -> datetime | None:
 
 
 def import_lcb(path: Path, variant: str, results_root: Path, bench: str = "lcb_medium", model: str | None = None,
-               revision: str | None = None) -> ImportReport:
-    """Import the upstream LCB runner's per-problem samples (FILE.samples.jsonl, or its lcb_result.json)."""
+               revision: str | None = None, wait: bool = False) -> ImportReport:
+    """Import the upstream LCB runner's per-problem samples (FILE.samples.jsonl, or its lcb_result.json):
+    all of them or nothing, under the results folder's writer lock."""
     path = Path(path)
     facts = variant_facts(variant, None, model, revision)
     samples_path = path if path.name.endswith(".samples.jsonl") else path.with_name(path.stem + ".samples.jsonl")
@@ -344,10 +378,14 @@ def import_lcb(path: Path, variant: str, results_root: Path, bench: str = "lcb_m
     fingerprint = stable_hash({"imported_from": model, "variant": variant, "runner": "livecodebench"})
     started = datetime.fromtimestamp(samples_path.stat().st_mtime, tz=timezone.utc)
     rows = []
+    seen = set()
     for s in samples:
         for key in ("task_id", "passed", "completion"):
             if key not in s:
                 raise LogImportError(f"{samples_path}: a sample ({s.get('task_id')}) has no {key!r}")
+        if str(s["task_id"]) in seen:
+            raise LogImportError(f"{samples_path}: problem {s['task_id']} is logged twice; nothing was imported")
+        seen.add(str(s["task_id"]))
         passed = bool(s["passed"])
         tokens = {k: s.get(k) for k in ("prompt_tokens", "completion_tokens")}
         metrics = {"pass@1": float(passed)}
@@ -377,22 +415,39 @@ def import_lcb(path: Path, variant: str, results_root: Path, bench: str = "lcb_m
     report = ImportReport(bench, "livecodebench", len(rows), str(samples_path), "")
     if "pass_at_1" in summary:
         report.aggregates["pass@1"] = (float(summary["pass_at_1"]), aggregate([r["metrics"] for r in rows], "pass@1"))
-    store = ResultsStore(results_root)
-    report.shard = str(_write(store, rows, variant, bench, "import-lcb"))
-    _write_variant_facts(store, variant, facts)
     # Rescoring runs the problems' tests again: the livecodebench bench (its data from the cache).
-    _write_bench_sidecar(store, BenchSpec(name=bench, kind="livecodebench"), [], source=str(samples_path))
+    report.table, report.spec, report.unit = _table(samples_path, rows), BenchSpec(name=bench, kind="livecodebench"), \
+        "import-lcb"
+    store = ResultsStore(results_root)
+    with writing(results_root, f"import-lcb-{variant}", wait=wait):
+        _write_report(store, report, variant)
+        _write_variant_facts(store, variant, facts)
     return report
 
 
 # -- writing -------------------------------------------------------------------------------------
 
 
-def _write(store: ResultsStore, rows: list[dict], variant: str, bench: str, unit: str) -> Path:
+def _table(source: Path, rows: list[dict]) -> pa.Table:
+    try:
+        return rows_to_table(rows)
+    except (pa.ArrowException, TypeError, ValueError) as err:
+        raise LogImportError(f"{source}: its samples do not fit the sample schema ({err}); "
+                             "nothing was imported") from None
+
+
+def _write_report(store: ResultsStore, report: ImportReport, variant: str) -> None:
+    """Write one prepared log: its shard, then its bench's record for `variant`."""
+    report.shard = str(_write(store, report.table, variant, report.bench, report.unit))
+    _write_bench_sidecar(store, report.spec, report.docs, source=report.source, variant=variant)
+    report.table = None
+
+
+def _write(store: ResultsStore, table: pa.Table, variant: str, bench: str, unit: str) -> Path:
     """One shard per imported log; importing the same log again replaces it."""
     folder = store.samples_dir / variant / bench
     old = sorted(folder.glob(f"part-{unit}-*.parquet")) if folder.is_dir() else []
-    path = store.write_shard(rows_to_table(rows), variant, bench, unit)
+    path = store.write_shard(table, variant, bench, unit)
     for p in old:
         p.unlink()
     return path
@@ -403,14 +458,59 @@ def bench_sidecar_paths(root: Path, bench: str) -> tuple[Path, Path]:
     return folder / f"{bench}.json", folder / f"{bench}.docs.jsonl"
 
 
-def _write_bench_sidecar(store: ResultsStore, spec: BenchSpec, docs: list[dict], source: str) -> None:
+def read_bench_record(root: Path, bench: str) -> dict[str, Any]:
+    """`benches/<bench>.json`: {"spec": the first import's spec, "imported_from", "variants": {variant:
+    {"spec", "imported_from"}}} (records written before `variants` existed: the spec holds for all)."""
+    spec_path, _ = bench_sidecar_paths(root, bench)
+    if not spec_path.is_file():
+        return {}
+    try:
+        record = json.loads(spec_path.read_text())
+    except (OSError, ValueError) as err:
+        raise LogImportError(f"{spec_path}: unreadable bench record ({err})") from None
+    return record if isinstance(record, dict) else {}
+
+
+def variant_bench_specs(root: Path) -> dict[tuple[str, str], BenchSpec]:
+    """(variant, bench) -> the spec its imported rows were scored under."""
+    folder = Path(root) / "benches"
+    out = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        record = read_bench_record(root, path.stem)
+        try:
+            for variant, entry in (record.get("variants") or {}).items():
+                spec = BenchSpec(**entry["spec"])
+                out[(variant, spec.name)] = spec
+        except (AttributeError, KeyError, TypeError, ValueError) as err:
+            raise LogImportError(f"{path}: not a bench record ({type(err).__name__}: {err})") from None
+    return out
+
+
+def _check_docs(store: ResultsStore, report: ImportReport) -> None:
+    """Refuse docs recorded already under the same ids with other content (another dataset, another version)."""
+    _, docs_path = bench_sidecar_paths(store.root, report.bench)
+    if not report.docs or not docs_path.is_file():
+        return
+    known = {d["doc_id"]: d["doc"] for d in _read_jsonl(docs_path)}
+    other = [d["doc_id"] for d in report.docs if d["doc_id"] in known and known[d["doc_id"]] != d["doc"]]
+    if other:
+        raise LogImportError(
+            f"{report.source}: {len(other)} docs of bench {report.bench!r} (ids {', '.join(other[:5])}) differ from "
+            f"the docs already recorded under those ids in {docs_path}; import them as another bench (a grid "
+            "given with --config names it); nothing was imported")
+
+
+def _write_bench_sidecar(store: ResultsStore, spec: BenchSpec, docs: list[dict], source: str, variant: str) -> None:
     spec_path, docs_path = bench_sidecar_paths(store.root, spec.name)
     spec_path.parent.mkdir(parents=True, exist_ok=True)
-    spec_path.write_text(json.dumps({"spec": spec.model_dump(mode="json"), "imported_from": source}, indent=2))
+    entry = {"spec": spec.model_dump(mode="json"), "imported_from": source}
+    record = read_bench_record(store.root, spec.name) or dict(entry)
+    record["variants"] = {**(record.get("variants") or {}), variant: entry}
+    write_text_atomic(spec_path, json.dumps(record, indent=2))
     if not docs:
         return
     known = {}
     if docs_path.is_file():
         known = {d["doc_id"]: d for d in _read_jsonl(docs_path)}
-    known.update({d["doc_id"]: d for d in docs})
+    known.update({d["doc_id"]: d for d in docs if d["doc_id"] not in known})
     write_text_atomic(docs_path, "".join(json.dumps(d) + "\n" for d in known.values()))

@@ -12,6 +12,13 @@ Where a bench's definition comes from, first found wins:
   1. the grid given with `--config`;
   2. the grids of the runs recorded in the store (`runs/*/manifest.json`);
   3. what an import recorded (`benches/<bench>.json`, with the imported docs beside it).
+A variant imported with its own record of the bench (`variants` in `benches/<bench>.json`) is
+scored by that record, never by another variant's or a run's grid (only `--config` overrides it):
+each variant's rows are rescored under the primary metric they were imported with. `variants`
+limits the rescoring to those variants; the others' shards are not touched.
+
+A rescoring that writes holds the results folder's writer lock (`results/folder_lock.py`) from
+start to end: it is refused while a run or an import writes the folder (or waits, `wait`).
 An lm-eval bench is scored from its docs (imported docs first, else its data); a code task
 imported from lm-eval (kind `program_tests`) runs the stored program (the task's filtered
 response) followed by its tests (the row's target) in the sandbox.
@@ -34,9 +41,12 @@ from omk_ray.benches.base import ScorerUnavailable
 from omk_ray.benches.sources import DataError
 from omk_ray.config import BenchSpec, GridConfig, recorded_grid
 from omk_ray.engines.base import Completion
-from omk_ray.results.importers import PROGRAM_TESTS, TOKENS_MISSING, bench_sidecar_paths
+from omk_ray.results.folder_lock import writing
+from omk_ray.results.importers import (
+    PROGRAM_TESTS, TOKENS_MISSING, LogImportError, bench_sidecar_paths, variant_bench_specs,
+)
 from omk_ray.results.schema import SAMPLE_SCHEMA, make_row
-from omk_ray.results.store import ResultsStore, write_parquet
+from omk_ray.results.store import ResultsStore, shard_problem, write_parquet
 
 KEEP_FLAGS = (TOKENS_MISSING, "thinking_budget_hit")
 
@@ -48,6 +58,7 @@ class RescoreError(RuntimeError):
 @dataclass
 class BenchRescore:
     bench: str
+    variant: str = ""
     rows: int = 0
     changed: int = 0
     errors: int = 0
@@ -66,36 +77,56 @@ def rescore(
     bench: str | None = None,
     grid: GridConfig | None = None,
     dry_run: bool = False,
+    variants: list[str] | None = None,
+    wait: bool = False,
 ) -> list[BenchRescore]:
-    store = ResultsStore(results_root)
-    shards = [p for p in store.shard_paths() if bench is None or p.parent.name == bench]
+    """Rescore every variant's shards of every bench (or of `bench`, of `variants`); one report per
+    bench and variant. Writes nothing with `dry_run`; otherwise holds the folder's writer lock."""
+    if dry_run:
+        return _rescore(ResultsStore(results_root), bench, grid, True, variants)
+    with writing(results_root, "rescore", wait=wait):
+        return _rescore(ResultsStore(results_root), bench, grid, False, variants)
+
+
+def _rescore(store: ResultsStore, bench: str | None, grid: GridConfig | None, dry_run: bool,
+             variants: list[str] | None) -> list[BenchRescore]:
+    shards = [p for p in store.shard_paths() if (bench is None or p.parent.name == bench)
+              and (variants is None or p.parent.parent.name in variants)]
     if not shards:
         where = f"bench {bench!r} in " if bench else ""
-        raise RescoreError(f"no samples of {where}{store.root}")
+        who = f"variants {', '.join(variants)} " if variants else ""
+        raise RescoreError(f"no samples of {who}{where}{store.root}")
     specs = bench_specs(store, grid)
-    by_bench: dict[str, list[Path]] = {}
+    try:
+        own = {} if grid is not None else variant_bench_specs(store.root)  # --config overrides what imports recorded
+    except LogImportError as err:
+        raise RescoreError(str(err)) from None
+    by_bench: dict[tuple[str, str], list[Path]] = {}
     for shard in shards:
-        by_bench.setdefault(shard.parent.name, []).append(shard)
-    reports = []
-    for name, paths in by_bench.items():
-        report = BenchRescore(name)
+        by_bench.setdefault((shard.parent.name, shard.parent.parent.name), []).append(shard)
+    reports, scored = [], []
+    for (name, variant), paths in sorted(by_bench.items()):
+        report = BenchRescore(name, variant)
+        spec = own.get((variant, name)) or specs.get(name)
         try:
-            if name not in specs:
+            if spec is None:
                 raise RescoreError(
                     f"bench {name!r}: no definition found (give `--config GRID`, or import it with `omk-ray import`)"
                 )
-            score, version = make_scorer(store, specs[name])
+            score, version = make_scorer(store, spec)
             changes = [(path, _rescored(path, score, version, report)) for path in paths]  # nothing written yet
         except RescoreError as err:
             if bench is not None:  # the one bench asked for: its failure is the answer
                 raise
-            reports.append(BenchRescore(name, skipped=str(err)))  # none of its shards changed
+            reports.append(BenchRescore(name, variant, skipped=str(err)))  # none of its shards changed
             continue
+        reports.append(report)
+        scored.append((report, changes))
+    for report, changes in scored:  # written once every bench asked for has scored: a refusal writes nothing
         for path, changed in changes:
             if changed and not dry_run:
                 _apply(path, changed)
                 report.shards += 1
-        reports.append(report)
     return reports
 
 
@@ -103,7 +134,7 @@ def bench_specs(store: ResultsStore, grid: GridConfig | None = None) -> dict[str
     specs: dict[str, BenchSpec] = {}
     folder = store.root / "benches"
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        spec = json.loads(path.read_text())["spec"]
+        spec = json.loads(path.read_text())["spec"]  # the first import's: variants it did not record use it
         specs[spec["name"]] = BenchSpec(**spec)
     for run in store.runs():  # later runs win over earlier ones and over imports
         config = run.records().manifest.config
@@ -185,6 +216,9 @@ def _program_scorer(spec: BenchSpec) -> Scorer:
 
 def _rescored(path: Path, score: Scorer, version: str, report: BenchRescore) -> dict[int, dict[str, Any]]:
     """The new values of the rows of one shard that change (row index -> columns); nothing is written."""
+    problem = shard_problem(path)
+    if problem:
+        raise RescoreError(f"{path}: unreadable shard ({problem}); see `omk-ray doctor`")
     try:
         rows = pq.read_table(path, schema=SAMPLE_SCHEMA).to_pylist()
     except (pa.ArrowException, OSError) as err:

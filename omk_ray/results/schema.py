@@ -52,6 +52,50 @@ SAMPLE_SCHEMA = pa.schema(
 
 COLUMNS = SAMPLE_SCHEMA.names
 
+# Columns added after the first shards were written (see `git log -p` of this file): a shard written
+# before may lack them, and reads them as null. Every other column must be in every shard.
+LATER_COLUMNS = frozenset({
+    "doc_hash", "error_kind",  # resume identity
+    "isolation",  # code benches
+    "engine_family", "engine_package", "engine_dtype", "engine_quantization", "engine_kernel", "device",
+    "device_count",  # engine identity
+})
+
+
+def schema_problems(schema: pa.Schema) -> list[str]:
+    """What keeps a shard of this schema from being read as samples (empty: it conforms): columns
+    missing (other than LATER_COLUMNS), columns not in the schema, columns of another type."""
+    names = schema.names
+    missing = [c for c in COLUMNS if c not in names and c not in LATER_COLUMNS]
+    extra = [c for c in names if c not in COLUMNS]
+    twice = sorted({c for c in names if names.count(c) > 1})
+    wrong = [f"{f.name} is {f.type}, not {SAMPLE_SCHEMA.field(f.name).type}" for f in schema
+             if f.name in COLUMNS and f.name not in twice and not _compatible(f.type, SAMPLE_SCHEMA.field(f.name).type)]
+    problems = []
+    if missing:
+        problems.append(f"missing columns {', '.join(missing)}")
+    if extra:
+        problems.append(f"columns not in the sample schema {', '.join(extra)}")
+    if twice:
+        problems.append(f"columns stored twice {', '.join(twice)}")
+    if wrong:
+        problems.append(f"wrong types: {'; '.join(wrong)}")
+    return problems
+
+
+def _compatible(found: pa.DataType, expected: pa.DataType) -> bool:
+    """Types a reader converts without loss of meaning: the same, another width of the same kind, a UTC timestamp."""
+    if found.equals(expected):
+        return True
+    kinds = (pa.types.is_integer, pa.types.is_floating)
+    if any(kind(found) and kind(expected) for kind in kinds):
+        return True
+    if pa.types.is_string(found) or pa.types.is_large_string(found):
+        return pa.types.is_string(expected) or pa.types.is_large_string(expected)
+    if pa.types.is_timestamp(found) and pa.types.is_timestamp(expected):
+        return found.tz in ("UTC", "+00:00", "Z")
+    return False
+
 # A sample is identified by these columns: rerunning the same variant weights with the same
 # recipe on the same doc and repeat is the same sample, whatever run or actor produced it.
 RESUME_KEY = ("variant_fingerprint", "recipe_hash", "bench", "doc_id", "repeat")

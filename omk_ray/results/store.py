@@ -12,7 +12,10 @@ Every shard is written to a temporary name and renamed, so a crash leaves either
 shard or nothing. Any Parquet reader sees the samples with no omk-ray code, e.g.
 `duckdb.sql("select * from 'RESULTS/samples/**/*.parquet'")` or `pandas.read_parquet(RESULTS + "/samples")`.
 
-A shard or manifest that cannot be read (a truncated copy, a disk error) raises
+Every shard is checked against the sample schema before it is read (`shard_problem`): columns
+missing (only those added later, `LATER_COLUMNS`, may be absent and read as null), columns not in
+the schema, columns of another type, rows whose variant or bench is not the folder they sit in.
+Such a shard is never counted: like one that cannot be read (a truncated copy, a disk error) it raises
 `UnreadableResults`, naming each bad file and what is wrong with it; a store opened with
 `skip_unreadable=True` (`omk-ray status`) leaves such shards out and lists them in
 `unreadable`. `check()` reads every file (`omk-ray doctor`) and `quarantine()` moves the bad
@@ -39,7 +42,7 @@ from pydantic import ValidationError
 
 from omk_ray.files import write_text_atomic, written_aside
 from omk_ray.results.run_records import EventKind, RunEvent, RunManifest, RunRecords
-from omk_ray.results.schema import COLUMNS, NEVER_RUNS, RESUME_KEY, SAMPLE_SCHEMA
+from omk_ray.results.schema import COLUMNS, NEVER_RUNS, RESUME_KEY, SAMPLE_SCHEMA, schema_problems
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class ResultsStore:
         self.runs_dir = self.root / "runs"
         self.skip_unreadable = skip_unreadable
         self.unreadable: list[BadFile] = []  # what a tolerant store left out so far
+        self._checked: dict[Path, tuple[tuple[int, int], str | None]] = {}  # path -> (mtime, size), problem
 
     # -- samples -----------------------------------------------------------------------------
 
@@ -85,10 +89,35 @@ class ResultsStore:
             return []
         return sorted(p for p in self.samples_dir.glob("*/*/part-*.parquet"))
 
+    def shard_problem(self, path: Path) -> str | None:
+        """What keeps this shard from being read as samples (see `shard_problem`), remembered while the file stays."""
+        try:
+            stat = path.stat()
+            seen = (stat.st_mtime_ns, stat.st_size)
+        except OSError as err:
+            return _problem(err, path)
+        known = self._checked.get(path)
+        if known is None or known[0] != seen:
+            known = self._checked[path] = (seen, shard_problem(path))
+        return known[1]
+
+    def readable_shards(self) -> list[Path]:
+        """The shards that conform to the sample schema and their folder. The others raise
+        `UnreadableResults`, or with `skip_unreadable` are left out and listed in `unreadable`."""
+        paths = self.shard_paths()
+        bad = [BadFile(p, problem) for p in paths if (problem := self.shard_problem(p))]
+        if not bad:
+            return paths
+        if not self.skip_unreadable:
+            raise UnreadableResults(self.root, bad)
+        self.unreadable.extend(b for b in bad if b not in self.unreadable)
+        left_out = {b.path for b in bad}
+        return [p for p in paths if p not in left_out]
+
     def read(self, columns: list[str] | None = None, filter: Any = None) -> pa.Table:
         """All samples, one row per key: the newest (see `newest_per_key`) where a key was stored twice
         (an error row then its retry, a rerun, a second import)."""
-        paths = self.shard_paths()
+        paths = self.readable_shards()
         if not paths:
             return SAMPLE_SCHEMA.empty_table() if columns is None else SAMPLE_SCHEMA.empty_table().select(columns)
         wanted = None if columns is None else list(dict.fromkeys([*columns, *RESUME_KEY, "started_at"]))
@@ -105,9 +134,13 @@ class ResultsStore:
         return table if columns is None else table.select(columns)
 
     def find_unreadable(self, paths: list[Path], err: BaseException | None = None) -> list[BadFile]:
-        """The shards among `paths` that cannot be read whole, each with its problem."""
+        """The shards among `paths` that do not conform or cannot be read whole, each with its problem."""
         bad = []
         for path in paths:
+            problem = self.shard_problem(path)
+            if problem:
+                bad.append(BadFile(path, problem))
+                continue
             try:
                 _scan([path], None, None)
             except (pa.ArrowException, OSError) as problem:
@@ -228,6 +261,24 @@ def write_parquet(table: pa.Table, final: Path) -> Path:
     with written_aside(final) as tmp:
         pq.write_table(table, tmp)
     return final
+
+
+def shard_problem(path: Path) -> str | None:
+    """What keeps a shard from being read as samples, or None: a file that is not Parquet, a schema
+    that is not the sample schema (`schema_problems`), rows keyed to another variant or bench than
+    the folder `samples/<variant>/<bench>/` it sits in."""
+    try:
+        problems = schema_problems(pq.read_schema(path))
+        if problems:
+            return "not in the sample schema: " + "; ".join(problems)
+        keys = pq.read_table(path, columns=["variant", "bench"])
+    except (pa.ArrowException, OSError) as err:
+        return _problem(err, path)
+    for column, folder in (("variant", path.parent.parent.name), ("bench", path.parent.name)):
+        others = [v for v in pc.unique(keys[column]).to_pylist() if v != folder]
+        if others:
+            return f"rows of {column} {', '.join(map(repr, others))} in the folder of {column} {folder!r}"
+    return None
 
 
 def _scan(paths: list[Path], columns: list[str] | None, filter: Any) -> pa.Table:

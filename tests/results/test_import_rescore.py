@@ -93,7 +93,7 @@ def test_import_and_rescore_commands(tmp_path, monkeypatch):
 
     done = runner.invoke(app, ["rescore", str(root), "--bench", "gsm8k"])
     assert done.exit_code == 0, done.output
-    assert re.search(r"gsm8k\s*│\s*6\s*│\s*1\s*│", done.output), done.output  # bench, samples, changed
+    assert re.search(r"gsm8k\s*│\s*base\s*│\s*6\s*│\s*1\s*│", done.output), done.output  # bench, variant, samples, changed
     [gsm8k] = rescore(root, bench="gsm8k")
     assert gsm8k.changed == 0
 
@@ -105,7 +105,7 @@ def test_import_and_rescore_commands(tmp_path, monkeypatch):
     assert reports["gsm8k"].skipped is None and reports["gsm8k"].rows == 6
     assert "lcb_medium" in reports["lcb_medium"].skipped
     done = runner.invoke(app, ["rescore", str(root)])
-    assert done.exit_code == 1 and "skipped lcb_medium" in done.output
+    assert done.exit_code == 1 and "skipped lcb_medium (base)" in done.output
 
 
 def test_bad_inputs_are_clear_errors(tmp_path):

@@ -1,0 +1,152 @@
+"""Imports cannot rewrite another variant's bench, are all or nothing, and wait for the folder's writer."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from helpers.bench_data import LOGS, small_gsm8k_log
+from omk_ray.analysis.compare import CompareOptions, compare
+from omk_ray.analysis.samples import AnalysisError
+from omk_ray.cli import app
+from omk_ray.results.folder_lock import writing
+from omk_ray.results.importers import LogImportError, import_lmeval
+from omk_ray.results.rescore import rescore
+from omk_ray.results.store import ResultsStore
+
+STRICT = "gsm8k=exact_match,strict-match"
+cli = CliRunner(env={"COLUMNS": "400"})
+
+
+def mean_scores(root: Path) -> dict[str, float]:
+    rows = ResultsStore(root).read(columns=["variant", "score"]).to_pylist()
+    out = {}
+    for v in sorted({r["variant"] for r in rows}):
+        mine = [r["score"] for r in rows if r["variant"] == v]
+        out[v] = round(sum(mine) / len(mine), 4)
+    return out
+
+
+def test_a_second_import_with_another_primary_metric_changes_nothing_of_the_first(tmp_path):
+    root = tmp_path / "results"
+    log = LOGS / "gsm8k_100"
+    first = cli.invoke(app, ["import", "lm-eval", str(log), "--variant", "a", "--results", str(root)])
+    assert first.exit_code == 0, first.output
+    shard_a = next(root.glob("samples/a/gsm8k/part-*.parquet"))
+    a_bytes = shard_a.read_bytes()
+    second = cli.invoke(app, ["import", "lm-eval", str(log), "--variant", "b", "--results", str(root),
+                              "--primary-metric", STRICT])
+    assert second.exit_code == 0, second.output
+    assert mean_scores(root) == {"a": 0.88, "b": 0.05}  # the log's own numbers, each under its metric
+
+    record = json.loads((root / "benches" / "gsm8k.json").read_text())
+    assert record["spec"]["options"]["primary_metric"] == "exact_match,flexible-extract"
+    assert {v: e["spec"]["options"]["primary_metric"] for v, e in record["variants"].items()} == {
+        "a": "exact_match,flexible-extract", "b": "exact_match,strict-match"}
+
+    # compare does not pair scores of different metrics; one metric read from both rows does
+    with pytest.raises(AnalysisError, match="gsm8k: baseline a was scored by exact_match,flexible-extract but b by "
+                                            "exact_match,strict-match"):
+        compare(root, CompareOptions(baseline="a", resamples=100))
+    refused = cli.invoke(app, ["compare", str(root), "--baseline", "a", "--out", str(tmp_path / "r")])
+    assert refused.exit_code == 2 and "--metric gsm8k=exact_match,flexible-extract" in refused.output, refused.output
+    assert not (tmp_path / "r").exists()
+    same = compare(root, CompareOptions(baseline="a", resamples=100, metrics={"gsm8k": "exact_match,strict-match"}))
+    assert {r["variant"]: r["score"] for r in same.rows("headline")} == {"a": 5.0, "b": 5.0}
+
+    # rescoring scores each variant under its own import's metric: a's scores are not rewritten
+    reports = {r.variant: r for r in rescore(root, bench="gsm8k", dry_run=True)}
+    assert set(reports) == {"a", "b"}
+    done = cli.invoke(app, ["rescore", str(root), "--bench", "gsm8k", "--variant", "b"])
+    assert done.exit_code == 0, done.output
+    assert shard_a.read_bytes() == a_bytes  # --variant b: a's shard not touched
+    done = cli.invoke(app, ["rescore", str(root), "--bench", "gsm8k"])
+    assert done.exit_code == 0, done.output
+    rows = ResultsStore(root).read(columns=["variant", "score", "metrics"]).to_pylist()
+    for r in rows:
+        metric = "exact_match,flexible-extract" if r["variant"] == "a" else "exact_match,strict-match"
+        assert r["score"] == dict(r["metrics"])[metric]
+    after = mean_scores(root)
+    assert after["a"] > 0.8 and after["b"] < 0.1, after
+
+
+def test_a_folder_with_a_broken_task_imports_nothing(tmp_path):
+    logs = tmp_path / "logs"
+    shutil.copytree(LOGS / "gsm8k_100", logs / "gsm8k")
+    shutil.copytree(LOGS / "ifeval_100", logs / "ifeval")
+    samples = next((logs / "ifeval").glob("samples_*.jsonl"))
+    lines = samples.read_text().splitlines()
+    broken = json.loads(lines[3])
+    del broken["doc"]
+    samples.write_text("\n".join([*lines[:3], json.dumps(broken), *lines[4:]]) + "\n")
+    root = tmp_path / "results"
+    done = cli.invoke(app, ["import", "lm-eval", str(logs), "--variant", "a", "--results", str(root)])
+    assert done.exit_code == 2 and f"{samples}: a sample of doc {broken['doc_id']} has no 'doc'" in done.output
+    assert not (root / "samples").exists() and not (root / "benches").exists()
+    assert ResultsStore(root).read().num_rows == 0
+
+
+def test_a_sample_logged_twice_is_refused_before_anything_is_written(tmp_path):
+    log = small_gsm8k_log(tmp_path / "log", docs=6)
+    samples = next(log.glob("samples_*.jsonl"))
+    lines = samples.read_text().splitlines()
+    samples.write_text("\n".join([*lines, lines[2]]) + "\n")
+    twice = json.loads(lines[2])
+    root = tmp_path / "results"
+    done = cli.invoke(app, ["import", "lm-eval", str(log), "--variant", "a", "--results", str(root)])
+    assert done.exit_code == 2, done.output
+    assert f"doc {twice['doc_id']} is logged twice for filter '{twice['filter']}'" in done.output
+    assert "reproduced" not in done.output and not (root / "samples").exists()
+
+
+def test_a_doc_recorded_with_other_content_is_refused(tmp_path):
+    log = small_gsm8k_log(tmp_path / "log", docs=4)
+    root = tmp_path / "results"
+    import_lmeval(log, "a", root)
+    samples = next(log.glob("samples_*.jsonl"))
+    edited = [json.loads(x) for x in samples.read_text().splitlines()]
+    for s in edited:
+        s["doc"]["question"] = "another question " + s["doc"]["question"]
+    samples.write_text("".join(json.dumps(s) + "\n" for s in edited))
+    with pytest.raises(LogImportError, match="4 docs of bench 'gsm8k' .* differ from the docs already recorded"):
+        import_lmeval(log, "b", root)
+    assert not (root / "samples" / "b").exists()
+
+
+def test_import_rescore_and_quarantine_are_refused_while_a_run_writes_the_folder(tmp_path):
+    log = small_gsm8k_log(tmp_path / "log", docs=4)
+    root = tmp_path / "results"
+    import_lmeval(log, "a", root)
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and not p.name.startswith(".writer")}
+    bad = root / "samples" / "a" / "gsm8k" / "part-bad-00000000.parquet"
+    bad.write_bytes(b"not parquet")
+    with writing(root, "20260101T000000Z-holder"):
+        for args in (["import", "lm-eval", str(log), "--variant", "b", "--results", str(root)],
+                     ["rescore", str(root)], ["doctor", str(root), "--quarantine"]):
+            done = cli.invoke(app, args)
+            assert done.exit_code == 2, (args, done.output)
+            assert "run 20260101T000000Z-holder (host" in done.output and "--wait" in done.output, done.output
+    assert bad.exists() and not (root / "samples" / "b").exists()
+    assert {p: p.read_bytes() for p in before} == before
+
+    # --wait: the command waits for the writer, then runs
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom omk_ray.results.folder_lock import writing\n"
+         f"with writing({str(root)!r}, 'holder-2'):\n    print('held', flush=True)\n    time.sleep(4)\n"
+         f"    open({str(tmp_path / 'released')!r}, 'w').close()\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        done = cli.invoke(app, ["import", "lm-eval", str(log), "--variant", "b", "--results", str(root), "--wait"])
+        assert done.exit_code == 0, done.output
+        assert (tmp_path / "released").exists()  # written just before the holder let go: the import waited
+        assert holder.wait(timeout=60) == 0
+    finally:
+        holder.kill()
+    assert len(list(root.glob("samples/b/gsm8k/part-*.parquet"))) == 1
