@@ -236,13 +236,13 @@ def run_canary(
                        canary_rules={variant: rules}, canary_only=True)
     store = ResultsStore(results_root)
     run = next(r for r in store.runs() if r.run_id == summary.run_id)
-    manifest = run.manifest()
-    verdict = manifest.get("canary", {}).get(variant)
+    manifest = run.records().manifest
+    verdict = manifest.canary.get(variant)
     if verdict is not None:
-        result = CanaryResult.from_dict(verdict)
+        result = CanaryResult.from_dict(verdict.model_dump())
     else:  # every canary sample was stored already: judge what is there
-        plan = make_plan(grid, model_paths=manifest.get("model_paths"), variants=[variant], canary_only=True,
-                         gpu=manifest.get("gpu"))
+        plan = make_plan(grid, model_paths=manifest.model_paths or None, variants=[variant], canary_only=True,
+                         gpu=manifest.gpu)
         result = judge_canary(store, plan, variant, rules)
     if summary.failed:
         result.passed = False
