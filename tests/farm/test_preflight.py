@@ -20,8 +20,8 @@ import pytest
 from omk_ray.config import load_grid
 from omk_ray.farm.lock import LOCK_VERSION
 from omk_ray.farm.preflight import (
-    Expect, NodeResult, expectations, family_version, judge_disk, judge_engines, judge_gpu, judge_models, judge_node,
-    judge_sandbox, judge_token, parse_nvidia_smi, refusal,
+    Check, Expect, NodeResult, expectations, family_version, judge_disk, judge_engines, judge_gpu, judge_models, judge_node,
+    judge_sandbox, judge_token, parse_nvidia_smi, refusal, settle_builds,
 )  # fmt: skip
 from omk_ray.farm.sizes import checkpoint_bytes, safetensors_bytes, start_timed_out, start_timeout_s
 from tests.helpers import write_bench, write_grid
@@ -106,6 +106,16 @@ def test_models_and_token():
     assert judge_token("HF_TOKEN", needed=True).detail == "present (HF_TOKEN)"
     assert judge_token(None, needed=True).status == "warn"
     assert judge_token(None, needed=False).status == "ok"
+
+
+def test_a_build_base_is_needed_on_one_node_only():
+    def node(name, state):
+        return NodeResult(name * 20, "10.0.0.1", name, [Check("model: build.base of p", state, "/m/base missing")])
+
+    one_has_it = settle_builds([node("aa", "ok"), node("bb", "FAIL")])
+    assert [r.checks[0].status for r in one_has_it] == ["ok", "warn"]
+    assert one_has_it[1].checks[0].detail.endswith("built on node aaaaaaaaaaaa (10.0.0.1, aa), fetched from there")
+    assert [r.checks[0].status for r in settle_builds([node("aa", "FAIL"), node("bb", "FAIL")])] == ["FAIL", "FAIL"]
 
 
 def test_a_whole_report_and_the_refusal_names_node_and_problem():
@@ -363,26 +373,29 @@ def test_preflight_names_the_faulty_node_and_each_problem(tmp_path, tiny_gemma4,
     results = {r.node_id: r for r in run_preflight(grid)}
     assert len(results) == 2
     bad = {c.name: c for c in results[faulty].checks}
-    good = {c.name: c for c in next(r for n, r in results.items() if n != faulty).checks}
+    good_id = next(n for n in results if n != faulty)
+    good = {c.name: c for c in results[good_id].checks}
     assert {name: c.status for name, c in good.items()} == {
         "engines": "ok", "gpu": "ok", "disk: artifact cache": "ok", "sandbox": "ok", "model: model of base": "ok",
         "model: build.base of pruned": "ok", "hf token": "ok"}
     assert good["sandbox"].detail == "namespaces for he, he_strict"
     assert {name: c.status for name, c in bad.items()} == {
         "engines": "ok", "gpu": "ok", "disk: artifact cache": "FAIL", "sandbox": "FAIL",
-        "model: model of base": "FAIL", "model: build.base of pruned": "FAIL", "hf token": "ok"}
+        "model: model of base": "FAIL", "model: build.base of pruned": "warn", "hf token": "ok"}
     need = checkpoint_bytes(tiny_gemma4)
     assert bad["disk: artifact cache"].detail.startswith(f"{faulty_cluster['cache']}: 64.0 KiB free, built variants")
     assert need > 64 << 10
     assert "unshare: Operation not permitted" in bad["sandbox"].detail
     assert "he_strict ask isolation: namespaces" in bad["sandbox"].detail
     assert bad["model: model of base"].detail == f"{tiny_gemma4} holds no config.json on this node"
+    assert bad["model: build.base of pruned"].detail == (f"{tiny_gemma4} holds no config.json on this node: "
+                                                         f"built on {results[good_id].label}, fetched from there")
 
     with pytest.raises(PreflightFailed) as refused:  # what `omk-ray run` does before anything starts
         check_cluster(grid)
     lines = str(refused.value).splitlines()
     assert lines[0] == "preflight: 1 of 2 nodes not ready:"
-    assert all(f"node {faulty[:12]}" in line for line in lines[1:5]) and len(lines) == 6
+    assert all(f"node {faulty[:12]}" in line for line in lines[1:4]) and len(lines) == 5
 
     from omk_ray.farm.runner import run_grid
 
