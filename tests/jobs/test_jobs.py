@@ -111,7 +111,7 @@ def _pids_using(marker: str) -> list[int]:
 
 def submit(client, **job) -> str:
     """Submit, waiting out the seconds after start-up when the head has no job agent registered yet."""
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 300  # a loaded 2-core machine registers the agent late
     while True:
         try:
             return client.submit_job(**job)
