@@ -6,14 +6,14 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 from rich.table import Table
 
 from omk_ray.config import ConfigError, GridConfig, load_grid
 from omk_ray.console import output_console
-from omk_ray.exits import ExitCode, fail
+from omk_ray.exits import ExitCode, error, fail
 
 app = typer.Typer(
     name="omk-ray",
@@ -177,16 +177,17 @@ def status(results: Path = typer.Argument(..., help="results folder of a run")) 
     """  # noqa: E501
     from omk_ray.analysis.declared import canary_verdicts
     from omk_ray.farm.planner import PlanError
-    from omk_ray.farm.status import engine_report, grid_status, latest_run
+    from omk_ray.farm.status import engine_report, grid_status, latest_run, runs_without_manifest, stored_counts
     from omk_ray.results.folder_lock import holder, stale_record
     from omk_ray.results.store import ResultsStore, UnreadableResults
 
     store = ResultsStore(results, skip_unreadable=True)
+    store.unreadable.extend(runs_without_manifest(store))
     try:
         run_log = latest_run(store)
         cells = grid_status(store, run_log)
     except (FileNotFoundError, PlanError, ConfigError, UnreadableResults) as err:
-        fail(str(err))
+        _status_without_grid(store, results, err)
     canary = canary_verdicts(store.runs())
     print_table([{"variant": c.variant, "bench": c.bench, "expected": c.expected, "done": c.done,
                   "missing": c.missing, "failed": c.failed,
@@ -215,6 +216,20 @@ def status(results: Path = typer.Argument(..., help="results folder of a run")) 
     if store.unreadable:
         console.print(f"{len(store.unreadable)} unreadable file(s) left out (their samples count as missing); "
                       f"move them aside with `omk-ray doctor {results} --quarantine`")
+
+
+def _status_without_grid(store, results: Path, err: Exception) -> NoReturn:
+    """No readable run to plan against: show the samples on disk and name what cannot be read."""
+    from omk_ray.farm.status import stored_counts
+
+    counts = stored_counts(store) if store.samples_dir.is_dir() else []
+    if not counts and not store.unreadable:
+        fail(str(err))  # nothing here at all
+    print_table(counts, title="samples stored (no readable run manifest: expected counts unknown)")
+    for bad in store.unreadable:
+        console.print(f"[red]unreadable[/] {bad.path}: {bad.problem}", highlight=False)
+    error(f"{results}: cannot show the grid's status: {err}")
+    raise typer.Exit(ExitCode.FAILED)
 
 
 @app.command()
