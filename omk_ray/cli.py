@@ -126,7 +126,7 @@ def run(
     """
     from omk_ray.farm.builds import BuildFailed
     from omk_ray.farm.planner import PlanError
-    from omk_ray.farm.runner import run_grid
+    from omk_ray.farm.runner import RayStartFailed, run_grid
     from omk_ray.results.folder_lock import FolderBusy, holder
     from omk_ray.results.store import UnreadableResults
 
@@ -144,7 +144,7 @@ def run(
     try:
         summary = run_grid(grid, results, address=address, variants=variant, limit_docs=limit,
                            show_progress=not no_progress, wait=wait)
-    except (PlanError, BuildFailed, UnreadableResults, FolderBusy) as err:
+    except (PlanError, BuildFailed, UnreadableResults, FolderBusy, RayStartFailed) as err:
         fail(str(err))
     console.print(
         f"run {summary.run_id}: {summary.status}; generated {summary.generated} samples "
