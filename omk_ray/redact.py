@@ -20,7 +20,7 @@ SHAPES = re.compile(
     r"|\bhf_[A-Za-z0-9]{8,}"
     r"|(?<![A-Za-z0-9+/])(?=[A-Za-z0-9+/]*[0-9])(?=[A-Za-z0-9+/]*[A-Za-z])[A-Za-z0-9+/]{32,}={0,2}"
 )
-MIN_SECRET = 6  # shorter values ("1", "true") would blank ordinary words
+MIN_SECRET = 8  # shorter values ("1", "true", "python") would blank ordinary words
 
 
 def known_secrets(extra: Iterable[str] = ()) -> list[str]:

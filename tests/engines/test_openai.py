@@ -337,3 +337,16 @@ def test_error_bodies_echoing_the_key_store_no_secret(tmp_path, monkeypatch, cap
             assert secret not in r["error"]
         assert r["error"].count("[redacted]") >= 5
     assert "HTTP 500" in caplog.text and key not in caplog.text and hub not in caplog.text
+
+
+def test_scrub_blanks_keys_and_keeps_ordinary_text(monkeypatch):
+    from omk_ray.redact import scrub
+
+    monkeypatch.setenv("MY_SERVICE_SECRET", "correct horse battery")
+    monkeypatch.setenv("SHORT_TOKEN", "abc")  # too short to tell from a word: left alone
+    text = ("HTTP 401 for correct horse battery: Bearer abc.def sk-proj-Abc123XYZ789 and "
+            "0123456789abcdef0123456789abcdef; see /tmp/pytest-of-x/test_a_long_file_name_with_words0/run.log: "
+            "prompt of 300 tokens, abc")
+    assert scrub(text) == ("HTTP 401 for [redacted]: [redacted] [redacted] and [redacted]; see "
+                           "/tmp/pytest-of-x/test_a_long_file_name_with_words0/run.log: prompt of 300 tokens, abc")
+    assert scrub(None) is None and scrub("the key is k3y-value", ["k3y-value"]) == "the key is [redacted]"
