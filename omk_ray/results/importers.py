@@ -420,8 +420,10 @@ def import_lcb(path: Path, variant: str, results_root: Path, bench: str = "lcb_m
     if not samples_path.is_file():
         raise LogImportError(f"{path}: no LiveCodeBench samples file ({samples_path.name})")
     summary_path = samples_path.with_name(samples_path.name.removesuffix(".samples.jsonl") + ".json")
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary = _read_lcb_summary(summary_path) if summary_path.is_file() else {}
     samples = _read_jsonl(samples_path)
+    if not samples:
+        raise LogImportError(f"{samples_path}: no samples (the file is empty)")
     model = summary.get("name")
     fingerprint = stable_hash({"imported_from": model, "variant": variant, "runner": "livecodebench"})
     started = datetime.fromtimestamp(samples_path.stat().st_mtime, tz=timezone.utc)
@@ -431,6 +433,11 @@ def import_lcb(path: Path, variant: str, results_root: Path, bench: str = "lcb_m
         for key in ("task_id", "passed", "completion"):
             if key not in s:
                 raise LogImportError(f"{samples_path}: a sample ({s.get('task_id')}) has no {key!r}")
+        if isinstance(s["task_id"], bool) or not isinstance(s["task_id"], (str, int)):
+            raise LogImportError(f"{samples_path}: task_id {s['task_id']!r} is not a name")
+        if not isinstance(s["passed"], bool) and s["passed"] not in (0, 1):
+            raise LogImportError(f"{samples_path}: problem {s['task_id']}: passed is {s['passed']!r}, "
+                                 "not true/false")
         if str(s["task_id"]) in seen:
             raise LogImportError(f"{samples_path}: problem {s['task_id']} is logged twice; nothing was imported")
         seen.add(str(s["task_id"]))
@@ -471,6 +478,19 @@ def import_lcb(path: Path, variant: str, results_root: Path, bench: str = "lcb_m
         _write_report(store, report, variant)
         _write_variant_facts(store, variant, facts)
     return report
+
+
+def _read_lcb_summary(path: Path) -> dict[str, Any]:
+    try:
+        summary = json.loads(_read_text(path))
+    except json.JSONDecodeError as err:
+        raise LogImportError(f"{path}: not JSON ({err})") from None
+    if not isinstance(summary, dict):
+        raise LogImportError(f"{path}: not an LCB summary (a JSON {type(summary).__name__}, not an object)")
+    value = summary.get("pass_at_1")
+    if "pass_at_1" in summary and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise LogImportError(f"{path}: pass_at_1 is {value!r}, not a number")
+    return summary
 
 
 # -- writing -------------------------------------------------------------------------------------

@@ -213,3 +213,43 @@ def test_a_malformed_log_is_refused_naming_the_file_and_nothing_is_written(tmp_p
     assert done.exit_code == 2, done.output
     assert f"{named}" in done.output.replace("\n", "") and problem in done.output.replace("\n", ""), done.output
     assert "Traceback" not in done.output and not (root / "samples").exists() and not (root / "benches").exists()
+
+
+def _lcb_copy(tmp_path: Path) -> Path:
+    folder = tmp_path / "lcb"
+    shutil.copytree(LOGS / "lcb_medium_55", folder)
+    return folder
+
+
+def _first_lcb_sample(folder: Path, **changes) -> None:
+    path = folder / "lcb_result.samples.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([json.dumps({**json.loads(lines[0]), **changes}), *lines[1:]]) + "\n")
+
+
+LCB_MALFORMED = {
+    "passed yes": (lambda f: _first_lcb_sample(f, passed="yes"), "lcb_result.samples.jsonl",
+                   "problem lcb/leetcode/3579: passed is 'yes', not true/false"),
+    "task id a list": (lambda f: _first_lcb_sample(f, task_id=[1]), "lcb_result.samples.jsonl",
+                       "task_id [1] is not a name"),
+    "empty samples": (lambda f: (f / "lcb_result.samples.jsonl").write_text(""), "lcb_result.samples.jsonl",
+                      "no samples (the file is empty)"),
+    "summary a list": (lambda f: (f / "lcb_result.json").write_text("[]"), "lcb_result.json",
+                       "not an LCB summary (a JSON list, not an object)"),
+    "summary empty": (lambda f: (f / "lcb_result.json").write_text(""), "lcb_result.json", "not JSON"),
+    "pass_at_1 null": (lambda f: (f / "lcb_result.json").write_text('{"pass_at_1": null}'), "lcb_result.json",
+                       "pass_at_1 is None, not a number"),
+}
+
+
+@pytest.mark.parametrize("case", LCB_MALFORMED)
+def test_a_malformed_lcb_log_is_refused_naming_the_file_and_nothing_is_written(tmp_path, case):
+    folder = _lcb_copy(tmp_path)
+    break_it, name, problem = LCB_MALFORMED[case]
+    break_it(folder)
+    root = tmp_path / "results"
+    done = cli.invoke(app, ["import", "lcb", str(folder / "lcb_result.samples.jsonl"), "--variant", "a",
+                            "--results", str(root)])
+    out = done.output.replace("\n", "")
+    assert done.exit_code == 2 and f"{folder / name}: " in out and problem in out, done.output
+    assert "Traceback" not in done.output and not (root / "samples").exists()
