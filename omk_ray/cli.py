@@ -204,6 +204,9 @@ def status(results: Path = typer.Argument(..., help="results folder of a run")) 
                   "started": (r.manifest.started_at or "")[:19], "seconds": r.manifest.seconds,
                   "generated": r.manifest.generated_samples, "failed": r.manifest.failed_samples} for r in runs],
                 title="runs")
+    for r in runs:
+        if r.manifest.ended_because:
+            console.print(f"[red]run {r.run_id} ended[/] on {r.manifest.ended_because[:300]}", highlight=False)
     for e in run_log.records().failures()[-10:]:
         console.print(f"[yellow]{e.event}[/] {e.variant} {e.bench or ''}: {(e.error or '')[:200]}")
     print_table(engine_report(run_log), title=f"engines of run {run_log.run_id}")

@@ -26,3 +26,9 @@ def test_a_ray_start_failure_is_a_message_and_the_manifest_says_why(tmp_path):
     assert manifest["status"] == "failed"
     assert manifest["ended_because"].startswith("RayStartFailed: could not start a local Ray: NotADirectoryError")
     assert manifest["generated_samples"] == 0 and not (results / "samples").exists()
+
+    status = subprocess.run([sys.executable, "-m", "omk_ray", "status", str(results)], env={**env, "COLUMNS": "300"},
+                            capture_output=True, text=True, timeout=300)
+    assert status.returncode == 0, status.stderr
+    run_id = results.glob("runs/*").__next__().name
+    assert f"run {run_id} ended on RayStartFailed: could not start a local Ray" in status.stdout, status.stdout
