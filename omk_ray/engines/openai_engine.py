@@ -183,7 +183,8 @@ class OpenAIEngine(Engine):
                     except json.JSONDecodeError:
                         error = scrub(f"HTTP 200 with a body that is not JSON: {response.text[:200]!r}", self._secrets)
                 else:
-                    error = scrub(f"HTTP {response.status_code}: {response.text[:500]}", self._secrets)  # bodies echo keys
+                    # a body may echo the request's key
+                    error = scrub(f"HTTP {response.status_code}: {response.text[:500]}", self._secrets)
                     if response.status_code < 500 and response.status_code not in RETRY_STATUS:
                         raise RequestFailed(error)
                     wait = _retry_after(response)

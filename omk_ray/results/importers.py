@@ -337,7 +337,8 @@ def _check_sample(path: Path, s: dict[str, Any]) -> None:
     """The fields of one logged sample have the types lm-eval writes (doc ids are integers)."""
     doc_id = s["doc_id"]
     if isinstance(doc_id, bool) or not isinstance(doc_id, int):
-        raise LogImportError(f"{path}: doc_id {doc_id!r} is a {type(doc_id).__name__}; lm-eval numbers its docs 0, 1, ...")
+        raise LogImportError(f"{path}: doc_id {doc_id!r} is a {type(doc_id).__name__}; "
+                             "lm-eval numbers its docs 0, 1, ...")
     if not isinstance(s["doc"], dict):
         raise LogImportError(f"{path}: doc {doc_id}: `doc` must be an object, not a {type(s['doc']).__name__}")
     if not isinstance(s["filter"], str) or not isinstance(s["metrics"], list) \

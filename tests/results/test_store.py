@@ -206,6 +206,7 @@ def test_status_names_a_newer_run_without_manifest(tmp_path):
     (newer / "events.jsonl").write_text("")
     status = CliRunner(env={"COLUMNS": "300"}).invoke(app, ["status", str(results)])
     assert status.exit_code == 0, status.output
-    [cells] = [[c.strip() for c in line.split("│")[1:-1]] for line in status.output.splitlines() if line.startswith("│ a ")]
+    lines = status.output.splitlines()
+    [cells] = [[c.strip() for c in line.split("│")[1:-1]] for line in lines if line.startswith("│ a ")]
     assert cells[:5] == ["a", "b", "2", "0", "2"]  # variant, bench, expected, done, missing: the older run's grid
     assert f"unreadable {newer / 'manifest.json'}: missing" in status.output
