@@ -6,14 +6,14 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 from rich.table import Table
 
 from omk_ray.config import ConfigError, GridConfig, load_grid
 from omk_ray.console import output_console
-from omk_ray.exits import ExitCode, fail
+from omk_ray.exits import ExitCode, error, fail
 
 app = typer.Typer(
     name="omk-ray",
@@ -126,7 +126,7 @@ def run(
     """
     from omk_ray.farm.builds import BuildFailed
     from omk_ray.farm.planner import PlanError
-    from omk_ray.farm.runner import run_grid
+    from omk_ray.farm.runner import RayStartFailed, run_grid
     from omk_ray.results.folder_lock import FolderBusy, holder
     from omk_ray.results.store import UnreadableResults
 
@@ -144,7 +144,7 @@ def run(
     try:
         summary = run_grid(grid, results, address=address, variants=variant, limit_docs=limit,
                            show_progress=not no_progress, wait=wait)
-    except (PlanError, BuildFailed, UnreadableResults, FolderBusy) as err:
+    except (PlanError, BuildFailed, UnreadableResults, FolderBusy, RayStartFailed) as err:
         fail(str(err))
     console.print(
         f"run {summary.run_id}: {summary.status}; generated {summary.generated} samples "
@@ -177,16 +177,17 @@ def status(results: Path = typer.Argument(..., help="results folder of a run")) 
     """  # noqa: E501
     from omk_ray.analysis.declared import canary_verdicts
     from omk_ray.farm.planner import PlanError
-    from omk_ray.farm.status import engine_report, grid_status, latest_run
+    from omk_ray.farm.status import engine_report, grid_status, latest_run, runs_without_manifest, stored_counts
     from omk_ray.results.folder_lock import holder, stale_record
     from omk_ray.results.store import ResultsStore, UnreadableResults
 
     store = ResultsStore(results, skip_unreadable=True)
+    store.unreadable.extend(runs_without_manifest(store))
     try:
         run_log = latest_run(store)
         cells = grid_status(store, run_log)
     except (FileNotFoundError, PlanError, ConfigError, UnreadableResults) as err:
-        fail(str(err))
+        _status_without_grid(store, results, err)
     canary = canary_verdicts(store.runs())
     print_table([{"variant": c.variant, "bench": c.bench, "expected": c.expected, "done": c.done,
                   "missing": c.missing, "failed": c.failed,
@@ -203,6 +204,9 @@ def status(results: Path = typer.Argument(..., help="results folder of a run")) 
                   "started": (r.manifest.started_at or "")[:19], "seconds": r.manifest.seconds,
                   "generated": r.manifest.generated_samples, "failed": r.manifest.failed_samples} for r in runs],
                 title="runs")
+    for r in runs:
+        if r.manifest.ended_because:
+            console.print(f"[red]run {r.run_id} ended[/] on {r.manifest.ended_because[:300]}", highlight=False)
     for e in run_log.records().failures()[-10:]:
         console.print(f"[yellow]{e.event}[/] {e.variant} {e.bench or ''}: {(e.error or '')[:200]}")
     print_table(engine_report(run_log), title=f"engines of run {run_log.run_id}")
@@ -215,6 +219,20 @@ def status(results: Path = typer.Argument(..., help="results folder of a run")) 
     if store.unreadable:
         console.print(f"{len(store.unreadable)} unreadable file(s) left out (their samples count as missing); "
                       f"move them aside with `omk-ray doctor {results} --quarantine`")
+
+
+def _status_without_grid(store, results: Path, err: Exception) -> NoReturn:
+    """No readable run to plan against: show the samples on disk and name what cannot be read."""
+    from omk_ray.farm.status import stored_counts
+
+    counts = stored_counts(store) if store.samples_dir.is_dir() else []
+    if not counts and not store.unreadable:
+        fail(str(err))  # nothing here at all
+    print_table(counts, title="samples stored (no readable run manifest: expected counts unknown)")
+    for bad in store.unreadable:
+        console.print(f"[red]unreadable[/] {bad.path}: {bad.problem}", highlight=False)
+    error(f"{results}: cannot show the grid's status: {err}")
+    raise typer.Exit(ExitCode.FAILED)
 
 
 @app.command()

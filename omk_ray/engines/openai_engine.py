@@ -18,7 +18,9 @@ budget, and records the server's usage counts, finish_reason and `reasoning_cont
     body         JSON fields merged into every request (server-specific settings)
 
 A request that still fails after its retries, or gets a 4xx, is never dropped: it comes back
-as a Completion with `error` set and finish_reason "error", and becomes a row saying so.
+as a Completion with `error` set and finish_reason "error", and becomes a row saying so. Error
+texts are scrubbed of the API key and anything shaped like a key (`omk_ray.redact`) before they
+reach a row or a log.
 `prompt_hash` hashes the request's messages and template arguments (the server's tokens are
 not seen here).
 """
@@ -39,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from omk_ray.config import Recipe, VariantSpec
 from omk_ray.engines.base import Completion, Engine, Request
+from omk_ray.redact import scrub
 
 log = logging.getLogger("omk_ray.engines.openai")
 
@@ -79,11 +82,13 @@ class OpenAIEngine(Engine):
         self.backoff_max = options.backoff_max
         self.body = dict(options.body)
         self.headers = {}
+        self._secrets: tuple[str, ...] = ()  # scrubbed from every error text (`redact.scrub`)
         if options.api_key_env:
             if not os.environ.get(options.api_key_env):
                 raise ValueError(f"variant {variant.name!r}: environment variable {options.api_key_env} "
                                  "(api_key_env) is not set")
             self.headers["Authorization"] = f"Bearer {os.environ[options.api_key_env]}"
+            self._secrets = (os.environ[options.api_key_env],)
         self.timeout = httpx.Timeout(options.timeout, connect=10.0)
         self._client: httpx.AsyncClient | None = None  # made on the loop that uses it
         self._slots: asyncio.Semaphore | None = None
@@ -121,7 +126,8 @@ class OpenAIEngine(Engine):
             completion = parse_response(data, recipe)
         except Exception as err:  # never a silent drop: whatever went wrong becomes the row's error
             return Completion(text="", finish_reason="error", prompt_hash=prompt_hash,
-                              latency_s=time.perf_counter() - start, error=f"{type(err).__name__}: {err}")
+                              latency_s=time.perf_counter() - start,
+                              error=scrub(f"{type(err).__name__}: {err}", self._secrets))
         completion.prompt_hash = prompt_hash
         completion.latency_s = time.perf_counter() - start
         return completion
@@ -169,15 +175,16 @@ class OpenAIEngine(Engine):
             try:
                 response = await send()
             except (httpx.TimeoutException, httpx.TransportError) as err:
-                error = f"{type(err).__name__}: {err or 'no detail'}"
+                error = scrub(f"{type(err).__name__}: {err or 'no detail'}", self._secrets)
             else:
                 if response.status_code == 200:
                     try:
                         return response.json()
                     except json.JSONDecodeError:
-                        error = f"HTTP 200 with a body that is not JSON: {response.text[:200]!r}"
+                        error = scrub(f"HTTP 200 with a body that is not JSON: {response.text[:200]!r}", self._secrets)
                 else:
-                    error = f"HTTP {response.status_code}: {response.text[:500]}"
+                    # a body may echo the request's key
+                    error = scrub(f"HTTP {response.status_code}: {response.text[:500]}", self._secrets)
                     if response.status_code < 500 and response.status_code not in RETRY_STATUS:
                         raise RequestFailed(error)
                     wait = _retry_after(response)

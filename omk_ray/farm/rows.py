@@ -16,6 +16,7 @@ from omk_ray.config import Recipe
 from omk_ray.engines.base import Completion, Engine, Request
 from omk_ray.engines.identity import ROW_COLUMNS as IDENTITY_COLUMNS
 from omk_ray.engines.identity import EngineIdentity
+from omk_ray.redact import scrub
 from omk_ray.results.schema import make_row, rows_to_table
 
 
@@ -85,7 +86,7 @@ def sample_row(ctx: RowContext, doc: Doc, repeat: int, completion: Completion, s
         isolation=score.isolation if score else None,
         dataset_revision=ctx.dataset_revision,
         started_at=started_at,
-        error=error,
+        error=scrub(error),  # no engine's error text may store a secret
         error_kind=completion.error_kind if error else None,
     )
 

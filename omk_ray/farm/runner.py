@@ -48,17 +48,26 @@ class RunSummary:
     engines: list[dict] = field(default_factory=list)
 
 
+class RayStartFailed(RuntimeError):
+    """Ray could not be started or joined; the message says where and why."""
+
+
 def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     """Join the cluster at `address`, or start a local Ray (reusing one already started here)."""
     if ray.is_initialized():
         return
-    if address:
-        # A remote cluster's workers do not inherit this shell: forward what the benches read.
-        env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-        ray.init(address=address, namespace="omk-ray", log_to_driver=False, runtime_env={"env_vars": env})
-    else:
-        # address="local": always a fresh local Ray, never a cluster some other process left running here
-        ray.init(address="local", num_cpus=num_cpus, namespace="omk-ray", include_dashboard=False, log_to_driver=False)
+    try:
+        if address:
+            # A remote cluster's workers do not inherit this shell: forward what the benches read.
+            env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+            ray.init(address=address, namespace="omk-ray", log_to_driver=False, runtime_env={"env_vars": env})
+        else:
+            # address="local": always a fresh local Ray, never a cluster some other process left running here
+            ray.init(address="local", num_cpus=num_cpus, namespace="omk-ray", include_dashboard=False,
+                     log_to_driver=False)
+    except Exception as err:  # ConnectionError, OSError, RuntimeError, ...: Ray's own errors have no one base
+        where = f"the Ray cluster at {address}" if address else "a local Ray"
+        raise RayStartFailed(f"could not start {where}: {type(err).__name__}: {err}") from err
 
 
 def versions() -> dict[str, str | None]:
@@ -156,6 +165,7 @@ def _run_grid(grid, results_root, address, variants, limit_docs, run_id, show_pr
 
     t0 = time.monotonic()
     status = "failed"
+    ended_because = None
     scheduler = None
     try:
         if plan.missing:
@@ -178,6 +188,10 @@ def _run_grid(grid, results_root, address, variants, limit_docs, run_id, show_pr
             status = "finished_with_failures"
     except KeyboardInterrupt:
         status = "interrupted"
+        ended_because = "interrupted (KeyboardInterrupt)"
+        raise
+    except BaseException as err:
+        ended_because = f"{type(err).__name__}: {err}"[:2000]
         raise
     finally:
         engines = [asdict(e) for e in scheduler.engine_stats()] if scheduler else []
@@ -193,6 +207,7 @@ def _run_grid(grid, results_root, address, variants, limit_docs, run_id, show_pr
             "isolation": isolation_used(store, runlog.run_id) if scheduler else {},  # code benches: how programs ran
             "engines": engines,
             "gpus": sorted({g for e in engines if e["info"] for g in e["info"].get("gpus", [])}),
+            "ended_because": ended_because,
         })
         runlog.write_manifest(manifest)
         logging.getLogger("omk_ray").removeHandler(handler)

@@ -31,6 +31,27 @@ def latest_run(store: ResultsStore) -> RunLog:
     return runs[-1]
 
 
+def runs_without_manifest(store: ResultsStore) -> list[BadFile]:
+    """Run folders whose manifest.json is missing (a driver killed before it wrote one, a partial copy)."""
+    if not store.runs_dir.is_dir():
+        return []
+    return [BadFile(p / "manifest.json", "missing") for p in sorted(store.runs_dir.iterdir())
+            if p.is_dir() and not (p / "manifest.json").exists()]
+
+
+def stored_counts(store: ResultsStore) -> list[dict]:
+    """Samples on disk per variant x bench (what `status` can still show without a readable manifest)."""
+    table = store.read(columns=["variant", "bench", "score", "error"])
+    counts: dict[tuple[str, str], dict] = {}
+    for row in table.to_pylist():
+        c = counts.setdefault((row["variant"], row["bench"]),
+                              {"variant": row["variant"], "bench": row["bench"], "stored": 0, "scored": 0, "errors": 0})
+        c["stored"] += 1
+        c["scored"] += row["score"] is not None
+        c["errors"] += row["error"] is not None
+    return [counts[k] for k in sorted(counts)]
+
+
 def grid_status(store: ResultsStore, run: RunLog | None = None) -> list[CellStatus]:
     run = run or latest_run(store)
     records = run.records()

@@ -194,13 +194,46 @@ def _bench_for_task(task: str, grid: GridConfig | None) -> BenchSpec:
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(_read_text(path).splitlines(), 1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise LogImportError(f"{path}:{n}: not JSON ({err})") from None
+            if not isinstance(row, dict):
+                raise LogImportError(f"{path}:{n}: a sample must be a JSON object, not {type(row).__name__}")
+            rows.append(row)
     return rows
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise LogImportError(f"{path}: not UTF-8 text ({err})") from None
+
+
+def _read_results(path: Path, task: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(results file, the task's config, the task's logged aggregates), each checked to be what lm-eval writes."""
+    try:
+        results = json.loads(_read_text(path))
+    except json.JSONDecodeError as err:
+        raise LogImportError(f"{path}: not JSON ({err})") from None
+    if not isinstance(results, dict):
+        raise LogImportError(f"{path}: not an lm-eval results file (a JSON {type(results).__name__}, not an object)")
+    for key in ("results", "configs", "config", "versions"):
+        if not isinstance(results.get(key) or {}, dict):
+            raise LogImportError(f"{path}: `{key}` must be an object, not a {type(results[key]).__name__}")
+    logged = (results.get("results") or {}).get(task)
+    if logged is None:
+        raise LogImportError(f"{path}: no results for task {task!r}")
+    config = (results.get("configs") or {}).get(task) or {}
+    if not isinstance(logged, dict) or not isinstance(config, dict):
+        raise LogImportError(f"{path}: the results and configs of task {task!r} must be objects")
+    for key, value in logged.items():
+        if "," in key and "_stderr" not in key and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise LogImportError(f"{path}: results.{task}.{key} is {value!r}, not a number")
+    return results, config, logged
 
 
 def _import_one(
@@ -212,18 +245,17 @@ def _import_one(
     variant: str,
     primary: str | None,
 ) -> ImportReport:
-    results = json.loads(results_path.read_text())
-    config = (results.get("configs") or {}).get(task) or {}
-    logged = (results.get("results") or {}).get(task)
-    if logged is None:
-        raise LogImportError(f"{results_path}: no results for task {task!r}")
+    results, config, logged = _read_results(results_path, task)
     samples = _read_jsonl(samples_path)
+    if not samples:
+        raise LogImportError(f"{samples_path}: no samples (the file is empty)")
 
     by_doc: dict[int, list[dict]] = {}
     for s in samples:
         for key in ("doc_id", "doc", "resps", "filtered_resps", "filter", "metrics"):
             if key not in s:
                 raise LogImportError(f"{samples_path}: a sample of doc {s.get('doc_id')} has no {key!r}")
+        _check_sample(samples_path, s)
         lines = by_doc.setdefault(s["doc_id"], [])
         if any(line["filter"] == s["filter"] for line in lines):
             raise LogImportError(f"{samples_path}: doc {s['doc_id']} is logged twice for filter {s['filter']!r}; "
@@ -301,6 +333,23 @@ def _import_one(
     return report
 
 
+def _check_sample(path: Path, s: dict[str, Any]) -> None:
+    """The fields of one logged sample have the types lm-eval writes (doc ids are integers)."""
+    doc_id = s["doc_id"]
+    if isinstance(doc_id, bool) or not isinstance(doc_id, int):
+        raise LogImportError(f"{path}: doc_id {doc_id!r} is a {type(doc_id).__name__}; "
+                             "lm-eval numbers its docs 0, 1, ...")
+    if not isinstance(s["doc"], dict):
+        raise LogImportError(f"{path}: doc {doc_id}: `doc` must be an object, not a {type(s['doc']).__name__}")
+    if not isinstance(s["filter"], str) or not isinstance(s["metrics"], list) \
+            or not all(isinstance(m, str) for m in s["metrics"]):
+        raise LogImportError(f"{path}: doc {doc_id}: `filter` must be a name and `metrics` a list of names")
+    for metric in s["metrics"]:
+        value = s.get(metric)
+        if value is None or isinstance(value, str):
+            raise LogImportError(f"{path}: doc {doc_id}: metric {metric!r} is {value!r}, not a number")
+
+
 def _domain_fields(samples_path: Path, task: str, spec: BenchSpec, docs: list[dict]) -> tuple[str | None, str | None]:
     """The doc fields of domain and subdomain: the ones named must be in the docs; the task
     family's defaults are used where the docs have them."""
@@ -372,8 +421,10 @@ def import_lcb(path: Path, variant: str, results_root: Path, bench: str = "lcb_m
     if not samples_path.is_file():
         raise LogImportError(f"{path}: no LiveCodeBench samples file ({samples_path.name})")
     summary_path = samples_path.with_name(samples_path.name.removesuffix(".samples.jsonl") + ".json")
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary = _read_lcb_summary(summary_path) if summary_path.is_file() else {}
     samples = _read_jsonl(samples_path)
+    if not samples:
+        raise LogImportError(f"{samples_path}: no samples (the file is empty)")
     model = summary.get("name")
     fingerprint = stable_hash({"imported_from": model, "variant": variant, "runner": "livecodebench"})
     started = datetime.fromtimestamp(samples_path.stat().st_mtime, tz=timezone.utc)
@@ -383,6 +434,11 @@ def import_lcb(path: Path, variant: str, results_root: Path, bench: str = "lcb_m
         for key in ("task_id", "passed", "completion"):
             if key not in s:
                 raise LogImportError(f"{samples_path}: a sample ({s.get('task_id')}) has no {key!r}")
+        if isinstance(s["task_id"], bool) or not isinstance(s["task_id"], (str, int)):
+            raise LogImportError(f"{samples_path}: task_id {s['task_id']!r} is not a name")
+        if not isinstance(s["passed"], bool) and s["passed"] not in (0, 1):
+            raise LogImportError(f"{samples_path}: problem {s['task_id']}: passed is {s['passed']!r}, "
+                                 "not true/false")
         if str(s["task_id"]) in seen:
             raise LogImportError(f"{samples_path}: problem {s['task_id']} is logged twice; nothing was imported")
         seen.add(str(s["task_id"]))
@@ -423,6 +479,19 @@ def import_lcb(path: Path, variant: str, results_root: Path, bench: str = "lcb_m
         _write_report(store, report, variant)
         _write_variant_facts(store, variant, facts)
     return report
+
+
+def _read_lcb_summary(path: Path) -> dict[str, Any]:
+    try:
+        summary = json.loads(_read_text(path))
+    except json.JSONDecodeError as err:
+        raise LogImportError(f"{path}: not JSON ({err})") from None
+    if not isinstance(summary, dict):
+        raise LogImportError(f"{path}: not an LCB summary (a JSON {type(summary).__name__}, not an object)")
+    value = summary.get("pass_at_1")
+    if "pass_at_1" in summary and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise LogImportError(f"{path}: pass_at_1 is {value!r}, not a number")
+    return summary
 
 
 # -- writing -------------------------------------------------------------------------------------

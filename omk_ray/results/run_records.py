@@ -115,6 +115,7 @@ class RunManifest(_Record):
     isolation: dict[str, Any] = Field(default_factory=dict)
     engines: list[EngineRecord] = Field(default_factory=list)
     gpus: list[str] = Field(default_factory=list)
+    ended_because: str | None = None  # a run that failed: the error that ended it
 
 
 class RunRecords(BaseModel):

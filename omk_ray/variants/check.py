@@ -126,7 +126,13 @@ def check_variant(model_dir: str | Path) -> LayoutReport:
         return report
     q = config.get("quantization_config")
     if q is None:
-        report.notes.append("not quantized: vLLM loads its weights as stored; nothing NVFP4 to check")
+        try:  # every tensor's header and byte range, as for a quantized checkpoint
+            tensors = read_tensors(model_dir)
+        except CheckpointError as err:
+            report.problems.append(str(err))
+            return report
+        report.notes.append(f"not quantized: {len(tensors)} tensors whose headers and byte ranges are intact; "
+                            "vLLM loads them as stored, nothing NVFP4 to check")
         return report
     report.quantized = True
     if isinstance(q, dict) and str(q.get("quant_method", "")).lower().startswith("modelopt"):

@@ -273,3 +273,80 @@ def test_server_killed_mid_run_and_restarted(server, tiny_gemma4, reference, tmp
     by_prompt = {PROMPTS[int(r["doc_id"][1:])]: r["response"] for r in rows}
     assert by_prompt == reference
     assert all(r["engine_version"].startswith("openai ") and r["completion_tokens"] >= 8 for r in rows)
+
+
+class EchoKeyServer(ThreadingHTTPServer):
+    """An endpoint that answers every completion with a 500 whose body echoes the request's key."""
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), EchoKeyHandler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+class EchoKeyHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self._send(200, json.dumps({"data": [{"id": "echo"}]}).encode())
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        auth = self.headers.get("Authorization", "")
+        key = auth.removeprefix("Bearer ")
+        body = (f"upstream refused; Authorization: {auth}; key={key}; hub={os.environ.get('HF_TOKEN')}; "
+                "other=sk-live0123456789abcdef other2=QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODk")
+        self._send(500, body.encode())
+
+    def _send(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_error_bodies_echoing_the_key_store_no_secret(tmp_path, monkeypatch, caplog):
+    from omk_ray.benches import make_bench
+    from omk_ray.config import BenchSpec
+    from omk_ray.farm.rows import RowContext, generate_rows
+    from omk_ray.benches import Doc
+
+    key, hub = "plain words are my key", "hf_AbCdEfGhIjKlMnOpQrStUv"
+    monkeypatch.setenv("OMK_ECHO_KEY", key)
+    monkeypatch.setenv("HF_TOKEN", hub)
+    server = EchoKeyServer()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        engine = make_engine(tmp_path, server.url, retries=1, backoff=0.01, api_key_env="OMK_ECHO_KEY")
+        bench = make_bench(BenchSpec(name="copy", source=str(write_bench(tmp_path / "b.jsonl", 2))))
+        docs = [Doc(id=f"q{i}", messages=[{"role": "user", "content": f"copy {i}"}], target=str(i)) for i in range(2)]
+        ctx = RowContext("run", "echo", "fp", "copy", RECIPE, "openai")
+        with caplog.at_level("WARNING", logger="omk_ray.engines.openai"):
+            rows = generate_rows(engine, bench, ctx, [(d, 0) for d in docs]).to_pylist()
+        engine.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [r["finish_reason"] for r in rows] == ["error", "error"]
+    for r in rows:
+        assert "HTTP 500: upstream refused" in r["error"] and "failed 2 times" in r["error"]
+        for secret in (key, hub, "sk-live0123456789abcdef", "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODk"):
+            assert secret not in r["error"]
+        assert r["error"].count("[redacted]") >= 5
+    assert "HTTP 500" in caplog.text and key not in caplog.text and hub not in caplog.text
+
+
+def test_scrub_blanks_keys_and_keeps_ordinary_text(monkeypatch):
+    from omk_ray.redact import scrub
+
+    monkeypatch.setenv("MY_SERVICE_SECRET", "correct horse battery")
+    monkeypatch.setenv("SHORT_TOKEN", "abc")  # too short to tell from a word: left alone
+    text = ("HTTP 401 for correct horse battery: Bearer abc.def sk-proj-Abc123XYZ789 and "
+            "0123456789abcdef0123456789abcdef; see /tmp/pytest-of-x/test_a_long_file_name_with_words0/run.log: "
+            "prompt of 300 tokens, abc")
+    assert scrub(text) == ("HTTP 401 for [redacted]: [redacted] [redacted] and [redacted]; see "
+                           "/tmp/pytest-of-x/test_a_long_file_name_with_words0/run.log: prompt of 300 tokens, abc")
+    assert scrub(None) is None and scrub("the key is k3y-value", ["k3y-value"]) == "the key is [redacted]"

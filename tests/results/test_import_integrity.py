@@ -150,3 +150,106 @@ def test_import_rescore_and_quarantine_are_refused_while_a_run_writes_the_folder
     finally:
         holder.kill()
     assert len(list(root.glob("samples/b/gsm8k/part-*.parquet"))) == 1
+
+
+def _samples(log: Path) -> tuple[Path, list[dict]]:
+    path = next(log.glob("samples_*.jsonl"))
+    return path, [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def _edit_samples(log: Path, edit) -> Path:
+    path, lines = _samples(log)
+    edit(lines)
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+def _edit_results(log: Path, edit) -> Path:
+    path = next(log.glob("results_*.json"))
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps(edit(data)))
+    return path
+
+
+def _set(mapping: dict, key: str, value) -> dict:
+    mapping[key] = value
+    return mapping
+
+
+MALFORMED = {
+    "empty samples": (lambda log: (next(log.glob("samples_*.jsonl")).write_text(""), "samples")[1],
+                      "no samples (the file is empty)"),
+    "mixed id types": (lambda log: (_edit_samples(log, lambda ls: _set(ls[1], "doc_id", "one")), "samples")[1],
+                       "doc_id 'one' is a str"),
+    "metric yes": (lambda log: (_edit_samples(log, lambda ls: _set(ls[0], "exact_match", "yes")), "samples")[1],
+                   "metric 'exact_match' is 'yes', not a number"),
+    "metric null": (lambda log: (_edit_samples(log, lambda ls: _set(ls[0], "exact_match", None)), "samples")[1],
+                    "metric 'exact_match' is None, not a number"),
+    "aggregate yes": (lambda log: (_edit_results(log, lambda d: _set(d["results"]["gsm8k"],
+                                                                      "exact_match,strict-match", "yes") and d),
+                                   "results")[1], "results.gsm8k.exact_match,strict-match is 'yes', not a number"),
+    "aggregate null": (lambda log: (_edit_results(log, lambda d: _set(d["results"]["gsm8k"],
+                                                                       "exact_match,strict-match", None) and d),
+                                    "results")[1], "results.gsm8k.exact_match,strict-match is None, not a number"),
+    "results a list": (lambda log: (_edit_results(log, lambda d: _set(d, "results", [d["results"]])), "results")[1],
+                       "`results` must be an object, not a list"),
+    "file a list": (lambda log: (_edit_results(log, lambda d: [d]), "results")[1],
+                    "not an lm-eval results file (a JSON list, not an object)"),
+    "not utf-8": (lambda log: (next(log.glob("samples_*.jsonl")).write_bytes(b"\xff\xfe{}\n"), "samples")[1],
+                  "not UTF-8 text"),
+    "sample an array": (lambda log: (next(log.glob("samples_*.jsonl")).write_text("[1, 2]\n"), "samples")[1],
+                        ":1: a sample must be a JSON object, not list"),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_a_malformed_log_is_refused_naming_the_file_and_nothing_is_written(tmp_path, case):
+    log = small_gsm8k_log(tmp_path / "log", docs=4)
+    break_it, problem = MALFORMED[case]
+    which = break_it(log)
+    named = next(log.glob("samples_*.jsonl" if which == "samples" else "results_*.json"))
+    root = tmp_path / "results"
+    done = cli.invoke(app, ["import", "lm-eval", str(log), "--variant", "a", "--results", str(root)])
+    assert done.exit_code == 2, done.output
+    assert f"{named}" in done.output.replace("\n", "") and problem in done.output.replace("\n", ""), done.output
+    assert "Traceback" not in done.output and not (root / "samples").exists() and not (root / "benches").exists()
+
+
+def _lcb_copy(tmp_path: Path) -> Path:
+    folder = tmp_path / "lcb"
+    shutil.copytree(LOGS / "lcb_medium_55", folder)
+    return folder
+
+
+def _first_lcb_sample(folder: Path, **changes) -> None:
+    path = folder / "lcb_result.samples.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([json.dumps({**json.loads(lines[0]), **changes}), *lines[1:]]) + "\n")
+
+
+LCB_MALFORMED = {
+    "passed yes": (lambda f: _first_lcb_sample(f, passed="yes"), "lcb_result.samples.jsonl",
+                   "problem lcb/leetcode/3579: passed is 'yes', not true/false"),
+    "task id a list": (lambda f: _first_lcb_sample(f, task_id=[1]), "lcb_result.samples.jsonl",
+                       "task_id [1] is not a name"),
+    "empty samples": (lambda f: (f / "lcb_result.samples.jsonl").write_text(""), "lcb_result.samples.jsonl",
+                      "no samples (the file is empty)"),
+    "summary a list": (lambda f: (f / "lcb_result.json").write_text("[]"), "lcb_result.json",
+                       "not an LCB summary (a JSON list, not an object)"),
+    "summary empty": (lambda f: (f / "lcb_result.json").write_text(""), "lcb_result.json", "not JSON"),
+    "pass_at_1 null": (lambda f: (f / "lcb_result.json").write_text('{"pass_at_1": null}'), "lcb_result.json",
+                       "pass_at_1 is None, not a number"),
+}
+
+
+@pytest.mark.parametrize("case", LCB_MALFORMED)
+def test_a_malformed_lcb_log_is_refused_naming_the_file_and_nothing_is_written(tmp_path, case):
+    folder = _lcb_copy(tmp_path)
+    break_it, name, problem = LCB_MALFORMED[case]
+    break_it(folder)
+    root = tmp_path / "results"
+    done = cli.invoke(app, ["import", "lcb", str(folder / "lcb_result.samples.jsonl"), "--variant", "a",
+                            "--results", str(root)])
+    out = done.output.replace("\n", "")
+    assert done.exit_code == 2 and f"{folder / name}: " in out and problem in out, done.output
+    assert "Traceback" not in done.output and not (root / "samples").exists()

@@ -159,3 +159,54 @@ def test_a_truncated_shard_is_named_and_the_rest_still_reported(tmp_path):
     assert cli.invoke(app, ["doctor", str(results)]).exit_code == 0
     again = make_plan(grid, ResultsStore(results))
     assert sorted(d.id for d, _ in again.work[0].samples) == ["q3", "q4", "q5"]
+
+
+@pytest.mark.parametrize("manifest", ["unparseable", "missing"])
+def test_status_shows_the_samples_and_names_the_manifest_when_no_run_reads(tmp_path, manifest):
+    from typer.testing import CliRunner
+
+    from omk_ray.cli import app
+
+    results = tmp_path / "results"
+    store = ResultsStore(results)
+    store.write_shard(rows_to_table(rows("a", "b", 3)), "a", "b", "u1")
+    store.write_shard(rows_to_table([{**r, "score": None, "error": "HTTP 500"} for r in rows("a", "c", 2)]),
+                      "a", "c", "u1")
+    path = results / "runs" / "20260102T000000Z-bbbbbb" / "manifest.json"
+    path.parent.mkdir(parents=True)
+    if manifest == "unparseable":
+        path.write_text('{"run_id": "20260102T000000Z-bbbbbb", "status": "run')  # a driver killed mid-write
+    status = CliRunner(env={"COLUMNS": "300"}).invoke(app, ["status", str(results)])
+    assert status.exit_code == 1, status.output
+    lines = status.output.splitlines()
+    cells = {tuple(c.strip() for c in line.split("│")[1:-1]) for line in lines if line.startswith("│ a ")}
+    assert cells == {("a", "b", "3", "3", "0"), ("a", "c", "2", "0", "2")}  # variant, bench, stored, scored, errors
+    problem = "not valid JSON" if manifest == "unparseable" else "missing"
+    assert any(line.startswith(f"unreadable {path}: {problem}") for line in lines), status.output
+    assert "cannot show the grid's status" in status.output and "Traceback" not in status.output
+
+    empty = CliRunner().invoke(app, ["status", str(tmp_path / "nothing")])
+    assert empty.exit_code == 2 and "no runs recorded" in empty.output
+
+
+def test_status_names_a_newer_run_without_manifest(tmp_path):
+    from helpers import write_bench, write_grid
+    from typer.testing import CliRunner
+
+    from omk_ray.cli import app
+    from omk_ray.config import grid_to_dict, load_grid
+
+    grid = load_grid(write_grid(tmp_path / "grid.yaml", [{"name": "a", "engine": "echo", "model": "m"}],
+                                [{"name": "b", "kind": "jsonl", "source": str(write_bench(tmp_path / "b.jsonl", 2))}]))
+    results = tmp_path / "results"
+    ResultsStore(results).new_run("20260101T000000Z-aaaaaa").write_manifest(
+        {"run_id": "20260101T000000Z-aaaaaa", "status": "finished", "config": grid_to_dict(grid), "variants": ["a"]})
+    newer = results / "runs" / "20260102T000000Z-bbbbbb"
+    newer.mkdir()
+    (newer / "events.jsonl").write_text("")
+    status = CliRunner(env={"COLUMNS": "300"}).invoke(app, ["status", str(results)])
+    assert status.exit_code == 0, status.output
+    lines = status.output.splitlines()
+    [cells] = [[c.strip() for c in line.split("│")[1:-1]] for line in lines if line.startswith("│ a ")]
+    assert cells[:5] == ["a", "b", "2", "0", "2"]  # variant, bench, expected, done, missing: the older run's grid
+    assert f"unreadable {newer / 'manifest.json'}: missing" in status.output

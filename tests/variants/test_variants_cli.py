@@ -86,3 +86,42 @@ def test_build_variant_and_quantize_commands(cli, tiny_gemma4, tmp_path):
     if not quantization_available():
         result = cli("quantize", "--model", tiny_gemma4, "--out", tmp_path / "q2", "--backend", "llm-compressor")
         assert result.exit_code == 2 and "omk-ray[quant]" in result.output and not (tmp_path / "q2").exists()
+
+
+def _safetensors(path, header: dict, data: bytes) -> None:
+    raw = json.dumps(header).encode()
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data)
+
+
+def test_check_variant_reads_every_tensor_of_an_unquantized_checkpoint(cli, tmp_path):
+    import os
+
+    good = tmp_path / "good"
+    good.mkdir()
+    (good / "config.json").write_text(json.dumps({"model_type": "gemma4"}))
+    _safetensors(good / "model.safetensors", {"a": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}},
+                 bytes(16))
+    ok = cli("check-variant", good)
+    assert ok.exit_code == 0 and "ok (not quantized)" in ok.output and "1 tensors" in ok.output, ok.output
+
+    cases = {
+        "random": os.urandom(4096),
+        "truncated": (good / "model.safetensors").read_bytes()[:-4],
+    }
+    for name, data in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"model_type": "gemma4"}))
+        (folder / "model.safetensors").write_bytes(data)
+        result = cli("check-variant", folder)
+        assert result.exit_code == 2, (name, result.output)
+        assert f"{folder / 'model.safetensors'}: not a readable safetensors file" in result.output, (name, result.output)
+        assert "refused (1 problems)" in result.output
+    # a header whose byte range disagrees with dtype x shape (F32 [2, 2] is 16 bytes, not 8)
+    short = tmp_path / "short"
+    short.mkdir()
+    (short / "config.json").write_text(json.dumps({"model_type": "gemma4"}))
+    _safetensors(short / "model.safetensors", {"a": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 8]}},
+                 bytes(8))
+    result = cli("check-variant", short)
+    assert result.exit_code == 2 and f"{short / 'model.safetensors'}: not a readable" in result.output, result.output
