@@ -386,8 +386,17 @@ def parse_grid(raw: Any, source: str = "<config>", base_dir: Path | None = None)
     return grid.model_copy(update={"source_path": source})
 
 
+MAX_YAML_NODES = 100_000  # values in a config once its aliases are expanded; real grids hold a few thousand
+
+
 class UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping (YAML's `<<` merges still override)."""
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML's `<<` merges still override),
+    and a document whose aliases would expand to more than MAX_YAML_NODES values (an alias bomb) or
+    into themselves, counted on the parsed nodes before anything is expanded."""
+
+    def construct_document(self, node):
+        _expanded_size(node)
+        return super().construct_document(node)
 
     def construct_mapping(self, node, deep=False):
         seen: dict[Any, Any] = {}
@@ -402,6 +411,34 @@ class UniqueKeyLoader(yaml.SafeLoader):
                 )
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(root) -> int:
+    """How many values `root` expands to, each alias counted as a full copy of what it names."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_nodes:
+            raise yaml.constructor.ConstructorError(
+                None, None, "an alias refers to the value that holds it (a recursive anchor)", node.start_mark)
+        open_nodes.add(id(node))
+        children = node.value if isinstance(node, yaml.SequenceNode) else (
+            [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_YAML_NODES:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"its aliases expand to more than {MAX_YAML_NODES:,} values (an alias bomb?): "
+                    "refused before expanding them", node.start_mark)
+        open_nodes.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    return size(root)
 
 
 def load_grid(path: str | Path) -> GridConfig:

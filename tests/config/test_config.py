@@ -278,3 +278,18 @@ def test_a_manifest_naming_package_data_where_it_used_to_live_reads_where_it_is_
     assert grid.variant("hub").model == "google/gemma-4-26b-a4b-it"
     assert grid.bench("toy").source == str(package / "_data/toy/bench.jsonl")
     assert grid.bench("aime").options["include_path"] == str(package / "_data/lmeval_tasks")
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path, tiny_gemma4):
+    path = grid_file(tmp_path, tiny_model=tiny_gemma4)
+    bomb = ["x-a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    bomb += [f"x-a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]  # 9**10 values
+    path.write_text("\n".join(bomb) + "\n" + path.read_text())
+    assert path.stat().st_size < 2000
+    code, output = run_cli("plan", path)
+    assert code == 2 and str(path) in output
+    assert "its aliases expand to more than 100,000 values (an alias bomb?)" in output
+    looped = tmp_path / "loop.yaml"
+    looped.write_text("x-a: &a [1, *a]\n" + path.read_text().split("\n", len(bomb))[-1])
+    code, output = run_cli("plan", looped)
+    assert code == 2 and "an alias refers to the value that holds it" in output
