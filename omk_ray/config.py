@@ -29,8 +29,12 @@ class ConfigError(ValueError):
     """A grid config that cannot be used; the message names the file, key and problem."""
 
 
+MAX_REPEATS = 1000
+MAX_PLAN_SAMPLES = 5_000_000  # docs x repeats summed over a grid's variants and benches (farm/planner.py)
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # `.inf` would disable a bound
 
 
 class Recipe(_Strict):
@@ -49,7 +53,7 @@ class Recipe(_Strict):
     seed: int = 0
     min_tokens: int = Field(0, ge=0)
     stop: tuple[str, ...] = ()
-    repeats: int = Field(1, ge=1)
+    repeats: int = Field(1, ge=1, le=MAX_REPEATS)
 
     @property
     def greedy(self) -> bool:

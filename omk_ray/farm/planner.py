@@ -23,7 +23,7 @@ from pathlib import Path
 
 from omk_ray.analysis.canary import canary_sample
 from omk_ray.benches import Doc, make_bench
-from omk_ray.config import GridConfig, Recipe, VariantSpec, stable_hash
+from omk_ray.config import MAX_PLAN_SAMPLES, GridConfig, Recipe, VariantSpec, stable_hash
 from omk_ray.engines.identity import EngineIdentity, planned_identity
 from omk_ray.results.store import ResultsStore
 
@@ -321,6 +321,12 @@ def read_benches(grid: GridConfig, variants: list[str] | None = None, limit_docs
             problems.append(f"bench {spec.name!r}: no documents in {spec.source or 'its data'} (nothing to run)")
         docs_by_bench[spec.name] = docs[:limit_docs] if limit_docs else docs
         revisions[spec.name] = bench.dataset_revision
+    chosen = [v for v in grid.variants if variants is None or v.name in variants]
+    samples = sum(len(docs) * grid.recipe_for(v, grid.bench(name)).repeats
+                  for name, docs in docs_by_bench.items() for v in chosen)
+    if samples > MAX_PLAN_SAMPLES:
+        problems.append(f"{samples:,} samples (docs x repeats over every variant and bench) is more than the "
+                        f"{MAX_PLAN_SAMPLES:,} one plan holds: lower `repeats`, take a `subset`, or split the grid")
     if problems:
         raise PlanError(_cannot_run(grid, problems))
     return Benches(docs_by_bench, revisions)

@@ -293,3 +293,23 @@ def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path, tiny_gemma4):
     looped.write_text("x-a: &a [1, *a]\n" + path.read_text().split("\n", len(bomb))[-1])
     code, output = run_cli("plan", looped)
     assert code == 2 and "an alias refers to the value that holds it" in output
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"farm": {"stall_timeout_s": float("inf")}}, "farm.stall_timeout_s: Input should be a finite number"),
+    ({"recipe": {"temperature": float("nan")}}, "recipe.temperature: Input should be a finite number"),
+    ({"recipe": {"repeats": 100000000}}, "recipe.repeats: Input should be less than or equal to 1000"),
+])
+def test_infinities_and_absurd_repeats_are_refused(tmp_path, change, message):
+    code, output = run_cli("plan", grid_file(tmp_path, **change))
+    assert code == 2 and message in output, output
+
+
+def test_a_plan_too_large_to_hold_is_refused_before_it_is_made(tmp_path, tiny_gemma4, monkeypatch):
+    from omk_ray.farm import planner
+
+    monkeypatch.setattr(planner, "MAX_PLAN_SAMPLES", 5)  # the bench has 3 docs; 2 repeats make 6 samples
+    path = grid_file(tmp_path, tiny_model=tiny_gemma4, recipe={"repeats": 2, "max_gen_toks": 8})
+    code, output = run_cli("plan", path)
+    assert code == 2 and str(path) in output
+    assert "6 samples (docs x repeats over every variant and bench) is more than the 5 one plan holds" in output
