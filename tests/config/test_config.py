@@ -313,3 +313,27 @@ def test_a_plan_too_large_to_hold_is_refused_before_it_is_made(tmp_path, tiny_ge
     code, output = run_cli("plan", path)
     assert code == 2 and str(path) in output
     assert "6 samples (docs x repeats over every variant and bench) is more than the 5 one plan holds" in output
+
+
+@pytest.mark.parametrize("regex, message", [
+    ("(unclosed", "bench 'copy': options.answer_regex: Value error, '(unclosed' is not a valid regular expression: "
+                  "missing ), unterminated subpattern at position 0"),
+    ("(a)(b)", "bench 'copy': options.answer_regex: Value error, '(a)(b)' has 2 groups"),
+])
+def test_an_answer_regex_is_compiled_by_plan(tmp_path, tiny_gemma4, regex, message):
+    bench = {"name": "copy", "kind": "jsonl", "source": str(write_bench(tmp_path / "b.jsonl", 3)),
+             "options": {"answer_regex": regex}}
+    path = grid_file(tmp_path, tiny_model=tiny_gemma4, benches=[bench])
+    code, output = run_cli("plan", path)
+    assert code == 2 and str(path) in output and message in output, output
+
+
+def test_messages_of_the_wrong_shape_are_refused_by_plan(tmp_path, tiny_gemma4):
+    data = tmp_path / "m.jsonl"
+    data.write_text('{"id": "ok", "messages": [{"role": "user", "content": "hi"}], "target": "x"}\n'
+                    '{"id": "bad", "messages": "hi", "target": "x"}\n')
+    path = grid_file(tmp_path, tiny_model=tiny_gemma4, benches=[{"name": "copy", "kind": "jsonl", "source": str(data)}])
+    code, output = run_cli("plan", path)
+    assert code == 2, output
+    assert f"bench 'copy': {data}:2: `messages` must be a list of" in output.replace("\n", "")
+    assert 'not "hi"' in output
