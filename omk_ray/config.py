@@ -7,7 +7,7 @@ every sample row, so results of different recipes never mix (`repeats` is not pa
 each repeat is its own sample key). Top-level keys that start with `x-` are ignored: they
 hold YAML anchors for blocks repeated across variants. A key given twice in one mapping is
 refused. Local paths (a variant's `model`, a bench's `source` and `include_path`, a build's
-`base`, `drop_map`, `scores`, `profile_prompts`, `artifacts`) are resolved once, at load,
+`base`, `drop_map`, `scores`, `profile_prompts`, `gguf.imatrix`, `artifacts`) are resolved once, at load,
 against the config file's real folder (a linked config keeps its target's folder), so every
 later step (plan, builds, engines) sees the same absolute paths.
 """
@@ -310,7 +310,7 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
 LOCAL_PATHS = (
     ("variants", ("model",)), ("benches", ("source",)), ("benches", ("options", "include_path")),
     ("variants", ("build", "base")), ("variants", ("build", "drop_map")), ("variants", ("build", "scores")),
-    ("variants", ("build", "profile_prompts")),
+    ("variants", ("build", "profile_prompts")), ("variants", ("build", "gguf", "imatrix")),
 )  # fmt: skip
 
 

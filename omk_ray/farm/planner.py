@@ -280,13 +280,55 @@ def _checkpoint_problems(model: str) -> list[str]:
 
 
 def _build_problems(build: dict) -> list[str]:
+    """A build block that does not parse, a base or input file that is not there, and what the base's
+    config.json (a local one) says cannot be built: dropping every expert, keeping fewer than its
+    top-k, or protecting more than the drop leaves. Nothing is loaded but JSON."""
     from omk_ray.variants.artifacts import BuildError, parse_build
 
     try:
         spec = parse_build(build)
     except BuildError as err:
         return [f"build: {err}".replace("build: invalid build block: ", "build.")]
-    return [f"build.base {p}" for p in _checkpoint_problems(spec.base)]
+    problems = [f"build.base {p}" for p in _checkpoint_problems(spec.base)]
+    files = {"drop_map": spec.drop_map if isinstance(spec.drop_map, str) else None, "scores": spec.scores,
+             "gguf.imatrix": spec.gguf.imatrix if spec.gguf else None}
+    if spec.profile_prompts != "default":
+        files["profile_prompts"] = spec.profile_prompts
+    problems += [f"build.{key}: file {path} not found" for key, path in files.items()
+                 if path and not Path(path).expanduser().is_file()]
+    if not problems:
+        problems += _expert_count_problems(spec)
+    return problems
+
+
+def _expert_count_problems(spec) -> list[str]:
+    from omk_ray.variants.hf_config import num_experts, top_k
+
+    try:
+        config = json.loads((Path(spec.base).expanduser() / "config.json").read_text())
+    except (OSError, ValueError):
+        return []  # a hub id, or a GGUF folder: checked when it is built
+    experts, k = num_experts(config), top_k(config)
+    if experts is None or (spec.drop is None and spec.target is None):
+        return []
+    drop = spec.drop if spec.drop is not None else experts - spec.target
+    keep = experts - drop
+    given = f"drop: {spec.drop}" if spec.drop is not None else f"target: {spec.target}"
+    if keep > experts:
+        return [f"build.target {spec.target} keeps more experts than the base's {experts} per layer"]
+    if not 0 <= drop < experts:
+        return [f"build.{given.replace(': ', ' ')} leaves {keep} of the base's {experts} experts per layer: "
+                "at least one must stay"]
+    problems = []
+    if k is not None and keep < k:
+        problems.append(f"build.{given.replace(': ', ' ')} keeps {keep} experts per layer, fewer than the base's "
+                        f"top-k ({k}) routed to per token")
+    shielded = max(spec.protect_top, spec.protect_per_class)
+    if drop and shielded + drop > experts:
+        which = "protect_top" if spec.protect_top >= spec.protect_per_class else "protect_per_class"
+        problems.append(f"build.{which} {shielded} shields {shielded} of the base's {experts} experts per layer, so "
+                        f"at most {max(experts - shielded, 0)} can be dropped, not {drop} ({given})")
+    return problems
 
 
 @dataclass

@@ -337,3 +337,36 @@ def test_messages_of_the_wrong_shape_are_refused_by_plan(tmp_path, tiny_gemma4):
     assert code == 2, output
     assert f"bench 'copy': {data}:2: `messages` must be a list of" in output.replace("\n", "")
     assert 'not "hi"' in output
+
+
+def test_impossible_builds_are_refused_by_plan_all_at_once(tmp_path, tiny_gemma4):
+    """The tiny base has 8 experts per layer and routes each token to 2; nothing is loaded but its config.json."""
+    scores = tmp_path / "scores.json"
+    scores.write_text("{}")  # only its existence is checked before the build
+
+    def build(name, **block):
+        return {"name": name, "engine": "transformers", "build": {"base": str(tiny_gemma4), **block}}
+
+    variants = [
+        build("none-left", scores=str(scores), drop=8),
+        build("below-top-k", scores=str(scores), drop=7),
+        build("too-many-kept", scores=str(scores), target=9),
+        build("over-protected", scores=str(scores), drop=5, protect_top=4),
+        build("no-calibration", quantization="gguf", gguf={"type": "Q6_K", "imatrix": "calibration.txt"}),
+        build("no-scores", scores="missing-scores.json", drop=2),
+        build("fine", scores=str(scores), drop=4, protect_top=4),
+    ]
+    path = grid_file(tmp_path, tiny_model=tiny_gemma4, variants=variants)
+    code, output = run_cli("plan", path)
+    assert code == 2 and str(path) in output, output
+    lines = [line.strip() for line in output.splitlines()]
+    assert [line for line in lines if line.startswith("variant '")] == [
+        "variant 'none-left': build.drop 8 leaves 0 of the base's 8 experts per layer: at least one must stay",
+        "variant 'below-top-k': build.drop 7 keeps 1 experts per layer, fewer than the base's top-k (2) routed to per token",
+        "variant 'too-many-kept': build.target 9 keeps more experts than the base's 8 per layer",
+        "variant 'over-protected': build.protect_top 4 shields 4 of the base's 8 experts per layer, so at most 4 can be "
+        "dropped, not 5 (drop: 5)",
+        "variant 'no-calibration': build.gguf.imatrix: file calibration.txt not found",
+        "variant 'no-scores': build.scores: file missing-scores.json not found",
+    ]
+    assert not ray.is_initialized()
