@@ -251,22 +251,26 @@ class GridConfig(_Strict):
 
     @model_validator(mode="after")
     def _unique_names_and_overrides(self) -> "GridConfig":
+        problems = []  # all of them in one report
         for kind, items in (("variant", self.variants), ("bench", self.benches)):
             seen: set[str] = set()
             for item in items:
                 if item.name in seen:
-                    raise ValueError(f"duplicate {kind} name {item.name!r}")
+                    problems.append(f"duplicate {kind} name {item.name!r}")
                 seen.add(item.name)
         bench_names = {b.name for b in self.benches}
         for variant in self.variants:
             for key in variant.recipe_overrides:
                 if key != "*" and key not in bench_names:
-                    raise ValueError(
-                        f"variant {variant.name!r}: recipe_overrides names unknown bench {key!r}"
-                    )
+                    problems.append(f"variant {variant.name!r}: recipe_overrides names unknown bench {key!r}")
         for variant in self.variants:
             for bench in self.benches:
-                self.recipe_for(variant, bench)  # every effective recipe must validate
+                try:
+                    self.recipe_for(variant, bench)  # every effective recipe must validate
+                except ValueError as err:
+                    problems.append(str(err))
+        if problems:
+            raise ValueError("\n  ".join(problems))
         return self
 
     def recipe_for(self, variant: VariantSpec, bench: BenchSpec) -> Recipe:
@@ -277,7 +281,9 @@ class GridConfig(_Strict):
         try:
             return Recipe(**fields)
         except ValidationError as err:
-            raise ValueError(f"recipe of variant {variant.name!r} on bench {bench.name!r}: {err}") from None
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) + ': ' if e['loc'] else ''}{e['msg']}"
+                                 for e in err.errors())
+            raise ValueError(f"recipe of variant {variant.name!r} on bench {bench.name!r}: {problems}") from None
 
     def variant(self, name: str) -> VariantSpec:
         for v in self.variants:

@@ -370,3 +370,15 @@ def test_impossible_builds_are_refused_by_plan_all_at_once(tmp_path, tiny_gemma4
         "variant 'no-scores': build.scores: file missing-scores.json not found",
     ]
     assert not ray.is_initialized()
+
+
+def test_grid_level_mistakes_are_reported_together(tmp_path):
+    variants = [hf_variant("a", "/m"), hf_variant("a", "/m"),
+                {**hf_variant("b", "/m"), "recipe_overrides": {"lcb": {"max_gen_toks": 4}, "copy": {"min_tokens": 99}}}]
+    path = grid_file(tmp_path, variants=variants)
+    code, output = run_cli("plan", path)
+    assert code == 2 and str(path) in output, output
+    for problem in ("duplicate variant name 'a'", "variant 'b': recipe_overrides names unknown bench 'lcb'",
+                    "recipe of variant 'b' on bench 'copy': Value error, min_tokens (99) is larger than max_gen_toks (8)"):
+        assert output.count(problem) == 1, (problem, output)
+    assert "validation error for Recipe" not in output
