@@ -211,7 +211,7 @@ class CanarySpec(_Strict):
 
 
 class FarmSpec(_Strict):
-    max_in_flight: int | None = Field(None, ge=1, description="requests kept in flight per engine "
+    max_in_flight: int | None = Field(None, ge=1, le=100_000, description="requests kept in flight per engine "
                                       "(default: 1.1 x the engine's capacity, e.g. vLLM's max_num_seqs)")
     flush_samples: int = Field(256, ge=1, description="write a shard once this many samples are finished")
     flush_seconds: float = Field(10.0, gt=0, description="... or once the oldest unwritten sample is this old")
@@ -223,7 +223,7 @@ class FarmSpec(_Strict):
         "size, farm/sizes.py: 600 s + the bytes at 100 MB/s; 1800 s when the size is unknown)")
     stall_timeout_s: float = Field(600, gt=0, description="an engine that finishes nothing for this long "
                                    "while it has requests is replaced")
-    scorers: int = Field(2, ge=1, description="CPU scoring actors (they run the sandboxed programs)")
+    scorers: int = Field(2, ge=1, le=256, description="CPU scoring actors (they run the sandboxed programs)")
     scorer_cpus: float = Field(0, ge=0, description="CPUs each scoring actor reserves")
     canary: CanarySpec = CanarySpec()
     build_resources: dict[str, float] | None = Field(None, description="the Ray resources each build task asks "

@@ -299,6 +299,8 @@ def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path, tiny_gemma4):
     ({"farm": {"stall_timeout_s": float("inf")}}, "farm.stall_timeout_s: Input should be a finite number"),
     ({"recipe": {"temperature": float("nan")}}, "recipe.temperature: Input should be a finite number"),
     ({"recipe": {"repeats": 100000000}}, "recipe.repeats: Input should be less than or equal to 1000"),
+    ({"farm": {"scorers": 100000}}, "farm.scorers: Input should be less than or equal to 256"),
+    ({"farm": {"max_in_flight": 10**9}}, "farm.max_in_flight: Input should be less than or equal to 100000"),
 ])
 def test_infinities_and_absurd_repeats_are_refused(tmp_path, change, message):
     code, output = run_cli("plan", grid_file(tmp_path, **change))
