@@ -251,18 +251,7 @@ class GridConfig(_Strict):
 
     @model_validator(mode="after")
     def _unique_names_and_overrides(self) -> "GridConfig":
-        problems = []  # all of them in one report
-        for kind, items in (("variant", self.variants), ("bench", self.benches)):
-            seen: set[str] = set()
-            for item in items:
-                if item.name in seen:
-                    problems.append(f"duplicate {kind} name {item.name!r}")
-                seen.add(item.name)
-        bench_names = {b.name for b in self.benches}
-        for variant in self.variants:
-            for key in variant.recipe_overrides:
-                if key != "*" and key not in bench_names:
-                    problems.append(f"variant {variant.name!r}: recipe_overrides names unknown bench {key!r}")
+        problems = name_problems(self.model_dump())  # all of them in one report
         for variant in self.variants:
             for bench in self.benches:
                 try:
@@ -296,6 +285,26 @@ class GridConfig(_Strict):
             if b.name == name:
                 return b
         raise KeyError(name)
+
+
+def name_problems(raw: dict[str, Any]) -> list[str]:
+    """Names given twice and overrides of benches the grid lacks, read from a grid's plain dict (so they
+    are found with the other mistakes even where a field does not validate)."""
+    def named(section: str) -> list[dict[str, Any]]:
+        items = raw.get(section)
+        return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+
+    problems = []
+    for kind in ("variant", "bench"):
+        names = [i.get("name") for i in named(f"{kind}s") if isinstance(i.get("name"), str)]
+        problems += [f"duplicate {kind} name {n!r}" for n in dict.fromkeys(names) if names.count(n) > 1]
+    bench_names = {b.get("name") for b in named("benches")}
+    for variant in named("variants"):
+        overrides = variant.get("recipe_overrides")
+        for key in overrides if isinstance(overrides, dict) else ():
+            if key != "*" and key not in bench_names:
+                problems.append(f"variant {variant.get('name')!r}: recipe_overrides names unknown bench {key!r}")
+    return problems
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:
@@ -390,7 +399,9 @@ def parse_grid(raw: Any, source: str = "<config>", base_dir: Path | None = None)
     try:
         grid = GridConfig(**raw)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, source)) from None
+        report = _format_validation_error(err, source)
+        more = [p for p in name_problems(raw) if p not in report]  # the grid-level checks did not run
+        raise ConfigError("\n  ".join([report, *more])) from None
     except ValueError as err:
         raise ConfigError(f"{source}: {err}") from None
     return grid.model_copy(update={"source_path": source})

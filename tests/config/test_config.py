@@ -384,3 +384,13 @@ def test_grid_level_mistakes_are_reported_together(tmp_path):
                     "recipe of variant 'b' on bench 'copy': Value error, min_tokens (99) is larger than max_gen_toks (8)"):
         assert output.count(problem) == 1, (problem, output)
     assert "validation error for Recipe" not in output
+
+
+def test_a_field_mistake_and_a_grid_level_mistake_are_reported_together(tmp_path):
+    variants = [hf_variant("a", "/m"), {**hf_variant("a", "/m"), "recipe_overrides": {"lcb": {"max_gen_toks": 4}}}]
+    path = grid_file(tmp_path, variants=variants, recipe={"top_p": 3})
+    code, output = run_cli("plan", path)
+    assert code == 2 and str(path) in output, output
+    for problem in ("recipe.top_p: Input should be less than or equal to 1", "duplicate variant name 'a'",
+                    "variant 'a': recipe_overrides names unknown bench 'lcb'"):
+        assert output.count(problem) == 1, (problem, output)
