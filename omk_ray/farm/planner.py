@@ -309,6 +309,15 @@ def _expert_count_problems(spec) -> list[str]:
     except (OSError, ValueError):
         return []  # a hub id, or a GGUF folder: checked when it is built
     experts, k = num_experts(config), top_k(config)
+    if experts is not None and spec.drop_map is not None:
+        from omk_ray.variants.dropmap import DropMapError, load_drop_map, validate_drop_map
+
+        try:
+            drop_map = spec.drop_map if isinstance(spec.drop_map, dict) else load_drop_map(spec.drop_map)
+            validate_drop_map(drop_map, num_experts=experts, top_k=k)
+        except DropMapError as err:
+            return [f"build.drop_map: {err} (the base has {experts} experts per layer)"]
+        return []
     if experts is None or (spec.drop is None and spec.target is None):
         return []
     drop = spec.drop if spec.drop is not None else experts - spec.target

@@ -356,7 +356,10 @@ def test_impossible_builds_are_refused_by_plan_all_at_once(tmp_path, tiny_gemma4
         build("over-protected", scores=str(scores), drop=5, protect_top=4),
         build("no-calibration", quantization="gguf", gguf={"type": "Q6_K", "imatrix": "calibration.txt"}),
         build("no-scores", scores="missing-scores.json", drop=2),
+        build("map-over-top-k", drop_map={"0": [0, 1, 2, 3, 4, 5, 6], "1": [0, 1, 2, 3, 4, 5, 6]}),
+        build("map-out-of-range", drop_map={"0": [8], "1": [0]}),
         build("fine", scores=str(scores), drop=4, protect_top=4),
+        build("fine-map", drop_map={"0": [0, 1], "1": [2, 3]}),
     ]
     path = grid_file(tmp_path, tiny_model=tiny_gemma4, variants=variants)
     code, output = run_cli("plan", path)
@@ -370,6 +373,10 @@ def test_impossible_builds_are_refused_by_plan_all_at_once(tmp_path, tiny_gemma4
         "dropped, not 5 (drop: 5)",
         "variant 'no-calibration': build.gguf.imatrix: file calibration.txt not found",
         "variant 'no-scores': build.scores: file missing-scores.json not found",
+        "variant 'map-over-top-k': build.drop_map: the drop map keeps 1 experts per layer, fewer than the model's "
+        "top-k (2) (the base has 8 experts per layer)",
+        "variant 'map-out-of-range': build.drop_map: layer 0: expert ids [8] are outside 0..7 (the base has 8 experts "
+        "per layer)",
     ]
     assert not ray.is_initialized()
 
