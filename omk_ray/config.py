@@ -470,6 +470,8 @@ def load_grid(path: str | Path) -> GridConfig:
         raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: its YAML is nested too deeply to read") from None
     return parse_grid(raw, str(path), path.resolve().parent)  # resolve(): a linked config keeps its real folder
 
 

@@ -293,6 +293,10 @@ def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path, tiny_gemma4):
     looped.write_text("x-a: &a [1, *a]\n" + path.read_text().split("\n", len(bomb))[-1])
     code, output = run_cli("plan", looped)
     assert code == 2 and "an alias refers to the value that holds it" in output
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("x-deep: " + "[" * 5000 + "]" * 5000 + "\n" + path.read_text().split("\n", len(bomb))[-1])
+    code, output = run_cli("plan", deep)
+    assert code == 2 and f"{deep}: its YAML is nested too deeply to read" in output
 
 
 @pytest.mark.parametrize("change, message", [
