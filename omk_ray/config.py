@@ -7,7 +7,7 @@ every sample row, so results of different recipes never mix (`repeats` is not pa
 each repeat is its own sample key). Top-level keys that start with `x-` are ignored: they
 hold YAML anchors for blocks repeated across variants. A key given twice in one mapping is
 refused. Local paths (a variant's `model`, a bench's `source` and `include_path`, a build's
-`base`, `drop_map`, `scores`, `profile_prompts`, `artifacts`) are resolved once, at load,
+`base`, `drop_map`, `scores`, `profile_prompts`, `gguf.imatrix`, `artifacts`) are resolved once, at load,
 against the config file's real folder (a linked config keeps its target's folder), so every
 later step (plan, builds, engines) sees the same absolute paths.
 """
@@ -29,8 +29,12 @@ class ConfigError(ValueError):
     """A grid config that cannot be used; the message names the file, key and problem."""
 
 
+MAX_REPEATS = 1000
+MAX_PLAN_SAMPLES = 5_000_000  # docs x repeats summed over a grid's variants and benches (farm/planner.py)
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # `.inf` would disable a bound
 
 
 class Recipe(_Strict):
@@ -49,7 +53,7 @@ class Recipe(_Strict):
     seed: int = 0
     min_tokens: int = Field(0, ge=0)
     stop: tuple[str, ...] = ()
-    repeats: int = Field(1, ge=1)
+    repeats: int = Field(1, ge=1, le=MAX_REPEATS)
 
     @property
     def greedy(self) -> bool:
@@ -207,7 +211,7 @@ class CanarySpec(_Strict):
 
 
 class FarmSpec(_Strict):
-    max_in_flight: int | None = Field(None, ge=1, description="requests kept in flight per engine "
+    max_in_flight: int | None = Field(None, ge=1, le=100_000, description="requests kept in flight per engine "
                                       "(default: 1.1 x the engine's capacity, e.g. vLLM's max_num_seqs)")
     flush_samples: int = Field(256, ge=1, description="write a shard once this many samples are finished")
     flush_seconds: float = Field(10.0, gt=0, description="... or once the oldest unwritten sample is this old")
@@ -219,7 +223,7 @@ class FarmSpec(_Strict):
         "size, farm/sizes.py: 600 s + the bytes at 100 MB/s; 1800 s when the size is unknown)")
     stall_timeout_s: float = Field(600, gt=0, description="an engine that finishes nothing for this long "
                                    "while it has requests is replaced")
-    scorers: int = Field(2, ge=1, description="CPU scoring actors (they run the sandboxed programs)")
+    scorers: int = Field(2, ge=1, le=256, description="CPU scoring actors (they run the sandboxed programs)")
     scorer_cpus: float = Field(0, ge=0, description="CPUs each scoring actor reserves")
     canary: CanarySpec = CanarySpec()
     build_resources: dict[str, float] | None = Field(None, description="the Ray resources each build task asks "
@@ -247,22 +251,15 @@ class GridConfig(_Strict):
 
     @model_validator(mode="after")
     def _unique_names_and_overrides(self) -> "GridConfig":
-        for kind, items in (("variant", self.variants), ("bench", self.benches)):
-            seen: set[str] = set()
-            for item in items:
-                if item.name in seen:
-                    raise ValueError(f"duplicate {kind} name {item.name!r}")
-                seen.add(item.name)
-        bench_names = {b.name for b in self.benches}
-        for variant in self.variants:
-            for key in variant.recipe_overrides:
-                if key != "*" and key not in bench_names:
-                    raise ValueError(
-                        f"variant {variant.name!r}: recipe_overrides names unknown bench {key!r}"
-                    )
+        problems = name_problems(self.model_dump())  # all of them in one report
         for variant in self.variants:
             for bench in self.benches:
-                self.recipe_for(variant, bench)  # every effective recipe must validate
+                try:
+                    self.recipe_for(variant, bench)  # every effective recipe must validate
+                except ValueError as err:
+                    problems.append(str(err))
+        if problems:
+            raise ValueError("\n  ".join(problems))
         return self
 
     def recipe_for(self, variant: VariantSpec, bench: BenchSpec) -> Recipe:
@@ -273,7 +270,9 @@ class GridConfig(_Strict):
         try:
             return Recipe(**fields)
         except ValidationError as err:
-            raise ValueError(f"recipe of variant {variant.name!r} on bench {bench.name!r}: {err}") from None
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) + ': ' if e['loc'] else ''}{e['msg']}"
+                                 for e in err.errors())
+            raise ValueError(f"recipe of variant {variant.name!r} on bench {bench.name!r}: {problems}") from None
 
     def variant(self, name: str) -> VariantSpec:
         for v in self.variants:
@@ -286,6 +285,26 @@ class GridConfig(_Strict):
             if b.name == name:
                 return b
         raise KeyError(name)
+
+
+def name_problems(raw: dict[str, Any]) -> list[str]:
+    """Names given twice and overrides of benches the grid lacks, read from a grid's plain dict (so they
+    are found with the other mistakes even where a field does not validate)."""
+    def named(section: str) -> list[dict[str, Any]]:
+        items = raw.get(section)
+        return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+
+    problems = []
+    for kind in ("variant", "bench"):
+        names = [i.get("name") for i in named(f"{kind}s") if isinstance(i.get("name"), str)]
+        problems += [f"duplicate {kind} name {n!r}" for n in dict.fromkeys(names) if names.count(n) > 1]
+    bench_names = {b.get("name") for b in named("benches")}
+    for variant in named("variants"):
+        overrides = variant.get("recipe_overrides")
+        for key in overrides if isinstance(overrides, dict) else ():
+            if key != "*" and key not in bench_names:
+                problems.append(f"variant {variant.get('name')!r}: recipe_overrides names unknown bench {key!r}")
+    return problems
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:
@@ -306,7 +325,7 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
 LOCAL_PATHS = (
     ("variants", ("model",)), ("benches", ("source",)), ("benches", ("options", "include_path")),
     ("variants", ("build", "base")), ("variants", ("build", "drop_map")), ("variants", ("build", "scores")),
-    ("variants", ("build", "profile_prompts")),
+    ("variants", ("build", "profile_prompts")), ("variants", ("build", "gguf", "imatrix")),
 )  # fmt: skip
 
 
@@ -380,14 +399,25 @@ def parse_grid(raw: Any, source: str = "<config>", base_dir: Path | None = None)
     try:
         grid = GridConfig(**raw)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, source)) from None
+        report = _format_validation_error(err, source)
+        more = [p for p in name_problems(raw) if p not in report]  # the grid-level checks did not run
+        raise ConfigError("\n  ".join([report, *more])) from None
     except ValueError as err:
         raise ConfigError(f"{source}: {err}") from None
     return grid.model_copy(update={"source_path": source})
 
 
+MAX_YAML_NODES = 100_000  # values in a config once its aliases are expanded; real grids hold a few thousand
+
+
 class UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping (YAML's `<<` merges still override)."""
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML's `<<` merges still override),
+    and a document whose aliases would expand to more than MAX_YAML_NODES values (an alias bomb) or
+    into themselves, counted on the parsed nodes before anything is expanded."""
+
+    def construct_document(self, node):
+        _expanded_size(node)
+        return super().construct_document(node)
 
     def construct_mapping(self, node, deep=False):
         seen: dict[Any, Any] = {}
@@ -404,6 +434,34 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _expanded_size(root) -> int:
+    """How many values `root` expands to, each alias counted as a full copy of what it names."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_nodes:
+            raise yaml.constructor.ConstructorError(
+                None, None, "an alias refers to the value that holds it (a recursive anchor)", node.start_mark)
+        open_nodes.add(id(node))
+        children = node.value if isinstance(node, yaml.SequenceNode) else (
+            [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_YAML_NODES:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"its aliases expand to more than {MAX_YAML_NODES:,} values (an alias bomb?): "
+                    "refused before expanding them", node.start_mark)
+        open_nodes.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    return size(root)
+
+
 def load_grid(path: str | Path) -> GridConfig:
     path = Path(path)
     if not path.is_file():
@@ -412,6 +470,8 @@ def load_grid(path: str | Path) -> GridConfig:
         raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: its YAML is nested too deeply to read") from None
     return parse_grid(raw, str(path), path.resolve().parent)  # resolve(): a linked config keeps its real folder
 
 

@@ -11,7 +11,7 @@ import json
 import re
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from omk_ray.benches.base import Bench, BenchOptions, Doc, Score
 from omk_ray.engines.base import Completion
@@ -20,6 +20,20 @@ from omk_ray.engines.base import Completion
 class JsonlOptions(BenchOptions):
     answer_regex: str | None = Field(None, description="the answer is the last match (its first group)")
     case_sensitive: bool = False
+
+    @field_validator("answer_regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            groups = re.compile(value).groups
+        except re.error as err:
+            raise ValueError(f"{value!r} is not a valid regular expression: {err}") from None
+        if groups > 1:
+            raise ValueError(f"{value!r} has {groups} groups and the answer is the first one's match: "
+                             "make the others non-capturing, (?:...)")
+        return value
 
 
 class JsonlBench(Bench):
@@ -36,6 +50,9 @@ class JsonlBench(Bench):
             try:
                 row = json.loads(line)
                 messages = row.get("messages") or [{"role": "user", "content": row["prompt"]}]
+                if not _chat_messages(messages):
+                    raise ValueError(f"{path}:{n}: `messages` must be a list of {{\"role\": ..., \"content\": ...}} "
+                                     f"objects with string values, not {json.dumps(messages)[:80]}")
                 docs.append(Doc(
                     id=str(row.get("id", n)),
                     messages=messages,
@@ -59,3 +76,9 @@ class JsonlBench(Bench):
         else:
             correct = extracted == target
         return Score(score=float(correct), correct=correct, extracted=extracted, metrics={"exact_match": float(correct)})
+
+
+def _chat_messages(messages: object) -> bool:
+    return isinstance(messages, list) and bool(messages) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in messages)

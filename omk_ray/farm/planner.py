@@ -23,7 +23,7 @@ from pathlib import Path
 
 from omk_ray.analysis.canary import canary_sample
 from omk_ray.benches import Doc, make_bench
-from omk_ray.config import GridConfig, Recipe, VariantSpec, stable_hash
+from omk_ray.config import MAX_PLAN_SAMPLES, GridConfig, Recipe, VariantSpec, stable_hash
 from omk_ray.engines.identity import EngineIdentity, planned_identity
 from omk_ray.results.store import ResultsStore
 
@@ -280,13 +280,64 @@ def _checkpoint_problems(model: str) -> list[str]:
 
 
 def _build_problems(build: dict) -> list[str]:
+    """A build block that does not parse, a base or input file that is not there, and what the base's
+    config.json (a local one) says cannot be built: dropping every expert, keeping fewer than its
+    top-k, or protecting more than the drop leaves. Nothing is loaded but JSON."""
     from omk_ray.variants.artifacts import BuildError, parse_build
 
     try:
         spec = parse_build(build)
     except BuildError as err:
         return [f"build: {err}".replace("build: invalid build block: ", "build.")]
-    return [f"build.base {p}" for p in _checkpoint_problems(spec.base)]
+    problems = [f"build.base {p}" for p in _checkpoint_problems(spec.base)]
+    files = {"drop_map": spec.drop_map if isinstance(spec.drop_map, str) else None, "scores": spec.scores,
+             "gguf.imatrix": spec.gguf.imatrix if spec.gguf else None}
+    if spec.profile_prompts != "default":
+        files["profile_prompts"] = spec.profile_prompts
+    problems += [f"build.{key}: file {path} not found" for key, path in files.items()
+                 if path and not Path(path).expanduser().is_file()]
+    if not problems:
+        problems += _expert_count_problems(spec)
+    return problems
+
+
+def _expert_count_problems(spec) -> list[str]:
+    from omk_ray.variants.hf_config import num_experts, top_k
+
+    try:
+        config = json.loads((Path(spec.base).expanduser() / "config.json").read_text())
+    except (OSError, ValueError):
+        return []  # a hub id, or a GGUF folder: checked when it is built
+    experts, k = num_experts(config), top_k(config)
+    if experts is not None and spec.drop_map is not None:
+        from omk_ray.variants.dropmap import DropMapError, load_drop_map, validate_drop_map
+
+        try:
+            drop_map = spec.drop_map if isinstance(spec.drop_map, dict) else load_drop_map(spec.drop_map)
+            validate_drop_map(drop_map, num_experts=experts, top_k=k)
+        except DropMapError as err:
+            return [f"build.drop_map: {err} (the base has {experts} experts per layer)"]
+        return []
+    if experts is None or (spec.drop is None and spec.target is None):
+        return []
+    drop = spec.drop if spec.drop is not None else experts - spec.target
+    keep = experts - drop
+    given = f"drop: {spec.drop}" if spec.drop is not None else f"target: {spec.target}"
+    if keep > experts:
+        return [f"build.target {spec.target} keeps more experts than the base's {experts} per layer"]
+    if not 0 <= drop < experts:
+        return [f"build.{given.replace(': ', ' ')} leaves {keep} of the base's {experts} experts per layer: "
+                "at least one must stay"]
+    problems = []
+    if k is not None and keep < k:
+        problems.append(f"build.{given.replace(': ', ' ')} keeps {keep} experts per layer, fewer than the base's "
+                        f"top-k ({k}) routed to per token")
+    shielded = max(spec.protect_top, spec.protect_per_class)
+    if drop and shielded + drop > experts:
+        which = "protect_top" if spec.protect_top >= spec.protect_per_class else "protect_per_class"
+        problems.append(f"build.{which} {shielded} shields {shielded} of the base's {experts} experts per layer, so "
+                        f"at most {max(experts - shielded, 0)} can be dropped, not {drop} ({given})")
+    return problems
 
 
 @dataclass
@@ -321,6 +372,12 @@ def read_benches(grid: GridConfig, variants: list[str] | None = None, limit_docs
             problems.append(f"bench {spec.name!r}: no documents in {spec.source or 'its data'} (nothing to run)")
         docs_by_bench[spec.name] = docs[:limit_docs] if limit_docs else docs
         revisions[spec.name] = bench.dataset_revision
+    chosen = [v for v in grid.variants if variants is None or v.name in variants]
+    samples = sum(len(docs) * grid.recipe_for(v, grid.bench(name)).repeats
+                  for name, docs in docs_by_bench.items() for v in chosen)
+    if samples > MAX_PLAN_SAMPLES:
+        problems.append(f"{samples:,} samples (docs x repeats over every variant and bench) is more than the "
+                        f"{MAX_PLAN_SAMPLES:,} one plan holds: lower `repeats`, take a `subset`, or split the grid")
     if problems:
         raise PlanError(_cannot_run(grid, problems))
     return Benches(docs_by_bench, revisions)

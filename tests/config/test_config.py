@@ -278,3 +278,130 @@ def test_a_manifest_naming_package_data_where_it_used_to_live_reads_where_it_is_
     assert grid.variant("hub").model == "google/gemma-4-26b-a4b-it"
     assert grid.bench("toy").source == str(package / "_data/toy/bench.jsonl")
     assert grid.bench("aime").options["include_path"] == str(package / "_data/lmeval_tasks")
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path, tiny_gemma4):
+    path = grid_file(tmp_path, tiny_model=tiny_gemma4)
+    bomb = ["x-a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    bomb += [f"x-a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]  # 9**10 values
+    path.write_text("\n".join(bomb) + "\n" + path.read_text())
+    assert path.stat().st_size < 2000
+    code, output = run_cli("plan", path)
+    assert code == 2 and str(path) in output
+    assert "its aliases expand to more than 100,000 values (an alias bomb?)" in output
+    looped = tmp_path / "loop.yaml"
+    looped.write_text("x-a: &a [1, *a]\n" + path.read_text().split("\n", len(bomb))[-1])
+    code, output = run_cli("plan", looped)
+    assert code == 2 and "an alias refers to the value that holds it" in output
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("x-deep: " + "[" * 5000 + "]" * 5000 + "\n" + path.read_text().split("\n", len(bomb))[-1])
+    code, output = run_cli("plan", deep)
+    assert code == 2 and f"{deep}: its YAML is nested too deeply to read" in output
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"farm": {"stall_timeout_s": float("inf")}}, "farm.stall_timeout_s: Input should be a finite number"),
+    ({"recipe": {"temperature": float("nan")}}, "recipe.temperature: Input should be a finite number"),
+    ({"recipe": {"repeats": 100000000}}, "recipe.repeats: Input should be less than or equal to 1000"),
+    ({"farm": {"scorers": 100000}}, "farm.scorers: Input should be less than or equal to 256"),
+    ({"farm": {"max_in_flight": 10**9}}, "farm.max_in_flight: Input should be less than or equal to 100000"),
+])
+def test_infinities_and_absurd_repeats_are_refused(tmp_path, change, message):
+    code, output = run_cli("plan", grid_file(tmp_path, **change))
+    assert code == 2 and message in output, output
+
+
+def test_a_plan_too_large_to_hold_is_refused_before_it_is_made(tmp_path, tiny_gemma4, monkeypatch):
+    from omk_ray.farm import planner
+
+    monkeypatch.setattr(planner, "MAX_PLAN_SAMPLES", 5)  # the bench has 3 docs; 2 repeats make 6 samples
+    path = grid_file(tmp_path, tiny_model=tiny_gemma4, recipe={"repeats": 2, "max_gen_toks": 8})
+    code, output = run_cli("plan", path)
+    assert code == 2 and str(path) in output
+    assert "6 samples (docs x repeats over every variant and bench) is more than the 5 one plan holds" in output
+
+
+@pytest.mark.parametrize("regex, message", [
+    ("(unclosed", "bench 'copy': options.answer_regex: Value error, '(unclosed' is not a valid regular expression: "
+                  "missing ), unterminated subpattern at position 0"),
+    ("(a)(b)", "bench 'copy': options.answer_regex: Value error, '(a)(b)' has 2 groups"),
+])
+def test_an_answer_regex_is_compiled_by_plan(tmp_path, tiny_gemma4, regex, message):
+    bench = {"name": "copy", "kind": "jsonl", "source": str(write_bench(tmp_path / "b.jsonl", 3)),
+             "options": {"answer_regex": regex}}
+    path = grid_file(tmp_path, tiny_model=tiny_gemma4, benches=[bench])
+    code, output = run_cli("plan", path)
+    assert code == 2 and str(path) in output and message in output, output
+
+
+def test_messages_of_the_wrong_shape_are_refused_by_plan(tmp_path, tiny_gemma4):
+    data = tmp_path / "m.jsonl"
+    data.write_text('{"id": "ok", "messages": [{"role": "user", "content": "hi"}], "target": "x"}\n'
+                    '{"id": "bad", "messages": "hi", "target": "x"}\n')
+    path = grid_file(tmp_path, tiny_model=tiny_gemma4, benches=[{"name": "copy", "kind": "jsonl", "source": str(data)}])
+    code, output = run_cli("plan", path)
+    assert code == 2, output
+    assert f"bench 'copy': {data}:2: `messages` must be a list of" in output.replace("\n", "")
+    assert 'not "hi"' in output
+
+
+def test_impossible_builds_are_refused_by_plan_all_at_once(tmp_path, tiny_gemma4):
+    """The tiny base has 8 experts per layer and routes each token to 2; nothing is loaded but its config.json."""
+    scores = tmp_path / "scores.json"
+    scores.write_text("{}")  # only its existence is checked before the build
+
+    def build(name, **block):
+        return {"name": name, "engine": "transformers", "build": {"base": str(tiny_gemma4), **block}}
+
+    variants = [
+        build("none-left", scores=str(scores), drop=8),
+        build("below-top-k", scores=str(scores), drop=7),
+        build("too-many-kept", scores=str(scores), target=9),
+        build("over-protected", scores=str(scores), drop=5, protect_top=4),
+        build("no-calibration", quantization="gguf", gguf={"type": "Q6_K", "imatrix": "calibration.txt"}),
+        build("no-scores", scores="missing-scores.json", drop=2),
+        build("map-over-top-k", drop_map={"0": [0, 1, 2, 3, 4, 5, 6], "1": [0, 1, 2, 3, 4, 5, 6]}),
+        build("map-out-of-range", drop_map={"0": [8], "1": [0]}),
+        build("fine", scores=str(scores), drop=4, protect_top=4),
+        build("fine-map", drop_map={"0": [0, 1], "1": [2, 3]}),
+    ]
+    path = grid_file(tmp_path, tiny_model=tiny_gemma4, variants=variants)
+    code, output = run_cli("plan", path)
+    assert code == 2 and str(path) in output, output
+    lines = [line.strip() for line in output.splitlines()]
+    assert [line for line in lines if line.startswith("variant '")] == [
+        "variant 'none-left': build.drop 8 leaves 0 of the base's 8 experts per layer: at least one must stay",
+        "variant 'below-top-k': build.drop 7 keeps 1 experts per layer, fewer than the base's top-k (2) routed to per token",
+        "variant 'too-many-kept': build.target 9 keeps more experts than the base's 8 per layer",
+        "variant 'over-protected': build.protect_top 4 shields 4 of the base's 8 experts per layer, so at most 4 can be "
+        "dropped, not 5 (drop: 5)",
+        "variant 'no-calibration': build.gguf.imatrix: file calibration.txt not found",
+        "variant 'no-scores': build.scores: file missing-scores.json not found",
+        "variant 'map-over-top-k': build.drop_map: the drop map keeps 1 experts per layer, fewer than the model's "
+        "top-k (2) (the base has 8 experts per layer)",
+        "variant 'map-out-of-range': build.drop_map: layer 0: expert ids [8] are outside 0..7 (the base has 8 experts "
+        "per layer)",
+    ]
+    assert not ray.is_initialized()
+
+
+def test_grid_level_mistakes_are_reported_together(tmp_path):
+    variants = [hf_variant("a", "/m"), hf_variant("a", "/m"),
+                {**hf_variant("b", "/m"), "recipe_overrides": {"lcb": {"max_gen_toks": 4}, "copy": {"min_tokens": 99}}}]
+    path = grid_file(tmp_path, variants=variants)
+    code, output = run_cli("plan", path)
+    assert code == 2 and str(path) in output, output
+    for problem in ("duplicate variant name 'a'", "variant 'b': recipe_overrides names unknown bench 'lcb'",
+                    "recipe of variant 'b' on bench 'copy': Value error, min_tokens (99) is larger than max_gen_toks (8)"):
+        assert output.count(problem) == 1, (problem, output)
+    assert "validation error for Recipe" not in output
+
+
+def test_a_field_mistake_and_a_grid_level_mistake_are_reported_together(tmp_path):
+    variants = [hf_variant("a", "/m"), {**hf_variant("a", "/m"), "recipe_overrides": {"lcb": {"max_gen_toks": 4}}}]
+    path = grid_file(tmp_path, variants=variants, recipe={"top_p": 3})
+    code, output = run_cli("plan", path)
+    assert code == 2 and str(path) in output, output
+    for problem in ("recipe.top_p: Input should be less than or equal to 1", "duplicate variant name 'a'",
+                    "variant 'a': recipe_overrides names unknown bench 'lcb'"):
+        assert output.count(problem) == 1, (problem, output)
