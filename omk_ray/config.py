@@ -210,6 +210,31 @@ class CanarySpec(_Strict):
     min_p10_tokens: float = Field(1, ge=0)
 
 
+class StagesSpec(_Strict):
+    """Staged evaluation (omk_ray/farm/stages.py): every bench is read in its representative order and
+    judged after each stage; an arm whose anytime-valid bound of its paired difference to the baseline
+    falls below -stop_below_pp stops (docs/farm.md, "Stages"). Off by default: a canonical rerun
+    evaluates everything; turn it on for ablation grids."""
+
+    enabled: bool = False
+    stages: tuple[Literal["canary"] | float, ...] = Field(("canary", 0.25, 0.5, 1.0), min_length=1,
+                                                         description="looks: `canary`, then fractions of every bench")
+    stop_below_pp: float = Field(5.0, gt=0, le=100, description="stop an arm surely worse than the baseline by this")
+    mode: Literal["futility", "race"] = Field("futility", description="race: also stop arms surely behind the best")
+    alpha: float = Field(0.05, gt=0, lt=1, description="chance of any false stop over the grid and every look")
+    weights: dict[str, float] | None = Field(None, description="bench -> weight in the pooled difference (default equal)")
+
+    @field_validator("stages")
+    @classmethod
+    def _increasing(cls, value: tuple) -> tuple:
+        fractions = [s for s in value if s != "canary"]
+        if "canary" in value[1:]:
+            raise ValueError("`canary` can only be the first stage")
+        if any(not 0 < f <= 1 for f in fractions) or fractions != sorted(set(fractions)) or fractions[-1:] != [1.0]:
+            raise ValueError(f"stages {list(value)}: fractions must increase within (0, 1] and end at 1.0")
+        return value
+
+
 class FarmSpec(_Strict):
     max_in_flight: int | None = Field(None, ge=1, le=100_000, description="requests kept in flight per engine "
                                       "(default: 1.1 x the engine's capacity, e.g. vLLM's max_num_seqs)")
@@ -226,6 +251,7 @@ class FarmSpec(_Strict):
     scorers: int = Field(2, ge=1, le=256, description="CPU scoring actors (they run the sandboxed programs)")
     scorer_cpus: float = Field(0, ge=0, description="CPUs each scoring actor reserves")
     canary: CanarySpec = CanarySpec()
+    stages: StagesSpec = StagesSpec()
     build_resources: dict[str, float] | None = Field(None, description="the Ray resources each build task asks "
                                                      "for, e.g. {CPU: 8, memory: 68719476736, builder: 1} "
                                                      "(default: sized by the checkpoint, farm/builds.py)")

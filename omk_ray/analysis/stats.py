@@ -346,3 +346,187 @@ def holm_within(p_values: list[float], families: list) -> list[float]:
         for i, adjusted in zip(members, holm([p_values[i] for i in members])):
             out[i] = adjusted
     return out
+
+
+# -- the canary against the baseline: an exact one-sided bound of the paired loss -------------------
+
+
+@dataclass(frozen=True)
+class CanaryTest:
+    """The canary's comparison of an arm with the baseline on the same canary problems (pass/fail)."""
+
+    n: int
+    lost: int  # the baseline right, the arm wrong
+    gained: int
+    delta: float  # (gained - lost) / n
+    upper: float  # exact one-sided (1 - alpha) upper bound of the paired difference (melded, Fay & Lumbard 2021)
+    p_value: float  # two-sided exact McNemar
+    alpha: float
+    max_loss: float  # the margin, in score units
+    worse: bool  # upper < -max_loss: the arm loses more than the margin, at level alpha
+
+
+def canary_test(lost: int, gained: int, n: int, max_loss: float, alpha: float) -> CanaryTest:
+    """Is the arm worse than the baseline by more than `max_loss` (score units) on the canary's n
+    paired problems? The one-sided (1 - alpha) upper end of the melded exact interval of the paired
+    difference (the interval `mcnemar_interval` reports, one side at `alpha`) must lie below
+    -max_loss: an arm whose true difference is -max_loss or better is called worse with
+    probability at most alpha, whatever its discordance."""
+    discordant = lost + gained
+    upper = -_melded_lower(lost, discordant, n, alpha) if n else math.inf
+    delta = (gained - lost) / n if n else math.nan
+    return CanaryTest(n, lost, gained, delta, float(upper), mcnemar_exact(lost, gained), alpha, max_loss,
+                      bool(upper < -max_loss))
+
+
+def canary_power(p_lost: float, p_gained: float, n: int, max_loss: float, alpha: float) -> float:
+    """Probability that `canary_test` calls an arm worse on n problems drawn at random, when a share
+    p_lost of problems is lost and p_gained gained (the true difference is p_gained - p_lost): the
+    exact sum over the trinomial outcomes."""
+    lost = np.arange(n + 1)[:, None]
+    gained = np.arange(n + 1)[None, :]
+    valid = lost + gained <= n
+    rest = max(1.0 - p_lost - p_gained, 0.0)
+    log_p = (gammaln(n + 1) - gammaln(lost + 1) - gammaln(gained + 1) - gammaln(np.maximum(n - lost - gained, 0) + 1)
+             + xlogy(lost, p_lost) + xlogy(gained, p_gained) + xlogy(np.maximum(n - lost - gained, 0), rest))
+    prob = np.where(valid, np.exp(np.where(valid, log_p, -np.inf)), 0.0)
+    total = 0.0
+    for g in range(n + 1):  # the bound falls as lost grows: per gained count, find the first lost that is worse
+        for l_ in range(n - g + 1):
+            if prob[l_:, g].sum() < 1e-12:
+                break
+            if canary_test(l_, g, n, max_loss, alpha).worse:
+                total += float(prob[l_:, g].sum())
+                break
+    return total
+
+
+# -- anytime-valid confidence sequences of a paired difference ---------------------------------------
+#
+# Stages look at an arm again and again as its samples arrive; a fixed-n interval looked at repeatedly
+# stops far more often than its level says. A confidence sequence holds at every sample size at once
+# (Ville's inequality on a nonnegative supermartingale), so looking after every stage costs nothing.
+
+
+BET_CAP = 0.75  # the largest bet, as a share of the largest safe one (Waudby-Smith & Ramdas 2023: 1/2 or 3/4)
+
+
+def _bets(y: np.ndarray, m0: float) -> np.ndarray:
+    """The predictable bets on the rescaled values y (last axis in order) against a mean below m0."""
+    t = np.arange(1, y.shape[-1] + 1, dtype=float)
+    first = np.ones(y.shape[:-1] + (1,))
+    mean_after = (0.5 + np.cumsum(y, axis=-1)) / (t + 1)  # regularised running mean after y_1 .. y_t
+    mean_before = np.concatenate([0.5 * first, mean_after[..., :-1]], axis=-1)
+    var_after = (0.25 + np.cumsum((y - mean_before) ** 2, axis=-1)) / (t + 1)
+    var_before = np.concatenate([0.25 * first, var_after[..., :-1]], axis=-1)
+    gap = m0 - mean_before
+    return np.clip(gap / (var_before + gap**2), 0.0, BET_CAP / (1 - m0))
+
+
+def betting_log_capital(x: np.ndarray, target: float, low: float, high: float) -> np.ndarray:
+    """The running log capital of betting that the mean of x (values in [low, high], in order along
+    the last axis; leading axes are independent sequences) is below `target`.
+
+    Waudby-Smith & Ramdas (2023), "Estimating means of bounded random variables by betting", JRSS-B
+    86(1): with y = (x - low) / (high - low) and m = (target - low) / (high - low), the capital
+    K_t(m) = prod_{i <= t} (1 + lambda_i (m - y_i)) is a nonnegative supermartingale under any mean
+    >= m, so by Ville's inequality it ever reaches 1/alpha with probability at most alpha. The bets
+    lambda_i are predictable (from y_1 .. y_{i-1} only): the approximate growth-rate-optimal bet
+    (their aGRAPA), (m - mu_hat) / (sigma2_hat + (m - mu_hat)^2) from the running mean and variance
+    (regularised as in their paper: mean 1/2 and variance 1/4 before any data), clipped to
+    [0, BET_CAP / (1 - m)].
+    """
+    y = (np.asarray(x, dtype=float) - low) / (high - low)
+    m = (target - low) / (high - low)
+    return np.cumsum(np.log1p(_bets(y, m) * (m - y)), axis=-1)
+
+
+def betting_upper(x: np.ndarray, target: float, low: float, high: float, alpha: float,
+                  looks: list[int] | None = None) -> list[float]:
+    """The one-sided (1 - alpha) anytime-valid upper confidence bound of the mean of x after each of
+    `looks` (counts of x seen; default every count), intersected over every earlier count.
+
+    The bets are those of `betting_log_capital`, tuned at `target`; a mean m is rejected once the
+    capital K(m) with the same bets (capped at BET_CAP / (1 - m) where that is smaller, so it stays
+    nonnegative) has reached 1/alpha. At and above `target` the bets are the same and K grows with
+    m, so the bound is below `target` exactly when `betting_log_capital` has reached log(1/alpha).
+    The bound is the largest mean not rejected, to 1e-6 (a grid, then bisection above its last
+    unrejected point).
+    """
+    x = np.asarray(x, dtype=float)
+    looks = looks or list(range(1, len(x) + 1))
+    y = (x - low) / (high - low)
+    m0 = (target - low) / (high - low)
+    bets = _bets(y, m0)
+    threshold = math.log(1 / alpha)
+    out = []
+    for n in looks:
+        def rejected(m: np.ndarray, n=n) -> np.ndarray:
+            bet = np.minimum(bets[None, :n], BET_CAP / (1 - m[:, None]))
+            return np.cumsum(np.log1p(bet * (m[:, None] - y[None, :n])), axis=1).max(axis=1, initial=-1.0) >= threshold
+
+        grid = np.linspace(0.0, 1.0 - 1e-9, 401)
+        kept = np.flatnonzero(~rejected(grid))
+        if n <= 0 or not len(kept) or kept[-1] == len(grid) - 1:
+            out.append(high if n <= 0 or len(kept) else low)
+            continue
+        lo_m, hi_m = grid[kept[-1]], grid[kept[-1] + 1]
+        while hi_m - lo_m > 1e-6:
+            mid = (lo_m + hi_m) / 2
+            lo_m, hi_m = (lo_m, mid) if rejected(np.array([mid]))[0] else (mid, hi_m)
+        out.append(float(low + hi_m * (high - low)))
+    return out
+
+
+def mixture_radius(variance: np.ndarray | float, rho: float, alpha: float) -> np.ndarray:
+    """The normal-mixture boundary of a 1-sub-Gaussian sum with variance process V (Robbins; Howard,
+    Ramdas, McAuliffe & Sekhon 2021, "Time-uniform, nonparametric, nonasymptotic confidence
+    sequences", Ann. Statist. 49(2), eq. (14)): |S_t| < sqrt((V_t + rho) log((V_t + rho) / (rho alpha^2)))
+    for every t at once with probability at least 1 - alpha (each side therefore at level alpha too).
+    `rho` sets the V where it is tightest (`mixture_rho`)."""
+    v = np.asarray(variance, dtype=float) + rho
+    return np.sqrt(v * np.log(v / (rho * alpha**2)))
+
+
+def mixture_rho(variance: float, alpha: float) -> float:
+    """The rho that makes the normal-mixture boundary tightest at V = `variance` (Howard et al. 2021,
+    eq. (15)): variance / (2 log(1/alpha) + log(1 + 2 log(1/alpha)))."""
+    two_log = 2 * math.log(1 / alpha)
+    return variance / (two_log + math.log1p(two_log))
+
+
+@dataclass(frozen=True)
+class PooledBound:
+    """A pooled one-sided anytime-valid bound of sum_b w_b Delta_b (weights summing to 1)."""
+
+    delta: float  # the weighted estimate at this look
+    upper: float
+    n: int  # paired problems seen, over every bench
+
+
+def pooled_upper(diffs: dict[str, np.ndarray], sizes: dict[str, int], weights: dict[str, float], alpha: float,
+                 rho: float, low: float = -1.0, high: float = 1.0) -> PooledBound:
+    """Upper bound of the weighted paired difference over benches after a look at which every bench
+    has been seen to the same fraction of itself (the stages' prefixes).
+
+    Each paired difference of bench b counts with weight c = w_b / N_b, so sum_j c_j x_j estimates
+    f x sum_b w_b Delta_b at fraction f. Hoeffding's lemma makes every term (high - low)/2-sub-Gaussian
+    around its mean, so sum_j c_j (x_j - mu_j) is 1-sub-Gaussian with variance process
+    V = ((high - low)/2)^2 sum_j c_j^2, and the normal-mixture boundary (`mixture_radius`) holds
+    at every look at once (Howard et al. 2021): the pooled difference is at most
+    (sum_j c_j x_j + radius(V)) / sum_j c_j. Conservative (the range, not the variance, of the
+    differences), but valid over benches of any sizes and any number of looks.
+    """
+    total = sum(weights[b] for b in diffs)
+    c_sum = s = v = 0.0
+    n = 0
+    for bench, x in diffs.items():
+        c = weights[bench] / total / sizes[bench]
+        s += c * float(np.sum(x))
+        c_sum += c * len(x)
+        v += c * c * len(x) * ((high - low) / 2) ** 2
+        n += len(x)
+    if c_sum == 0:
+        return PooledBound(math.nan, high, 0)
+    radius = float(mixture_radius(v, rho, alpha))
+    return PooledBound(s / c_sum, min(high, (s + radius) / c_sum), n)

@@ -7,9 +7,13 @@ bench's document changed since (its `doc_hash`: the plan counts those as `stale`
 the rest per variant and bench with a cost estimate per doc (completion tokens seen for that doc
 in earlier results, else the bench's mean, else half the generation budget), so the scheduler
 can hand out the longest-expected requests first. A sample stored as one that cannot run (a
-prompt longer than the context) stays done until its inputs or the context length change. With
-the canary on, each group also names its canary sample
-(`omk_ray.analysis.canary.canary_sample`).
+prompt longer than the context) stays done until its inputs or the context length change.
+
+Every bench is read in its representative order (farm/order.py: one seeded permutation stratified
+by domain, seeded by `farm.canary.seed`, the same for every variant): `limit_docs` keeps its first
+N documents, the canary sample is its first `canary.docs`, each group's samples follow it, and
+`Plan.orders` is what the run's manifest records (`RunManifest.orders`; pass it back as `orders`
+on resume to read the same permutation).
 """
 
 from __future__ import annotations
@@ -21,10 +25,10 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omk_ray.analysis.canary import canary_sample
 from omk_ray.benches import Doc, make_bench
 from omk_ray.config import MAX_PLAN_SAMPLES, GridConfig, Recipe, VariantSpec, stable_hash
 from omk_ray.engines.identity import EngineIdentity, planned_identity
+from omk_ray.farm.order import OrderRecord, order_record, representative_order, reuse
 from omk_ray.results.store import ResultsStore
 
 PROVENANCE = "omk_ray_provenance.json"  # a built variant's record of how it was built
@@ -46,7 +50,7 @@ class BenchWork:
     expected: int  # samples the grid asks for, done or not
     tokens_per_sample: float  # the estimate of a doc seen nowhere yet
     doc_tokens: dict[str, float] = field(default_factory=dict)  # doc id -> completion tokens seen before
-    canary_ids: list[str] = field(default_factory=list)  # the bench's canary sample (every doc id, done or not)
+    canary_ids: list[str] = field(default_factory=list)  # the bench's canary sample: its order's first docs
     stale: int = 0  # samples stored already, generated again because their document changed since
 
     def cost(self, doc: Doc) -> float:
@@ -67,6 +71,7 @@ class Plan:
     weights: dict[str, dict] = field(default_factory=dict)  # variant -> what its fingerprint hashed
     identities: dict[str, EngineIdentity] = field(default_factory=dict)  # variant -> its engine's, as planned
     gpu: bool = False  # planned for a cluster with GPUs (engines/identity.py: the device class)
+    orders: dict[str, OrderRecord] = field(default_factory=dict)  # bench -> its order (`RunManifest.orders`)
 
     @property
     def missing(self) -> int:
@@ -344,13 +349,16 @@ def _expert_count_problems(spec) -> list[str]:
 class Benches:
     """Every bench's documents (limited as asked) and dataset revision, read once."""
 
-    docs: dict[str, list[Doc]]
+    docs: dict[str, list[Doc]]  # in each bench's representative order (farm/order.py), limited as asked
     revisions: dict[str, str | None]
+    orders: dict[str, OrderRecord] = field(default_factory=dict)  # bench -> its full order
 
 
-def read_benches(grid: GridConfig, variants: list[str] | None = None, limit_docs: int | None = None) -> Benches:
-    """Check the grid (`grid_problems`) and read every bench's documents, before anything starts:
-    one PlanError lists every problem found."""
+def read_benches(grid: GridConfig, variants: list[str] | None = None, limit_docs: int | None = None,
+                 orders: dict[str, OrderRecord | dict] | None = None) -> Benches:
+    """Check the grid (`grid_problems`) and read every bench's documents in their representative
+    order (`orders`: a run's recorded orders, to read again on resume), the first `limit_docs` of
+    each kept, before anything starts: one PlanError lists every problem found."""
     problems = grid_problems(grid)
     if variants is not None:
         unknown = set(variants) - {v.name for v in grid.variants}
@@ -358,6 +366,8 @@ def read_benches(grid: GridConfig, variants: list[str] | None = None, limit_docs
             problems.append(f"unknown variants {sorted(unknown)}; the grid has {[v.name for v in grid.variants]}")
     docs_by_bench: dict[str, list[Doc]] = {}
     revisions: dict[str, str | None] = {}
+    records: dict[str, OrderRecord] = {}
+    seed = grid.farm.canary.seed
     for spec in grid.benches:
         if any(p.startswith(f"bench {spec.name!r}:") for p in problems):
             continue  # its kind or options are wrong already: reading it would say so twice
@@ -370,6 +380,9 @@ def read_benches(grid: GridConfig, variants: list[str] | None = None, limit_docs
             continue
         if not docs:
             problems.append(f"bench {spec.name!r}: no documents in {spec.source or 'its data'} (nothing to run)")
+        recorded = (orders or {}).get(spec.name)
+        docs = reuse(docs, recorded, seed, spec.name) if recorded else representative_order(docs, seed, spec.name)
+        records[spec.name] = OrderRecord.model_validate(recorded) if recorded else order_record(docs, seed)
         docs_by_bench[spec.name] = docs[:limit_docs] if limit_docs else docs
         revisions[spec.name] = bench.dataset_revision
     chosen = [v for v in grid.variants if variants is None or v.name in variants]
@@ -380,7 +393,7 @@ def read_benches(grid: GridConfig, variants: list[str] | None = None, limit_docs
                         f"{MAX_PLAN_SAMPLES:,} one plan holds: lower `repeats`, take a `subset`, or split the grid")
     if problems:
         raise PlanError(_cannot_run(grid, problems))
-    return Benches(docs_by_bench, revisions)
+    return Benches(docs_by_bench, revisions, records)
 
 
 def make_plan(
@@ -392,11 +405,13 @@ def make_plan(
     canary_only: bool = False,
     benches: Benches | None = None,
     gpu: bool | None = None,
+    orders: dict[str, OrderRecord | dict] | None = None,
 ) -> Plan:
-    """Every missing sample of the chosen variants; `canary_only`: only their canary samples;
-    `benches` when `read_benches` was called already (before builds); `gpu`: whether the engines
-    will run on a cluster with GPUs (default: `cluster_has_gpus()`), part of the resume key."""
-    benches = benches or read_benches(grid, variants, limit_docs)
+    """Every missing sample of the chosen variants, in each bench's representative order;
+    `canary_only`: only their canary samples; `benches` when `read_benches` was called already
+    (before builds); `gpu`: whether the engines will run on a cluster with GPUs (default:
+    `cluster_has_gpus()`), part of the resume key; `orders`: the orders a run recorded (resume)."""
+    benches = benches or read_benches(grid, variants, limit_docs, orders)
     chosen = [v for v in grid.variants if variants is None or v.name in variants]
     model_paths = {v.name: (model_paths or {}).get(v.name) or v.model_ref for v in chosen}
     weights = {v.name: weights_identity(v, model_paths[v.name]) for v in chosen}
@@ -411,7 +426,7 @@ def make_plan(
     work = []
     for spec in grid.benches:
         docs = benches.docs[spec.name]
-        canary_ids = canary_sample(docs, canary.docs, canary.seed, spec.name) if canary.enabled or canary_only else []
+        canary_ids = [d.id for d in docs[: canary.docs]] if canary.enabled or canary_only else []
         if canary_only:
             docs = [d for d in docs if d.id in set(canary_ids)]
         hashes = {doc.id: doc.hash for doc in docs}
@@ -432,7 +447,7 @@ def make_plan(
             per_sample = by_bench.get(spec.name) or recipe.generation_budget / 2
             work.append(BenchWork(v.name, spec.name, recipe, samples, len(docs) * recipe.repeats, per_sample,
                                   by_doc.get(spec.name, {}), canary_ids, stale))
-    return Plan(grid, fingerprints, model_paths, work, benches.revisions, weights, identities, gpu)
+    return Plan(grid, fingerprints, model_paths, work, benches.revisions, weights, identities, gpu, benches.orders)
 
 
 def _checkpoint_size(variant: VariantSpec, model_path: str | None) -> int | None:

@@ -66,6 +66,15 @@ class CanaryRecord(_Record):
     benches: list[dict[str, Any]] = Field(default_factory=list)
 
 
+class OrderRecord(_Record):
+    """A bench's representative order as the run read it (farm/order.py): resumed runs read it again."""
+
+    method: str = "stratified-interleave/v1"
+    seed: int = 0
+    ids: list[str] = Field(default_factory=list)  # the documents, in the order read
+    sha256: str = ""  # of the ids joined by newlines
+
+
 class EngineRecord(_Record):
     """Per-engine accounting (the scheduler's `EngineStats`)."""
 
@@ -103,6 +112,7 @@ class RunManifest(_Record):
     pid: int | None = None
     address: str | None = None
     limit_docs: int | None = None
+    orders: dict[str, OrderRecord] = Field(default_factory=dict)  # bench -> its representative order (farm/order.py)
     took_over_from: dict[str, Any] | None = None  # a run that died holding the folder
     cluster_resources: dict[str, Any] | None = None
     preflight: dict[str, dict[str, Any]] | None = None
