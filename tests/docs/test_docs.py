@@ -282,7 +282,7 @@ def test_grid_reference_lists_every_key():
     from omk_ray import config
 
     models = [config.GridConfig, config.Recipe, config.VariantSpec, config.EngineArgs, config.DeclaredFacts,
-              config.BenchSpec, config.FarmSpec, config.CanarySpec]
+              config.BenchSpec, config.FarmSpec, config.CanarySpec, config.StagesSpec]
     try:
         from omk_ray.variants.artifacts import BuildSpec  # the final name (omk_ray/variants/registry.py before)
     except ImportError:

@@ -13,9 +13,9 @@ import pytest
 import ray
 
 from helpers import hf_variant, stored_keys, vllm_variant, write_bench, write_grid
-from omk_ray.analysis.canary import canary_sample
 from omk_ray.benches import make_bench
 from omk_ray.config import load_grid, parse_grid
+from omk_ray.farm.order import representative_order
 from omk_ray.farm.planner import make_plan
 from omk_ray.farm.runner import run_grid
 from omk_ray.farm.scheduler import NAMESPACE
@@ -210,7 +210,8 @@ def test_canary_gates_the_full_run(tmp_path, tiny_gemma4, local_ray):
     assert summary.generated == 5 and summary.skipped == 15
     stored = sorted((k[3] for k in stored_keys(tmp_path / "results")), key=lambda d: int(d[1:]))
     docs = make_bench(grid.benches[0]).docs()
-    assert stored == canary_sample(docs, 5, 0, "copy")  # the seeded sample, spread over the bench
+    first = [d.id for d in representative_order(docs, 0, "copy")[:5]]
+    assert stored == sorted(first, key=lambda d: int(d[1:]))  # the first of the bench's order, spread over it
     domains = [d.domain for d in docs if d.id in stored]
     assert sorted(domains) == ["even", "even", "odd", "odd", "odd"] or sorted(domains) == ["even"] * 3 + ["odd"] * 2
     assert stored != ["q0", "q1", "q2", "q3", "q4"]
