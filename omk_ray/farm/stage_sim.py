@@ -4,7 +4,7 @@ the samples they save, without an engine. The validity tests and benchmarks/benc
 A problem's easiness z ~ N(0, 1) is shared by every variant; a variant answers it right when
 z + e > c, e ~ N(0, noise^2) its own, c set so that its accuracy on the bench is the baseline's plus
 its true difference. Shared easiness makes the baseline and the arms agree on most problems (with
-noise 0.5, two equal variants disagree on about 13% of the problems of a 75% bench), as real
+noise 0.5, two equal variants disagree on about 16% of the problems of a 75% bench, 9% of a 90% one), as real
 variants of one model do; a problem's order in the bench is random, as the representative order
 makes it.
 """

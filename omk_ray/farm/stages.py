@@ -131,7 +131,8 @@ def decide(
     a_futility = alpha / max(len(arms), 1) / targets
     a_race = alpha / max(len(arms) * (len(arms) - 1), 1)
     threshold = -stop_below_pp / 100
-    rho = {span: _rho(plan, sizes, weights, a, span) for span, a in ((2.0, a_futility), (4.0, a_race))}
+    # the pooled boundary's rho per half-range of the differences: 1 (arm - baseline), 2 (arm - arm, race)
+    rho = {span: _rho(plan, sizes, weights, a, span) for span, a in ((1.0, a_futility), (2.0, a_race))}
     verdicts = {arm: Verdict(arm, "continue", "", -1) for arm in arms}
     for look in plan:
         if look.counts == sizes:  # the last look: nothing left to save
@@ -145,7 +146,8 @@ def decide(
             stop = None
             if look.label == CANARY:
                 stop = _canary(arm, cut[arm], look, sizes, canary_max_loss_pp / 100, canary_alpha / len(benches))
-            stop = stop or _futility(arm, cut[arm], look, sizes, weights, threshold, a_futility, rho[2.0], alpha)
+            stop = stop or _bound(arm, cut[arm], look, sizes, weights, threshold, a_futility, rho[1.0], alpha,
+                                  "futility", None, span=1.0)
             verdicts[arm] = stop or Verdict(arm, "continue", look.label, look.index)
         if mode == "race" and len(running) > 1:
             lead = max(running, key=lambda a: (_pooled_estimate(cut[a], sizes, weights), a))
@@ -153,7 +155,7 @@ def decide(
                 if arm == lead or verdicts[arm].stopped:
                     continue
                 diff = {b: cut[arm][b] - cut[lead][b] for b in benches}
-                verdict = _bound(arm, diff, look, sizes, weights, threshold, a_race, rho[4.0], alpha, "race",
+                verdict = _bound(arm, diff, look, sizes, weights, threshold, a_race, rho[2.0], alpha, "race",
                                  f"vs {lead}", span=2.0)
                 if verdict is not None:
                     verdicts[arm] = verdict
@@ -181,12 +183,9 @@ def _canary_test(lost: int, gained: int, n: int, max_loss: float, alpha: float):
     return canary_test(lost, gained, n, max_loss, alpha)
 
 
-def _futility(arm, diffs, look, sizes, weights, threshold, alpha, rho, level) -> Verdict | None:
-    return _bound(arm, diffs, look, sizes, weights, threshold, alpha, rho, level, "futility", None, span=1.0)
-
-
 def _bound(arm, diffs, look, sizes, weights, threshold, alpha, rho, level, rule, label, span) -> Verdict | None:
-    """The first target (bench by bench, then pooled) whose anytime-valid upper bound is below threshold."""
+    """The first target (bench by bench, then pooled) whose anytime-valid upper bound is below threshold;
+    the differences lie in [-span, span]."""
     for bench, x in sorted(diffs.items()):
         if not len(x):
             continue
@@ -210,7 +209,8 @@ def _pooled_estimate(diffs: dict[str, np.ndarray], sizes: dict[str, int], weight
 
 
 def _rho(plan: list[Look], sizes: dict[str, int], weights: dict[str, float], alpha: float, span: float) -> float:
-    """The pooled boundary's rho, tightest at the first look after the canary (where stopping saves most)."""
+    """The pooled boundary's rho, tightest at the first look after the canary (where stopping saves most),
+    for differences in [-span, span]."""
     fractional = [look for look in plan if look.label != CANARY] or plan
     total = sum(weights.values()) or 1.0
     variance = sum((weights[b] / total / sizes[b]) ** 2 * n * span**2 for b, n in fractional[0].counts.items()
