@@ -85,13 +85,12 @@ def test_race_stops_an_arm_surely_behind_the_best_that_futility_keeps():
     n = 400
     base = rng.random(n) < 0.4
     better = base | (rng.random(n) < 0.5)  # +30 pp over a weak baseline
-    same = base.copy()
     outcomes = {"better": {"b": better - base.astype(float)}, "same": {"b": np.zeros(n)}}
     futility = decide(outcomes, {"b": n})
     race = decide(outcomes, {"b": n}, mode="race")
     assert not futility["same"].stopped and not futility["better"].stopped
     assert race["same"].stopped and race["same"].rule == "race" and race["same"].target == "vs better"
-    assert not race["better"].stopped and same.mean() == base.mean()
+    assert not race["better"].stopped
 
 
 def test_graded_scores_skip_the_exact_canary_and_are_judged_by_the_bounds():
