@@ -342,28 +342,25 @@ def register(app: typer.Typer) -> None:
 
 
 def _print_summary(report: dict, out: Path) -> None:
-    from rich.table import Table
-
-    from omk_ray.console import output_console
+    from omk_ray.console import print_table
 
     params = report["params"]
     criterion = "" if params.get("criterion", "cd") == "cd" else f", criterion {params['criterion']}"
-    table = Table(title=f"{out}: {params['strategy']} ({params['normalize']} normalization{criterion}), drop "
-                        f"{params['drop']} of {params['num_experts']} per layer")
-    for column in ("layer", "kept min", "dropped max", "margin", "near-ties", "protected"):
-        table.add_column(column, justify="right")
     compare = report.get("compare")
-    if compare:
-        table.add_column("overlap", justify="right")
-        table.add_column("only here / only other", overflow="fold")
+    rows = []
     for layer, entry in report["layers"].items():
-        row = [layer, _fmt(entry.get("kept_min")), _fmt(entry.get("dropped_max")), _fmt(entry.get("margin")),
-               ",".join(str(t["id"]) for t in entry.get("near_ties", [])) or "-", str(len(entry["protected"]))]
+        row = {"layer": layer, "kept min": _fmt(entry.get("kept_min")), "dropped max": _fmt(entry.get("dropped_max")),
+               "margin": _fmt(entry.get("margin")),
+               "near-ties": ",".join(str(t["id"]) for t in entry.get("near_ties", [])) or "-",
+               "protected": str(len(entry["protected"]))}
         if compare:
             c = compare["layers"].get(layer, {})
-            row += [f"{c.get('overlap', 0):.2f}", f"{c.get('only_a', [])} / {c.get('only_b', [])}"]
-        table.add_row(*row)
-    output_console().print(table)
+            row |= {"overlap": f"{c.get('overlap', 0):.2f}",
+                    "only here / only other": f"{c.get('only_a', [])} / {c.get('only_b', [])}"}
+        rows.append(row)
+    print_table(rows, f"{out}: {params['strategy']} ({params['normalize']} normalization{criterion}), drop "
+                      f"{params['drop']} of {params['num_experts']} per layer",
+                right={"layer", "kept min", "dropped max", "margin", "near-ties", "protected", "overlap"})
     if compare:
         typer.echo(f"overlap with the other map: {compare['overlap']:.3f}, {compare['differing_experts']} experts differ")
 
