@@ -302,7 +302,7 @@ def _build_problems(build: dict) -> list[str]:
 
 
 def _expert_count_problems(spec) -> list[str]:
-    from omk_ray.variants.hf_config import num_experts, top_k
+    from omk_ray.variants.families import num_experts, top_k
 
     try:
         config = json.loads((Path(spec.base).expanduser() / "config.json").read_text())

@@ -44,9 +44,10 @@ from pathlib import Path
 
 from omk_ray.variants import nvfp4
 from omk_ray.variants.checkpoint import CheckpointError, SourceTensor, read_bytes, read_tensors
-from omk_ray.variants.hf_config import text_config
-from omk_ray.variants.layout import NOT_LINEAR, Family, expert_module, family_of, fusion_key, ignored, moe_dims
-from omk_ray.variants.surgery import expected_moe_layers
+from omk_ray.variants.families import (
+    EXPERT_MODULE, LAYER, Family, expected_moe_layers, expert_module, family_of, moe_dims, text_config,
+)  # fmt: skip
+from omk_ray.variants.layout import NOT_LINEAR, fusion_key, ignored
 
 _QUANT_PARAM = re.compile(r"^(?P<module>.+)\.(?P<param>weight_packed|weight_scale|weight_global_scale|"
                           r"weight_zero_point|input_global_scale|weight_shape)$")
@@ -95,7 +96,6 @@ def modelopt_excluded(module: str, patterns: list[str]) -> bool:
         else:
             expanded.append(p)
     return any(p == module or p in module or fnmatch(module, p) for p in expanded)
-_LAYER = re.compile(r"^(?P<prefix>(?:.*\.)?layers\.(?P<layer>\d+)\.)")
 
 
 @dataclass
@@ -320,7 +320,7 @@ def _check_experts(config: dict, family: Family, tensors: dict[str, SourceTensor
     layers = expected_moe_layers(config)
     prefixes = {}
     for name in tensors:
-        m = _LAYER.match(name)
+        m = LAYER.match(name)
         if m and (layers is None or int(m["layer"]) in layers):
             prefixes.setdefault(int(m["layer"]), m["prefix"])
     expected_shapes = {family.gate: (inter, hidden), family.up: (inter, hidden), family.down: (hidden, inter)}
@@ -349,9 +349,8 @@ def _check_experts(config: dict, family: Family, tensors: dict[str, SourceTensor
                 elif module not in broken:
                     report.problems.append(f"{module}: missing (every expert 0..{experts - 1} of every MoE layer "
                                            "must be stored quantized, per expert)")
-    pattern = re.compile(rf"(^|\.)(?:mlp\.|block_sparse_moe\.)?experts\.\d+\.")
     for module in sorted(modules):
-        if pattern.search(module) and module not in expected:
+        if EXPERT_MODULE.search(module) and module not in expected:
             report.problems.append(f"{module}: not a name vLLM's {family.name} loader maps onto its experts "
                                    f"(expected {family.block}.{{i}}.{{{','.join(family.projections)}}} with "
                                    f"i < {experts})")

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from omk_ray.files import file_sha256, write_text_atomic
 from omk_ray.variants.checkpoint import copy_side_files, publish, write_provenance
-from omk_ray.variants.hf_config import text_config
+from omk_ray.variants.families import text_config
 
 GGUF_VERSION = "1"  # bump when the bytes a GGUF build writes would change
 # llama-quantize type -> the ggml type of its tensors (the `_S/_M/_L` mixes keep some tensors higher)
