@@ -122,19 +122,18 @@ def register(app: typer.Typer) -> None:
         --strategy random is the seeded ablation floor (--param seed=N). Every --criterion works with every strategy.
         """  # noqa: E501 (typer keeps line breaks: one paragraph per line)
         from omk_ray.variants.cdscores import load_cd
-        from omk_ray.variants.dropmap import compare_drop_maps, load_drop_map, plan_drop_map, summarize_plan
+        from omk_ray.variants.dropmap import compare_drop_maps, drop_map_spec, load_drop_map, plan_drop_map, summarize_plan
 
-        params = _pairs(param, "--param")
-        for key in ("k", "seed"):
-            if key in params:
-                params[key] = int(params[key])
+        options = {"strategy": strategy, "target": target, "drop": drop, "protect_top": protect_top,
+                   "protect_per_class": protect_per_class, "normalize": normalize, "alpha": alpha,
+                   "criterion": criterion, "protect_super": protect_super,
+                   "protect_super_all_layers": protect_super_all_layers,
+                   "classes": [c for c in classes.split(",") if c.strip()] if classes else None,
+                   "split_classes": split or None, "weights": _pairs(weight, "--weight") or None,
+                   "params": _pairs(param, "--param")}
         with _clear_errors():
-            plan = plan_drop_map(
-                load_cd(cd), strategy, target, drop, protect_top, normalize,
-                [c for c in classes.split(",") if c.strip()] if classes else None, split or None,
-                _pairs(weight, "--weight") or None, alpha, protect_per_class, criterion, protect_super,
-                protect_super_all_layers, **params,
-            )
+            spec = drop_map_spec(**options)  # the settings a build block's `scores:` / `profile_prompts:` take
+            plan = plan_drop_map(load_cd(cd), spec)
             report = summarize_plan(plan, near_tie)
             if compare:
                 report["compare"] = compare_drop_maps(plan.drop_map, load_drop_map(compare))
