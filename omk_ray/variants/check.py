@@ -18,7 +18,7 @@ worse, load wrongly. What it holds a checkpoint to, and where vLLM (0.32) requir
   (`CompressedTensorsW4A4Fp4.process_weights_after_loading` keeps the max, the MoE method keeps
   the gate's: `w1_weight_global_scale must match w3_weight_global_scale`);
 * experts of Gemma 4, Qwen3-MoE and Mixtral: every expert 0..E-1 of every MoE layer, per expert,
-  under the names `layout` lists (`RoutedExperts.build_expert_params_mapping`), with the shapes
+  under the names `families` lists (`RoutedExperts.build_expert_params_mapping`), with the shapes
   of `CompressedTensorsW4A4Nvfp4MoEMethod.create_weights` (w13 [E, 2I, H/2], scales [E, 2I, H/16],
   w2 [E, H, I/2], [E, H, I/16]); no fused 3-D expert tensor (that method has no `w13_weight`);
   routers unquantized (Mixtral's and Qwen3's `GateLinear` take no quantization config).
