@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
+
+from omk_ray.variants.spec import KIND_TAGS, BuildSpec
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
 
@@ -143,7 +145,7 @@ class VariantSpec(_Strict):
     recipe_overrides: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="bench name (or '*') -> recipe fields"
     )
-    build: dict[str, Any] | None = Field(None, description="how to build this variant (see variants/)")
+    build: BuildSpec | None = Field(None, description="how to build this variant (variants/spec.py, variants/artifacts.py)")
     facts: DeclaredFacts | None = Field(None, description="the model card's facts, where the checkpoint cannot tell")
 
     @field_validator("recipe_overrides")
@@ -154,6 +156,11 @@ class VariantSpec(_Strict):
             if unknown:
                 raise ValueError(f"recipe_overrides[{bench}] has unknown recipe keys {sorted(unknown)}")
         return value
+
+    @field_serializer("build")
+    def _build_as_given(self, build, info) -> dict[str, Any] | None:
+        """The keys the config gave (a manifest records the block as written, and reads it back)."""
+        return None if build is None else build.model_dump(mode=info.mode, exclude_unset=True)
 
     @model_validator(mode="after")
     def _needs_weights(self) -> "VariantSpec":
@@ -338,11 +345,20 @@ def stable_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(blob).hexdigest()[:length]
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def _format_validation_error(err: ValidationError, source: str, raw: dict[str, Any]) -> str:
+    """One line per problem; a variant's build block is named `variant 'NAME': build.KEY` (the kind of
+    build that pydantic puts in the path left out), every other place by its path."""
     lines = [f"{source}: invalid grid config"]
     for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"  {where}: {e['msg']}")
+        loc = [p for p in e["loc"] if p not in KIND_TAGS]
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        what = e["msg"]
+        if loc[:1] == ["variants"] and len(loc) > 2 and loc[2] == "build":
+            item = raw["variants"][loc[1]] if isinstance(raw.get("variants"), list) else None
+            name = item.get("name") if isinstance(item, dict) else None
+            where = f"variant {name!r}: " + ".".join(str(p) for p in loc[2:]) if isinstance(name, str) else where
+            what = what.removeprefix("Value error, ")
+        lines.append(f"  {where}: {what}")
     return "\n".join(lines)
 
 
@@ -425,7 +441,7 @@ def parse_grid(raw: Any, source: str = "<config>", base_dir: Path | None = None)
     try:
         grid = GridConfig(**raw)
     except ValidationError as err:
-        report = _format_validation_error(err, source)
+        report = _format_validation_error(err, source, raw)
         more = [p for p in name_problems(raw) if p not in report]  # the grid-level checks did not run
         raise ConfigError("\n  ".join([report, *more])) from None
     except ValueError as err:

@@ -29,3 +29,30 @@ class OutputConsole(Console):
 def output_console(stderr: bool = False) -> Console:
     """The console for the CLI's output (stdout) or messages (stderr)."""
     return OutputConsole(stderr=stderr, soft_wrap=True)
+
+
+def print_table(rows: list[dict], title: str | None = None, *, console: Console | None = None,
+                right: set[str] | None = None, empty: bool = True) -> None:
+    """Rows of dicts (the first row's keys are the columns) as a rich table whose cells fold.
+
+    Numbers are right-aligned (or the columns named in `right`); text is printed as it is (rich
+    markup in it is escaped) unless it is a rich `Text`. With no rows, a line saying so (`empty`),
+    or nothing.
+    """
+    from rich.markup import escape
+    from rich.table import Table
+    from rich.text import Text
+
+    console = console or output_console()
+    if not rows:
+        if empty:
+            console.print(f"{title or 'table'}: (empty)", highlight=False)
+        return
+    table = Table(title=title, title_justify="left")
+    for key, value in rows[0].items():
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        table.add_column(str(key), overflow="fold",
+                         justify="right" if (key in right if right is not None else numeric) else "left")
+    for row in rows:
+        table.add_row(*(v if isinstance(v, Text) else escape(str(v)) for v in row.values()))
+    console.print(table)

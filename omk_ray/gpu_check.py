@@ -494,16 +494,14 @@ def run_checks(work: Path, experts: int = 16, n_prompts: int = 16) -> list[Row]:
 
 def print_table(rows: list[Row]) -> None:
     from rich.console import Console
-    from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title="omk-ray gpu-check")
-    for column in ("check", "status", "figures"):
-        table.add_column(column, overflow="fold")
+    from omk_ray.console import print_table as table
+
     colour = {"ok": "green", "FAIL": "bold red", "skipped": "yellow"}
-    for r in rows:
-        status = r.label if r.status != "FAIL" or not r.reason else f"FAIL: {r.reason}"
-        table.add_row(r.check, f"[{colour[r.status]}]{status}[/]", r.figures)
-    Console(width=160).print(table)
+    table([{"check": r.check, "status": Text(r.label if r.status != "FAIL" or not r.reason else f"FAIL: {r.reason}",
+                                             style=colour[r.status]), "figures": r.figures} for r in rows],
+          "omk-ray gpu-check", console=Console(width=160))
 
 
 def missing_requirements() -> list[str]:

@@ -24,13 +24,12 @@ def register(app: typer.Typer) -> None:
         folder on every node, so runs read local files only. Gated datasets (GPQA) need HF_TOKEN.
         Benches with `source: file.jsonl|.parquet` are only checked. Exits 1 if any bench failed.
         """
-        from rich.markup import escape
-        from rich.table import Table
+        from rich.text import Text
 
         from omk_ray.benches import make_bench
         from omk_ray.benches.sources import DataError, default_cache, is_local_source, read_local
         from omk_ray.config import ConfigError, load_grid
-        from omk_ray.console import output_console
+        from omk_ray.console import print_table
 
         try:
             grid = load_grid(config)
@@ -41,10 +40,7 @@ def register(app: typer.Typer) -> None:
             fail(f"unknown benches {sorted(unknown)}; the grid has {[b.name for b in grid.benches]}")
         cache = Path(cache or default_cache())
         cache.mkdir(parents=True, exist_ok=True)
-        table = Table(title=f"bench data in {cache}", title_justify="left")
-        for column in ("bench", "status", "detail"):
-            table.add_column(column, overflow="fold")
-        failed = 0
+        rows = []
         for spec in grid.benches:
             if bench and spec.name not in bench:
                 continue
@@ -56,10 +52,9 @@ def register(app: typer.Typer) -> None:
                     lines = [f"local data: {len(read_local(spec.source).rows)} rows"]
                 else:
                     lines = ["nothing to fetch: the bench loads its own data"]
-                table.add_row(escape(spec.name), "ok", escape("\n".join(lines)))
+                rows.append({"bench": spec.name, "status": "ok", "detail": "\n".join(lines)})
             except (DataError, OSError, ValueError, KeyError) as err:
-                failed += 1
-                table.add_row(escape(spec.name), "[red]failed[/]", escape(str(err)))
-        output_console().print(table)
-        if failed:
+                rows.append({"bench": spec.name, "status": Text("failed", style="red"), "detail": str(err)})
+        print_table(rows, f"bench data in {cache}")
+        if any(isinstance(row["status"], Text) for row in rows):
             raise typer.Exit(ExitCode.FAILED)

@@ -42,7 +42,8 @@ def build_variants(grid: GridConfig, root: Path, variants: list[str] | None = No
                                                                build_steps(spec), nodes)
         log.info("variant %s: build task asks for %s", v.name, options)
         # The config's local paths were made absolute when it was loaded (config.LOCAL_PATHS): no base folder here.
-        refs[v.name] = _build_task.options(**_ray_options(options)).remote(v.build, str(root))
+        block = v.build.model_dump(mode="json", exclude_unset=True)
+        refs[v.name] = _build_task.options(**_ray_options(options)).remote(block, str(root))
     paths, errors = {}, []
     for name, ref in refs.items():
         try:
@@ -72,8 +73,9 @@ def _build_task(build: dict, root: str) -> tuple[str, str]:
 def build_steps(spec) -> list[str]:
     """What a build block makes its task do: profile, prune, quantize (or gguf)."""
     # profiling sharded over several workers runs in tasks of their own (variants/profile.py)
-    steps = ["profile"] if spec.profile_prompts and spec.profile_workers == 1 else []
-    if spec.drop_map is not None or spec.scores or spec.profile_prompts:
+    profile = getattr(spec, "profile_prompts", None)  # each kind of build has its own keys (variants/spec.py)
+    steps = ["profile"] if profile and spec.profile_workers == 1 else []
+    if spec.kind != "quantize-only":
         steps.append("prune")
     if spec.quantization:
         steps.append("gguf" if spec.quantization == "gguf" else "quantize")  # llama.cpp's tools run on the CPU

@@ -126,7 +126,8 @@ def weights_identity(variant: VariantSpec, model_path: str | None) -> dict[str, 
             identity[PROVENANCE] = manifest[PROVENANCE]["sha256"]
         return identity
     if variant.build and not model_path:  # not built yet (`omk-ray plan`, the lock): local inputs by content
-        return {"build": {key: _content(value) for key, value in variant.build.items()}}
+        given = variant.build.model_dump(mode="json", exclude_unset=True)
+        return {"build": {key: _content(value) for key, value in given.items()}}
     commit = resolve_hub_revision(variant.model_ref, variant.revision)
     if commit is None:
         log.warning("variant %s: hub model %s@%s not resolved to a commit (offline, not cached): identified "
@@ -236,7 +237,7 @@ def _gpu_only_problems(variant: VariantSpec) -> list[str]:
 def nvfp4_source(variant: VariantSpec) -> str | None:
     """Why a variant's weights are NVFP4 (a build's quantization, engine_args.quantization, or its
     checkpoint's quantization config, compressed-tensors or ModelOpt); None when they are not."""
-    quant = str((variant.build or {}).get("quantization") or "")
+    quant = str(variant.build.quantization or "") if variant.build else ""
     if quant.upper().startswith("NVFP4"):
         return f"build.quantization {quant}"
     if (variant.engine_args.quantization or "").lower() in ("modelopt_fp4", "nvfp4"):
@@ -284,7 +285,7 @@ def _checkpoint_problems(model: str) -> list[str]:
     return []
 
 
-def _build_problems(build: dict) -> list[str]:
+def _build_problems(build) -> list[str]:
     """A build block that does not parse, a base or input file that is not there, and what the base's
     config.json (a local one) says cannot be built: dropping every expert, keeping fewer than its
     top-k, or protecting more than the drop leaves. Nothing is loaded but JSON."""
@@ -295,9 +296,10 @@ def _build_problems(build: dict) -> list[str]:
     except BuildError as err:
         return [f"build: {err}".replace("build: invalid build block: ", "build.")]
     problems = [f"build.base {p}" for p in _checkpoint_problems(spec.base)]
-    files = {"drop_map": spec.drop_map if isinstance(spec.drop_map, str) else None, "scores": spec.scores,
+    drop_map = getattr(spec, "drop_map", None)  # each kind of build has its own keys (variants/spec.py)
+    files = {"drop_map": drop_map if isinstance(drop_map, str) else None, "scores": getattr(spec, "scores", None),
              "gguf.imatrix": spec.gguf.imatrix if spec.gguf else None}
-    if spec.profile_prompts != "default":
+    if getattr(spec, "profile_prompts", "default") != "default":
         files["profile_prompts"] = spec.profile_prompts
     problems += [f"build.{key}: file {path} not found" for key, path in files.items()
                  if path and not Path(path).expanduser().is_file()]
@@ -307,14 +309,14 @@ def _build_problems(build: dict) -> list[str]:
 
 
 def _expert_count_problems(spec) -> list[str]:
-    from omk_ray.variants.hf_config import num_experts, top_k
+    from omk_ray.variants.families import num_experts, top_k
 
     try:
         config = json.loads((Path(spec.base).expanduser() / "config.json").read_text())
     except (OSError, ValueError):
         return []  # a hub id, or a GGUF folder: checked when it is built
     experts, k = num_experts(config), top_k(config)
-    if experts is not None and spec.drop_map is not None:
+    if experts is not None and getattr(spec, "drop_map", None) is not None:
         from omk_ray.variants.dropmap import DropMapError, load_drop_map, validate_drop_map
 
         try:
@@ -323,7 +325,7 @@ def _expert_count_problems(spec) -> list[str]:
         except DropMapError as err:
             return [f"build.drop_map: {err} (the base has {experts} experts per layer)"]
         return []
-    if experts is None or (spec.drop is None and spec.target is None):
+    if experts is None or (getattr(spec, "drop", None) is None and getattr(spec, "target", None) is None):
         return []
     drop = spec.drop if spec.drop is not None else experts - spec.target
     keep = experts - drop
@@ -457,7 +459,7 @@ def _checkpoint_size(variant: VariantSpec, model_path: str | None) -> int | None
     if not engine_class(variant.engine).holds_weights:
         return 0
     if not model_path and variant.build:  # not built yet (`omk-ray plan`): its base bounds it
-        return checkpoint_bytes(str(variant.build["base"]), variant.build.get("revision"))
+        return checkpoint_bytes(variant.build.base, variant.build.revision)
     return checkpoint_bytes(model_path, variant.revision) if model_path else None
 
 

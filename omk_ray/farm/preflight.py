@@ -142,8 +142,8 @@ def expectations(grid: GridConfig, cluster_gpus: float = 0.0) -> Expect:
             holds_weights = True
         if not holds_weights and not v.build:
             continue
-        ref = str(v.build["base"]) if v.build else v.model_ref
-        rev = (v.build or {}).get("revision") if v.build else v.revision
+        ref = v.build.base if v.build else v.model_ref
+        rev = v.build.revision if v.build else v.revision
         models.append((f"{'build.base' if v.build else 'model'} of {v.name}", ref, rev))
         size = checkpoint_bytes(ref, rev)
         hub = not Path(ref).expanduser().exists() and not ref.startswith(("/", ".", "~"))

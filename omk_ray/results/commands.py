@@ -19,19 +19,9 @@ def _warn(message: str) -> None:
 
 
 def _print_rows(rows: list[dict], title: str) -> None:
-    if not rows:
-        return
-    from rich.markup import escape
-    from rich.table import Table
+    from omk_ray.console import print_table
 
-    from omk_ray.console import output_console
-
-    table = Table(title=title, title_justify="left")
-    for key in rows[0]:
-        table.add_column(key, overflow="fold")
-    for row in rows:
-        table.add_row(*(escape(str(v)) for v in row.values()))
-    output_console().print(table)
+    print_table(rows, title, empty=False)
 
 
 def _load_grid(path: Path | None):

@@ -1,8 +1,12 @@
-"""The results store: a folder of Parquet shards, one per finished work unit.
+"""The results store: a folder of Parquet shards of finished samples.
+
+A run writes its finished samples in batches (farm/buffer.py: every `farm.flush_samples` samples
+or `farm.flush_seconds`, and at its end), one shard per variant x bench of a batch; an import
+writes one shard per log (replacing it when the same log is imported again).
 
 Layout under the results root:
 
-    samples/<variant>/<bench>/part-<unit>-<uuid>.parquet   one shard per finished unit
+    samples/<variant>/<bench>/part-<shard>-<uuid>.parquet  <shard>: <run_id>-<n> from a run, a log's key from an import
     runs/<run_id>/manifest.json                            config, versions, host, start/end
     runs/<run_id>/events.jsonl                             failures and retries, as they happen
     runs/<run_id>/run.log                                  the run's log
@@ -79,10 +83,10 @@ class ResultsStore:
 
     # -- samples -----------------------------------------------------------------------------
 
-    def write_shard(self, table: pa.Table, variant: str, bench: str, unit_id: str) -> Path:
+    def write_shard(self, table: pa.Table, variant: str, bench: str, shard_id: str) -> Path:
         folder = self.samples_dir / variant / bench
         folder.mkdir(parents=True, exist_ok=True)
-        return write_parquet(table.cast(SAMPLE_SCHEMA), folder / f"part-{unit_id}-{uuid.uuid4().hex[:8]}.parquet")
+        return write_parquet(table.cast(SAMPLE_SCHEMA), folder / f"part-{shard_id}-{uuid.uuid4().hex[:8]}.parquet")
 
     def shard_paths(self) -> list[Path]:
         if not self.samples_dir.is_dir():

@@ -16,17 +16,10 @@ from omk_ray.exits import fail
 
 
 def _print_accuracy(scores: dict[str, float], title: str) -> None:
-    from rich.table import Table
+    from omk_ray.console import print_table
 
-    from omk_ray.console import output_console
-
-    table = Table(title=title, title_justify="left")
-    table.add_column("class")
-    table.add_column("held-out accuracy", justify="right")
-    for name, value in scores.items():
-        if name != "engine":
-            table.add_row(name, f"{value:.3f}")
-    output_console().print(table)
+    print_table([{"class": name, "held-out accuracy": f"{value:.3f}"} for name, value in scores.items()
+                 if name != "engine"], title, right={"held-out accuracy"})
 
 
 def register(app: typer.Typer) -> None:

@@ -8,7 +8,8 @@ the drop map's content, the quantization scheme and `BUILDER_VERSION`; the strat
 the drop map is recorded in the provenance but is not part of the identity: two strategies that
 pick the same experts give the same variant.
 
-The `build:` block of a grid variant (the `build` dict here) accepts these keys:
+The `build:` block of a grid variant (`BuildSpec`: one pydantic model per kind of build, told apart
+by the key that gives the drop map, variants/spec.py) accepts these keys:
 
     base: str                    required; checkpoint folder or Hugging Face hub id
     revision: str                hub branch, tag or commit of `base`
@@ -19,6 +20,7 @@ The `build:` block of a grid variant (the `build` dict here) accepts these keys:
                                  the scores are cached under artifact_root/cd/
     profile_generate_tokens: int greedy tokens generated per prompt before the replay (default 0)
     profile_workers: int         Ray tasks to shard the profiling over (default 1)
+    # with scores / profile_prompts only: how the drop map is chosen (`DropMapSpec`)
     strategy: str                pooled|max|mean|geomean|sum|lp|softmax|second|topk-mean|random (default max)
     criterion: str               per-class saliency: cd (default), frequency, weighted-frequency, ean,
                                  ean-mean, weighted-ean, reap, max-activation (see variants/cdscores.py)
@@ -60,15 +62,17 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from filelock import FileLock
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ValidationError
 
 from omk_ray.config import stable_hash
 from omk_ray.files import write_text_atomic
-from omk_ray.variants.dropmap import CRITERIA, STRATEGIES, plan_drop_map, validate_drop_map
-from omk_ray.variants.gguf import GGUFOptions
+from omk_ray.variants.dropmap import plan_drop_map, validate_drop_map
+from omk_ray.variants.spec import (
+    BuildSpec, FromMapBuild, FromProfileBuild, FromScoresBuild, GGUFOptions, _Build, explain, parse_build_spec,
+)  # fmt: skip
 from omk_ray.variants.quantize import QUANT_VERSION
 from omk_ray.variants.surgery import SURGERY_VERSION
 
@@ -83,72 +87,9 @@ class BuildError(ValueError):
     """A build block that cannot be built; the message names the key or file."""
 
 
-class BuildSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    base: str = Field(min_length=1)
-    revision: str | None = None
-    drop_map: str | dict[str, list[int]] | None = None
-    scores: str | None = None
-    profile_prompts: str | None = None
-    profile_generate_tokens: int = Field(0, ge=0)
-    profile_workers: int = Field(1, ge=1)
-    strategy: str = "max"
-    criterion: str = "cd"
-    target: int | None = Field(None, ge=1)
-    drop: int | None = Field(None, ge=0)
-    protect_top: int = Field(0, ge=0)
-    protect_per_class: int = Field(0, ge=0)
-    protect_super: bool = False
-    protect_super_all_layers: bool = False
-    normalize: str = "mean"
-    alpha: float = 2.0
-    classes: list[str] | None = None
-    split_classes: list[str] | dict[str, list[str]] | None = None
-    weights: dict[str, float] | None = None
-    params: dict[str, float] = Field(default_factory=dict)
-    quantization: str | None = None
-    nvfp4_format: Literal["compressed-tensors", "modelopt"] = "compressed-tensors"
-    gguf: GGUFOptions | None = None
-    hub_repo: str | None = None
-    push: bool = False
-
-    @field_validator("quantization")
-    @classmethod
-    def _known_scheme(cls, value: str | None) -> str | None:
-        from compressed_tensors.quantization import is_preset_scheme
-
-        if value is None or value.lower() == "gguf":
-            return value and "gguf"
-        if not is_preset_scheme(value):
-            raise ValueError(f"unknown scheme {value!r} (gguf, or a compressed-tensors preset, e.g. NVFP4A16)")
-        return value.upper()
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "BuildSpec":
-        if self.gguf is not None and self.quantization != "gguf":
-            raise ValueError("a `gguf` block needs `quantization: gguf`")
-        if self.nvfp4_format != "compressed-tensors" and self.quantization != "NVFP4A16":
-            raise ValueError(f"nvfp4_format {self.nvfp4_format} needs `quantization: NVFP4A16`")
-        sources = [k for k in ("drop_map", "scores", "profile_prompts") if getattr(self, k) is not None]
-        if len(sources) > 1:
-            raise ValueError(f"give one source of the drop map, not {sources}")
-        if not sources and not self.quantization:
-            raise ValueError("nothing to build: give drop_map, scores or profile_prompts, and/or quantization")
-        if sources and sources[0] != "drop_map" and (self.target is None) == (self.drop is None):
-            raise ValueError("give exactly one of `target` (experts kept per layer) or `drop`")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
-        if self.criterion not in CRITERIA:
-            raise ValueError(f"unknown criterion {self.criterion!r}; choose one of {', '.join(CRITERIA)}")
-        if self.push and not self.hub_repo:
-            raise ValueError("push: true needs hub_repo")
-        return self
-
-
 @dataclass
 class ResolvedBuild:
-    spec: BuildSpec
+    spec: _Build
     fingerprint: str
     base_path: Path
     base_identity: dict[str, Any]
@@ -165,16 +106,12 @@ class ResolvedBuild:
         }
 
 
-def parse_build(build: dict | BuildSpec) -> BuildSpec:
-    if isinstance(build, BuildSpec):
-        return build
+def parse_build(build: dict | BuildSpec) -> _Build:
+    """A build block as its kind's model (variants/spec.py); BuildError naming each problem."""
     try:
-        return BuildSpec(**build)
+        return parse_build_spec(build)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'build'}: {e['msg']}" for e in err.errors())
-        raise BuildError(f"invalid build block: {problems}") from None
-    except TypeError as err:
-        raise BuildError(f"invalid build block: {err}") from None
+        raise BuildError(f"invalid build block: {explain(err)}") from None
 
 
 def fingerprint_of(base_identity: dict, drop_map: dict | None, quantization: str | dict | None) -> str:
@@ -266,21 +203,18 @@ def resolve_build(build: dict | BuildSpec, artifact_root: str | Path, base_dir: 
 
     base_path, identity = resolve_base(spec.base, spec.revision, root, local(spec.base))
     drop_map, protected = None, None
-    if isinstance(spec.drop_map, dict):
+    if isinstance(spec, FromMapBuild) and isinstance(spec.drop_map, dict):
         drop_map = validate_drop_map(spec.drop_map)
-    elif spec.drop_map:
+    elif isinstance(spec, FromMapBuild):
         from omk_ray.variants.dropmap import load_drop_map
 
         drop_map = load_drop_map(local(spec.drop_map))
-    elif spec.scores or spec.profile_prompts:
+    elif isinstance(spec, (FromScoresBuild, FromProfileBuild)):
         from omk_ray.variants.cdscores import load_cd
 
-        cd = load_cd(local(spec.scores)) if spec.scores else _profiled_scores(spec, base_path, identity, root, local)
-        plan = plan_drop_map(
-            cd, spec.strategy, spec.target, spec.drop, spec.protect_top, spec.normalize, spec.classes,
-            spec.split_classes, spec.weights, spec.alpha, spec.protect_per_class, spec.criterion, spec.protect_super,
-            spec.protect_super_all_layers, **spec.params,
-        )
+        cd = (load_cd(local(spec.scores)) if isinstance(spec, FromScoresBuild)
+              else _profiled_scores(spec, base_path, identity, root, local))
+        plan = plan_drop_map(cd, spec)  # the build block is the drop map's spec
         drop_map, protected = plan.drop_map, plan.protected
     if drop_map is not None and not any(drop_map.values()):
         drop_map = None  # dropping nothing is the base itself
@@ -299,7 +233,7 @@ def resolve_build(build: dict | BuildSpec, artifact_root: str | Path, base_dir: 
     return ResolvedBuild(spec, fingerprint, base_path, identity, drop_map, protected)
 
 
-def _profiled_scores(spec: BuildSpec, base_path: Path, identity: dict, root: Path, local) -> dict:
+def _profiled_scores(spec: FromProfileBuild, base_path: Path, identity: dict, root: Path, local) -> dict:
     from omk_ray.variants.profile import load_prompts, profile_model
 
     prompts = load_prompts(None if spec.profile_prompts == "default" else local(spec.profile_prompts))

@@ -18,7 +18,7 @@ worse, load wrongly. What it holds a checkpoint to, and where vLLM (0.32) requir
   (`CompressedTensorsW4A4Fp4.process_weights_after_loading` keeps the max, the MoE method keeps
   the gate's: `w1_weight_global_scale must match w3_weight_global_scale`);
 * experts of Gemma 4, Qwen3-MoE and Mixtral: every expert 0..E-1 of every MoE layer, per expert,
-  under the names `layout` lists (`RoutedExperts.build_expert_params_mapping`), with the shapes
+  under the names `families` lists (`RoutedExperts.build_expert_params_mapping`), with the shapes
   of `CompressedTensorsW4A4Nvfp4MoEMethod.create_weights` (w13 [E, 2I, H/2], scales [E, 2I, H/16],
   w2 [E, H, I/2], [E, H, I/16]); no fused 3-D expert tensor (that method has no `w13_weight`);
   routers unquantized (Mixtral's and Qwen3's `GateLinear` take no quantization config).
@@ -44,9 +44,10 @@ from pathlib import Path
 
 from omk_ray.variants import nvfp4
 from omk_ray.variants.checkpoint import CheckpointError, SourceTensor, read_bytes, read_tensors
-from omk_ray.variants.hf_config import text_config
-from omk_ray.variants.layout import NOT_LINEAR, Family, expert_module, family_of, fusion_key, ignored, moe_dims
-from omk_ray.variants.surgery import expected_moe_layers
+from omk_ray.variants.families import (
+    EXPERT_MODULE, LAYER, Family, expected_moe_layers, expert_module, family_of, moe_dims, text_config,
+)  # fmt: skip
+from omk_ray.variants.layout import NOT_LINEAR, fusion_key, ignored
 
 _QUANT_PARAM = re.compile(r"^(?P<module>.+)\.(?P<param>weight_packed|weight_scale|weight_global_scale|"
                           r"weight_zero_point|input_global_scale|weight_shape)$")
@@ -95,7 +96,6 @@ def modelopt_excluded(module: str, patterns: list[str]) -> bool:
         else:
             expanded.append(p)
     return any(p == module or p in module or fnmatch(module, p) for p in expanded)
-_LAYER = re.compile(r"^(?P<prefix>(?:.*\.)?layers\.(?P<layer>\d+)\.)")
 
 
 @dataclass
@@ -320,7 +320,7 @@ def _check_experts(config: dict, family: Family, tensors: dict[str, SourceTensor
     layers = expected_moe_layers(config)
     prefixes = {}
     for name in tensors:
-        m = _LAYER.match(name)
+        m = LAYER.match(name)
         if m and (layers is None or int(m["layer"]) in layers):
             prefixes.setdefault(int(m["layer"]), m["prefix"])
     expected_shapes = {family.gate: (inter, hidden), family.up: (inter, hidden), family.down: (hidden, inter)}
@@ -349,9 +349,8 @@ def _check_experts(config: dict, family: Family, tensors: dict[str, SourceTensor
                 elif module not in broken:
                     report.problems.append(f"{module}: missing (every expert 0..{experts - 1} of every MoE layer "
                                            "must be stored quantized, per expert)")
-    pattern = re.compile(rf"(^|\.)(?:mlp\.|block_sparse_moe\.)?experts\.\d+\.")
     for module in sorted(modules):
-        if pattern.search(module) and module not in expected:
+        if EXPERT_MODULE.search(module) and module not in expected:
             report.problems.append(f"{module}: not a name vLLM's {family.name} loader maps onto its experts "
                                    f"(expected {family.block}.{{i}}.{{{','.join(family.projections)}}} with "
                                    f"i < {experts})")

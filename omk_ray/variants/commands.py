@@ -122,19 +122,18 @@ def register(app: typer.Typer) -> None:
         --strategy random is the seeded ablation floor (--param seed=N). Every --criterion works with every strategy.
         """  # noqa: E501 (typer keeps line breaks: one paragraph per line)
         from omk_ray.variants.cdscores import load_cd
-        from omk_ray.variants.dropmap import compare_drop_maps, load_drop_map, plan_drop_map, summarize_plan
+        from omk_ray.variants.dropmap import compare_drop_maps, drop_map_spec, load_drop_map, plan_drop_map, summarize_plan
 
-        params = _pairs(param, "--param")
-        for key in ("k", "seed"):
-            if key in params:
-                params[key] = int(params[key])
+        options = {"strategy": strategy, "target": target, "drop": drop, "protect_top": protect_top,
+                   "protect_per_class": protect_per_class, "normalize": normalize, "alpha": alpha,
+                   "criterion": criterion, "protect_super": protect_super,
+                   "protect_super_all_layers": protect_super_all_layers,
+                   "classes": [c for c in classes.split(",") if c.strip()] if classes else None,
+                   "split_classes": split or None, "weights": _pairs(weight, "--weight") or None,
+                   "params": _pairs(param, "--param")}
         with _clear_errors():
-            plan = plan_drop_map(
-                load_cd(cd), strategy, target, drop, protect_top, normalize,
-                [c for c in classes.split(",") if c.strip()] if classes else None, split or None,
-                _pairs(weight, "--weight") or None, alpha, protect_per_class, criterion, protect_super,
-                protect_super_all_layers, **params,
-            )
+            spec = drop_map_spec(**options)  # the settings a build block's `scores:` / `profile_prompts:` take
+            plan = plan_drop_map(load_cd(cd), spec)
             report = summarize_plan(plan, near_tie)
             if compare:
                 report["compare"] = compare_drop_maps(plan.drop_map, load_drop_map(compare))
@@ -342,28 +341,25 @@ def register(app: typer.Typer) -> None:
 
 
 def _print_summary(report: dict, out: Path) -> None:
-    from rich.table import Table
-
-    from omk_ray.console import output_console
+    from omk_ray.console import print_table
 
     params = report["params"]
     criterion = "" if params.get("criterion", "cd") == "cd" else f", criterion {params['criterion']}"
-    table = Table(title=f"{out}: {params['strategy']} ({params['normalize']} normalization{criterion}), drop "
-                        f"{params['drop']} of {params['num_experts']} per layer")
-    for column in ("layer", "kept min", "dropped max", "margin", "near-ties", "protected"):
-        table.add_column(column, justify="right")
     compare = report.get("compare")
-    if compare:
-        table.add_column("overlap", justify="right")
-        table.add_column("only here / only other", overflow="fold")
+    rows = []
     for layer, entry in report["layers"].items():
-        row = [layer, _fmt(entry.get("kept_min")), _fmt(entry.get("dropped_max")), _fmt(entry.get("margin")),
-               ",".join(str(t["id"]) for t in entry.get("near_ties", [])) or "-", str(len(entry["protected"]))]
+        row = {"layer": layer, "kept min": _fmt(entry.get("kept_min")), "dropped max": _fmt(entry.get("dropped_max")),
+               "margin": _fmt(entry.get("margin")),
+               "near-ties": ",".join(str(t["id"]) for t in entry.get("near_ties", [])) or "-",
+               "protected": str(len(entry["protected"]))}
         if compare:
             c = compare["layers"].get(layer, {})
-            row += [f"{c.get('overlap', 0):.2f}", f"{c.get('only_a', [])} / {c.get('only_b', [])}"]
-        table.add_row(*row)
-    output_console().print(table)
+            row |= {"overlap": f"{c.get('overlap', 0):.2f}",
+                    "only here / only other": f"{c.get('only_a', [])} / {c.get('only_b', [])}"}
+        rows.append(row)
+    print_table(rows, f"{out}: {params['strategy']} ({params['normalize']} normalization{criterion}), drop "
+                      f"{params['drop']} of {params['num_experts']} per layer",
+                right={"layer", "kept min", "dropped max", "margin", "near-ties", "protected", "overlap"})
     if compare:
         typer.echo(f"overlap with the other map: {compare['overlap']:.3f}, {compare['differing_experts']} experts differ")
 

@@ -39,15 +39,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from omk_ray.variants.cdscores import (
     CRITERIA, FIELDS, NEEDS, SUBCLASS_SEPARATOR, class_stats, combine_fields, criterion_scores, has_field,
     validate_cd,
 )  # fmt: skip
+from omk_ray.variants.spec import NORMALIZERS, STRATEGIES, STRATEGY_PARAMS, DropMapSpec, explain  # noqa: F401
 
-STRATEGIES = ("pooled", "max", "mean", "geomean", "sum", "lp", "softmax", "second", "topk-mean", "random")
-NORMALIZERS = ("mean", "rank", "none")
-STRATEGY_PARAMS = {"lp": {"p": 2.0}, "softmax": {"temperature": 1.0}, "topk-mean": {"k": 2}, "random": {"seed": 0}}
 GEOMEAN_FLOOR = 1e-12
 # REAP's super-expert rule (get_super_expert_indices in CerebrasResearch/reap, src/reap/model_util.py)
 SUPER_QUANTILE, SUPER_FRACTION_OF_MAX, SUPER_EARLY_LAYERS = 99.5, 0.1, 0.75
@@ -68,49 +67,45 @@ class DropPlan:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def build_drop_map(cd: dict, *args, **kwargs) -> dict[str, list[int]]:
+def build_drop_map(cd: dict, spec: DropMapSpec | str | None = None, **settings) -> dict[str, list[int]]:
     """The drop map `{"LAYER": [dropped ids, ascending]}`: `plan_drop_map(...).drop_map`, same arguments."""
-    return plan_drop_map(cd, *args, **kwargs).drop_map
+    return plan_drop_map(cd, spec, **settings).drop_map
 
 
-def plan_drop_map(
-    cd: dict,
-    strategy: str = "max",
-    target: int | None = None,
-    drop: int | None = None,
-    protect_top: int = 0,
-    normalize: str = "mean",
-    classes=None,
-    split_classes=None,
-    weights=None,
-    alpha: float = 2.0,
-    protect_per_class: int = 0,
-    criterion: str = "cd",
-    protect_super: bool = False,
-    protect_super_all_layers: bool = False,
-    **strategy_params,
-) -> DropPlan:
+def drop_map_spec(spec: DropMapSpec | str | None = None, **settings) -> DropMapSpec:
+    """A DropMapSpec as given, or from a strategy name and keywords (`DropMapSpec.of`); DropMapError
+    naming what is wrong."""
+    if isinstance(spec, DropMapSpec) and not settings:
+        return spec
+    if isinstance(spec, DropMapSpec):
+        settings = {**spec.model_dump(exclude_unset=True), **settings}
+        spec = None
+    try:
+        return DropMapSpec.of(spec, **settings)
+    except ValidationError as err:
+        raise DropMapError(explain(err)) from None
+
+
+def plan_drop_map(cd: dict, spec: DropMapSpec | str | None = None, **settings) -> DropPlan:
+    """Choose the drop map `spec` describes from the CD scores `cd`. `spec` is a DropMapSpec (a
+    build block that chooses its map is one), or a strategy name with the other settings and the
+    strategy's parameters as keywords: `plan_drop_map(cd, "lp", drop=4, p=3)`."""
+    spec = drop_map_spec(spec, **settings)
     validate_cd(cd)
-    if strategy not in STRATEGIES:
-        raise DropMapError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    if criterion not in CRITERIA:
-        raise DropMapError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+    criterion, protect_super = spec.criterion, spec.protect_super
     for field_name in {NEEDS.get(criterion), "amax" if protect_super else None} - {None}:
         if not has_field(cd, field_name):
             raise DropMapError(f"the CD scores have no `{field_name}` (profiled by an older omk-ray): "
                                f"profile again for criterion {criterion!r}" + (" / protect_super" if protect_super else ""))
-    if normalize not in NORMALIZERS:
-        raise DropMapError(f"unknown normalization {normalize!r}; choose one of {', '.join(NORMALIZERS)}")
-    params = _strategy_params(strategy, strategy_params)
+    strategy, normalize, alpha = spec.strategy, spec.normalize, spec.alpha
+    protect_top, protect_per_class = spec.protect_top, spec.protect_per_class
+    params = spec.strategy_params
     num_experts = cd["metadata"]["num_experts"]
-    n_drop = _drop_count(num_experts, target, drop)
-    for name, value in (("protect_top", protect_top), ("protect_per_class", protect_per_class)):
-        if not isinstance(value, int) or value < 0:
-            raise DropMapError(f"{name} must be an integer >= 0, got {value!r}")
+    n_drop = _drop_count(num_experts, spec.target, spec.drop)
 
     layers, stats = class_stats(cd)
-    groups = select_classes(list(stats), classes, split_classes)
-    weights = dict(weights or {})
+    groups = select_classes(list(stats), spec.classes, spec.split_classes)
+    weights = dict(spec.weights or {})
     unknown = set(weights) - set(groups)
     if unknown:
         raise DropMapError(f"weights name classes that are not selected: {sorted(unknown)} (selected: {list(groups)})")
@@ -131,7 +126,7 @@ def plan_drop_map(
     per_class *= class_weights[:, None, None]
     if strategy not in ("pooled", "random"):
         scores = _aggregate(per_class, strategy, params)
-    supers = super_experts(layers, stats, protect_super_all_layers) if protect_super else {}
+    supers = super_experts(layers, stats, spec.protect_super_all_layers) if protect_super else {}
 
     protected: dict[str, list[int]] = {}
     drop_map: dict[str, list[int]] = {}
@@ -159,7 +154,7 @@ def plan_drop_map(
             "target": num_experts - n_drop, "num_experts": num_experts, "protect_top": protect_top,
             "protect_per_class": protect_per_class, "classes": {k: v for k, v in groups.items()},
             "weights": weights, "criterion": criterion, "protect_super": protect_super,
-            "protect_super_all_layers": protect_super_all_layers, "super_experts": supers, **params,
+            "protect_super_all_layers": spec.protect_super_all_layers, "super_experts": supers, **params,
         },
     )
 
@@ -215,26 +210,7 @@ def select_classes(available: list[str], classes=None, split_classes=None) -> di
     return groups
 
 
-def _strategy_params(strategy: str, given: dict[str, Any]) -> dict[str, Any]:
-    defaults = STRATEGY_PARAMS.get(strategy, {})
-    unknown = set(given) - set(defaults)
-    if unknown:
-        allowed = ", ".join(defaults) or "none"
-        raise DropMapError(f"strategy {strategy!r} takes no parameter {sorted(unknown)} (it takes: {allowed})")
-    params = {**defaults, **given}
-    if strategy == "lp" and not float(params["p"]) > 0:
-        raise DropMapError(f"lp: p must be > 0, got {params['p']}")
-    if strategy == "softmax" and not float(params["temperature"]) > 0:
-        raise DropMapError(f"softmax: temperature must be > 0, got {params['temperature']}")
-    if strategy in ("topk-mean", "random"):
-        key = "k" if strategy == "topk-mean" else "seed"
-        params[key] = int(params[key])
-    return params
-
-
 def _drop_count(num_experts: int, target: int | None, drop: int | None) -> int:
-    if (target is None) == (drop is None):
-        raise DropMapError("give exactly one of `target` (experts kept per layer) or `drop` (dropped per layer)")
     n_drop = num_experts - target if target is not None else drop
     if not isinstance(n_drop, int) or not 0 <= n_drop < num_experts:
         raise DropMapError(

@@ -27,10 +27,9 @@ from typing import Any
 
 from omk_ray.config import DeclaredFacts
 from omk_ray.variants.checkpoint import CheckpointError, read_tensors
-from omk_ray.variants.hf_config import find_keys, num_experts, top_k
+from omk_ray.variants.families import IN_EXPERTS, find_keys, num_experts, top_k
 from omk_ray.variants.surgery import PROVENANCE_NAME
 
-_EXPERT = re.compile(r"(?:^|\.)experts\.")  # fused `experts.gate_up_proj`, per-expert `mlp.experts.7.w1.weight`
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 _QUANT_AUX = ("weight_scale", "weight_global_scale", "input_global_scale", "weight_zero_point", "weight_shape",
               "input_scale", "weight_g_idx")
@@ -112,7 +111,7 @@ def facts_from(model: str, config: dict, tensors: list[tuple[str, str, tuple[int
     for name, dtype, shape in tensors:
         n = _logical(name, dtype, shape, bits)
         total += n
-        if _EXPERT.search(name):
+        if IN_EXPERTS.search(name):
             expert += n
             if m := _LAYER.search(name):
                 layers.add(int(m[1]))

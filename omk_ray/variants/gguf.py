@@ -27,49 +27,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from omk_ray.files import file_sha256, write_text_atomic
 from omk_ray.variants.checkpoint import copy_side_files, publish, write_provenance
-from omk_ray.variants.hf_config import text_config
+from omk_ray.variants.families import text_config
+from omk_ray.variants.spec import GGUF_TYPES as TYPES
+from omk_ray.variants.spec import GGUF_UNQUANTIZED as UNQUANTIZED
+from omk_ray.variants.spec import GGUFOptions
 
 GGUF_VERSION = "1"  # bump when the bytes a GGUF build writes would change
-# llama-quantize type -> the ggml type of its tensors (the `_S/_M/_L` mixes keep some tensors higher)
-TYPES = {
-    "F32": "F32", "F16": "F16", "BF16": "BF16", "Q8_0": "Q8_0", "Q6_K": "Q6_K", "Q5_K_M": "Q5_K",
-    "Q5_K_S": "Q5_K", "Q5_0": "Q5_0", "Q5_1": "Q5_1", "Q4_K_M": "Q4_K", "Q4_K_S": "Q4_K", "Q4_0": "Q4_0",
-    "Q4_1": "Q4_1", "Q3_K_L": "Q3_K", "Q3_K_M": "Q3_K", "Q3_K_S": "Q3_K", "Q2_K": "Q2_K",
-    "IQ4_XS": "IQ4_XS", "IQ4_NL": "IQ4_NL",
-}
-UNQUANTIZED = ("F32", "F16", "BF16")
-CALIBRATION_HINT = "a text file (e.g. bartowski's calibration_datav5.txt) to compute the importance matrix on"
 
 
 class GGUFError(ValueError):
     """A GGUF build that cannot be carried out; the message names the step and the problem."""
-
-
-class GGUFOptions(BaseModel):
-    """The `gguf:` block of a build (with `quantization: gguf`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    type: str = Field("Q6_K", description=f"llama-quantize type: {', '.join(TYPES)}")
-    base_type: Literal["F16", "BF16", "F32"] = Field("F16", description="what the converter writes first")
-    imatrix: str | None = Field(None, description=CALIBRATION_HINT)
-    imatrix_ctx: int = Field(512, ge=16, description="llama-imatrix context per chunk (-c)")
-    imatrix_chunks: int | None = Field(None, ge=1, description="at most this many chunks (default: all)")
-    allow_fallback: bool = Field(True, description="false: refuse a result where tensors fell back to another type")
-
-    @model_validator(mode="after")
-    def _known_type(self) -> "GGUFOptions":
-        if self.type not in TYPES:
-            raise ValueError(f"unknown GGUF type {self.type!r}; choose one of {', '.join(TYPES)}")
-        if self.imatrix and self.type in UNQUANTIZED:
-            raise ValueError(f"an importance matrix does nothing for {self.type}: drop `imatrix` or pick a quantized type")
-        return self
 
 
 def gguf_identity(options: GGUFOptions, imatrix_path: Path | None) -> dict:

@@ -3,11 +3,8 @@
 A quantized checkpoint stores every expert as its own 2-D Linear: vLLM's fused-MoE loader
 (`RoutedExperts.load_weights` with `build_expert_params_mapping`) maps
 `<layer>.<block>.{i}.<gate|up|down>.<param>` onto its stacked `w13_*` / `w2_*` parameters, and
-its NVFP4 MoE method has no parameter for a fused 3-D tensor. The blocks and names per family:
-
-    gemma4     layers.N.experts.{i}.{gate_proj,up_proj,down_proj}            router layers.N.router.proj
-    qwen3_moe  layers.N.mlp.experts.{i}.{gate_proj,up_proj,down_proj}        router layers.N.mlp.gate
-    mixtral    layers.N.block_sparse_moe.experts.{i}.{w1,w3,w2}              router layers.N.block_sparse_moe.gate
+its NVFP4 MoE method has no parameter for a fused 3-D tensor. The blocks, projections and routers
+of each family are rows of variants/families.py.
 
 Gemma 4's unquantized checkpoints hold fused 3-D experts (`experts.gate_up_proj` [E, 2I, H], gate
 rows first, and `experts.down_proj` [E, H, I]); `find_linears` splits them into those per-expert
@@ -18,13 +15,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from omk_ray.variants.checkpoint import SourceTensor
-from omk_ray.variants.hf_config import num_experts, text_config
+from omk_ray.variants.families import FAMILIES, FUSED_PROJECTION, Family, expert_module
 
 # Linear layers that vLLM fuses into one (qkv_proj, gate_up_proj, w13): one global scale each.
-FUSED_SETS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"), ("w1", "w3"))
+FUSED_SETS = (("q_proj", "k_proj", "v_proj"), *dict.fromkeys((f.gate, f.up) for f in FAMILIES.values()))
 # 2-D weights that are not Linear layers in vLLM (never targeted by a `Linear` config group).
 NOT_LINEAR = re.compile(r"(^|\.)(embed_tokens|embed_tokens_per_layer|wte|word_embeddings|lm_head)$")
 DEFAULT_IGNORE = (
@@ -39,34 +35,6 @@ DEFAULT_IGNORE = (
     "re:.*multi_modal_projector.*",
 )
 _IN_LAYER = re.compile(r"(^|\.)layers\.\d+\.")
-_FUSED_EXPERTS = re.compile(r"^(?P<layer>(?:.*\.)?layers\.\d+\.)(?:(?:mlp|block_sparse_moe)\.)?experts\.(?P<proj>gate_up_proj|down_proj)$")
-
-
-@dataclass(frozen=True)
-class Family:
-    name: str
-    block: str  # the experts' module path after `layers.N.`
-    gate: str
-    up: str
-    down: str
-    router: str
-    intermediate_key: str
-    fused_on_disk: bool  # transformers stores (and loads) this family's experts as fused 3-D tensors
-
-    @property
-    def projections(self) -> tuple[str, str, str]:
-        return self.gate, self.up, self.down
-
-
-FAMILIES = {
-    "gemma4": Family("gemma4", "experts", "gate_proj", "up_proj", "down_proj", "router.proj",
-                     "moe_intermediate_size", True),
-    "qwen3_moe": Family("qwen3_moe", "mlp.experts", "gate_proj", "up_proj", "down_proj", "mlp.gate",
-                        "moe_intermediate_size", False),
-    "mixtral": Family("mixtral", "block_sparse_moe.experts", "w1", "w3", "w2", "block_sparse_moe.gate",
-                      "intermediate_size", False),
-}
-MODEL_TYPES = {"gemma4": "gemma4", "gemma4_text": "gemma4", "qwen3_moe": "qwen3_moe", "mixtral": "mixtral"}
 
 
 @dataclass(frozen=True)
@@ -83,24 +51,6 @@ class Linear:
 
 class LayoutError(ValueError):
     """A checkpoint whose Linear layers cannot be named for vLLM; the message names the tensor."""
-
-
-def family_of(config: dict[str, Any]) -> Family | None:
-    for c in (text_config(config), config):
-        name = MODEL_TYPES.get(c.get("model_type", ""))
-        if name:
-            return FAMILIES[name]
-    return None
-
-
-def moe_dims(config: dict[str, Any], family: Family) -> tuple[int, int, int]:
-    """(experts, hidden, expert intermediate size) from the config."""
-    text = text_config(config)
-    return num_experts(config), text.get("hidden_size"), text.get(family.intermediate_key)
-
-
-def expert_module(layer_prefix: str, family: Family, expert: int, projection: str) -> str:
-    return f"{layer_prefix}{family.block}.{expert}.{projection}"
 
 
 def ignored(module: str, patterns: tuple[str, ...] | list[str]) -> bool:
@@ -126,7 +76,7 @@ def find_linears(tensors: dict[str, SourceTensor], family: Family | None,
     linears: list[Linear] = []
     left: list[str] = []
     for name, t in sorted(tensors.items()):
-        fused = _FUSED_EXPERTS.match(name)
+        fused = FUSED_PROJECTION.match(name)
         if fused and len(t.shape) == 3:
             if ignored(name.rpartition(".")[0], ignore):
                 continue
@@ -151,7 +101,7 @@ def _split_fused(t: SourceTensor, layer: str, proj: str, family: Family) -> list
     experts, rows, cols = t.shape
     out = []
     for e in range(experts):
-        if proj == "down_proj":
+        if proj == family.fused_down:
             out.append(Linear(expert_module(layer, family, e, family.down), t, e * rows, rows, cols))
         else:
             half = rows // 2

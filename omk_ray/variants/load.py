@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from omk_ray.variants import nvfp4
-from omk_ray.variants.layout import family_of
+from omk_ray.variants.families import family_of
 
 _FUSABLE = re.compile(r"^(?P<prefix>.+\.)(?P<expert>\d+)\.(?P<proj>[A-Za-z0-9_]+)$")
 
@@ -108,8 +108,8 @@ def fuse_experts(state: dict, family) -> None:
             blocks.setdefault(m["prefix"], {}).setdefault(int(m["expert"]), {})[m["proj"]] = state.pop(name)
     for prefix, experts in blocks.items():
         order = [experts[e] for e in range(len(experts))]
-        state[f"{prefix}gate_up_proj"] = torch.stack([torch.cat([p[family.gate], p[family.up]]) for p in order])
-        state[f"{prefix}down_proj"] = torch.stack([p[family.down] for p in order])
+        state[f"{prefix}{family.fused_gate_up}"] = torch.stack([torch.cat([p[family.gate], p[family.up]]) for p in order])
+        state[f"{prefix}{family.fused_down}"] = torch.stack([p[family.down] for p in order])
 
 
 def _local_folder(model_path: str, revision: str | None) -> Path:

@@ -32,8 +32,8 @@ from omk_ray.variants.checkpoint import (
     CheckpointError, Computed, OutTensor, parse_size, publish, read_bytes, read_tensors, whole,
     write_model,
 )
-from omk_ray.variants.layout import DEFAULT_IGNORE, Linear, LayoutError, family_of, find_linears, fusion_key
-from omk_ray.variants.hf_config import find_keys
+from omk_ray.variants.families import family_of, find_keys
+from omk_ray.variants.layout import DEFAULT_IGNORE, Linear, LayoutError, find_linears, fusion_key
 from omk_ray.variants.surgery import DEFAULT_MAX_SHARD
 
 QUANT_VERSION = "3"  # 3: reciprocal-stable global scales (see nvfp4.stable_global_scale)

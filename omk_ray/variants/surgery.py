@@ -1,16 +1,17 @@
 """Expert surgery: remove the experts a drop map names from a checkpoint, tensor by tensor.
 
-Layouts handled (any prefix before `layers.N.`, e.g. Gemma 4's `model.language_model.`):
+Layouts handled, by the tensor names of every family in variants/families.py (any prefix before
+`layers.N.`, e.g. Gemma 4's `model.language_model.`):
 
-* fused 3-D experts (Gemma 4; transformers-5 saves of other families): `experts.gate_up_proj`
-  [E, 2I, H] and `experts.down_proj` [E, H, I] (also under `mlp.`), sliced on dim 0;
-* per-expert 2-D tensors, renumbered 0..kept-1: Qwen3-MoE `mlp.experts.N.{gate,up,down}_proj.weight`,
-  Mixtral `block_sparse_moe.experts.N.w{1,2,3}.weight`;
-* routers, sliced on dim 0: `router.proj.weight` and `router.per_expert_scale` (Gemma 4; its
-  `router.scale` [H] is not per expert), `mlp.gate.weight`, `block_sparse_moe.gate.weight`.
+* fused 3-D experts `<block>.<param>` (Gemma 4's `experts.gate_up_proj` [E, 2I, H] and
+  `experts.down_proj` [E, H, I]; transformers-5 saves of other families), sliced on dim 0;
+* per-expert tensors `<block>.N.<param>`, renumbered 0..kept-1: Qwen3-MoE
+  `mlp.experts.N.{gate,up,down}_proj.weight`, Mixtral `block_sparse_moe.experts.N.w{1,2,3}.weight`;
+* the families' router tensors, sliced on dim 0: `router.proj.weight` and `router.per_expert_scale`
+  (Gemma 4; its `router.scale` [H] is not per expert), `mlp.gate.weight`, `block_sparse_moe.gate.weight`.
 
-Everything else is copied byte for byte. The config's expert count (`num_experts`,
-`num_local_experts` or `n_routed_experts`, at any depth) is updated; tokenizer, chat template,
+Everything else is copied byte for byte. The config's expert count (any family's key, at any
+depth: `families.EXPERT_COUNT_KEYS`) is updated; tokenizer, chat template,
 generation config and the other small files are copied; `omk_ray_provenance.json` records what
 was done. The whole plan is validated before a byte is written; the output is written to a
 temporary folder beside `out_dir` and renamed into place at the end; an existing `out_dir` is
@@ -20,7 +21,6 @@ never overwritten.
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,15 +31,13 @@ from omk_ray.variants.checkpoint import (
     write_model,
 )
 from omk_ray.variants.dropmap import DropMapError, drop_map_hash, validate_drop_map
-from omk_ray.variants.hf_config import EXPERT_COUNT_KEYS, expert_counts, find_keys, num_experts, text_config, top_k
+from omk_ray.variants.families import (
+    BLOCKS, EXPERT_COUNT_KEYS, FUSED, LAYER, PER_EXPERT, ROUTER_TENSORS, expected_moe_layers, expert_counts, find_keys,
+    num_experts, top_k,
+)  # fmt: skip
 
 SURGERY_VERSION = "1"
-ROUTER_NAMES = ("router.proj.weight", "router.per_expert_scale", "mlp.gate.weight", "block_sparse_moe.gate.weight")
 DEFAULT_MAX_SHARD = "5GB"
-
-_LAYER = re.compile(r"^(?P<prefix>(?:.*\.)?layers\.(?P<layer>\d+)\.)(?P<rest>.+)$")
-_PER_EXPERT = re.compile(r"^(?P<block>(?:(?:mlp|block_sparse_moe)\.)?experts)\.(?P<expert>\d+)\.(?P<param>.+)$")
-_FUSED = re.compile(r"^(?:(?:mlp|block_sparse_moe)\.)?experts\.[A-Za-z_]+$")
 
 
 class SurgeryError(ValueError):
@@ -144,12 +142,12 @@ def plan_prune(model_dir: Path, drop_map: dict, protected: dict[str, list[int]] 
 def find_moe_layers(tensors: dict[str, SourceTensor]) -> dict[int, MoELayer]:
     layers: dict[int, MoELayer] = {}
     for name, t in tensors.items():
-        m = _LAYER.match(name)
+        m = LAYER.match(name)
         if not m:
             continue
         prefix, rest, index = m["prefix"], m["rest"], int(m["layer"])
-        expert = _PER_EXPERT.match(rest)
-        kind = "router" if rest in ROUTER_NAMES else "fused" if _FUSED.match(rest) else "expert" if expert else None
+        expert = PER_EXPERT.match(rest)
+        kind = "router" if rest in ROUTER_TENSORS else "fused" if FUSED.match(rest) else "expert" if expert else None
         if kind is None:
             continue
         layer = layers.setdefault(index, MoELayer(index, prefix))
@@ -167,8 +165,8 @@ def find_moe_layers(tensors: dict[str, SourceTensor]) -> dict[int, MoELayer]:
 def check_layers(layers: dict[int, MoELayer], num_experts: int, expected: set[int] | None, model_dir: Path) -> None:
     """Every MoE layer complete and alike: same router and expert tensors, expert dim = num_experts."""
     if not layers:
-        raise SurgeryError(f"{model_dir}: no MoE expert tensors found (layouts known: fused experts.gate_up_proj, "
-                           f"mlp.experts.N.*, block_sparse_moe.experts.N.*)")
+        raise SurgeryError(f"{model_dir}: no MoE expert tensors found (layouts known: fused or per-expert tensors "
+                           f"under {', '.join(BLOCKS)})")
     if expected is not None and expected != set(layers):
         missing, extra = sorted(expected - set(layers)), sorted(set(layers) - expected)
         raise SurgeryError(
@@ -187,7 +185,7 @@ def check_layers(layers: dict[int, MoELayer], num_experts: int, expected: set[in
             for name in sorted(want - set(have)):
                 raise SurgeryError(f"{where}: missing {kind} tensor {layer.prefix}{name}")
         if not layer.routers:
-            raise SurgeryError(f"{where}: has experts but no router tensor (one of {ROUTER_NAMES})")
+            raise SurgeryError(f"{where}: has experts but no router tensor (one of {ROUTER_TENSORS})")
         if not layer.fused and not layer.per_expert:
             raise SurgeryError(f"{where}: has a router but no expert tensors")
         for t in [*layer.routers.values(), *layer.fused.values()]:
@@ -201,20 +199,6 @@ def check_layers(layers: dict[int, MoELayer], num_experts: int, expected: set[in
             for e in range(num_experts):
                 for block, param in sorted(expert_params - set(layer.per_expert.get(e, {}))):
                     raise SurgeryError(f"{where}: missing expert tensor {layer.prefix}{block}.{e}.{param}")
-
-
-def expected_moe_layers(config: dict[str, Any]) -> set[int] | None:
-    """The decoder layers that have experts, by the config's conventions (None if it cannot tell)."""
-    text = text_config(config)
-    total = text.get("num_hidden_layers")
-    if not isinstance(total, int):
-        return None
-    if text.get("enable_moe_block") is False:
-        return set()
-    dense = set(text.get("mlp_only_layers") or [])
-    step = text.get("decoder_sparse_step") or 1
-    first = text.get("first_k_dense_replace") or 0
-    return {i for i in range(total) if i not in dense and (i + 1) % step == 0 and i >= first}
 
 
 def load_config(model_dir: Path) -> dict[str, Any]:
@@ -242,5 +226,4 @@ def _version() -> str:
     return __version__
 
 
-__all__ = ["SurgeryError", "DropMapError", "plan_prune", "prune_checkpoint", "PROVENANCE_NAME", "staged",
-           "write_provenance"]
+__all__ = ["SurgeryError", "DropMapError", "plan_prune", "prune_checkpoint", "PROVENANCE_NAME"]

@@ -142,7 +142,7 @@ class _Checkpoint:
     def __init__(self, model_dir: str, model):
         from omk_ray.variants import nvfp4
         from omk_ray.variants.check import NAMES
-        from omk_ray.variants.layout import family_of, moe_dims
+        from omk_ray.variants.families import family_of, moe_dims
 
         raw = json.loads((Path(model_dir) / "config.json").read_text())
         self.names = NAMES[nvfp4.format_of(raw) or "compressed-tensors"]

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from omk_ray.variants.check import check_variant
 from omk_ray.variants.checkpoint import read_bytes, read_tensors
-from omk_ray.variants.layout import FAMILIES
+from omk_ray.variants.families import FAMILIES
 from omk_ray.variants.quantize import QuantizeError, quantize_checkpoint
 
 E2M1 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]  # this test's own table

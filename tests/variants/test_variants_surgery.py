@@ -206,8 +206,7 @@ def test_gemma4_multimodal_layout_with_nested_text_config(tiny_gemma4, tmp_path)
 def test_one_reading_of_the_text_config_and_the_expert_counts():
     """Surgery, facts, the NVFP4 layout check and the GGUF step read the same numbers from a config."""
     from omk_ray.variants.facts import facts_from
-    from omk_ray.variants.hf_config import num_experts, text_config, top_k
-    from omk_ray.variants.layout import FAMILIES, moe_dims
+    from omk_ray.variants.families import FAMILIES, moe_dims, num_experts, text_config, top_k
 
     gemma = {"model_type": "gemma4", "vision_config": {"hidden_size": 1152},
              "text_config": {"num_experts": 128, "top_k_experts": 8, "hidden_size": 2816, "moe_intermediate_size": 704}}
@@ -220,3 +219,39 @@ def test_one_reading_of_the_text_config_and_the_expert_counts():
     assert top_k({"top_k_experts": 2, "num_experts_per_tok": 4}) == 4  # the safe bound for a drop map
     facts = facts_from("m", routed, [], None, "test")
     assert (facts.experts_per_layer, facts.top_k) == (256, 8)
+
+
+def test_star_import_names_what_the_module_has():
+    namespace: dict = {}
+    exec("from omk_ray.variants.surgery import *", namespace)
+    import omk_ray.variants.surgery as surgery
+
+    assert set(surgery.__all__) <= set(namespace) and "prune_checkpoint" in namespace
+
+
+@pytest.mark.parametrize("family", ["tiny_gemma4", "tiny_qwen3", "tiny_mixtral"])
+def test_every_moe_tensor_of_a_family_is_named_by_its_row_of_the_table(family, request):
+    """The surgery, the NVFP4 layout and the facts read one table: a saved checkpoint's MoE tensors are
+    the row's routers, fused `<block>.*` or per-expert `<block>.N.<projection>` tensors, and its config
+    keys are the row's."""
+    from omk_ray.variants.checkpoint import read_tensors
+    from omk_ray.variants.families import FUSED, LAYER, PER_EXPERT, family_of, num_experts, top_k
+    from omk_ray.variants.surgery import find_moe_layers
+
+    model = request.getfixturevalue(family)
+    config = json.loads((model / "config.json").read_text())
+    row = family_of(config)
+    assert row is not None and row.name == {"tiny_gemma4": "gemma4", "tiny_qwen3": "qwen3_moe", "tiny_mixtral": "mixtral"}[family]
+    text = config.get("text_config", config)
+    assert (text[row.experts_key], text[row.top_k_key]) == (num_experts(config), top_k(config))
+    rests = {LAYER.match(name)["rest"] for name in read_tensors(model) if LAYER.match(name)}
+    routers = {r for r in rests if r in row.router_tensors}
+    fused = {r for r in rests if (m := FUSED.match(r)) and m["block"] == row.block}
+    per_expert = {(m["block"], m["param"].removesuffix(".weight")) for r in rests if (m := PER_EXPERT.match(r))}
+    assert routers == set(row.router_tensors)
+    if row.fused_on_disk:
+        assert fused == {f"{row.block}.{row.fused_gate_up}", f"{row.block}.{row.fused_down}"} and not per_expert
+    else:
+        assert per_expert == {(row.block, p) for p in row.projections} and not fused
+    layers = find_moe_layers(read_tensors(model))
+    assert layers and all(set(layer.routers) == routers for layer in layers.values())
