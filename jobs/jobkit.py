@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from omk_ray.config import ConfigError, GridConfig, load_grid, missing_paths
+from omk_ray.config import ConfigError, GridConfig, load_grid
 from omk_ray.exits import ExitCode, error
 from omk_ray.farm.planner import PlanError
 
@@ -43,8 +43,6 @@ def load(config: Path, args: argparse.Namespace) -> GridConfig:
         grid = load_grid(config)
     except ConfigError as err:
         raise Refused(str(err)) from None
-    if missing := missing_paths(grid):
-        raise Refused(f"{config}: " + "; ".join(missing) + " (relative paths are read from the config's folder)")
     if args.artifacts:
         grid = grid.model_copy(update={"artifacts": str(args.artifacts.resolve())})
     return grid

@@ -29,18 +29,11 @@ err_console = output_console(stderr=True)
 AREAS = ("farm", "variants", "analysis", "benches", "results", "toy", "llamacpp")
 
 
-def load(config: Path, check_paths: bool = False) -> GridConfig:
-    """The grid, or one sentence and exit 2; `check_paths`: its local files must exist too."""
-    from omk_ray.config import missing_paths
-
+def load(config: Path) -> GridConfig:
     try:
-        grid = load_grid(config)
+        return load_grid(config)
     except ConfigError as err:
         fail(str(err))
-    missing = missing_paths(grid) if check_paths else []
-    if missing:
-        fail(f"{config}: " + "; ".join(missing) + " (relative paths are read from the config's folder)")
-    return grid
 
 
 def print_table(rows: list[dict], title: str | None = None) -> None:
@@ -73,7 +66,7 @@ def plan(
     from omk_ray.farm.planner import PlanError, describe, make_plan
     from omk_ray.results.store import ResultsStore, UnreadableResults
 
-    grid = load(config, check_paths=True)
+    grid = load(config)
     try:
         the_plan = make_plan(grid, ResultsStore(results) if results else None, variants=variant, limit_docs=limit)
     except (PlanError, UnreadableResults) as err:
@@ -137,7 +130,7 @@ def run(
     from omk_ray.results.folder_lock import FolderBusy, holder
     from omk_ray.results.store import UnreadableResults
 
-    grid = load(config, check_paths=True)
+    grid = load(config)
     if locked:
         from omk_ray.farm.lock import check_lock
 

@@ -9,8 +9,9 @@ hold YAML anchors for blocks repeated across variants. A key given twice in one 
 refused. Local paths (a variant's `model`, a bench's `source` and `include_path`, a build's
 `base`, `drop_map`, `scores`, `profile_prompts`, `gguf.imatrix`, `artifacts`) are resolved once, at load,
 against the config file's real folder (a linked config keeps its target's folder), so every
-later step (plan, builds, engines) sees the same absolute paths; `plan`, `run` and the jobs refuse
-a grid whose local files are missing (`missing_paths`).
+later step (plan, builds, engines) sees the same absolute paths. A build's files (`drop_map`,
+`scores`, `profile_prompts`, `gguf.imatrix`) and `include_path` are always the config folder's, even
+when missing (`plan` names the path it looked for).
 """
 
 from __future__ import annotations
@@ -359,13 +360,6 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
             item[key] = str((base / path).resolve())
     if isinstance(raw.get("artifacts"), str) and not Path(raw["artifacts"]).is_absolute():
         raw["artifacts"] = str((base / Path(raw["artifacts"]).expanduser()).resolve())
-
-
-def missing_paths(grid: GridConfig) -> list[str]:
-    """The grid's local paths (made absolute at load) that do not exist, one sentence each."""
-    raw = grid_to_dict(grid)
-    return [f"{where}: {value} does not exist" for _, key, value, where in _local_paths(raw)
-            if Path(value).is_absolute() and not Path(value).exists()]
 
 
 # Settings earlier versions wrote into run manifests and this one no longer has: a grid read back
