@@ -104,3 +104,23 @@ def report_count(name: str, done: int, total: int) -> None:
     """Progress of a counted step of the work under way (no-op outside `step_lines`)."""
     if _ACTIVE:
         _ACTIVE[-1].count(name, done, total)
+
+
+# Third-party messages that tell an omk-ray user nothing (logger -> why it is quiet); `--verbose` shows them.
+NOISE_LOGGERS = {
+    "ray._private.authentication.authentication_token_setup": "Ray's token-authentication notice at every local start",
+    "vllm.triton_utils.importing": "vLLM-cpu: Triton has no CPU backend (it runs without it)",
+}
+NOISE_MODULES = r"(torch|transformers|vllm|ray|lm_eval|compressed_tensors|datasets|huggingface_hub)(\..*)?$"
+
+
+def quiet_third_parties(verbose: bool = False) -> None:
+    """Silence NOISE_LOGGERS below errors, and third-party FutureWarnings/UserWarnings; `verbose` undoes it."""
+    import logging
+    import warnings
+
+    for name in NOISE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.ERROR)
+    if not verbose:
+        for category in (FutureWarning, UserWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category, module=NOISE_MODULES)

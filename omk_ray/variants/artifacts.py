@@ -118,7 +118,7 @@ class BuildSpec(BaseModel):
     @field_validator("quantization")
     @classmethod
     def _known_scheme(cls, value: str | None) -> str | None:
-        from compressed_tensors.quantization import is_preset_scheme
+        from omk_ray.variants.quantize import is_preset_scheme
 
         if value is None or value.lower() == "gguf":
             return value and "gguf"
