@@ -8,7 +8,12 @@ from typing import Optional
 import typer
 
 from omk_ray.analysis.tokens import DEFAULT_STATS
-from omk_ray.exits import ExitCode, fail
+from omk_ray.exits import ExitCode, fail, validation_sentence
+
+# CompareOptions / CardOptions fields -> the options that set them (for one-sentence errors)
+OPTION_NAMES = {"correction": "--correction", "resamples": "--resamples", "stats": "--token-stats",
+                "subdomain_min_n": "--min-subdomain-n", "metrics": "--metric", "benches": "--bench",
+                "variants": "--variants", "baseline": "--baseline"}
 
 
 def _metric_options(values: list[str]) -> dict[str, str]:
@@ -98,7 +103,7 @@ def register(app: typer.Typer) -> None:
             card = CardOptions(stats=tuple(s.strip() for s in token_stats.split(",") if s.strip()),
                                stderr=not no_stderr, subdomain_min_n=min_subdomain_n)
         except ValidationError as err:
-            fail(f"invalid options: {err}")
+            fail(validation_sentence(err, OPTION_NAMES))
         try:
             comparison = run_compare(results, options)
         except AnalysisError as err:
@@ -176,7 +181,7 @@ def register(app: typer.Typer) -> None:
                                      drop_maps={variants[0]: str(drop_map)} if drop_map else {})
             comparison = run_compare(results, options)
         except ValidationError as err:
-            fail(f"invalid options: {err}")
+            fail(validation_sentence(err, OPTION_NAMES))
         except AnalysisError as err:
             fail(str(err))
         sections = expert_sections(comparison)

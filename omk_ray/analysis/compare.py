@@ -141,6 +141,12 @@ def compare(results: str | Path, options: CompareOptions) -> Comparison:
     store = ResultsStore(results)
     if not store.shard_paths():
         raise AnalysisError(f"{results}: no samples (expected Parquet shards under {store.samples_dir})")
+    if options.benches:
+        stored = {p.parent.name for p in store.shard_paths()}
+        unknown = [b for b in options.benches if b not in stored]
+        if unknown:
+            raise AnalysisError(f"--bench {', '.join(unknown)}: no such bench in {results} "
+                                f"(benches there: {', '.join(sorted(stored))})")
     declared = read_declared(store)
     wanted = None if options.variants is None else [options.baseline, *options.variants]
     features = partial(text_features, markers=declared.markers, rules=options.anomaly)
