@@ -41,7 +41,8 @@ def test_plan_status_and_compare_do_not_import_vllm(tmp_path):
     assert imported("plan", str(DEMO_CONFIG)) == (0, "IMPORTED []")  # vLLM arms with engine arguments
     code, modules = imported("status", str(tmp_path / "results"))
     assert modules == "IMPORTED []" and code in (0, 1)
-    assert imported("compare", str(tmp_path / "results"), "--baseline", "base") == (0, "IMPORTED []")
+    assert imported("compare", str(tmp_path / "results"), "--baseline", "base", "--out", str(tmp_path / "report"),
+                    "--no-html") == (0, "IMPORTED []")
 
 
 def test_third_party_notices_are_hidden_unless_verbose():
