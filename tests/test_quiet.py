@@ -63,3 +63,16 @@ def test_verbose_is_an_option_and_status_help_explains_its_columns():
     text = " ".join(CliRunner().invoke(app, ["status", "--help"]).output.split())
     assert "gpu_hours GPUs the engine held x the hours it was alive" in text
     assert "busy share of its alive time with at least one request in flight" in text
+
+
+def test_vllm_engine_arguments_are_checked_from_its_source():
+    import pytest
+
+    from omk_ray.engines.vllm_engine import VLLMOptions, engine_arg_names
+    from omk_ray.variants.quantize import preset_schemes
+
+    assert {"enforce_eager", "max_model_len", "tensor_parallel_size", "gpu_memory_utilization"} <= engine_arg_names()
+    assert VLLMOptions(enforce_eager=True).model_extra == {"enforce_eager": True}
+    with pytest.raises(ValueError, match=r"unknown vLLM engine arguments \['enforce_eagr'\]"):
+        VLLMOptions(enforce_eagr=True)
+    assert {"NVFP4A16", "FP8", "W4A16"} <= preset_schemes() and "GGUF" not in preset_schemes()
