@@ -76,3 +76,11 @@ def test_vllm_engine_arguments_are_checked_from_its_source():
     with pytest.raises(ValueError, match=r"unknown vLLM engine arguments \['enforce_eagr'\]"):
         VLLMOptions(enforce_eagr=True)
     assert {"NVFP4A16", "FP8", "W4A16"} <= preset_schemes() and "GGUF" not in preset_schemes()
+
+
+def test_status_leaves_a_running_runs_figures_blank_not_none(tmp_path):
+    config = grid_config([{"name": "base"}], ["b"])
+    store = write_store(tmp_path / "results", bench_rows("base", "b", [True, False]), [config])
+    store.new_run("run-9").write_manifest({"run_id": "run-9", "status": "running", "config": config})  # no figures yet
+    output = CliRunner().invoke(app, ["status", str(tmp_path / "results")]).output
+    assert "run-9" in output and "None" not in output, output
