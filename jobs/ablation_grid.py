@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from omk_ray.run_and_compare import run_and_compare
 
     outcome = run_and_compare(grid, args.results, args.baseline, args.report, variants=chosen, after_run=print_run,
-                              address=args.address, limit_docs=args.limit, show_progress=False)
+                              address=args.address, limit_docs=args.limit, show_progress=True)
     failed = outcome.canary_failed
     if args.baseline in failed:
         print(f"the baseline {args.baseline} failed its canary: nothing to compare with", file=sys.stderr)

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     tonight = args.root / args.date
     baseline = args.baseline or chosen[0]
     outcome = run_and_compare(grid, tonight, baseline, variants=chosen, after_run=print_run, address=args.address,
-                              show_progress=False)
+                              show_progress=True)
     summary, failed = outcome.summary, outcome.canary_failed
     passing = [n for n in chosen if n not in failed]
 

@@ -36,9 +36,14 @@ def cluster_args(parser: argparse.ArgumentParser) -> None:
                         help="where built variants go on the node that builds them (default: the config's "
                              "`artifacts`, else RESULTS/artifacts); other nodes fetch them from there "
                              "(docs/clusters.md); a path every node sees (NFS, EFS) is used in place")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show third-party notices (Ray's token-authentication notice, vLLM's Triton notice)")
 
 
 def load(config: Path, args: argparse.Namespace) -> GridConfig:
+    from omk_ray.console import quiet_third_parties
+
+    quiet_third_parties(getattr(args, "verbose", False))
     try:
         grid = load_grid(config)
     except ConfigError as err:

@@ -17,6 +17,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+@app.callback()
+def _options(verbose: bool = typer.Option(False, "--verbose", help="also show third-party notices and warnings "
+                                          "(Ray's token-authentication notice, vLLM's Triton notice, "
+                                          "library deprecations) that are hidden by default")) -> None:
+    from omk_ray.console import quiet_third_parties
+
+    quiet_third_parties(verbose)
+
+
 AREAS = ("farm", "variants", "analysis", "benches", "results", "toy", "llamacpp")
 
 for _area in AREAS:

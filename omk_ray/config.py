@@ -9,7 +9,9 @@ hold YAML anchors for blocks repeated across variants. A key given twice in one 
 refused. Local paths (a variant's `model`, a bench's `source` and `include_path`, a build's
 `base`, `drop_map`, `scores`, `profile_prompts`, `gguf.imatrix`, `artifacts`) are resolved once, at load,
 against the config file's real folder (a linked config keeps its target's folder), so every
-later step (plan, builds, engines) sees the same absolute paths.
+later step (plan, builds, engines) sees the same absolute paths. A build's files (`drop_map`,
+`scores`, `profile_prompts`, `gguf.imatrix`) and `include_path` are always the config folder's, even
+when missing (`plan` names the path it looked for).
 """
 
 from __future__ import annotations
@@ -371,25 +373,35 @@ LOCAL_PATHS = (
 )  # fmt: skip
 
 
+# Keys that always name a local file, never a hub id: a relative one is the config folder's even
+# when it is missing there (so `plan` and the build name the right place).
+FILE_KEYS = ("include_path", "drop_map", "scores", "profile_prompts", "imatrix")
+
+
 def _local_paths(raw: dict[str, Any]):
-    """(holder, key, value) of every string at a LOCAL_PATHS place in a raw config."""
+    """(holder, key, value, where) of every string at a LOCAL_PATHS place in a raw config."""
     for section, keys in LOCAL_PATHS:
-        for item in raw.get(section) or []:
+        for top in raw.get(section) or []:
             *parents, key = keys
+            item = top
             for parent in parents:
                 item = item.get(parent) if isinstance(item, dict) else None
             value = item.get(key) if isinstance(item, dict) else None
             if isinstance(value, str):
-                yield item, key, value
+                name = top.get("name", "?") if isinstance(top, dict) else "?"
+                yield item, key, value, f"{section} {name!r}: {'.'.join(keys)}"
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     """Local paths in a config are relative to the config file; anything else is a hub id."""
-    for item, key, value in _local_paths(raw):
-        if not Path(value).is_absolute() and (base / value).exists():
-            item[key] = str((base / value).resolve())
+    for item, key, value, _ in _local_paths(raw):
+        path = Path(value).expanduser()
+        if path.is_absolute():
+            item[key] = str(path)
+        elif (base / path).exists() or (key in FILE_KEYS and value != "default") or value.startswith(("./", "../")):
+            item[key] = str((base / path).resolve())
     if isinstance(raw.get("artifacts"), str) and not Path(raw["artifacts"]).is_absolute():
-        raw["artifacts"] = str((base / raw["artifacts"]).resolve())
+        raw["artifacts"] = str((base / Path(raw["artifacts"]).expanduser()).resolve())
 
 
 # Settings earlier versions wrote into run manifests and this one no longer has: a grid read back
@@ -426,7 +438,7 @@ def recorded_grid(raw: Any, source: str) -> GridConfig:
             for key in keys:
                 raw[section].pop(key, None)
     if isinstance(raw, dict):
-        for item, key, value in list(_local_paths(raw)):
+        for item, key, value, _ in list(_local_paths(raw)):
             item[key] = _moved_data(value)
     return parse_grid(raw, source)
 

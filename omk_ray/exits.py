@@ -42,3 +42,17 @@ def fail(message: str, code: ExitCode = ExitCode.REFUSED) -> NoReturn:
     """End a command: the error line, then exit with `code`."""
     error(message)
     raise typer.Exit(int(code))
+
+
+def validation_sentence(err, options: dict[str, str]) -> str:
+    """A pydantic ValidationError of options as one sentence: `--correction 'holm': must be 'grid', 'variant'
+    or 'none'` (`options`: field name -> the option the user typed; no validator jargon, no URL)."""
+    parts = []
+    for e in err.errors():
+        field = str(e["loc"][0]) if e["loc"] else ""
+        option = options.get(field, field)
+        message = e["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+        value = e.get("input")
+        shown = f" {value!r}" if isinstance(value, (str, int, float)) and e["type"] != "value_error" else ""
+        parts.append(f"{option}{shown}: {message}")
+    return "; ".join(parts)

@@ -8,7 +8,12 @@ from typing import Optional
 import typer
 
 from omk_ray.analysis.tokens import DEFAULT_STATS
-from omk_ray.exits import ExitCode, fail
+from omk_ray.exits import ExitCode, fail, validation_sentence
+
+# CompareOptions / CardOptions fields -> the options that set them (for one-sentence errors)
+OPTION_NAMES = {"correction": "--correction", "resamples": "--resamples", "stats": "--token-stats",
+                "subdomain_min_n": "--min-subdomain-n", "metrics": "--metric", "benches": "--bench",
+                "variants": "--variants", "baseline": "--baseline", "recipe": "--recipe"}
 
 
 def _metric_options(values: list[str]) -> dict[str, str]:
@@ -51,7 +56,12 @@ def register(app: typer.Typer) -> None:
             [], "--metric", help="BENCH=KEY: the bench's primary metric from the samples' metrics map "
                                  "(e.g. ifeval=prompt_level_strict_acc); default: the stored score"),
         allow_mismatch: bool = typer.Option(
-            False, "--allow-mismatch", help="build tables from different cohorts or undeclared recipes anyway, marked ‡"),
+            False, "--allow-mismatch", help="build tables from different cohorts or undeclared recipes anyway, marked ‡ "
+                                            "(a folder of several recipe sets: the latest one, said on stderr)"),
+        recipe: Optional[str] = typer.Option(
+            None, "--recipe", metavar="latest|HASH[,HASH]",
+            help="a folder holding several recipe sets (a recipe changed between runs): compare the latest "
+                 "of each variant x bench, or those whose recipe hash starts with HASH"),
         resamples: int = typer.Option(2000, help="bootstrap resamples for the confidence intervals"),
         correction: Optional[str] = typer.Option(
             None, "--correction", metavar="[grid|variant|none]",
@@ -94,15 +104,17 @@ def register(app: typer.Typer) -> None:
         try:
             options = CompareOptions(baseline=baseline, variants=_split(variants), benches=_split(benches),
                                      metrics=_metric_options(metric), allow_mismatch=allow_mismatch, resamples=resamples,
-                                     correction=correction)
+                                     correction=correction, recipe=recipe)
             card = CardOptions(stats=tuple(s.strip() for s in token_stats.split(",") if s.strip()),
                                stderr=not no_stderr, subdomain_min_n=min_subdomain_n)
         except ValidationError as err:
-            fail(f"invalid options: {err}")
+            fail(validation_sentence(err, OPTION_NAMES))
         try:
             comparison = run_compare(results, options)
         except AnalysisError as err:
             fail(str(err))
+        if comparison.recipe_set:
+            typer.echo(comparison.recipe_set, err=True)
         paths = write_report(comparison, out, html=not no_html, card=card)
         if not quiet:
             print(to_card(comparison, card) if output == "card" else to_markdown(comparison))
@@ -176,7 +188,7 @@ def register(app: typer.Typer) -> None:
                                      drop_maps={variants[0]: str(drop_map)} if drop_map else {})
             comparison = run_compare(results, options)
         except ValidationError as err:
-            fail(f"invalid options: {err}")
+            fail(validation_sentence(err, OPTION_NAMES))
         except AnalysisError as err:
             fail(str(err))
         sections = expert_sections(comparison)

@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from omk_ray.analysis import agreement as agreement_mod
 from omk_ray.analysis.anomalies import AnomalyRules, anomalies, text_features
-from omk_ray.analysis.cohort import Guard, check_cohorts
+from omk_ray.analysis import recipes
+from omk_ray.analysis.cohort import CohortMismatch, Guard, check_cohorts
 from omk_ray.analysis.declared import CanaryVerdict, Declared, read_declared
 from omk_ray.analysis.domains import domain_breakdown
 from omk_ray.analysis.errors import error_notes, excluded, split_errors, with_error_rows
@@ -36,6 +37,8 @@ class CompareOptions(BaseModel):
     benches: list[str] | None = Field(None, description="default: every bench the baseline ran")
     metrics: dict[str, str] = Field(default_factory=dict, description="bench -> primary metric key")
     allow_mismatch: bool = False
+    recipe: str | None = Field(None, description="latest, or recipe hash prefixes: the recipe set to compare "
+                                                 "(analysis/recipes.py); default: the folder's only one")
     resamples: int = Field(2000, ge=100, description="bootstrap resamples for the confidence intervals")
     correction: Correction | None = Field(
         None, description="Holm family: grid (every variant x bench), variant (each variant's benches) or none; "
@@ -105,6 +108,7 @@ class Comparison:
     results: str = ""
     canary: dict[str, CanaryVerdict] = field(default_factory=dict)  # variant -> newest canary verdict
     lengths: pa.Table | None = None  # per sample and measure: tokens (tokens.token_lengths), for other statistics
+    recipe_set: str | None = None  # which recipe set was compared, when the folder holds several (recipes.py)
 
     def rows(self, name: str) -> list[dict]:
         return self.tables[name].to_pylist()
@@ -141,6 +145,12 @@ def compare(results: str | Path, options: CompareOptions) -> Comparison:
     store = ResultsStore(results)
     if not store.shard_paths():
         raise AnalysisError(f"{results}: no samples (expected Parquet shards under {store.samples_dir})")
+    if options.benches:
+        stored = {p.parent.name for p in store.shard_paths()}
+        unknown = [b for b in options.benches if b not in stored]
+        if unknown:
+            raise AnalysisError(f"--bench {', '.join(unknown)}: no such bench in {results} "
+                                f"(benches there: {', '.join(sorted(stored))})")
     declared = read_declared(store)
     wanted = None if options.variants is None else [options.baseline, *options.variants]
     features = partial(text_features, markers=declared.markers, rules=options.anomaly)
@@ -151,6 +161,7 @@ def compare(results: str | Path, options: CompareOptions) -> Comparison:
     missing = [v for v in options.variants or [] if v not in present]
     if missing:
         raise AnalysisError(f"no samples for variants {missing} in {results} (variants there: {_stored(store)})")
+    rows, recipe_set = recipes.choose(rows, options.recipe, options.allow_mismatch)
     variants = options.variants or sorted(present - {options.baseline})
     if not variants:
         raise AnalysisError(f"{results}: nothing to compare with baseline {options.baseline!r}: it is the only variant")
@@ -171,7 +182,16 @@ def compare(results: str | Path, options: CompareOptions) -> Comparison:
     rows, stopped_samples = _without_stopped(rows, options.baseline, variants, canary, notes)
     scored = [v for v in variants if not (v in canary and canary[v].stopped)]
 
-    guard = check_cohorts(rows, options.baseline, scored, benches, declared, options.allow_mismatch)
+    try:
+        guard = check_cohorts(rows, options.baseline, scored, benches, declared, options.allow_mismatch)
+    except CohortMismatch as err:
+        if recipes.mixed_cells(rows):
+            raise CohortMismatch(f"{err}\nThis folder holds {len(recipes.recipe_sets(rows))} recipe sets "
+                                 f"({recipes.describe_sets(rows)}): compare one with --recipe latest or "
+                                 "--recipe HASH.") from None
+        raise
+    if recipe_set:
+        notes.append(recipe_set)
     all_rows, (rows, errors) = rows, split_errors(rows)  # failures leave the statistics, counted and marked
     guard.notes.extend(error_notes(errors, options.baseline, scored, benches))
     primary = {b: options.metrics.get(b) or declared.primary_metrics.get(b) or SCORE_COLUMN for b in benches}
@@ -205,6 +225,7 @@ def compare(results: str | Path, options: CompareOptions) -> Comparison:
         results=str(results),
         canary=canary,
         lengths=lengths,
+        recipe_set=recipe_set,
     )
 
 

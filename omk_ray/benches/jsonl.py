@@ -60,8 +60,14 @@ class JsonlBench(Bench):
                     domain=row.get("domain"),
                     subdomain=row.get("subdomain"),
                 ))
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise ValueError(f"{path}:{n}: not a bench problem ({err})") from None
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{n}: not a JSON object ({err.msg} at column {err.colno})") from None
+            except KeyError:
+                raise ValueError(f"{path}:{n}: a problem needs `prompt` (text) or `messages` (chat); this line has "
+                                 f"neither (its keys: {', '.join(map(str, row)) or 'none'})") from None
+            except (TypeError, AttributeError):
+                raise ValueError(f"{path}:{n}: a problem is a JSON object with `prompt` or `messages`, "
+                                 f"not {line.strip()[:60]}") from None
         return docs
 
     def score(self, doc: Doc, completion: Completion) -> Score:

@@ -175,7 +175,10 @@ class LmEvalBench(Bench):
         else:
             import os
 
-            meta = sources.fetch_split(ref, cache, token=os.environ.get("HF_TOKEN"))
+            try:
+                meta = sources.fetch_split(ref, cache, token=os.environ.get("HF_TOKEN"))
+            except sources.DataError as err:  # say what was done before the split failed
+                raise sources.DataError("; ".join([*done, f"dataset: {err}"])) from None
             state = "cached" if meta.get("cached") else "fetched"
             done.append(f"{ref.label}@{meta['revision']}: {meta['rows']} rows ({state})")
         return done

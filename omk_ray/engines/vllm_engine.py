@@ -19,9 +19,11 @@ reasoning config for them, and a thinking budget is applied in one pass by vLLM 
 from __future__ import annotations
 
 import asyncio
+import functools
 import queue
 import threading
 import uuid
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -31,6 +33,29 @@ from omk_ray.engines.base import GenParams, RawOutput, TokenEngine
 from omk_ray.engines.identity import EngineIdentity
 
 
+@functools.cache
+def engine_arg_names() -> frozenset[str] | None:
+    """The fields of vLLM's EngineArgs, read from its source without importing vLLM (which takes
+    10-30 s and prints warnings: `plan` and `status` check a grid's engine arguments with this)."""
+    import ast
+    import dataclasses
+    import importlib.util
+
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or spec.origin is None:
+        return None
+    source = Path(spec.origin).parent / "engine" / "arg_utils.py"
+    try:
+        tree = ast.parse(source.read_text())
+        engine_args = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "EngineArgs")
+    except (OSError, SyntaxError, StopIteration):  # laid out otherwise in this version: ask vLLM itself
+        from vllm.engine.arg_utils import EngineArgs
+
+        return frozenset(f.name for f in dataclasses.fields(EngineArgs))
+    return frozenset(n.target.id for n in engine_args.body
+                     if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name))
+
+
 class VLLMOptions(BaseModel):
     """Further vLLM engine arguments, passed to `vllm.LLM` as they are."""
 
@@ -38,13 +63,9 @@ class VLLMOptions(BaseModel):
 
     @model_validator(mode="after")
     def _known_engine_args(self) -> "VLLMOptions":
-        import dataclasses
-
-        try:
-            from vllm.engine.arg_utils import EngineArgs
-        except ImportError:  # vLLM is not installed where the grid is checked: the engine will say so
+        known = engine_arg_names()
+        if known is None:  # vLLM is not installed where the grid is checked: the engine will say so
             return self
-        known = {f.name for f in dataclasses.fields(EngineArgs)}
         unknown = sorted(set(self.model_extra or {}) - known)
         if unknown:
             raise ValueError(f"unknown vLLM engine arguments {unknown} (see vllm.engine.arg_utils.EngineArgs)")

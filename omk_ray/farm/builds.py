@@ -34,7 +34,10 @@ def build_variants(grid: GridConfig, root: Path, variants: list[str] | None = No
     wanted = [v for v in grid.variants if v.build and (variants is None or v.name in variants)]
     if not wanted:
         return {}
+    from ray.util.queue import Queue
+
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    lines = Queue(actor_options={"num_cpus": 0})  # the build tasks' progress lines, printed here as they come
     refs = {}
     for v in wanted:
         spec = parse_build(v.build)
@@ -43,7 +46,8 @@ def build_variants(grid: GridConfig, root: Path, variants: list[str] | None = No
         log.info("variant %s: build task asks for %s", v.name, options)
         # The config's local paths were made absolute when it was loaded (config.LOCAL_PATHS): no base folder here.
         block = v.build.model_dump(mode="json", exclude_unset=True)
-        refs[v.name] = _build_task.options(**_ray_options(options)).remote(block, str(root))
+        refs[v.name] = _build_task.options(**_ray_options(options)).remote(block, str(root), v.name, lines)
+    _print_lines_until_done(list(refs.values()), lines)
     paths, errors = {}, []
     for name, ref in refs.items():
         try:
@@ -62,12 +66,41 @@ def build_variants(grid: GridConfig, root: Path, variants: list[str] | None = No
     return paths
 
 
+def _print_lines_until_done(refs: list, lines) -> None:
+    """Print the builds' progress lines on the driver's stdout (workers' output is not forwarded) until all end."""
+    while True:
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=1.0)
+        while not lines.empty():
+            print(lines.get(), flush=True)
+        if len(done) == len(refs):
+            break
+    ray.kill(lines.actor)
+
+
+class _QueueStream:
+    """A text stream whose lines go into a Ray queue."""
+
+    def __init__(self, queue):
+        self.queue, self.pending = queue, ""
+
+    def write(self, text: str) -> None:
+        self.pending += text
+        *whole, self.pending = self.pending.split("\n")
+        for line in whole:
+            self.queue.put(line)
+
+    def flush(self) -> None:
+        pass
+
+
 @ray.remote(max_retries=0)
-def _build_task(build: dict, root: str) -> tuple[str, str]:
-    """(the variant's folder, the node holding it)."""
+def _build_task(build: dict, root: str, name: str = "variant", lines=None) -> tuple[str, str]:
+    """(the variant's folder, the node holding it); its steps are `[omk-ray] build NAME: ...` lines put in `lines`."""
+    from omk_ray.console import step_lines
     from omk_ray.variants.artifacts import ensure_variant
 
-    return str(ensure_variant(build, root)), ray.get_runtime_context().get_node_id()
+    with step_lines(f"build {name}", stream=_QueueStream(lines) if lines is not None else None):
+        return str(ensure_variant(build, root)), ray.get_runtime_context().get_node_id()
 
 
 def build_steps(spec) -> list[str]:

@@ -156,6 +156,14 @@ def status(results: Path = typer.Argument(..., help="results folder of a run")) 
 
     Files that cannot be read (a truncated shard, a broken manifest) are named and left out;
     their samples count as missing (`omk-ray doctor RESULTS --quarantine` moves them aside).
+
+    \b
+    The engines table (the latest run's engines), column by column:
+      gpu_hours     GPUs the engine held x the hours it was alive (loading and idle included): what it cost
+      busy          share of its alive time with at least one request in flight (0.5: busy half the time)
+      samples       samples it generated
+      tokens_per_s  completion tokens per second while busy
+    A run still going shows no seconds or counts yet.
     """  # noqa: E501
     from omk_ray.analysis.declared import canary_verdicts
     from omk_ray.farm.planner import PlanError
@@ -183,8 +191,9 @@ def status(results: Path = typer.Argument(..., help="results folder of a run")) 
     writer = holder(results)
     runs = [r.records() for r in store.runs()]
     print_table([{"run": r.run_id, "status": r.status(writer.run_id if writer else None),
-                  "started": (r.manifest.started_at or "")[:19], "seconds": r.manifest.seconds,
-                  "generated": r.manifest.generated_samples, "failed": r.manifest.failed_samples} for r in runs],
+                  "started": (r.manifest.started_at or "")[:19], "seconds": _shown(r.manifest.seconds),
+                  "generated": _shown(r.manifest.generated_samples), "failed": _shown(r.manifest.failed_samples)}
+                 for r in runs],
                 title="runs")
     for r in runs:
         if r.manifest.ended_because:
@@ -201,6 +210,11 @@ def status(results: Path = typer.Argument(..., help="results folder of a run")) 
     if store.unreadable:
         console.print(f"{len(store.unreadable)} unreadable file(s) left out (their samples count as missing); "
                       f"move them aside with `omk-ray doctor {results} --quarantine`")
+
+
+def _shown(value):
+    """A run's figure, blank while it is still running (not known yet)."""
+    return "" if value is None else value
 
 
 def _status_without_grid(store, results: Path, err: Exception) -> NoReturn:

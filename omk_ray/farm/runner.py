@@ -174,7 +174,8 @@ def _run_grid(grid, results_root, address, variants, limit_docs, run_id, show_pr
             if preflight[0]:
                 manifest.preflight = {r.node_id: {c.name: f"{c.status}: {c.detail}" for c in r.checks}
                                          for r in preflight[0]}
-            progress = FarmProgress(plan.missing, enabled=show_progress)
+            progress = FarmProgress(plan.missing, enabled=show_progress, phase="canary" if canary_only else "run",
+                                    est_lengths=[w.cost(doc) for w in plan.work for doc, _ in w.samples])
             if canary_rules is None and (grid.farm.canary.enabled or canary_only):
                 canary_rules = {v: rules_for(grid, v) for v in plan.fingerprints}
             scheduler = Scheduler(plan, store, runlog, progress=progress, on_shard=on_shard,

@@ -59,6 +59,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,7 @@ from filelock import FileLock
 from pydantic import ValidationError
 
 from omk_ray.config import stable_hash
+from omk_ray.console import report_count, report_step, reporting
 from omk_ray.files import write_text_atomic
 from omk_ray.variants.dropmap import plan_drop_map, validate_drop_map
 from omk_ray.variants.spec import (
@@ -138,6 +140,7 @@ def ensure_variant(build_spec: dict | BuildSpec, artifact_root: str | Path, base
         return resolved.base_path  # drops nothing, quantizes nothing: the base itself
     final = root / resolved.fingerprint
     if final.is_dir():
+        report_step("reused", str(final))
         return final
     spec = resolved.spec
     with FileLock(str(root / f".{resolved.fingerprint}.lock")):
@@ -165,7 +168,10 @@ def _build(resolved: ResolvedBuild, final: Path, root: Path) -> None:
         check_backend(spec.quantization)  # fail before pruning if the scheme cannot be built here
     source = resolved.base_path
     staged = None
+    report_step("building", f"{final} from {resolved.base_path}")
     if resolved.drop_map:
+        report_step("surgery", f"dropping {sum(map(len, resolved.drop_map.values()))} experts over "
+                    f"{len(resolved.drop_map)} layers")
         if spec.quantization:
             staged = root / STAGING / f"{resolved.fingerprint}-pruned-{uuid.uuid4().hex[:8]}"
         source = prune_checkpoint(resolved.base_path, resolved.drop_map, staged or final,
@@ -174,15 +180,25 @@ def _build(resolved: ResolvedBuild, final: Path, root: Path) -> None:
         if spec.quantization == "gguf":
             from omk_ray.variants.gguf import build_gguf
 
-            build_gguf(source, final, spec.gguf, provenance=resolved.provenance)
+            build_gguf(source, final, spec.gguf, provenance=resolved.provenance, log=_gguf_log)
         elif spec.quantization:
             from omk_ray.variants.quantize import quantize_checkpoint
 
+            report_step(f"quantizing to {spec.quantization}")
             quantize_checkpoint(source, final, spec.quantization, provenance=resolved.provenance,
-                                nvfp4_format=spec.nvfp4_format, device=_device())
+                                nvfp4_format=spec.nvfp4_format, device=_device(),
+                                progress=lambda done, total: report_count("expert groups quantized", done, total))
     finally:
         if staged is not None:
             shutil.rmtree(staged, ignore_errors=True)
+
+
+def _gguf_log(message: str) -> None:
+    """The GGUF build's steps as progress lines (outside a build's `step_lines`, on stderr as before)."""
+    if reporting():
+        report_step(message)
+    else:
+        print(message, file=sys.stderr)
 
 
 def _device() -> str:
@@ -216,6 +232,8 @@ def resolve_build(build: dict | BuildSpec, artifact_root: str | Path, base_dir: 
               else _profiled_scores(spec, base_path, identity, root, local))
         plan = plan_drop_map(cd, spec)  # the build block is the drop map's spec
         drop_map, protected = plan.drop_map, plan.protected
+        report_step("drop map", f"{spec.strategy}: {sum(map(len, drop_map.values()))} experts dropped over "
+                    f"{len(drop_map)} layers")
     if drop_map is not None and not any(drop_map.values()):
         drop_map = None  # dropping nothing is the base itself
     quantization = spec.quantization
@@ -241,6 +259,7 @@ def _profiled_scores(spec: FromProfileBuild, base_path: Path, identity: dict, ro
     path = root / CD_CACHE / f"{key}.json"
     if path.is_file():
         return json.loads(path.read_text())
+    report_step("profiling", f"{len(prompts)} prompts on {base_path}")
     cd = profile_model(str(base_path), prompts, spec.profile_generate_tokens, num_workers=spec.profile_workers)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(cd) + "\n")

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from safetensors import safe_open
 
+from omk_ray.console import report_count
+
 INDEX_NAME = "model.safetensors.index.json"
 PROVENANCE_NAME = "omk_ray_provenance.json"
 SINGLE_NAME = "model.safetensors"
@@ -169,8 +171,11 @@ def write_checkpoint(out_dir: Path, tensors: list[OutTensor], max_shard_bytes: i
         f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))
     ]
     weight_map = {}
+    written = 0
     for name, members in zip(names, shards):
-        write_shard(out_dir / name, members)
+        write_shard(out_dir / name, members, on_tensor=lambda n, base=written: report_count(
+            "tensors written", base + n, len(tensors)))
+        written += len(members)
         weight_map.update({t.name: name for t in members})
     if len(shards) > 1:
         total = sum(t.nbytes for t in tensors)
@@ -179,7 +184,8 @@ def write_checkpoint(out_dir: Path, tensors: list[OutTensor], max_shard_bytes: i
     return names
 
 
-def write_shard(path: Path, tensors: list[OutTensor], metadata: dict[str, str] | None = None) -> None:
+def write_shard(path: Path, tensors: list[OutTensor], metadata: dict[str, str] | None = None,
+                on_tensor: Callable[[int], None] | None = None) -> None:
     header: dict = {"__metadata__": metadata or {"format": "pt"}}
     offset = 0
     for t in tensors:
@@ -193,7 +199,9 @@ def write_shard(path: Path, tensors: list[OutTensor], metadata: dict[str, str] |
         out.flush()
         handles: dict[Path, int] = {}
         try:
-            for t in tensors:
+            for n, t in enumerate(tensors, 1):
+                if on_tensor:
+                    on_tensor(n - 1)
                 for p in t.pieces:
                     if isinstance(p, Computed):
                         write_all(out.fileno(), p.make(), p.length, t.name)
@@ -201,6 +209,8 @@ def write_shard(path: Path, tensors: list[OutTensor], metadata: dict[str, str] |
                     if p.file not in handles:
                         handles[p.file] = os.open(p.file, os.O_RDONLY)
                     copy_range(handles[p.file], out.fileno(), p.offset, p.length)
+            if on_tensor:
+                on_tensor(len(tensors))
         finally:
             for fd in handles.values():
                 os.close(fd)

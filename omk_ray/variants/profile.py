@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from omk_ray.console import report_count
 from omk_ray.variants.cdscores import SUBCLASS_SEPARATOR, CDTable, merge_cd
 
 DEFAULT_PROMPTS = "routing_profile_prompts.jsonl"
@@ -306,9 +307,11 @@ def _profile_local(
     groups: dict[tuple[str, ...], list[dict]] = {}
     for p in prompts:
         groups.setdefault(categories_for(p), []).append(p)
+    profiled = 0
     try:
         for cats, members in groups.items():
             for start in range(0, len(members), batch_size):
+                report_count("profiling prompts", profiled, len(prompts))
                 batch = members[start : start + batch_size]
                 seqs = [_encode(tokenizer, p, chat_template) for p in batch]
                 todo = [i for i, p in enumerate(batch) if not p.get("response")]
@@ -323,6 +326,8 @@ def _profile_local(
                     for layer, block in blocks.items():
                         table.add(cat, layer, block)
                     table.prompts[cat] = table.prompts.get(cat, 0) + len(batch)
+                profiled += len(batch)
+        report_count("profiling prompts", profiled, len(prompts))
     finally:
         recorder.close()
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config

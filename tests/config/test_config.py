@@ -376,8 +376,8 @@ def test_impossible_builds_are_refused_by_plan_all_at_once(tmp_path, tiny_gemma4
         "variant 'too-many-kept': build.target 9 keeps more experts than the base's 8 per layer",
         "variant 'over-protected': build.protect_top 4 shields 4 of the base's 8 experts per layer, so at most 4 can be "
         "dropped, not 5 (drop: 5)",
-        "variant 'no-calibration': build.gguf.imatrix: file calibration.txt not found",
-        "variant 'no-scores': build.scores: file missing-scores.json not found",
+        f"variant 'no-calibration': build.gguf.imatrix: file {tmp_path / 'calibration.txt'} not found",
+        f"variant 'no-scores': build.scores: file {tmp_path / 'missing-scores.json'} not found",
         "variant 'map-over-top-k': build.drop_map: the drop map keeps 1 experts per layer, fewer than the model's "
         "top-k (2) (the base has 8 experts per layer)",
         "variant 'map-out-of-range': build.drop_map: layer 0: expert ids [8] are outside 0..7 (the base has 8 experts "

@@ -243,16 +243,47 @@ def inline_spans(page: Path) -> list[str]:
     return INLINE.findall(text)
 
 
+# Folders a reader would take for the repository's that a clone does not have (a workstation's shared
+# fixtures): a path starting with one is checked like a repository path, and fails. (What a command
+# writes, runs/ or demo_out/, is named as its output, not checked.)
+NOT_IN_A_CLONE = ("shared/", "fixtures/")
+
+
+def tracked() -> list[str] | None:
+    """The files a clone has (git's index), or None outside a git checkout."""
+    done = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    return done.stdout.splitlines() if done.returncode == 0 else None
+
+
+def in_a_clone(path: str, files: list[str] | None) -> bool:
+    """`path` (a file, a folder or a glob) is in a fresh clone, not only on this disk."""
+    if files is None:
+        return exists(path)
+    path = path.rstrip("/")
+    if any(c in path for c in "*?"):
+        import fnmatch
+
+        return any(fnmatch.fnmatch(f, path) or fnmatch.fnmatch(f, path + "/*") for f in files)
+    return path in files or any(f.startswith(path + "/") for f in files)
+
+
 def test_paths_named_in_the_text_exist():
-    missing = []
+    missing, files = [], tracked()
     for page in PAGES:
         for span in inline_spans(page):
             for token in span.split():
                 token = token.strip("(),;:")
-                if token.startswith(REPO_PREFIXES) and not re.search(r"[<>{}]|\.\.\.|\bDIR\b", token):
-                    if not exists(token.split(":")[0]):
+                if token.startswith(REPO_PREFIXES + NOT_IN_A_CLONE) and not re.search(r"[<>{}]|\.\.\.|\bDIR\b", token):
+                    if not in_a_clone(token.split(":")[0], files):
                         missing.append(f"{page.relative_to(ROOT)}: `{token}`")
-    assert not missing, "paths the docs name that are not in the repository:\n" + "\n".join(sorted(set(missing)))
+    assert not missing, "paths the docs name that a clone does not have:\n" + "\n".join(sorted(set(missing)))
+
+
+def test_a_path_only_on_this_disk_is_not_in_a_clone():
+    files = tracked()
+    assert files is not None and in_a_clone("tests/fixtures/lm-eval-logs/", files)
+    assert not in_a_clone("shared/fixtures/lm-eval-logs/", files)
+    assert not in_a_clone("omk_ray/__pycache__", files)  # on this disk, never in a clone
 
 
 def test_python_names_in_the_text_exist():

@@ -170,6 +170,7 @@ def test_ablation_grid_job_submitted_through_the_jobs_api(tmp_path, tiny_gemma4,
     logs = ray_head.get_job_logs(job)
     assert status == JobStatus.SUCCEEDED, logs[-4000:]
     assert "canary base: passed" in logs and "canary drop1: passed" in logs and "== placement" in logs
+    assert "[omk-ray] build drop1: reused" in logs and "[omk-ray] run: samples" in logs  # progress in the job's log
     manifest = ResultsStore(results).runs()[-1].manifest()
     assert manifest["model_paths"]["drop1"] == str(pruned)  # the arm built before was reused
     assert set(manifest["canary"]) == {"base", "drop1"}
