@@ -29,10 +29,10 @@ def test_the_gguf_demo_grid_reads_its_files_from_its_folder_not_the_working_dire
     monkeypatch.chdir(tmp_path)  # not the grid's folder: nothing of the grid lies here
     grid = load_grid(GGUF_CONFIG)
     builds = {v.name: v.build for v in grid.variants if v.build}
-    assert builds["toy-q8"]["gguf"]["imatrix"] == str(TOY / "calibration.txt")
-    assert builds["max-q8"]["gguf"]["imatrix"] == str(TOY / "calibration.txt")
-    assert builds["max"]["profile_prompts"] == str(TOY / "toy_profile_prompts.jsonl")
-    assert {b["base"] for b in builds.values()} == {str(TOY / "model")}
+    assert builds["toy-q8"].gguf.imatrix == str(TOY / "calibration.txt")
+    assert builds["max-q8"].gguf.imatrix == str(TOY / "calibration.txt")
+    assert builds["max"].profile_prompts == str(TOY / "toy_profile_prompts.jsonl")
+    assert {b.base for b in builds.values()} == {str(TOY / "model")}
     assert grid.benches[0].source == str(TOY / "bench.jsonl")
 
 
@@ -72,9 +72,9 @@ def test_a_hub_id_stays_a_hub_id_and_a_dotted_path_is_the_grids(tmp_path):
                       "benches: [{name: b, kind: jsonl, source: ./gone.jsonl}]\n")
     grid = load_grid(config)
     assert grid.variants[0].model == "google/gemma-4-26b"
-    assert grid.variants[1].build["base"] == "google/gemma-4-26b"
+    assert grid.variants[1].build.base == "google/gemma-4-26b"
     assert grid.benches[0].source == str(tmp_path / "gone.jsonl")
-    assert grid.variants[1].build["drop_map"] == str(tmp_path / "maps" / "drop.json")  # missing, still the grid's
+    assert grid.variants[1].build.drop_map == str(tmp_path / "maps" / "drop.json")  # missing, still the grid's
 
 
 @pytest.mark.slow
