@@ -127,6 +127,7 @@ def run(
     from omk_ray.farm.builds import BuildFailed
     from omk_ray.farm.planner import PlanError
     from omk_ray.farm.runner import RayStartFailed, run_grid
+    from omk_ray.files import disk_full
     from omk_ray.results.folder_lock import FolderBusy, holder
     from omk_ray.results.store import UnreadableResults
 
@@ -146,6 +147,11 @@ def run(
                            show_progress=not no_progress, wait=wait)
     except (PlanError, BuildFailed, UnreadableResults, FolderBusy, RayStartFailed) as err:
         fail(str(err))
+    except OSError as err:
+        if not disk_full(err):
+            raise
+        fail(f"{err}: the run stopped (results folder {results}); the samples stored before are whole and kept, "
+             "and a rerun generates the rest once there is room")
     console.print(
         f"run {summary.run_id}: {summary.status}; generated {summary.generated} samples "
         f"({summary.expected - summary.planned} already stored, {summary.failed} failed (stored as error rows), "
