@@ -30,10 +30,24 @@ AREAS = ("farm", "variants", "analysis", "benches", "results", "toy", "llamacpp"
 
 
 def load(config: Path) -> GridConfig:
+    """The grid, or its every problem in one report (exit 2): where its fields do not validate, the
+    checks `plan` makes (bench data, checkpoints, builds) run on the parts that do, in the same report."""
     try:
         return load_grid(config)
     except ConfigError as err:
-        fail(str(err))
+        fail("\n  ".join([str(err), *plan_problems(err.partial)]))
+
+
+def plan_problems(grid: GridConfig | None) -> list[str]:
+    from omk_ray.farm.planner import PlanError, read_benches
+
+    if grid is None:
+        return []
+    try:
+        read_benches(grid)
+    except PlanError as err:
+        return err.problems
+    return []
 
 
 def print_table(rows: list[dict], title: str | None = None) -> None:

@@ -345,7 +345,9 @@ def load_drop_map(path: str | Path) -> dict[str, list[int]]:
     if not path.is_file():
         raise DropMapError(f"{path}: no such drop-map file")
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise DropMapError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
     except json.JSONDecodeError as err:
         raise DropMapError(f"{path}: not valid JSON: {err}") from None
     try:

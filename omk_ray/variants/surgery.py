@@ -219,12 +219,18 @@ def expected_moe_layers(config: dict[str, Any]) -> set[int] | None:
 
 def load_config(model_dir: Path) -> dict[str, Any]:
     path = model_dir / "config.json"
+    if not model_dir.is_dir():
+        raise SurgeryError(f"{model_dir}: no such checkpoint folder")
     if not path.is_file():
         raise SurgeryError(f"{model_dir}: no config.json (is this a Hugging Face checkpoint folder?)")
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise SurgeryError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
     except json.JSONDecodeError as err:
         raise SurgeryError(f"{path}: not valid JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise SurgeryError(f"{path}: not a model config (a JSON object)")
     if list(find_keys(config, ("quantization_config",), int_only=False)):
         raise SurgeryError(f"{path}: the checkpoint is quantized; prune the unquantized model, then quantize")
     return config
