@@ -415,8 +415,9 @@ def parse_grid(raw: Any, source: str = "<config>", base_dir: Path | None = None)
 
 def partial_grid(raw: dict[str, Any], source: str) -> GridConfig | None:
     """The grid made of the parts of `raw` that validate: a variant or bench that does not is left out,
-    a section (recipe, farm, ...) that does not is left at its default. None when what is left is no
-    grid (no variant or no bench validates, names clash)."""
+    a value elsewhere that does not is left at its default, a recipe that does not is replaced by the
+    smallest (1 token, 1 repeat: the checks that depend on it find nothing that it would not). None
+    when what is left is no grid (no variant or no bench validates, names clash)."""
     parts = json.loads(json.dumps(raw))
     for _ in range(len(json.dumps(raw))):  # each round removes something: bounded by the text's size
         try:
@@ -429,6 +430,8 @@ def partial_grid(raw: dict[str, Any], source: str) -> GridConfig | None:
                     return None  # the grid as a whole, or a section that must be there
                 if loc[0] in ("variants", "benches"):
                     drop.setdefault(loc[0], set()).add(loc[1])
+                elif loc[0] == "recipe":  # checked as the smallest recipe: no budget or size problem it would not have
+                    parts["recipe"] = {"max_gen_toks": 1}
                 else:
                     _remove(parts, loc)  # that value alone: its default stands in (recipe.temperature, ...)
             for key, bad in drop.items():
