@@ -6,6 +6,7 @@
     with written_aside(path) as tmp: write(tmp)   the same for any writer (Parquet, a dataset
         split): `tmp` is renamed to `path` when the block ends, removed if it raises
     file_sha256(path)   the hex sha256 of a file's bytes, read in chunks
+    not_utf8(path, err)   the message for a file that is not UTF-8 text
 
 A write that finds its device full raises `DiskFull` (an OSError naming the file) and leaves
 nothing of the file behind: the old copy where there was one, no new one where there was none.
@@ -55,6 +56,11 @@ def written_aside(path: str | Path) -> Iterator[Path]:
         if disk_full(err) and not isinstance(err, DiskFull):
             raise DiskFull(path) from err
         raise
+
+
+def not_utf8(path: str | Path, err: UnicodeDecodeError) -> str:
+    """The one sentence for a file that should be UTF-8 text and is not."""
+    return f"{path}: not UTF-8 text (byte {err.start}: {err.reason})"
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

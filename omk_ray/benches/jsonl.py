@@ -16,6 +16,7 @@ from pydantic import Field, field_validator
 from omk_ray.benches.base import Bench, BenchOptions, Doc, Score
 from omk_ray.benches.sources import json_kind
 from omk_ray.engines.base import Completion
+from omk_ray.files import not_utf8
 
 
 class JsonlOptions(BenchOptions):
@@ -47,7 +48,7 @@ class JsonlBench(Bench):
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as err:
-            raise ValueError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+            raise ValueError(not_utf8(path, err)) from None
         docs = []
         for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from omk_ray.files import write_text_atomic, written_aside
+from omk_ray.files import not_utf8, write_text_atomic, written_aside
 
 CACHE_ENV = "OMK_RAY_DATA_CACHE"
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -91,7 +91,7 @@ def read_local(path: str | Path) -> Records:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+        raise DataError(not_utf8(path, err)) from None
     if path.suffix == ".json":
         try:
             rows = json.loads(text)

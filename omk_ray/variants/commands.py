@@ -21,7 +21,7 @@ from typing import Optional
 import typer
 
 from omk_ray.exits import error, fail
-from omk_ray.files import write_text_atomic
+from omk_ray.files import not_utf8, write_text_atomic
 
 
 @contextmanager
@@ -57,7 +57,7 @@ def _read_summary(path: Path) -> dict:
     except OSError as err:
         raise ValueError(f"{path}: cannot be read ({err.strerror or err})") from None
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+        raise ValueError(not_utf8(path, err)) from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON: {err}") from None
     if not isinstance(info, dict) or not isinstance(info.get("protected", {}), (dict, type(None))):

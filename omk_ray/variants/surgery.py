@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from omk_ray.files import not_utf8
 from omk_ray.variants.checkpoint import (
     PROVENANCE_NAME, CheckpointError, OutTensor, SourceTensor, parse_size, publish, read_tensors, rows, whole,
     write_model,
@@ -226,7 +227,7 @@ def load_config(model_dir: Path) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as err:
-        raise SurgeryError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+        raise SurgeryError(not_utf8(path, err)) from None
     except json.JSONDecodeError as err:
         raise SurgeryError(f"{path}: not valid JSON: {err}") from None
     if not isinstance(config, dict):
