@@ -67,7 +67,8 @@ def test_a_grid_that_is_not_utf8_is_named(tmp_path):
     path.write_bytes(b"name: t\nvariants: [{name: a, model: caf\xe9, engine: echo}]\nbenches: []\n")
     done = cli.invoke(app, ["plan", str(path)])
     assert done.exit_code == 2
-    assert done.output.strip() == f"error: {path}: not UTF-8 text (byte 39: invalid continuation byte); save the grid as UTF-8"
+    assert done.output.strip() == (f"error: {path}: not UTF-8 text (byte 39: invalid continuation byte); "
+                                   "save the grid as UTF-8")
 
 
 @pytest.mark.parametrize("name, content, message", [
@@ -75,7 +76,7 @@ def test_a_grid_that_is_not_utf8_is_named(tmp_path):
     ("rows.jsonl", b'{"id": 1}\n"text"\n', "{path}:2: a JSON string, not an object (one row per line)"),
     ("rows.json", b'[{"id": 1}, 5]', "{path}: row 2 is a JSON number, not an object"),
     ("rows.jsonl", b'{"id": "caf\xe9"}\n', "{path}: not UTF-8 text (byte 11: invalid continuation byte)"),
-    ("rows.json", b"[{", "{path}: not JSON (Expecting property name enclosed in double quotes: line 1 column 3 (char 2))"),
+    ("rows.json", b"[{", "{path}: not JSON (Expecting property name enclosed in double quotes: line 1 column 3"),
     ("rows.parquet", b"PAR1 not really", "{path}: not a readable Parquet file"),
 ])
 def test_local_bench_data_that_is_not_rows_is_named_by_file_and_line(tmp_path, name, content, message):

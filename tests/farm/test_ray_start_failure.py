@@ -41,7 +41,8 @@ def test_the_manifest_records_why_a_run_ended_without_its_secrets(tmp_path):
     config = write_grid(tmp_path / "grid.yaml",
                         [{"name": "a", "engine": "echo", "model": "m"},
                          {"name": "o", "engine": "openai", "model": "m",
-                          "engine_args": {"extra": {"base_url": "http://127.0.0.1:9/v1", "api_key_env": "ENDPOINT_CRED"}}}],
+                          "engine_args": {"extra": {"base_url": "http://127.0.0.1:9/v1",
+                                                    "api_key_env": "ENDPOINT_CRED"}}}],
                         [{"name": "b", "kind": "jsonl", "source": str(write_bench(tmp_path / "b.jsonl", 2))}])
     (tmp_path / "a-file").write_text("")
     results = tmp_path / "results"

@@ -22,7 +22,8 @@ def setup(tmp_path: Path, docs: int, rows: list[dict]) -> tuple[Path, Path]:
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps({"id": f"d{i}", "prompt": "p", "target": str(i)}) + "\n" for i in range(docs)))
     config = tmp_path / "grid.yaml"
-    config.write_text(f"variants: [{{name: v, model: m, engine: echo}}]\nbenches: [{{name: f, kind: jsonl, source: {data}}}]\n")
+    config.write_text("variants: [{name: v, model: m, engine: echo}]\n"
+                      f"benches: [{{name: f, kind: jsonl, source: {data}}}]\n")
     full = [{"variant": "v", "variant_fingerprint": "fp", "bench": "f", "repeat": 0, "recipe_hash": "r",
              "correct": False, "metrics": {}, **r} for r in rows]
     ResultsStore(tmp_path / "results").write_shard(rows_to_table(full), "v", "f", "u1")

@@ -106,7 +106,8 @@ def test_events_are_scrubbed_of_secrets_before_they_are_written(tmp_path, monkey
     run.secrets = ("endpoint cred 42",)  # a grid's `api_key_env` value, whatever the variable's name
     commit = "/hub/snapshots/0123456789abcdef0123456789abcdef01234567/config.json"
     run.event(EventKind.ENGINE_START_FAILED, engine="e", variant="v",
-              error="HTTP 401: key sk-env-value-0123456789 refused; got endpoint cred 42; Authorization: Bearer abc.def")
+              error="HTTP 401: key sk-env-value-0123456789 refused; got endpoint cred 42; "
+                    "Authorization: Bearer abc.def")
     run.event(EventKind.SAMPLES_FAILED, variant="v", bench="b", doc_ids=["d#0"],
               reason="failed 2 times: echo endpoint cred 42")
     run.event(EventKind.ENGINE_STARTED, name="e", info={"model": commit, "note": "endpoint cred 42"})

@@ -52,5 +52,6 @@ def test_a_prune_refusal_names_its_file(tiny_gemma4, tmp_path, case):
     register(app)
     done = CliRunner(env={"COLUMNS": "400"}).invoke(app, ["prune", *given])
     assert done.exit_code == 2, done.output
-    assert " ".join(done.output.split()).startswith("error: " + message.format(d=tmp_path, model=tiny_gemma4)), done.output
+    expected = "error: " + message.format(d=tmp_path, model=tiny_gemma4)
+    assert " ".join(done.output.split()).startswith(expected), done.output
     assert "Traceback" not in done.output and not (tmp_path / "out").exists()
