@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from helpers import write_grid
+from helpers.bench_data import small_gsm8k_log
 from omk_ray.results.store import ResultsStore
 
 DOCS = 40
@@ -41,6 +42,7 @@ def test_a_full_disk_before_and_during_a_run_is_a_message_and_the_rows_stored_st
     config = write_grid(tmp_path / "grid.yaml", [{"name": "a", "engine": "echo", "model": "m"}],
                         [{"name": "b", "kind": "jsonl", "source": str(tmp_path / "b.jsonl")}],
                         farm={"canary": {"enabled": False}, "flush_samples": 5})
+    log = small_gsm8k_log(tmp_path / "log", docs=10, wrong=(0,))
     disk, out = tmp_path / "disk", tmp_path / "out"
     disk.mkdir()
     out.mkdir()
@@ -51,6 +53,8 @@ mount -t tmpfs -o size=768k tmpfs {disk}
 dd if=/dev/zero of={disk}/filler bs=4k 2>/dev/null    # fills the disk to the last byte
 {run} >{out}/before.out 2>{out}/before.err; echo $? >{out}/before.rc
 cp -a {disk}/results {out}/before 2>/dev/null
+{sys.executable} -m omk_ray import lm-eval {log} --variant v --results {disk}/imported >{out}/import.out 2>{out}/import.err
+echo $? >{out}/import.rc
 rm {disk}/filler
 {run} >{out}/during.out 2>{out}/during.err; echo $? >{out}/during.rc
 cp -a {disk}/results {out}/during
@@ -70,6 +74,11 @@ cp -a {disk}/results {out}/rerun
     assert "error: no space left on the device writing" in err and "Traceback" not in err, err
     assert f"the run stopped (results folder {disk}/results)" in " ".join(err.split())
     assert not list((out / "before").rglob("*.parquet")) and not (out / "before" / "runs").exists()
+
+    # Any other command that meets a full disk (here an import) ends the same way.
+    rc, err = read("import")
+    assert rc == 2 and "Traceback" not in err, err
+    assert " ".join(err.split()).startswith(f"error: no space left on the device writing {disk}/imported/"), err
 
     # During: the disk fills while shards are written.
     rc, err = read("during")
