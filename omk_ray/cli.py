@@ -8,7 +8,24 @@ import sys
 
 import typer
 
-app = typer.Typer(
+class _App(typer.Typer):
+    """The command line: a full disk ends any command with one sentence and exit 2, not a traceback."""
+
+    def __call__(self, *args, **kwargs):
+        from omk_ray.exits import ExitCode, error
+        from omk_ray.files import disk_full
+
+        try:
+            return super().__call__(*args, **kwargs)
+        except OSError as err:
+            if not disk_full(err):
+                raise
+            error(f"{err}: the command stopped; every file it wrote before is whole (each is written aside and "
+                  "renamed into place)")
+            sys.exit(int(ExitCode.REFUSED))
+
+
+app = _App(
     name="omk-ray",
     help="Evaluation and ablation farm for expert-pruned MoE models, on Ray.\n\n"
     "Typical flow: `omk-ray plan GRID`, `omk-ray run GRID --results DIR`, `omk-ray status DIR`, "

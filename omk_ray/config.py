@@ -26,11 +26,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serial
 
 from omk_ray.variants.spec import KIND_TAGS, BuildSpec
 
+from omk_ray.files import not_utf8
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
 
 
 class ConfigError(ValueError):
-    """A grid config that cannot be used; the message names the file, key and problem."""
+    """A grid config that cannot be used; the message names the file, key and problem. `partial`: for a
+    grid whose fields do not validate, the grid of the parts that do (`partial_grid`), so that the
+    checks that need a grid (`omk-ray plan`'s) report their problems in the same round."""
+
+    def __init__(self, message: str, partial: "GridConfig | None" = None):
+        super().__init__(message)
+        self.partial = partial
 
 
 MAX_REPEATS = 1000
@@ -455,10 +463,62 @@ def parse_grid(raw: Any, source: str = "<config>", base_dir: Path | None = None)
     except ValidationError as err:
         report = _format_validation_error(err, source, raw)
         more = [p for p in name_problems(raw) if p not in report]  # the grid-level checks did not run
-        raise ConfigError("\n  ".join([report, *more])) from None
+        raise ConfigError("\n  ".join([report, *more]), partial_grid(raw, source)) from None
     except ValueError as err:
         raise ConfigError(f"{source}: {err}") from None
     return grid.model_copy(update={"source_path": source})
+
+
+def partial_grid(raw: dict[str, Any], source: str) -> GridConfig | None:
+    """The grid made of the parts of `raw` that validate: a variant or bench that does not is left out,
+    a value elsewhere that does not is left at its default, a recipe that does not is replaced by the
+    smallest (1 token, 1 repeat: the checks that depend on it find nothing that it would not). None
+    when what is left is no grid (no variant or no bench validates, names clash)."""
+    parts = json.loads(json.dumps(raw))
+    for _ in range(len(json.dumps(raw))):  # each round removes something: bounded by the text's size
+        try:
+            return GridConfig(**parts).model_copy(update={"source_path": source})
+        except ValidationError as err:
+            drop: dict[str, set[int]] = {}
+            for e in reversed(err.errors()):  # the last first: a list item removed moves no other's index
+                loc = e["loc"]
+                if not loc or (loc[0] in ("variants", "benches") and (len(loc) < 2 or not isinstance(loc[1], int))):
+                    return None  # the grid as a whole, or a section that must be there
+                if loc[0] in ("variants", "benches"):
+                    drop.setdefault(loc[0], set()).add(loc[1])
+                elif loc[0] == "recipe":  # checked as the smallest recipe: no budget or size problem it would not have
+                    parts["recipe"] = {"max_gen_toks": 1}
+                else:
+                    _remove(parts, loc)  # that value alone: its default stands in (recipe.temperature, ...)
+            for key, bad in drop.items():
+                parts[key] = [item for i, item in enumerate(parts[key]) if i not in bad]
+            kept = {b.get("name") for b in parts.get("benches") or [] if isinstance(b, dict)}
+            parts["variants"] = [_only_overrides_of(v, kept) for v in parts.get("variants") or []]
+        except ValueError:
+            return None
+    return None
+
+
+def _remove(parts: dict[str, Any], loc: tuple) -> None:
+    """Remove the value at `loc` (keys and list indexes), or its top-level section when the path does not lead to it."""
+    holder: Any = parts
+    for key in loc[:-1]:
+        holder = holder.get(key) if isinstance(holder, dict) else (
+            holder[key] if isinstance(holder, list) and isinstance(key, int) and key < len(holder) else None)
+    leaf = loc[-1]
+    if isinstance(holder, dict) and leaf in holder:
+        del holder[leaf]
+    elif isinstance(holder, list) and isinstance(leaf, int) and leaf < len(holder):
+        del holder[leaf]
+    else:
+        parts.pop(loc[0], None)
+
+
+def _only_overrides_of(variant: Any, benches: set) -> Any:
+    overrides = variant.get("recipe_overrides") if isinstance(variant, dict) else None
+    if not isinstance(overrides, dict):
+        return variant
+    return {**variant, "recipe_overrides": {k: v for k, v in overrides.items() if k == "*" or k in benches}}
 
 
 MAX_YAML_NODES = 100_000  # values in a config once its aliases are expanded; real grids hold a few thousand
@@ -521,7 +581,13 @@ def load_grid(path: str | Path) -> GridConfig:
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(not_utf8(path, err) + "; save the grid as UTF-8") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror or err})") from None
+    try:
+        raw = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     except RecursionError:

@@ -17,7 +17,9 @@ class ExitCode(IntEnum):
                       aggregates that the run's own results do not reproduce); `fetch-data` could not
                       fetch a bench, `rescore` skipped one; `canary` or `doctor` found a problem.
     REFUSED        2  nothing started: a bad config, option or input file, a drifted lock, a grid that
-                      cannot fit the cluster, a results folder another run is writing.
+                      cannot fit the cluster, a results folder another run is writing; or a run could
+                      not start or go on for want of its ground: Ray could not be started or joined,
+                      the results folder's disk is full (the samples stored before it filled are kept).
     CANARY_FAILED  3  (jobs) a variant failed its canary: left out of the comparison.
     REGRESSION     4  (jobs/canonical_rerun.py) a significant regression against the previous night.
     """

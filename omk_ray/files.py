@@ -6,10 +6,16 @@
     with written_aside(path) as tmp: write(tmp)   the same for any writer (Parquet, a dataset
         split): `tmp` is renamed to `path` when the block ends, removed if it raises
     file_sha256(path)   the hex sha256 of a file's bytes, read in chunks
+    not_utf8(path, err)   the message for a file that is not UTF-8 text
+
+A write that finds its device full raises `DiskFull` (an OSError naming the file) and leaves
+nothing of the file behind: the old copy where there was one, no new one where there was none.
+`disk_full(err)` tells such an error apart from others (ENOSPC, EDQUOT, or Arrow's message of it).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import uuid
@@ -18,6 +24,24 @@ from contextlib import contextmanager
 from pathlib import Path
 
 TMP_PREFIX = ".tmp-"  # what a file being written aside is called first (a killed writer may leave one)
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFull(OSError):
+    """No room left on the device (or in the quota) for a file omk-ray writes; the message names it."""
+
+    def __init__(self, path: str | Path):
+        super().__init__(errno.ENOSPC, f"no space left on the device writing {path}")
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def disk_full(err: BaseException) -> bool:
+    """Whether `err` is a write that found its device full (Arrow's errors carry no errno, only the text)."""
+    return isinstance(err, OSError) and (err.errno in FULL_ERRNOS or "No space left on device" in str(err)
+                                         or "Disk quota exceeded" in str(err))
 
 
 @contextmanager
@@ -27,9 +51,16 @@ def written_aside(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if disk_full(err) and not isinstance(err, DiskFull):
+            raise DiskFull(path) from err
         raise
+
+
+def not_utf8(path: str | Path, err: UnicodeDecodeError) -> str:
+    """The one sentence for a file that should be UTF-8 text and is not."""
+    return f"{path}: not UTF-8 text (byte {err.start}: {err.reason})"
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

@@ -8,9 +8,11 @@ characters that mix letters and digits (`_` and `-` split runs, so file names st
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Iterable
+from typing import Any
 
 MASK = "[redacted]"
 SECRET_ENV = re.compile(r"(^|_)(KEY|TOKEN|SECRET|PASSWORD)$|^(OPENAI_API_KEY|HF_TOKEN|HUGGING_FACE_HUB_TOKEN)$", re.I)
@@ -28,10 +30,40 @@ def known_secrets(extra: Iterable[str] = ()) -> list[str]:
     return sorted((v for v in values if v and len(v) >= MIN_SECRET), key=len, reverse=True)
 
 
-def scrub(text: str | None, extra: Iterable[str] = ()) -> str | None:
-    """`text` with every known secret value and every key-shaped token replaced by [redacted]."""
+def scrub(text: str | None, extra: Iterable[str] = (), shapes: bool = True) -> str | None:
+    """`text` with every known secret value and (unless not `shapes`) every key-shaped token replaced
+    by [redacted]."""
     if not text:
         return text
     for value in known_secrets(extra):
         text = text.replace(value, MASK)
-    return SHAPES.sub(MASK, text)
+    return SHAPES.sub(MASK, text) if shapes else text
+
+
+def scrub_all(value: Any, extra: Iterable[str] = (), shapes: bool = True) -> Any:
+    """`value` (text, or lists and dicts holding text) with every string scrubbed (`scrub`)."""
+    if isinstance(value, str):
+        return scrub(value, extra, shapes)
+    if isinstance(value, dict):
+        return {k: scrub_all(v, extra, shapes) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scrub_all(v, extra, shapes) for v in value]
+    return value
+
+
+def grid_secrets(grid: Any) -> list[str]:
+    """The values of the environment variables a grid's variants name as their keys (`api_key_env`),
+    whatever those variables are called."""
+    names = {(v.engine_args.extra or {}).get("api_key_env") for v in grid.variants}
+    return [os.environ[n] for n in names if isinstance(n, str) and os.environ.get(n)]
+
+
+class ScrubbingFormatter(logging.Formatter):
+    """A log formatter that scrubs every line it formats (`scrub`), e.g. for a run's run.log."""
+
+    def __init__(self, fmt: str, extra: Iterable[str] = ()):
+        super().__init__(fmt)
+        self.extra = tuple(extra)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(super().format(record), self.extra) or ""

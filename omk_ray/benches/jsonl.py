@@ -14,7 +14,9 @@ from pathlib import Path
 from pydantic import Field, field_validator
 
 from omk_ray.benches.base import Bench, BenchOptions, Doc, Score
+from omk_ray.benches.sources import json_kind
 from omk_ray.engines.base import Completion
+from omk_ray.files import not_utf8
 
 
 class JsonlOptions(BenchOptions):
@@ -43,12 +45,19 @@ class JsonlBench(Bench):
         path = Path(self.spec.source or "")
         if not path.is_file():
             raise FileNotFoundError(f"bench {self.spec.name!r}: data file {path} not found")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(not_utf8(path, err)) from None
         docs = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
+        for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise ValueError(f"{path}:{n}: not a bench problem (a JSON {json_kind(row)}, not an object "
+                                     '{"id", "prompt", "target", ...})')
                 messages = row.get("messages") or [{"role": "user", "content": row["prompt"]}]
                 if not _chat_messages(messages):
                     raise ValueError(f"{path}:{n}: `messages` must be a list of {{\"role\": ..., \"content\": ...}} "

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from omk_ray.files import write_text_atomic, written_aside
+from omk_ray.files import not_utf8, write_text_atomic, written_aside
 
 CACHE_ENV = "OMK_RAY_DATA_CACHE"
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -80,24 +80,45 @@ def read_local(path: str | Path) -> Records:
     raw = path.read_bytes()
     digest = hashlib.sha256(raw).hexdigest()[:16]
     if path.suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        rows = pq.read_table(path).to_pylist()
-    elif path.suffix == ".json":
-        rows = json.loads(raw)
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except (pa.ArrowException, OSError) as err:
+            raise DataError(f"{path}: not a readable Parquet file ({err})") from None
+        return Records(rows, f"file:{path.name}@sha256:{digest}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(not_utf8(path, err)) from None
+    if path.suffix == ".json":
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: not JSON ({err})") from None
         if not isinstance(rows, list):
             raise DataError(f"{path}: a .json bench file must hold a list of rows")
+        bad = next((n for n, r in enumerate(rows, 1) if not isinstance(r, dict)), None)
+        if bad is not None:
+            raise DataError(f"{path}: row {bad} is a JSON {json_kind(rows[bad - 1])}, not an object")
     else:
         rows = []
-        for n, line in enumerate(raw.decode().splitlines(), 1):
+        for n, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
                 except json.JSONDecodeError as err:
                     raise DataError(f"{path}:{n}: not JSON ({err})") from None
-    if not all(isinstance(r, dict) for r in rows):
-        raise DataError(f"{path}: every row must be a JSON object")
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}:{n}: a JSON {json_kind(row)}, not an object (one row per line)")
+                rows.append(row)
     return Records(rows, f"file:{path.name}@sha256:{digest}")
+
+
+def json_kind(value: object) -> str:
+    """What a JSON value is, in JSON's words (array, string, ...), for messages."""
+    return {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
 
 
 def read_cached(ref: HubSplit, cache: Path | None = None) -> Records:

@@ -24,10 +24,24 @@ def register(app: typer.Typer) -> None:
 
 
 def load(config: Path) -> GridConfig:
+    """The grid, or its every problem in one report (exit 2): where its fields do not validate, the
+    checks `plan` makes (bench data, checkpoints, builds) run on the parts that do, in the same report."""
     try:
         return load_grid(config)
     except ConfigError as err:
-        fail(str(err))
+        fail("\n  ".join([str(err), *plan_problems(err.partial)]))
+
+
+def plan_problems(grid: GridConfig | None) -> list[str]:
+    from omk_ray.farm.planner import PlanError, read_benches
+
+    if grid is None:
+        return []
+    try:
+        read_benches(grid)
+    except PlanError as err:
+        return err.problems
+    return []
 
 
 def print_table(rows: list[dict], title: str | None = None) -> None:
@@ -110,6 +124,7 @@ def run(
     from omk_ray.farm.builds import BuildFailed
     from omk_ray.farm.planner import PlanError
     from omk_ray.farm.runner import RayStartFailed, run_grid
+    from omk_ray.files import disk_full
     from omk_ray.results.folder_lock import FolderBusy, holder
     from omk_ray.results.store import UnreadableResults
 
@@ -129,6 +144,11 @@ def run(
                            show_progress=not no_progress, wait=wait)
     except (PlanError, BuildFailed, UnreadableResults, FolderBusy, RayStartFailed) as err:
         fail(str(err))
+    except OSError as err:
+        if not disk_full(err):
+            raise
+        fail(f"{err}: the run stopped (results folder {results}); the samples stored before are whole and kept, "
+             "and a rerun generates the rest once there is room")
     console.print(
         f"run {summary.run_id}: {summary.status}; generated {summary.generated} samples "
         f"({summary.expected - summary.planned} already stored, {summary.failed} failed (stored as error rows), "

@@ -36,7 +36,11 @@ log = logging.getLogger(__name__)
 
 
 class PlanError(ValueError):
-    """A grid that cannot run as configured (checked before anything starts)."""
+    """A grid that cannot run as configured (checked before anything starts); `problems`, one line each."""
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = problems or [message]
 
 
 @dataclass
@@ -182,7 +186,7 @@ def check_grid(grid: GridConfig) -> None:
     """Refuse, before anything starts, what cannot run (see `grid_problems`)."""
     problems = grid_problems(grid)
     if problems:
-        raise PlanError(_cannot_run(grid, problems))
+        raise PlanError(_cannot_run(grid, problems), problems)
 
 
 def grid_problems(grid: GridConfig) -> list[str]:
@@ -394,7 +398,7 @@ def read_benches(grid: GridConfig, variants: list[str] | None = None, limit_docs
         problems.append(f"{samples:,} samples (docs x repeats over every variant and bench) is more than the "
                         f"{MAX_PLAN_SAMPLES:,} one plan holds: lower `repeats`, take a `subset`, or split the grid")
     if problems:
-        raise PlanError(_cannot_run(grid, problems))
+        raise PlanError(_cannot_run(grid, problems), problems)
     return Benches(docs_by_bench, revisions, records)
 
 

@@ -7,6 +7,7 @@ import logging
 import os
 import platform
 import socket
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,12 +27,15 @@ from omk_ray.farm.planner import Plan, make_plan, read_benches
 from omk_ray.farm.preflight import check_cluster
 from omk_ray.farm.progress import FarmProgress
 from omk_ray.farm.scheduler import Scheduler
+from omk_ray.files import DiskFull, disk_full
+from omk_ray.redact import ScrubbingFormatter, grid_secrets, scrub
 from omk_ray.results.folder_lock import writing
 from omk_ray.results.run_records import RunManifest
 from omk_ray.results.store import ResultsStore
 
 log = logging.getLogger("omk_ray.farm")
 FORWARDED_ENV = ("OMK_RAY_DATA_CACHE", "VLLM_CPU_KVCACHE_SPACE", "HF_HUB_OFFLINE")
+MANIFEST_ROOM = 256 * 1024  # bytes kept free for the manifest's last write, besides the grid's size
 
 
 @dataclass
@@ -46,6 +50,15 @@ class RunSummary:
     seconds: float
     status: str
     engines: list[dict] = field(default_factory=list)
+
+
+class RunLogHandler(logging.FileHandler):
+    """run.log: a line that finds the disk full is dropped quietly (the shard or manifest write
+    that meets the full disk next ends the run with a message, not the logging module's traceback)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not disk_full(sys.exc_info()[1] or Exception()):
+            super().handleError(record)
 
 
 class RayStartFailed(RuntimeError):
@@ -129,11 +142,8 @@ def _run_grid(grid, results_root, address, variants, limit_docs, run_id, show_pr
         plan = make_plan(grid, store, model_paths=model_paths, variants=variants, limit_docs=limit_docs,
                          canary_only=canary_only, benches=benches)
     runlog = store.new_run(run_id)
+    runlog.secrets = tuple(grid_secrets(grid))
     runlog.folder.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(runlog.log_path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("omk_ray").addHandler(handler)
-    logging.getLogger("omk_ray").setLevel(logging.INFO)
 
     started = datetime.now(timezone.utc)
     manifest = RunManifest(
@@ -161,13 +171,19 @@ def _run_grid(grid, results_root, address, variants, limit_docs, run_id, show_pr
         took_over_from=asdict(stale) if stale else None,  # a run that died holding the folder
     )
     runlog.write_manifest(manifest)
-    log.info("run %s: %d samples to generate of %d expected", runlog.run_id, plan.missing, plan.expected)
+    handler = RunLogHandler(runlog.log_path)
+    handler.setFormatter(ScrubbingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", runlog.secrets))
+    logging.getLogger("omk_ray").addHandler(handler)
+    logging.getLogger("omk_ray").setLevel(logging.INFO)
 
     t0 = time.monotonic()
     status = "failed"
     ended_because = None
     scheduler = None
     try:
+        # room for the manifest's last write: a run that fills the disk still records how it ended
+        runlog.reserve_room(MANIFEST_ROOM + len(manifest.model_dump_json()))
+        log.info("run %s: %d samples to generate of %d expected", runlog.run_id, plan.missing, plan.expected)
         if plan.missing:
             connect_checked()
             manifest.cluster_resources = ray.cluster_resources()
@@ -192,7 +208,7 @@ def _run_grid(grid, results_root, address, variants, limit_docs, run_id, show_pr
         ended_because = "interrupted (KeyboardInterrupt)"
         raise
     except BaseException as err:
-        ended_because = f"{type(err).__name__}: {err}"[:2000]
+        ended_because = scrub(f"{type(err).__name__}: {err}", runlog.secrets)[:2000]
         raise
     finally:
         engines = [asdict(e) for e in scheduler.engine_stats()] if scheduler else []
@@ -210,9 +226,16 @@ def _run_grid(grid, results_root, address, variants, limit_docs, run_id, show_pr
             "gpus": sorted({g for e in engines if e["info"] for g in e["info"].get("gpus", [])}),
             "ended_because": ended_because,
         })
-        runlog.write_manifest(manifest)
-        logging.getLogger("omk_ray").removeHandler(handler)
-        handler.close()
+        try:
+            runlog.write_manifest(manifest)
+        except DiskFull:
+            if ended_because is None:
+                raise
+            log.error("run %s: the manifest could not record its end (the disk is full)", runlog.run_id)
+        finally:
+            runlog.release_room()
+            logging.getLogger("omk_ray").removeHandler(handler)
+            handler.close()
     return RunSummary(
         run_id=runlog.run_id,
         results=str(store.root),

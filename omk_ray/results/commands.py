@@ -7,7 +7,10 @@ from typing import Optional
 
 import typer
 
+from omk_ray.console import output_console
 from omk_ray.exits import ExitCode, fail
+
+BULK = 10  # `rescore` writes more score changes than this only with --yes
 
 
 def _warn(message: str) -> None:
@@ -44,6 +47,24 @@ def _pairs(values: list[str], option: str, example: str = "TASK=METRIC,FILTER, e
             raise typer.BadParameter(f"{value!r}: expected {example}", param_hint=option)
         out[key] = metric
     return out
+
+
+def _print_changes(reports) -> None:
+    """Every score a rescoring changes (and keeps), one line each."""
+    from omk_ray.console import output_console
+
+    out = output_console()
+    for r in reports:
+        for c in r.changes:
+            out.print(f"{r.variant}/{r.bench} {c.doc_id}#{c.repeat}: {_score(c.old)} -> {_score(c.new)} ({c.why})",
+                      highlight=False, markup=False)
+        for c in r.kept:
+            out.print(f"kept {r.variant}/{r.bench} {c.doc_id}#{c.repeat}: {_score(c.old)} (the same scorer now gives "
+                      f"{_score(c.new)} for the same inputs)", highlight=False, markup=False)
+
+
+def _score(value: float | None) -> str:
+    return "error" if value is None else f"{value:g}"
 
 
 def _report_imports(reports) -> None:
@@ -169,30 +190,56 @@ def register(app: typer.Typer) -> None:
         bench: Optional[str] = typer.Option(None, "--bench", help="only this bench"),
         config: Optional[Path] = typer.Option(None, "--config", help="grid that defines the benches (default: the "
                                                                      "grids recorded by runs and imports)"),
-        dry_run: bool = typer.Option(False, "--dry-run", help="count what would change; write nothing"),
+        dry_run: bool = typer.Option(False, "--dry-run", help="list what would change; write nothing"),
+        yes: bool = typer.Option(False, "--yes", help=f"write even when more than {BULK} scores change"),
+        force: bool = typer.Option(False, "--force", help="also change scores that the same scorer version now "
+                                   "gives differently from the same inputs (kept otherwise)"),
         variant: list[str] = typer.Option([], "--variant", "-v", help="only this variant (repeatable); the "
                                           "others' shards are not touched"),
         wait: bool = typer.Option(False, "--wait", help="wait for the run writing RESULTS instead of refusing"),
     ) -> None:
         """Score stored responses again with the current scorers (no generation).
 
-        A sample whose score or scorer version changes keeps its previous score in its metric
-        map as `score@<previous scorer version>`. Prints how many samples changed score per bench and variant. Each imported variant is scored under the bench record of its own import (its primary metric); --config overrides that.
+        A stored score changes only when its scorer (version) or its inputs (document, target) changed,
+        or it was a scorer error; every change is printed before anything is written, and more than 10 are written only with --yes (else nothing is: a dry run). A sample whose score changes keeps its previous score in its metric map as `score@<previous scorer version>`. Each imported variant is scored under the bench record of its own import (its primary metric); --config overrides that.
         """  # noqa: E501
         from omk_ray.benches.sources import DataError
         from omk_ray.results.folder_lock import FolderBusy
         from omk_ray.results.rescore import RescoreError, rescore as run_rescore
 
         grid = _load_grid(config)
+        refused: list[int] = []
+
+        def confirm(reports) -> bool:
+            _print_changes(reports)
+            total = sum(r.changed for r in reports)
+            if total > BULK and not yes:
+                refused.append(total)
+                return False
+            return True
+
         try:
-            reports = run_rescore(results, bench, grid, dry_run=dry_run, variants=variant or None, wait=wait)
+            reports = run_rescore(results, bench, grid, dry_run=dry_run, variants=variant or None, wait=wait,
+                                  force=force, confirm=confirm)
         except (RescoreError, DataError, FolderBusy) as err:
             fail(str(err))
+        if dry_run:
+            _print_changes(reports)
+        written = not dry_run and not refused
         _print_rows([{"bench": r.bench, "variant": r.variant, "samples": r.rows, "changed": r.changed,
-                      "scorer errors": r.errors,
+                      "kept": len(r.kept), "restamped": r.restamped, "scorer errors": r.errors,
                       "previous scorers": ", ".join(sorted(r.scorer_versions)),
-                      "shards rewritten": 0 if dry_run else r.shards} for r in reports if not r.skipped],
-                    "rescored (dry run)" if dry_run else "rescored")
+                      "shards rewritten": r.shards} for r in reports if not r.skipped],
+                    "rescored" if written else "rescored (dry run: nothing written)")
+        changed = sum(r.changed for r in reports)
+        kept = sum(len(r.kept) for r in reports)
+        output_console().print(
+            f"{changed} score(s) {'changed' if written else 'would change'}"
+            + (f", {kept} kept (same scorer and inputs; --force writes them)" if kept else "")
+            + ("" if written else "; nothing written"), highlight=False)
+        if refused:
+            fail(f"{refused[0]} stored scores would change (more than {BULK}): nothing written; check the "
+                 "changes above, then rerun with --yes to write them")
         skipped = [r for r in reports if r.skipped]
         for r in skipped:
             _warn(f"skipped {r.bench} ({r.variant}): {r.skipped}")

@@ -17,6 +17,15 @@ scored by that record, never by another variant's or a run's grid (only `--confi
 each variant's rows are rescored under the primary metric they were imported with. `variants`
 limits the rescoring to those variants; the others' shards are not touched.
 
+A stored score changes only when the scorer or its inputs changed: the scorer's version differs
+from the one the row records, the row's document differs from the bench's (its `doc_hash` or its
+target), or the row held a scorer error. A row that the same scorer now scores differently from
+the same inputs (a scorer that changed without a new version, a bench option edited) keeps its
+stored score: it is reported as `kept` and written only with `force`. Every change is in the
+report (`BenchRescore.changes`) and `confirm(reports)`, when given, sees them all before anything
+is written: it returns False to write nothing (`omk-ray rescore` prints them, and writes more
+than 10 only with `--yes`).
+
 A rescoring that writes holds the results folder's writer lock (`results/folder_lock.py`) from
 start to end: it is refused while a run or an import writes the folder (or waits, `wait`).
 An lm-eval bench is scored from its docs (imported docs first, else its data); a code task
@@ -55,21 +64,42 @@ class RescoreError(RuntimeError):
     """A bench that cannot be scored again; the message says why."""
 
 
+@dataclass(frozen=True)
+class ScoreChange:
+    """One stored score that rescoring changes (or, `kept`, would change without a reason)."""
+
+    doc_id: str
+    repeat: int
+    old: float | None
+    new: float | None
+    why: str  # what changed: the scorer's version, the document, a scorer error before; or "forced"
+
+
 @dataclass
 class BenchRescore:
     bench: str
     variant: str = ""
     rows: int = 0
-    changed: int = 0
+    changed: int = 0  # scores that change (written unless a dry run or refused)
     errors: int = 0
     scorer_versions: set[str] = field(default_factory=set)
     shards: int = 0
     skipped: str | None = None  # why this bench could not be scored again
+    changes: list[ScoreChange] = field(default_factory=list)
+    kept: list[ScoreChange] = field(default_factory=list)  # same scorer, same inputs, another score: not written
+    restamped: int = 0  # rows whose score stays but whose scorer version or metrics are brought up to date
 
 
 # Scores a shard's rows at once (code benches run their programs in parallel); a failed row's
 # entry is the exception.
 Scorer = Callable[[list[dict[str, Any]]], list[Score | Exception]]
+
+
+@dataclass(frozen=True)
+class RowScorer:
+    score: Scorer
+    version: str
+    inputs_changed: Callable[[dict[str, Any]], str | None] = lambda row: None  # what of the row's doc changed
 
 
 def rescore(
@@ -79,17 +109,20 @@ def rescore(
     dry_run: bool = False,
     variants: list[str] | None = None,
     wait: bool = False,
+    force: bool = False,
+    confirm: Callable[[list[BenchRescore]], bool] | None = None,
 ) -> list[BenchRescore]:
     """Rescore every variant's shards of every bench (or of `bench`, of `variants`); one report per
-    bench and variant. Writes nothing with `dry_run`; otherwise holds the folder's writer lock."""
+    bench and variant. Writes nothing with `dry_run`, or when `confirm(reports)` returns False;
+    otherwise holds the folder's writer lock. `force` writes the kept changes too."""
     if dry_run:
-        return _rescore(ResultsStore(results_root), bench, grid, True, variants)
+        return _rescore(ResultsStore(results_root), bench, grid, True, variants, force, confirm)
     with writing(results_root, "rescore", wait=wait):
-        return _rescore(ResultsStore(results_root), bench, grid, False, variants)
+        return _rescore(ResultsStore(results_root), bench, grid, False, variants, force, confirm)
 
 
 def _rescore(store: ResultsStore, bench: str | None, grid: GridConfig | None, dry_run: bool,
-             variants: list[str] | None) -> list[BenchRescore]:
+             variants: list[str] | None, force: bool, confirm) -> list[BenchRescore]:
     shards = [p for p in store.shard_paths() if (bench is None or p.parent.name == bench)
               and (variants is None or p.parent.parent.name in variants)]
     if not shards:
@@ -113,8 +146,8 @@ def _rescore(store: ResultsStore, bench: str | None, grid: GridConfig | None, dr
                 raise RescoreError(
                     f"bench {name!r}: no definition found (give `--config GRID`, or import it with `omk-ray import`)"
                 )
-            score, version = make_scorer(store, spec)
-            changes = [(path, _rescored(path, score, version, report)) for path in paths]  # nothing written yet
+            scorer = make_scorer(store, spec)
+            changes = [(path, _rescored(path, scorer, report, force)) for path in paths]  # nothing written yet
         except RescoreError as err:
             if bench is not None:  # the one bench asked for: its failure is the answer
                 raise
@@ -122,9 +155,11 @@ def _rescore(store: ResultsStore, bench: str | None, grid: GridConfig | None, dr
             continue
         reports.append(report)
         scored.append((report, changes))
+    if dry_run or (confirm is not None and not confirm(reports)):
+        return reports
     for report, changes in scored:  # written once every bench asked for has scored: a refusal writes nothing
         for path, changed in changes:
-            if changed and not dry_run:
+            if changed:
                 _apply(path, changed)
                 report.shards += 1
     return reports
@@ -145,10 +180,10 @@ def bench_specs(store: ResultsStore, grid: GridConfig | None = None) -> dict[str
     return specs
 
 
-def make_scorer(store: ResultsStore, spec: BenchSpec) -> tuple[Scorer, str]:
-    """A function row -> Score for the bench, and the scorer's version."""
-    if spec.kind == PROGRAM_TESTS:
-        return _program_scorer(spec), f"omk-ray-sandbox:{spec.options.get('task', spec.name)}"
+def make_scorer(store: ResultsStore, spec: BenchSpec) -> RowScorer:
+    """The bench's scorer of stored rows, its version, and what tells a row's document changed."""
+    if spec.kind == PROGRAM_TESTS:  # the row holds its tests (target): its inputs are the row's own
+        return RowScorer(_program_scorer(spec), f"omk-ray-sandbox:{spec.options.get('task', spec.name)}")
     try:
         bench = make_bench(spec)
     except (KeyError, ValueError, DataError) as err:
@@ -173,11 +208,21 @@ def make_scorer(store: ResultsStore, spec: BenchSpec) -> tuple[Scorer, str]:
         pairs = [(doc_for(r["doc_id"]), Completion(text=r["response"] or "", reasoning=r.get("reasoning"))) for r in rows]
         return score_guarded(bench, pairs)
 
+    def inputs_changed(row: dict[str, Any]) -> str | None:
+        if row["doc_id"] in imported:
+            return None  # the doc as imported with the row: it changes only with the row
+        doc = doc_for(row["doc_id"])
+        if row.get("doc_hash") and row["doc_hash"] != doc.hash:
+            return "its document changed"
+        if row.get("target") is not None and doc.target is not None and row["target"] != doc.target:
+            return f"its target changed ({row['target']!r} -> {doc.target!r})"
+        return None
+
     try:
         version = bench.scorer_version
     except (OSError, ValueError, DataError) as err:
         raise RescoreError(f"bench {spec.name!r}: {err}") from None
-    return score, version
+    return RowScorer(score, version, inputs_changed)
 
 
 def _imported_docs(store: ResultsStore, bench: str) -> dict[str, dict]:
@@ -214,8 +259,9 @@ def _program_scorer(spec: BenchSpec) -> Scorer:
     return score
 
 
-def _rescored(path: Path, score: Scorer, version: str, report: BenchRescore) -> dict[int, dict[str, Any]]:
-    """The new values of the rows of one shard that change (row index -> columns); nothing is written."""
+def _rescored(path: Path, scorer: RowScorer, report: BenchRescore, force: bool = False) -> dict[int, dict[str, Any]]:
+    """The new values of the rows of one shard that change (row index -> columns); nothing is written.
+    A score changes only for a reason (`_why`); without one it is `kept` (unless `force`)."""
     problem = shard_problem(path)
     if problem:
         raise RescoreError(f"{path}: unreadable shard ({problem}); see `omk-ray doctor`")
@@ -224,9 +270,10 @@ def _rescored(path: Path, score: Scorer, version: str, report: BenchRescore) -> 
     except (pa.ArrowException, OSError) as err:
         raise RescoreError(f"{path}: unreadable shard ({err}); see `omk-ray doctor`") from None
     report.rows += len(rows)
+    version = scorer.version
     scorable = [(i, r) for i, r in enumerate(rows) if not (r["error"] and not r["response"])]  # no response: nothing to score
     changes = {}
-    for (i, row), new in zip(scorable, score([r for _, r in scorable])):
+    for (i, row), new in zip(scorable, scorer.score([r for _, r in scorable])):
         if isinstance(new, ScorerUnavailable):
             raise RescoreError(f"bench {path.parent.name!r}: {new}")
         old_score, old_version, old_error = row["score"], row["scorer_version"] or "unknown", row["error"]
@@ -238,11 +285,19 @@ def _rescored(path: Path, score: Scorer, version: str, report: BenchRescore) -> 
         elif (old_error or "").startswith("scorer error"):
             error = None  # the current scorer copes with this response
         new_score = None if error else new.score  # an error row's score is null (make_row)
-        changed = not _same(old_score, new_score)
-        report.changed += changed
         report.scorer_versions.add(old_version)
-        if not changed and old_version == version and error == old_error:
-            continue
+        if _same(old_score, new_score) and error == old_error:
+            if old_version == version:
+                continue
+            report.restamped += 1  # the same score, now under the current scorer's version
+        else:
+            why = _why(row, version, scorer.inputs_changed)
+            change = ScoreChange(row["doc_id"], row["repeat"], old_score, new_score, why or "forced")
+            if why is None and not force:
+                report.kept.append(change)
+                continue
+            report.changes.append(change)
+            report.changed += 1
         metrics = {k: v for k, v in dict(row["metrics"] or []).items() if "@" in k or k in KEEP_FLAGS}
         metrics.update(new.metrics)
         if old_version != version and old_score is not None:
@@ -250,6 +305,15 @@ def _rescored(path: Path, score: Scorer, version: str, report: BenchRescore) -> 
         changes[i] = dict(score=new_score, correct=None if error else new.correct, extracted_answer=new.extracted,
                           metrics=metrics, scorer_version=version, isolation=new.isolation, error=error)
     return changes
+
+
+def _why(row: dict[str, Any], version: str, inputs_changed: Callable[[dict[str, Any]], str | None]) -> str | None:
+    """Why a stored score may change: its scorer or its inputs changed (None: neither did)."""
+    if (row["scorer_version"] or "unknown") != version:
+        return f"scorer {row['scorer_version'] or 'unknown'} -> {version}"
+    if (row["error"] or "").startswith("scorer error"):
+        return "its scorer failed before"
+    return inputs_changed(row)
 
 
 def _apply(path: Path, changes: dict[int, dict[str, Any]]) -> None:

@@ -44,7 +44,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
-from omk_ray.files import write_text_atomic, written_aside
+from omk_ray.files import DiskFull, disk_full, write_bytes_atomic, write_text_atomic, written_aside
+from omk_ray.redact import scrub_all
 from omk_ray.results.run_records import EventKind, RunEvent, RunManifest, RunRecords
 from omk_ray.results.schema import COLUMNS, NEVER_RUNS, RESUME_KEY, SAMPLE_SCHEMA, schema_problems
 
@@ -207,8 +208,17 @@ class ResultsStore:
         return readable
 
 
+ERROR_FIELDS = frozenset({"error", "reason", "reasons", "ended_because"})  # free text: where a secret may be echoed
+
+
 class RunLog:
-    """One invocation of `omk-ray run`: its manifest and its event log."""
+    """One invocation of `omk-ray run`: its manifest and its event log.
+
+    A run keeps room on its device for its manifest's last write (`reserve_room`, released by
+    `release_room`): a run that fills the disk still records how it ended (`ended_because`).
+    """
+
+    ROOM = ".manifest-room"
 
     def __init__(self, folder: Path, run_id: str):
         self.folder = folder
@@ -216,13 +226,31 @@ class RunLog:
         self.manifest_path = folder / "manifest.json"
         self.events_path = folder / "events.jsonl"
         self.log_path = folder / "run.log"
+        self.room_path = folder / self.ROOM
+        self.secrets: tuple[str, ...] = ()  # values scrubbed from events besides the environment's keys (`redact`)
 
     def write_manifest(self, manifest: RunManifest | dict[str, Any]) -> None:
-        """The one writer of the manifest: whatever is written reads back as a `RunManifest`."""
+        """The one writer of the manifest: whatever is written reads back as a `RunManifest`. On a full
+        device it gives up the room the run reserved and tries once more (`DiskFull` if that fails too)."""
         if not isinstance(manifest, RunManifest):
             manifest = RunManifest.model_validate(manifest)
         self.folder.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.manifest_path, json.dumps(manifest.model_dump(), indent=2, default=str))
+        text = json.dumps(manifest.model_dump(), indent=2, default=str)
+        try:
+            write_text_atomic(self.manifest_path, text)
+        except DiskFull:
+            if not self.room_path.exists():
+                raise
+            self.release_room()
+            write_text_atomic(self.manifest_path, text)
+
+    def reserve_room(self, nbytes: int) -> None:
+        """Hold `nbytes` on the run folder's device for the manifest's last write (`DiskFull` if there is none)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(self.room_path, bytes(nbytes))
+
+    def release_room(self) -> None:
+        self.room_path.unlink(missing_ok=True)
 
     def records(self) -> RunRecords:
         """The one reader of the run: its manifest and events, typed (run_records.py)."""
@@ -242,11 +270,15 @@ class RunLog:
         return manifest
 
     def event(self, kind: EventKind | str, **fields: Any) -> None:
-        """Append one event; `kind` must be an `EventKind` (a ValueError names any other)."""
+        """Append one event; `kind` must be an `EventKind` (a ValueError names any other). Secrets are
+        scrubbed first (`omk_ray.redact`; an engine's error may echo its API key): known secret values
+        everywhere, key-shaped tokens too in the error texts (ERROR_FIELDS)."""
         record = RunEvent(event=EventKind(kind), time=datetime.now(timezone.utc).isoformat(), **fields)
         self.folder.mkdir(parents=True, exist_ok=True)
-        with self.events_path.open("a") as f:
-            f.write(json.dumps(record.model_dump(exclude_unset=True), default=str) + "\n")
+        fields = {k: scrub_all(v, self.secrets, shapes=k in ERROR_FIELDS)
+                  for k, v in record.model_dump(exclude_unset=True).items()}
+        line = json.dumps(fields, default=str) + "\n"
+        append_line(self.events_path, line)
 
     def events(self) -> list[dict[str, Any]]:
         if not self.events_path.exists():
@@ -258,6 +290,25 @@ class RunLog:
             except json.JSONDecodeError:
                 continue  # a line cut short by a killed driver
         return out
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append `line` in one write; on a full device the file is cut back to where it was (no torn
+    line for the next one to run into) and `DiskFull` names it."""
+    data = line.encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        end = os.fstat(fd).st_size
+        try:
+            if os.write(fd, data) != len(data):
+                raise DiskFull(path)
+        except OSError as err:
+            os.ftruncate(fd, end)
+            if disk_full(err):
+                raise DiskFull(path) from err
+            raise
+    finally:
+        os.close(fd)
 
 
 def write_parquet(table: pa.Table, final: Path) -> Path:

@@ -21,7 +21,7 @@ from typing import Optional
 import typer
 
 from omk_ray.exits import error, fail
-from omk_ray.files import write_text_atomic
+from omk_ray.files import not_utf8, write_text_atomic
 
 
 @contextmanager
@@ -46,6 +46,24 @@ def _pairs(values: list[str], option: str) -> dict[str, float]:
         if not sep or not key.strip():
             raise typer.BadParameter(f"expected NAME=NUMBER, got {value!r}", param_hint=option)
     return out
+
+
+def _read_summary(path: Path) -> dict:
+    """A `dropmap --summary` file, or a ValueError naming it and what is wrong."""
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such summary file") from None
+    except OSError as err:
+        raise ValueError(f"{path}: cannot be read ({err.strerror or err})") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(not_utf8(path, err)) from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON: {err}") from None
+    if not isinstance(info, dict) or not isinstance(info.get("protected", {}), (dict, type(None))):
+        raise ValueError(f"{path}: not a drop-map summary (a JSON object whose `protected` maps layers to expert "
+                         "ids, as `omk-ray dropmap --summary` writes)")
+    return info
 
 
 def _write_json(path: Path, data, force: bool) -> None:
@@ -192,16 +210,21 @@ def register(app: typer.Typer) -> None:
         max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="Largest output shard, e.g. 2GB."),
     ):
         """Streaming expert surgery: slice experts and routers, renumber, update num_experts."""
-        from omk_ray.variants.dropmap import load_drop_map
+        from omk_ray.variants.dropmap import DropMapError, load_drop_map
         from omk_ray.variants.surgery import prune_checkpoint
 
         with _clear_errors():
             protected, provenance = None, {}
             if summary:
-                info = json.loads(summary.read_text())
+                info = _read_summary(summary)
                 protected, provenance = info.get("protected"), {"strategy": info.get("params")}
-            path = prune_checkpoint(model, load_drop_map(drop_map), out, provenance,
-                                    protected=protected, max_shard_size=max_shard_size)
+            drops = load_drop_map(drop_map)
+            try:
+                path = prune_checkpoint(model, drops, out, provenance, protected=protected,
+                                        max_shard_size=max_shard_size)
+            except DropMapError as err:  # the map read well but does not fit this checkpoint (or the protections)
+                against = f"checkpoint {model}" + (f" and the protections of {summary}" if summary else "")
+                raise DropMapError(f"{drop_map}: {err} (checked against {against})") from None
         typer.echo(f"wrote {path}")
 
     @app.command("quantize")

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
+from omk_ray.files import not_utf8
 from omk_ray.variants.cdscores import (
     CRITERIA, FIELDS, NEEDS, SUBCLASS_SEPARATOR, class_stats, combine_fields, criterion_scores, has_field,
     validate_cd,
@@ -321,7 +322,9 @@ def load_drop_map(path: str | Path) -> dict[str, list[int]]:
     if not path.is_file():
         raise DropMapError(f"{path}: no such drop-map file")
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise DropMapError(not_utf8(path, err)) from None
     except json.JSONDecodeError as err:
         raise DropMapError(f"{path}: not valid JSON: {err}") from None
     try:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from omk_ray.files import not_utf8
 from omk_ray.variants.checkpoint import (
     PROVENANCE_NAME, CheckpointError, OutTensor, SourceTensor, parse_size, publish, read_tensors, rows, whole,
     write_model,
@@ -203,12 +204,18 @@ def check_layers(layers: dict[int, MoELayer], num_experts: int, expected: set[in
 
 def load_config(model_dir: Path) -> dict[str, Any]:
     path = model_dir / "config.json"
+    if not model_dir.is_dir():
+        raise SurgeryError(f"{model_dir}: no such checkpoint folder")
     if not path.is_file():
         raise SurgeryError(f"{model_dir}: no config.json (is this a Hugging Face checkpoint folder?)")
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise SurgeryError(not_utf8(path, err)) from None
     except json.JSONDecodeError as err:
         raise SurgeryError(f"{path}: not valid JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise SurgeryError(f"{path}: not a model config (a JSON object)")
     if list(find_keys(config, ("quantization_config",), int_only=False)):
         raise SurgeryError(f"{path}: the checkpoint is quantized; prune the unquantized model, then quantize")
     return config

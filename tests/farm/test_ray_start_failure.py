@@ -32,3 +32,24 @@ def test_a_ray_start_failure_is_a_message_and_the_manifest_says_why(tmp_path):
     assert status.returncode == 0, status.stderr
     run_id = results.glob("runs/*").__next__().name
     assert f"run {run_id} ended on RayStartFailed: could not start a local Ray" in status.stdout, status.stdout
+
+
+def test_the_manifest_records_why_a_run_ended_without_its_secrets(tmp_path):
+    """The error that ended the run (here Ray's, naming a path that holds the key) is stored scrubbed of the
+    value of the grid's `api_key_env`, whatever that variable is called."""
+    key = "cred-value-4f9a2b"
+    config = write_grid(tmp_path / "grid.yaml",
+                        [{"name": "a", "engine": "echo", "model": "m"},
+                         {"name": "o", "engine": "openai", "model": "m",
+                          "engine_args": {"extra": {"base_url": "http://127.0.0.1:9/v1",
+                                                    "api_key_env": "ENDPOINT_CRED"}}}],
+                        [{"name": "b", "kind": "jsonl", "source": str(write_bench(tmp_path / "b.jsonl", 2))}])
+    (tmp_path / "a-file").write_text("")
+    results = tmp_path / "results"
+    env = {**os.environ, "RAY_TMPDIR": str(tmp_path / "a-file" / key), "ENDPOINT_CRED": key}
+    done = subprocess.run([sys.executable, "-m", "omk_ray", "run", str(config), "--results", str(results),
+                           "--no-progress", "--variant", "a"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    [manifest] = [json.loads(p.read_text()) for p in results.glob("runs/*/manifest.json")]
+    assert manifest["ended_because"].startswith("RayStartFailed: could not start a local Ray: NotADirectoryError")
+    assert "[redacted]" in manifest["ended_because"] and key not in json.dumps(manifest)

@@ -95,3 +95,25 @@ def test_status_derives_died_from_the_records(tmp_path, recorded, writer, shown)
     run = ResultsStore(tmp_path).new_run("r1")
     run.write_manifest({"run_id": "r1", "status": recorded})
     assert run.records().status(writer) == shown
+
+
+def test_events_are_scrubbed_of_secrets_before_they_are_written(tmp_path, monkeypatch):
+    """An engine error echoing the API key (an env value, or one the run names) never reaches events.jsonl;
+    hashes and paths outside the error texts stay as they are."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-env-value-0123456789")
+    run = ResultsStore(tmp_path).new_run("r1")
+    run.write_manifest({"run_id": "r1"})
+    run.secrets = ("endpoint cred 42",)  # a grid's `api_key_env` value, whatever the variable's name
+    commit = "/hub/snapshots/0123456789abcdef0123456789abcdef01234567/config.json"
+    run.event(EventKind.ENGINE_START_FAILED, engine="e", variant="v",
+              error="HTTP 401: key sk-env-value-0123456789 refused; got endpoint cred 42; "
+                    "Authorization: Bearer abc.def")
+    run.event(EventKind.SAMPLES_FAILED, variant="v", bench="b", doc_ids=["d#0"],
+              reason="failed 2 times: echo endpoint cred 42")
+    run.event(EventKind.ENGINE_STARTED, name="e", info={"model": commit, "note": "endpoint cred 42"})
+    text = run.events_path.read_text()
+    assert "sk-env-value" not in text and "endpoint cred 42" not in text and "abc.def" not in text
+    events = run.records().events
+    assert events[0].error == "HTTP 401: key [redacted] refused; got [redacted]; Authorization: [redacted]"
+    assert events[1].reason == "failed 2 times: echo [redacted]"
+    assert events[2].info == {"model": commit, "note": "[redacted]"}  # a known value everywhere; shapes in errors only
