@@ -164,7 +164,9 @@ def test_several_variants_side_by_side_with_a_stopped_one(tmp_path):
     card = to_card(compare(tmp_path, CompareOptions(baseline="toy", resamples=200)),
                    CardOptions(stats=("median", "mean", "p95", "max", "total")))
     assert "| Bench (n) | toy | geomean | max | Δ geomean | Δ max |" in card
-    assert "| toy (40) | 90.00% ±4.80 | stopped by canary | 75.00% ±6.93 | — | −15.00pp |" in card
+    # k/n beside pass/fail scores; Δ with its verdict (McNemar 9 lost vs 3 gained: p = 0.146) and its power (MDE 24.2pp)
+    assert ("| toy (40) | 90.00% ±4.80 (36/40) | stopped by canary | 75.00% ±6.93 (30/40) | — | "
+            "−15.00pp (not significant; below MDE) |") in card
     assert f"Stopped: geomean stopped by its canary before its full run ({REASON})." in card
     assert "| Bench | Variant | median | mean | p95 | max | total tokens |" in card
     token_rows = [line.split(" | ")[1] for line in card.splitlines() if line.startswith("| toy | ")]
@@ -200,6 +202,8 @@ def test_the_cards_domain_marks_are_the_computed_resolution(tmp_path):
     domains = {r["domain"]: r for r in c.rows("domains") if r["level"] == "domain"}
     assert (domains["a"]["detectable"], domains["z"]["detectable"]) == (True, False)
     card = to_card(c)
-    assert "| a | 20 | 100.0% | 25.0% | −75.0 (detectable) |" in card
-    assert "| z | 20 | 100.0% | 95.0% | −5.0 (below MDE) |" in card
-    assert "1 problem" not in card
+    # a: 15 lost, 0 gained (McNemar p = 2^-14, Holm x2); z: 1 lost (p = 1): the verdict, then power information
+    assert (domains["a"]["p_holm"], domains["z"]["p_holm"]) == (pytest.approx(2 * 2 ** -14), 1.0)
+    assert "| a | 20 | 100.0% | 25.0% | −75.0 (significant) |" in card
+    assert "| z | 20 | 100.0% | 95.0% | −5.0 (not significant; below MDE) |" in card
+    assert "1 problem" not in card and "detectable" not in card
