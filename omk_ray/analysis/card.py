@@ -140,8 +140,6 @@ def facts_footnote(basis: dict[str, list[str]]) -> str:
 
 
 def _scores(c: Comparison, options: CardOptions) -> Section:
-    binary = {r["bench"] for r in c.rows("scoreboard") if r["binary"]}
-
     def score(r: dict | None, n: int) -> str:
         if r is None:
             return "—"
@@ -150,7 +148,7 @@ def _scores(c: Comparison, options: CardOptions) -> Section:
         text = pct(r["score"])
         if options.stderr and r["stderr_pp"] == r["stderr_pp"]:  # NaN (one problem) has none
             text += f" ±{r['stderr_pp']:.2f}"
-        if options.counts and r["bench"] in binary:
+        if options.counts and r["binary"]:
             return text + f" ({r['correct']}/{r['n']})"
         return text + (f" (n={r['n']})" if r["n"] != n else "")
 

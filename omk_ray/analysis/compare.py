@@ -65,7 +65,7 @@ SCHEMAS = {
     ]),
     "headline": pa.schema([
         ("bench", _STR), ("variant", _STR), ("role", _STR), ("n", _I), ("score", _F), ("stderr_pp", _F),
-        ("correct", _I), ("status", _STR), ("canary", _STR), ("canary_reasons", pa.list_(_STR)),
+        ("correct", _I), ("binary", _B), ("status", _STR), ("canary", _STR), ("canary_reasons", pa.list_(_STR)),
     ]),
     "agreement": pa.schema([
         ("bench", _STR), ("variant", _STR), ("n", _I), ("both_correct", _I), ("both_wrong", _I), ("lost", _I),

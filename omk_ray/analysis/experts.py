@@ -142,15 +142,15 @@ def variant_drop_map(store: ResultsStore, variant: str) -> tuple[dict[str, list[
     if not path:
         return None, f"no run manifest names the checkpoint of {variant!r}"
     provenance = Path(path) / PROVENANCE_NAME
-    shown = Path(*Path(path).parts[-2:])  # the card names the checkpoint, not this machine's folders
+    # the card names the variant, not this machine's folders
     if not provenance.is_file():
-        return None, f"{shown} has no {PROVENANCE_NAME} (drops no experts?)"
+        return None, f"its checkpoint has no {PROVENANCE_NAME}, so no drop map is recorded"
     record = json.loads(provenance.read_text())
     while record is not None and "drop_map" not in record:
         record = record.get("base_provenance")  # a quantized variant: the pruned checkpoint it came from
     if record is None:
-        return None, f"{shown / PROVENANCE_NAME} records no drop map"
-    return record["drop_map"], str(provenance)
+        return None, f"its checkpoint's {PROVENANCE_NAME} records no drop map"
+    return record["drop_map"], f"{variant}'s {PROVENANCE_NAME}"
 
 
 # -- the tables ---------------------------------------------------------------------------------
