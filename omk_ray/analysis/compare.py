@@ -61,7 +61,7 @@ SCHEMAS = {
         ("variant", _STR), ("role", _STR), ("model", _STR), ("total_params", _F), ("expert_params", _F),
         ("active_params", _F), ("moe_layers", _I), ("experts_per_layer", _I), ("base_experts", _I),
         ("dropped_per_layer", _I), ("top_k", _I), ("quantization", _STR), ("drop_map", _STR), ("source", _STR),
-        ("capacity_removed_pct", _F), ("recipe", _STR),
+        ("capacity_removed_pct", _F), ("recipe", _STR), ("basis", pa.list_(_STR)),
     ]),
     "headline": pa.schema([
         ("bench", _STR), ("variant", _STR), ("role", _STR), ("n", _I), ("score", _F), ("stderr_pp", _F),
