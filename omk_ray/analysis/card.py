@@ -264,8 +264,8 @@ def _domain_table(c: Comparison, header: str, labels: dict[str, dict[str, dict]]
             if r is None:
                 line.append("—")
                 continue
-            shown_zero = abs(r["delta_pp"]) < 0.05  # a Δ shown as 0.0: its verdict, no power to speak of
-            line.append(signed(r["delta_pp"], 1, "") + f" ({verdict(r) if shown_zero else judged(r)})")
+            shown_zero = abs(r["delta_pp"]) < 0.05 and not r["significant"]  # no mark (the legend says why)
+            line.append(signed(r["delta_pp"], 1, "") + ("" if shown_zero else f" ({judged(r)})"))
         rows.append(line)
     deltas = ["Δpp"] if len(scored) == 1 else [f"Δpp {v}" for v in scored]
     return Table([header, "n", c.baseline, *scored, *deltas], rows, [False] + [True] * (2 + 2 * len(scored)))

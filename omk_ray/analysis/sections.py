@@ -114,7 +114,8 @@ def significance_legend(correction: str) -> str:
             f"information, not a verdict: |Δ| is smaller than the MDE, the smallest difference the comparison "
             f"detects with {POWER:.0%} power at p ≤ {ALPHA:g} given its n and how often the two disagree. A "
             f"{SIGNIFICANT} Δ stays {SIGNIFICANT} when it is {BELOW_MDE}; a Δ that is {NOT_SIGNIFICANT} and "
-            f"{BELOW_MDE} is no evidence that the two are equal (the comparison is too small to tell).")
+            f"{BELOW_MDE} is no evidence that the two are equal (the comparison is too small to tell). A Δ shown as "
+            "0 is not significant and carries no mark.")
 
 
 def on_k(k: int, n: int) -> str:
@@ -321,8 +322,8 @@ def delta_cell(head: dict | None, r: dict | None, n: int) -> str:
     if r is None:
         return NO_BASELINE if head is not None and head.get("no_baseline") else "—"
     text = signed(r["delta_pp"]) + on_k(r["n"], n)
-    if round(abs(r["delta_pp"]), 2) == 0:
-        return f"{text} ({verdict(r)})"  # a Δ shown as 0 has no power to speak of
+    if round(abs(r["delta_pp"]), 2) == 0 and not r["significant"]:
+        return text  # a Δ shown as 0: not significant (the legend says so), no power to speak of
     return f"{text} ({judged(r)})"
 
 

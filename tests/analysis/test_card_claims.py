@@ -49,7 +49,7 @@ def test_a_significant_difference_below_the_mde_reads_significant(tmp_path):
     assert not board["toy-nvfp4"]["significant"] and not board["toy-hf"]["significant"]
     card = to_card(c)
     assert "| −3.50pp (significant; below MDE) |" in card
-    assert "| −0.50pp (not significant; below MDE) |" in card and "| 0.00pp (not significant) |" in card
+    assert "| −0.50pp (not significant; below MDE) |" in card and "| 0.00pp |" in card
     assert "significant: its paired test (exact McNemar for pass/fail, paired bootstrap for graded scores) gives " \
            "p ≤ 0.05 after Holm's correction over every variant × bench" in card
     assert "below MDE: power information, not a verdict" in card
