@@ -187,7 +187,7 @@ def _both_recorded(declared: Declared, bench: str, baseline: str, b: Setup, vari
 def recipe_difference(bench: str, baseline: str, base: dict, variant: str, mine: dict) -> str:
     """"lcb_medium: 98e-v4 ran another recipe than 128e (98e-v4: enable_thinking=True, ...; 128e: ...)"."""
     keys = [k for k in dict.fromkeys([*SAMPLER_KEYS, *base, *mine])
-            if k not in ("source", "repeats") and base.get(k) != mine.get(k)]
+            if k not in ("source", "unstated", "repeats") and base.get(k) != mine.get(k)]
     return (f"{bench}: {variant} ran another recipe than {baseline} ({variant}: "
             f"{', '.join(f'{k}={mine.get(k)}' for k in keys)}; {baseline}: "
             f"{', '.join(f'{k}={base.get(k)}' for k in keys)}), as recorded on import")

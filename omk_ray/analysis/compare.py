@@ -190,7 +190,8 @@ def compare(results: str | Path, options: CompareOptions) -> Comparison:
     notes.extend(f"{b}: no samples of {v}" for v in scored for b in paired_benches if (v, b) not in have)
     lengths = token_lengths(rows)
     recipes = _recipes(rows, declared)
-    caps = {key: r["max_gen_toks"] for key, r in recipes.items() if r and r.get("max_gen_toks")}
+    caps = {key: r["max_gen_toks"] for key, r in recipes.items()  # only a cap someone stated (log, grid, --recipe)
+            if r and r.get("max_gen_toks") and "max_gen_toks" not in (r.get("unstated") or [])}
     tables = _tables(rows, paired, guard, primary, declared, options, canary, lengths, correction, all_rows, errors,
                      caps)
     tables["headline"] = pa.Table.from_pylist(

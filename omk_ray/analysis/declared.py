@@ -121,7 +121,7 @@ def _read_imported_recipes(store: ResultsStore, declared: Declared) -> None:
         if fields is None:
             declared.unrecorded.add((variant, bench))
             continue
-        recipe = {k: v for k, v in fields.items() if k != "source"}
+        recipe = {k: v for k, v in fields.items() if k not in ("source", "unstated")}
         try:
             declared.recipes[(variant, bench, Recipe(**recipe).hash)] = fields
         except ValueError as err:

@@ -166,7 +166,7 @@ def sampler_text(recipe: dict | None) -> str:
     if recipe.get("enable_thinking"):
         budget = recipe.get("thinking_budget")
         parts.append("thinking on" + (f" (budget {budget:,})" if budget else ""))
-    if recipe.get("max_gen_toks"):
+    if recipe.get("max_gen_toks") and "max_gen_toks" not in (recipe.get("unstated") or []):
         parts.append(f"max_gen_toks {recipe['max_gen_toks']:,}")
     return ", ".join(parts)
 

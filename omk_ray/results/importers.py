@@ -96,6 +96,7 @@ class ImportReport:
     unit: str = ""
     recipe: Recipe | None = field(default=None, repr=False)  # None: the import recorded none
     recipe_source: str | None = None  # "log", "grid", "log, --recipe", ...
+    recipe_unstated: list[str] = field(default_factory=list)  # recipe keys nothing stated (defaults filled in)
 
     @property
     def reproduced(self) -> bool:
@@ -227,12 +228,12 @@ def import_recipe(logged: Recipe | None, grid: GridConfig | None, variant: str, 
     spec = next((v for v in grid.variants if v.name == variant), None) if grid else None
     bench_spec = next((b for b in grid.benches if b.name == bench), None) if grid else None
     fields: dict[str, Any] | None = None
+    overrides = _grid_overrides(grid, variant, bench)
     sources = []
     if logged is not None:
         fields, sources = logged.model_dump(), ["log"]
     elif grid is not None and bench_spec is not None:
         fields, sources = {**grid.recipe.model_dump(), **bench_spec.recipe}, ["grid"]
-    overrides = {**spec.recipe_overrides.get("*", {}), **spec.recipe_overrides.get(bench, {})} if spec else {}
     if fields is not None and overrides:
         fields = {**fields, **overrides}
         sources.append("grid override")
@@ -330,6 +331,9 @@ def _import_one(
     spec = spec.model_copy(update={"options": {**spec.options, "primary_metric": primary}})
 
     recipe, recipe_source = import_recipe(_recipe(results, config, samples[0]), grid, variant, spec.name, given_recipe)
+    gen = {**(config.get("generation_kwargs") or {}), **((results.get("config") or {}).get("gen_kwargs") or {})}
+    overridden = set(given_recipe or {}) | set(_grid_overrides(grid, variant, spec.name))
+    unstated = [k for k in ("max_gen_toks",) if not gen.get(k) and k not in overridden]  # the default filled in
     fingerprint = stable_hash({"imported_from": results.get("model_name"), "variant": variant,
                                "model_args": (results.get("config") or {}).get("model_args")})
     started = _timestamp(results.get("date"))
@@ -387,7 +391,7 @@ def _import_one(
     for key in metric_keys:
         report.aggregates[key] = (float(logged[key]), aggregate(maps, key))
     report.table, report.spec, report.docs, report.unit = _table(samples_path, rows), spec, docs, f"import-{task}"
-    report.recipe, report.recipe_source = recipe, recipe_source
+    report.recipe, report.recipe_source, report.recipe_unstated = recipe, recipe_source, unstated
     return report
 
 
@@ -438,6 +442,12 @@ def _extracted(filtered: Any, resps: Any) -> str | None:
     """The primary filter's output, or None where it is the response itself (filter `none`)."""
     text = first_text(filtered)
     return None if text == first_text(resps) else text
+
+
+def _grid_overrides(grid: GridConfig | None, variant: str, bench: str) -> dict[str, Any]:
+    """The recipe overrides the grid's variant of that name declares for the bench ("*" first)."""
+    spec = next((v for v in grid.variants if v.name == variant), None) if grid else None
+    return {**spec.recipe_overrides.get("*", {}), **spec.recipe_overrides.get(bench, {})} if spec else {}
 
 
 def _recipe(results: dict, config: dict, sample: dict) -> Recipe:
@@ -574,7 +584,8 @@ def _table(source: Path, rows: list[dict]) -> pa.Table:
 def _write_report(store: ResultsStore, report: ImportReport, variant: str) -> None:
     """Write one prepared log: its shard, then its bench's record for `variant`."""
     report.shard = str(_write(store, report.table, variant, report.bench, report.unit))
-    recipe = None if report.recipe is None else {**report.recipe.model_dump(mode="json"), "source": report.recipe_source}
+    recipe = None if report.recipe is None else {**report.recipe.model_dump(mode="json"), "source": report.recipe_source,
+                                                 "unstated": report.recipe_unstated}
     _write_bench_sidecar(store, report.spec, report.docs, source=report.source, variant=variant, recipe=recipe)
     report.table = None
 

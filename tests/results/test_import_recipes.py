@@ -45,7 +45,9 @@ def test_humaneval_is_filed_under_the_farms_bench_and_ids_and_pairs_with_farm_ro
     assert sorted(r["doc_id"] for r in rows) == sorted(f"HumanEval/{i}" for i in range(164))
     recorded = imported_recipes(tmp_path)[("imported", "humaneval")]
     assert (recorded["source"], recorded["max_gen_toks"], recorded["temperature"]) == ("log", 16384, 0.0)
-    assert {r["recipe_hash"] for r in rows} == {Recipe(**{k: v for k, v in recorded.items() if k != "source"}).hash}
+    assert recorded["unstated"] == []  # the log states its max_gen_toks
+    assert {r["recipe_hash"] for r in rows} == {
+        Recipe(**{k: v for k, v in recorded.items() if k not in ("source", "unstated")}).hash}
     # the farm's own humaneval rows (ids HumanEval/N) under a run manifest: every problem pairs
     farm = [sample("farm", "humaneval", f"HumanEval/{i}", i % 5 != 0) for i in range(164)]
     write_store(tmp_path, farm, [grid_config([{"name": "farm"}], ["humaneval"])])
