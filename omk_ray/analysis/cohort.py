@@ -28,7 +28,7 @@ ENGINE_COLUMNS = ["engine_version", "engine_family", "engine_dtype", "device"]  
 DECLARED_MARK = "†"
 ENGINE_MARK = "°"
 MISMATCH_MARK = "‡"
-UNRECORDED_MARK = "§"
+UNRECORDED_MARK = "¶"
 SAMPLER_KEYS = ("temperature", "top_p", "top_k", "min_p", "enable_thinking", "thinking_budget", "max_gen_toks",
                 "chat_template", "system_prompt", "min_tokens", "stop", "seed", "reasoning_markers")
 

@@ -64,8 +64,8 @@ def test_an_lcb_import_without_a_recipe_is_marked_unknown(tmp_path):
     assert imported_recipes(tmp_path) == {("128e", "lcb_medium"): None, ("v4", "lcb_medium"): None}
     c = compare(tmp_path, CompareOptions(baseline="128e", resamples=200))
     card = to_card(c)
-    assert "| lcb_medium (55)§ | 89.09% ±4.24 (49/55) | 89.09% ±4.24 (49/55) |" in card
-    assert ("§ lcb_medium: the recipe of 128e and v4 was not recorded (imported without one; `omk-ray import ... "
+    assert "| lcb_medium (55)¶ | 89.09% ±4.24 (49/55) | 89.09% ±4.24 (49/55) |" in card
+    assert ("¶ lcb_medium: the recipe of 128e and v4 was not recorded (imported without one; `omk-ray import ... "
             "--recipe`): whether v4 and 128e ran like for like is unknown") in card
     # the runner's finish reasons are exact: its one capped output keeps its cause
     assert [(r["variant"], r["kind"], r["examples"]) for r in c.rows("anomalies")] == [
