@@ -284,6 +284,13 @@ def _scores(c: Comparison) -> list[Section]:
             paragraphs=shared,
             plot=None if len(c.variants) > 1 else "deltas",
         ))
+    if c.unpaired:  # benches the baseline lacks: each variant's own score, no Δ
+        head = [r for r in c.rows("headline") if r["bench"] in c.unpaired and r["status"] == "scored"]
+        sections.append(Section(f"Benches without {c.baseline}", level=3, tables=[Table(
+            ["Bench", "Variant", "n", "score", "Δ"],
+            [[r["bench"], r["variant"], str(r["n"]), pct(r["score"]), NO_BASELINE] for r in head],
+            [False, False, True, True, False])], paragraphs=[
+            f"{c.baseline} has no samples of these benches: the variants' own scores, with no paired statistics."]))
     return sections
 
 

@@ -98,8 +98,9 @@ def test_a_bench_the_baseline_lacks_keeps_the_variants_own_numbers(tmp_path):
     assert [(r["kind"], r["count"], r["examples"]) for r in anomalies] == [
         ("length-cap-answer", 3, ["d50", "d51", "d52"])]
     assert "| lcb16k | v4 | length cap hit in the answer; 3 of 3 scored wrong | 3/55 | −5.45pp | d50, d51, d52 |" in card
-    multi = to_markdown(c)
-    assert "left out of every table" not in multi
+    report = to_markdown(c)
+    assert "left out of every table" not in report
+    assert "| lcb16k | v4 | 55 | 78.18% | no baseline |" in report
 
 
 def test_the_seed_layout_details(tmp_path):
