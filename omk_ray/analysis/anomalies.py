@@ -1,12 +1,16 @@
 """Anomalies: samples whose output is broken in a way a score alone hides, with what each costs.
 
 Row kinds (count, example ids, and the points lost on the flagged samples that scored wrong):
-- silent-empty: the model stopped with an empty answer;
+- silent-empty: the model stopped with an empty answer (the row records finish_reason=stop);
+- empty-unrecorded: an empty answer on a row without a finish reason (imported logs): the cause
+  (a stop, a cap, a filter, a server error) is not recorded, so none is claimed;
 - error: the engine or the scorer failed on the sample;
 - rumination-loop: a long output that repeats itself (high repeated n-gram fraction, code
   fences over and over);
 - length-cap-reasoning / length-cap-answer: finish_reason=length, inside the thought or in
   the answer;
+- length-cap-inferred: a row without a finish reason whose output reaches the max_gen_toks its
+  import recorded (`caps`), counted in tokens where the row has them, else estimated (chars / 4);
 - marker-leak: a reasoning marker (`<|channel>`, `<think>`, ...) in the answer.
 Bench kinds (scorer suspects):
 - scorer-zero: a score of exactly 0 on every problem although answers are not empty;
@@ -29,12 +33,15 @@ from omk_ray.results.schema import SAMPLE_SCHEMA, is_score_key
 
 ROW_KINDS = (
     "silent-empty",
+    "empty-unrecorded",
     "error",
     "rumination-loop",
     "length-cap-reasoning",
     "length-cap-answer",
+    "length-cap-inferred",
     "marker-leak",
 )
+CHARS_PER_TOKEN = 4  # the estimate where a row stores no token count (as tokens.py)
 BENCH_KINDS = ("scorer-zero", "metric-gap")
 FENCE = "```"
 
@@ -160,36 +167,60 @@ class RowFlags:
     masks: dict[str, np.ndarray]
     loop_fraction: np.ndarray  # NaN where not checked
     fences: np.ndarray  # ``` markers in the outputs found looping
+    tokens: np.ndarray | None = None  # output tokens (counted, or chars / 4)
 
 
-def flag_rows(rows: pa.Table, rules: AnomalyRules) -> RowFlags:
-    """Row anomalies from the text features (see `text_features`) and the finish reason."""
+def flag_rows(rows: pa.Table, rules: AnomalyRules, caps: dict[tuple[str, str], int] | None = None) -> RowFlags:
+    """Row anomalies from the text features (see `text_features`) and the finish reason; `caps`:
+    (variant, bench) -> the max_gen_toks recorded for rows that carry no finish reason (imports)."""
     def get(name: str) -> np.ndarray:
         return rows[name].to_numpy(zero_copy_only=False)
 
     finish = rows["finish_reason"]
+    unrecorded = pc.is_null(finish).to_numpy(zero_copy_only=False)
     error = get("has_error")
     length, in_reasoning = _is(finish, "length"), _is(finish, "length_in_reasoning")
     capped = length | in_reasoning
     blank = get("answer_blank")
     cap_reasoning = in_reasoning | (length & blank & ~get("reasoning_blank"))
+    inferred = unrecorded & ~error & _at_cap(rows, caps or {})
     loops = get("loop_fraction")
     masks = {
-        "silent-empty": blank & ~error & ~capped,
+        "silent-empty": blank & ~error & ~capped & ~unrecorded,
+        "empty-unrecorded": blank & ~error & unrecorded & ~inferred,
         "error": error,
         "rumination-loop": np.nan_to_num(loops) >= rules.loop_repeat_fraction,
         "length-cap-reasoning": cap_reasoning,
         "length-cap-answer": length & ~cap_reasoning,
+        "length-cap-inferred": inferred,
         "marker-leak": get("marker_leak"),
     }
-    return RowFlags(masks, loops, get("fences"))
+    return RowFlags(masks, loops, get("fences"), _output_tokens(rows) if caps else None)
 
 
-def anomalies(rows: pa.Table, rules: AnomalyRules = AnomalyRules()) -> list[dict]:
-    """One row per (bench, variant, kind) that occurred. `rows` needs `primary`, `passed` and text features."""
+def _output_tokens(rows: pa.Table) -> np.ndarray:
+    """Output tokens per row: the stored count, else (answer + reasoning chars) / 4."""
+    counted = pc.fill_null(rows["completion_tokens"], 0).to_numpy(zero_copy_only=False).astype(float)
+    chars = rows["answer_chars"].to_numpy(zero_copy_only=False) + rows["reasoning_chars"].to_numpy(zero_copy_only=False)
+    return np.where(counted > 0, counted, chars / CHARS_PER_TOKEN)
+
+
+def _at_cap(rows: pa.Table, caps: dict[tuple[str, str], int]) -> np.ndarray:
+    """Rows whose output tokens reach the max_gen_toks recorded for their variant and bench."""
+    if not caps:
+        return np.zeros(rows.num_rows, dtype=bool)
+    limit = np.array([caps.get((v, b), np.inf) for v, b in zip(rows["variant"].to_pylist(), rows["bench"].to_pylist())],
+                     dtype=float)
+    return _output_tokens(rows) >= limit
+
+
+def anomalies(rows: pa.Table, rules: AnomalyRules = AnomalyRules(),
+              caps: dict[tuple[str, str], int] | None = None) -> list[dict]:
+    """One row per (bench, variant, kind) that occurred. `rows` needs `primary`, `passed` and text features;
+    `caps`: (variant, bench) -> max_gen_toks for the rows without a finish reason (see `flag_rows`)."""
     if rows.num_rows == 0:
         return []
-    flags = flag_rows(rows, rules)
+    flags = flag_rows(rows, rules, caps)
     codes, groups = group_codes(rows, ["bench", "variant"])
     sizes = np.bincount(codes, minlength=len(groups))
     passed = rows["passed"].to_numpy(zero_copy_only=False)
@@ -211,15 +242,18 @@ def anomalies(rows: pa.Table, rules: AnomalyRules = AnomalyRules()) -> list[dict
                 "n": int(sizes[g]),
                 "examples": sorted(set(doc_ids[mine].tolist()), key=natural_key)[: rules.examples],
                 "impact_pp": -100.0 * wrong / sizes[g],
-                "detail": _detail(kind, mine, wrong, flags),
+                "detail": _detail(kind, mine, wrong, flags, caps.get((variant, bench)) if caps else None),
             })
     out.extend(_scorer_suspects(rows, codes, groups, sizes, rules))
     order = {k: i for i, k in enumerate(ROW_KINDS + BENCH_KINDS)}
     return sorted(out, key=lambda r: (r["bench"], r["variant"], order[r["kind"]]))
 
 
-def _detail(kind: str, idx: np.ndarray, wrong: int, flags: RowFlags) -> str:
+def _detail(kind: str, idx: np.ndarray, wrong: int, flags: RowFlags, cap: int | None = None) -> str:
     scored = f"{wrong} of {len(idx)} scored wrong"
+    if kind == "length-cap-inferred" and flags.tokens is not None:
+        return (f"{scored}; inferred: up to {int(round(float(flags.tokens[idx].max()))):,} output tokens against "
+                f"max_gen_toks {cap:,} (no finish reason recorded)")
     if kind == "rumination-loop":
         fences = int(flags.fences[idx].max())
         blocks = f", up to {fences} code fences" if fences else ""

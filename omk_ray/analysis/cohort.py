@@ -28,6 +28,9 @@ ENGINE_COLUMNS = ["engine_version", "engine_family", "engine_dtype", "device"]  
 DECLARED_MARK = "†"
 ENGINE_MARK = "°"
 MISMATCH_MARK = "‡"
+UNRECORDED_MARK = "¶"
+SAMPLER_KEYS = ("temperature", "top_p", "top_k", "min_p", "enable_thinking", "thinking_budget", "max_gen_toks",
+                "chat_template", "system_prompt", "min_tokens", "stop", "seed", "reasoning_markers")
 
 
 class CohortMismatch(AnalysisError):
@@ -120,9 +123,24 @@ def check_cohorts(
                 problems.append(Note(bench, variant, MISMATCH_MARK,
                                      f"{bench}: baseline {baseline} ran on engine {b.engine} but {variant} "
                                      f"on engine {v.engine}"))
+            unknown = [name for name, s in ((baseline, b), (variant, v))
+                       if (name, bench) in declared.unrecorded or s.recipe_hash == "?"]
+            if unknown:
+                guard.notes.append(Note(bench, variant, UNRECORDED_MARK, (
+                    f"{bench}: the recipe of {' and '.join(dict.fromkeys(unknown))} was not recorded (imported without "
+                    f"one; `omk-ray import ... --recipe`): whether {variant} and {baseline} ran like for like is "
+                    "unknown")))
             if v.cohort != b.cohort:
                 problems.append(Note(bench, variant, MISMATCH_MARK,
                                      f"{bench}: baseline {baseline} is {b.cohort} but {variant} is {v.cohort}"))
+            elif unknown:
+                pass  # said above
+            elif v.recipe_hash != b.recipe_hash and _both_recorded(declared, bench, baseline, b, variant, v) \
+                    and declared.override(variant, bench, v.recipe_hash) is None \
+                    and declared.override(baseline, bench, b.recipe_hash) is None:
+                guard.notes.append(Note(bench, variant, DECLARED_MARK, recipe_difference(
+                    bench, baseline, declared.recipe(baseline, bench, b.recipe_hash), variant,
+                    declared.recipe(variant, bench, v.recipe_hash))))
             elif v.recipe_hash != b.recipe_hash:
                 fields = declared.override(variant, bench, v.recipe_hash)
                 base_fields = declared.override(baseline, bench, b.recipe_hash)
@@ -157,3 +175,19 @@ def _declared_text(bench: str, baseline: str, variant: str, base_fields: dict | 
 
 def _fields(fields: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(fields.items()))
+
+
+def _both_recorded(declared: Declared, bench: str, baseline: str, b: Setup, variant: str, v: Setup) -> bool:
+    """Both recipes are known field by field and at least one was recorded by an import (a farm run's
+    recipe that differs without a declared override stays a mismatch)."""
+    base, mine = declared.recipe(baseline, bench, b.recipe_hash), declared.recipe(variant, bench, v.recipe_hash)
+    return base is not None and mine is not None and ("source" in base or "source" in mine)
+
+
+def recipe_difference(bench: str, baseline: str, base: dict, variant: str, mine: dict) -> str:
+    """"lcb_medium: 98e-v4 ran another recipe than 128e (98e-v4: enable_thinking=True, ...; 128e: ...)"."""
+    keys = [k for k in dict.fromkeys([*SAMPLER_KEYS, *base, *mine])
+            if k not in ("source", "unstated", "repeats") and base.get(k) != mine.get(k)]
+    return (f"{bench}: {variant} ran another recipe than {baseline} ({variant}: "
+            f"{', '.join(f'{k}={mine.get(k)}' for k in keys)}; {baseline}: "
+            f"{', '.join(f'{k}={base.get(k)}' for k in keys)}), as recorded on import")

@@ -76,6 +76,9 @@ def register(app: typer.Typer) -> None:
             ",".join(DEFAULT_STATS), "--token-stats",
             help="the card's token columns: pN, median, mean, min, max, total (e.g. median,mean,p95,max,total)"),
         no_stderr: bool = typer.Option(False, "--no-stderr", help="card: no ± standard error beside the scores"),
+        no_counts: bool = typer.Option(False, "--no-counts", help="card: no k/n beside pass/fail scores"),
+        abbreviate_totals: bool = typer.Option(False, "--abbreviate-totals",
+                                               help="card: token totals as 54.9k, 112k (the seed's supplementary table)"),
         min_subdomain_n: int = typer.Option(5, "--min-subdomain-n", min=1,
                                             help="card: subdomains with fewer problems are named, not tabled"),
     ) -> None:
@@ -106,7 +109,8 @@ def register(app: typer.Typer) -> None:
                                      metrics=_metric_options(metric), allow_mismatch=allow_mismatch, resamples=resamples,
                                      correction=correction, recipe=recipe)
             card = CardOptions(stats=tuple(s.strip() for s in token_stats.split(",") if s.strip()),
-                               stderr=not no_stderr, subdomain_min_n=min_subdomain_n)
+                               stderr=not no_stderr, subdomain_min_n=min_subdomain_n, counts=not no_counts,
+                               abbreviate=abbreviate_totals)
         except ValidationError as err:
             fail(validation_sentence(err, OPTION_NAMES))
         try:

@@ -54,7 +54,7 @@ SCHEMAS = {
     "scoreboard": pa.schema([
         ("bench", _STR), ("variant", _STR), ("n", _I), ("baseline_docs", _I), ("variant_docs", _I),
         ("baseline_score", _F), ("variant_score", _F), ("delta_pp", _F), ("ci_low_pp", _F), ("ci_high_pp", _F),
-        ("test", _STR), ("p_value", _F), ("p_holm", _F), ("lost", _I), ("gained", _I),
+        ("test", _STR), ("p_value", _F), ("p_holm", _F), ("significant", _B), ("lost", _I), ("gained", _I),
         ("baseline_correct", _I), ("variant_correct", _I), ("binary", _B),
         ("primary_metric", _STR), ("cohort", _STR), ("marks", _STR), ("canary", _STR), ("errors_excluded", _I),
         ("ci_method", _STR), ("correction", _STR), *_PRECISION,
@@ -64,11 +64,11 @@ SCHEMAS = {
         ("variant", _STR), ("role", _STR), ("model", _STR), ("total_params", _F), ("expert_params", _F),
         ("active_params", _F), ("moe_layers", _I), ("experts_per_layer", _I), ("base_experts", _I),
         ("dropped_per_layer", _I), ("top_k", _I), ("quantization", _STR), ("drop_map", _STR), ("source", _STR),
-        ("capacity_removed_pct", _F), ("recipe", _STR),
+        ("capacity_removed_pct", _F), ("recipe", _STR), ("basis", pa.list_(_STR)),
     ]),
     "headline": pa.schema([
         ("bench", _STR), ("variant", _STR), ("role", _STR), ("n", _I), ("score", _F), ("stderr_pp", _F),
-        ("correct", _I), ("status", _STR), ("canary", _STR), ("canary_reasons", pa.list_(_STR)),
+        ("correct", _I), ("binary", _B), ("status", _STR), ("canary", _STR), ("canary_reasons", pa.list_(_STR)),
     ]),
     "agreement": pa.schema([
         ("bench", _STR), ("variant", _STR), ("n", _I), ("both_correct", _I), ("both_wrong", _I), ("lost", _I),
@@ -82,7 +82,7 @@ SCHEMAS = {
     "domains": pa.schema([
         ("bench", _STR), ("variant", _STR), ("level", _STR), ("domain", _STR), ("subdomain", _STR), ("n", _I),
         ("baseline_score", _F), ("variant_score", _F), ("delta_pp", _F), ("lost", _I), ("gained", _I),
-        *_PRECISION,
+        ("p_value", _F), ("p_holm", _F), ("significant", _B), *_PRECISION,
     ]),
     "tokens": pa.schema([
         ("bench", _STR), ("variant", _STR), ("measure", _STR), ("n", _I), ("p10", _F), ("p50", _F), ("p90", _F),
@@ -109,6 +109,9 @@ class Comparison:
     canary: dict[str, CanaryVerdict] = field(default_factory=dict)  # variant -> newest canary verdict
     lengths: pa.Table | None = None  # per sample and measure: tokens (tokens.token_lengths), for other statistics
     recipe_set: str | None = None  # which recipe set was compared, when the folder holds several (recipes.py)
+    recipes: dict[tuple[str, str], dict | None] = field(default_factory=dict)  # (variant, bench) -> recipe fields
+    unpaired: list[str] = field(default_factory=list)  # benches the baseline lacks: own scores only, no Δ
+    metric_names: dict[str, str] = field(default_factory=dict)  # bench -> the primary metric's key, where known
 
     def rows(self, name: str) -> list[dict]:
         return self.tables[name].to_pylist()
@@ -171,8 +174,9 @@ def compare(results: str | Path, options: CompareOptions) -> Comparison:
     notes.extend(rlimits_notes(store, [options.baseline, *variants], benches))
     for bench in benches:
         if bench not in base_benches:
-            notes.append(f"{bench}: the baseline {options.baseline} has no samples; left out of every table")
-    benches = [b for b in benches if b in base_benches]
+            notes.append(f"{bench}: the baseline {options.baseline} has no samples: each variant's own score, tokens "
+                         "and anomalies are shown, with no Δ (no baseline)")
+    paired_benches = [b for b in benches if b in base_benches]
     unknown = sorted(set(options.metrics) - set(benches))
     if unknown:
         raise AnalysisError(f"--metric names benches {unknown} that are not compared (benches: {', '.join(benches)})")
@@ -183,7 +187,7 @@ def compare(results: str | Path, options: CompareOptions) -> Comparison:
     scored = [v for v in variants if not (v in canary and canary[v].stopped)]
 
     try:
-        guard = check_cohorts(rows, options.baseline, scored, benches, declared, options.allow_mismatch)
+        guard = check_cohorts(rows, options.baseline, scored, paired_benches, declared, options.allow_mismatch)
     except CohortMismatch as err:
         if recipes.mixed_cells(rows):
             raise CohortMismatch(f"{err}\nThis folder holds {len(recipes.recipe_sets(rows))} recipe sets "
@@ -199,13 +203,17 @@ def compare(results: str | Path, options: CompareOptions) -> Comparison:
     rows = with_primary_score(rows, primary)
     one_row_each = not guard.mixed and (pc.max(rows["repeat"]).as_py() or 0) == 0
     problems = per_problem(rows, one_row_each)
-    paired = list(pairs(problems, options.baseline, scored, benches))
+    paired = list(pairs(problems, options.baseline, scored, paired_benches))
     correction = options.correction or ("grid" if len(scored) > 1 else "variant")
     notes.extend(_coverage_notes(paired, options.baseline))
     have = {(p.variant, p.bench) for p in paired}
-    notes.extend(f"{b}: no samples of {v}" for v in scored for b in benches if (v, b) not in have)
+    notes.extend(f"{b}: no samples of {v}" for v in scored for b in paired_benches if (v, b) not in have)
     lengths = token_lengths(rows)
-    tables = _tables(rows, paired, guard, primary, declared, options, canary, lengths, correction, all_rows, errors)
+    bench_recipes = _recipes(rows, declared)
+    caps = {key: r["max_gen_toks"] for key, r in bench_recipes.items()  # only a cap someone stated (log, grid, --recipe)
+            if r and r.get("max_gen_toks") and "max_gen_toks" not in (r.get("unstated") or [])}
+    tables = _tables(rows, paired, guard, primary, declared, options, canary, lengths, correction, all_rows, errors,
+                     caps)
     tables["headline"] = pa.Table.from_pylist(
         headline(problems, options.baseline, variants, benches, canary, stopped_samples), schema=SCHEMAS["headline"])
     tables["facts"] = pa.Table.from_pylist(variant_facts(store, declared, options.baseline, variants),
@@ -222,11 +230,46 @@ def compare(results: str | Path, options: CompareOptions) -> Comparison:
         tables=tables,
         correction=correction,
         notes=notes,
-        results=str(results),
+        results=Path(results).name,  # its name only: a report shows no machine's folders
         canary=canary,
         lengths=lengths,
         recipe_set=recipe_set,
+        recipes=bench_recipes,
+        unpaired=[b for b in benches if b not in base_benches],
+        metric_names=_metric_names(store, options.baseline, benches, primary),
     )
+
+
+def _metric_names(store: ResultsStore, baseline: str, benches: list[str], primary: dict[str, str]) -> dict[str, str]:
+    """bench -> the key of the metric its scores are: --metric or the grid's, else the one its import recorded
+    (the baseline's, else a variant's)."""
+    from omk_ray.results.importers import LogImportError, variant_bench_specs
+
+    try:
+        recorded = variant_bench_specs(store.root)
+    except LogImportError:
+        recorded = {}
+    out = {}
+    for bench in benches:
+        if primary[bench] != SCORE_COLUMN:
+            out[bench] = primary[bench]
+            continue
+        specs = sorted(((v != baseline, v), spec) for (v, b), spec in recorded.items() if b == bench)
+        metric = next((s.options.get("primary_metric") for _, s in specs if s.options.get("primary_metric")), None)
+        if metric:
+            out[bench] = metric
+    return out
+
+
+def _recipes(rows: pa.Table, declared: Declared) -> dict[tuple[str, str], dict | None]:
+    """(variant, bench) -> the fields of the recipe its rows ran (None: not recorded or not known); a variant
+    whose rows mix recipes on a bench is left out (the cohort guard has said so)."""
+    keys = rows.select(["variant", "bench", "recipe_hash"]).group_by(["variant", "bench", "recipe_hash"],
+                                                                      use_threads=False).aggregate([])
+    found: dict[tuple[str, str], list[str | None]] = {}
+    for r in keys.to_pylist():
+        found.setdefault((r["variant"], r["bench"]), []).append(r["recipe_hash"])
+    return {key: declared.recipe(*key, hashes[0]) for key, hashes in found.items() if len(hashes) == 1}
 
 
 def _without_stopped(rows: pa.Table, baseline: str, variants: list[str], canary: dict[str, CanaryVerdict],
@@ -250,7 +293,8 @@ def _without_stopped(rows: pa.Table, baseline: str, variants: list[str], canary:
 
 def _tables(rows: pa.Table, paired: list[Pair], guard: Guard, primary: dict[str, str], declared: Declared,
             options: CompareOptions, canary: dict[str, CanaryVerdict], lengths: pa.Table,
-            correction: Correction, all_rows: pa.Table, errors) -> dict[str, pa.Table]:
+            correction: Correction, all_rows: pa.Table, errors,
+            caps: dict[tuple[str, str], int] | None = None) -> dict[str, pa.Table]:
     board = scoreboard(paired, options.resamples, correction)
     for row in board:
         row.update(primary_metric=primary[row["bench"]], cohort=guard.cohorts.get(row["bench"], ""),
@@ -261,9 +305,9 @@ def _tables(rows: pa.Table, paired: list[Pair], guard: Guard, primary: dict[str,
         "scoreboard": board,
         "agreement": agreement_mod.agreement(paired),
         "agreement_by_domain": agreement_mod.agreement_by_domain(paired),
-        "domains": domain_breakdown(paired),
+        "domains": domain_breakdown(paired, options.resamples),
         "tokens": token_distributions(lengths),
-        "anomalies": anomalies(with_error_rows(rows, all_rows), options.anomaly),  # errors listed, not hidden
+        "anomalies": anomalies(with_error_rows(rows, all_rows), options.anomaly, caps),  # errors listed, not hidden
     }
     tables = {name: pa.Table.from_pylist(data, schema=SCHEMAS[name]) for name, data in built.items()}
     tables["problems"] = agreement_mod.problems_table(paired)

@@ -61,13 +61,21 @@ class Declared:
     canary: dict[str, CanaryVerdict] = field(default_factory=dict)  # variant -> newest verdict
     models: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # variant -> (checkpoint, revision)
     facts: dict[str, DeclaredFacts] = field(default_factory=dict)  # variant -> the facts its grid declares
+    # (variant, bench, recipe_hash) -> the recipe's fields (grids of runs, and imports that recorded one)
+    recipes: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    unrecorded: set[tuple[str, str]] = field(default_factory=set)  # (variant, bench) imported without a recipe
 
     def override(self, variant: str, bench: str, recipe_hash: str) -> dict[str, Any] | None:
         return self.overrides.get((variant, bench, recipe_hash))
 
+    def recipe(self, variant: str, bench: str, recipe_hash: str | None) -> dict[str, Any] | None:
+        """The fields of the recipe behind a hash (None: not known)."""
+        return self.recipes.get((variant, bench, recipe_hash or "?"))
+
 
 def read_declared(store: ResultsStore) -> Declared:
     declared = Declared(canary=canary_verdicts(store.runs()))
+    _read_imported_recipes(store, declared)
     for run in store.runs():
         try:
             manifest = run.records().manifest
@@ -92,7 +100,29 @@ def read_declared(store: ResultsStore) -> Declared:
             for bench in grid.benches:
                 recipe = grid.recipe_for(variant, bench)
                 declared.markers.update(m for m in recipe.reasoning_markers if m)
+                declared.recipes[(variant.name, bench.name, recipe.hash)] = recipe.model_dump(mode="json")
                 fields = {**variant.recipe_overrides.get("*", {}), **variant.recipe_overrides.get(bench.name, {})}
                 if fields:
                     declared.overrides[(variant.name, bench.name, recipe.hash)] = fields
     return declared
+
+
+def _read_imported_recipes(store: ResultsStore, declared: Declared) -> None:
+    """The recipes imports recorded (`benches/<bench>.json`), under their hashes; imports without one are noted."""
+    from omk_ray.config import Recipe
+    from omk_ray.results.importers import LogImportError, imported_recipes
+
+    try:
+        found = imported_recipes(store.root)
+    except LogImportError as err:
+        log.warning("%s", err)
+        return
+    for (variant, bench), fields in found.items():
+        if fields is None:
+            declared.unrecorded.add((variant, bench))
+            continue
+        recipe = {k: v for k, v in fields.items() if k not in ("source", "unstated")}
+        try:
+            declared.recipes[(variant, bench, Recipe(**recipe).hash)] = fields
+        except ValueError as err:
+            log.warning("recipe recorded for %s on %s is not a recipe: %s", variant, bench, err)

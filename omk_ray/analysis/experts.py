@@ -13,10 +13,20 @@ where w_l,e(p) is the summed routing weight of the problem's positions on expert
 routed-token counts instead of weights, `exposure_<segment>` the overall exposure of one segment.
 
 Problems are grouped by the comparison's outcome (agreement.py): lost (only the baseline right),
-both correct, gained, both wrong; a problem the variant did not answer is `unpaired`. The test
-compares exposures of two groups with the two-sided Mann-Whitney U test (scipy), effect size
+both correct, gained, both wrong; a problem the variant did not answer is `unpaired`. The pooled
+test compares exposures of two groups with the two-sided Mann-Whitney U test (scipy), effect size
 the rank-biserial correlation r = 2U / (n_a n_b) - 1 (= Cliff's delta: +1 when every problem
 of the first group is more exposed than every problem of the second).
+
+Pooled over domains, that comparison is confounded: when the lost problems come mostly from one
+domain and that domain routes more to the dropped experts, lost problems look more exposed even
+if, within every domain, lost and kept problems were equally exposed. `exposure_within` therefore
+compares lost with both-correct problems within each domain (Mann-Whitney U and r per domain), and
+combines the domains in one stratified test: the van Elteren statistic T = sum_d (U_d - n_a,d n_b,d / 2)
+/ (n_d + 1), its two-sided p from a permutation test that shuffles the outcomes within each domain
+(`STRATIFIED_PERMUTATIONS`, seeded), and the domains' r averaged with the same weights
+n_a,d n_b,d / (n_d + 1). Domains without both groups carry no weight. The pooled figure is kept,
+to be shown only beside these.
 """
 
 from __future__ import annotations
@@ -35,6 +45,8 @@ from omk_ray.results.routing import SEGMENTS, RoutingTable
 from omk_ray.results.store import ResultsStore
 
 UNPAIRED = "unpaired"
+WITHIN = "within domains"  # the stratified row of `exposure_within`
+STRATIFIED_PERMUTATIONS = 10_000
 TESTS = (("lost", "both_correct"), ("gained", "both_correct"), ("lost", "gained"))
 TOP_EXPERTS = 20
 NO_DOMAIN = "(none)"
@@ -50,6 +62,11 @@ SCHEMAS = {
         ("bench", _STR), ("variant", _STR), ("group_a", _STR), ("group_b", _STR), ("n_a", _I), ("n_b", _I),
         ("median_a", _F), ("median_b", _F), ("mean_a", _F), ("mean_b", _F), ("u", _F), ("p_value", _F),
         ("rank_biserial", _F),
+    ]),
+    "exposure_within": pa.schema([
+        ("bench", _STR), ("variant", _STR), ("stratum", _STR), ("n_lost", _I), ("n_both_correct", _I),
+        ("median_lost", _F), ("median_both_correct", _F), ("mean_lost", _F), ("mean_both_correct", _F),
+        ("rank_biserial", _F), ("p_value", _F), ("weight", _F),
     ]),
     "exposure_domains": pa.schema([
         ("bench", _STR), ("variant", _STR), ("level", _STR), ("domain", _STR), ("subdomain", _STR), ("n", _I),
@@ -125,15 +142,15 @@ def variant_drop_map(store: ResultsStore, variant: str) -> tuple[dict[str, list[
     if not path:
         return None, f"no run manifest names the checkpoint of {variant!r}"
     provenance = Path(path) / PROVENANCE_NAME
-    shown = Path(*Path(path).parts[-2:])  # the card names the checkpoint, not this machine's folders
+    # the card names the variant, not this machine's folders
     if not provenance.is_file():
-        return None, f"{shown} has no {PROVENANCE_NAME} (drops no experts?)"
+        return None, f"its checkpoint has no {PROVENANCE_NAME}, so no drop map is recorded"
     record = json.loads(provenance.read_text())
     while record is not None and "drop_map" not in record:
         record = record.get("base_provenance")  # a quantized variant: the pruned checkpoint it came from
     if record is None:
-        return None, f"{shown / PROVENANCE_NAME} records no drop map"
-    return record["drop_map"], str(provenance)
+        return None, f"its checkpoint's {PROVENANCE_NAME} records no drop map"
+    return record["drop_map"], f"{variant}'s {PROVENANCE_NAME}"
 
 
 # -- the tables ---------------------------------------------------------------------------------
@@ -163,6 +180,7 @@ def exposure_tables(
             per_problem = _problems(r, variant, dropped, by_key.get((bench, variant)), labels.get(bench, {}))
             built["exposure"].extend(per_problem)
             built["exposure_tests"].extend(_tests(per_problem, bench, variant))
+            built["exposure_within"].extend(exposure_within(per_problem, bench, variant))
             built["exposure_domains"].extend(_domains(per_problem, bench, variant))
             built["exposure_experts"].extend(_experts(r, per_problem, dropped, bench, variant))
             built["expert_usage"].extend(_usage(r, per_problem, dropped, bench, variant))
@@ -215,6 +233,68 @@ def _tests(rows: list[dict], bench: str, variant: str) -> list[dict]:
             "mean_a": _stat(np.mean, xa), "mean_b": _stat(np.mean, xb), "u": u, "p_value": p, "rank_biserial": rb,
         })
     return out
+
+
+def exposure_within(rows: list[dict], bench: str, variant: str, a: str = "lost", b: str = "both_correct",
+                    permutations: int = STRATIFIED_PERMUTATIONS) -> list[dict]:
+    """Lost against both-correct exposure within each domain, then all domains in one stratified test (see the
+    module docstring); nothing when the problems carry no domain."""
+    from scipy.stats import mannwhitneyu, rankdata
+
+    if not any(r["domain"] for r in rows):
+        return []
+    kept = [r for r in rows if r["outcome"] in (a, b) and np.isfinite(r["exposure"])]
+    strata: dict[str, list[dict]] = {}
+    for r in kept:
+        strata.setdefault(r["domain"] or NO_DOMAIN, []).append(r)
+    out, informative = [], []
+    for name in sorted(strata, key=lambda d: (-len(strata[d]), d)):
+        x = np.array([r["exposure"] for r in strata[name]])
+        is_a = np.array([r["outcome"] == a for r in strata[name]])
+        n_a, n_b = int(is_a.sum()), int((~is_a).sum())
+        r_d = p_d = float("nan")
+        weight = n_a * n_b / (len(x) + 1)
+        if n_a and n_b:
+            test = mannwhitneyu(x[is_a], x[~is_a], alternative="two-sided")
+            r_d, p_d = 2 * float(test.statistic) / (n_a * n_b) - 1, float(test.pvalue)
+            informative.append((rankdata(x), is_a, n_a, n_b, weight))
+        out.append({"bench": bench, "variant": variant, "stratum": name, "n_lost": n_a, "n_both_correct": n_b,
+                    "median_lost": _stat(np.median, x[is_a]), "median_both_correct": _stat(np.median, x[~is_a]),
+                    "mean_lost": _stat(np.mean, x[is_a]), "mean_both_correct": _stat(np.mean, x[~is_a]),
+                    "rank_biserial": r_d, "p_value": p_d, "weight": weight})
+    total_a = sum(r["n_lost"] for r in out)
+    total_b = sum(r["n_both_correct"] for r in out)
+    r_all = p_all = float("nan")
+    if informative:
+        weights = np.array([w for *_, w in informative])
+        r_all = float(np.dot(weights, [row["rank_biserial"] for row in out if row["weight"] > 0]) / weights.sum())
+        p_all = _stratified_p(informative, permutations, seed=f"{variant}/{bench}")
+    out.append({"bench": bench, "variant": variant, "stratum": WITHIN, "n_lost": total_a, "n_both_correct": total_b,
+                "median_lost": float("nan"), "median_both_correct": float("nan"), "mean_lost": float("nan"),
+                "mean_both_correct": float("nan"), "rank_biserial": r_all, "p_value": p_all,
+                "weight": float(sum(r["weight"] for r in out))})
+    return out
+
+
+def _stratified_p(strata: list[tuple[np.ndarray, np.ndarray, int, int, float]], permutations: int, seed: str) -> float:
+    """Two-sided permutation p of the van Elteren statistic: outcomes shuffled within each stratum."""
+    import zlib
+
+    rng = np.random.default_rng(zlib.crc32(seed.encode()))
+
+    def statistic(ranks: np.ndarray, is_a: np.ndarray, n_a: int, n_b: int) -> np.ndarray:
+        # U of group a from its rank sum, centred; is_a may be [permutations, n]
+        u = (is_a * ranks).sum(axis=-1) - n_a * (n_a + 1) / 2
+        return u - n_a * n_b / 2
+
+    observed = sum(statistic(ranks, is_a, n_a, n_b) / (len(ranks) + 1) for ranks, is_a, n_a, n_b, _ in strata)
+    shuffled = np.zeros(permutations)
+    for ranks, is_a, n_a, n_b, _ in strata:
+        labels = np.tile(is_a, (permutations, 1))
+        labels = rng.permuted(labels, axis=1)
+        shuffled += statistic(ranks, labels, n_a, n_b) / (len(ranks) + 1)
+    extreme = np.sum(np.abs(shuffled) >= abs(observed) - 1e-12)
+    return float((1 + extreme) / (1 + permutations))
 
 
 def _stat(fn, x: np.ndarray) -> float:

@@ -32,7 +32,8 @@ def headline(problems: pa.Table, baseline: str, variants: list[str], benches: li
             verdict = canary.get(variant)
             row = {
                 "bench": bench, "variant": variant, "role": "baseline" if variant == baseline else "variant",
-                "n": 0, "score": float("nan"), "stderr_pp": float("nan"), "correct": 0, "status": "scored",
+                "n": 0, "score": float("nan"), "stderr_pp": float("nan"), "correct": 0, "binary": False,
+                "status": "scored",
                 "canary": verdict.label if verdict else "", "canary_reasons": verdict.reasons if verdict else [],
             }
             if verdict is not None and verdict.stopped:
@@ -41,7 +42,8 @@ def headline(problems: pa.Table, baseline: str, variants: list[str], benches: li
                 idx = at[(variant, bench)]
                 values = score[idx]
                 stderr = float(100 * values.std(ddof=1) / np.sqrt(len(idx))) if len(idx) > 1 else float("nan")
-                row.update(n=len(idx), score=float(100 * values.mean()), correct=int(passed[idx].sum()), stderr_pp=stderr)
+                row.update(n=len(idx), score=float(100 * values.mean()), correct=int(passed[idx].sum()), stderr_pp=stderr,
+                           binary=bool(np.all((values == 0) | (values == 1))))
             else:
                 continue
             rows.append(row)

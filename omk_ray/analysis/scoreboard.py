@@ -1,4 +1,8 @@
-"""The scoreboard: per bench and variant, the paired difference to the baseline with its uncertainty."""
+"""The scoreboard: per bench and variant, the paired difference to the baseline with its uncertainty.
+
+`significant`: the Holm-corrected p (the plain p under `correction="none"`) is at most ALPHA: the one verdict
+every table words the same way. `detectable` (|Δ| at least the MDE) is power information, not a verdict.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import Literal
 import numpy as np
 
 from omk_ray.analysis.samples import Pair
-from omk_ray.analysis.stats import Precision, holm_within, is_detectable, paired_test, repeat_spread
+from omk_ray.analysis.stats import ALPHA, Precision, holm_within, is_detectable, paired_test, repeat_spread
 
 # The family over which p-values are Holm-corrected: every (variant, bench) cell of the grid,
 # the benches of each variant, or none.
@@ -51,6 +55,8 @@ def scoreboard(pairs: list[Pair], resamples: int = 2000, correction: Correction 
         families = [r["variant"] if correction == "variant" else "grid" for r in rows]
         for row, adjusted in zip(rows, holm_within([r["p_value"] for r in rows], families)):
             row["p_holm"] = adjusted
+    for row in rows:  # the verdict: the corrected p (the plain one under --correction none); NaN never is
+        row["significant"] = bool((row["p_value"] if correction == "none" else row["p_holm"]) <= ALPHA)
     return rows
 
 

@@ -7,14 +7,17 @@ Numbers are written the way the seed model card writes them: scores as 96.25%, d
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from omk_ray.analysis.cohort import DECLARED_MARK, ENGINE_MARK, MISMATCH_MARK
+from omk_ray.analysis.cohort import DECLARED_MARK, ENGINE_MARK, MISMATCH_MARK, UNRECORDED_MARK
 from omk_ray.analysis.compare import Comparison
+from omk_ray.analysis.experts import WITHIN
 from omk_ray.analysis.samples import SCORE_COLUMN
 from omk_ray.analysis.stats import ALPHA, POWER
 from omk_ray.analysis.tokens import DEFAULT_STATS, token_distributions
@@ -23,16 +26,22 @@ MINUS = "\u2212"
 ESTIMATED_MARK = "≈"
 MAX_IDS = 30
 BELOW_MDE = "below MDE"
-PRECISION_HEADERS = ["SE", "MDE", "Δ vs MDE", "ρ"]
+NO_BASELINE = "no baseline"
+AT_LEAST_MDE = "at least MDE"
+SIGNIFICANT = "significant"
+NOT_SIGNIFICANT = "not significant"
+PRECISION_HEADERS = ["SE", "MDE", "power: |Δ| vs MDE", "ρ"]
 STAT_LABELS = {"total": "total tokens"}
 STOPPED = "stopped by canary"
 
 KIND_LABELS = {
     "silent-empty": "silent-empty output (model stopped with an empty answer)",
+    "empty-unrecorded": "empty answer (cause not recorded)",
     "error": "engine or scorer error",
     "rumination-loop": "rumination loop (output repeats itself)",
     "length-cap-reasoning": "length cap hit inside reasoning (never reached an answer)",
     "length-cap-answer": "length cap hit in the answer",
+    "length-cap-inferred": "length cap (inferred from the output's length)",
     "marker-leak": "reasoning marker leaked into the answer",
     "scorer-zero": "scorer suspect: score exactly 0 with non-empty answers",
     "metric-gap": "scorer suspect: strict vs flexible filter gap",
@@ -82,8 +91,31 @@ def plain(x: float, digits: int = 2) -> str:
 
 
 def resolution(row: dict) -> str:
-    """The computed mark beside a Δ: can this bench tell a difference of this size apart?"""
-    return "detectable" if row["detectable"] else BELOW_MDE
+    """Power information beside a Δ (never a verdict): is |Δ| at least the MDE of this comparison?"""
+    return AT_LEAST_MDE if row["detectable"] else BELOW_MDE
+
+
+def verdict(row: dict) -> str:
+    """The one verdict on a Δ: significant or not by the corrected test (the row's `significant`)."""
+    return SIGNIFICANT if row["significant"] else NOT_SIGNIFICANT
+
+
+def judged(row: dict) -> str:
+    """"significant", "not significant", with "; below MDE" where |Δ| is under the MDE (power information)."""
+    return verdict(row) + ("" if row["detectable"] else f"; {BELOW_MDE}")
+
+
+def significance_legend(correction: str) -> str:
+    """What "significant" and "below MDE" mean, the same words in the card and the report."""
+    family = {"grid": " over every variant × bench", "variant": " over each variant's benches"}.get(correction, "")
+    test = ("its paired test (exact McNemar for pass/fail, paired bootstrap for graded scores) gives p ≤ "
+            f"{ALPHA:g}" + ("" if correction == "none" else f" after Holm's correction{family}"))
+    return (f"{SIGNIFICANT}: {test}; {NOT_SIGNIFICANT}: it does not (the verdict). {BELOW_MDE}: power "
+            f"information, not a verdict: |Δ| is smaller than the MDE, the smallest difference the comparison "
+            f"detects with {POWER:.0%} power at p ≤ {ALPHA:g} given its n and how often the two disagree. A "
+            f"{SIGNIFICANT} Δ stays {SIGNIFICANT} when it is {BELOW_MDE}; a Δ that is {NOT_SIGNIFICANT} and "
+            f"{BELOW_MDE} is no evidence that the two are equal (the comparison is too small to tell). A Δ shown as "
+            "0 is not significant and carries no mark.")
 
 
 def on_k(k: int, n: int) -> str:
@@ -93,6 +125,59 @@ def on_k(k: int, n: int) -> str:
 
 def count(x: float) -> str:
     return "—" if _missing(x) else f"{round(x):,}"
+
+
+def abbreviated(x: float) -> str:
+    """Three significant digits with k / M, as the seed's supplementary table writes totals: 54.9k, 112k, 1.2M."""
+    if _missing(x):
+        return "—"
+    for scale, unit in ((1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{round(x)}"
+
+
+METRIC_WORDS = {
+    "prompt_level_strict_acc": "prompt-strict", "prompt_level_loose_acc": "prompt-loose",
+    "inst_level_strict_acc": "instruction-strict", "inst_level_loose_acc": "instruction-loose",
+    "math_verify": "math-verify", "exact_match": "exact match", "acc": "accuracy", "acc_norm": "normalized accuracy",
+}
+
+
+def metric_label(key: str | None) -> str:
+    """A primary metric in the card's words: prompt_level_strict_acc,none -> prompt-strict;
+    exact_match,flexible-extract -> exact match/flexible-extract."""
+    if not key or key == SCORE_COLUMN:
+        return ""
+    name, _, filt = key.partition(",")
+    word = METRIC_WORDS.get(name, name)
+    return word if filt in ("", "none") else f"{word}/{filt}"
+
+
+def sampler_text(recipe: dict | None) -> str:
+    """A recipe's sampler in words: "greedy, max_gen_toks 16384"; "T=1.0, top_p=0.95, top_k=64, thinking on
+    (budget 12288), max_gen_toks 16384"; "recipe not recorded"."""
+    if recipe is None:
+        return "recipe not recorded"
+    t, top_p, top_k = recipe.get("temperature", 0.0), recipe.get("top_p", 1.0), recipe.get("top_k", 0)
+    parts = ["greedy" if t == 0 or top_k == 1 else f"T={t:g}, top_p={top_p:g}, top_k={top_k}"]
+    if recipe.get("min_p"):
+        parts.append(f"min_p={recipe['min_p']:g}")
+    if recipe.get("enable_thinking"):
+        budget = recipe.get("thinking_budget")
+        parts.append("thinking on" + (f" (budget {budget:,})" if budget else ""))
+    if recipe.get("max_gen_toks") and "max_gen_toks" not in (recipe.get("unstated") or []):
+        parts.append(f"max_gen_toks {recipe['max_gen_toks']:,}")
+    return ", ".join(parts)
+
+
+_MACHINE_PATH = re.compile(r"(?<![\w.:/~<-])/(?:[^\s/`'\"(),;:]+/)+[^\s/`'\"(),;:]+")
+
+
+def without_machine_paths(text: str) -> str:
+    """Absolute paths in a note cut to their last two parts (a report names no folder of the machine
+    that made it)."""
+    return _MACHINE_PATH.sub(lambda m: str(Path(*Path(m[0]).parts[-2:])), text)
 
 
 def id_list(ids: list[str], limit: int = MAX_IDS) -> str:
@@ -133,7 +218,7 @@ def _overview(c: Comparison) -> Section:
     cohorts = sorted(set(c.guard.cohorts.values()))
     lines = [
         f"Baseline **{c.baseline}** against {', '.join(f'**{v}**' for v in c.variants)} on "
-        f"{len(c.benches)} benches; results from `{c.results}`.",
+        f"{len(c.benches)} benches; results folder `{c.results}`.",
         f"Cohort: {', '.join(cohorts) or 'none'}. Every statistic pairs the two variants on the problems both answered.",
     ]
     if c.canary:
@@ -149,6 +234,8 @@ def _scores(c: Comparison) -> list[Section]:
         def shared(head: dict | None, r: dict | None, n: int) -> str:
             if head is not None and head["status"] != "scored":
                 return STOPPED
+            if r is None and head is not None and head.get("no_baseline"):
+                return f"{pct(head['score'])} ({NO_BASELINE})"
             return "—" if r is None else f"{pct(r['variant_score'])} ({signed(r['delta_pp'])}){on_k(r['n'], n)}"
 
         table = scores_table(c, f"{c.baseline} (all n)", lambda base: pct(base["score"]),
@@ -179,6 +266,7 @@ def _scores(c: Comparison) -> list[Section]:
                 signed(r["delta_pp"]),
                 f"[{signed(r['ci_low_pp'], 2, '')}, {signed(r['ci_high_pp'], 2, '')}]",
                 p_value(r["p_value"]) + ("" if c.correction == "none" else f" ({p_value(r['p_holm'])})"),
+                verdict(r),
                 *_precision_cells(r),
                 f"{r['lost']} / {r['gained']}",
             ])
@@ -188,13 +276,21 @@ def _scores(c: Comparison) -> list[Section]:
             shared.append(f"n: the problems {variant} shares with {c.baseline}; both columns are scores on those, so "
                           f"{c.baseline}'s can differ from its full-bench score: {', '.join(partial)}.")
         p_header = {"grid": "p (Holm, grid)", "variant": "p (Holm)", "none": "p"}[c.correction]
-        headers = ["Bench (n)", c.baseline, variant, "Δ", "95% CI (pp)", p_header, *PRECISION_HEADERS, "lost / gained"]
+        headers = ["Bench (n)", c.baseline, variant, "Δ", "95% CI (pp)", p_header, "verdict", *PRECISION_HEADERS,
+                   "lost / gained"]
         sections.append(Section(
             title, level=3 if len(c.variants) > 1 else 2,
             tables=[Table(headers, rows, [False] + [True] * (len(headers) - 1))],
             paragraphs=shared,
             plot=None if len(c.variants) > 1 else "deltas",
         ))
+    if c.unpaired:  # benches the baseline lacks: each variant's own score, no Δ
+        head = [r for r in c.rows("headline") if r["bench"] in c.unpaired and r["status"] == "scored"]
+        sections.append(Section(f"Benches without {c.baseline}", level=3, tables=[Table(
+            ["Bench", "Variant", "n", "score", "Δ"],
+            [[r["bench"], r["variant"], str(r["n"]), pct(r["score"]), NO_BASELINE] for r in head],
+            [False, False, True, True, False])], paragraphs=[
+            f"{c.baseline} has no samples of these benches: the variants' own scores, with no paired statistics."]))
     return sections
 
 
@@ -212,7 +308,13 @@ def scores_table(c: Comparison, baseline_header: str, baseline_cell: Callable[[d
     rows = []
     for bench in c.benches:
         base = head.get((bench, c.baseline))
-        if base is None:
+        if base is None:  # a bench the baseline lacks: the variants' own cells, "no baseline" where Δ would be
+            own = [head[(bench, v)] for v in c.variants if (bench, v) in head]
+            if not own:
+                continue
+            n = max(h["n"] for h in own)
+            marked = {v: {**head[(bench, v)], "no_baseline": True} for v in c.variants if (bench, v) in head}
+            rows.append([label(bench, n), "—", *(cell(marked.get(v), None, n) for _, v, cell in columns)])
             continue
         n = base["n"]
         rows.append([label(bench, n), baseline_cell(base),
@@ -222,8 +324,14 @@ def scores_table(c: Comparison, baseline_header: str, baseline_cell: Callable[[d
 
 
 def delta_cell(head: dict | None, r: dict | None, n: int) -> str:
-    """Δ to the baseline on the problems both answered ("on k" where fewer than n)."""
-    return "—" if r is None else signed(r["delta_pp"]) + on_k(r["n"], n)
+    """Δ to the baseline on the problems both answered ("on k" where fewer than n), with its verdict
+    (and "below MDE" where it applies: power information); "no baseline" on a bench the baseline lacks."""
+    if r is None:
+        return NO_BASELINE if head is not None and head.get("no_baseline") else "—"
+    text = signed(r["delta_pp"]) + on_k(r["n"], n)
+    if round(abs(r["delta_pp"]), 2) == 0 and not r["significant"]:
+        return text  # a Δ shown as 0: not significant (the legend says so), no power to speak of
+    return f"{text} ({judged(r)})"
 
 
 def _precision_cells(r: dict, digits: int = 2) -> list[str]:
@@ -271,7 +379,8 @@ def _tokens(c: Comparison) -> list[Section]:
     return sections
 
 
-def token_table(c: Comparison, measure: str, stats: tuple[str, ...] = DEFAULT_STATS) -> tuple[Table, bool]:
+def token_table(c: Comparison, measure: str, stats: tuple[str, ...] = DEFAULT_STATS,
+                abbreviate: bool = False) -> tuple[Table, bool]:
     """Per bench and variant (baseline first), the statistics of one measure (completion, reasoning) of the
     output tokens, and whether some of them are estimated (chars ÷ 4, marked ≈)."""
     rows = c.rows("tokens") if stats == DEFAULT_STATS or c.lengths is None else token_distributions(c.lengths, stats)
@@ -279,8 +388,8 @@ def token_table(c: Comparison, measure: str, stats: tuple[str, ...] = DEFAULT_ST
     order = {v: i for i, v in enumerate([c.baseline, *c.variants])}
     rows.sort(key=lambda r: (c.benches.index(r["bench"]), order.get(r["variant"], 99)))
     table = Table(["Bench", "Variant", *(STAT_LABELS.get(s, s) for s in stats)],
-                  [[r["bench"], (ESTIMATED_MARK if r["estimated"] else "") + r["variant"], *(count(r[s]) for s in stats)]
-                   for r in rows],
+                  [[r["bench"], (ESTIMATED_MARK if r["estimated"] else "") + r["variant"],
+                    *((abbreviated if abbreviate and s == "total" else count)(r[s]) for s in stats)] for r in rows],
                   [False, False] + [True] * len(stats))
     return table, any(r["estimated"] for r in rows)
 
@@ -310,17 +419,21 @@ def _domains(c: Comparison) -> list[Section]:
             part = [r for r in mine if r["level"] == level]
             if part:
                 tables.append(Table(
-                    [header, "n", c.baseline, variant, "Δpp", "lost", "gained", *PRECISION_HEADERS],
+                    [header, "n", c.baseline, variant, "Δpp", "lost", "gained", "p (Holm)", "verdict",
+                     *PRECISION_HEADERS],
                     [[r[level], str(r["n"]), pct(r["baseline_score"], 1), pct(r["variant_score"], 1),
-                      signed(r["delta_pp"], 1, ""), str(r["lost"]), str(r["gained"]), *_precision_cells(r, 1)]
+                      signed(r["delta_pp"], 1, ""), str(r["lost"]), str(r["gained"]),
+                      f"{p_value(r['p_value'])} ({p_value(r['p_holm'])})", verdict(r), *_precision_cells(r, 1)]
                      for r in part],
-                    [False] + [True] * 10,
+                    [False] + [True] * 12,
                 ))
         sections.append(Section(f"{bench}: {variant} vs {c.baseline}", level=3, tables=tables))
     if not sections:
         return []
-    intro = Section("Domain breakdown", plot="domains",
-                    paragraphs=["Benches whose problems carry domain metadata, per high-level domain and subdomain."])
+    intro = Section("Domain breakdown", plot="domains", paragraphs=[
+        "Benches whose problems carry domain metadata, per high-level domain and subdomain. p: the paired test of "
+        "the domain's problems, in parentheses Holm-corrected over the domains (or the subdomains) of one bench "
+        "and variant. " + significance_legend("holm")])
     return [intro, *sections]
 
 
@@ -363,23 +476,44 @@ def expert_sections(c: Comparison) -> list[Section]:
     def group(t: dict, side: str) -> str:
         return f"{t[f'n_{side}']}: {pct(100 * t[f'median_{side}'], 1)}" if t[f"n_{side}"] else "0"
 
+    within = c.rows("exposure_within") if "exposure_within" in c.tables else []
+    stratified = {(r["bench"], r["variant"]): r for r in within if r["stratum"] == WITHIN}
     rows = []
     for key, median in medians.items():
         by = {(t["group_a"], t["group_b"]): t for t in tests if (t["bench"], t["variant"]) == key}
         main, gained = by[("lost", "both_correct")], by[("gained", "both_correct")]
+        strat = stratified.get(key)
         rows.append([key[0], key[1], str(sum(1 for r in exposure if (r["bench"], r["variant"]) == key)),
                      pct(100 * median, 1), group(main, "a"), group(main, "b"), group(gained, "a"),
+                     p_value(strat["p_value"]) if strat else "—", _signed_r(strat["rank_biserial"]) if strat else "—",
                      p_value(main["p_value"]), _signed_r(main["rank_biserial"])])
     summary = Table(["Bench", "Variant", "problems", "exposure (median)", "lost (n: median)",
-                     "both correct (n: median)", "gained (n: median)", "p (lost vs both correct)", "r"],
-                    rows, [False, False] + [True] * 7)
+                     "both correct (n: median)", "gained (n: median)", "p within domains", "r within domains",
+                     "p pooled", "r pooled"],
+                    rows, [False, False] + [True] * 9)
     out = [Section("Dropped-expert exposure", plot="experts", tables=[summary], paragraphs=[
         f"Exposure of a problem: the share of {c.baseline}'s routing weight (its own samples, every token, every "
-        "MoE layer, teacher-forced by `omk-ray route`) that went to the experts the variant dropped. p: two-sided "
-        "Mann-Whitney U test of lost against both-correct problems; r: rank-biserial correlation (+1: every lost "
-        "problem more exposed than every both-correct one). Per-problem exposures (per layer too): "
-        "tables/exposure.parquet.",
+        "MoE layer, teacher-forced by `omk-ray route`) that went to the experts the variant dropped. Lost against "
+        "both-correct problems, within domains: a stratified test (van Elteren's statistic, its p from permuting the "
+        "outcomes within each domain) and the domains' rank-biserial r averaged with the same weights; this is the "
+        "comparison to read, since domains differ in exposure and in how many problems a variant loses. Pooled: the "
+        "two-sided Mann-Whitney U test and rank-biserial r over all problems at once (+1: every lost problem more "
+        "exposed than every both-correct one), confounded by domain wherever the lost problems crowd into one; "
+        "shown only beside the within-domain figures. Per-problem exposures (per layer too): "
+        "tables/exposure.parquet; per domain: tables/exposure_within.parquet.",
     ])]
+    for key in dict.fromkeys((r["bench"], r["variant"]) for r in within):
+        mine = [r for r in within if (r["bench"], r["variant"]) == key and r["stratum"] != WITHIN]
+        table = Table(
+            ["Domain", "lost", "both correct", "lost: median", "both correct: median", "r", "p"],
+            [[r["stratum"], str(r["n_lost"]), str(r["n_both_correct"]), pct(100 * r["median_lost"], 1),
+              pct(100 * r["median_both_correct"], 1), _signed_r(r["rank_biserial"]), p_value(r["p_value"])]
+             for r in mine],
+            [False] + [True] * 6,
+        )
+        out.append(Section(f"Exposure within domains: {key[1]} on {key[0]}", level=3, tables=[table], paragraphs=[
+            "Lost against both-correct problems of the same domain (Mann-Whitney U, rank-biserial r); a domain "
+            "without both groups cannot tell (—)."]))
     domains = c.rows("exposure_domains")
     for key in dict.fromkeys((r["bench"], r["variant"]) for r in domains):
         mine = [r for r in domains if (r["bench"], r["variant"]) == key]
@@ -447,9 +581,8 @@ def _statistics_notes(c: Comparison) -> list[str]:
         "(Miller 2024, \"Adding Error Bars to Evals\"); the higher, the smaller the SE of a difference. MDE: the "
         f"smallest |Δ| the bench detects with {POWER:.0%} power at p ≤ {ALPHA:g} (uncorrected), given its n and the "
         "observed discordance (exact McNemar power for pass/fail, (z(1 − α/2) + z(power)) × SE for graded); ∞: no "
-        f"difference is, at that discordance. {BELOW_MDE}: |Δ| is smaller than the MDE, below what this bench can "
-        "tell apart (if p is small all the same, the bench was lucky, or the effect is real but the bench too small "
-        "to show it reliably).",
+        "difference is, at that discordance. power: whether |Δ| is below the MDE or at least the MDE.",
+        "verdict: " + significance_legend(c.correction),
     ]
 
 
@@ -475,11 +608,15 @@ def _notes(c: Comparison) -> Section:
         lines.append(f"{ENGINE_MARK} marks benches where a variant ran on another engine than the baseline (as the grid "
                      "chose): a difference there is the engines' as well as the weights'.")
     if any(n.mark == DECLARED_MARK for n in c.guard.notes):
-        lines.append(f"{DECLARED_MARK} marks benches where a variant's recipe differs from the baseline's by an override the grid declared.")
+        lines.append(f"{DECLARED_MARK} marks benches where a variant's recipe differs from the baseline's, as a grid "
+                     "declared or an import recorded it.")
+    if any(n.mark == UNRECORDED_MARK for n in c.guard.notes):
+        lines.append(f"{UNRECORDED_MARK} marks benches where a recipe was not recorded (an import without one): "
+                     "whether the comparison is like for like is unknown.")
     lines.extend(c.notes)
     metrics = sorted({m for m in c.primary.values() if m != SCORE_COLUMN})
     if metrics:
         lines.append("Primary metrics other than the stored score: "
                      + ", ".join(f"{b}: {m}" for b, m in c.primary.items() if m != SCORE_COLUMN) + ".")
     lines.extend(_statistics_notes(c))
-    return Section("Notes", paragraphs=lines)
+    return Section("Notes", paragraphs=[without_machine_paths(line) for line in lines])

@@ -187,7 +187,9 @@ def status(results: Path = typer.Argument(..., help="results folder of a run")) 
     """  # noqa: E501
     from omk_ray.analysis.declared import canary_verdicts
     from omk_ray.farm.planner import PlanError
-    from omk_ray.farm.status import engine_report, grid_status, latest_run, runs_without_manifest, stored_counts
+    from omk_ray.farm.status import (
+        engine_report, grid_status, import_status, latest_run, only_imports, runs_without_manifest,
+    )
     from omk_ray.results.folder_lock import holder, stale_record
     from omk_ray.results.store import ResultsStore, UnreadableResults
 
@@ -197,6 +199,9 @@ def status(results: Path = typer.Argument(..., help="results folder of a run")) 
         run_log = latest_run(store)
         cells = grid_status(store, run_log)
     except (FileNotFoundError, PlanError, ConfigError, UnreadableResults) as err:
+        if only_imports(store):  # filled by `omk-ray import`: no grid, so nothing is expected or missing
+            print_table(import_status(store), title="imported samples (no run: nothing expected or missing)")
+            return
         _status_without_grid(store, results, err)
     canary = canary_verdicts(store.runs())
     print_table([{"variant": c.variant, "bench": c.bench, "expected": c.expected, "done": c.done,

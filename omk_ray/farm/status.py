@@ -52,6 +52,30 @@ def stored_counts(store: ResultsStore) -> list[dict]:
     return [counts[k] for k in sorted(counts)]
 
 
+def only_imports(store: ResultsStore) -> bool:
+    """A folder that `omk-ray import` filled and no run ever wrote to: samples, no run folder, nothing unreadable."""
+    runs = store.runs_dir.is_dir() and any(p.is_dir() for p in store.runs_dir.iterdir())
+    return not runs and not store.unreadable and bool(store.shard_paths())
+
+
+def import_status(store: ResultsStore) -> list[dict]:
+    """Per imported variant x bench: samples stored, scored, errors, the log it came from and its recipe's source
+    (`benches/<bench>.json`; "not recorded" for an import without one)."""
+    from omk_ray.results.importers import LogImportError, read_bench_record
+
+    rows = []
+    for c in stored_counts(store):
+        try:
+            entry = (read_bench_record(store.root, c["bench"]).get("variants") or {}).get(c["variant"]) or {}
+        except LogImportError:
+            entry = {}
+        recipe = entry.get("recipe", "?") if isinstance(entry, dict) else "?"
+        rows.append({**c, "imported from": entry.get("imported_from") or "?",
+                     "recipe": "not recorded" if recipe is None else "?" if recipe == "?" else
+                     f"from {recipe.get('source') or 'the import'}"})
+    return rows
+
+
 def grid_status(store: ResultsStore, run: RunLog | None = None) -> list[CellStatus]:
     run = run or latest_run(store)
     records = run.records()

@@ -67,6 +67,30 @@ def _score(value: float | None) -> str:
     return "error" if value is None else f"{value:g}"
 
 
+def _recipe_fields(values: list[str]) -> dict | None:
+    """--recipe KEY=VALUE (repeatable; values read as YAML: true, 12288, 0.95) -> recipe fields, checked."""
+    if not values:
+        return None
+    import yaml
+
+    from omk_ray.config import RECIPE_KEYS
+
+    fields = {}
+    for value in values:
+        key, sep, raw = value.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{value!r}: expected KEY=VALUE, e.g. enable_thinking=true", param_hint="--recipe")
+        if key not in RECIPE_KEYS:
+            raise typer.BadParameter(f"{key!r} is not a recipe key (keys: {', '.join(sorted(RECIPE_KEYS))})",
+                                     param_hint="--recipe")
+        fields[key] = yaml.safe_load(raw)
+    return fields
+
+
+RECIPE_HELP = ("KEY=VALUE: the recipe the log ran under, over what the log and the grid say (repeatable), e.g. "
+               "--recipe enable_thinking=true --recipe thinking_budget=12288")
+
+
 def _report_imports(reports) -> None:
     rows = []
     for r in reports:
@@ -107,6 +131,7 @@ def register(app: typer.Typer) -> None:
                                   "map) are read from the safetensors headers and provenance, never the weights"),
         revision: Optional[str] = typer.Option(None, "--revision", help="hub revision of --model"),
         wait: bool = typer.Option(False, "--wait", help="wait for the run writing RESULTS instead of refusing"),
+        recipe: list[str] = typer.Option([], "--recipe", help=RECIPE_HELP),
     ) -> None:
         """Import lm-eval per-sample logs: one row per doc, every metric of every filter in its metric map.
 
@@ -120,7 +145,8 @@ def register(app: typer.Typer) -> None:
         try:
             reports = import_lmeval(folder, variant, results, grid, _pairs(primary_metric, "--primary-metric"),
                                     _pairs(domain_field, "--domain-field", fields),
-                                    _pairs(subdomain_field, "--subdomain-field", fields), model, revision, wait=wait)
+                                    _pairs(subdomain_field, "--subdomain-field", fields), model, revision, wait=wait,
+                                    recipe=_recipe_fields(recipe))
         except (LogImportError, FolderBusy, OSError, ValueError) as err:
             fail(str(err))
         _report_imports(reports)
@@ -130,17 +156,27 @@ def register(app: typer.Typer) -> None:
         file: Path = typer.Argument(..., help="the LCB runner's <name>.samples.jsonl (or its <name>.json)"),
         variant: str = typer.Option(..., "--variant", "-v", help="variant name the imported rows get"),
         results: Path = typer.Option(..., "--results", "-r", help="results folder to import into"),
-        bench: str = typer.Option("lcb_medium", "--bench", help="bench name of the rows"),
+        bench: Optional[str] = typer.Option(None, "--bench", help="bench name of the rows (default: the grid's "
+                                                                  "livecodebench bench, else lcb_medium)"),
+        config: Optional[Path] = typer.Option(
+            None, "--config", help="grid whose livecodebench bench names the rows and whose recipe for the variant "
+                                   "is recorded (the runner logs none)"),
         model: Optional[str] = typer.Option(None, "--model", help="the variant's checkpoint folder or hub id (facts)"),
         revision: Optional[str] = typer.Option(None, "--revision", help="hub revision of --model"),
         wait: bool = typer.Option(False, "--wait", help="wait for the run writing RESULTS instead of refusing"),
+        recipe: list[str] = typer.Option([], "--recipe", help=RECIPE_HELP),
     ) -> None:
-        """Import the upstream LiveCodeBench runner's per-problem samples (pass/fail, tokens, finish reason)."""
+        """Import the upstream LiveCodeBench runner's per-problem samples (pass/fail, tokens, finish reason).
+
+        The runner logs no recipe: give it with --config (the variant's recipe there) or --recipe, else the card says the recipe is not recorded.
+        """  # noqa: E501
         from omk_ray.results.folder_lock import FolderBusy
         from omk_ray.results.importers import LogImportError, import_lcb
 
+        grid = _load_grid(config)
         try:
-            report = import_lcb(file, variant, results, bench, model, revision, wait=wait)
+            report = import_lcb(file, variant, results, bench, model, revision, wait=wait, grid=grid,
+                                recipe=_recipe_fields(recipe))
         except (LogImportError, FolderBusy, OSError, ValueError) as err:
             fail(str(err))
         _report_imports([report])

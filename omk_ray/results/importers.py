@@ -25,6 +25,17 @@ cannot be imported, a sample logged twice, stops it with nothing written); only 
 results folder's writer lock (`results/folder_lock.py`, as `omk-ray run` does), are the shards and
 records written.
 
+The recipe each log ran under is recorded with its import (`recipe` in the variant's entry of
+`benches/<bench>.json`, its hash on every row): an lm-eval log's from its config (chat template,
+sampler, max_gen_toks, stops); the LCB runner's logs carry none, so its recipe comes from the grid
+(`--config`, the variant's recipe for that bench) or `--recipe KEY=VALUE` (which also overrides what a
+log says, e.g. `enable_thinking=true`). An import without any is recorded as such (`recipe: null`):
+the card then says the comparison's recipe is unknown instead of treating it as like-for-like.
+
+With a grid, tasks of the canonical suite are filed under the grid's bench of their kind with the
+farm's ids (`KNOWN_TASKS`: lm-eval's `humaneval_chat` as the grid's `humaneval` bench, ids
+`HumanEval/N` from the doc's `task_id`), so imported and farm rows pair.
+
 The variant's facts for the model card (parameters, experts, drop map recipe; see
 `omk_ray.variants.facts`) are read at import from the checkpoint folder or hub id given as
 `model` (headers only), or from the grid variant of the same name (its `model` and `facts`), and
@@ -51,6 +62,13 @@ from omk_ray.results.schema import TOKENS_MISSING, make_row, rows_to_table
 from omk_ray.results.store import ResultsStore
 from omk_ray.variants.facts import Facts, FactsError, checkpoint_facts
 
+# lm-eval tasks of the canonical suite -> (the farm bench kind they are, the doc field holding the farm's id)
+KNOWN_TASKS = {
+    "humaneval": ("humaneval", "task_id"), "humaneval_chat": ("humaneval", "task_id"),
+    "humaneval_instruct": ("humaneval", "task_id"), "humaneval_plus": ("humaneval_plus", "task_id"),
+    "humaneval_plus_chat": ("humaneval_plus", "task_id"), "mbpp": ("mbpp", "task_id"),
+    "mbpp_chat": ("mbpp", "task_id"), "mbpp_instruct": ("mbpp", "task_id"),
+}
 SAMPLES_NAME = re.compile(r"^samples_(?P<task>.+)_(?P<stamp>\d{4}-\d{2}-\d{2}T[\d.\-]+)\.jsonl$")
 # Scorer used by `rescore` for code tasks imported from lm-eval: run the stored program + tests.
 PROGRAM_TESTS = "program_tests"
@@ -76,6 +94,9 @@ class ImportReport:
     spec: BenchSpec | None = field(default=None, repr=False)
     docs: list[dict] = field(default_factory=list, repr=False)
     unit: str = ""
+    recipe: Recipe | None = field(default=None, repr=False)  # None: the import recorded none
+    recipe_source: str | None = None  # "log", "grid", "log, --recipe", ...
+    recipe_unstated: list[str] = field(default_factory=list)  # recipe keys nothing stated (defaults filled in)
 
     @property
     def reproduced(self) -> bool:
@@ -115,6 +136,7 @@ def import_lmeval(
     model: str | None = None,
     revision: str | None = None,
     wait: bool = False,
+    recipe: dict[str, Any] | None = None,
 ) -> list[ImportReport]:
     """Import every lm-eval log under `folder` as `variant`: all of them, or nothing.
 
@@ -123,7 +145,8 @@ def import_lmeval(
     the bench is named after the task. `primary_metrics` (task or bench -> "metric,filter"),
     `domain_fields` and `subdomain_fields` (task or bench -> doc field) override both. `model`
     (a checkpoint folder or hub id) is where the variant's facts are read. `wait`: wait for the
-    writer holding the results folder instead of refusing (FolderBusy).
+    writer holding the results folder instead of refusing (FolderBusy). `recipe`: recipe fields that
+    override the log's and the grid's (e.g. {"enable_thinking": True}).
     """
     store = ResultsStore(results_root)
     logs = find_lmeval_logs(folder)
@@ -138,7 +161,8 @@ def import_lmeval(
         named = (("domain_field", given(domain_fields)), ("subdomain_field", given(subdomain_fields)))
         options = {k: v for k, v in named if v}
         spec = spec.model_copy(update={"options": {**spec.options, **options}})
-        reports.append(_import_one(store, samples_path, results_path, task, spec, variant, given(primary_metrics)))
+        reports.append(_import_one(store, samples_path, results_path, task, spec, variant, given(primary_metrics),
+                                   grid, recipe))
     benches: dict[str, str] = {}
     for r in reports:
         if r.bench in benches:
@@ -189,7 +213,39 @@ def _bench_for_task(task: str, grid: GridConfig | None) -> BenchSpec:
     for b in grid.benches if grid else []:
         if b.options.get("task") == task or (b.name == task and b.kind == "lmeval"):
             return b
+    kind, id_field = KNOWN_TASKS.get(task, (None, None))
+    for b in grid.benches if grid and kind else []:
+        if b.kind == kind:  # the farm's bench of this kind: its name, and the farm's ids
+            return b.model_copy(update={"options": {**b.options, "task": task, "id_field": id_field}})
     return BenchSpec(name=task, kind="lmeval", options={"task": task})
+
+
+def import_recipe(logged: Recipe | None, grid: GridConfig | None, variant: str, bench: str,
+                  given: dict[str, Any] | None) -> tuple[Recipe | None, str | None]:
+    """(the recipe an import records, where it came from): the log's, else the grid's recipe of `variant` on
+    `bench`, with the grid variant's overrides for that bench and then `given` on top; (None, None) when
+    nothing tells."""
+    spec = next((v for v in grid.variants if v.name == variant), None) if grid else None
+    bench_spec = next((b for b in grid.benches if b.name == bench), None) if grid else None
+    fields: dict[str, Any] | None = None
+    overrides = _grid_overrides(grid, variant, bench)
+    sources = []
+    if logged is not None:
+        fields, sources = logged.model_dump(), ["log"]
+    elif grid is not None and bench_spec is not None:
+        fields, sources = {**grid.recipe.model_dump(), **bench_spec.recipe}, ["grid"]
+    if fields is not None and overrides:
+        fields = {**fields, **overrides}
+        sources.append("grid override")
+    if given:
+        fields = {**(fields if fields is not None else Recipe().model_dump()), **given}
+        sources.append("--recipe")
+    if fields is None:
+        return None, None
+    try:
+        return Recipe(**fields), ", ".join(sources)
+    except ValueError as err:
+        raise LogImportError(f"recipe of {variant!r} on {bench!r}: {err}") from None
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -244,6 +300,8 @@ def _import_one(
     spec: BenchSpec,
     variant: str,
     primary: str | None,
+    grid: GridConfig | None = None,
+    given_recipe: dict[str, Any] | None = None,
 ) -> ImportReport:
     results, config, logged = _read_results(results_path, task)
     samples = _read_jsonl(samples_path)
@@ -272,7 +330,10 @@ def _import_one(
         spec = spec.model_copy(update={"kind": PROGRAM_TESTS, "options": {**spec.options, "task": task}})
     spec = spec.model_copy(update={"options": {**spec.options, "primary_metric": primary}})
 
-    recipe = _recipe(results, config, samples[0])
+    recipe, recipe_source = import_recipe(_recipe(results, config, samples[0]), grid, variant, spec.name, given_recipe)
+    gen = {**(config.get("generation_kwargs") or {}), **((results.get("config") or {}).get("gen_kwargs") or {})}
+    overridden = set(given_recipe or {}) | set(_grid_overrides(grid, variant, spec.name))
+    unstated = [k for k in ("max_gen_toks",) if not gen.get(k) and k not in overridden]  # the default filled in
     fingerprint = stable_hash({"imported_from": results.get("model_name"), "variant": variant,
                                "model_args": (results.get("config") or {}).get("model_args")})
     started = _timestamp(results.get("date"))
@@ -330,6 +391,7 @@ def _import_one(
     for key in metric_keys:
         report.aggregates[key] = (float(logged[key]), aggregate(maps, key))
     report.table, report.spec, report.docs, report.unit = _table(samples_path, rows), spec, docs, f"import-{task}"
+    report.recipe, report.recipe_source, report.recipe_unstated = recipe, recipe_source, unstated
     return report
 
 
@@ -382,6 +444,12 @@ def _extracted(filtered: Any, resps: Any) -> str | None:
     return None if text == first_text(resps) else text
 
 
+def _grid_overrides(grid: GridConfig | None, variant: str, bench: str) -> dict[str, Any]:
+    """The recipe overrides the grid's variant of that name declares for the bench ("*" first)."""
+    spec = next((v for v in grid.variants if v.name == variant), None) if grid else None
+    return {**spec.recipe_overrides.get("*", {}), **spec.recipe_overrides.get(bench, {})} if spec else {}
+
+
 def _recipe(results: dict, config: dict, sample: dict) -> Recipe:
     """The recipe the run used, as far as the log tells, so its hash and cohort mean what a farm run's do."""
     gen = {**(config.get("generation_kwargs") or {}), **((results.get("config") or {}).get("gen_kwargs") or {})}
@@ -411,12 +479,18 @@ def _timestamp(value: Any) -> datetime | None:
 # -- LiveCodeBench -------------------------------------------------------------------------------
 
 
-def import_lcb(path: Path, variant: str, results_root: Path, bench: str = "lcb_medium", model: str | None = None,
-               revision: str | None = None, wait: bool = False) -> ImportReport:
+def import_lcb(path: Path, variant: str, results_root: Path, bench: str | None = None, model: str | None = None,
+               revision: str | None = None, wait: bool = False, grid: GridConfig | None = None,
+               recipe: dict[str, Any] | None = None) -> ImportReport:
     """Import the upstream LCB runner's per-problem samples (FILE.samples.jsonl, or its lcb_result.json):
-    all of them or nothing, under the results folder's writer lock."""
+    all of them or nothing, under the results folder's writer lock. `bench`: the rows' bench (default: the
+    grid's livecodebench bench, else lcb_medium). The runner logs no recipe: it is the grid's (the variant's
+    recipe on that bench) and/or `recipe`'s fields, else recorded as unknown."""
     path = Path(path)
-    facts = variant_facts(variant, None, model, revision)
+    if bench is None:
+        bench = next((b.name for b in grid.benches if b.kind == "livecodebench"), "lcb_medium") if grid else "lcb_medium"
+    facts = variant_facts(variant, grid, model, revision)
+    chosen, recipe_source = import_recipe(None, grid, variant, bench, recipe)
     samples_path = path if path.name.endswith(".samples.jsonl") else path.with_name(path.stem + ".samples.jsonl")
     if not samples_path.is_file():
         raise LogImportError(f"{path}: no LiveCodeBench samples file ({samples_path.name})")
@@ -449,7 +523,7 @@ def import_lcb(path: Path, variant: str, results_root: Path, bench: str = "lcb_m
             metrics[TOKENS_MISSING] = 1.0
         rows.append(make_row(
             run_id=f"import-lcb-{samples_path.stem}",
-            cohort="greedy",
+            cohort=chosen.cohort if chosen else "greedy",  # the runner's protocol is greedy
             variant=variant,
             variant_fingerprint=fingerprint,
             bench=bench,
@@ -464,6 +538,7 @@ def import_lcb(path: Path, variant: str, results_root: Path, bench: str = "lcb_m
             metrics=metrics,
             latency_s=s.get("gen_secs"),
             engine="lcb-import",
+            recipe_hash=chosen.hash if chosen else None,
             scorer_version="lcb-runner",
             dataset_revision="livecodebench/code_generation_lite@unrecorded",
             started_at=started,
@@ -474,6 +549,7 @@ def import_lcb(path: Path, variant: str, results_root: Path, bench: str = "lcb_m
     # Rescoring runs the problems' tests again: the livecodebench bench (its data from the cache).
     report.table, report.spec, report.unit = _table(samples_path, rows), BenchSpec(name=bench, kind="livecodebench"), \
         "import-lcb"
+    report.recipe, report.recipe_source = chosen, recipe_source
     store = ResultsStore(results_root)
     with writing(results_root, f"import-lcb-{variant}", wait=wait):
         _write_report(store, report, variant)
@@ -508,7 +584,9 @@ def _table(source: Path, rows: list[dict]) -> pa.Table:
 def _write_report(store: ResultsStore, report: ImportReport, variant: str) -> None:
     """Write one prepared log: its shard, then its bench's record for `variant`."""
     report.shard = str(_write(store, report.table, variant, report.bench, report.unit))
-    _write_bench_sidecar(store, report.spec, report.docs, source=report.source, variant=variant)
+    recipe = None if report.recipe is None else {**report.recipe.model_dump(mode="json"), "source": report.recipe_source,
+                                                 "unstated": report.recipe_unstated}
+    _write_bench_sidecar(store, report.spec, report.docs, source=report.source, variant=variant, recipe=recipe)
     report.table = None
 
 
@@ -555,6 +633,29 @@ def variant_bench_specs(root: Path) -> dict[tuple[str, str], BenchSpec]:
     return out
 
 
+def imported_recipes(root: Path) -> dict[tuple[str, str], dict | None]:
+    """(variant, bench) -> the recipe its import recorded (with `source`), None where it recorded none;
+    imports written before recipes were recorded are left out (unknown)."""
+    folder = Path(root) / "benches"
+    out: dict[tuple[str, str], dict | None] = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        record = read_bench_record(root, path.stem)
+        for variant, entry in (record.get("variants") or {}).items():
+            if isinstance(entry, dict) and "recipe" in entry:
+                out[(variant, path.stem)] = entry["recipe"]
+    return out
+
+
+def _shown(root: Path, source: str) -> str:
+    """A log's path as recorded: relative to the results folder where it lies inside, else its last two parts
+    (no machine's folders in what a report may show)."""
+    path = Path(source)
+    try:
+        return str(path.resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return str(Path(*path.parts[-2:]))
+
+
 def _check_docs(store: ResultsStore, report: ImportReport) -> None:
     """Refuse docs recorded already under the same ids with other content (another dataset, another version)."""
     _, docs_path = bench_sidecar_paths(store.root, report.bench)
@@ -569,10 +670,11 @@ def _check_docs(store: ResultsStore, report: ImportReport) -> None:
             "given with --config names it); nothing was imported")
 
 
-def _write_bench_sidecar(store: ResultsStore, spec: BenchSpec, docs: list[dict], source: str, variant: str) -> None:
+def _write_bench_sidecar(store: ResultsStore, spec: BenchSpec, docs: list[dict], source: str, variant: str,
+                         recipe: dict | None = None) -> None:
     spec_path, docs_path = bench_sidecar_paths(store.root, spec.name)
     spec_path.parent.mkdir(parents=True, exist_ok=True)
-    entry = {"spec": spec.model_dump(mode="json"), "imported_from": source}
+    entry = {"spec": spec.model_dump(mode="json"), "imported_from": _shown(store.root, source), "recipe": recipe}
     record = read_bench_record(store.root, spec.name) or dict(entry)
     record["variants"] = {**(record.get("variants") or {}), variant: entry}
     write_text_atomic(spec_path, json.dumps(record, indent=2))

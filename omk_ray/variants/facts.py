@@ -7,6 +7,9 @@
         builds and `omk-ray quantize`) the experts dropped per layer and the drop map's recipe.
         `model` is a checkpoint folder, else a Hugging Face hub id: its local cache, or with
         `online` the Hub's headers (range requests, `get_safetensors_metadata`).
+        A folder holding a GGUF model file instead of safetensors (a grid's GGUF build, a GGUF
+        download) is read with the `gguf` package (`gguf_facts`): the tensor table and the
+        metadata (expert count, experts used, file type), never the weights.
     Facts.merged(declared): with the facts a grid variant declares by hand (`facts:`, validated by
         `omk_ray.config.DeclaredFacts`), for a checkpoint not at hand (a GGUF behind an endpoint,
         a model evaluated elsewhere).
@@ -56,6 +59,7 @@ class Facts:
     drop_map: str | None = None  # the recipe, in words
     recipe: dict[str, Any] = field(default_factory=dict)  # the recipe's fields, as the provenance records them
     source: str = ""  # where these facts come from
+    basis: list[str] = field(default_factory=list)  # how they were read: "headers", "gguf", "declared"
 
     @property
     def capacity_removed(self) -> float | None:
@@ -80,7 +84,7 @@ class Facts:
         if not given:
             return self
         source = f"{self.source}; declared in the grid" if self.source else "declared in the grid"
-        return Facts(**{**asdict(self), **given, "source": source})
+        return Facts(**{**asdict(self), **given, "source": source, "basis": [*self.basis, "declared"]})
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -89,9 +93,14 @@ class Facts:
 def checkpoint_facts(model: str, revision: str | None = None, online: bool = False) -> Facts:
     """The facts of a checkpoint folder or hub id (see the module docstring). Raises FactsError."""
     folder = Path(model).expanduser()
+    if folder.is_file() and folder.suffix == ".gguf":
+        return gguf_facts(folder, None, model)
     if folder.is_dir():
+        gguf = _gguf_model(folder)
+        if gguf is not None and not any(folder.glob("*.safetensors")):
+            return gguf_facts(gguf, _read_json(folder / PROVENANCE_NAME, required=False), model)
         config, provenance = _read_json(folder / "config.json"), _read_json(folder / PROVENANCE_NAME, required=False)
-        return facts_from(model, config, _local_tensors(folder), provenance, f"checkpoint {folder}")
+        return facts_from(model, config, _local_tensors(folder), provenance, f"checkpoint {folder.name}")
     cached = _hub_cache(model, revision)
     if cached is not None:
         facts = checkpoint_facts(str(cached))
@@ -121,7 +130,63 @@ def facts_from(model: str, config: dict, tensors: list[tuple[str, str, tuple[int
         active = total - expert * (1 - k / experts)
     facts = Facts(model=model, total_params=float(total) if tensors else None,
                   expert_params=float(expert) if tensors else None, active_params=active, moe_layers=len(layers) or None,
-                  experts_per_layer=experts, top_k=k, quantization=_quantization(config), source=source)
+                  experts_per_layer=experts, top_k=k, quantization=_quantization(config), source=source,
+                  basis=["headers"] if tensors else [])
+    _add_provenance(facts, provenance or {})
+    return facts
+
+
+def _gguf_model(folder: Path) -> Path | None:
+    """The one model .gguf of a folder (an importance matrix is not a model), else None."""
+    found = sorted(p for p in folder.glob("*.gguf") if p.name != "imatrix.gguf")
+    return found[0] if len(found) == 1 else None
+
+
+def _gguf_module():
+    """The `gguf` package: installed, else the one of the pinned llama.cpp build (omk-ray llama.cpp tools)."""
+    try:
+        import gguf
+    except ImportError:
+        from omk_ray.variants.gguf import GGUFError, import_gguf
+
+        try:
+            gguf = import_gguf()
+        except (GGUFError, OSError, ImportError, RuntimeError, ValueError) as err:
+            raise FactsError(f"no `gguf` package to read GGUF files with (pip install gguf): {err}") from None
+    return gguf
+
+
+def gguf_facts(path: Path, provenance: dict | None, model: str | None = None) -> Facts:
+    """Facts of a GGUF file from its metadata and tensor table (with `gguf`): parameters summed over the
+    tensors' element counts (experts: the `*_exps.weight` tensors), experts per layer and experts used
+    from `<arch>.expert_count` / `<arch>.expert_used_count`, the quantization from `general.file_type`."""
+    gguf = _gguf_module()
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except (OSError, ValueError) as err:
+        raise FactsError(f"{path.name}: not a readable GGUF file ({err})") from None
+    meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.")}
+    arch = meta.get("general.architecture")
+    experts, k = meta.get(f"{arch}.expert_count"), meta.get(f"{arch}.expert_used_count")
+    total = expert = 0
+    layers: set[int] = set()
+    for t in reader.tensors:
+        n = int(t.n_elements)
+        total += n
+        if "_exps." in t.name and t.name.endswith(".weight"):
+            expert += n
+            if m := re.match(r"blk\.(\d+)\.", t.name):
+                layers.add(int(m[1]))
+    active = total - expert * (1 - k / experts) if experts and k else None
+    file_type = meta.get("general.file_type")
+    try:
+        quant = gguf.LlamaFileType(file_type).name.removeprefix("MOSTLY_") if file_type is not None else None
+    except ValueError:
+        quant = f"file type {file_type}"
+    facts = Facts(model=model or path.name, total_params=float(total), expert_params=float(expert) if layers else None,
+                  active_params=active, moe_layers=len(layers) or None,
+                  experts_per_layer=int(experts) if experts else None, top_k=int(k) if k else None,
+                  quantization=f"GGUF {quant}" if quant else "GGUF", source=f"GGUF {path.name}", basis=["gguf"])
     _add_provenance(facts, provenance or {})
     return facts
 
@@ -215,7 +280,8 @@ def _add_provenance(facts: Facts, record: dict) -> None:
         chain.append(record)
         record = record.get("base_provenance")
     for r in chain:
-        if r.get("scheme") and facts.quantization and not facts.quantization.startswith("none"):
+        if r.get("scheme") and facts.quantization and not facts.quantization.startswith("none") \
+                and str(r["scheme"]).lower() not in facts.quantization.lower():
             facts.quantization = f"{r['scheme']} ({facts.quantization})"
         counts = r.get("num_experts")
         if isinstance(counts, dict) and facts.dropped_per_layer is None:

@@ -398,12 +398,19 @@ def test_the_seed_cards_gpqa_tables_come_out(tmp_path):
     for line in expected:
         assert line in markdown, line
     assert f"| {binomtest(15, 38).pvalue:.2f} (" in markdown  # McNemar on the 23 lost vs 15 gained
-    # the card's hand-written "(1 problem, noise)" marks, computed: nothing at that discordance is detectable
-    assert "| Biology | 19 | 57.9% | 52.6% | −5.3 | 1 | 0 | 5.3 | ∞ | below MDE |" in markdown
-    assert "| Relativistic Mechanics | 7 | 85.7% | 71.4% | −14.3 | 1 | 0 | 14.3 | ∞ | below MDE |" in markdown
-    assert f"| Chemistry | 93 | 62.4% | 54.8% | −7.5 | 18 | 11 | 5.8 | {100 * mcnemar_mde(29, 93):.1f} | below MDE |" in markdown
+    # the card's hand-written "(1 problem, noise)" marks, computed: the verdict by the Holm-corrected McNemar test over
+    # the three domains, and "below MDE" as power information beside it (nothing at that discordance is detectable)
+    chemistry = binomtest(11, 29).pvalue
+    assert holm([chemistry, 1.0, 1.0])[0] == pytest.approx(min(1.0, 3 * chemistry))
+    assert ("| Biology | 19 | 57.9% | 52.6% | −5.3 | 1 | 0 | 1.00 (1.00) | not significant | 5.3 | ∞ | below MDE |"
+            in markdown)
+    assert ("| Relativistic Mechanics | 7 | 85.7% | 71.4% | −14.3 | 1 | 0 | 1.00 (1.00) | not significant | 14.3 | ∞ "
+            "| below MDE |") in markdown
+    assert (f"| Chemistry | 93 | 62.4% | 54.8% | −7.5 | 18 | 11 | {chemistry:.2f} ({3 * chemistry:.2f}) | not significant "
+            f"| 5.8 | {100 * mcnemar_mde(29, 93):.1f} | below MDE |") in markdown
     low, high = (100 * b for b in mcnemar_interval(23, 15, 198))
-    assert f"| −4.04pp | [−{-low:.2f}, +{high:.2f}] | 0.26 (0.26) | 3.11 | {100 * mcnemar_mde(38, 198):.2f} | below MDE |" in markdown
+    assert (f"| −4.04pp | [−{-low:.2f}, +{high:.2f}] | 0.26 (0.26) | not significant | 3.11 | "
+            f"{100 * mcnemar_mde(38, 198):.2f} | below MDE |") in markdown
     assert "pass/fail benches (GPQA-Diamond) the exact interval compatible with McNemar's test" in markdown
 
 

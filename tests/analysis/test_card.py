@@ -21,25 +21,27 @@ from omk_ray.results.store import ResultsStore
 CANONICAL = Path(__file__).resolve().parents[2] / "configs" / "canonical.yaml"
 runner = CliRunner()
 
-# Every number of the seed card's GPQA-Diamond tables, as the card prints them (bench named by the task); where
-# the seed hand-marked "(1 problem)", the computed mark (every nonzero Δ here is below the domain's MDE).
+# Every number of the seed card's GPQA-Diamond tables, as the card prints them (bench named by the task, with its
+# metric and k/n); where the seed hand-marked "(1 problem)", the computed verdict: no Δ here is significant by the
+# Holm-corrected McNemar test, and every nonzero one is below its MDE (power information).
 CARD_LINES = [
-    f"| {TASK} (198) | 73.23% ±3.15 | 69.19% ±3.29 | −4.04pp |",
+    f"| {TASK} (198, exact match/flexible-extract) | 73.23% ±3.15 (145/198) | 69.19% ±3.29 (137/198) | "
+    "−4.04pp (not significant; below MDE) |",
     # the card prints the means 681 / 679: it truncates 134,972 / 198 = 681.7 and 134,546 / 198 = 679.5
     f"| {TASK} | ≈128e | 492 | 625 | 799 | 2,814 | 682 | 134,972 |",
     f"| {TASK} | ≈v4 | 501 | 617 | 760 | 2,662 | 680 | 134,546 |",
     "| Physics | 86 | 88.4% | 88.4% | 0.0 |",
-    "| Chemistry | 93 | 62.4% | 54.8% | −7.5 (below MDE) |",
-    "| Biology | 19 | 57.9% | 52.6% | −5.3 (below MDE) |",
+    "| Chemistry | 93 | 62.4% | 54.8% | −7.5 (not significant; below MDE) |",
+    "| Biology | 19 | 57.9% | 52.6% | −5.3 (not significant; below MDE) |",
     "| High-energy particle physics | 14 | 100.0% | 100.0% | 0.0 |",
     "| Quantum Mechanics | 25 | 92.0% | 92.0% | 0.0 |",
     "| Physics (general) | 19 | 84.2% | 84.2% | 0.0 |",
-    "| Astrophysics | 13 | 76.9% | 84.6% | +7.7 (below MDE) |",
+    "| Astrophysics | 13 | 76.9% | 84.6% | +7.7 (not significant; below MDE) |",
     "| Electromagnetism and Photonics | 6 | 83.3% | 83.3% | 0.0 |",
     "| Molecular Biology | 15 | 60.0% | 60.0% | 0.0 |",
-    "| Relativistic Mechanics | 7 | 85.7% | 71.4% | −14.3 (below MDE) |",
-    "| Organic Chemistry | 72 | 58.3% | 51.4% | −6.9 (below MDE) |",
-    "| Chemistry (general) | 20 | 75.0% | 65.0% | −10.0 (below MDE) |",
+    "| Relativistic Mechanics | 7 | 85.7% | 71.4% | −14.3 (not significant; below MDE) |",
+    "| Organic Chemistry | 72 | 58.3% | 51.4% | −6.9 (not significant; below MDE) |",
+    "| Chemistry (general) | 20 | 75.0% | 65.0% | −10.0 (not significant; below MDE) |",
     "| | both correct | both wrong | only 128e right | only v4 right |",
     "| count | 122 (61.6%) | 38 (19.2%) | 23 (v4 LOST) | 15 (v4 GAINED) |",
     "Of the 23 problems v4 lost: 18 Chemistry, 4 Physics, 1 Biology.",
@@ -78,12 +80,12 @@ def test_the_cards_gpqa_tables_from_imported_lm_eval_logs(gpqa_logs, tmp_path):
     # the supplementary table's statistics; the percentiles are numpy's on the token counts written
     supplementary = runner.invoke(app, ["compare", str(tmp_path / "results"), "--baseline", "128e", "--format", "card",
                                         "--out", str(tmp_path / "report2"), "--token-stats", "median,mean,p95,max,total",
-                                        "--no-stderr", "--no-html"])
+                                        "--no-stderr", "--no-html", "--abbreviate-totals", "--no-counts"])
     assert supplementary.exit_code == 0, supplementary.output
     p95 = np.percentile(lengths(*CARD_TOKENS["v4"]), 95)
     assert "| Bench | Variant | median | mean | p95 | max | total tokens |" in supplementary.output
-    assert f"| {TASK} | ≈v4 | 617 | 680 | {p95:,.0f} | 2,662 | 134,546 |" in supplementary.output
-    assert f"| {TASK} (198) | 73.23% | 69.19% | −4.04pp |" in supplementary.output
+    assert f"| {TASK} | ≈v4 | 617 | 680 | {p95:,.0f} | 2,662 | 135k |" in supplementary.output  # 134,546 abbreviated
+    assert f"| {TASK} (198, exact match/flexible-extract) | 73.23% | 69.19% | −4.04pp (" in supplementary.output
     bad = runner.invoke(app, ["compare", str(tmp_path / "results"), "--baseline", "128e", "--token-stats", "p50,p200"])
     assert bad.exit_code == 2 and "unknown token statistic 'p200'" in bad.output
 
@@ -95,8 +97,8 @@ def test_the_canonical_grid_names_the_bench_its_ids_and_domain_fields(gpqa_logs,
     assert {r["bench"] for r in rows} == {"gpqa_diamond"} and all(r["doc_id"].startswith("rec") for r in rows)
     c = compare(tmp_path / "results", CompareOptions(baseline="128e", resamples=200))
     card = to_card(c, CardOptions())
-    assert "| gpqa_diamond (198) | 73.23% ±3.15 | 69.19% ±3.29 | −4.04pp |" in card
-    assert "| Chemistry | 93 | 62.4% | 54.8% | −7.5 (below MDE) |" in card and c.rows("anomalies") == []
+    assert "| gpqa_diamond (198, exact match/flexible-extract) | 73.23% ±3.15 (145/198) | 69.19% ±3.29 (137/198) |" in card
+    assert "| Chemistry | 93 | 62.4% | 54.8% | −7.5 (not significant; below MDE) |" in card and c.rows("anomalies") == []
 
 
 @pytest.mark.slow
@@ -164,7 +166,9 @@ def test_several_variants_side_by_side_with_a_stopped_one(tmp_path):
     card = to_card(compare(tmp_path, CompareOptions(baseline="toy", resamples=200)),
                    CardOptions(stats=("median", "mean", "p95", "max", "total")))
     assert "| Bench (n) | toy | geomean | max | Δ geomean | Δ max |" in card
-    assert "| toy (40) | 90.00% ±4.80 | stopped by canary | 75.00% ±6.93 | — | −15.00pp |" in card
+    # k/n beside pass/fail scores; Δ with its verdict (McNemar 9 lost vs 3 gained: p = 0.146) and its power (MDE 24.2pp)
+    assert ("| toy (40) | 90.00% ±4.80 (36/40) | stopped by canary | 75.00% ±6.93 (30/40) | — | "
+            "−15.00pp (not significant; below MDE) |") in card
     assert f"Stopped: geomean stopped by its canary before its full run ({REASON})." in card
     assert "| Bench | Variant | median | mean | p95 | max | total tokens |" in card
     token_rows = [line.split(" | ")[1] for line in card.splitlines() if line.startswith("| toy | ")]
@@ -200,6 +204,8 @@ def test_the_cards_domain_marks_are_the_computed_resolution(tmp_path):
     domains = {r["domain"]: r for r in c.rows("domains") if r["level"] == "domain"}
     assert (domains["a"]["detectable"], domains["z"]["detectable"]) == (True, False)
     card = to_card(c)
-    assert "| a | 20 | 100.0% | 25.0% | −75.0 (detectable) |" in card
-    assert "| z | 20 | 100.0% | 95.0% | −5.0 (below MDE) |" in card
-    assert "1 problem" not in card
+    # a: 15 lost, 0 gained (McNemar p = 2^-14, Holm x2); z: 1 lost (p = 1): the verdict, then power information
+    assert (domains["a"]["p_holm"], domains["z"]["p_holm"]) == (pytest.approx(2 * 2 ** -14), 1.0)
+    assert "| a | 20 | 100.0% | 25.0% | −75.0 (significant) |" in card
+    assert "| z | 20 | 100.0% | 95.0% | −5.0 (not significant; below MDE) |" in card
+    assert "1 problem" not in card and "detectable" not in card

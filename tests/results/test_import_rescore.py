@@ -59,15 +59,16 @@ def test_import_with_the_canonical_grid_names_benches_and_ids(tmp_path):
     reports = {r.task: r for r in import_lmeval(LOGS, "gpt-oss", tmp_path, grid)}
     assert {t: r.bench for t, r in reports.items()} == {
         "aime24_chat": "aime24", "arc_challenge_full_chat": "arc_challenge", "gsm8k": "gsm8k",
-        "humaneval_chat": "humaneval_chat", "ifeval": "ifeval", "minerva_math500": "math500"}
+        "humaneval_chat": "humaneval", "ifeval": "ifeval", "minerva_math500": "math500"}  # the farm's humaneval
     rows = ResultsStore(tmp_path).read().to_pylist()
     ids = {r["bench"]: set() for r in rows}
     for r in rows:
         ids[r["bench"]].add(r["doc_id"])
     assert "2024-II-4" in ids["aime24"] and "Mercury_7175875" in ids["arc_challenge"] and "1000" in ids["ifeval"]
+    assert ids["humaneval"] == {f"HumanEval/{i}" for i in range(164)}  # the farm's ids: the rows pair
     spec = json.loads((tmp_path / "benches" / "math500.json").read_text())["spec"]
     assert spec["options"]["primary_metric"] == "math_verify,none"
-    assert json.loads((tmp_path / "benches" / "humaneval_chat.json").read_text())["spec"]["kind"] == "program_tests"
+    assert json.loads((tmp_path / "benches" / "humaneval.json").read_text())["spec"]["kind"] == "program_tests"
 
     again = import_lmeval(LOGS / "gsm8k_100", "gpt-oss", tmp_path, grid)  # importing again replaces, not adds
     assert again[0].rows == 100

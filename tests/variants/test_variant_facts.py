@@ -231,3 +231,75 @@ def test_declared_facts_are_validated_at_the_edge(tmp_path):
     grid["variants"][0]["facts"] = {"total_params": "many"}
     with pytest.raises(ConfigError, match="variants.0.facts.total_params"):
         parse_grid(grid, "grid.yaml")
+
+
+def test_the_facts_footnote_names_each_source(pruned_toy, tmp_path):
+    rows = bench_rows("toy", "b", [True] * 10) + bench_rows("max", "b", [True] * 8 + [False] * 2)
+    rows += bench_rows("v4-q6k", "b", [True] * 9 + [False])
+    config = grid_config([{"name": "toy"}, {"name": "max"}, {"name": "v4-q6k", "model": "v4-Q6_K.gguf", "engine": "openai",
+                          "facts": {"total_params": "20.8B", "experts_per_layer": 98, "top_k": 8}}], ["b"])
+    store = write_store(tmp_path, rows, [config])
+    run = store.runs()[0]
+    run.write_manifest({**run.manifest(), "model_paths": {"toy": str(TOY), "max": str(pruned_toy), "v4-q6k": "v4-Q6_K.gguf"}})
+    card = to_card(compare(tmp_path, CompareOptions(baseline="toy", resamples=200)))
+    assert ("Parameters of toy, max: summed over the safetensors headers (no weight is read); of v4-q6k: declared in "
+            "the grid (`facts:`), not read from a checkpoint; active = everything but the experts a token's router "
+            "does not pick. ? = not recorded.") in card
+    assert "Facts not read" not in card
+
+
+def tiny_gguf(path: Path) -> dict:
+    """A GGUF of 2 MoE layers x 4 experts (2 used), Q8_0 by its file type; tensors written as float32 zeros."""
+    import numpy as np
+
+    from omk_ray.variants.facts import FactsError, _gguf_module
+
+    try:
+        gguf = _gguf_module()
+    except FactsError as err:
+        pytest.skip(str(err))  # neither `gguf` nor the pinned llama.cpp build (make llamacpp) is here
+    shapes = {"token_embd.weight": (32, 16), "output_norm.weight": (16,)}
+    for layer in range(2):
+        shapes.update({f"blk.{layer}.attn_q.weight": (16, 16), f"blk.{layer}.ffn_gate_inp.weight": (4, 16),
+                       f"blk.{layer}.ffn_gate_exps.weight": (4, 8, 16), f"blk.{layer}.ffn_up_exps.weight": (4, 8, 16),
+                       f"blk.{layer}.ffn_down_exps.weight": (4, 16, 8)})
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_expert_count(4)
+    writer.add_expert_used_count(2)
+    writer.add_file_type(int(gguf.LlamaFileType.MOSTLY_Q8_0))
+    for name, shape in shapes.items():
+        writer.add_tensor(name, np.zeros(shape, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return shapes
+
+
+def test_gguf_facts_come_from_the_gguf_file(tmp_path):
+    folder = tmp_path / "v4-gguf"
+    folder.mkdir()
+    shapes = tiny_gguf(folder / "model-Q8_0.gguf")
+    (folder / "imatrix.gguf").write_bytes(b"not a model")  # an importance matrix beside it is not the model
+    total = sum(math.prod(s) for s in shapes.values())
+    expert = 2 * 3 * 4 * 8 * 16
+    facts = checkpoint_facts(str(folder))
+    assert (facts.total_params, facts.expert_params, facts.moe_layers) == (total, expert, 2)
+    assert (facts.experts_per_layer, facts.top_k, facts.quantization) == (4, 2, "GGUF Q8_0")
+    assert facts.active_params == total - expert * (1 - 2 / 4) and facts.basis == ["gguf"]
+    assert facts.source == "GGUF model-Q8_0.gguf"
+
+    # `import --model` takes the GGUF folder; the card shows its facts and says where they come from
+    from helpers.bench_data import small_gsm8k_log
+
+    log = small_gsm8k_log(tmp_path / "log", docs=5)
+    root = tmp_path / "results"
+    for variant, model in (("toy", TOY), ("v4-gguf", folder)):
+        done = runner.invoke(app, ["import", "lm-eval", str(log), "--variant", variant, "--results", str(root),
+                                   "--model", str(model)])
+        assert done.exit_code == 0, done.output
+    card = to_card(compare(root, CompareOptions(baseline="toy", resamples=200)))
+    assert f"| Total params | 992K | {total / 1e3:.3g}K |" in card
+    assert "| Experts per layer | 16 | 4 |" in card and "| Quantization | none (float32) | GGUF Q8_0 |" in card
+    assert ("Parameters of toy: summed over the safetensors headers (no weight is read); of v4-gguf: read from the "
+            "GGUF file's tensor table and metadata with `gguf` (no weight is read);") in card
