@@ -161,7 +161,7 @@ def may_retry(attempts: int, max_retries: int) -> bool:
 
 
 class Queued(Protocol):
-    """What the queue reads of a sample (`scheduler.Sample`; plain dataclasses in tests)."""
+    """What the queue reads of a sample (`sample_queue.Sample`; plain dataclasses in tests)."""
 
     cost: float  # expected completion tokens
     canary: bool

@@ -55,8 +55,9 @@ class FakeEngines:
     """A fake engine pool: `fail_start` and `lose` name engines (by their start number) that fail to start or
     die on their first poll; `empty` variants answer nothing."""
 
-    def __init__(self, capacity=2, fail_start=(), lose=(), empty=()):
+    def __init__(self, capacity=2, fail_start=(), lose=(), empty=(), load_rounds=None):
         self.capacity, self.fail_start, self.lose, self.empty = capacity, set(fail_start), set(lose), set(empty)
+        self.load_rounds = dict(load_rounds or {})  # variant -> rounds its engines take to load (else one)
         self.slots: list[FakeSlot] = []
         self.started: list[str] = []
         self.retired: list[str] = []
@@ -99,10 +100,14 @@ class FakeEngines:
             if what == "load" and int(name[1:]) in self.fail_start:
                 self.retire(slot)
                 events.append(FailedToStart(name, slot.variant, "CUDA error: out of memory"))
+            elif what == "load" and self.load_rounds.get(slot.variant, 0) > 1:
+                self.load_rounds[slot.variant] -= 1  # still loading
             elif what == "load":
                 slot.loading = False
                 self.loads.append(LoadTime(slot.kind, slot.variant, 1.0))
                 events.append(Loaded(name, slot.variant, {"engine": "echo-fake"}, slot.target))
+            elif what != "poll":
+                continue
             elif int(name[1:]) in self.lose:
                 lost = list(slot.inflight.values())
                 self.retire(slot)
@@ -201,6 +206,15 @@ def test_a_sample_lost_more_often_than_its_retries_is_an_error_row(tmp_path):
     assert all(r["score"] is None for r in rows) and scheduler.failed_samples == 4
     [given_up] = [e for e in events if e.event == EventKind.SAMPLES_FAILED]
     assert sorted(given_up.doc_ids) == [f"q{i}#0" for i in range(4)]
+
+
+def test_a_slot_freed_while_a_variants_only_engine_loads_is_not_given_a_second_copy(tmp_path):
+    """`wide` loads at once, answers everything and frees its slot while `serial` still loads: `serial` has
+    no speed measured yet, so a sibling does not pay (`policies.sibling_pays`); its one engine does the work."""
+    engines = FakeEngines(capacity=2, load_rounds={"serial": 5})
+    scheduler, rows, _ = run_loop(tmp_path, grid_of(tmp_path, ("serial", "wide"), docs=4), engines)
+    assert sorted(engines.started) == ["serial", "wide"] and len(rows) == 8
+    assert engines.retired.index("e2") < engines.retired.index("e1")  # `wide` was done first
 
 
 def test_a_failed_start_frees_the_slot_for_the_next_engine(tmp_path):
