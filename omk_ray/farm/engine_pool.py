@@ -208,8 +208,8 @@ class EnginePool:
                         slot.variant, now - slot.created, timeout, phase, self.plan.checkpoint_bytes.get(slot.variant),
                         configured=self.farm.engine_start_timeout_s is not None)))
             elif stalled(now - slot.last_progress, len(slot.inflight), self._patience(slot)):
-                events.append(self._lost(slot, EventKind.ENGINE_STALLED, f"no request finished in {now - slot.last_progress:.0f} s "
-                                         f"with {len(slot.inflight)} in flight", kill=True))
+                idle = f"no request finished in {now - slot.last_progress:.0f} s with {len(slot.inflight)} in flight"
+                events.append(self._lost(slot, EventKind.ENGINE_STALLED, idle, kill=True))
         return events
 
     # -- inside --------------------------------------------------------------------------------

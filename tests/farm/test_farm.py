@@ -149,9 +149,10 @@ def test_stalled_engine_is_replaced(tmp_path, local_ray):
     summary = run_grid(grid, tmp_path / "results", show_progress=False)
     events = ResultsStore(tmp_path / "results").runs()[-1].events()
     stalls = [e for e in events if e["event"] == "engine_stalled"]
-    # every fake engine answers 10 requests then stalls: 30 samples need 3 engines and 2 stalls
-    assert len(stalls) == 2 and all(e["in_flight"] == 8 for e in stalls)
-    assert sum(e["event"] == "engine_starting" for e in events) == 3
+    # every fake engine answers 10 requests then stalls: 30 samples need 3 engines and 2 stalls (a machine so
+    # loaded that a healthy engine finishes nothing for 3 s adds a stall, and an engine: never a lost sample)
+    assert len(stalls) >= 2 and all(e["in_flight"] > 0 for e in stalls)
+    assert sum(e["event"] == "engine_starting" for e in events) == len(stalls) + 1
     assert summary.generated == 30 and summary.failed == 0
     keys = stored_keys(tmp_path / "results")
     assert len(keys) == len(set(keys)) == 30
