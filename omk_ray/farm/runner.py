@@ -193,8 +193,8 @@ def _run_grid(grid: GridConfig, results_root: str | Path, *, address: str | None
             verdicts = scheduler.canary
             with progress:
                 scheduler.run()
-        elif gate is not None:
-            verdicts = {v.variant: v for v in gate.due()}
+        elif gate is not None:  # judged again from stored rows (`omk-ray canary`, perhaps with other floors):
+            verdicts = {v.variant: v for v in gate.due()}  # the caller's answer, not recorded as the folder's
         status = "finished"
         if scheduler and scheduler.skipped_samples:
             status = "finished_with_skips"
@@ -217,7 +217,7 @@ def _run_grid(grid: GridConfig, results_root: str | Path, *, address: str | None
             "generated_samples": scheduler.generated if scheduler else 0,
             "failed_samples": scheduler.failed_samples if scheduler else 0,
             "skipped_samples": scheduler.skipped_samples if scheduler else 0,
-            "canary": {v: verdict.record() for v, verdict in verdicts.items()},
+            "canary": {v: verdict.record() for v, verdict in scheduler.canary.items()} if scheduler else {},
             "isolation": isolation_used(store, runlog.run_id) if scheduler else {},  # code benches: how programs ran
             "engines": engines,
             "gpus": sorted({g for e in engines if e["info"] for g in e["info"].get("gpus", [])}),
