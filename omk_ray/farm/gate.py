@@ -73,8 +73,8 @@ class Verdict:
     variant: str
     rules: list[RuleVerdict]
     stopped: bool = False  # failed, and the run skips the variant's full run (`on_fail: skip`)
-    passed: bool = True
-    reasons: list[str] = field(default_factory=list)
+    passed: bool = field(init=False)  # every rule passed
+    reasons: list[str] = field(init=False)  # every rule's, in order
 
     def __post_init__(self) -> None:
         self.passed = all(r.passed for r in self.rules)
