@@ -69,11 +69,9 @@ def connect_and_place(grid: GridConfig, args: argparse.Namespace, variants: list
 
 def print_run(summary) -> None:
     """The run's one line, then each variant's canary verdict (`after_run` of run_and_compare)."""
-    from omk_ray.run_and_compare import canary_verdicts
-
     print(f"run {summary.run_id}: {summary.status}; {summary.generated} samples generated, {summary.failed} failed, "
           f"{summary.skipped} skipped, {summary.seconds:.0f} s", flush=True)
-    for variant, result in canary_verdicts(summary.results, summary.run_id).items():
+    for variant, result in sorted(summary.canary.items()):
         print(f"canary {variant}: {'passed' if result.passed else 'FAILED: ' + '; '.join(result.reasons)}",
               flush=True)
 

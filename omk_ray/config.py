@@ -217,7 +217,7 @@ class BenchSpec(_Strict):
 class CanarySpec(_Strict):
     """A generation-mode gate: `docs` problems of every bench (a seeded sample, stratified by
     domain) run first and must pass the structural rules (omk_ray.analysis.canary) before the
-    variant's full run."""
+    variant's full run; the run's gate (omk_ray/farm/gate.py) judges them."""
 
     enabled: bool = True
     docs: int = Field(8, ge=1, description="problems of every bench in the canary sample")

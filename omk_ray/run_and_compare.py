@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from omk_ray.config import GridConfig
-from omk_ray.results.run_records import CanaryRecord
-from omk_ray.results.store import ResultsStore
 
 if TYPE_CHECKING:
     from omk_ray.analysis.compare import Comparison
@@ -34,12 +32,6 @@ class Outcome:
     arms: list[str] = field(default_factory=list)
     comparison: Comparison | None = None
     report: dict[str, Path] | None = None
-
-
-def canary_verdicts(results: str | Path, run_id: str) -> dict[str, CanaryRecord]:
-    """Variant -> its canary verdict (passed, reasons) as the run `run_id` judged it."""
-    run = next(r for r in ResultsStore(results).runs() if r.run_id == run_id)
-    return dict(sorted(run.records().manifest.canary.items()))
 
 
 def run_and_compare(
@@ -62,7 +54,7 @@ def run_and_compare(
     summary = run_grid(grid, results, variants=variants, **run_options)
     if after_run is not None:
         after_run(summary)
-    failed = {v: r.reasons for v, r in canary_verdicts(results, summary.run_id).items() if not r.passed}
+    failed = {v: r.reasons for v, r in sorted(summary.canary.items()) if not r.passed}  # as the run judged them
     left_out = set(failed) if leave_out_failed else set()
     outcome = Outcome(summary, failed)
     if baseline in left_out:

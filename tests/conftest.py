@@ -18,7 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture
 def local_ray():
     """A real local Ray with 2 CPUs, shut down after the test."""
-    from omk_ray.farm.scheduler import NAMESPACE
+    from omk_ray.farm import NAMESPACE
 
     ray.init(address="local", num_cpus=2, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
     yield

@@ -1,9 +1,10 @@
 """The canary: a few problems per bench in generation mode, judged by structural rules only.
 
-Everything the canary is lives here: which problems it asks (`canary_sample`), the rules
-(`rules_for`) and the judgement (`evaluate_canary`). The farm's scheduler runs a variant's
-canary sample first and calls these; `omk-ray canary` (`run_canary` in omk_ray/farm/runner.py) is
-the same path stopped after the verdict.
+The canary's rules live here: which problems it asks (`canary_sample`), the thresholds
+(`CanaryRules`, from the grid's `farm.canary` by `rules_for`) and the structural judgement
+(`evaluate_canary`). The run's gate (omk_ray/farm/gate.py) holds a variant's canary rows in memory
+and applies these as soon as the last one is made; `omk-ray canary` (`run_canary` in
+omk_ray/farm/runner.py) is the same path stopped after the verdict.
 
 The seed's lesson: a variant can look fine on an aggregate score (or a teacher-forced loss)
 and still be broken when it generates. Before a variant's full run, a handful of samples per

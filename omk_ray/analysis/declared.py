@@ -43,11 +43,12 @@ def canary_verdicts(runs: list[RunLog]) -> dict[str, CanaryVerdict]:
             manifest = run.records().manifest
         except (OSError, ValueError):
             continue
-        farm = (manifest.config or {}).get("farm") or {}
-        on_fail = (farm.get("canary") or {}).get("on_fail", "skip")
         for variant, verdict in manifest.canary.items():
-            out[variant] = CanaryVerdict(verdict.passed, not verdict.passed and on_fail == "skip",
-                                         list(verdict.reasons), run.run_id)
+            stopped = verdict.stopped
+            if stopped is None:  # recorded before verdicts said so: the run's `farm.canary.on_fail` tells
+                farm = (manifest.config or {}).get("farm") or {}
+                stopped = not verdict.passed and (farm.get("canary") or {}).get("on_fail", "skip") == "skip"
+            out[variant] = CanaryVerdict(verdict.passed, stopped, list(verdict.reasons), run.run_id)
     return out
 
 

@@ -467,21 +467,6 @@ def _checkpoint_size(variant: VariantSpec, model_path: str | None) -> int | None
     return checkpoint_bytes(model_path, variant.revision) if model_path else None
 
 
-def canary_filter(plan: Plan, variant: str):
-    """A pyarrow filter for the stored rows of a variant's canary sample (None: it has none)."""
-    import pyarrow.compute as pc
-
-    where = None
-    for w in plan.work:
-        if w.variant == variant and w.canary_ids:
-            part = (pc.field("bench") == w.bench) & pc.field("doc_id").isin(w.canary_ids)
-            part &= pc.field("recipe_hash") == w.recipe.hash
-            where = part if where is None else where | part
-    if where is None:
-        return None
-    return where & (pc.field("variant_fingerprint") == plan.fingerprints[variant])
-
-
 def _observed_tokens(store: ResultsStore) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Mean completion tokens in earlier results, per bench and per (bench, doc): better than the cap."""
     table = store.read(columns=["bench", "doc_id", "completion_tokens"])

@@ -69,6 +69,7 @@ class VariantView:
     failed: bool
     start_failures: int
     uses_accelerator: bool  # else a client of a server or a replay: one actor per variant is enough
+    first: bool = False  # others wait on its canary (the baseline of a baseline-relative canary rule)
 
 
 def room(mine: Sequence[EngineView], engines: Sequence[EngineView]) -> int:
@@ -98,8 +99,9 @@ def sibling_pays(variant: str, kind: str, remaining_tokens: float, engines: int,
 def next_engine(variants: Sequence[VariantView], engines: Sequence[EngineView], loads: Sequence[LoadTime],
                 work: Sequence[EngineWork], free: float, max_retries: int) -> str | None:
     """The variant whose engine takes the next free slot, or None: among those with requests that no
-    engine of theirs (loaded or loading) will take, the most expected tokens left per engine, that fits."""
-    best, best_share = None, 0.0
+    engine of theirs (loaded or loading) will take, the most expected tokens left per engine, that fits;
+    a variant marked `first` before any other."""
+    best, best_rank = None, (False, 0.0)
     for v in variants:
         mine = [e for e in engines if e.variant == v.name]
         if v.failed or v.unsent <= room(mine, engines):
@@ -110,9 +112,9 @@ def next_engine(variants: Sequence[VariantView], engines: Sequence[EngineView], 
             continue
         if mine and not sibling_pays(v.name, v.kind, v.remaining_tokens, len(mine), loads, work):
             continue
-        share = max(v.remaining_tokens, 1.0) / (len(mine) + 1)
-        if share > best_share and v.cost <= free + 1e-9:
-            best, best_share = v.name, share
+        rank = (v.first, max(v.remaining_tokens, 1.0) / (len(mine) + 1))
+        if rank > best_rank and v.cost <= free + 1e-9:
+            best, best_rank = v.name, rank
     return best
 
 
@@ -159,7 +161,7 @@ def may_retry(attempts: int, max_retries: int) -> bool:
 
 
 class Queued(Protocol):
-    """What the queue reads of a sample (`scheduler.Sample`; plain dataclasses in tests)."""
+    """What the queue reads of a sample (`sample_queue.Sample`; plain dataclasses in tests)."""
 
     cost: float  # expected completion tokens
     canary: bool
@@ -188,7 +190,8 @@ def reprices_at(answers: int) -> bool:
 
 
 class VariantQueue(Generic[S]):
-    """A variant's samples not yet handed to an engine, longest-expected first; the canary sample first.
+    """A variant's samples not yet handed to an engine, longest-expected first; the canary sample first
+    and alone while the queue is `gated` (farm/gate.py judges it; the scheduler `open`s or drains the queue).
 
     A bench whose docs were never seen has only a guess for a cost (its budget), so the first
     `PROBE` samples of every such bench go out first, round-robin over the benches: the lengths
@@ -201,8 +204,7 @@ class VariantQueue(Generic[S]):
         probes = [] if self.canary else round_robin(rest, PROBE)
         chosen = set(map(id, probes))
         self.pending = deque([*probes, *sorted((s for s in rest if id(s) not in chosen), key=lambda s: -s.cost)])
-        self.canary_state = "pending" if canary else None  # None (no canary), "pending", "passed", "failed"
-        self.canary_outstanding = len(self.canary)
+        self.gated = canary  # only the canary sample goes out until the gate opens the queue (`open`)
         self.failed = False
 
     def reprice(self, bench: str, tokens: float) -> None:
@@ -220,16 +222,18 @@ class VariantQueue(Generic[S]):
     def remaining_tokens(self) -> float:
         return sum(s.cost for s in (*self.canary, *self.pending))
 
-    @property
-    def waiting_for_canary(self) -> bool:
-        return self.canary_state == "pending" and self.canary_outstanding > 0
+    def open(self) -> None:
+        """The canary's verdict is in and the variant goes on: the rest of its samples go out."""
+        self.gated = False
+        self.pending.extendleft(reversed(sorted(self.canary, key=lambda s: -s.cost)))
+        self.canary.clear()
 
     def take(self, n: int, stride: int = 1) -> list[S]:
         """The next `n` samples; with `stride` k, every k-th of them: the ones between are left for the
         variant's engines still loading, so the longest requests do not all go to the first engine up."""
         if self.failed:
             return []
-        source = self.canary if self.canary_state == "pending" else self.pending
+        source = self.canary if self.gated else self.pending
         if stride == 1 or source is self.canary:
             taken = [source.popleft() for _ in range(min(n, len(source)))]
         else:
@@ -243,7 +247,7 @@ class VariantQueue(Generic[S]):
 
     def put_back(self, samples: list[S]) -> None:
         for s in sorted(samples, key=lambda s: s.cost):
-            (self.canary if s.canary and self.canary_state == "pending" else self.pending).appendleft(s)
+            (self.canary if s.canary and self.gated else self.pending).appendleft(s)
 
     def drain(self) -> list[S]:
         out = [*self.canary, *self.pending]

@@ -19,14 +19,17 @@ import ray
 
 from omk_ray import __version__
 from omk_ray.benches.code_bench import isolation_used
-from omk_ray.analysis.canary import CanaryResult, CanaryRules, rules_for
+from omk_ray.analysis.canary import CanaryRules, rules_for
 from omk_ray.config import GridConfig, grid_to_dict
 from omk_ray.farm.builds import artifact_root, build_variants
-from omk_ray.farm.canary import judge_canary
+from omk_ray.farm.buffer import RowBuffer
+from omk_ray.farm.engine_pool import EnginePool, cluster_capacity, ray_wait
+from omk_ray.farm.gate import CanaryGate, RuleVerdict, Verdict, canary_gate
 from omk_ray.farm.planner import Plan, make_plan, read_benches
 from omk_ray.farm.preflight import check_cluster
 from omk_ray.farm.progress import FarmProgress
 from omk_ray.farm.scheduler import Scheduler
+from omk_ray.farm.scoring_pool import ScoringPool
 from omk_ray.files import DiskFull, disk_full
 from omk_ray.redact import ScrubbingFormatter, grid_secrets, scrub
 from omk_ray.results.folder_lock import writing
@@ -50,6 +53,7 @@ class RunSummary:
     seconds: float
     status: str
     engines: list[dict] = field(default_factory=list)
+    canary: dict[str, Verdict] = field(default_factory=dict)  # variant -> its canary verdict in this run
 
 
 class RunLogHandler(logging.FileHandler):
@@ -118,12 +122,14 @@ def run_grid(
     benches = read_benches(grid, variants, limit_docs) if plan is None else None  # every mistake, before anything
     run_id = ResultsStore(results_root).new_run(run_id).run_id
     with writing(results_root, run_id, wait=wait) as stale:
-        return _run_grid(grid, results_root, address, variants, limit_docs, run_id, show_progress, on_shard, plan,
-                         canary_rules, canary_only, benches, stale)
+        return _run_grid(grid, results_root, address=address, variants=variants, limit_docs=limit_docs,
+                         run_id=run_id, show_progress=show_progress, on_shard=on_shard, plan=plan,
+                         canary_rules=canary_rules, canary_only=canary_only, benches=benches, stale=stale)
 
 
-def _run_grid(grid, results_root, address, variants, limit_docs, run_id, show_progress, on_shard, plan,
-              canary_rules, canary_only, benches, stale) -> RunSummary:
+def _run_grid(grid: GridConfig, results_root: str | Path, *, address: str | None, variants: list[str] | None,
+              limit_docs: int | None, run_id: str, show_progress: bool, on_shard, plan: Plan | None,
+              canary_rules: dict[str, CanaryRules] | None, canary_only: bool, benches, stale) -> RunSummary:
     store = ResultsStore(results_root)
     preflight: list = []
 
@@ -180,10 +186,18 @@ def _run_grid(grid, results_root, address, variants, limit_docs, run_id, show_pr
     status = "failed"
     ended_because = None
     scheduler = None
+    verdicts: dict[str, Verdict] = {}
     try:
         # room for the manifest's last write: a run that fills the disk still records how it ended
         runlog.reserve_room(MANIFEST_ROOM + len(manifest.model_dump_json()))
         log.info("run %s: %d samples to generate of %d expected", runlog.run_id, plan.missing, plan.expected)
+        if canary_rules is None and (grid.farm.canary.enabled or canary_only):
+            canary_rules = {v: rules_for(grid, v) for v in plan.fingerprints}
+        gate = None
+        if canary_rules and (plan.missing or canary_only):
+            # canary_only with nothing missing: every canary sample is stored, judged from those rows
+            gate = canary_gate(plan, store, canary_rules, stop_on_fail=grid.farm.canary.on_fail == "skip",
+                               variants=None if plan.missing else [v for v in canary_rules if v in plan.fingerprints])
         if plan.missing:
             connect_checked()
             manifest.cluster_resources = ray.cluster_resources()
@@ -192,12 +206,12 @@ def _run_grid(grid, results_root, address, variants, limit_docs, run_id, show_pr
                                          for r in preflight[0]}
             progress = FarmProgress(plan.missing, enabled=show_progress, phase="canary" if canary_only else "run",
                                     est_lengths=[w.cost(doc) for w in plan.work for doc, _ in w.samples])
-            if canary_rules is None and (grid.farm.canary.enabled or canary_only):
-                canary_rules = {v: rules_for(grid, v) for v in plan.fingerprints}
-            scheduler = Scheduler(plan, store, runlog, progress=progress, on_shard=on_shard,
-                                  canary_rules=canary_rules or {})
+            scheduler = farm_scheduler(plan, store, runlog, manifest.cluster_resources, gate, progress, on_shard)
+            verdicts = scheduler.canary
             with progress:
                 scheduler.run()
+        elif gate is not None:  # judged again from stored rows (`omk-ray canary`, perhaps with other floors):
+            verdicts = {v.variant: v for v in gate.due()}  # the caller's answer, not recorded as the folder's
         status = "finished"
         if scheduler and scheduler.skipped_samples:
             status = "finished_with_skips"
@@ -211,7 +225,7 @@ def _run_grid(grid, results_root, address, variants, limit_docs, run_id, show_pr
         ended_because = scrub(f"{type(err).__name__}: {err}", runlog.secrets)[:2000]
         raise
     finally:
-        engines = [asdict(e) for e in scheduler.engine_stats()] if scheduler else []
+        engines = [asdict(e) for e in scheduler.engines.stats()] if scheduler else []
         manifest = RunManifest.model_validate({
             **dict(manifest),
             "status": status,
@@ -220,7 +234,7 @@ def _run_grid(grid, results_root, address, variants, limit_docs, run_id, show_pr
             "generated_samples": scheduler.generated if scheduler else 0,
             "failed_samples": scheduler.failed_samples if scheduler else 0,
             "skipped_samples": scheduler.skipped_samples if scheduler else 0,
-            "canary": scheduler.canary_results if scheduler else {},
+            "canary": {v: verdict.record() for v, verdict in scheduler.canary.items()} if scheduler else {},
             "isolation": isolation_used(store, runlog.run_id) if scheduler else {},  # code benches: how programs ran
             "engines": engines,
             "gpus": sorted({g for e in engines if e["info"] for g in e["info"].get("gpus", [])}),
@@ -247,7 +261,20 @@ def _run_grid(grid, results_root, address, variants, limit_docs, run_id, show_pr
         seconds=manifest.seconds,
         status=status,
         engines=engines,
+        canary=verdicts,
     )
+
+
+def farm_scheduler(plan: Plan, store: ResultsStore, runlog, resources: dict, gate: CanaryGate | None,
+                   progress=None, on_shard=None) -> Scheduler:
+    """The scheduler with its Ray-backed owners: engines sized to the cluster's `resources`, scoring actors,
+    rows written to `store` in shards."""
+    farm = plan.grid.farm
+    gpu_mode, capacity = cluster_capacity(resources, farm.cpus_per_engine)
+    return Scheduler(plan, engines=EnginePool(plan, runlog.run_id, gpu_mode, capacity),
+                     scoring=ScoringPool(plan.grid.benches, farm),
+                     rows=RowBuffer(store, runlog.run_id, farm.flush_samples, farm.flush_seconds, on_shard),
+                     runlog=runlog, wait=ray_wait, gate=gate, progress=progress)
 
 
 def run_canary(
@@ -258,7 +285,7 @@ def run_canary(
     address: str | None = None,
     rules: CanaryRules | None = None,
     show_progress: bool = False,
-) -> CanaryResult:
+) -> Verdict:
     """Generate `docs` problems of every bench (the canary sample) for `variant`, then judge them.
 
     With a results folder the samples stay there (a full run later resumes from them); without
@@ -273,18 +300,12 @@ def run_canary(
     rules = rules or rules_for(grid, variant)
     summary = run_grid(grid, results_root, address=address, variants=[variant], show_progress=show_progress,
                        canary_rules={variant: rules}, canary_only=True)
-    store = ResultsStore(results_root)
-    run = next(r for r in store.runs() if r.run_id == summary.run_id)
-    manifest = run.records().manifest
-    verdict = manifest.canary.get(variant)
-    if verdict is not None:
-        result = CanaryResult.from_dict(verdict.model_dump())
-    else:  # every canary sample was stored already: judge what is there
-        plan = make_plan(grid, model_paths=manifest.model_paths or None, variants=[variant], canary_only=True,
-                         gpu=manifest.gpu)
-        result = judge_canary(store, plan, variant, rules)
+    run = ResultsStore(results_root).new_run(summary.run_id)
+    result = summary.canary.get(variant)
+    if result is None:  # the run ended without judging it
+        result = Verdict(variant, [RuleVerdict("canary", False, ["the canary was not judged (see the run's log)"])])
     if summary.failed:
         result.passed = False
         result.reasons.append(f"{summary.failed} samples failed to generate (see {run.log_path})")
-    (run.folder / "canary.json").write_text(json.dumps({"variant": variant, **result.to_dict()}, indent=2))
+    (run.folder / "canary.json").write_text(json.dumps({"variant": variant, **result.record()}, indent=2))
     return result

@@ -58,12 +58,23 @@ class RunEvent(_Record):
     doc_ids: list[str] = Field(default_factory=list)
 
 
+class RuleRecord(_Record):
+    """One canary rule's verdict and the numbers it judged by (`farm.gate.RuleVerdict`)."""
+
+    rule: str
+    passed: bool
+    reasons: list[str] = Field(default_factory=list)
+    numbers: dict[str, Any] = Field(default_factory=dict)
+
+
 class CanaryRecord(_Record):
-    """A variant's canary verdict as the run judged it (`CanaryResult.to_dict`)."""
+    """A variant's canary verdict as the run judged it (`farm.gate.Verdict.record`)."""
 
     passed: bool = False
     reasons: list[str] = Field(default_factory=list)
-    benches: list[dict[str, Any]] = Field(default_factory=list)
+    stopped: bool | None = None  # the run skipped the variant's full run (None: a run before this was recorded)
+    benches: list[dict[str, Any]] = Field(default_factory=list)  # the structural rule's numbers per bench
+    rules: list[RuleRecord] = Field(default_factory=list)
 
 
 class OrderRecord(_Record):

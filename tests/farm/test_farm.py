@@ -18,7 +18,7 @@ from omk_ray.config import load_grid, parse_grid
 from omk_ray.farm.order import representative_order
 from omk_ray.farm.planner import make_plan
 from omk_ray.farm.runner import run_grid
-from omk_ray.farm.scheduler import NAMESPACE
+from omk_ray.farm import NAMESPACE
 from omk_ray.results.store import ResultsStore
 
 
@@ -149,9 +149,10 @@ def test_stalled_engine_is_replaced(tmp_path, local_ray):
     summary = run_grid(grid, tmp_path / "results", show_progress=False)
     events = ResultsStore(tmp_path / "results").runs()[-1].events()
     stalls = [e for e in events if e["event"] == "engine_stalled"]
-    # every fake engine answers 10 requests then stalls: 30 samples need 3 engines and 2 stalls
-    assert len(stalls) == 2 and all(e["in_flight"] == 8 for e in stalls)
-    assert sum(e["event"] == "engine_starting" for e in events) == 3
+    # every fake engine answers 10 requests then stalls: 30 samples need 3 engines and 2 stalls (a machine so
+    # loaded that a healthy engine finishes nothing for 3 s adds a stall, and an engine: never a lost sample)
+    assert len(stalls) >= 2 and all(e["in_flight"] > 0 for e in stalls)
+    assert sum(e["event"] == "engine_starting" for e in events) == len(stalls) + 1
     assert summary.generated == 30 and summary.failed == 0
     keys = stored_keys(tmp_path / "results")
     assert len(keys) == len(set(keys)) == 30
@@ -258,38 +259,6 @@ def test_code_bench_programs_are_scored_in_the_sandbox_beside_the_engine(tmp_pat
     events = ResultsStore(tmp_path / "results").runs()[-1].events()
     assert [e["event"] for e in events if e["event"].startswith(("engine", "scor"))] == [
         "engine_starting", "engine_started"]  # one engine, no stall, no scoring failure
-
-
-def test_a_sibling_engine_is_not_started_when_the_work_left_is_shorter_than_a_load(tmp_path, local_ray):
-    """A slot freed mid-run goes to a further engine of a busy variant only when that variant's work left
-    outlasts an engine's load, both measured in the run (`policies.sibling_pays`; its cases from plain
-    numbers are in test_policies.py). Fake GPUs: `serial` answers one 5-token request at a time
-    (~50 tokens/s) and takes 6 s to load; `wide` loads at once, answers every request together and frees
-    its slot. `serial`'s few seconds of work never pay for a 6 s load: no second `serial`, however loaded
-    the machine (a load only lengthens; the work left would have to run 30 times slower)."""
-    docs = 4
-    lengths = tmp_path / "lengths.json"
-    lengths.write_text(json.dumps({"5": 1}))
-    fake = {"step_s": 0.02, "step_s_per_seq": 0}
-    grid = parse_grid({
-        "name": "siblings", "recipe": {"max_gen_toks": 256},
-        "variants": [
-            {"name": "serial", "model": "none", "engine": "simgpu",
-             "engine_args": {"extra": {**fake, "max_num_seqs": 1, "load_s": 6.0}}},
-            {"name": "wide", "model": "none", "engine": "simgpu", "engine_args": {"extra": {
-                **fake, "step_s": 0.01, "max_num_seqs": docs, "lengths": str(lengths), "load_s": 0.0}}},
-        ],
-        "benches": [{"name": "b", "kind": "jsonl", "source": str(bench_of(tmp_path / "b.jsonl", docs, "5"))}],
-        "farm": {"max_engines": 2, "canary": {"enabled": False}},
-    })
-    summary = run_grid(grid, tmp_path / "results", show_progress=False)
-    events = ResultsStore(tmp_path / "results").runs()[-1].events()
-    started = sorted(e["variant"] for e in events if e["event"] == "engine_starting")
-    assert summary.failed == 0 and summary.generated == 2 * docs
-    assert len(stored_keys(tmp_path / "results")) == 2 * docs
-    assert started == ["serial", "wide"], [
-        (e["time"][17:26], e["event"], e.get("variant") or e.get("info", {}).get("variant")) for e in events
-        if e["event"].startswith("engine")]
 
 
 def bench_of(path, n: int, prompt: str):

@@ -135,6 +135,15 @@ def test_a_client_variant_gets_one_actor_and_an_unmeasured_one_waits():
     assert next_engine([view("a")], busy, [LoadTime("simgpu", "b", 1.0)], [], 4, 1) is None
 
 
+def test_a_variant_others_wait_on_goes_first_whatever_its_share():
+    """The baseline of a baseline-relative canary rule: its canary is what the arms' verdicts wait for."""
+    variants = [view("arm", tokens=1000), view("base", tokens=10)]
+    assert next_engine(variants, [], [], [], free=1, max_retries=1) == "arm"
+    variants[1] = VariantView("base", "simgpu", 1.0, 10, 10.0, False, 0, True, first=True)
+    assert next_engine(variants, [], [], [], free=1, max_retries=1) == "base"
+    assert next_engine(variants, [], [], [], free=0.5, max_retries=1) is None  # first, but it must still fit
+
+
 def test_ties_go_to_the_first_variant_and_empty_guesses_still_count():
     assert next_engine([view("a", tokens=0), view("b", tokens=0)], [], [], [], 2, 1) == "a"
 
@@ -177,11 +186,13 @@ def test_never_seen_benches_are_probed_round_robin_then_longest_first():
 def test_the_canary_sample_goes_first_and_alone_until_judged():
     items = [Item("a", 10, name="x"), Item("a", 30, canary=True, name="k1"), Item("a", 20, canary=True, name="k2")]
     queue = VariantQueue(items, canary=True)
-    assert queue.waiting_for_canary and queue.unsent == 3 and queue.remaining_tokens == 60
+    assert queue.gated and queue.unsent == 3 and queue.remaining_tokens == 60
     assert names(queue.take(5)) == ["k1", "k2"]
     assert queue.take(5) == []  # the rest waits for the verdict
-    queue.canary_state = "passed"
-    assert names(queue.take(5)) == ["x"]
+    queue.put_back([items[2]])  # a canary sample whose engine died goes back before the verdict
+    assert names(queue.take(5)) == ["k2"]
+    queue.open()
+    assert not queue.gated and names(queue.take(5)) == ["x"]
 
 
 def test_reprice_sets_guessed_costs_of_a_bench_and_sorts_again():

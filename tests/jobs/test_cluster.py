@@ -126,7 +126,7 @@ def test_without_gpus_engines_are_packed_by_cpus():
 def gpu_cluster():
     from ray.cluster_utils import Cluster
 
-    from omk_ray.farm.scheduler import NAMESPACE
+    from omk_ray.farm import NAMESPACE
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
     for _ in range(2):  # fake GPUs: there is no CUDA here, the engines run on CPU

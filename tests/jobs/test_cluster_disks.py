@@ -26,7 +26,7 @@ from helpers import write_bench, write_grid
 from omk_ray.config import load_grid
 from omk_ray.farm.artifact_store import FAULT_ENV, find_published, manifest_of, publish
 from omk_ray.farm.planner import PROVENANCE, weights_identity
-from omk_ray.farm.scheduler import NAMESPACE
+from omk_ray.farm import NAMESPACE
 from omk_ray.results.store import ResultsStore
 from omk_ray.variants.artifacts import content_hash
 

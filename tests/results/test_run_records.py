@@ -51,7 +51,11 @@ def test_manifest_round_trip(tmp_path):
     run.write_manifest(RunManifest.model_validate(OLD_MANIFEST))
     assert run.records().manifest == RunManifest.model_validate(OLD_MANIFEST)
     stored = json.loads(run.manifest_path.read_text())
-    assert {k: stored[k] for k in OLD_MANIFEST} == OLD_MANIFEST  # every key as the older readers saw it
+    # every key as the older readers saw it (a canary verdict gains `stopped` and `rules` beside its old keys)
+    assert {k: stored[k] for k in OLD_MANIFEST if k != "canary"} == {k: v for k, v in OLD_MANIFEST.items() if k != "canary"}
+    old = OLD_MANIFEST["canary"]["base"]
+    assert {k: stored["canary"]["base"][k] for k in old} == old
+    assert (stored["canary"]["base"]["stopped"], stored["canary"]["base"]["rules"]) == (None, [])
 
 
 def test_a_manifest_the_model_refuses_is_unreadable(tmp_path):
