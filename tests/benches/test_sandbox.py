@@ -8,6 +8,7 @@ returned, and no process of the program is left running.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import stat
@@ -56,6 +57,10 @@ def host(monkeypatch):
     precious.chmod(0o666)
     token.chmod(0o644)
     monkeypatch.setenv("HOME", str(root / "home"))
+    # this test's programs draw their uids from a slice of the sandbox range of their own, so that
+    # `leftover_processes` sees only them, not the sandboxes of another suite running on the machine
+    monkeypatch.setattr(pool, "UID_BASE", pool.UID_BASE + random.randrange(1000) * 100_000)
+    monkeypatch.setattr(pool, "UID_SPAN", 100_000)
     for key, value in SECRETS.items():
         monkeypatch.setenv(key, value)
     yield {"root": root, "precious": precious, "token": token}
