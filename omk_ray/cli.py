@@ -26,7 +26,7 @@ app = typer.Typer(
 console = output_console()
 err_console = output_console(stderr=True)
 
-AREAS = ("farm", "variants", "analysis", "benches", "results", "toy", "llamacpp")
+AREAS = ("farm", "variants", "analysis", "benches", "results", "toy", "llamacpp", "view")
 
 
 def load(config: Path) -> GridConfig:
