@@ -103,7 +103,7 @@ def make_app(root: str | Path, baseline: str | None = None) -> Starlette:
 
     async def live(request: Request) -> HTMLResponse:
         c, why = data.comparison()
-        grid = live_grid(data.root, c, why)
+        grid = live_grid(data.root, data.baseline, c, why)
         return render("live.html", live=grid, refresh=REFRESH_S if grid.running else None, c=c, url=url,
                       root=str(data.root))
 

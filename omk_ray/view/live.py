@@ -36,7 +36,7 @@ class Live:
         return sum(c["expected"] for c in self.cells)
 
 
-def live_grid(root, comparison: Comparison | None, why: str | None) -> Live:
+def live_grid(root, baseline: str, comparison: Comparison | None, why: str | None) -> Live:
     store = ResultsStore(root, skip_unreadable=True)
     try:
         run = latest_run(store)
@@ -53,7 +53,6 @@ def live_grid(root, comparison: Comparison | None, why: str | None) -> Live:
     canary = canary_verdicts(store.runs())
     board = {(r["variant"], r["bench"]): r for r in comparison.rows("scoreboard")} if comparison else {}
     head = {(r["variant"], r["bench"]): r for r in comparison.rows("headline")} if comparison else {}
-    baseline = comparison.baseline if comparison else None
     for c in cells:
         scored = board.get((c.variant, c.bench))
         own = head.get((c.variant, c.bench))
