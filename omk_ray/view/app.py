@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from urllib.parse import urlencode
 
+import pyarrow.compute as pc
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -51,14 +52,14 @@ def make_app(root: str | Path, baseline: str | None = None) -> Starlette:
             return None, render("message.html", 503, title="no comparison yet", message=why, root=str(data.root))
         return c, None
 
-    async def card(request: Request) -> HTMLResponse:
+    def card(request: Request) -> HTMLResponse:
         c, page = comparison_or_page(request)
         if page:
             return page
         return render("card.html", c=c, sections=linked_sections(c), board=c.rows("scoreboard"), url=url,
                       root=str(data.root))
 
-    async def problems(request: Request) -> HTMLResponse:
+    def problems(request: Request) -> HTMLResponse:
         c, page = comparison_or_page(request)
         if page:
             return page
@@ -73,14 +74,14 @@ def make_app(root: str | Path, baseline: str | None = None) -> Starlette:
         rows = data.problems(c, variant, bench, outcome, domain, text)
         start = max(0, int(q.get("page", "0") or 0)) * PAGE_SIZE if (q.get("page") or "0").isdigit() else 0
         shown = rows[start:start + PAGE_SIZE]
-        domains = sorted({d for d in c.tables["problems"]["domain"].to_pylist() if d})
+        domains = sorted(d for d in pc.unique(c.tables["problems"]["domain"]).to_pylist() if d)
         more = url("/problems", variant=variant, bench=bench, outcome=outcome, domain=domain, q=text,
                    page=start // PAGE_SIZE + 1) if start + PAGE_SIZE < len(rows) else None
         return render("problems.html", c=c, rows=shown, total=len(rows), start=start, more=more, variant=variant,
                       bench=bench, outcome=outcome, domain=domain, text=text, domains=domains, outcomes=OUTCOMES,
                       url=url, root=str(data.root))
 
-    async def problem(request: Request) -> HTMLResponse:
+    def problem(request: Request) -> HTMLResponse:
         c, page = comparison_or_page(request)
         if page:
             return page
@@ -101,7 +102,7 @@ def make_app(root: str | Path, baseline: str | None = None) -> Starlette:
                       sides=[base, mine], prompt=prompts.get(bench, doc), target=target, diff=diff, flags=flags,
                       url=url, root=str(data.root))
 
-    async def live(request: Request) -> HTMLResponse:
+    def live(request: Request) -> HTMLResponse:
         c, why = data.comparison()
         grid = live_grid(data.root, data.baseline, c, why)
         return render("live.html", live=grid, refresh=REFRESH_S if grid.running else None, c=c, url=url,

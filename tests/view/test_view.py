@@ -113,12 +113,12 @@ def parquet_row(results: Path, variant: str, bench: str, doc: str) -> dict:
 
 @pytest.fixture
 def results(tmp_path) -> Path:
-    """toy (the baseline) right on d0..d11; max wrong on the odd ones, d1 with a hostile completion."""
+    """toy (the baseline) right on d0..d11; max wrong on the odd ones, d1 with a hostile completion, d3 empty."""
     rows = []
     for i in range(12):
         domain = "arith" if i % 3 else "upper"
         rows.append(sample("toy", "toy", f"d{i}", True, domain=domain, reasoning=f"thinking about d{i} <b>bold</b>"))
-        text = HOSTILE if i == 1 else f"max answers {i * 7}"
+        text = HOSTILE if i == 1 else "" if i == 3 else f"max answers {i * 7}"  # d3: a silent-empty anomaly
         rows.append(sample("max", "toy", f"d{i}", i % 2 == 0, domain=domain, response=text,
                            extracted_answer=text if i == 1 else str(i * 7), score_detail="test 2: got 7, expected 6"))
     write_store(tmp_path / "results", rows)
@@ -134,6 +134,9 @@ def test_the_lost_link_leads_to_the_parquet_rows_and_hostile_text_stays_text(res
     docs = [a.text_content() for a in listing.find_class("doc")]
     assert docs == ["d1", "d3", "d5", "d7", "d9", "d11"]
     assert listing.get_element_by_id("count").text_content() == "6 problems"
+
+    anomalies, _ = browse(tmp_path, urljoin(server.base, link(card, "1/12")))  # the anomalies table's count
+    assert [a.text_content() for a in anomalies.find_class("doc")] == ["d3"]
 
     first = next(a.get("href") for a in listing.find_class("doc"))
     page, console = browse(tmp_path, urljoin(server.base, first))
