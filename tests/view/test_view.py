@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urljoin
 from urllib.error import HTTPError
@@ -126,6 +127,7 @@ def results(tmp_path) -> Path:
 
 
 @needs_chromium
+@pytest.mark.slow
 def test_the_lost_link_leads_to_the_parquet_rows_and_hostile_text_stays_text(results, serve, tmp_path):
     server = serve(results, "--baseline", "toy")
     card, _ = browse(tmp_path, server.base + "/")
@@ -159,6 +161,7 @@ def test_the_lost_link_leads_to_the_parquet_rows_and_hostile_text_stays_text(res
 
 
 @needs_chromium
+@pytest.mark.slow
 def test_filters_and_search_narrow_the_list(results, serve, tmp_path):
     server = serve(results, "--baseline", "toy")
     base = server.base + "/problems?variant=max&bench=toy"
@@ -200,6 +203,7 @@ def cells(dom) -> dict[str, list[str]]:
 
 
 @needs_chromium
+@pytest.mark.slow
 def test_the_live_page_of_a_running_grid_advances(tmp_path, serve):
     from omk_ray.analysis.compare import CompareOptions, compare
     from omk_ray.analysis.sections import signed
@@ -237,3 +241,18 @@ def test_the_live_page_of_a_running_grid_advances(tmp_path, serve):
     assert not final.xpath("//meta[@http-equiv='refresh']")
     assert "final numbers" in final.get_element_by_id("progress").text_content()
     assert cells(final)["arm"][2] == "6 / 6"
+
+
+def test_a_problem_shows_its_newest_row_and_reads_only_its_folders(results):
+    """A sample stored twice (a failed try, then its retry) shows the retry; another bench's shards are not read."""
+    from omk_ray.view.data import ViewData
+
+    retry = sample("max", "toy", "d5", True, response="retried 35", started_at=datetime(2026, 5, 15, tzinfo=timezone.utc))
+    failed = sample("max", "toy", "d5", False, response=None, error="engine died")
+    write_store(results, [failed])
+    write_store(results, [retry])
+    (results / "samples" / "max" / "other").mkdir()
+    (results / "samples" / "max" / "other" / "part-u0-broken.parquet").write_text("not parquet")  # never opened
+    base, mine = ViewData(results, "toy").problem(["toy", "max"], "toy", "d5")
+    assert base.row["response"] == "The answer is d5." and mine.row["response"] == "retried 35"
+    assert mine.row["metrics"] == {"exact_match": 1.0}
