@@ -45,6 +45,7 @@ def render(name: str, status_code: int = 200, **context) -> HTMLResponse:
 def make_app(root: str | Path, baseline: str | None = None) -> Starlette:
     data = ViewData(root, baseline)
     prompts = Prompts(data.store)
+    card_cache: dict = {}
 
     def comparison_or_page(request: Request) -> tuple[Comparison | None, HTMLResponse | None]:
         c, why = data.comparison()
@@ -56,8 +57,10 @@ def make_app(root: str | Path, baseline: str | None = None) -> Starlette:
         c, page = comparison_or_page(request)
         if page:
             return page
-        return render("card.html", c=c, sections=linked_sections(c), board=c.rows("scoreboard"), url=url,
-                      root=str(data.root))
+        if card_cache.get("of") is not c:  # the card of this comparison, rendered once
+            card_cache.update(of=c, html=ENV.get_template("card.html").render(
+                c=c, sections=linked_sections(c), board=c.rows("scoreboard"), url=url, root=str(data.root)))
+        return HTMLResponse(card_cache["html"])
 
     def problems(request: Request) -> HTMLResponse:
         c, page = comparison_or_page(request)
