@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from pathlib import Path
 from typing import Optional
 
@@ -50,5 +51,10 @@ def register(app: typer.Typer) -> None:
             web = make_app(results, baseline)
         except AnalysisError as err:
             fail(str(err))
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, port))
+            except OSError as err:
+                fail(f"cannot serve on {host}:{port} ({err.strerror}); give another --port")
         print(f"omk-ray view: http://{host}:{port}/  (read-only; Ctrl-C stops)", flush=True)
         uvicorn.run(web, host=host, port=port, log_level="warning")

@@ -44,6 +44,10 @@ class ViewData:
         self._lock = threading.Lock()
         self._cached: tuple[tuple, Comparison | None, str | None] | None = None
         self.baseline = baseline or self._default_baseline()
+        known = self.variants()
+        if self.baseline not in known:
+            raise AnalysisError(f"baseline {self.baseline!r} has no samples in {self.root} and no run's grid names it "
+                                f"(variants: {', '.join(sorted(known)) or 'none'})")
 
     # -- the comparison -----------------------------------------------------------------------
 
@@ -71,6 +75,13 @@ class ViewData:
                 except AnalysisError as err:
                     self._cached = (sig, None, str(err))
             return self._cached[1], self._cached[2]
+
+    def variants(self) -> set[str]:
+        """The variants with a samples folder, and those the runs' grids name (a running grid's not written yet)."""
+        names = {p.name for p in self.store.samples_dir.iterdir()} if self.store.samples_dir.is_dir() else set()
+        for run in self.store.runs():
+            names.update(v["name"] for v in (run.records().manifest.config or {}).get("variants") or [])
+        return names
 
     def _default_baseline(self) -> str:
         """The first variant of the newest run's grid (grids list the baseline first), else the first stored."""

@@ -172,12 +172,19 @@ def test_filters_and_search_narrow_the_list(results, serve, tmp_path):
         assert [a.text_content() for a in dom.find_class("doc")] == expected, query
 
 
-def test_view_refuses_a_non_loopback_host_and_a_missing_folder(results, tmp_path):
+def test_view_refuses_a_non_loopback_host_a_missing_folder_an_unknown_baseline_a_busy_port(results, tmp_path):
     refused = CliRunner().invoke(app, ["view", str(results), "--host", "0.0.0.0"])
     assert refused.exit_code == 2
     assert "not a loopback address" in refused.output and "--expose" in refused.output
     missing = CliRunner().invoke(app, ["view", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "no such results folder" in missing.output
+    unknown = CliRunner().invoke(app, ["view", str(results), "--baseline", "nope"])
+    assert unknown.exit_code == 2 and "baseline 'nope' has no samples" in unknown.output and "max, toy" in unknown.output
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = CliRunner().invoke(app, ["view", str(results), "--port", str(taken.getsockname()[1])])
+    assert busy.exit_code == 2 and "give another --port" in busy.output
 
 
 def run_cells(grid, store, variants: list[str]) -> None:
