@@ -50,7 +50,11 @@ def live_grid(root, baseline: str, comparison: Comparison | None, why: str | Non
     except (PlanError, ConfigError, UnreadableResults, FileNotFoundError, ValueError) as err:
         live.problems.append(f"expected counts unknown: {err}")
         cells = []
-    canary = canary_verdicts(store.runs())
+    canary_on = (((records.manifest.config or {}).get("farm") or {}).get("canary") or {}).get("enabled", True)
+    canary = {v: verdict.label for v, verdict in canary_verdicts(store.runs()).items()}
+    for event in records.events:  # this run's verdicts as they are judged (the manifest has them at its end)
+        if event.event == "canary" and event.variant:
+            canary[event.variant] = "passed" if getattr(event, "passed", False) else "failed"
     board = {(r["variant"], r["bench"]): r for r in comparison.rows("scoreboard")} if comparison else {}
     head = {(r["variant"], r["bench"]): r for r in comparison.rows("headline")} if comparison else {}
     for c in cells:
@@ -58,7 +62,7 @@ def live_grid(root, baseline: str, comparison: Comparison | None, why: str | Non
         own = head.get((c.variant, c.bench))
         live.cells.append({
             "variant": c.variant, "bench": c.bench, "expected": c.expected, "done": c.done, "failed": c.failed,
-            "canary": canary[c.variant].label if c.variant in canary else "",
+            "canary": canary.get(c.variant, ("pending" if live.running else "") if canary_on else "off"),
             "score": own["score"] if own and own["status"] == "scored" else None,
             "n": own["n"] if own else 0,
             "baseline": c.variant == baseline,
