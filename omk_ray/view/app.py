@@ -101,7 +101,12 @@ def make_app(root: str | Path, baseline: str | None = None) -> Starlette:
         answers = [(s.row or {}).get("extracted_answer") or "" for s in (base, mine)]
         diff = list(difflib.ndiff(answers[0].splitlines() or [""], answers[1].splitlines() or [""]))
         target = next((s.row["target"] for s in (base, mine) if s.row and s.row["target"] is not None), None)
-        return render("problem.html", c=c, variant=variant, bench=bench, doc=doc, repeat=repeat,
+        around = neighbours(data.problems(c, variant, bench, q.get("outcome") or None, q.get("domain") or None), doc) \
+            if q.get("outcome") in OUTCOMES else {}
+        steps = {k: url("/problem", variant=variant, bench=bench, doc=d, outcome=q.get("outcome"),
+                        domain=q.get("domain")) for k, d in around.items()}
+        return render("problem.html", c=c, variant=variant, bench=bench, doc=doc, repeat=repeat, steps=steps,
+                      outcome=q.get("outcome"),
                       sides=[base, mine], prompt=prompts.get(bench, doc), target=target, diff=diff, flags=flags,
                       url=url, root=str(data.root))
 
@@ -113,6 +118,15 @@ def make_app(root: str | Path, baseline: str | None = None) -> Starlette:
 
     return Starlette(routes=[Route("/", card), Route("/problems", problems), Route("/problem", problem),
                              Route("/live", live)])
+
+
+def neighbours(rows: list[dict], doc: str) -> dict[str, str]:
+    """The previous and next doc of the list around `doc` (the list a problem page was reached from)."""
+    docs = [r["doc_id"] for r in rows]
+    if doc not in docs:
+        return {}
+    i = docs.index(doc)
+    return {k: docs[j] for k, j in (("previous", i - 1), ("next", i + 1)) if 0 <= j < len(docs)}
 
 
 def not_found(message: str) -> HTMLResponse:

@@ -150,6 +150,10 @@ def test_the_lost_link_leads_to_the_parquet_rows_and_hostile_text_stays_text(res
         assert side.find_class("extracted")[0].text_content() == row["extracted_answer"]
     assert page.get_element_by_id("side-0").find_class("reasoning")[0].text_content() == "thinking about d1 <b>bold</b>"
     assert page.get_element_by_id("side-1").find_class("detail")[0].text_content() == "test 2: got 7, expected 6"
+    assert [a.get("rel") for a in page.find_class("steps")[0].iter("a")] == ["next"]  # d1 opens the lost list
+    step, _ = browse(tmp_path, urljoin(server.base, page.find_class("steps")[0].find("a").get("href")))
+    assert step.get_element_by_id("side-1").find_class("response")[0].text_content() == ""  # d3, the empty answer
+    assert [a.get("rel") for a in step.find_class("steps")[0].iter("a")] == ["previous", "next"]
 
     # The hostile completion: its literal text is on the page, none of it became markup, none of it ran.
     assert page.get_element_by_id("side-1").find_class("response")[0].text_content() == HOSTILE
