@@ -106,6 +106,7 @@ def make_app(root: str | Path, baseline: str | None = None) -> Starlette:
         steps = {k: url("/problem", variant=variant, bench=bench, doc=d, outcome=q.get("outcome"),
                         domain=q.get("domain")) for k, d in around.items()}
         return render("problem.html", c=c, variant=variant, bench=bench, doc=doc, repeat=repeat, steps=steps,
+                      exposure=exposure_of(c, variant, bench, doc),
                       outcome=q.get("outcome"),
                       sides=[base, mine], prompt=prompts.get(bench, doc), target=target, diff=diff, flags=flags,
                       url=url, root=str(data.root))
@@ -118,6 +119,18 @@ def make_app(root: str | Path, baseline: str | None = None) -> Starlette:
 
     return Starlette(routes=[Route("/", card), Route("/problems", problems), Route("/problem", problem),
                              Route("/live", live)])
+
+
+def exposure_of(c: Comparison, variant: str, bench: str, doc: str) -> dict | None:
+    """The problem's dropped-expert exposure (compare's `exposure` table: the share of the baseline's routing
+    weight on this problem that went to the experts the variant dropped), where routing was recorded."""
+    table = c.tables.get("exposure")
+    if table is None or table.num_rows == 0:
+        return None
+    where = pc.and_(pc.and_(pc.equal(table["variant"], variant), pc.equal(table["bench"], bench)),
+                    pc.equal(table["doc_id"], doc))
+    rows = table.filter(where).to_pylist()
+    return rows[0] if rows else None
 
 
 def neighbours(rows: list[dict], doc: str) -> dict[str, str]:
