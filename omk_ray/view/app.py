@@ -42,6 +42,13 @@ def render(name: str, status_code: int = 200, **context) -> HTMLResponse:
     return HTMLResponse(ENV.get_template(name).render(**context), status_code=status_code)
 
 
+def as_of(data: ViewData, updating: bool = True) -> str:
+    """When the numbers shown were computed, and whether newer ones are on their way."""
+    if data.computed_at is None:
+        return ""
+    return f"numbers as of {data.computed_at:%H:%M:%S} UTC" + (" (updating)" if updating and data.updating else "")
+
+
 def make_app(root: str | Path, baseline: str | None = None) -> Starlette:
     data = ViewData(root, baseline)
     prompts = Prompts(data.store)
@@ -50,7 +57,8 @@ def make_app(root: str | Path, baseline: str | None = None) -> Starlette:
     def comparison_or_page(request: Request) -> tuple[Comparison | None, HTMLResponse | None]:
         c, why = data.comparison()
         if c is None:
-            return None, render("message.html", 503, title="no comparison yet", message=why, root=str(data.root))
+            return None, render("message.html", 503, title="no comparison yet", message=why, root=str(data.root),
+                                as_of=as_of(data))
         return c, None
 
     def card(request: Request) -> HTMLResponse:
@@ -59,7 +67,8 @@ def make_app(root: str | Path, baseline: str | None = None) -> Starlette:
             return page
         if card_cache.get("of") is not c:  # the card of this comparison, rendered once
             card_cache.update(of=c, html=ENV.get_template("card.html").render(
-                c=c, sections=linked_sections(c), board=c.rows("scoreboard"), url=url, root=str(data.root)))
+                c=c, sections=linked_sections(c), board=c.rows("scoreboard"), url=url, root=str(data.root),
+                as_of=as_of(data, updating=False)))
         return HTMLResponse(card_cache["html"])
 
     def problems(request: Request) -> HTMLResponse:
@@ -82,7 +91,7 @@ def make_app(root: str | Path, baseline: str | None = None) -> Starlette:
                    page=start // PAGE_SIZE + 1) if start + PAGE_SIZE < len(rows) else None
         return render("problems.html", c=c, rows=shown, total=len(rows), start=start, more=more, variant=variant,
                       bench=bench, outcome=outcome, domain=domain, text=text, domains=domains, outcomes=OUTCOMES,
-                      url=url, root=str(data.root))
+                      url=url, root=str(data.root), as_of=as_of(data))
 
     def problem(request: Request) -> HTMLResponse:
         c, page = comparison_or_page(request)
@@ -109,13 +118,13 @@ def make_app(root: str | Path, baseline: str | None = None) -> Starlette:
                       exposure=exposure_of(c, variant, bench, doc),
                       outcome=q.get("outcome"),
                       sides=[base, mine], prompt=prompts.get(bench, doc), target=target, diff=diff, flags=flags,
-                      url=url, root=str(data.root))
+                      url=url, root=str(data.root), as_of=as_of(data))
 
     def live(request: Request) -> HTMLResponse:
         c, why = data.comparison()
         grid = live_grid(data.root, data.baseline, c, why)
         return render("live.html", live=grid, refresh=REFRESH_S if grid.running else None, c=c, url=url,
-                      root=str(data.root))
+                      root=str(data.root), as_of=as_of(data))
 
     return Starlette(routes=[Route("/", card), Route("/problems", problems), Route("/problem", problem),
                              Route("/live", live)])

@@ -8,6 +8,8 @@ so the page and `omk-ray compare ... --format card` agree; only the samples' tex
 from __future__ import annotations
 
 import threading
+import time
+from datetime import datetime, timezone
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,7 @@ PROBLEM_COLUMNS = [
     "latency_s", "engine", "engine_version", "score_detail", "isolation", "error", "run_id",
 ]  # fmt: skip
 SEARCHED = ["response", "reasoning", "extracted_answer"]
+SYNC_S = 2.0  # a comparison quicker than this is recomputed before the page; a slower one in the background
 
 
 @dataclass
@@ -43,6 +46,9 @@ class ViewData:
         self.root = self.store.root
         self._lock = threading.Lock()
         self._cached: tuple[tuple, Comparison | None, str | None] | None = None
+        self._took = 0.0  # seconds the last comparison took
+        self.updating = False  # a newer comparison is being computed in the background
+        self.computed_at: datetime | None = None
         self.baseline = baseline or self._default_baseline()
         known = self.variants()
         if self.baseline not in known:
@@ -66,15 +72,39 @@ class ViewData:
         return tuple(out)
 
     def comparison(self) -> tuple[Comparison | None, str | None]:
-        """(the comparison, None), or (None, why there is none yet): computed again when the folder changed."""
+        """(the comparison, None), or (None, why there is none yet), computed again when the folder changed.
+
+        A comparison that took more than SYNC_S to compute (a large store) is computed again in the background
+        while the pages keep showing the last one (`updating` says so)."""
         with self._lock:
             sig = self.signature()
-            if self._cached is None or self._cached[0] != sig:
-                try:
-                    self._cached = (sig, compare(self.root, CompareOptions(baseline=self.baseline)), None)
-                except AnalysisError as err:
-                    self._cached = (sig, None, str(err))
+            if self._cached is not None and self._cached[0] != sig:
+                if self._took < SYNC_S:
+                    self._cached = self._compute(sig)
+                elif not self.updating:
+                    self.updating = True
+                    threading.Thread(target=self._in_background, daemon=True).start()
+            elif self._cached is None:
+                self._cached = self._compute(sig)
             return self._cached[1], self._cached[2]
+
+    def _compute(self, sig: tuple) -> tuple[tuple, Comparison | None, str | None]:
+        t0 = time.monotonic()
+        try:
+            result = (sig, compare(self.root, CompareOptions(baseline=self.baseline)), None)
+        except AnalysisError as err:
+            result = (sig, None, str(err))
+        self._took = time.monotonic() - t0
+        self.computed_at = datetime.now(timezone.utc)
+        return result
+
+    def _in_background(self) -> None:
+        try:
+            result = self._compute(self.signature())
+            with self._lock:
+                self._cached = result
+        finally:
+            self.updating = False
 
     def variants(self) -> set[str]:
         """The variants with a samples folder, and those the runs' grids name (a running grid's not written yet)."""

@@ -269,3 +269,20 @@ def test_a_problem_shows_its_newest_row_and_reads_only_its_folders(results):
     base, mine = ViewData(results, "toy").problem(["toy", "max"], "toy", "d5")
     assert base.row["response"] == "The answer is d5." and mine.row["response"] == "retried 35"
     assert mine.row["metrics"] == {"exact_match": 1.0}
+
+
+def test_a_slow_comparison_is_recomputed_in_the_background(results, monkeypatch):
+    """While a large store's comparison is recomputed, the pages keep the last one (and say it is updating)."""
+    from omk_ray.view import data as view_data
+
+    viewer = view_data.ViewData(results, "toy")
+    first, _ = viewer.comparison()
+    monkeypatch.setattr(view_data, "SYNC_S", -1.0)  # as if every comparison took longer than SYNC_S
+    write_store(results, [sample("toy", "more", "e0", True), sample("max", "more", "e0", False)])
+    shown, _ = viewer.comparison()
+    assert shown is first and viewer.updating
+    deadline = time.monotonic() + 120
+    while viewer.updating and time.monotonic() < deadline:
+        time.sleep(0.1)
+    newer, _ = viewer.comparison()
+    assert newer is not first and newer.benches == ["more", "toy"] and not viewer.updating
