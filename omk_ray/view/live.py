@@ -15,6 +15,10 @@ from omk_ray.results.folder_lock import holder
 from omk_ray.results.store import ResultsStore, UnreadableResults
 
 
+ENGINE_EVENTS = {"engine_starting": "starting", "engine_started": "started", "engine_start_failed": "start failed",
+                 "engine_died": "died", "engine_stalled": "stalled"}
+
+
 @dataclass
 class Live:
     run_id: str | None
@@ -52,9 +56,12 @@ def live_grid(root, baseline: str, comparison: Comparison | None, why: str | Non
         cells = []
     canary_on = (((records.manifest.config or {}).get("farm") or {}).get("canary") or {}).get("enabled", True)
     canary = {v: verdict.label for v, verdict in canary_verdicts(store.runs()).items()}
-    for event in records.events:  # this run's verdicts as they are judged (the manifest has them at its end)
+    engine: dict[str, str] = {}
+    for event in records.events:  # this run's verdicts and engines as they happen (the manifest has them at its end)
         if event.event == "canary" and event.variant:
             canary[event.variant] = "passed" if getattr(event, "passed", False) else "failed"
+        elif str(event.event) in ENGINE_EVENTS and event.variant:
+            engine[event.variant] = ENGINE_EVENTS[str(event.event)]
     board = {(r["variant"], r["bench"]): r for r in comparison.rows("scoreboard")} if comparison else {}
     head = {(r["variant"], r["bench"]): r for r in comparison.rows("headline")} if comparison else {}
     for c in cells:
@@ -62,6 +69,7 @@ def live_grid(root, baseline: str, comparison: Comparison | None, why: str | Non
         own = head.get((c.variant, c.bench))
         live.cells.append({
             "variant": c.variant, "bench": c.bench, "expected": c.expected, "done": c.done, "failed": c.failed,
+            "engine": engine.get(c.variant, ""),
             "canary": canary.get(c.variant, ("pending" if live.running else "") if canary_on else "off"),
             "score": own["score"] if own and own["status"] == "scored" else None,
             "n": own["n"] if own else 0,
