@@ -149,12 +149,11 @@ class ViewData:
             rows = [r for r in rows if (r["bench"], r["doc_id"]) in hits]
         return sorted(rows, key=lambda r: (r["bench"], natural_key(r["doc_id"])))
 
-    def anomaly_docs(self, c: Comparison, variant: str, bench: str | None = None,
-                     kind: str | None = None) -> dict[tuple[str, str], list[str]]:
+    def anomaly_docs(self, c: Comparison, variant: str, bench: str | None = None) -> dict[tuple[str, str], list[str]]:
         """(bench, doc) -> anomaly kinds, for the examples the anomalies table names (the variant's and the baseline's)."""
         out: dict[tuple[str, str], list[str]] = {}
         for r in c.rows("anomalies"):
-            if r["variant"] not in (variant, c.baseline) or (bench and r["bench"] != bench) or (kind and r["kind"] != kind):
+            if r["variant"] not in (variant, c.baseline) or (bench and r["bench"] != bench):
                 continue
             for doc in r["examples"] or []:
                 out.setdefault((r["bench"], doc), []).append(f"{r['variant']}: {r['kind']}")
