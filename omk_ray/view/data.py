@@ -91,7 +91,8 @@ class ViewData:
     def _compute(self, sig: tuple) -> tuple[tuple, Comparison | None, str | None]:
         t0 = time.monotonic()
         try:
-            result = (sig, compare(self.root, CompareOptions(baseline=self.baseline)), None)
+            options = CompareOptions(baseline=self.baseline, variants=self.compared() or None)
+            result = (sig, compare(self.root, options), None)
         except AnalysisError as err:
             result = (sig, None, str(err))
         self._took = time.monotonic() - t0
@@ -105,6 +106,18 @@ class ViewData:
                 self._cached = result
         finally:
             self.updating = False
+
+    def compared(self) -> list[str]:
+        """The variants with samples other than the baseline, in the newest grid's order (as `omk-ray demo` and a
+        `compare --variants` in grid order show them), then the others by name."""
+        stored = {p.parent.parent.name for p in self.store.shard_paths()} - {self.baseline}
+        order = []
+        for run in reversed(self.store.runs()):
+            config = run.records().manifest.config
+            if config and config.get("variants"):
+                order = [v["name"] for v in config["variants"]]
+                break
+        return [v for v in order if v in stored] + sorted(stored - set(order))
 
     def variants(self) -> set[str]:
         """The variants with a samples folder, and those the runs' grids name (a running grid's not written yet)."""
