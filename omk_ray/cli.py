@@ -44,7 +44,7 @@ def _options(verbose: bool = typer.Option(False, "--verbose", help="also show th
     quiet_third_parties(verbose)
 
 
-AREAS = ("farm", "variants", "analysis", "benches", "results", "toy", "llamacpp")
+AREAS = ("farm", "variants", "analysis", "benches", "results", "toy", "llamacpp", "view")
 
 for _area in AREAS:
     importlib.import_module(f"omk_ray.{_area}.commands").register(app)
