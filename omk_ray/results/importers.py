@@ -46,19 +46,22 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from omk_ray.benches.lmeval import aggregate, first_text, metric_values, resolve_domain_fields, resolve_primary
 from omk_ray.config import BenchSpec, DeclaredFacts, GridConfig, Recipe, stable_hash
 from omk_ray.files import write_text_atomic
 from omk_ray.results.folder_lock import writing
-from omk_ray.results.schema import TOKENS_MISSING, make_row, rows_to_table
+from omk_ray.results.schema import SAMPLE_SCHEMA, TOKENS_MISSING, make_row, rows_to_table
 from omk_ray.results.store import ResultsStore
 from omk_ray.variants.facts import Facts, FactsError, checkpoint_facts
 
@@ -172,8 +175,7 @@ def import_lmeval(
     with writing(results_root, f"import-lm-eval-{variant}", wait=wait):
         for r in reports:
             _check_docs(store, r)
-        for r in reports:
-            _write_report(store, r, variant)
+        _write_reports(store, reports, variant)
         _write_variant_facts(store, variant, facts)
     return reports
 
@@ -552,7 +554,7 @@ def import_lcb(path: Path, variant: str, results_root: Path, bench: str | None =
     report.recipe, report.recipe_source = chosen, recipe_source
     store = ResultsStore(results_root)
     with writing(results_root, f"import-lcb-{variant}", wait=wait):
-        _write_report(store, report, variant)
+        _write_reports(store, [report], variant)
         _write_variant_facts(store, variant, facts)
     return report
 
@@ -581,23 +583,33 @@ def _table(source: Path, rows: list[dict]) -> pa.Table:
                              "nothing was imported") from None
 
 
-def _write_report(store: ResultsStore, report: ImportReport, variant: str) -> None:
-    """Write one prepared log: its shard, then its bench's record for `variant`."""
-    report.shard = str(_write(store, report.table, variant, report.bench, report.unit))
-    recipe = None if report.recipe is None else {**report.recipe.model_dump(mode="json"), "source": report.recipe_source,
-                                                 "unstated": report.recipe_unstated}
-    _write_bench_sidecar(store, report.spec, report.docs, source=report.source, variant=variant, recipe=recipe)
-    report.table = None
-
-
-def _write(store: ResultsStore, table: pa.Table, variant: str, bench: str, unit: str) -> Path:
-    """One shard per imported log; importing the same log again replaces it."""
-    folder = store.samples_dir / variant / bench
-    old = sorted(folder.glob(f"part-{unit}-*.parquet")) if folder.is_dir() else []
-    path = store.write_shard(table, variant, bench, unit)
-    for p in old:
-        p.unlink()
-    return path
+def _write_reports(store: ResultsStore, reports: list[ImportReport], variant: str) -> None:
+    """Write prepared logs, all or none: every shard is first written aside (`.part-*.staged`, which no
+    reader takes), so a full disk or any other failure stops before one is in place; then each is
+    renamed into place (replacing the shard an earlier import of the same log left) and its bench's
+    record for `variant` is written."""
+    staged: list[tuple[ImportReport, Path, Path]] = []
+    try:
+        for r in reports:
+            folder = store.samples_dir / variant / r.bench
+            folder.mkdir(parents=True, exist_ok=True)
+            final = folder / f"part-{r.unit}-{uuid.uuid4().hex[:8]}.parquet"
+            staged.append((r, folder / f".{final.name}.staged", final))
+            pq.write_table(r.table.cast(SAMPLE_SCHEMA), staged[-1][1])
+    except BaseException:
+        for _, aside, _ in staged:
+            aside.unlink(missing_ok=True)
+        raise
+    for r, aside, final in staged:
+        old = sorted(final.parent.glob(f"part-{r.unit}-*.parquet"))
+        os.replace(aside, final)
+        for p in old:
+            p.unlink()
+        r.shard = str(final)
+        recipe = None if r.recipe is None else {**r.recipe.model_dump(mode="json"), "source": r.recipe_source,
+                                                "unstated": r.recipe_unstated}
+        _write_bench_sidecar(store, r.spec, r.docs, source=r.source, variant=variant, recipe=recipe)
+        r.table = None
 
 
 def bench_sidecar_paths(root: Path, bench: str) -> tuple[Path, Path]:

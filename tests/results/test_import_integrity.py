@@ -253,3 +253,40 @@ def test_a_malformed_lcb_log_is_refused_naming_the_file_and_nothing_is_written(t
     out = done.output.replace("\n", "")
     assert done.exit_code == 2 and f"{folder / name}: " in out and problem in out, done.output
     assert "Traceback" not in done.output and not (root / "samples").exists()
+
+
+def test_a_disk_that_fills_on_the_second_log_leaves_no_shard_in_place(tmp_path, monkeypatch):
+    """Two logs, the disk full when the second shard is written (an ENOSPC from the Parquet writer,
+    as a full disk raises it: tests/farm/test_disk_full.py shows the real one): neither is imported."""
+    import errno
+
+    import pyarrow.parquet as pq
+
+    logs = tmp_path / "logs"
+    shutil.copytree(LOGS / "gsm8k_100", logs / "gsm8k")
+    shutil.copytree(LOGS / "ifeval_100", logs / "ifeval")
+    written, real = [], pq.write_table
+
+    def fills_up(table, where, *args, **kwargs):
+        if written:
+            raise OSError(errno.ENOSPC, "No space left on device", str(where))
+        written.append(where)
+        return real(table, where, *args, **kwargs)
+
+    monkeypatch.setattr(pq, "write_table", fills_up)
+    root = tmp_path / "results"
+    done = cli.invoke(app, ["import", "lm-eval", str(logs), "--variant", "a", "--results", str(root)])
+    assert done.exit_code == 2, done.output
+    assert "No space left on device" in done.output
+    assert len(written) == 1 and not Path(written[0]).exists()  # the first log's shard, written aside, removed
+    assert sorted(p.name for p in (root / "samples").rglob("*") if p.is_file()) == []
+    assert ResultsStore(root).read().num_rows == 0
+    monkeypatch.setattr(pq, "write_table", real)  # room again: the same import goes through whole
+    again = cli.invoke(app, ["import", "lm-eval", str(logs), "--variant", "a", "--results", str(root)])
+    assert again.exit_code == 0, again.output
+    assert sorted(pc_count(root).items()) == [("gsm8k", 100), ("ifeval", 100)]
+
+
+def pc_count(root: Path) -> dict[str, int]:
+    rows = ResultsStore(root).read(columns=["bench"]).to_pylist()
+    return {b: sum(r["bench"] == b for r in rows) for b in {r["bench"] for r in rows}}
