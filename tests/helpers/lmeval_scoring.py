@@ -15,7 +15,8 @@ from omk_ray.benches.lmeval import OWN_TASKS
 TOY = Path(__file__).parents[2] / "omk_ray" / "_data" / "toy" / "model"
 TASKS = ("toy_mc", "toy_ll", "toy_rolling")
 MAX_LENGTH = 64  # short enough that the rolling documents (54-150 tokens) take 1 to 3 windows
-TOLERANCE = 1e-4  # per log-likelihood, absolute (float32 forward passes of different batch shapes)
+TOLERANCE = 1e-4  # per log-likelihood, absolute (float32 forward passes of different batch shapes),
+RELATIVE = 1e-6  # or relative, whichever is larger (a rolling document sums ~150 token log-probabilities)
 
 
 def task_folder(into: Path) -> Path:
@@ -30,16 +31,26 @@ def task_folder(into: Path) -> Path:
 
 @functools.lru_cache(maxsize=1)
 def lmeval_reference() -> dict:
-    """lm-eval's run: {task: {"samples": {doc_id: sample}, "results": {metric,filter: value}}}."""
+    """lm-eval's run: {task: {"samples": {doc_id: sample}, "results": {metric,filter: value}}}, and under
+    "logs" the folder where it wrote its logs as `lm_eval --output_path DIR --log_samples` does."""
     from lm_eval import simple_evaluate
+    from lm_eval.loggers import EvaluationTracker
     from lm_eval.tasks import TaskManager
 
     folder = task_folder(Path(tempfile.mkdtemp(prefix="omk-lmeval-tasks-")))
+    logs = Path(tempfile.mkdtemp(prefix="omk-lmeval-logs-"))
+    tracker = EvaluationTracker(output_path=str(logs))
     out = simple_evaluate(model="hf", model_args=f"pretrained={TOY},dtype=float32,max_length={MAX_LENGTH}",
                           tasks=list(TASKS), task_manager=TaskManager(include_path=str(folder)), batch_size=8,
-                          device="cpu", log_samples=True, random_seed=0, numpy_random_seed=0, torch_random_seed=0)
-    return {task: {"samples": {str(s["doc_id"]): json.loads(json.dumps(s, default=str)) for s in out["samples"][task]},
-                   "results": out["results"][task]} for task in TASKS}
+                          device="cpu", log_samples=True, random_seed=0, numpy_random_seed=0, torch_random_seed=0,
+                          evaluation_tracker=tracker)
+    samples = out.pop("samples")
+    tracker.save_results_aggregated(results=out, samples=samples)
+    for task in TASKS:
+        tracker.save_results_samples(task_name=task, samples=samples[task])
+    reference = {task: {"samples": {str(s["doc_id"]): json.loads(json.dumps(s, default=str)) for s in samples[task]},
+                        "results": out["results"][task]} for task in TASKS}
+    return {**reference, "logs": logs}
 
 
 def logged_loglikelihoods(sample: dict) -> list[tuple[float, bool]]:
@@ -101,4 +112,4 @@ def check_engine_parity(engine, recipe=None) -> dict:
 def _approx(value: float):
     import pytest
 
-    return pytest.approx(value, abs=TOLERANCE, rel=0)
+    return pytest.approx(value, abs=TOLERANCE, rel=RELATIVE)
