@@ -323,7 +323,7 @@ def _import_one(
             scorer_version=scorer,
             dataset_revision=revision,
             started_at=started,
-        ) | _scored_columns(lines[0], primary, value))
+        ) | _scored_columns(lines[0], primary, value, config.get("output_type")))
         docs.append({"doc_id": sample_id, "index": doc_id, "doc": doc, "prompt": _logged_prompt(lines[0])})
 
     report = ImportReport(spec.name, task, len(rows), str(samples_path), "", fields,
@@ -335,28 +335,26 @@ def _import_one(
     return report
 
 
-def _scored_columns(sample: dict, primary: str, value: float) -> dict[str, Any]:
-    """A loglikelihood task's sample (`resps` as [[logprob, is_greedy]] per request, or [[logprob]] for a
-    rolling document): the row's choice log-likelihoods, greedy flags, the choice picked and no response,
-    as the farm stores them; a rolling document's score is its own value of the primary metric
-    (bits per byte). Nothing for a generated sample."""
-    resps = sample.get("resps")
-    if not isinstance(resps, list) or not resps or not all(
-            isinstance(r, list) and len(r) == 1 and isinstance(r[0], (list, int, float)) and not isinstance(r[0], bool)
-            for r in resps):
+def _scored_columns(sample: dict, primary: str, value: float, output_type: str | None) -> dict[str, Any]:
+    """A loglikelihood task's sample (`resps`: [[logprob, is_greedy]] per request, [[logprob]] for a rolling
+    document; lm-eval logs them as strings): the row's choice log-likelihoods, greedy flags, the choice
+    picked and no response, as the farm stores them; a rolling document's score is its own value of the
+    primary metric (bits per byte). Nothing for a generated sample."""
+    if output_type not in ("multiple_choice", "loglikelihood", "loglikelihood_rolling"):
         return {}
-    first = [r[0] for r in resps]
-    if all(isinstance(x, (int, float)) for x in first):  # loglikelihood_rolling: [[ll]]
-        score = finish_aggregate(primary, value)
-        return {"choice_logprobs": [float(x) for x in first], "choice_greedy": None, "response": None,
-                "score": score, "correct": None}
-    if not all(isinstance(x, list) and len(x) == 2 and isinstance(x[0], (int, float)) for x in first):
-        return {}
-    lls = [float(x[0]) for x in first]
-    out: dict[str, Any] = {"choice_logprobs": lls, "choice_greedy": [bool(x[1]) for x in first], "response": None}
-    choices = (sample.get("doc_to_choice") if isinstance(sample.get("doc_to_choice"), list) else None)
-    n = len(choices) if choices else len(lls)
-    if n > 1:  # multiple choice: the pick among the choices (acc_mutual_info's unconditional requests after them)
+    try:
+        answers = [r[0] for r in sample["resps"]]
+        if output_type == "loglikelihood_rolling":
+            return {"choice_logprobs": [float(a) for a in answers], "response": None,
+                    "score": finish_aggregate(primary, value), "correct": None}
+        lls = [float(a[0]) for a in answers]
+        greedy = [a[1] is True or a[1] == "True" for a in answers]
+    except (TypeError, ValueError, IndexError, KeyError):
+        raise LogImportError(f"doc {sample.get('doc_id')}: `resps` are not lm-eval's log-likelihoods "
+                             f"of a {output_type} task: {str(sample.get('resps'))[:200]}") from None
+    out: dict[str, Any] = {"choice_logprobs": lls, "choice_greedy": greedy, "response": None}
+    if output_type == "multiple_choice":  # the pick among the choices (acc_mutual_info's unconditional ones follow)
+        n = len(lls) // 2 if "acc_mutual_info" in sample.get("metrics", []) else len(lls)
         out["chosen"] = max(range(n), key=lls.__getitem__)
     return out
 

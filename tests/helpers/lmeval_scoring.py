@@ -48,9 +48,14 @@ def lmeval_reference() -> dict:
     tracker.save_results_aggregated(results=out, samples=samples)
     for task in TASKS:
         tracker.save_results_samples(task_name=task, samples=samples[task])
-    reference = {task: {"samples": {str(s["doc_id"]): json.loads(json.dumps(s, default=str)) for s in samples[task]},
+    reference = {task: {"samples": {str(s["doc_id"]): json.loads(json.dumps(s, default=_plain)) for s in samples[task]},
                         "results": out["results"][task]} for task in TASKS}
     return {**reference, "logs": logs}
+
+
+def _plain(value):
+    """numpy scalars (lm-eval's log-likelihoods and is_greedy) as Python numbers and bools."""
+    return value.item() if hasattr(value, "item") else str(value)
 
 
 def logged_loglikelihoods(sample: dict) -> list[tuple[float, bool]]:
@@ -58,7 +63,7 @@ def logged_loglikelihoods(sample: dict) -> list[tuple[float, bool]]:
     out = []
     for resp in sample["resps"]:
         value = resp[0]
-        out.append((float(value[0]), bool(value[1])) if isinstance(value, (list, tuple)) else (float(value), None))
+        out.append((float(value[0]), str(value[1]) == "True") if isinstance(value, (list, tuple)) else (float(value), None))
     return out
 
 
@@ -90,7 +95,7 @@ def check_engine_parity(engine, recipe=None) -> dict:
                 deltas.append(abs(ll - their_ll))
                 assert ll == _approx(their_ll), (task, doc.id, ours, theirs)
                 if their_greedy is not None:
-                    assert greedy == their_greedy, (task, doc.id)
+                    assert greedy == their_greedy, (task, doc.id, ours, logged[doc.id]["resps"])
             score = bench.score(doc, completion)
             maps.append(score.metrics)
             for metric in logged[doc.id]["metrics"]:
