@@ -175,7 +175,7 @@ def flag_rows(rows: pa.Table, rules: AnomalyRules) -> RowFlags:
     cap_reasoning = in_reasoning | (length & blank & ~get("reasoning_blank"))
     loops = get("loop_fraction")
     masks = {
-        "silent-empty": blank & ~error & ~capped,
+        "silent-empty": blank & ~error & ~capped & ~_is(finish, "scored"),  # scored rows generate nothing
         "error": error,
         "rumination-loop": np.nan_to_num(loops) >= rules.loop_repeat_fraction,
         "length-cap-reasoning": cap_reasoning,

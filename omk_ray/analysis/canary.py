@@ -94,7 +94,7 @@ def evaluate_canary(rows: pa.Table | list[dict], rules: CanaryRules = CanaryRule
         table = table.append_column(name, values)
     flags = flag_rows(table, rules.anomaly)
     # Scored rows (loglikelihood benches) generate nothing: only their errors count as empty, no length floor.
-    scored = ~pc.is_null(table["choice_logprobs"]).to_numpy(zero_copy_only=False)
+    scored = pc.fill_null(pc.equal(table["finish_reason"], "scored"), False).to_numpy(zero_copy_only=False)
     empty = (table["answer_blank"].to_numpy(zero_copy_only=False) & ~scored) | flags.masks["error"]
     lengths, _ = completion_lengths(table)
     scores = np.nan_to_num(pc.fill_null(table["score"], 0.0).to_numpy(zero_copy_only=False).astype(float))

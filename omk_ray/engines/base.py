@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict
 
 from omk_ray.config import Recipe, VariantSpec
 from omk_ray.engines.identity import EngineIdentity, installed, local_device
-from omk_ray.engines.scoring import Scoring, TokenScorer, combine
+from omk_ray.engines.scoring import SCORED, Scoring, TokenScorer, combine
 
 
 @dataclass
@@ -55,7 +55,7 @@ class Completion:
     error_kind: str | None = None  # "prompt_too_long": can never run as configured (not retried)
     thinking_budget_hit: bool = False
     token_ids: list[int] = field(default_factory=list, repr=False)
-    # A scoring request's answer: (log-probability, is_greedy) per scored pair, in the request's order
+    # A scoring request's answer (finish_reason "scored"): (log-probability, is_greedy) per scored pair, in the request's order
     # (a rolling request: one pair, the document's summed log-likelihood and whether every token was greedy).
     loglikelihoods: list[tuple[float, bool]] | None = None
 
@@ -219,7 +219,7 @@ class TokenEngine(TokenScorer, Engine):
                               error=f"pair {empty[0]} has an empty continuation once tokenized")
         results = await asyncio.gather(*(self._score_ids(c, x) for c, x in pairs))
         return Completion(text="", prompt_tokens=tokens, prompt_hash=digest, latency_s=time.perf_counter() - start,
-                          loglikelihoods=combine(request.scoring, list(results)))
+                          finish_reason=SCORED, loglikelihoods=combine(request.scoring, list(results)))
 
     # -- generation --------------------------------------------------------------------------
 

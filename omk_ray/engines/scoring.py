@@ -37,6 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's, when the model config names no length
+SCORED = "scored"  # the finish_reason of a scoring request's row: nothing was generated (no blank answer)
 
 
 @dataclass(frozen=True)

@@ -345,14 +345,14 @@ def _scored_columns(sample: dict, primary: str, value: float, output_type: str |
     try:
         answers = [r[0] for r in sample["resps"]]
         if output_type == "loglikelihood_rolling":
-            return {"choice_logprobs": [float(a) for a in answers], "response": None,
+            return {"choice_logprobs": [float(a) for a in answers], "response": None, "finish_reason": "scored",
                     "score": finish_aggregate(primary, value), "correct": None}
         lls = [float(a[0]) for a in answers]
         greedy = [a[1] is True or a[1] == "True" for a in answers]
     except (TypeError, ValueError, IndexError, KeyError):
         raise LogImportError(f"doc {sample.get('doc_id')}: `resps` are not lm-eval's log-likelihoods "
                              f"of a {output_type} task: {str(sample.get('resps'))[:200]}") from None
-    out: dict[str, Any] = {"choice_logprobs": lls, "choice_greedy": greedy, "response": None}
+    out: dict[str, Any] = {"choice_logprobs": lls, "choice_greedy": greedy, "response": None, "finish_reason": "scored"}
     if output_type == "multiple_choice":  # the pick among the choices (acc_mutual_info's unconditional ones follow)
         n = len(lls) // 2 if "acc_mutual_info" in sample.get("metrics", []) else len(lls)
         out["chosen"] = max(range(n), key=lls.__getitem__)
