@@ -48,6 +48,7 @@ def grid_dict(folder: Path, docs: int) -> dict:
     data.write_text("".join(json.dumps(r) + "\n" for r in questions(docs)))
     return {
         "name": "mc-saturation",
+        "recipe": {"max_gen_toks": 16},  # nothing is generated; the budget must fit max_model_len
         "variants": [{"name": "toy", "model": str(TOY), "engine": "vllm", "engine_args": ENGINE_ARGS}],
         "benches": [{"name": "mc", "kind": "lmeval", "source": str(data), "options": {"task": "toy_mc", "id_field": "id"}}],
         "farm": {"canary": {"enabled": False}, "max_engines": 1, "cpus_per_engine": 2},
