@@ -18,9 +18,11 @@ reasoning config for them, and a thinking budget is applied in one pass by vLLM 
 Scoring (engines/scoring.py): each (context, continuation) pair is one vLLM request of the whole
 text with `prompt_logprobs=1` and one greedy token to generate; the continuation's prompt
 log-probabilities are summed and it is greedy where every one of its tokens has rank 1. The
-choices of a question arrive together, but vLLM 0.32 does not read its prefix cache for requests
-that ask for prompt log-probabilities (`KVCacheManager.get_computed_blocks`), so each choice
-computes its context again (benchmarks/mc_throughput.py measures it).
+choices of a question arrive together; vLLM skips its prefix cache for requests that ask for
+prompt log-probabilities unless told otherwise (`SamplingParams.skip_reading_prefix_cache`, since
+a cached token gets none), so each request reads the cache (the shared context is computed once)
+and is sent again without it in the rare case the cache held a token of the continuation
+(benchmarks/bench_mc_farm.py measures the effect).
 """
 
 from __future__ import annotations
@@ -176,20 +178,31 @@ class VLLMEngine(TokenEngine):
         return RawOutput(ids, "length" if choice.finish_reason == "length" else "stop")
 
     async def _score_ids(self, context: list[int], continuation: list[int]) -> tuple[float, bool]:
+        prompt = (context + continuation)[-(self.score_max_length + 1):]
+        scored = await self._prompt_logprobs(prompt, continuation, read_cache=True)
+        if scored is None:  # the cache held part of the continuation: vLLM gives no log-probabilities there
+            scored = await self._prompt_logprobs(prompt, continuation, read_cache=False)
+        return scored
+
+    async def _prompt_logprobs(self, prompt: list[int], continuation: list[int], read_cache: bool):
+        """(summed log-probability, all rank 1) of the prompt's last tokens, None where vLLM returned none."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         sampling = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1, detokenize=False,
-                                  output_kind=RequestOutputKind.FINAL_ONLY)
-        prompt = (context + continuation)[-(self.score_max_length + 1):]
+                                  skip_reading_prefix_cache=not read_cache, output_kind=RequestOutputKind.FINAL_ONLY)
         loop = asyncio.get_running_loop()
         done = loop.create_future()
         self._arrivals.put((prompt, sampling, loop, done))
         out = await done
+        logprobs = out.prompt_logprobs
+        if logprobs is None or len(logprobs) != len(prompt):
+            return None
         total, greedy = 0.0, True
-        positions = out.prompt_logprobs[len(prompt) - len(continuation):]
-        for token, position in zip(continuation, positions):
-            entry = position[token]
+        for token, position in zip(continuation, list(logprobs)[len(prompt) - len(continuation):]):
+            entry = None if position is None else position.get(token)
+            if entry is None:
+                return None
             total += entry.logprob
             greedy = greedy and entry.rank == 1
         return total, greedy
