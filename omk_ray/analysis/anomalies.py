@@ -186,7 +186,7 @@ def flag_rows(rows: pa.Table, rules: AnomalyRules, caps: dict[tuple[str, str], i
     inferred = unrecorded & ~error & _at_cap(rows, caps or {})
     loops = get("loop_fraction")
     masks = {
-        "silent-empty": blank & ~error & ~capped & ~unrecorded,
+        "silent-empty": blank & ~error & ~capped & ~unrecorded & ~_is(finish, "scored"),  # scored rows generate nothing
         "empty-unrecorded": blank & ~error & unrecorded & ~inferred,
         "error": error,
         "rumination-loop": np.nan_to_num(loops) >= rules.loop_repeat_fraction,

@@ -21,6 +21,8 @@ bench must pass every rule, per bench:
 
 from __future__ import annotations
 
+import math
+
 import random
 from dataclasses import asdict, dataclass, field
 
@@ -92,7 +94,9 @@ def evaluate_canary(rows: pa.Table | list[dict], rules: CanaryRules = CanaryRule
     for name, values in text_features(table, set(rules.markers), rules.anomaly, check_all=True).items():
         table = table.append_column(name, values)
     flags = flag_rows(table, rules.anomaly)
-    empty = table["answer_blank"].to_numpy(zero_copy_only=False) | flags.masks["error"]
+    # Scored rows (loglikelihood benches) generate nothing: only their errors count as empty, no length floor.
+    scored = pc.fill_null(pc.equal(table["finish_reason"], "scored"), False).to_numpy(zero_copy_only=False)
+    empty = (table["answer_blank"].to_numpy(zero_copy_only=False) & ~scored) | flags.masks["error"]
     lengths, _ = completion_lengths(table)
     scores = np.nan_to_num(pc.fill_null(table["score"], 0.0).to_numpy(zero_copy_only=False).astype(float))
     bench_col = table["bench"].to_numpy(zero_copy_only=False)
@@ -107,7 +111,7 @@ def evaluate_canary(rows: pa.Table | list[dict], rules: CanaryRules = CanaryRule
             empty=int(empty[mine].sum()),
             leaks=int(flags.masks["marker-leak"][mine].sum()),
             loops=int(flags.masks["rumination-loop"][mine].sum()),
-            p10_tokens=float(np.percentile(lengths[mine], 10)),
+            p10_tokens=float(np.percentile(lengths[mine & ~scored], 10)) if (mine & ~scored).any() else math.inf,
             floor=rules.floor(bench),
             mean_score=float(scores[mine].mean()),
         )

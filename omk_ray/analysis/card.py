@@ -23,11 +23,13 @@ them); `to_card` returns the Markdown.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from omk_ray.analysis.compare import Comparison
 from omk_ray.analysis.markdown import render
+from omk_ray.analysis.perplexity import perplexity_benches, perplexity_section
 from omk_ray.analysis.sections import (
     ESTIMATED_MARK, KIND_LABELS, NO_BASELINE, STOPPED, Section, Table, canary_text, delta_cell, id_list, judged,
     lost_gained_by_domain, metric_label, pct, sampler_text, scores_table, significance_legend, signed, token_table,
@@ -64,8 +66,11 @@ def to_card(c: Comparison, options: CardOptions = CardOptions()) -> str:
 
 def card_sections(c: Comparison, options: CardOptions = CardOptions()) -> list[Section]:
     title = Section(f"Evaluation: {', '.join(c.variants)} vs {c.baseline}", level=2)
-    return [title, _facts(c), _scores(c, options), _tokens(c, options), _anomalies(c), *_domains(c, options),
-            *_agreement(c), *_notes(c)]
+    rolling = perplexity_benches(c)  # perplexity benches have their own table (analysis/perplexity.py)
+    scored = replace(c, benches=[b for b in c.benches if b not in rolling]) if rolling else c
+    perplexity = [perplexity_section(c)] if rolling else []
+    return [title, _facts(c), _scores(scored, options), *perplexity, _tokens(c, options), _anomalies(c),
+            *_domains(scored, options), *_agreement(scored), *_notes(c)]
 
 
 # -- the facts --------------------------------------------------------------------------------

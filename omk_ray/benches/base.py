@@ -9,7 +9,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from omk_ray.config import BenchSpec, stable_hash
-from omk_ray.engines.base import Completion
+from omk_ray.engines.base import Completion, Request
+from omk_ray.engines.scoring import Scoring
 from omk_ray.plugins import parse_options
 
 
@@ -21,12 +22,21 @@ class Doc:
     domain: str | None = None
     subdomain: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    scoring: Scoring | None = None  # set: the engine scores these texts instead of answering `messages`
 
     @property
     def hash(self) -> str:
         """What the document asks and how it is judged (stored on every row as `doc_hash`): a document
         edited under the same id is a new sample, and a resume generates it again."""
-        return stable_hash([self.id, self.messages, self.target, self.domain, self.subdomain, self.meta])
+        parts = [self.id, self.messages, self.target, self.domain, self.subdomain, self.meta]
+        if self.scoring is not None:  # (documents that generate hash as they always did)
+            parts.append([list(map(list, self.scoring.pairs)), self.scoring.rolling])
+        return stable_hash(parts)
+
+    def request(self, repeat: int, bench: str | None) -> Request:
+        """The engine request of one sample of this document."""
+        return Request(id=f"{self.id}#{repeat}", messages=self.messages, repeat=repeat, bench=bench,
+                       scoring=self.scoring)
 
 
 @dataclass
@@ -37,6 +47,7 @@ class Score:
     metrics: dict[str, float] = field(default_factory=dict)
     detail: str | None = None  # why it failed, when the scorer knows (e.g. "test 4: got 7, expected 6")
     isolation: str | None = None  # how the answer's program was confined (code benches: namespaces|rlimits)
+    chosen: int | None = None  # multiple choice: the index of the choice picked (highest log-likelihood)
 
 
 class BenchOptions(BaseModel):
@@ -78,6 +89,7 @@ def score_guarded(bench: "Bench", pairs: list[tuple[Doc, "Completion"]]) -> list
 class Bench(ABC):
     scorer_version = "1"
     Options: type[BenchOptions] = BenchOptions
+    scores_text = False  # its documents are scoring requests (Doc.scoring): only engines with `scores` run it
 
     def __init__(self, spec: BenchSpec):
         self.spec = spec

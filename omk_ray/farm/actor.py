@@ -88,7 +88,7 @@ class EngineActor:
     async def _run(self, sample: int, request: Request, recipe: Recipe) -> None:
         started = datetime.now(timezone.utc)
         try:
-            completion = await self.engine.generate(request, recipe)
+            completion = await self.engine.respond(request, recipe)
             engine_error = False
         except Exception as err:  # noqa: BLE001
             if self.engine.fatal(err):

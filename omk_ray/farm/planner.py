@@ -351,6 +351,25 @@ def _expert_count_problems(spec) -> list[str]:
     return problems
 
 
+def scoring_problems(grid: GridConfig, variants: list[VariantSpec], docs_by_bench: dict[str, list[Doc]]) -> list[str]:
+    """Benches whose documents are scoring requests (lm-eval's loglikelihood tasks), on engines that cannot score."""
+    from omk_ray.engines import ENGINES
+
+    scoring = [name for name, docs in docs_by_bench.items() if any(d.scoring is not None for d in docs)]
+    problems = []
+    for v in variants:
+        try:
+            engine = ENGINES.load(v.engine) if scoring else None
+        except (KeyError, TypeError, ImportError):  # grid_problems names it already
+            continue
+        if engine is None:
+            continue
+        if not engine.scores:
+            problems += [f"variant {v.name!r} on bench {b!r}: the bench scores text (a loglikelihood task) and engine "
+                         f"{v.engine!r} cannot: {engine.score_refusal}" for b in scoring]
+    return problems
+
+
 @dataclass
 class Benches:
     """Every bench's documents (limited as asked) and dataset revision, read once."""
@@ -392,6 +411,7 @@ def read_benches(grid: GridConfig, variants: list[str] | None = None, limit_docs
         docs_by_bench[spec.name] = docs[:limit_docs] if limit_docs else docs
         revisions[spec.name] = bench.dataset_revision
     chosen = [v for v in grid.variants if variants is None or v.name in variants]
+    problems += scoring_problems(grid, chosen, docs_by_bench)
     samples = sum(len(docs) * grid.recipe_for(v, grid.bench(name)).repeats
                   for name, docs in docs_by_bench.items() for v in chosen)
     if samples > MAX_PLAN_SAMPLES:

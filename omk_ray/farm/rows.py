@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from omk_ray.benches import Bench, Doc, Score, score_guarded
 from omk_ray.config import Recipe
-from omk_ray.engines.base import Completion, Engine, Request
+from omk_ray.engines.base import Completion, Engine
 from omk_ray.engines.identity import ROW_COLUMNS as IDENTITY_COLUMNS
 from omk_ray.engines.identity import EngineIdentity
 from omk_ray.redact import scrub
@@ -88,13 +88,16 @@ def sample_row(ctx: RowContext, doc: Doc, repeat: int, completion: Completion, s
         started_at=started_at,
         error=scrub(error),  # no engine's error text may store a secret
         error_kind=completion.error_kind if error else None,
+        choice_logprobs=[lp for lp, _ in completion.loglikelihoods] if completion.loglikelihoods else None,
+        choice_greedy=[g for _, g in completion.loglikelihoods] if completion.loglikelihoods else None,
+        chosen=score.chosen if score else None,
     )
 
 
 def generate_rows(engine: Engine, bench: Bench, ctx: RowContext, samples: list[tuple[Doc, int]]) -> pa.Table:
     """The farm's generate -> score -> row path for a few samples, in this process."""
     started = datetime.now(timezone.utc)
-    requests = [Request(id=f"{doc.id}#{r}", messages=doc.messages, repeat=r, bench=ctx.bench) for doc, r in samples]
+    requests = [doc.request(r, ctx.bench) for doc, r in samples]
     completions = engine.generate_batch(requests, ctx.recipe)
     identity = engine.identity()
     scores = score_all(bench, [(doc, c) for (doc, _), c in zip(samples, completions)])

@@ -29,8 +29,7 @@ class Sample:
 
     @property
     def request(self) -> Request:
-        return Request(id=f"{self.doc.id}#{self.repeat}", messages=self.doc.messages, repeat=self.repeat,
-                       bench=self.work.bench)
+        return self.doc.request(self.repeat, self.work.bench)  # carries the doc's scoring requests, if any
 
 
 class SampleQueue:

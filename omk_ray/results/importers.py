@@ -57,7 +57,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from omk_ray.benches.lmeval import aggregate, first_text, metric_values, resolve_domain_fields, resolve_primary
+from omk_ray.benches.lmeval import (aggregate, finish_aggregate, first_text, metric_values, resolve_domain_fields,
+                                   resolve_primary)
 from omk_ray.config import BenchSpec, DeclaredFacts, GridConfig, Recipe, stable_hash
 from omk_ray.files import write_text_atomic
 from omk_ray.results.folder_lock import writing
@@ -324,7 +325,8 @@ def _import_one(
 
     metric_keys = [k for k in logged if "," in k and "_stderr" not in k]
     primary = resolve_primary(primary or spec.options.get("primary_metric"), task,
-                              {"metric_list": config.get("metric_list"), "filter_list": config.get("filter_list")})
+                              {"metric_list": config.get("metric_list"), "filter_list": config.get("filter_list"),
+                               "output_type": config.get("output_type")})
     if metric_keys and primary not in metric_keys:
         raise LogImportError(f"{results_path}: primary metric {primary!r} not among {metric_keys}")
     code_task = any(k.startswith("pass@") for k in metric_keys)
@@ -384,17 +386,41 @@ def _import_one(
             scorer_version=scorer,
             dataset_revision=revision,
             started_at=started,
-        ))
+        ) | _scored_columns(lines[0], primary, value, config.get("output_type")))
         docs.append({"doc_id": sample_id, "index": doc_id, "doc": doc, "prompt": _logged_prompt(lines[0])})
 
     report = ImportReport(spec.name, task, len(rows), str(samples_path), "", fields,
                           sum(r["domain"] is not None or r["subdomain"] is not None for r in rows))
     maps = [r["metrics"] for r in rows]
     for key in metric_keys:
-        report.aggregates[key] = (float(logged[key]), aggregate(maps, key))
+        report.aggregates[key] = (float(logged[key]), finish_aggregate(key, aggregate(maps, key)))
     report.table, report.spec, report.docs, report.unit = _table(samples_path, rows), spec, docs, f"import-{task}"
     report.recipe, report.recipe_source, report.recipe_unstated = recipe, recipe_source, unstated
     return report
+
+
+def _scored_columns(sample: dict, primary: str, value: float, output_type: str | None) -> dict[str, Any]:
+    """A loglikelihood task's sample (`resps`: [[logprob, is_greedy]] per request, [[logprob]] for a rolling
+    document; lm-eval logs them as strings): the row's choice log-likelihoods, greedy flags, the choice
+    picked and no response, as the farm stores them; a rolling document's score is its own value of the
+    primary metric (bits per byte). Nothing for a generated sample."""
+    if output_type not in ("multiple_choice", "loglikelihood", "loglikelihood_rolling"):
+        return {}
+    try:
+        answers = [r[0] for r in sample["resps"]]
+        if output_type == "loglikelihood_rolling":
+            return {"choice_logprobs": [float(a) for a in answers], "response": None, "finish_reason": "scored",
+                    "score": finish_aggregate(primary, value), "correct": None}
+        lls = [float(a[0]) for a in answers]
+        greedy = [a[1] is True or a[1] == "True" for a in answers]
+    except (TypeError, ValueError, IndexError, KeyError):
+        raise LogImportError(f"doc {sample.get('doc_id')}: `resps` are not lm-eval's log-likelihoods "
+                             f"of a {output_type} task: {str(sample.get('resps'))[:200]}") from None
+    out: dict[str, Any] = {"choice_logprobs": lls, "choice_greedy": greedy, "response": None, "finish_reason": "scored"}
+    if output_type == "multiple_choice":  # the pick among the choices (acc_mutual_info's unconditional ones follow)
+        n = len(lls) // 2 if "acc_mutual_info" in sample.get("metrics", []) else len(lls)
+        out["chosen"] = max(range(n), key=lls.__getitem__)
+    return out
 
 
 def _check_sample(path: Path, s: dict[str, Any]) -> None:

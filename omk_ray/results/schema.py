@@ -47,6 +47,12 @@ SAMPLE_SCHEMA = pa.schema(
         ("started_at", pa.timestamp("us", tz="UTC")),
         ("error", pa.string()),
         ("error_kind", pa.string()),  # "prompt_too_long": a sample that cannot run until its inputs change
+        # Scoring benches (lm-eval's loglikelihood tasks), null for generated samples: per scored pair
+        # (a multiple-choice question's choices, in order) the log-likelihood and whether it is greedy;
+        # a rolling document has one entry, its summed log-likelihood. `chosen`: the choice picked.
+        ("choice_logprobs", pa.list_(pa.float64())),
+        ("choice_greedy", pa.list_(pa.bool_())),
+        ("chosen", pa.int32()),
     ]
 )
 
@@ -59,6 +65,7 @@ LATER_COLUMNS = frozenset({
     "isolation",  # code benches
     "engine_family", "engine_package", "engine_dtype", "engine_quantization", "engine_kernel", "device",
     "device_count",  # engine identity
+    "choice_logprobs", "choice_greedy", "chosen",  # scoring benches
 })
 
 
@@ -92,6 +99,8 @@ def _compatible(found: pa.DataType, expected: pa.DataType) -> bool:
         return True
     if pa.types.is_string(found) or pa.types.is_large_string(found):
         return pa.types.is_string(expected) or pa.types.is_large_string(expected)
+    if pa.types.is_list(found) and pa.types.is_list(expected):
+        return _compatible(found.value_type, expected.value_type)
     if pa.types.is_timestamp(found) and pa.types.is_timestamp(expected):
         return found.tz in ("UTC", "+00:00", "Z")
     return False

@@ -103,8 +103,12 @@ def test_missing_data_and_unknown_tasks_are_clear_errors(tmp_path, monkeypatch):
     monkeypatch.setenv(sources.CACHE_ENV, str(tmp_path / "empty-cache"))
     with pytest.raises(sources.DataError, match=r"openai/gsm8k/main\[test\] is not in the data cache.*fetch-data.*source:"):
         bench("gsm8k", options={"task": "gsm8k"}).docs()
-    with pytest.raises(ValueError, match="only generate_until"):
-        bench("arc", options={"task": "arc_easy"}).docs()
+    with pytest.raises(sources.DataError, match=r"allenai/ai2_arc/ARC-Easy\[test\] is not in the data cache"):
+        bench("arc", options={"task": "arc_easy"}).docs()  # multiple choice: a bench now, its data is missing
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "odd_task.yaml").write_text("task: odd_task\noutput_type: ranking\ndataset_path: json\n")
+    with pytest.raises(ValueError, match="output_type 'ranking' is not one omk-ray runs"):
+        bench("odd", options={"task": "odd_task", "include_path": str(tmp_path / "odd")}).docs()
     with pytest.raises(ValueError, match="bad options: num_fewshot"):
         bench("x", options={"task": "gsm8k", "num_fewshot": 5})
     with pytest.raises(ValueError, match="did you mean.*gsm8k"):
