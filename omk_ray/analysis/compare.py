@@ -105,7 +105,8 @@ class Comparison:
     tables: dict[str, pa.Table]
     correction: Correction = "variant"  # the family the scoreboard's p-values are Holm-corrected over
     notes: list[str] = field(default_factory=list)  # general footnotes
-    results: str = ""
+    results: str = ""  # the results folder's name, as reports show it
+    root: str = ""  # the results folder itself, for sections that read more of it (never printed)
     canary: dict[str, CanaryVerdict] = field(default_factory=dict)  # variant -> newest canary verdict
     lengths: pa.Table | None = None  # per sample and measure: tokens (tokens.token_lengths), for other statistics
     recipe_set: str | None = None  # which recipe set was compared, when the folder holds several (recipes.py)
@@ -231,6 +232,7 @@ def compare(results: str | Path, options: CompareOptions) -> Comparison:
         correction=correction,
         notes=notes,
         results=Path(results).name,  # its name only: a report shows no machine's folders
+        root=str(results),
         canary=canary,
         lengths=lengths,
         recipe_set=recipe_set,

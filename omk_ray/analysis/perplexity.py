@@ -89,7 +89,7 @@ def _bpb(docs) -> float:
 
 def perplexity_section(c) -> Section | None:
     """The card's perplexity table (a `Comparison` in), None when no bench is a rolling one."""
-    rows = perplexity_rows(c.results, c.baseline, c.variants, c.benches)
+    rows = perplexity_rows(c.root or c.results, c.baseline, c.variants, c.benches)
     if not rows:
         return None
     cells = []
@@ -109,4 +109,4 @@ def perplexity_section(c) -> Section | None:
 
 
 def perplexity_benches(c) -> set[str]:
-    return {r["bench"] for r in perplexity_rows(c.results, c.baseline, [], c.benches)}
+    return {r["bench"] for r in perplexity_rows(c.root or c.results, c.baseline, [], c.benches)}

@@ -32,7 +32,7 @@ def test_perplexity_table_and_scores_table(tmp_path):
     write_store(tmp_path, rolling_rows("base", BASE) + rolling_rows("pruned", PRUNED)
                 + bench_rows("base", "mc", [True] * 8 + [False] * 2) + bench_rows("pruned", "mc", [True] * 6 + [False] * 4))
     c = compare(tmp_path, CompareOptions(baseline="base", resamples=200))
-    rows = {r["variant"]: r for r in perplexity_rows(c.results, "base", ["pruned"], c.benches)}
+    rows = {r["variant"]: r for r in perplexity_rows(c.root, "base", ["pruned"], c.benches)}
     # lm-eval's corpus values: exp(-Σll/Σwords), -Σll/Σbytes/ln 2, as its aggregate of the stored per-doc values
     for variant, docs in (("base", BASE), ("pruned", PRUNED)):
         lls, words, sizes = (sum(d[k] for d in docs) for k in range(3))
