@@ -25,6 +25,7 @@ from omk_ray.farm.builds import artifact_root, build_variants
 from omk_ray.farm.buffer import RowBuffer
 from omk_ray.farm.engine_pool import EnginePool, cluster_capacity, ray_wait
 from omk_ray.farm.gate import CanaryGate, RuleVerdict, Verdict, canary_gate
+from omk_ray.farm.stage_tracker import StageTracker, stage_tracker
 from omk_ray.farm.planner import Plan, make_plan, read_benches
 from omk_ray.farm.preflight import check_cluster
 from omk_ray.farm.progress import FarmProgress
@@ -54,6 +55,7 @@ class RunSummary:
     status: str
     engines: list[dict] = field(default_factory=list)
     canary: dict[str, Verdict] = field(default_factory=dict)  # variant -> its canary verdict in this run
+    stops: dict[str, dict] = field(default_factory=dict)  # arm -> its stop by `farm.stages` (`RunManifest.stops`)
 
 
 class RunLogHandler(logging.FileHandler):
@@ -197,7 +199,8 @@ def _run_grid(grid: GridConfig, results_root: str | Path, *, address: str | None
         if canary_rules and (plan.missing or canary_only):
             # canary_only with nothing missing: every canary sample is stored, judged from those rows
             gate = canary_gate(plan, store, canary_rules, stop_on_fail=grid.farm.canary.on_fail == "skip",
-                               variants=None if plan.missing else [v for v in canary_rules if v in plan.fingerprints])
+                               variants=None if plan.missing else [v for v in canary_rules if v in plan.fingerprints],
+                               baseline=grid.baseline_variant, max_loss_pp=grid.farm.canary.max_loss_pp)
         if plan.missing:
             connect_checked()
             manifest.cluster_resources = ray.cluster_resources()
@@ -206,7 +209,8 @@ def _run_grid(grid: GridConfig, results_root: str | Path, *, address: str | None
                                          for r in preflight[0]}
             progress = FarmProgress(plan.missing, enabled=show_progress, phase="canary" if canary_only else "run",
                                     est_lengths=[w.cost(doc) for w in plan.work for doc, _ in w.samples])
-            scheduler = farm_scheduler(plan, store, runlog, manifest.cluster_resources, gate, progress, on_shard)
+            scheduler = farm_scheduler(plan, store, runlog, manifest.cluster_resources, gate, progress, on_shard,
+                                       None if canary_only else stage_tracker(plan, store))
             verdicts = scheduler.canary
             with progress:
                 scheduler.run()
@@ -235,6 +239,7 @@ def _run_grid(grid: GridConfig, results_root: str | Path, *, address: str | None
             "failed_samples": scheduler.failed_samples if scheduler else 0,
             "skipped_samples": scheduler.skipped_samples if scheduler else 0,
             "canary": {v: verdict.record() for v, verdict in scheduler.canary.items()} if scheduler else {},
+            "stops": dict(scheduler.stops) if scheduler else {},
             "isolation": isolation_used(store, runlog.run_id) if scheduler else {},  # code benches: how programs ran
             "engines": engines,
             "gpus": sorted({g for e in engines if e["info"] for g in e["info"].get("gpus", [])}),
@@ -262,11 +267,12 @@ def _run_grid(grid: GridConfig, results_root: str | Path, *, address: str | None
         status=status,
         engines=engines,
         canary=verdicts,
+        stops=dict(scheduler.stops) if scheduler else {},
     )
 
 
 def farm_scheduler(plan: Plan, store: ResultsStore, runlog, resources: dict, gate: CanaryGate | None,
-                   progress=None, on_shard=None) -> Scheduler:
+                   progress=None, on_shard=None, stages: StageTracker | None = None) -> Scheduler:
     """The scheduler with its Ray-backed owners: engines sized to the cluster's `resources`, scoring actors,
     rows written to `store` in shards."""
     farm = plan.grid.farm
@@ -274,7 +280,7 @@ def farm_scheduler(plan: Plan, store: ResultsStore, runlog, resources: dict, gat
     return Scheduler(plan, engines=EnginePool(plan, runlog.run_id, gpu_mode, capacity),
                      scoring=ScoringPool(plan.grid.benches, farm),
                      rows=RowBuffer(store, runlog.run_id, farm.flush_samples, farm.flush_seconds, on_shard),
-                     runlog=runlog, wait=ray_wait, gate=gate, progress=progress)
+                     runlog=runlog, wait=ray_wait, gate=gate, progress=progress, stages=stages)
 
 
 def run_canary(
