@@ -232,7 +232,6 @@ class Scheduler:
                           reason="canary failed: " + "; ".join(verdict.reasons))
         if self.progress:
             self.progress.advance(skipped=skipped)
-            self.progress.stopped(stop.arm, stop.stage)
 
     def _stopped(self, stop: StageVerdict) -> None:
         """An arm stopped by `farm.stages`: recorded with its rule and numbers, its queue drained, its engines

@@ -156,6 +156,7 @@ class RunManifest(_Record):
     skipped_samples: int | None = None
     canary: dict[str, CanaryRecord] = Field(default_factory=dict)
     stops: dict[str, StopRecord] = Field(default_factory=dict)  # arm -> its stop by `farm.stages`
+    resumed_stopped: list[str] = Field(default_factory=list)  # arms stopped earlier that this run completes
     isolation: dict[str, Any] = Field(default_factory=dict)
     engines: list[EngineRecord] = Field(default_factory=list)
     gpus: list[str] = Field(default_factory=list)

@@ -23,6 +23,7 @@ from omk_ray.farm.gate import CanaryGate, RuleVerdict, StructuralRule, canary_ga
 from omk_ray.farm.planner import make_plan
 from omk_ray.farm.policies import LoadTime
 from omk_ray.farm.rows import score_all
+from omk_ray.farm.progress import FarmProgress
 from omk_ray.farm.scheduler import Scheduler
 from omk_ray.farm.stage_tracker import stage_tracker
 from omk_ray.results.run_records import EventKind, RunManifest
@@ -51,6 +52,11 @@ class FakeSlot:
     loading: bool = True
     target: int = 4
     inflight: dict = field(default_factory=dict)
+    samples: int = 0
+
+    @property
+    def state(self) -> str:
+        return "loading" if self.loading else f"{len(self.inflight)} in flight"
 
 
 class FakeEngines:
@@ -166,14 +172,14 @@ class Rows:
     def flush(self): pass
 
 
-def run_loop(tmp_path, grid, engines, gate=None, stages=None):
+def run_loop(tmp_path, grid, engines, gate=None, stages=None, progress=None):
     plan = make_plan(grid, gpu=False)
     runlog = ResultsStore(tmp_path / "results").new_run("r1")
     runlog.folder.mkdir(parents=True)
     runlog.write_manifest(RunManifest(run_id="r1"))
     rows = Rows()
     scheduler = Scheduler(plan, engines=engines, scoring=InProcessScoring(grid), rows=rows, runlog=runlog,
-                          wait=lambda refs: refs, gate=gate, stages=stages)
+                          wait=lambda refs: refs, gate=gate, stages=stages, progress=progress)
     scheduler.run()
     return scheduler, rows.rows, runlog.records().events
 
@@ -357,7 +363,10 @@ def staged_run(tmp_path, wrong_share, docs=200, capacity=2, mode="futility"):
     wrong = {arm: {d for i, d in enumerate(order) if (i * share) % 1 + share >= 1} for arm, share in wrong_share.items()}
     tracker = stage_tracker(plan, None)
     engines = FakeEngines(capacity=capacity, wrong=wrong)
-    scheduler, rows, events = run_loop(tmp_path, grid, engines, stages=tracker)
+    progress = FarmProgress(plan.missing, enabled=False)
+    scheduler, rows, events = run_loop(tmp_path, grid, engines, stages=tracker, progress=progress)
+    assert progress.stops == {arm: stop["stage"] for arm, stop in scheduler.stops.items()}
+    assert progress.skipped == scheduler.skipped_samples and progress.look == tracker.look_label()
     return scheduler, rows, events, engines, order, wrong
 
 
