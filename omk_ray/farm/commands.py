@@ -115,6 +115,8 @@ def run(
                                 "(see `omk-ray lock`)"),
     wait: bool = typer.Option(False, "--wait", help="if another run is writing RESULTS, wait for it to finish "
                               "instead of refusing"),
+    resume_stopped: bool = typer.Option(False, "--resume-stopped", help="run the variants an earlier run stopped "
+                                        "(canary or farm.stages) to full"),
 ) -> None:
     """Run a grid: generate every missing sample on Ray engine actors and store it as Parquet.
 
@@ -141,7 +143,7 @@ def run(
         err_console.print(f"waiting for {busy} to finish writing {results} ...")
     try:
         summary = run_grid(grid, results, address=address, variants=variant, limit_docs=limit,
-                           show_progress=not no_progress, wait=wait)
+                           show_progress=not no_progress, wait=wait, resume_stopped=resume_stopped)
     except (PlanError, BuildFailed, UnreadableResults, FolderBusy, RayStartFailed) as err:
         fail(str(err))
     except OSError as err:

@@ -159,6 +159,7 @@ class CanaryGate:
         self.missing = {v: set(missing.get(v, ())) for v in rules}
         self.stop_on_fail = stop_on_fail
         self.baseline = baseline
+        self.record_only: set[str] = set()  # judged and recorded, never stopped
         self.rows: dict[str, dict[Key, dict]] = {v: {} for v in rules}
         self.verdicts: dict[str, Verdict] = {}
         for row in stored or []:
@@ -196,7 +197,7 @@ class CanaryGate:
             arm = rows_to_table(list(self.rows[variant].values()))
             baseline = rows_to_table(list(self.rows[self.baseline].values())) if relative else None
             verdict = Verdict(variant, [rule(arm, baseline) for rule in rules])
-            verdict.stopped = not verdict.passed and self.stop_on_fail
+            verdict.stopped = not verdict.passed and self.stop_on_fail and variant not in self.record_only
             self.verdicts[variant] = verdict
             out.append(verdict)
         return out
@@ -230,10 +231,11 @@ def stored_canary_rows(store, plan: Plan, variants: list[str]) -> list[dict]:
 
 def canary_gate(plan: Plan, store, rules: dict[str, CanaryRules], stop_on_fail: bool,
                 variants: list[str] | None = None, baseline: str | None = None,
-                max_loss_pp: float | None = None) -> CanaryGate:
+                max_loss_pp: float | None = None, record_only: set[str] = frozenset()) -> CanaryGate:
     """The run's gate over `variants` (default: those of `rules` with samples to generate). With a
     `baseline` and `max_loss_pp`, every other variant also gets the `BaselineRule`; the baseline's
-    canary rows are then read (stored) or generated (first) whether or not it is gated itself."""
+    canary rows are then read (stored) or generated (first) whether or not it is gated itself.
+    `record_only`: variants whose verdicts are recorded but stop nothing (`run --resume-stopped`)."""
     if variants is None:
         variants = [v for v in rules if any(w.variant == v and w.samples for w in plan.work)]
     chosen: dict[str, list[Rule]] = {v: [StructuralRule(rules[v])] for v in variants if v in rules}
@@ -246,4 +248,6 @@ def canary_gate(plan: Plan, store, rules: dict[str, CanaryRules], stop_on_fail: 
     else:
         baseline = None
     missing = {v: missing_canary_keys(plan, v) for v in chosen}
-    return CanaryGate(missing, chosen, stop_on_fail, stored_canary_rows(store, plan, list(chosen)), baseline)
+    gate = CanaryGate(missing, chosen, stop_on_fail, stored_canary_rows(store, plan, list(chosen)), baseline)
+    gate.record_only = set(record_only)
+    return gate

@@ -125,11 +125,14 @@ def stored_rows(store, plan: Plan) -> list[dict]:
     return store.read(filter=where, columns=["variant", "bench", "doc_id", "repeat", "score"]).to_pylist()
 
 
-def stage_tracker(plan: Plan, store) -> StageTracker | None:
-    """The run's tracker when `farm.stages` is on and the baseline is one of the plan's variants."""
+def stage_tracker(plan: Plan, store, exclude: set[str] = frozenset()) -> StageTracker | None:
+    """The run's tracker when `farm.stages` is on and the baseline is one of the plan's variants;
+    `exclude`: arms never stopped (`run --resume-stopped`)."""
     grid = plan.grid
     spec, baseline = grid.farm.stages, grid.baseline_variant
     if not spec.enabled or baseline not in plan.fingerprints or len(plan.fingerprints) < 2:
         return None
     canary = grid.farm.canary
-    return StageTracker(plan, spec, baseline, canary.docs, canary.max_loss_pp, stored_rows(store, plan))
+    tracker = StageTracker(plan, spec, baseline, canary.docs, canary.max_loss_pp, stored_rows(store, plan))
+    tracker.arms = [a for a in tracker.arms if a not in exclude]
+    return tracker
