@@ -228,6 +228,8 @@ class Scheduler:
             return
         skipped = len(queue.drain())
         self.skipped_samples += skipped
+        if self.stages and verdict.variant in self.stages.arms:
+            self.stages.arms.remove(verdict.variant)  # stopped already: the stages judge it no more
         self.runlog.event(EventKind.VARIANT_SKIPPED, variant=verdict.variant, samples=skipped,
                           reason="canary failed: " + "; ".join(verdict.reasons))
         if self.progress:

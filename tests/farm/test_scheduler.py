@@ -407,3 +407,17 @@ def test_stages_go_out_in_order_and_nothing_stops_without_a_record(tmp_path):
         assert handed == sorted(handed) and len(handed) == len(sent[v]) == 120
     assert {arm: v.stage for arm, v in scheduler.stages.verdicts.items()} == {"close": "100%", "same": "100%"}
     assert not [e for e in events if e.event == EventKind.STAGE_STOP]
+
+
+def test_an_arm_the_canary_stops_is_not_stopped_again_by_the_stages(tmp_path):
+    grid = grid_of(tmp_path, ("base", "bad", "same"), docs=120, canary=True, canary_docs=24,
+                   stages={"enabled": True})
+    plan = make_plan(grid, gpu=False)
+    gate = canary_gate(plan, None, {v: StructuralRule().rules for v in ("base", "bad", "same")}, stop_on_fail=True,
+                       baseline=grid.baseline_variant, max_loss_pp=grid.farm.canary.max_loss_pp)
+    tracker = stage_tracker(plan, None)
+    engines = FakeEngines(capacity=2, wrong={"bad": set(plan.orders["b"].ids)})
+    scheduler, rows, events = run_loop(tmp_path, grid, engines, gate, stages=tracker)
+    assert scheduler.canary["bad"].stopped and scheduler.stops == {} and tracker.arms == ["same"]
+    assert len([r for r in rows if r["variant"] == "bad"]) == 24 and scheduler.skipped_samples == 96
+    assert [e.variant for e in events if e.event in (EventKind.VARIANT_SKIPPED, EventKind.STAGE_STOP)] == ["bad"]
