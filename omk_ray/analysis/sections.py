@@ -362,7 +362,7 @@ def stop_lines(c: Comparison) -> list[str]:
     """Each arm stopped by `farm.stages` (its score and Δ above are on the prefix it reached), and the
     engine time spent against a full evaluation."""
     lines = [f"{v} stopped early (farm.stages, run {s.run_id}) at {s.stage}: {s.text}; its scores are on the "
-             f"first {s.n} problems of the order." for v, s in c.stops.items()]
+             "problems it answered before it stopped." for v, s in c.stops.items()]
     if c.cost is not None and (c.stops or c.cost.saved > 0.005):
         lines.append(f"Engine time: {c.cost.spent:.3g} {c.cost.unit} spent against {c.cost.full:.3g} for a full "
                      f"evaluation of every variant compared ({100 * c.cost.saved:.0f}% saved by stopping arms early).")

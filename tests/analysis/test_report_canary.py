@@ -162,7 +162,7 @@ def test_an_arm_stopped_by_the_stages_shows_its_stop_and_the_engine_time_saved_o
     c = compare(tmp_path / "results", CompareOptions(baseline="toy", resamples=200))
     assert list(c.stops) == ["mean"] and c.stops["mean"].n == 10
     assert (c.cost.spent, c.cost.full, c.cost.unit) == (2.25, 3.0, "GPU hours") and c.cost.saved == 0.25
-    line = f"mean stopped early (farm.stages, run {run.run_id}) at canary: {text}; its scores are on the first 10"
+    line = f"mean stopped early (farm.stages, run {run.run_id}) at canary: {text}; its scores are on the problems it answered"
     saved = "Engine time: 2.25 GPU hours spent against 3 for a full evaluation of every variant compared (25% saved"
     for shown in (to_card(c), to_markdown(c)):
         assert line in shown and saved in shown
