@@ -421,3 +421,22 @@ def test_an_arm_the_canary_stops_is_not_stopped_again_by_the_stages(tmp_path):
     assert scheduler.canary["bad"].stopped and scheduler.stops == {} and tracker.arms == ["same"]
     assert len([r for r in rows if r["variant"] == "bad"]) == 24 and scheduler.skipped_samples == 96
     assert [e.variant for e in events if e.event in (EventKind.VARIANT_SKIPPED, EventKind.STAGE_STOP)] == ["bad"]
+
+
+def test_a_rerun_judges_the_stored_rows_at_once_and_stops_the_arm_at_the_same_look(tmp_path):
+    """Rows stored by an earlier run count: the loop stops `bad` before handing out anything of it."""
+    from omk_ray.config import StagesSpec
+    from omk_ray.farm.stage_tracker import StageTracker
+
+    grid = grid_of(tmp_path, ("base", "bad"), docs=120, canary_docs=24, stages={"enabled": True})
+    plan = make_plan(grid, gpu=False)
+    first = plan.orders["b"].ids[:24]
+    stored = [{"variant": v, "bench": "b", "doc_id": d, "repeat": 0, "score": 1.0 if v == "base" else 0.0}
+              for v in ("base", "bad") for d in first]
+    tracker = StageTracker(plan, StagesSpec(enabled=True), "base", 24, 20.0, stored)
+    engines = FakeEngines(capacity=2)
+    scheduler, rows, events = run_loop(tmp_path, grid, engines, stages=tracker)
+    stop = scheduler.stops["bad"]
+    assert (stop["rule"], stop["stage"], stop["n"], stop["delta_pp"]) == ("canary", "canary", 24, -100.0)
+    assert "bad" not in engines.started and not [r for r in rows if r["variant"] == "bad"]
+    assert stop["skipped_samples"] == 120  # the plan (no store here) still lists every sample of it
