@@ -216,11 +216,15 @@ class BenchSpec(_Strict):
 
 class CanarySpec(_Strict):
     """A generation-mode gate: `docs` problems of every bench (a seeded sample, stratified by
-    domain) run first and must pass the structural rules (omk_ray.analysis.canary) before the
-    variant's full run; the run's gate (omk_ray/farm/gate.py) judges them."""
+    domain) run first and must pass the structural rules (omk_ray.analysis.canary) and, for every
+    variant but the baseline (`GridConfig.baseline`), the exact paired test against the baseline's
+    canary (`max_loss_pp`) before the variant's full run; the run's gate (omk_ray/farm/gate.py)
+    judges them. 24 problems and 20 pp: docs/comparison.md, "Stopping arms early"."""
 
     enabled: bool = True
-    docs: int = Field(8, ge=1, description="problems of every bench in the canary sample")
+    docs: int = Field(24, ge=1, description="problems of every bench in the canary sample")
+    max_loss_pp: float | None = Field(20.0, gt=0, le=100, description="stop an arm surely worse than the "
+                                      "baseline by more than this on the canary (None: no comparison)")
     seed: int = Field(0, description="seed of the canary sample")
     on_fail: Literal["skip", "continue"] = Field("skip", description="skip the variant's full run, or only record it")
     max_empty_rate: float = Field(0.05, ge=0, le=1)
@@ -288,6 +292,8 @@ class GridConfig(_Strict):
     variants: list[VariantSpec] = Field(min_length=1)
     benches: list[BenchSpec] = Field(min_length=1)
     farm: FarmSpec = FarmSpec()
+    baseline: str | None = Field(None, description="the variant the canary and the stages compare arms with "
+                                 "(default: the first variant)")
     artifacts: str | None = Field(None, description="where built variants live on the node that builds them "
                                   "(other nodes fetch them: farm/artifact_store.py)")
     source_path: str | None = Field(None, exclude=True)
@@ -295,6 +301,8 @@ class GridConfig(_Strict):
     @model_validator(mode="after")
     def _unique_names_and_overrides(self) -> "GridConfig":
         problems = name_problems(self.model_dump())  # all of them in one report
+        if self.baseline is not None and self.baseline not in {v.name for v in self.variants}:
+            problems.append(f"baseline {self.baseline!r} is not a variant of the grid")
         for variant in self.variants:
             for bench in self.benches:
                 try:
@@ -316,6 +324,11 @@ class GridConfig(_Strict):
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])) + ': ' if e['loc'] else ''}{e['msg']}"
                                  for e in err.errors())
             raise ValueError(f"recipe of variant {variant.name!r} on bench {bench.name!r}: {problems}") from None
+
+    @property
+    def baseline_variant(self) -> str:
+        """The variant arms are compared with: `baseline`, else the first variant."""
+        return self.baseline or self.variants[0].name
 
     def variant(self, name: str) -> VariantSpec:
         for v in self.variants:

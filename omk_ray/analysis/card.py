@@ -32,7 +32,8 @@ from omk_ray.analysis.markdown import render
 from omk_ray.analysis.perplexity import perplexity_benches, perplexity_section
 from omk_ray.analysis.sections import (
     ESTIMATED_MARK, KIND_LABELS, NO_BASELINE, STOPPED, Section, Table, canary_text, delta_cell, id_list, judged,
-    lost_gained_by_domain, metric_label, pct, sampler_text, scores_table, significance_legend, signed, token_table,
+    lost_gained_by_domain, metric_label, pct, sampler_text, scores_table, significance_legend, signed, stop_lines,
+    token_table,
     verdict, without_machine_paths,
 )  # fmt: skip
 from omk_ray.analysis.tokens import DEFAULT_STATS, check_stats
@@ -176,6 +177,7 @@ def _scores(c: Comparison, options: CardOptions) -> Section:
         paragraphs.append(f"{NO_BASELINE}: {', '.join(c.unpaired)} has no samples of {c.baseline}; the variants' own "
                           "scores stand alone, without a Δ.")
     paragraphs += [f"Stopped: {canary_text(c, v)}." for v in c.stopped]
+    paragraphs += stop_lines(c)
     samplers = _samplers(c)
     if samplers:
         paragraphs.append(samplers)

@@ -14,7 +14,7 @@ from omk_ray.analysis import agreement as agreement_mod
 from omk_ray.analysis.anomalies import AnomalyRules, anomalies, text_features
 from omk_ray.analysis import recipes
 from omk_ray.analysis.cohort import CohortMismatch, Guard, check_cohorts
-from omk_ray.analysis.declared import CanaryVerdict, Declared, read_declared
+from omk_ray.analysis.declared import CanaryVerdict, Declared, StageStop, read_declared
 from omk_ray.analysis.domains import domain_breakdown
 from omk_ray.analysis.errors import error_notes, excluded, split_errors, with_error_rows
 from omk_ray.analysis.experts import expert_tables
@@ -113,6 +113,8 @@ class Comparison:
     recipes: dict[tuple[str, str], dict | None] = field(default_factory=dict)  # (variant, bench) -> recipe fields
     unpaired: list[str] = field(default_factory=list)  # benches the baseline lacks: own scores only, no Δ
     metric_names: dict[str, str] = field(default_factory=dict)  # bench -> the primary metric's key, where known
+    stops: dict[str, StageStop] = field(default_factory=dict)  # arm -> its stop by `farm.stages` (scored on its prefix)
+    cost: EngineCost | None = None  # engine time spent against a full evaluation of the compared variants
 
     def rows(self, name: str) -> list[dict]:
         return self.tables[name].to_pylist()
@@ -121,6 +123,31 @@ class Comparison:
     def stopped(self) -> list[str]:
         """Variants stopped by their canary: shown as stopped, never scored."""
         return [v for v in self.variants if v in self.canary and self.canary[v].stopped]
+
+
+@dataclass
+class EngineCost:
+    """Engine time of the compared variants over every run, against a full evaluation of each (its time per
+    sample x the baseline's samples): what stopping arms early saved."""
+
+    spent: float
+    full: float
+    unit: str  # "GPU hours", or "engine hours" on a cluster without GPUs
+
+    @property
+    def saved(self) -> float:
+        return 1 - self.spent / self.full if self.full else 0.0
+
+
+def engine_cost(times: dict, variants: list[str], full_samples: int) -> EngineCost | None:
+    """`times`: variant -> `declared.EngineTime`; None when no run recorded engines for them."""
+    chosen = [times[v] for v in variants if v in times and times[v].samples]
+    if not chosen or not full_samples:
+        return None
+    gpu = any(t.gpu_hours for t in chosen)
+    spent = [t.gpu_hours if gpu else t.engine_hours for t in chosen]
+    full = [h / t.samples * max(full_samples, t.samples) for h, t in zip(spent, chosen)]
+    return EngineCost(sum(spent), sum(full), "GPU hours" if gpu else "engine hours")
 
 
 def _refuse_mixed_metrics(store: ResultsStore, baseline: str, variants: list[str], benches: list[str],
@@ -239,6 +266,9 @@ def compare(results: str | Path, options: CompareOptions) -> Comparison:
         recipes=bench_recipes,
         unpaired=[b for b in benches if b not in base_benches],
         metric_names=_metric_names(store, options.baseline, benches, primary),
+        stops={v: declared.stops[v] for v in variants if v in declared.stops},
+        cost=engine_cost(declared.engine_time, [options.baseline, *scored],
+                         all_rows.filter(pc.field("variant") == options.baseline).num_rows),
     )
 
 

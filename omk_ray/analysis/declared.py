@@ -53,6 +53,59 @@ def canary_verdicts(runs: list[RunLog]) -> dict[str, CanaryVerdict]:
 
 
 @dataclass
+class StageStop:
+    """An arm stopped by `farm.stages` (`RunManifest.stops`), as the card shows it."""
+
+    stage: str
+    n: int
+    of: int
+    delta_pp: float
+    upper_pp: float
+    text: str  # "stopped at 50/200: Δ <= -19 pp (observed -40.0 pp), 95% anytime-valid (futility, bench b)"
+    run_id: str
+
+
+def stage_stops(runs: list[RunLog]) -> dict[str, StageStop]:
+    """Arm -> its newest stop by `farm.stages`; a later run that resumed it to full (`--resume-stopped`)
+    clears it."""
+    out: dict[str, StageStop] = {}
+    for run in runs:
+        try:
+            manifest = run.records().manifest
+        except (OSError, ValueError):
+            continue
+        for arm in manifest.resumed_stopped:
+            out.pop(arm, None)
+        for arm, stop in manifest.stops.items():
+            out[arm] = StageStop(stop.stage, stop.n, stop.of, stop.delta_pp, stop.upper_pp, stop.text, run.run_id)
+    return out
+
+
+@dataclass
+class EngineTime:
+    """A variant's engines over every run: GPU hours (GPUs x alive), engine hours (alive) and samples made."""
+
+    gpu_hours: float = 0.0
+    engine_hours: float = 0.0
+    samples: int = 0
+
+
+def engine_time(runs: list[RunLog]) -> dict[str, EngineTime]:
+    out: dict[str, EngineTime] = {}
+    for run in runs:
+        try:
+            manifest = run.records().manifest
+        except (OSError, ValueError):
+            continue
+        for e in manifest.engines:
+            t = out.setdefault(e.variant, EngineTime())
+            t.gpu_hours += e.gpus * e.alive_s / 3600
+            t.engine_hours += e.alive_s / 3600
+            t.samples += e.samples
+    return out
+
+
+@dataclass
 class Declared:
     # (variant, bench, recipe_hash) -> the override fields that produced that recipe
     overrides: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
@@ -60,6 +113,8 @@ class Declared:
     primary_metrics: dict[str, str] = field(default_factory=dict)
     unreadable: list[str] = field(default_factory=list)  # run ids whose config could not be parsed
     canary: dict[str, CanaryVerdict] = field(default_factory=dict)  # variant -> newest verdict
+    stops: dict[str, StageStop] = field(default_factory=dict)  # arm -> its newest stop by `farm.stages`
+    engine_time: dict[str, EngineTime] = field(default_factory=dict)  # variant -> its engines over every run
     models: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # variant -> (checkpoint, revision)
     facts: dict[str, DeclaredFacts] = field(default_factory=dict)  # variant -> the facts its grid declares
     # (variant, bench, recipe_hash) -> the recipe's fields (grids of runs, and imports that recorded one)
@@ -75,7 +130,8 @@ class Declared:
 
 
 def read_declared(store: ResultsStore) -> Declared:
-    declared = Declared(canary=canary_verdicts(store.runs()))
+    runs = store.runs()
+    declared = Declared(canary=canary_verdicts(runs), stops=stage_stops(runs), engine_time=engine_time(runs))
     _read_imported_recipes(store, declared)
     for run in store.runs():
         try:

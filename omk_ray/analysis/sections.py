@@ -224,6 +224,7 @@ def _overview(c: Comparison) -> Section:
     if c.canary:
         judged = [v for v in [c.baseline, *c.variants] if v in c.canary]
         lines.append("Canary: " + "; ".join(canary_text(c, v) for v in judged) + ".")
+    lines += stop_lines(c)
     return Section(f"Comparison: {', '.join(c.variants)} vs {c.baseline}", level=1, paragraphs=lines)
 
 
@@ -355,6 +356,17 @@ def _repeats(c: Comparison) -> list[Section]:
         "means. Variance across repeats: the mean over problems of the variance of one problem's score between "
         "its repeats (score units², 0.25 at most for pass/fail). SE from repeats: the part of Δ's SE that "
         "running the same problems again would move; the rest comes from which problems the bench has."])]
+
+
+def stop_lines(c: Comparison) -> list[str]:
+    """Each arm stopped by `farm.stages` (its score and Δ above are on the prefix it reached), and the
+    engine time spent against a full evaluation."""
+    lines = [f"{v} stopped early (farm.stages, run {s.run_id}) at {s.stage}: {s.text}; its scores are on the "
+             "problems it answered before it stopped." for v, s in c.stops.items()]
+    if c.cost is not None and (c.stops or c.cost.saved > 0.005):
+        lines.append(f"Engine time: {c.cost.spent:.3g} {c.cost.unit} spent against {c.cost.full:.3g} for a full "
+                     f"evaluation of every variant compared ({100 * c.cost.saved:.0f}% saved by stopping arms early).")
+    return lines
 
 
 def canary_text(c: Comparison, variant: str) -> str:

@@ -115,6 +115,8 @@ def run(
                                 "(see `omk-ray lock`)"),
     wait: bool = typer.Option(False, "--wait", help="if another run is writing RESULTS, wait for it to finish "
                               "instead of refusing"),
+    resume_stopped: bool = typer.Option(False, "--resume-stopped", help="run the variants an earlier run stopped "
+                                        "(canary or farm.stages) to full"),
 ) -> None:
     """Run a grid: generate every missing sample on Ray engine actors and store it as Parquet.
 
@@ -141,7 +143,7 @@ def run(
         err_console.print(f"waiting for {busy} to finish writing {results} ...")
     try:
         summary = run_grid(grid, results, address=address, variants=variant, limit_docs=limit,
-                           show_progress=not no_progress, wait=wait)
+                           show_progress=not no_progress, wait=wait, resume_stopped=resume_stopped)
     except (PlanError, BuildFailed, UnreadableResults, FolderBusy, RayStartFailed) as err:
         fail(str(err))
     except OSError as err:
@@ -152,7 +154,7 @@ def run(
     console.print(
         f"run {summary.run_id}: {summary.status}; generated {summary.generated} samples "
         f"({summary.expected - summary.planned} already stored, {summary.failed} failed (stored as error rows), "
-        f"{summary.skipped} skipped by the canary) in {summary.seconds:.1f} s"
+        f"{summary.skipped} skipped by the canary or stages) in {summary.seconds:.1f} s"
     )
     report_canary(summary)
     console.print(f"results: {summary.results}  (log: {summary.results}/runs/{summary.run_id}/run.log)")
@@ -166,6 +168,8 @@ def report_canary(summary) -> None:
         console.print(f"canary {variant}: {verdict}")
         for reason in result.reasons:
             console.print(f"  - {reason}")
+    for arm, stop in summary.stops.items():  # farm.stages (farm/stages.py)
+        console.print(f"[yellow]stopped[/] {arm}: {stop['text']}", highlight=False)
 
 
 def status(results: Path = typer.Argument(..., help="results folder of a run")) -> None:
@@ -185,7 +189,7 @@ def status(results: Path = typer.Argument(..., help="results folder of a run")) 
     from omk_ray.analysis.declared import canary_verdicts
     from omk_ray.farm.planner import PlanError
     from omk_ray.farm.status import (
-        engine_report, grid_status, import_status, latest_run, only_imports, runs_without_manifest,
+        engine_report, grid_status, import_status, latest_run, only_imports, runs_without_manifest, stage_stops,
     )
     from omk_ray.results.folder_lock import holder, stale_record
     from omk_ray.results.store import ResultsStore, UnreadableResults
@@ -201,12 +205,17 @@ def status(results: Path = typer.Argument(..., help="results folder of a run")) 
             return
         _status_without_grid(store, results, err)
     canary = canary_verdicts(store.runs())
+    stops = stage_stops(run_log)
     print_table([{"variant": c.variant, "bench": c.bench, "expected": c.expected, "done": c.done,
                   "missing": c.missing, "failed": c.failed,
-                  "canary": canary[c.variant].label if c.variant in canary else ""} for c in cells], title="samples")
+                  "canary": canary[c.variant].label if c.variant in canary else "",
+                  **({"stage": stops[c.variant].split(":")[0] if c.variant in stops else ""} if stops else {})}
+                 for c in cells], title="samples")
     for c in cells:
         for reason in c.reasons:
             console.print(f"[red]failed[/] {c.variant}/{c.bench}: {reason}")
+    for variant, text in stops.items():
+        console.print(f"[yellow]stopped[/] {variant} (run {run_log.run_id}): {text}", highlight=False)
     for variant, verdict in canary.items():
         if not verdict.passed:
             console.print(f"[red]canary {verdict.label}[/] {variant} (run {verdict.run_id}): {'; '.join(verdict.reasons)}")

@@ -189,6 +189,11 @@ def reprices_at(answers: int) -> bool:
     return answers & (answers - 1) == 0
 
 
+def _stage_then_longest(s) -> tuple[int, float]:
+    """Samples of an earlier stage first (`farm.stages`: a sample's `stage`, 0 without stages), then the longest."""
+    return getattr(s, "stage", 0), -s.cost
+
+
 class VariantQueue(Generic[S]):
     """A variant's samples not yet handed to an engine, longest-expected first; the canary sample first
     and alone while the queue is `gated` (farm/gate.py judges it; the scheduler `open`s or drains the queue).
@@ -203,7 +208,7 @@ class VariantQueue(Generic[S]):
         rest = [s for s in samples if not s.canary]
         probes = [] if self.canary else round_robin(rest, PROBE)
         chosen = set(map(id, probes))
-        self.pending = deque([*probes, *sorted((s for s in rest if id(s) not in chosen), key=lambda s: -s.cost)])
+        self.pending = deque([*probes, *sorted((s for s in rest if id(s) not in chosen), key=_stage_then_longest)])
         self.gated = canary  # only the canary sample goes out until the gate opens the queue (`open`)
         self.failed = False
 
@@ -212,7 +217,7 @@ class VariantQueue(Generic[S]):
         for s in (*self.canary, *self.pending):
             if s.bench == bench and not s.seen:
                 s.cost = tokens
-        self.pending = deque(sorted(self.pending, key=lambda s: -s.cost))
+        self.pending = deque(sorted(self.pending, key=_stage_then_longest))
 
     @property
     def unsent(self) -> int:

@@ -84,6 +84,8 @@ class FarmProgress:
         self.first_done: float | None = None
         self.last_line = self.started
         self.samples = self.failed = self.skipped = self.tokens = 0
+        self.stops: dict[str, str] = {}  # arm -> the look `farm.stages` stopped it at
+        self.look = ""  # the last look `farm.stages` judged
         self.slots: list = []
         self.bar = Progress(
             TextColumn(f"[bold]{phase} samples"),
@@ -126,6 +128,9 @@ class FarmProgress:
         if self.first_done is None and self.done:
             self.first_done = self.now()
 
+    def stopped(self, arm: str, look: str) -> None:
+        self.stops[arm] = look
+
     def show(self, slots: list) -> None:
         self.slots = [(s.name.split("-", 2)[-1], s.variant, s.state, s.samples) for s in slots]
         if self.live_mode:
@@ -150,7 +155,11 @@ class FarmProgress:
         if self.failed:
             text += f"  failed {self.failed}"
         if self.skipped:
-            text += f"  skipped {self.skipped} (canary)"
+            text += f"  skipped {self.skipped} ({'canary, stages' if self.stops else 'canary'})"
+        if self.look:
+            text += f"  stage {self.look}"
+        if self.stops:
+            text += "  stopped " + ", ".join(f"{arm}@{look}" for arm, look in sorted(self.stops.items()))
         return text
 
     def _line(self) -> None:

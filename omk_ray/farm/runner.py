@@ -25,6 +25,7 @@ from omk_ray.farm.builds import artifact_root, build_variants
 from omk_ray.farm.buffer import RowBuffer
 from omk_ray.farm.engine_pool import EnginePool, cluster_capacity, ray_wait
 from omk_ray.farm.gate import CanaryGate, RuleVerdict, Verdict, canary_gate
+from omk_ray.farm.stage_tracker import StageTracker, stage_tracker
 from omk_ray.farm.planner import Plan, make_plan, read_benches
 from omk_ray.farm.preflight import check_cluster
 from omk_ray.farm.progress import FarmProgress
@@ -54,6 +55,7 @@ class RunSummary:
     status: str
     engines: list[dict] = field(default_factory=list)
     canary: dict[str, Verdict] = field(default_factory=dict)  # variant -> its canary verdict in this run
+    stops: dict[str, dict] = field(default_factory=dict)  # arm -> its stop by `farm.stages` (`RunManifest.stops`)
 
 
 class RunLogHandler(logging.FileHandler):
@@ -110,6 +112,7 @@ def run_grid(
     canary_rules: dict | None = None,
     canary_only: bool = False,
     wait: bool = False,
+    resume_stopped: bool = False,
 ) -> RunSummary:
     """Generate every missing sample of the grid (or of `variants`) into `results_root`.
 
@@ -118,18 +121,22 @@ def run_grid(
     bench, table)` is called after every shard written (tests, jobs). One writer per results
     folder: the run holds the folder's writer lock (results/folder_lock.py) from before it plans
     until it ends; another run holding it is refused (FolderBusy), or waited for with `wait`.
+    `resume_stopped`: the variants an earlier run stopped (its canary or `farm.stages`) run to full:
+    neither the gate nor the stages stop them again (`RunManifest.resumed_stopped` names them).
     """
     benches = read_benches(grid, variants, limit_docs) if plan is None else None  # every mistake, before anything
     run_id = ResultsStore(results_root).new_run(run_id).run_id
     with writing(results_root, run_id, wait=wait) as stale:
         return _run_grid(grid, results_root, address=address, variants=variants, limit_docs=limit_docs,
                          run_id=run_id, show_progress=show_progress, on_shard=on_shard, plan=plan,
-                         canary_rules=canary_rules, canary_only=canary_only, benches=benches, stale=stale)
+                         canary_rules=canary_rules, canary_only=canary_only, benches=benches, stale=stale,
+                         resume_stopped=resume_stopped)
 
 
 def _run_grid(grid: GridConfig, results_root: str | Path, *, address: str | None, variants: list[str] | None,
               limit_docs: int | None, run_id: str, show_progress: bool, on_shard, plan: Plan | None,
-              canary_rules: dict[str, CanaryRules] | None, canary_only: bool, benches, stale) -> RunSummary:
+              canary_rules: dict[str, CanaryRules] | None, canary_only: bool, benches, stale,
+              resume_stopped: bool = False) -> RunSummary:
     store = ResultsStore(results_root)
     preflight: list = []
 
@@ -147,6 +154,7 @@ def _run_grid(grid: GridConfig, results_root: str | Path, *, address: str | None
             connect(address)  # the cluster's devices are part of the samples' key (engines/identity.py)
         plan = make_plan(grid, store, model_paths=model_paths, variants=variants, limit_docs=limit_docs,
                          canary_only=canary_only, benches=benches)
+    resumed = sorted(stopped_before(store) & set(plan.fingerprints)) if resume_stopped else []
     runlog = store.new_run(run_id)
     runlog.secrets = tuple(grid_secrets(grid))
     runlog.folder.mkdir(parents=True, exist_ok=True)
@@ -175,6 +183,7 @@ def _run_grid(grid: GridConfig, results_root: str | Path, *, address: str | None
         address=address,
         limit_docs=limit_docs,
         took_over_from=asdict(stale) if stale else None,  # a run that died holding the folder
+        resumed_stopped=resumed,
     )
     runlog.write_manifest(manifest)
     handler = RunLogHandler(runlog.log_path)
@@ -197,7 +206,9 @@ def _run_grid(grid: GridConfig, results_root: str | Path, *, address: str | None
         if canary_rules and (plan.missing or canary_only):
             # canary_only with nothing missing: every canary sample is stored, judged from those rows
             gate = canary_gate(plan, store, canary_rules, stop_on_fail=grid.farm.canary.on_fail == "skip",
-                               variants=None if plan.missing else [v for v in canary_rules if v in plan.fingerprints])
+                               variants=None if plan.missing else [v for v in canary_rules if v in plan.fingerprints],
+                               baseline=grid.baseline_variant, max_loss_pp=grid.farm.canary.max_loss_pp,
+                               record_only=set(resumed))
         if plan.missing:
             connect_checked()
             manifest.cluster_resources = ray.cluster_resources()
@@ -206,7 +217,8 @@ def _run_grid(grid: GridConfig, results_root: str | Path, *, address: str | None
                                          for r in preflight[0]}
             progress = FarmProgress(plan.missing, enabled=show_progress, phase="canary" if canary_only else "run",
                                     est_lengths=[w.cost(doc) for w in plan.work for doc, _ in w.samples])
-            scheduler = farm_scheduler(plan, store, runlog, manifest.cluster_resources, gate, progress, on_shard)
+            scheduler = farm_scheduler(plan, store, runlog, manifest.cluster_resources, gate, progress, on_shard,
+                                       None if canary_only else stage_tracker(plan, store, exclude=set(resumed)))
             verdicts = scheduler.canary
             with progress:
                 scheduler.run()
@@ -235,6 +247,7 @@ def _run_grid(grid: GridConfig, results_root: str | Path, *, address: str | None
             "failed_samples": scheduler.failed_samples if scheduler else 0,
             "skipped_samples": scheduler.skipped_samples if scheduler else 0,
             "canary": {v: verdict.record() for v, verdict in scheduler.canary.items()} if scheduler else {},
+            "stops": dict(scheduler.stops) if scheduler else {},
             "isolation": isolation_used(store, runlog.run_id) if scheduler else {},  # code benches: how programs ran
             "engines": engines,
             "gpus": sorted({g for e in engines if e["info"] for g in e["info"].get("gpus", [])}),
@@ -262,11 +275,27 @@ def _run_grid(grid: GridConfig, results_root: str | Path, *, address: str | None
         status=status,
         engines=engines,
         canary=verdicts,
+        stops=dict(scheduler.stops) if scheduler else {},
     )
 
 
+def stopped_before(store: ResultsStore) -> set[str]:
+    """The variants the folder's runs stopped, and no later run resumed: by their canary or by `farm.stages`."""
+    from omk_ray.analysis.declared import canary_verdicts, stage_stops
+
+    runs = store.runs()
+    resumed = set()
+    for run in runs:
+        try:
+            resumed.update(run.records().manifest.resumed_stopped)
+        except (OSError, ValueError):
+            continue
+    canary = {v for v, c in canary_verdicts(runs).items() if c.stopped and v not in resumed}
+    return canary | set(stage_stops(runs))
+
+
 def farm_scheduler(plan: Plan, store: ResultsStore, runlog, resources: dict, gate: CanaryGate | None,
-                   progress=None, on_shard=None) -> Scheduler:
+                   progress=None, on_shard=None, stages: StageTracker | None = None) -> Scheduler:
     """The scheduler with its Ray-backed owners: engines sized to the cluster's `resources`, scoring actors,
     rows written to `store` in shards."""
     farm = plan.grid.farm
@@ -274,7 +303,7 @@ def farm_scheduler(plan: Plan, store: ResultsStore, runlog, resources: dict, gat
     return Scheduler(plan, engines=EnginePool(plan, runlog.run_id, gpu_mode, capacity),
                      scoring=ScoringPool(plan.grid.benches, farm),
                      rows=RowBuffer(store, runlog.run_id, farm.flush_samples, farm.flush_seconds, on_shard),
-                     runlog=runlog, wait=ray_wait, gate=gate, progress=progress)
+                     runlog=runlog, wait=ray_wait, gate=gate, progress=progress, stages=stages)
 
 
 def run_canary(

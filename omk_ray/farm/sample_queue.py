@@ -22,6 +22,7 @@ class Sample:
     cost: float  # expected completion tokens
     canary: bool = False
     seen: bool = False  # the cost is this doc's own, seen in earlier results (else the bench's guess)
+    stage: int = 0  # the first look of `farm.stages` that holds it (farm/stage_tracker.py): stages go out in order
 
     @property
     def bench(self) -> str:
@@ -36,7 +37,7 @@ class SampleQueue:
     """Every missing sample of the plan, per variant; `gated` variants send their canary sample first
     and hold the rest until `open` (the gate passed them, or only records its verdict)."""
 
-    def __init__(self, plan: Plan, gated: set[str], max_retries: int):
+    def __init__(self, plan: Plan, gated: set[str], max_retries: int, stage_of=None):
         self.max_retries = max_retries
         self.samples: list[Sample] = []
         by_variant: dict[str, list[Sample]] = {}
@@ -46,7 +47,7 @@ class SampleQueue:
             canary = set(w.canary_ids) if w.variant in gated else set()
             for doc, repeat in w.samples:
                 s = Sample(len(self.samples), w.variant, w, doc, repeat, w.cost(doc), doc.id in canary,
-                           doc.id in w.doc_tokens)
+                           doc.id in w.doc_tokens, stage_of(w.bench, doc.id) if stage_of else 0)
                 self.samples.append(s)
                 by_variant.setdefault(w.variant, []).append(s)
         order = [v.name for v in plan.grid.variants]

@@ -6,6 +6,9 @@
   it reports `Loaded`, `Finished`, `Lost` and `FailedToStart` (farm/events.py);
 - the scoring pool (farm/scoring_pool.py): finished samples scored on CPU actors; it reports `Scored`;
 - the canary gate (farm/gate.py): a variant's canary rows, judged in memory as the last one is made;
+- the stage tracker (farm/stage_tracker.py, `farm.stages`): every row's score; after each look it
+  calls `stages.decide`, and an arm it stops has its queue drained and its engines retired at once
+  (their slots go to the others), the stop recorded with its rule and numbers (`stops`, an event);
 - the row sink (`RowBuffer`, farm/buffer.py): rows written in atomic shards.
 
 Each round the loop feeds every loaded engine up to its target, starts engines where the work is,
@@ -30,6 +33,8 @@ from omk_ray.farm.planner import Plan
 from omk_ray.farm.policies import EngineView, VariantView, feed_size, next_engine
 from omk_ray.farm.rows import RowContext, sample_row
 from omk_ray.farm.sample_queue import Sample, SampleQueue
+from omk_ray.farm.stage_tracker import StageTracker
+from omk_ray.farm.stages import Verdict as StageVerdict
 from omk_ray.results.run_records import EventKind
 
 FEED_CHUNK = 16  # engines are topped up in rounds of this many requests: the longest spread over them
@@ -37,12 +42,14 @@ FEED_CHUNK = 16  # engines are topped up in rounds of this many requests: the lo
 
 class Scheduler:
     def __init__(self, plan: Plan, *, engines, scoring, rows, runlog, wait: Callable[[list], list],
-                 gate: CanaryGate | None = None, progress=None):
+                 gate: CanaryGate | None = None, progress=None, stages: StageTracker | None = None):
         self.plan, self.grid, self.farm = plan, plan.grid, plan.grid.farm
         self.engines, self.scoring, self.rows, self.runlog, self.wait = engines, scoring, rows, runlog, wait
         self.gate = gate or CanaryGate({}, {})
         self.progress = progress
-        self.queue = SampleQueue(plan, self.gate.variants, self.farm.max_retries)
+        self.stages = stages
+        self.queue = SampleQueue(plan, self.gate.variants, self.farm.max_retries, stages.stage_of if stages else None)
+        self.stops: dict[str, dict] = {}  # arm -> its stop by `farm.stages` (`RunManifest.stops`)
         self.contexts: dict[tuple[str, str], RowContext] = {}
         self.start_failures: dict[str, int] = {}
         self.canary: dict[str, Verdict] = {}
@@ -51,6 +58,8 @@ class Scheduler:
     def run(self) -> None:
         for verdict in self.gate.due():
             self._judged(verdict)  # canary samples all stored by earlier runs
+        for stop in self.stages.judge() if self.stages else []:
+            self._stopped(stop)  # looks complete in stored rows
         try:
             while True:
                 self._feed()
@@ -188,6 +197,11 @@ class Scheduler:
         if sample.canary:
             for verdict in self.gate.add(row):
                 self._judged(verdict)
+        if self.stages:
+            for stop in self.stages.add(row):
+                self._stopped(stop)
+            if self.progress:
+                self.progress.look = self.stages.look_label()
 
     def _row(self, sample: Sample, g: Generated, made_by: dict | None, score, error, scorer_version) -> dict:
         cell = (sample.variant, sample.bench)
@@ -214,7 +228,24 @@ class Scheduler:
             return
         skipped = len(queue.drain())
         self.skipped_samples += skipped
+        if self.stages and verdict.variant in self.stages.arms:
+            self.stages.arms.remove(verdict.variant)  # stopped already: the stages judge it no more
         self.runlog.event(EventKind.VARIANT_SKIPPED, variant=verdict.variant, samples=skipped,
                           reason="canary failed: " + "; ".join(verdict.reasons))
         if self.progress:
             self.progress.advance(skipped=skipped)
+
+    def _stopped(self, stop: StageVerdict) -> None:
+        """An arm stopped by `farm.stages`: recorded with its rule and numbers, its queue drained, its engines
+        retired now (requests in flight on them are dropped: skipped, like the queue's)."""
+        skipped = len(self.queue.queues[stop.arm].drain()) if stop.arm in self.queue.queues else 0
+        for slot in [s for s in self.engines.slots if s.variant == stop.arm]:
+            skipped += len(slot.inflight)
+            self.engines.retire(slot)
+        self.skipped_samples += skipped
+        self.stops[stop.arm] = {**stop.to_dict(), "skipped_samples": skipped}
+        self.runlog.event(EventKind.STAGE_STOP, variant=stop.arm, samples=skipped, reason=stop.text(),
+                          verdict=stop.to_dict())
+        if self.progress:
+            self.progress.advance(skipped=skipped)
+            self.progress.stopped(stop.arm, stop.stage)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from omk_ray.config import recorded_grid
 from omk_ray.farm.planner import make_plan
+from omk_ray.results.run_records import EventKind
 from omk_ray.results.store import BadFile, ResultsStore, RunLog, UnreadableResults
 
 
@@ -115,3 +116,9 @@ def engine_report(run: RunLog) -> list[dict]:
             "tokens_per_s": round(e.tokens / busy, 1) if busy else 0.0,
         })
     return rows
+
+
+def stage_stops(run: RunLog) -> dict[str, str]:
+    """arm -> its stop by `farm.stages` in `run` ("stopped at 50/200: Δ <= -19 pp ..."), from the events
+    (live: written as each arm stops)."""
+    return {e.variant: e.reason or "" for e in run.records().events if e.event == EventKind.STAGE_STOP and e.variant}

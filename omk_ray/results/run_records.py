@@ -29,6 +29,7 @@ class EventKind(StrEnum):
     VARIANT_FAILED = "variant_failed"
     VARIANT_SKIPPED = "variant_skipped"
     CANARY = "canary"
+    STAGE_STOP = "stage_stop"  # an arm stopped by `farm.stages`: its rule and numbers (`stages.Verdict.to_dict`)
 
 
 # The events `status` lists as failures.
@@ -75,6 +76,27 @@ class CanaryRecord(_Record):
     stopped: bool | None = None  # the run skipped the variant's full run (None: a run before this was recorded)
     benches: list[dict[str, Any]] = Field(default_factory=list)  # the structural rule's numbers per bench
     rules: list[RuleRecord] = Field(default_factory=list)
+
+
+class StopRecord(_Record):
+    """An arm stopped by `farm.stages` (farm/stages.py `Verdict.to_dict`): the look, the rule and its numbers."""
+
+    arm: str
+    action: str = "stop"
+    stage: str = ""
+    look: int = -1
+    rule: str = ""
+    target: str = ""
+    n: int = 0
+    of: int = 0
+    delta_pp: float | None = None
+    upper_pp: float | None = None
+    threshold_pp: float | None = None
+    alpha: float | None = None
+    level: float | None = None
+    bound: str = ""
+    text: str = ""
+    skipped_samples: int = 0  # samples of the arm the stop left ungenerated in this run
 
 
 class OrderRecord(_Record):
@@ -133,6 +155,8 @@ class RunManifest(_Record):
     failed_samples: int | None = None
     skipped_samples: int | None = None
     canary: dict[str, CanaryRecord] = Field(default_factory=dict)
+    stops: dict[str, StopRecord] = Field(default_factory=dict)  # arm -> its stop by `farm.stages`
+    resumed_stopped: list[str] = Field(default_factory=list)  # arms stopped earlier that this run completes
     isolation: dict[str, Any] = Field(default_factory=dict)
     engines: list[EngineRecord] = Field(default_factory=list)
     gpus: list[str] = Field(default_factory=list)

@@ -138,3 +138,35 @@ def test_a_real_grid_with_a_canary_stopped_arm(tmp_path, local_ray):
     assert status.exit_code == 0, status.output
     assert "canary stopped a-echo" in status.output and "every score is exactly 0" in status.output
     assert "passed" in status.output
+
+
+def test_an_arm_stopped_by_the_stages_shows_its_stop_and_the_engine_time_saved_on_the_card_and_report(tmp_path):
+    """`mean` stopped at the first look (10 of 40 problems, all wrong): card and report say where, with the
+    bound; its score and Δ are on its prefix; the engine time (GPU hours, from the manifest's engines)
+    spent is set against a full evaluation (its time per sample x the baseline's 40)."""
+    from omk_ray.analysis.card import to_card
+
+    rows = bench_rows("toy", "toy", [True] * 40) + bench_rows("max", "toy", [True] * 40)
+    rows += bench_rows("mean", "toy", [False] * 10)
+    config = grid_config([{"name": n} for n in ("toy", "max", "mean")], ["toy"])
+    store = write_store(tmp_path / "results", rows, [config])
+    run = store.runs()[0]
+    manifest = run.manifest()
+    text = "stopped at 10/40: Δ <= -62 pp (observed -100.0 pp), 95% exact (canary, bench toy)"
+    manifest["stops"] = {"mean": {"arm": "mean", "stage": "canary", "look": 0, "rule": "canary", "target": "toy",
+                                  "n": 10, "of": 40, "delta_pp": -100.0, "upper_pp": -62.0, "text": text}}
+    manifest["engines"] = [{"name": "e1", "variant": "toy", "alive_s": 3600, "samples": 40, "gpus": 1},
+                           {"name": "e2", "variant": "max", "alive_s": 3600, "samples": 40, "gpus": 1},
+                           {"name": "e3", "variant": "mean", "alive_s": 900, "samples": 10, "gpus": 1}]
+    run.write_manifest(manifest)
+    c = compare(tmp_path / "results", CompareOptions(baseline="toy", resamples=200))
+    assert list(c.stops) == ["mean"] and c.stops["mean"].n == 10
+    assert (c.cost.spent, c.cost.full, c.cost.unit) == (2.25, 3.0, "GPU hours") and c.cost.saved == 0.25
+    line = f"mean stopped early (farm.stages, run {run.run_id}) at canary: {text}; its scores are on the problems it answered"
+    saved = "Engine time: 2.25 GPU hours spent against 3 for a full evaluation of every variant compared (25% saved"
+    for shown in (to_card(c), to_markdown(c)):
+        assert line in shown and saved in shown
+    later = store.new_run("run-1")
+    later.folder.mkdir(parents=True)
+    later.write_manifest({**manifest, "run_id": "run-1", "stops": {}, "engines": [], "resumed_stopped": ["mean"]})
+    assert compare(tmp_path / "results", CompareOptions(baseline="toy", resamples=200)).stops == {}

@@ -47,6 +47,18 @@ def test_plain_lines_off_a_terminal_say_phase_samples_rate_engines_and_elapsed()
     assert console.file.getvalue() == ""  # no live display off a terminal
 
 
+def test_the_line_shows_the_stage_judged_and_the_arms_stopped():
+    out = io.StringIO()
+    console = Console(file=io.StringIO(), force_terminal=False)
+    with FarmProgress(100, console=console, every_s=0.0, stream=out, clock_fn=Clock()) as progress:
+        progress.advance(samples=40, skipped=30)
+        progress.look = "25%"
+        progress.stopped("geomean", "canary")
+        progress.stopped("mean", "25%")
+    last = out.getvalue().splitlines()[-1]
+    assert "skipped 30 (canary, stages)  stage 25%  stopped geomean@canary, mean@25%" in last, last
+
+
 def test_no_line_before_every_s_and_none_when_disabled():
     out = io.StringIO()
     console = Console(file=io.StringIO(), force_terminal=False)

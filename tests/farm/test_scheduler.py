@@ -23,12 +23,15 @@ from omk_ray.farm.gate import CanaryGate, RuleVerdict, StructuralRule, canary_ga
 from omk_ray.farm.planner import make_plan
 from omk_ray.farm.policies import LoadTime
 from omk_ray.farm.rows import score_all
+from omk_ray.farm.progress import FarmProgress
 from omk_ray.farm.scheduler import Scheduler
+from omk_ray.farm.stage_tracker import stage_tracker
 from omk_ray.results.run_records import EventKind, RunManifest
 from omk_ray.results.store import ResultsStore
 
 
-def grid_of(tmp_path, variants=("a",), docs=12, canary=False, max_retries=1, max_engines=None):
+def grid_of(tmp_path, variants=("a",), docs=12, canary=False, max_retries=1, max_engines=None, canary_docs=4,
+            stages=None):
     bench = tmp_path / "b.jsonl"
     bench.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"copy {100 + i}", "target": str(100 + i),
                                          "domain": "even" if i % 2 == 0 else "odd"}) + "\n" for i in range(docs)))
@@ -37,7 +40,7 @@ def grid_of(tmp_path, variants=("a",), docs=12, canary=False, max_retries=1, max
         "variants": [{"name": v, "model": "none", "engine": "echo"} for v in variants],
         "benches": [{"name": "b", "kind": "jsonl", "source": str(bench)}],
         "farm": {"max_retries": max_retries, "max_engines": max_engines, "max_in_flight": 4,
-                 "canary": {"enabled": canary, "docs": 4}},
+                 "canary": {"enabled": canary, "docs": canary_docs}, "stages": stages or {}},
     })
 
 
@@ -49,14 +52,20 @@ class FakeSlot:
     loading: bool = True
     target: int = 4
     inflight: dict = field(default_factory=dict)
+    samples: int = 0
+
+    @property
+    def state(self) -> str:
+        return "loading" if self.loading else f"{len(self.inflight)} in flight"
 
 
 class FakeEngines:
     """A fake engine pool: `fail_start` and `lose` name engines (by their start number) that fail to start or
     die on their first poll; `empty` variants answer nothing."""
 
-    def __init__(self, capacity=2, fail_start=(), lose=(), empty=(), load_rounds=None):
+    def __init__(self, capacity=2, fail_start=(), lose=(), empty=(), load_rounds=None, wrong=None):
         self.capacity, self.fail_start, self.lose, self.empty = capacity, set(fail_start), set(lose), set(empty)
+        self.wrong = dict(wrong or {})  # variant -> doc ids it answers wrong
         self.load_rounds = dict(load_rounds or {})  # variant -> rounds its engines take to load (else one)
         self.slots: list[FakeSlot] = []
         self.started: list[str] = []
@@ -124,6 +133,8 @@ class FakeEngines:
 
     def _answer(self, sample) -> Completion:
         text = "" if sample.variant in self.empty else sample.doc.target
+        if sample.doc.id in self.wrong.get(sample.variant, ()):
+            text = "999"
         return Completion(text=text, prompt_tokens=3, completion_tokens=len(text.split()), finish_reason="stop")
 
 
@@ -161,14 +172,14 @@ class Rows:
     def flush(self): pass
 
 
-def run_loop(tmp_path, grid, engines, gate=None):
+def run_loop(tmp_path, grid, engines, gate=None, stages=None, progress=None):
     plan = make_plan(grid, gpu=False)
     runlog = ResultsStore(tmp_path / "results").new_run("r1")
     runlog.folder.mkdir(parents=True)
     runlog.write_manifest(RunManifest(run_id="r1"))
     rows = Rows()
     scheduler = Scheduler(plan, engines=engines, scoring=InProcessScoring(grid), rows=rows, runlog=runlog,
-                          wait=lambda refs: refs, gate=gate)
+                          wait=lambda refs: refs, gate=gate, stages=stages, progress=progress)
     scheduler.run()
     return scheduler, rows.rows, runlog.records().events
 
@@ -262,6 +273,36 @@ def test_a_canary_that_only_records_lets_the_variant_run(tmp_path):
     assert canary_rows == set(plan.work[0].canary_ids)  # the canary sample went out first
 
 
+def test_an_arm_60_pp_worse_than_the_baseline_on_the_canary_is_stopped_and_an_equal_arm_passes(tmp_path):
+    """The baseline's canary goes first; `bad` answers 60% of the canary wrong (the baseline none): the
+    exact paired test's bound falls below -20 pp and the arm stops; `same` answers like the baseline."""
+    grid = grid_of(tmp_path, ("base", "bad", "same"), docs=60, canary=True, canary_docs=24)
+    plan = make_plan(grid, gpu=False)
+    canary_ids = plan.work[0].canary_ids
+    wrong = set(canary_ids[i] for i in range(24) if i % 5 < 3)  # 15 of 24: -62.5 pp
+    gate = canary_gate(plan, None, {v: StructuralRule().rules for v in ("base", "bad", "same")}, stop_on_fail=True,
+                       baseline=grid.baseline_variant, max_loss_pp=grid.farm.canary.max_loss_pp)
+    assert grid.baseline_variant == "base" and gate.first() == {"base"}
+    engines = FakeEngines(capacity=1, wrong={"bad": wrong})
+    scheduler, rows, events = run_loop(tmp_path, grid, engines, gate)
+    assert engines.started[0] == "base"  # the baseline's canary is scheduled first
+    bad, same = scheduler.canary["bad"], scheduler.canary["same"]
+    assert bad.stopped and not bad.passed and same.passed and not same.stopped and scheduler.canary["base"].passed
+    assert [(r.rule, r.passed) for r in bad.rules] == [("structural", True), ("baseline", False)]
+    test = bad.rules[1].numbers["tests"]["b"]
+    assert (test["n"], test["lost"], test["gained"], test["delta"]) == (24, 15, 0, -0.625)
+    assert test["upper"] < -0.20 and test["alpha"] == 0.05 and test["worse"]
+    assert same.rules[1].numbers["tests"]["b"]["lost"] == 0 and not same.rules[1].numbers["tests"]["b"]["worse"]
+    assert bad.reasons == [f"b: -62 pp against the baseline on 24 problems (lost 15, gained 0); exact 95.0% upper "
+                           f"bound {100 * test['upper']:+.0f} pp < -20 pp"]
+    assert sorted(k[1] for k in keys(rows) if k[0] == "bad") == sorted(canary_ids)  # the canary only
+    assert len([k for k in keys(rows) if k[0] == "same"]) == 60 and scheduler.skipped_samples == 36
+    [skipped] = [e for e in events if e.event == EventKind.VARIANT_SKIPPED]
+    assert skipped.variant == "bad" and "against the baseline" in skipped.reason
+    manifest = RunManifest.model_validate({"run_id": "r1", "canary": {v: x.record() for v, x in scheduler.canary.items()}})
+    assert manifest.canary["bad"].rules[1].numbers["tests"]["b"]["lost"] == 15 and manifest.canary["bad"].stopped
+
+
 # -- the gate on its own -----------------------------------------------------------------------------
 
 
@@ -307,3 +348,95 @@ def test_stored_canary_rows_are_judged_at_once_and_a_new_row_replaces_a_stored_o
     assert gate.due() == []  # q0 is generated again in this run (its stored row is an error)
     [verdict] = gate.add(row("a", "q0"))
     assert verdict.passed and verdict.benches[0].n == 2 and verdict.benches[0].empty == 0
+
+
+# -- stages in the loop (farm.stages) ---------------------------------------------------------------
+
+
+def staged_run(tmp_path, wrong_share, docs=200, capacity=2, mode="futility"):
+    """base, same (answers like base) and the arms of `wrong_share` (arm -> share of the order answered wrong,
+    spread evenly over it), stages on, the canary gate off (the stages' own canary look judges)."""
+    variants = ("base", "same", *wrong_share)
+    grid = grid_of(tmp_path, variants, docs=docs, canary_docs=24, stages={"enabled": True, "mode": mode})
+    plan = make_plan(grid, gpu=False)
+    order = plan.orders["b"].ids[:docs]
+    wrong = {arm: {d for i, d in enumerate(order) if (i * share) % 1 + share >= 1} for arm, share in wrong_share.items()}
+    tracker = stage_tracker(plan, None)
+    engines = FakeEngines(capacity=capacity, wrong=wrong)
+    progress = FarmProgress(plan.missing, enabled=False)
+    scheduler, rows, events = run_loop(tmp_path, grid, engines, stages=tracker, progress=progress)
+    assert progress.stops == {arm: stop["stage"] for arm, stop in scheduler.stops.items()}
+    assert progress.skipped == scheduler.skipped_samples and progress.look == tracker.look_label()
+    return scheduler, rows, events, engines, order, wrong
+
+
+def test_stages_stop_a_losing_arm_at_its_look_free_its_engine_and_record_the_rule_and_numbers(tmp_path):
+    scheduler, rows, events, engines, order, wrong = staged_run(tmp_path, {"bad": 1.0, "worse40": 0.4})
+    assert len(wrong["bad"]) == 200 and len(wrong["worse40"]) == 80
+    done = {v: [r for r in rows if r["variant"] == v] for v in ("base", "same", "bad", "worse40")}
+    assert len(done["base"]) == len(done["same"]) == 200 and "same" not in scheduler.stops
+    bad = scheduler.stops["bad"]
+    assert (bad["rule"], bad["stage"], bad["n"], bad["of"], bad["delta_pp"]) == ("canary", "canary", 24, 200, -100.0)
+    assert bad["upper_pp"] < -20 and bad["bound"] == "exact" and bad["text"].startswith("stopped at 24/200: Δ <= ")
+    worse = scheduler.stops["worse40"]
+    assert worse["rule"] in ("canary", "futility") and worse["upper_pp"] < worse["threshold_pp"] < 0
+    assert worse["n"] in (24, 50, 100) and worse["n"] < 200
+    # the stop freed the arm: its queue drained, its engines retired, nothing of it after the stop
+    for arm in ("bad", "worse40"):
+        assert len(done[arm]) + scheduler.stops[arm]["skipped_samples"] == 200
+        assert len(done[arm]) < 200 and not any(s.variant == arm for s in engines.slots)
+    assert scheduler.skipped_samples == sum(s["skipped_samples"] for s in scheduler.stops.values())
+    stops = [e for e in events if e.event == EventKind.STAGE_STOP]
+    assert sorted(e.variant for e in stops) == ["bad", "worse40"]
+    assert all(e.reason == scheduler.stops[e.variant]["text"] and e.model_extra["verdict"]["rule"] for e in stops)
+    manifest = RunManifest.model_validate({"run_id": "r1", "stops": scheduler.stops})
+    assert manifest.stops["bad"].rule == "canary" and manifest.stops["bad"].n == 24
+
+
+def test_stages_go_out_in_order_and_nothing_stops_without_a_record(tmp_path):
+    scheduler, rows, events, engines, order, _ = staged_run(tmp_path, {"close": 0.02}, docs=120)
+    assert scheduler.stops == {} and scheduler.skipped_samples == 0
+    assert sorted(r["variant"] for r in rows) == sorted(["base", "close", "same"] * 120)
+    stage = {d: scheduler.stages.stage_of("b", d) for d in order}
+    assert [stage[d] for d in order] == sorted(stage[d] for d in order)  # the looks are prefixes of the order
+    assert [stage[order[i]] for i in (0, 23, 24, 29, 30, 59, 60, 119)] == [0, 0, 1, 1, 2, 2, 3, 3]
+    sent = {v: [stage[s.doc.id] for s in scheduler.queue.samples if s.variant == v] for v in ("base", "close")}
+    by_id = {s.id: s for s in scheduler.queue.samples}
+    for v in ("base", "close"):
+        handed = [stage[by_id[i].doc.id] for i in engines.submitted if by_id[i].variant == v]
+        assert handed == sorted(handed) and len(handed) == len(sent[v]) == 120
+    assert {arm: v.stage for arm, v in scheduler.stages.verdicts.items()} == {"close": "100%", "same": "100%"}
+    assert not [e for e in events if e.event == EventKind.STAGE_STOP]
+
+
+def test_an_arm_the_canary_stops_is_not_stopped_again_by_the_stages(tmp_path):
+    grid = grid_of(tmp_path, ("base", "bad", "same"), docs=120, canary=True, canary_docs=24,
+                   stages={"enabled": True})
+    plan = make_plan(grid, gpu=False)
+    gate = canary_gate(plan, None, {v: StructuralRule().rules for v in ("base", "bad", "same")}, stop_on_fail=True,
+                       baseline=grid.baseline_variant, max_loss_pp=grid.farm.canary.max_loss_pp)
+    tracker = stage_tracker(plan, None)
+    engines = FakeEngines(capacity=2, wrong={"bad": set(plan.orders["b"].ids)})
+    scheduler, rows, events = run_loop(tmp_path, grid, engines, gate, stages=tracker)
+    assert scheduler.canary["bad"].stopped and scheduler.stops == {} and tracker.arms == ["same"]
+    assert len([r for r in rows if r["variant"] == "bad"]) == 24 and scheduler.skipped_samples == 96
+    assert [e.variant for e in events if e.event in (EventKind.VARIANT_SKIPPED, EventKind.STAGE_STOP)] == ["bad"]
+
+
+def test_a_rerun_judges_the_stored_rows_at_once_and_stops_the_arm_at_the_same_look(tmp_path):
+    """Rows stored by an earlier run count: the loop stops `bad` before handing out anything of it."""
+    from omk_ray.config import StagesSpec
+    from omk_ray.farm.stage_tracker import StageTracker
+
+    grid = grid_of(tmp_path, ("base", "bad"), docs=120, canary_docs=24, stages={"enabled": True})
+    plan = make_plan(grid, gpu=False)
+    first = plan.orders["b"].ids[:24]
+    stored = [{"variant": v, "bench": "b", "doc_id": d, "repeat": 0, "score": 1.0 if v == "base" else 0.0}
+              for v in ("base", "bad") for d in first]
+    tracker = StageTracker(plan, StagesSpec(enabled=True), "base", 24, 20.0, stored)
+    engines = FakeEngines(capacity=2)
+    scheduler, rows, events = run_loop(tmp_path, grid, engines, stages=tracker)
+    stop = scheduler.stops["bad"]
+    assert (stop["rule"], stop["stage"], stop["n"], stop["delta_pp"]) == ("canary", "canary", 24, -100.0)
+    assert "bad" not in engines.started and not [r for r in rows if r["variant"] == "bad"]
+    assert stop["skipped_samples"] == 120  # the plan (no store here) still lists every sample of it
