@@ -77,9 +77,11 @@ class Scheduler:
                 if self.progress:
                     self.progress.show(self.engines.slots)
         finally:
-            self.rows.flush()
-            self.engines.close()
-            self.scoring.close()
+            try:
+                self.rows.flush()  # may meet the full disk again: the engines and scorers are let go all the same
+            finally:
+                self.engines.close()
+                self.scoring.close()
 
     # -- deciding ------------------------------------------------------------------------------
 
