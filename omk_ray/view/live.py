@@ -10,7 +10,7 @@ from omk_ray.analysis.compare import Comparison
 from omk_ray.analysis.declared import canary_verdicts
 from omk_ray.config import ConfigError
 from omk_ray.farm.planner import PlanError
-from omk_ray.farm.status import engine_report, grid_status, latest_run
+from omk_ray.farm.status import engine_report, grid_status, latest_run, stage_stops
 from omk_ray.results.folder_lock import holder
 from omk_ray.results.store import ResultsStore, UnreadableResults
 
@@ -54,7 +54,10 @@ def live_grid(root, baseline: str, comparison: Comparison | None, why: str | Non
     except (PlanError, ConfigError, UnreadableResults, FileNotFoundError, ValueError) as err:
         live.problems.append(f"expected counts unknown: {err}")
         cells = []
-    canary_on = (((records.manifest.config or {}).get("farm") or {}).get("canary") or {}).get("enabled", True)
+    farm = (records.manifest.config or {}).get("farm") or {}
+    canary_on = (farm.get("canary") or {}).get("enabled", True)
+    stages_on = (farm.get("stages") or {}).get("enabled", False)
+    stops = stage_stops(run)  # arms `farm.stages` stopped, with the rule and numbers (live, from the events)
     canary = {v: verdict.label for v, verdict in canary_verdicts(store.runs()).items()}
     engine: dict[str, str] = {}
     for event in records.events:  # this run's verdicts and engines as they happen (the manifest has them at its end)
@@ -71,6 +74,7 @@ def live_grid(root, baseline: str, comparison: Comparison | None, why: str | Non
             "variant": c.variant, "bench": c.bench, "expected": c.expected, "done": c.done, "failed": c.failed,
             "engine": engine.get(c.variant, ""),
             "canary": canary.get(c.variant, ("pending" if live.running else "") if canary_on else "off"),
+            "stage": stops.get(c.variant) or ("" if stages_on else "off"),
             "score": own["score"] if own and own["status"] == "scored" else None,
             "n": own["n"] if own else 0,
             "baseline": c.variant == baseline,

@@ -247,18 +247,21 @@ def test_the_live_page_of_a_running_grid_advances(tmp_path, serve):
         assert first.get_element_by_id("status").text_content() == "running"
         assert first.xpath("//meta[@http-equiv='refresh']")
         assert cells(first)["base (baseline)"][2] == "6 / 6" and cells(first)["arm"][2] == "0 / 6"
-        assert cells(first)["arm"][8] == ""  # no paired Δ before the arm has samples
-        assert cells(first)["arm"][6] == "off"  # the grid runs no canary
+        assert cells(first)["arm"][9] == ""  # no paired Δ before the arm has samples
+        assert cells(first)["arm"][6] == "off" and cells(first)["arm"][7] == "off"  # no canary, no stages
 
         run_cells(grid, store, ["arm"])
         run.event("canary", variant="arm", passed=False, reasons=["p10 length 1 < 2"])  # as the scheduler logs it
         run.event("engine_starting", variant="arm", engine="omk-live-1-arm-0")
+        stop = "stopped at 6/6: Δ <= -41 pp (observed -50.0 pp), 95% anytime-valid (futility, bench copy)"
+        run.event("stage_stop", variant="arm", reason=stop)  # as the loop logs a stop by farm.stages
         wait_for(server.base + "/live", "on 6</a>")  # a comparison slower than SYNC_S is recomputed in the background
         second, _ = browse(tmp_path, server.base + "/live")
         assert cells(second)["arm"][2] == "6 / 6" and cells(second)["arm"][6] == "failed"
+        assert cells(second)["arm"][7] == stop and cells(second)["base (baseline)"][7] == "off"
         assert cells(second)["arm"][5] == "starting" and cells(second)["base (baseline)"][5] == ""
         board = compare(store.root, CompareOptions(baseline="base")).rows("scoreboard")[0]  # the card's numbers
-        assert cells(second)["arm"][8] == (f"{signed(board['delta_pp'])} [{signed(board['ci_low_pp'])}, "
+        assert cells(second)["arm"][9] == (f"{signed(board['delta_pp'])} [{signed(board['ci_low_pp'])}, "
                                            f"{signed(board['ci_high_pp'])}] on 6")
         assert second.get_element_by_id("progress").text_content().startswith("12 / 12 samples done")
         run.write_manifest({**manifest, "status": "finished"})
