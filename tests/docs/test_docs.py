@@ -416,7 +416,7 @@ def test_unmarked_blocks_run(block, tmp_path):
     assert results, f"{block.where}: nothing ran"
     out = "\n".join(r.stdout for r in results)
     if "example_plugins/grid.yaml" in block.text:  # docs/adding-an-engine.md: the plug-ins through a grid
-        assert "| wordcount (40) | 100.00% ±0.00 | 87.50% ±5.30 | −12.50pp |" in out, out[-3000:]
+        assert "| wordcount (40) | 100.00% ±0.00 (40/40) | 87.50% ±5.30 (35/40) | −12.50pp (not significant; below MDE) |" in out, out[-3000:]
     if "--variant toy-hf --variant max" in block.text:  # the README's tour: plan, run, status, compare
         plan, _, status, card = (r.stdout for r in results)
         assert "3200 of 3200 samples to generate" in plan, plan
