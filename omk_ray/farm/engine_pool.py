@@ -169,6 +169,11 @@ class EnginePool:
         if slot.inflight and slot.poll_ref is None:
             slot.poll_ref = slot.handle.poll.remote(POLL_S)
 
+    def keep_polling(self, slot: Slot) -> None:
+        """Poll an engine that has requests in flight and no poll out (after a feed gave it nothing new)."""
+        if slot.inflight and slot.poll_ref is None and not slot.loading:
+            slot.poll_ref = slot.handle.poll.remote(POLL_S)
+
     def retire(self, slot: Slot, kill: bool = True) -> None:
         slot.busy(self.clock())
         if kill:
@@ -258,9 +263,7 @@ class EnginePool:
                 slot.tokens += g.completion.completion_tokens
                 slot.latency_s += g.completion.latency_s
             done.append((sample, g))
-        slot.busy(now)
-        if slot.inflight:
-            slot.poll_ref = slot.handle.poll.remote(POLL_S)
+        slot.busy(now)  # the next poll goes out after the next feed (`submit`, `keep_polling`): refill first
         return Finished(slot.name, slot.variant, slot.info, done)
 
     def _patience(self, slot: Slot) -> float:

@@ -114,6 +114,7 @@ class Scheduler:
                 self.engines.submit(slot, taken[id(slot)])
             elif not slot.inflight and not queue.gated and not queue.unsent:
                 self.engines.retire(slot)
+            self.engines.keep_polling(slot)
 
     def _take(self, slot, taken: list[Sample]) -> bool:
         loading = sum(1 for s in self.engines.slots if s.variant == slot.variant and s.loading)

@@ -93,6 +93,9 @@ class FakeEngines:
         self.slots.remove(slot)
         self.retired.append(slot.name)
 
+    def keep_polling(self, slot):
+        pass  # every engine with requests in flight is polled (`waiting`)
+
     def close(self):
         for slot in list(self.slots):
             self.retire(slot)
