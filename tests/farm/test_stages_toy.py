@@ -62,7 +62,8 @@ def test_the_toy_grid_with_stages_stops_the_losing_arms_and_resumes_one_to_full(
     c = compare(results, CompareOptions(baseline="toy-hf", resamples=200))
     card = to_card(c)
     assert f"mean stopped early (farm.stages, run {summary.run_id}) at 25%: {mean['text']}" in card
-    assert c.cost is not None and 0.2 < c.cost.saved < 0.6 and "Engine time: " in card
+    # engine hours are measured time (a loaded machine moves them): that they are reported, not how many
+    assert c.cost is not None and 0 < c.cost.spent < c.cost.full and "Engine time: " in card
 
     resumed = CliRunner().invoke(app, ["run", str(path), "--results", str(results), "--resume-stopped", "--no-progress"])
     assert resumed.exit_code == 0, resumed.output
