@@ -34,6 +34,7 @@ loglikelihood tasks score plain text (as `lm_eval --model hf` does without `--ap
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's, when the model config names no length
@@ -88,13 +89,20 @@ class TokenScorer:
         tok = self.tokenizer
         return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
 
+    @functools.cached_property
+    def prefix_text(self) -> str:
+        return self.tokenizer.decode(self.prefix_token_id)
+
     def encode(self, text: str, add_special_tokens: bool | None = None) -> list[int]:
         kwargs = {} if add_special_tokens is None else {"add_special_tokens": add_special_tokens}
-        if add_special_tokens is None and text.startswith(self.tokenizer.decode(self.prefix_token_id)):
+        if add_special_tokens is None and text.startswith(self.prefix_text):
             kwargs["add_special_tokens"] = False
         return self.tokenizer.encode(text, **kwargs)
 
-    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    def encode_pair(self, context: str, continuation: str,
+                    contexts: dict[str, list[int]] | None = None) -> tuple[list[int], list[int]]:
+        """One pair's (context, continuation) tokens; `contexts` keeps the contexts encoded so far (a
+        question's choices share theirs: encoded once, the same tokens)."""
         if context == "":
             cont = self.encode(continuation, add_special_tokens=False)
             prefix = self.prefix_token_id
@@ -103,14 +111,18 @@ class TokenScorer:
         if spaces:
             continuation, context = context[-spaces:] + continuation, context[:-spaces]
         whole = self.encode(context + continuation)
-        ctx = self.encode(context)
+        contexts = {} if contexts is None else contexts
+        if context not in contexts:
+            contexts[context] = self.encode(context)
+        ctx = contexts[context]
         return ctx, whole[len(ctx):]
 
     def token_pairs(self, scoring: Scoring) -> list[tuple[list[int], list[int]]]:
         """The (context, continuation) token pairs to score: one per pair, or the rolling windows."""
         if scoring.rolling is not None:
             return rolling_windows(self.encode(scoring.rolling), self.prefix_token_id, self.score_max_length)
-        return [self.encode_pair(c, x) for c, x in scoring.pairs]
+        contexts: dict[str, list[int]] = {}
+        return [self.encode_pair(c, x, contexts) for c, x in scoring.pairs]
 
     def model_input(self, context: list[int], continuation: list[int]) -> list[int]:
         """What the model reads: lm-eval's `(context + continuation)[-(max_length + 1):][:-1]`."""
