@@ -83,6 +83,12 @@ class Engine(ABC):
         self.model_path = model_path
         self.options = self.Options.model_validate(variant.engine_args.extra)
 
+    @classmethod
+    def score_problems(cls, variant: VariantSpec) -> list[str]:
+        """What keeps this variant from scoring text, known before the engine loads (`plan` says it
+        for grids with loglikelihood benches); an engine with `scores` may override it."""
+        return []
+
     @abstractmethod
     async def generate(self, request: Request, recipe: Recipe) -> Completion:
         """One request's completion; an error the request itself caused comes back in `Completion.error`."""

@@ -63,6 +63,7 @@ class LlamaCppEngine(OpenAIEngine):
     holds_weights = True
     Options = LlamaCppOptions
     family = "llama.cpp"
+    scores = False  # unlike the openai engine it drives the server as: llama-server echoes no prompt log-probabilities
     score_refusal = ("llama.cpp's server returns log-probabilities of generated tokens only, not of the prompt's "
                      "(its /completion has no echo), so loglikelihood tasks cannot be scored on it; run them on the "
                      "vllm or transformers engine")

@@ -16,6 +16,7 @@ budget, and records the server's usage counts, finish_reason and `reasoning_cont
     retries      further attempts after a 408/429/5xx, a timeout or a connection error (default 6)
     backoff      first retry delay in seconds, doubled per retry up to `backoff_max` (default 1, 30)
     body         JSON fields merged into every request (server-specific settings)
+    tokenizer    the served model's tokenizer, a folder or hub id, for scoring (default: the variant's `model`)
 
 A request that still fails after its retries, or gets a 4xx, is never dropped: it comes back
 as a Completion with `error` set and finish_reason "error", and becomes a row saying so. Error
@@ -23,6 +24,15 @@ texts are scrubbed of the API key and anything shaped like a key (`omk_ray.redac
 reach a row or a log.
 `prompt_hash` hashes the request's messages and template arguments (the server's tokens are
 not seen here).
+
+Scoring (lm-eval's loglikelihood tasks, engines/scoring.py): the text is tokenized here with the
+served model's tokenizer (`tokenizer`, else the variant's `model`, loaded at the first scoring
+request) exactly as the vllm and transformers engines do, and each (context, continuation) pair or
+rolling window is one `/completions` request of those token ids with `echo: true` and `logprobs: 1`
+(engines/openai_scoring.py). The window is `max_model_len` - 2 tokens as on the vllm engine
+(`engine_args.max_model_len`, else the `max_model_len` the server lists in /models, else lm-eval's
+2048). A server that answers without the prompt's log-probabilities (llama.cpp's) cannot score: every
+scoring request then comes back as an error row saying so, without asking the server again.
 """
 
 from __future__ import annotations
@@ -40,7 +50,10 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from omk_ray.config import Recipe, VariantSpec
-from omk_ray.engines.base import Completion, Engine, Request
+from omk_ray.engines.base import Completion, Engine, Request, _hash_ids
+from omk_ray.engines.openai_scoring import (NoPromptLogprobs, continuation_score, scoring_payload, tokenizer_problems,
+                                            tokenizer_source)
+from omk_ray.engines.scoring import DEFAULT_MAX_LENGTH, SCORED, TokenScorer, combine
 from omk_ray.redact import scrub
 
 log = logging.getLogger("omk_ray.engines.openai")
@@ -64,15 +77,15 @@ class OpenAIOptions(BaseModel):
     backoff: float = Field(1.0, ge=0)
     backoff_max: float = Field(30.0, ge=0)
     body: dict[str, Any] = Field(default_factory=dict)
+    tokenizer: str | None = Field(None, description="the served model's tokenizer for scoring (default: the variant's model)")
 
 
-class OpenAIEngine(Engine):
+class OpenAIEngine(TokenScorer, Engine):
     kind = "openai"
     uses_accelerator = False  # the server holds the model
     holds_weights = False
     Options = OpenAIOptions
-    score_refusal = ("scoring through OpenAI-compatible endpoints (completions with echo + logprobs) is not "
-                     "implemented; run loglikelihood tasks on the vllm or transformers engine")
+    scores = True  # through /completions with echo + logprobs, where the server gives them (see above)
 
     def __init__(self, variant: VariantSpec, model_path: str):
         super().__init__(variant, model_path)
@@ -94,9 +107,16 @@ class OpenAIEngine(Engine):
         self.timeout = httpx.Timeout(options.timeout, connect=10.0)
         self._client: httpx.AsyncClient | None = None  # made on the loop that uses it
         self._slots: asyncio.Semaphore | None = None
+        self._score_error: str | None = None  # set: why this engine cannot score (said in every scoring row)
         with httpx.Client(base_url=self.base_url, headers=self.headers, timeout=self.timeout) as client:
-            self.model = options.model or variant.model or self._first_model(client)
-            self._version = f"openai {self.model} @ {self._server_version(client)}"
+            named = options.model or variant.model
+            served = self._served_models(client, required=not named) if not (
+                named and variant.engine_args.max_model_len) else []
+            self.model = named or served[0]["id"]
+            self.max_model_len = variant.engine_args.max_model_len or next(
+                (int(m["max_model_len"]) for m in served if m.get("id") == self.model and m.get("max_model_len")), None)
+            self.server_family, server = self._server_version(client)
+            self._version = f"openai {self.model} @ {server}"
 
     @property
     def capacity(self) -> int:
@@ -133,6 +153,74 @@ class OpenAIEngine(Engine):
         completion.prompt_hash = prompt_hash
         completion.latency_s = time.perf_counter() - start
         return completion
+
+    # -- scoring (engines/openai_scoring.py) ----------------------------------------------------
+
+    @classmethod
+    def score_problems(cls, variant: VariantSpec) -> list[str]:
+        return tokenizer_problems(tokenizer_source(variant))
+
+    @property
+    def score_max_length(self) -> int:
+        # as on the vllm engine: the prompt holds the last scored token and leaves room for the one generated
+        return self.max_model_len - 2 if self.max_model_len else DEFAULT_MAX_LENGTH
+
+    async def score(self, request: Request, recipe: Recipe) -> Completion:
+        """Every pair (or rolling window) one echoed completions request, all in flight at once."""
+        if not self.scores:  # a subclass whose server cannot score
+            return await super().score(request, recipe)
+        start = time.perf_counter()
+        error = self._score_error or self._load_tokenizer()
+        if error:
+            return Completion(text="", finish_reason="error", error=error)
+        pairs = self.token_pairs(request.scoring)
+        tokens = sum(len(self.model_input(c, x)) for c, x in pairs)
+        digest = _hash_ids([t for c, x in pairs for t in (*c, -1, *x, -2)])  # as the token engines hash it
+        empty = [n for n, (_, x) in enumerate(pairs) if not x]
+        if empty:
+            return Completion(text="", prompt_tokens=tokens, finish_reason="error", prompt_hash=digest,
+                              error=f"pair {empty[0]} has an empty continuation once tokenized")
+        results = await asyncio.gather(*(self._score_ids(c, x) for c, x in pairs), return_exceptions=True)
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is not None:
+            if isinstance(failed, NoPromptLogprobs):  # the server's nature: no use asking it again
+                self._score_error = str(failed)
+            text = str(failed) if isinstance(failed, NoPromptLogprobs) else f"{type(failed).__name__}: {failed}"
+            return Completion(text="", prompt_tokens=tokens, finish_reason="error", prompt_hash=digest,
+                              latency_s=time.perf_counter() - start, error=scrub(text, self._secrets))
+        return Completion(text="", prompt_tokens=tokens, prompt_hash=digest, latency_s=time.perf_counter() - start,
+                          finish_reason=SCORED, loglikelihoods=combine(request.scoring, list(results)))
+
+    async def _score_ids(self, context: list[int], continuation: list[int]) -> tuple[float, bool]:
+        if len(continuation) > self.score_max_length:
+            raise ValueError(f"a continuation of {len(continuation)} tokens is longer than the scoring window "
+                             f"({self.score_max_length} tokens: max_model_len - 2)")
+        prompt = (context + continuation)[-(self.score_max_length + 1):]
+        data = await self._post("/completions", scoring_payload(self.model, prompt, self.server_family == "vllm", self.body))
+        return continuation_score(data, prompt, continuation, self.base_url)
+
+    def _load_tokenizer(self) -> str | None:
+        """Load the served model's tokenizer once; the reason it cannot be had, else None."""
+        if self.tokenizer is not None:
+            return None
+        source = tokenizer_source(self.variant, self.model_path)
+        problems = tokenizer_problems(source)
+        if not problems:
+            try:
+                from transformers import AutoTokenizer
+
+                revision = self.variant.revision if source == self.model_path else None
+                self.tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
+            except Exception as err:  # noqa: BLE001 - whatever it is, the rows say it
+                detail = (str(err).strip().splitlines() or [""])[0][:300]
+                problems = [f"the openai engine scores text with the served model's tokenizer and could not load "
+                            f"one from {source!r} ({type(err).__name__}: {detail}); set engine_args.extra.tokenizer "
+                            "to its folder or hub id"]
+        if problems:
+            self._score_error = f"variant {self.variant.name!r}: {problems[0]}"
+        return self._score_error
+
+    # -- generation requests ---------------------------------------------------------------
 
     def payload(self, request: Request, recipe: Recipe) -> dict[str, Any]:
         messages = list(request.messages)
@@ -201,20 +289,23 @@ class OpenAIEngine(Engine):
 
     # -- server facts (asked once, when the engine starts) -----------------------------------
 
-    def _first_model(self, client: httpx.Client) -> str:
+    def _served_models(self, client: httpx.Client, required: bool) -> list[dict]:
+        """/models' entries (vLLM lists each one's `max_model_len`); `required`: the served model's name
+        is needed from it, so a failure is an error, else an empty list."""
         try:
-            response = client.get("/models")
+            response = client.get("/models", timeout=None if required else 10.0)
             response.raise_for_status()
-            data = response.json()
-        except (httpx.HTTPError, ValueError) as err:
-            raise RuntimeError(f"{self.base_url}/models: {type(err).__name__}: {err}") from None
-        models = [m.get("id") for m in data.get("data", []) if m.get("id")]
-        if not models:
+            models = [m for m in response.json().get("data", []) if isinstance(m, dict) and m.get("id")]
+        except (httpx.HTTPError, ValueError, AttributeError) as err:
+            if required:
+                raise RuntimeError(f"{self.base_url}/models: {type(err).__name__}: {err}") from None
+            return []
+        if required and not models:
             raise RuntimeError(f"{self.base_url}/models lists no model; set engine_args.extra.model")
-        return models[0]
+        return models
 
-    def _server_version(self, client: httpx.Client) -> str:
-        """What the server says it runs (vLLM: /version; llama-server: /props build_info), best effort."""
+    def _server_version(self, client: httpx.Client) -> tuple[str | None, str]:
+        """(server family, what it says it runs): vLLM's /version, llama-server's /props build_info; best effort."""
         root = self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
         for path, key, label in (("/version", "version", "vllm"), ("/props", "build_info", "llama.cpp")):
             try:
@@ -223,8 +314,8 @@ class OpenAIEngine(Engine):
             except (httpx.HTTPError, ValueError, AttributeError):
                 value = None
             if value:
-                return f"{label} {value}"
-        return self.base_url
+                return label, f"{label} {value}"
+        return None, self.base_url
 
 
 def parse_response(data: dict, recipe: Recipe) -> Completion:

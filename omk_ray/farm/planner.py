@@ -367,6 +367,9 @@ def scoring_problems(grid: GridConfig, variants: list[VariantSpec], docs_by_benc
         if not engine.scores:
             problems += [f"variant {v.name!r} on bench {b!r}: the bench scores text (a loglikelihood task) and engine "
                          f"{v.engine!r} cannot: {engine.score_refusal}" for b in scoring]
+        else:
+            benches = ", ".join(repr(b) for b in scoring)
+            problems += [f"variant {v.name!r} (to score bench {benches}): {p}" for p in engine.score_problems(v)]
     return problems
 
 

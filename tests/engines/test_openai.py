@@ -350,3 +350,180 @@ def test_scrub_blanks_keys_and_keeps_ordinary_text(monkeypatch):
     assert scrub(text) == ("HTTP 401 for [redacted]: [redacted] [redacted] and [redacted]; see "
                            "/tmp/pytest-of-x/test_a_long_file_name_with_words0/run.log: prompt of 300 tokens, abc")
     assert scrub(None) is None and scrub("the key is k3y-value", ["k3y-value"]) == "the key is [redacted]"
+
+
+# -- scoring: lm-eval's loglikelihood tasks through /completions with echo + logprobs -----------------
+
+WINDOW = 64  # tokens per scoring window: the tiny model's tokenizer is per character, so rolling documents take several
+SCORE_TOLERANCE = 1e-4  # per log-likelihood, absolute, or relative 1e-6 for a rolling document's sum (float32 both)
+TASKS = ("toy_mc", "toy_ll", "toy_rolling")
+
+
+def scoring_engine(model: Path, base_url: str, **extra):
+    variant = VariantSpec(name="o", model=str(model), engine="openai",
+                          engine_args={"max_model_len": WINDOW + 2, "extra": {"base_url": base_url, **extra}})
+    return engine_class("openai")(variant, str(model))
+
+
+@pytest.mark.slow
+def test_scores_as_the_transformers_engine(server, tiny_gemma4):
+    """The toy's multiple-choice, loglikelihood and rolling tasks on the served model give the transformers
+    engine's log-likelihoods, is_greedy and per-document metrics (acc and acc_norm the same)."""
+    import torch
+
+    from omk_ray.benches import make_bench
+    from omk_ray.config import BenchSpec
+    from omk_ray.engines.base import run_coroutine
+    from omk_ray.engines.transformers_engine import TransformersEngine
+
+    served = scoring_engine(tiny_gemma4, server.url, concurrency=8)
+    local = TransformersEngine(VariantSpec(name="t", model=str(tiny_gemma4), engine="transformers",
+                                           engine_args={"dtype": "float32", "max_model_len": WINDOW, "batch_size": 8}),
+                               str(tiny_gemma4))
+    assert served.server_family == "vllm" and served.score_max_length == local.score_max_length == WINDOW
+    worst = {}
+    for task in TASKS:
+        bench = make_bench(BenchSpec(name=task, kind="lmeval", options={"task": task}))
+        docs = bench.docs()
+        assert len(docs) == {"toy_mc": 24, "toy_ll": 16, "toy_rolling": 12}[task]
+        requests_ = [d.request(0, task) for d in docs]
+        ours, theirs = served.generate_batch(requests_, Recipe()), local.generate_batch(requests_, Recipe())
+        deltas = []
+        for doc, a, b in zip(docs, ours, theirs):
+            assert a.error is None and a.finish_reason == "scored", a.error
+            assert (a.prompt_hash, a.prompt_tokens) == (b.prompt_hash, b.prompt_tokens)  # the same tokens scored
+            assert len(a.loglikelihoods) == len(b.loglikelihoods)
+            for (ll, greedy), (their_ll, their_greedy) in zip(a.loglikelihoods, b.loglikelihoods):
+                deltas.append(abs(ll - their_ll))
+                assert ll == pytest.approx(their_ll, abs=SCORE_TOLERANCE, rel=1e-6), (task, doc.id)
+                assert greedy == their_greedy, (task, doc.id)
+            mine, reference = bench.score(doc, a), bench.score(doc, b)
+            assert mine.metrics.keys() == reference.metrics.keys() and mine.chosen == reference.chosen
+            for key, value in reference.metrics.items():
+                if key.startswith("acc"):
+                    assert mine.metrics[key] == value, (task, doc.id, key)
+                else:  # a perplexity's log-likelihood and its word or byte count
+                    assert mine.metrics[key] == pytest.approx(value, abs=SCORE_TOLERANCE, rel=1e-6), (task, doc.id, key)
+        worst[task] = max(deltas)
+
+    # is_greedy by token id: the model's top-1 next token is greedy, its second is not
+    context = served.encode("copy 1007")
+    with torch.no_grad():
+        logits = local.model(torch.tensor([context])).logits[0, -1].float()
+    first, second = logits.topk(2).indices.tolist()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    for token, greedy in ((first, True), (second, False)):
+        ll, is_greedy = run_coroutine(served._score_ids(context, [token]))
+        assert is_greedy is greedy and ll == pytest.approx(logprobs[token].item(), abs=SCORE_TOLERANCE)
+    served.close()
+    print(f"largest |Δ log-likelihood| openai (vLLM server) vs transformers engine: {worst}")
+
+
+class NoLogprobsServer(ThreadingHTTPServer):
+    """An OpenAI-compatible endpoint whose completions carry no log-probabilities of the prompt (as llama.cpp's
+    server answers `echo`); /models lists a `max_model_len` as vLLM's does."""
+
+    def __init__(self):
+        self.posts: list[dict] = []
+        super().__init__(("127.0.0.1", 0), NoLogprobsHandler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+class NoLogprobsHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        if self.path == "/v1/models":
+            self._send(200, {"data": [{"id": "plain", "max_model_len": 130}]})
+        else:
+            self._send(404, {"error": "not found"})
+
+    def do_POST(self) -> None:
+        self.server.posts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        generated = {"tokens": ["x"], "token_logprobs": [-0.5], "top_logprobs": [{"x": -0.5}]}
+        self._send(200, {"choices": [{"index": 0, "text": "x", "finish_reason": "length", "logprobs": generated}],
+                         "usage": {"prompt_tokens": 9, "completion_tokens": 1}})
+
+    def _send(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def test_a_server_without_prompt_logprobs_gives_one_clear_error(tmp_path):
+    from helpers.lmeval_scoring import TOY
+    from omk_ray.benches import make_bench
+    from omk_ray.config import BenchSpec
+
+    docs = make_bench(BenchSpec(name="mc", kind="lmeval", options={"task": "toy_mc"})).docs()
+    server = NoLogprobsServer()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        variant = VariantSpec(name="api", model="plain", engine="openai",
+                              engine_args={"extra": {"base_url": server.url, "tokenizer": str(TOY), "retries": 0}})
+        engine = engine_class("openai")(variant, "plain")
+        assert engine.score_max_length == 128  # the max_model_len the server lists, less 2
+        first = engine.generate_batch([docs[0].request(0, "mc")], RECIPE)[0]
+        posted = len(server.posts)
+        second = engine.generate_batch([docs[1].request(0, "mc")], RECIPE)[0]
+        engine.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    sent = server.posts[0]
+    assert sent["echo"] is True and sent["logprobs"] == 1 and sent["max_tokens"] == 1 and sent["temperature"] == 0
+    assert all(isinstance(t, int) for t in sent["prompt"]) and "return_tokens_as_token_ids" not in sent  # not vLLM
+    assert posted == 4 and len(server.posts) == 4  # the verdict is kept: the second request asks the server nothing
+    for c in (first, second):
+        assert c.finish_reason == "error" and c.loglikelihoods is None
+        assert c.error.startswith(f"{server.url} answered a completions request with echo=true and logprobs without "
+                                  "log-probabilities of the prompt's tokens, which scoring needs")
+
+
+def test_scoring_without_a_tokenizer_says_so(tmp_path):
+    from omk_ray.engines.scoring import Scoring
+
+    server = NoLogprobsServer()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        empty = tmp_path / "served-model"
+        empty.mkdir()
+        variant = VariantSpec(name="api", model=str(empty), engine="openai", engine_args={"extra": {"base_url": server.url}})
+        engine = engine_class("openai")(variant, str(empty))
+        out = engine.generate_batch([Request(id="q#0", messages=[], scoring=Scoring(pairs=(("a", "b"),)))], RECIPE)[0]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert out.finish_reason == "error" and server.posts == []
+    assert out.error == (f"variant 'api': the openai engine scores text with the served model's tokenizer, and {empty} "
+                         "holds none (tokenizer.json, tokenizer_config.json, tokenizer.model, vocab.json): set "
+                         "engine_args.extra.tokenizer to the served model's tokenizer (a folder or hub id)")
+
+
+def test_continuation_score_by_id_and_by_text():
+    from omk_ray.engines.openai_scoring import NoPromptLogprobs, continuation_score
+
+    by_id = {"choices": [{"logprobs": {
+        "tokens": ["token_id:2", "token_id:7", "token_id:9", "token_id:4"],
+        "token_logprobs": [None, -1.5, -0.25, -3.0],
+        "top_logprobs": [None, {"token_id:7": -1.5, "token_id:3": -0.5}, {"token_id:9": -0.25}, {"token_id:4": -3.0}]}}]}
+    assert continuation_score(by_id, [2, 7, 9], [7, 9], "u") == (-1.75, False)  # 7 is not the top-1 at its position
+    assert continuation_score(by_id, [2, 7, 9], [9], "u") == (-0.25, True)
+    with pytest.raises(RuntimeError, match="echoed token token_id:9 at position 2 where token id 8 was sent"):
+        continuation_score(by_id, [2, 7, 8], [8], "u")
+    by_text = {"choices": [{"logprobs": {
+        "tokens": ["<bos>", " a", " b", "!"],
+        "token_logprobs": [None, -2.0, -0.125, -1.0],
+        "top_logprobs": [None, {" a": -2.0, " the": -1.0}, {" b": -0.125}, {"!": -1.0}]}}]}
+    assert continuation_score(by_text, [2, 40, 41], [40, 41], "u") == (-2.125, False)
+    assert continuation_score(by_text, [2, 40, 41], [41], "u") == (-0.125, True)
+    no_prompt = {"choices": [{"logprobs": {"tokens": ["!"], "token_logprobs": [-1.0], "top_logprobs": [{"!": -1.0}]}}]}
+    with pytest.raises(NoPromptLogprobs, match="without log-probabilities of the prompt's tokens"):
+        continuation_score(no_prompt, [2, 40, 41], [41], "u")

@@ -53,16 +53,26 @@ def test_plan_refuses_a_loglikelihood_bench_on_an_engine_that_cannot_score(tmp_p
     from omk_ray.config import load_grid
     from omk_ray.farm.planner import PlanError, read_benches
 
+    no_tokenizer = tmp_path / "served"
+    no_tokenizer.mkdir()
+    api = {"base_url": "http://localhost:1/v1"}
     grid = load_grid(write_grid(tmp_path / "grid.yaml",
-                                [{"name": "api", "model": "m", "engine": "openai",
-                                  "engine_args": {"extra": {"base_url": "http://localhost:1/v1"}}},
+                                [{"name": "none", "model": "m", "engine": "echo"},
+                                 {"name": "api", "model": str(TOY), "engine": "openai", "engine_args": {"extra": api}},
+                                 {"name": "named", "model": "served-name", "engine": "openai",
+                                  "engine_args": {"extra": {**api, "tokenizer": str(TOY)}}},
+                                 {"name": "bare", "model": str(no_tokenizer), "engine": "openai",
+                                  "engine_args": {"extra": api}},
                                  {"name": "hf", "model": str(TOY), "engine": "transformers"}],
                                 [{"name": "mc", "kind": "lmeval", "options": {"task": "toy_mc"}}]))
     with pytest.raises(PlanError) as err:
         read_benches(grid)
     text = str(err.value)
-    assert "variant 'api' on bench 'mc': the bench scores text (a loglikelihood task) and engine 'openai' cannot" in text
-    assert "'hf'" not in text
+    assert "variant 'none' on bench 'mc': the bench scores text (a loglikelihood task) and engine 'echo' cannot" in text
+    # openai scores (completions with echo + logprobs) with the served model's tokenizer, read locally
+    assert (f"variant 'bare' (to score bench 'mc'): the openai engine scores text with the served model's tokenizer, "
+            f"and {no_tokenizer} holds none") in text
+    assert "'api'" not in text and "'named'" not in text and "'hf'" not in text
     from omk_ray.engines.llamacpp_engine import LlamaCppEngine
 
-    assert "returns log-probabilities of generated tokens only" in LlamaCppEngine.score_refusal
+    assert not LlamaCppEngine.scores and "returns log-probabilities of generated tokens only" in LlamaCppEngine.score_refusal
