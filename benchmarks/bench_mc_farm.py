@@ -56,8 +56,9 @@ def grid_dict(folder: Path, docs: int, pad: int = 0) -> dict:
     }
 
 
-def farm(folder: Path, docs: int, pad: int) -> tuple[float, float, float]:
-    """(documents/s from the rows, makespan, accuracy) of `omk-ray run` on the grid."""
+def farm(folder: Path, docs: int, pad: int) -> tuple[float, float, float, float]:
+    """(documents/s from the rows, makespan, accuracy, documents in flight on the engine on average
+    over the makespan) of `omk-ray run` on the grid."""
     import numpy as np
 
     from omk_ray.config import parse_grid
@@ -70,7 +71,7 @@ def farm(folder: Path, docs: int, pad: int) -> tuple[float, float, float]:
     starts = np.array([t.timestamp() for t in table["started_at"].to_pylist()])
     ends = starts + np.array(table["latency_s"].to_pylist())
     span = float(ends.max() - starts.min())
-    return docs / span, span, float(np.mean(table["score"].to_pylist()))
+    return docs / span, span, float(np.mean(table["score"].to_pylist())), float(np.sum(ends - starts) / span)
 
 
 def direct(config: str) -> None:
@@ -116,7 +117,7 @@ def main() -> None:
 
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
-            farm_rate, span, acc = farm(Path(tmp), args.docs, args.pad)
+            farm_rate, span, acc, in_flight = farm(Path(tmp), args.docs, args.pad)
         finally:
             ray.shutdown()
         config = json.dumps(grid_dict(Path(tmp), args.docs, args.pad))
@@ -132,6 +133,7 @@ def main() -> None:
     print(f"{'LLM.generate, every choice at once, no prefix cache':<58} {off:>8.1f} {off / on:>15.3f}")
     print(f"{'omk-ray run: engine actor fed continuously':<58} {farm_rate:>8.1f} {farm_rate / on:>15.3f}"
           f"   (makespan {span:.1f} s)")
+    print(f"the farm's engine held {in_flight:.0f} documents in flight on average; load average {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
