@@ -180,8 +180,10 @@ def shot_count(scorer_version: str | None) -> int:
     return int(match.group(1)) if match else 0
 
 
-def _refuse_mixed_shots(rows: pa.Table, baseline: str, variants: list[str], benches: list[str]) -> None:
-    """Refuse to pair a bench's rows asked with different numbers of few-shot examples (num_fewshot)."""
+def _refuse_mixed_shots(rows: pa.Table, baseline: str, variants: list[str],
+                        benches: list[str]) -> dict[tuple[str, str], set[int]]:
+    """Refuse to pair a bench's rows asked with different numbers of few-shot examples (num_fewshot);
+    the shot counts per (variant, bench)."""
     shots: dict[tuple[str, str], set[int]] = {}
     for variant, bench, version in zip(rows["variant"].to_pylist(), rows["bench"].to_pylist(),
                                        rows["scorer_version"].to_pylist()):
@@ -198,6 +200,7 @@ def _refuse_mixed_shots(rows: pa.Table, baseline: str, variants: list[str], benc
                 raise AnalysisError(f"{bench}: baseline {baseline} was asked {said(base)} but {variant} {said(mine)} "
                                     f"(num_fewshot); their scores do not compare: run the bench again with one "
                                     f"num_fewshot for both")
+    return shots
 
 
 def compare(results: str | Path, options: CompareOptions) -> Comparison:
@@ -256,7 +259,9 @@ def compare(results: str | Path, options: CompareOptions) -> Comparison:
     guard.notes.extend(error_notes(errors, options.baseline, scored, benches))
     primary = {b: options.metrics.get(b) or declared.primary_metrics.get(b) or SCORE_COLUMN for b in benches}
     _refuse_mixed_metrics(store, options.baseline, scored, benches, primary)
-    _refuse_mixed_shots(all_rows, options.baseline, scored, paired_benches)
+    shots = _refuse_mixed_shots(all_rows, options.baseline, scored, paired_benches)
+    notes.extend(f"{bench}: asked {n}-shot (num_fewshot: each context holds {n} examples)"
+                 for bench in benches if (n := max(shots.get((options.baseline, bench), {0}))))
     rows = with_primary_score(rows, primary)
     one_row_each = not guard.mixed and (pc.max(rows["repeat"]).as_py() or 0) == 0
     problems = per_problem(rows, one_row_each)

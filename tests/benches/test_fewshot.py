@@ -202,7 +202,8 @@ def test_compare_refuses_to_pair_different_shot_counts(folder, tmp_path, echo_sc
     with pytest.raises(AnalysisError, match=r"mc: baseline a was asked 0-shot but b 2-shot \(num_fewshot\)"):
         compare(store.root, CompareOptions(baseline="a"))
     scored_rows(grid_asking(folder, tmp_path / "two.yaml", 2, ("a", "b")), store, ("a",))  # a asked again, 2-shot
-    assert compare(store.root, CompareOptions(baseline="a")).benches == ["mc"]
+    comparison = compare(store.root, CompareOptions(baseline="a"))
+    assert comparison.benches == ["mc"] and "mc: asked 2-shot (num_fewshot: each context holds 2 examples)" in comparison.notes
 
 
 def test_refusals_are_clear(folder, tmp_path):
