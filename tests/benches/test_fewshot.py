@@ -253,3 +253,39 @@ def test_an_lmeval_group_is_refused_with_the_single_task_to_use():
     with pytest.raises(ValueError, match=r"lm-eval's 'mmlu' is a group of tasks, not one task, and a bench runs "
                                          r"one task: use `task: mmlu_all`"):
         make_bench(BenchSpec(name="mmlu", kind="lmeval", options={"task": "mmlu"})).docs()
+
+
+def test_mmlu_all_draws_each_subjects_dev_questions_from_the_data_cache(tmp_path):
+    """MMLU 5-shot as lm-eval's mmlu_<subject> tasks ask it (description, then the subject's first dev
+    questions with their answers): fetch-data fetches the dev split too; here both come from a made-up cache."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from omk_ray.benches import sources
+
+    def put(split: str, kind: str) -> None:
+        ref = sources.HubSplit("cais/mmlu", "all", split)
+        data, meta = ref.files(tmp_path)
+        data.parent.mkdir(parents=True, exist_ok=True)
+        rows = [{"question": f"{kind} {s} {i}?", "subject": s, "choices": ["w", "x", "y", "z"], "answer": i % 4}
+                for s in ("anatomy", "virology") for i in range(3)]
+        pq.write_table(pa.Table.from_pylist(rows), data)
+        meta.write_text(json.dumps({"revision": "r1", "rows": len(rows)}))
+
+    put("test", "test")
+    put("dev", "dev")
+    b = make_bench(BenchSpec(name="mmlu", kind="lmeval", options={"task": "mmlu_all", "num_fewshot": 2,
+                                                                  "domain_field": "subject"}))
+    assert b.fetch_data(tmp_path) == ["cais/mmlu/all[test]@r1: 6 rows (cached)",
+                                      "cais/mmlu/all[dev]@r1: 6 rows, few-shot examples (cached)"]
+    docs = b.docs()
+    assert b.scorer_version.endswith(":mmlu_all@1.0:2-shot") and docs[4].domain == "virology"
+    choices = "\nA. w\nB. x\nC. y\nD. z\nAnswer:"
+    assert docs[4].scoring.pairs[0] == (
+        "The following are multiple choice questions (with answers) about virology.\n\n"
+        f"dev virology 0?{choices} A\n\ndev virology 1?{choices} B\n\ntest virology 1?{choices}", " A")
+    assert all(d.scoring.pairs[0][0].count(f"dev {d.domain} ") == 2 for d in docs)
+    zero = make_bench(BenchSpec(name="mmlu", kind="lmeval", options={"task": "mmlu_all"}))
+    zero.cache = tmp_path
+    assert zero.docs()[4].scoring.pairs[0] == ("The following are multiple choice questions (with answers) about "
+                                               f"virology.\n\ntest virology 1?{choices}", " A")
