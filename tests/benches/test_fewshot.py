@@ -187,8 +187,12 @@ def test_a_resume_asks_again_when_num_fewshot_changed(folder, tmp_path, echo_sco
     zero = grid_asking(folder, tmp_path / "zero.yaml", 0)
     scored_rows(zero, store)
     assert [len(w.samples) for w in make_plan(zero, store).work] == [0]
-    (again,) = make_plan(grid_asking(folder, tmp_path / "three.yaml", 3), store).work
+    three = grid_asking(folder, tmp_path / "three.yaml", 3)
+    (again,) = make_plan(three, store).work
     assert (again.stale, len(again.samples)) == (24, 24)
+    (limited,) = make_plan(three, store, limit_docs=5).work  # `run --limit`: the same contexts for those docs
+    full = {d.id: d.hash for d, _ in again.samples}
+    assert len(limited.samples) == 5 and all(d.hash == full[d.id] for d, _ in limited.samples)
 
 
 def test_compare_refuses_to_pair_different_shot_counts(folder, tmp_path, echo_scores):
