@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -172,6 +173,36 @@ def _refuse_mixed_metrics(store: ResultsStore, baseline: str, variants: list[str
                     f"row's metrics map, e.g. --metric {bench}={base}")
 
 
+def shot_count(scorer_version: str | None) -> int:
+    """The few-shot examples per context a row was asked with, as its scorer version records them
+    (`lm-eval-0.4.13:arc_challenge@1.0:25-shot`; none named: zero-shot)."""
+    match = re.search(r":(\d+)-shot$", scorer_version or "")
+    return int(match.group(1)) if match else 0
+
+
+def _refuse_mixed_shots(rows: pa.Table, baseline: str, variants: list[str],
+                        benches: list[str]) -> dict[tuple[str, str], set[int]]:
+    """Refuse to pair a bench's rows asked with different numbers of few-shot examples (num_fewshot);
+    the shot counts per (variant, bench)."""
+    shots: dict[tuple[str, str], set[int]] = {}
+    for variant, bench, version in zip(rows["variant"].to_pylist(), rows["bench"].to_pylist(),
+                                       rows["scorer_version"].to_pylist()):
+        shots.setdefault((variant, bench), set()).add(shot_count(version))
+
+    def said(counts: set[int]) -> str:
+        return " and ".join(f"{n}-shot" for n in sorted(counts))
+
+    for bench in benches:
+        base = shots.get((baseline, bench), set())
+        for variant in variants:
+            mine = shots.get((variant, bench), set())
+            if base and mine and (base != mine or len(base) > 1):
+                raise AnalysisError(f"{bench}: baseline {baseline} was asked {said(base)} but {variant} {said(mine)} "
+                                    f"(num_fewshot); their scores do not compare: run the bench again with one "
+                                    f"num_fewshot for both")
+    return shots
+
+
 def compare(results: str | Path, options: CompareOptions) -> Comparison:
     store = ResultsStore(results)
     if not store.shard_paths():
@@ -228,6 +259,9 @@ def compare(results: str | Path, options: CompareOptions) -> Comparison:
     guard.notes.extend(error_notes(errors, options.baseline, scored, benches))
     primary = {b: options.metrics.get(b) or declared.primary_metrics.get(b) or SCORE_COLUMN for b in benches}
     _refuse_mixed_metrics(store, options.baseline, scored, benches, primary)
+    shots = _refuse_mixed_shots(all_rows, options.baseline, scored, paired_benches)
+    notes.extend(f"{bench}: asked {n}-shot (num_fewshot: each context holds {n} examples)"
+                 for bench in benches if (n := max(shots.get((options.baseline, bench), {0}))))
     rows = with_primary_score(rows, primary)
     one_row_each = not guard.mixed and (pc.max(rows["repeat"]).as_py() or 0) == 0
     problems = per_problem(rows, one_row_each)

@@ -23,6 +23,7 @@ ROW_COLUMNS = [
     "completion_tokens", "reasoning_tokens", "finish_reason", "response", "reasoning",
     "score", "correct", "metrics", "domain", "subdomain", "recipe_hash", "error", "started_at",
     "engine_version", "engine_family", "engine_dtype", "device",  # the engine cohort (cohort.py)
+    "scorer_version",  # the few-shot count (compare refuses to pair different ones)
 ]  # fmt: skip
 TEXT_COLUMNS = ["response", "reasoning", "error"]  # read once, summarised by `features`, then dropped
 

@@ -9,9 +9,11 @@
         include_path: [my_tasks/]                # folders of task YAMLs, searched first
         primary_metric: exact_match,flexible-extract   # "metric,filter" as in lm-eval's results
         id_field: null                           # doc id: this field of the raw row, else the row index
+        num_fewshot: 5                           # examples per context (default 0; "task": the YAML's)
 
-Prompts come from the task's own `doc_to_text` / `description` / `gen_prefix`, zero-shot, as chat
-messages (the engine applies the model's chat template). Scores come from the task's own
+Prompts come from the task's own `doc_to_text` / `description` / `gen_prefix`, as chat
+messages (the engine applies the model's chat template); few-shot examples are earlier turns
+(lm-eval's `fewshot_as_multiturn`, its default with a chat template). Scores come from the task's own
 filter ensembles and `process_results` / metric functions, applied to omk-ray's response
 exactly as lm-eval's evaluator applies them, so per-sample scores equal lm-eval's on the same
 response. Every metric of every filter lands in the row's metric map under lm-eval's own key
@@ -20,8 +22,8 @@ accuracy) is stored as its mean plus `metric,filter/n`, the list's length, so th
 `aggregate` reproduces lm-eval's flattened mean.
 
 Loglikelihood tasks (`output_type` multiple_choice, loglikelihood, loglikelihood_rolling): the
-document's requests are lm-eval's own (`construct_requests` on the zero-shot plain-text context,
-no chat template, as `lm_eval --model hf` without `--apply_chat_template`); the engine scores them
+document's requests are lm-eval's own (`construct_requests` on the plain-text context, no chat
+template, as `lm_eval --model hf` without `--apply_chat_template`); the engine scores them
 (`Doc.scoring`, engines/scoring.py) and the (log-likelihood, is_greedy) pairs go through the
 task's filters and `process_results` as in lm-eval's evaluator: acc, acc_norm, exact_match ...
 per document, `chosen` the choice of highest log-likelihood. A perplexity metric's per-document
@@ -33,6 +35,16 @@ metric's key with the count under `/n`, so that the weighted mean (`aggregate`) 
 Data: `source: file.jsonl|parquet` overrides everything; a task whose YAML loads local files
 (`dataset_path: json` + `dataset_kwargs: {data_files: ...}`) is read as is; a hub dataset is
 read from the cache that `omk-ray fetch-data` fills (see `omk_ray.benches.sources`).
+
+Few-shot (`num_fewshot` > 0): each document's examples are those `lm_eval --num_fewshot N` puts in
+its context, drawn by the task's own sampler from the task's own few-shot docs (its
+`fewshot_split` / `fewshot_config`, else its training, validation, test split, as lm-eval picks)
+seeded with `fewshot_seed` (lm-eval's `fewshot_random_seed`, 1234). lm-eval's sampler draws for
+one document after another in the split's order, so a document's examples depend on the
+documents before it: the contexts are built for every document of the split in that order when
+the docs load, whatever subset, shard or resume then asks for (lm-eval's `--limit N` contexts are
+the first N of them). The shot count is part of every scoring pair or prompt, hence of the
+document's hash (a resume asks again) and of the scorer version (`...@1.0:5-shot`).
 """
 
 from __future__ import annotations
@@ -43,7 +55,7 @@ import math
 import random
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 from pydantic import Field, field_validator
 
@@ -74,6 +86,11 @@ OUTPUT_TYPES = ("generate_until", *SCORING_TYPES)
 PERPLEXITIES = {"word_perplexity", "byte_perplexity", "bits_per_byte"}
 # NLTK data some built-in tasks need at scoring time (fetched by `omk-ray fetch-data`).
 NLTK_NEEDS = {"ifeval": ("punkt_tab",)}
+DEFAULT_FEWSHOT_SEED = 1234  # lm-eval's fewshot_random_seed
+FEWSHOT = "omk_fewshot"  # the in-memory split that holds a task's few-shot docs
+# A task YAML's `metadata` key (omk-ray's): the row field whose values split the task into the tasks
+# lm-eval would run one by one for few-shot contexts (mmlu_all: `subject`, as lm-eval's 57 mmlu_* tasks).
+FEWSHOT_BY = "omk_fewshot_by"
 
 
 class LmEvalOptions(BenchOptions):
@@ -84,10 +101,21 @@ class LmEvalOptions(BenchOptions):
     id_field: str | None = None
     domain_field: str | None = None
     subdomain_field: str | None = None
-    num_fewshot: int = Field(0, ge=0, le=0, description="omk-ray asks zero-shot only")
+    num_fewshot: int | Literal["task"] = Field(
+        0, description='examples in each context, as lm-eval\'s --num_fewshot; "task": the task YAML\'s own '
+                       "num_fewshot (lm-eval's choice when --num_fewshot is not given), else 0")
+    fewshot_seed: int = Field(DEFAULT_FEWSHOT_SEED, description="seeds the task's few-shot sampler "
+                                                                "(lm-eval's fewshot_random_seed)")
     seed: int = Field(0, description="seeds `random` for the task's process_docs (as lm-eval's random_seed) "
                                      "and for each sample's scoring")
     nltk: tuple[str, ...] | None = Field(None, description="NLTK resources the scorer needs (default: known tasks)")
+
+    @field_validator("num_fewshot")
+    @classmethod
+    def _not_negative(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 0:
+            raise ValueError("num_fewshot must be 0 or more (or \"task\")")
+        return value
 
     @field_validator("include_path", mode="before")
     @classmethod
@@ -155,7 +183,17 @@ class LmEvalBench(Bench):
         import lm_eval
 
         version = (self.config.get("metadata") or {}).get("version")
-        return f"lm-eval-{lm_eval.__version__}:{self.options.task}@{version}"
+        shots = f":{self.num_fewshot}-shot" if self.num_fewshot else ""  # zero-shot rows keep their version
+        return f"lm-eval-{lm_eval.__version__}:{self.options.task}@{version}{shots}"
+
+    @property
+    def num_fewshot(self) -> int:
+        """Examples per context: the option, or with "task" the task YAML's own (lm-eval's rules)."""
+        return resolve_fewshot(self.options.num_fewshot, self.options.task, self.config)
+
+    @property
+    def fewshot_split(self) -> tuple[str, str | None]:
+        return fewshot_source(self.config, self.split)
 
     @property
     def dataset_revision(self) -> str | None:
@@ -163,31 +201,51 @@ class LmEvalBench(Bench):
 
     # -- data ------------------------------------------------------------------------------
 
-    def hub_split(self) -> sources.HubSplit | None:
+    def hub_split(self, split: str | None = None) -> sources.HubSplit | None:
         if sources.is_local_source(self.spec.source) or self.config.get("dataset_path") in LOCAL_BUILDERS:
             return None
         path = self.spec.source or self.config.get("dataset_path")
         if not path:
             raise ValueError(f"bench {self.spec.name!r}: task {self.options.task} has no dataset_path")
-        return sources.HubSplit(path, self.config.get("dataset_name"), self.split, self.spec.revision)
+        return sources.HubSplit(path, self.config.get("dataset_name"), split or self.split, self.spec.revision)
 
     def records(self) -> sources.Records:
+        return self.split_records(self.split)
+
+    def split_records(self, split: str) -> sources.Records:
         if sources.is_local_source(self.spec.source):
+            if split != self.split:
+                raise ValueError(
+                    f"bench {self.spec.name!r}: task {self.options.task} takes its few-shot examples from its "
+                    f"{split!r} split, which `source: {self.spec.source}` does not hold; ask it zero-shot "
+                    f"(num_fewshot: 0) or read the task's own data (no `source:`)")
             return sources.read_local(self.spec.source)
         cfg = self.config
         if cfg.get("dataset_path") in LOCAL_BUILDERS:
-            import datasets
-
-            kwargs = dict(cfg.get("dataset_kwargs") or {})
-            if "data_files" in kwargs:  # relative to the task's YAML (omk-ray's own tasks ship their data)
-                kwargs["data_files"] = beside(self.yaml_path.parent, kwargs["data_files"])
-            with _quiet():
-                splits = datasets.load_dataset(cfg["dataset_path"], cfg.get("dataset_name"), **kwargs)
-            if self.split not in splits:
+            splits, data_files = self._local_splits
+            if split not in splits:
                 raise ValueError(f"bench {self.spec.name!r}: the task's local data has splits {list(splits)}, "
-                                 f"not {self.split!r}")
-            return sources.Records(splits[self.split].to_list(), f"local:{kwargs.get('data_files')}")
-        return sources.read_cached(self.hub_split(), self.cache)
+                                 f"not {split!r}")
+            return sources.Records(splits[split].to_list(), f"local:{data_files}")
+        return sources.read_cached(self.hub_split(split), self.cache)
+
+    @functools.cached_property
+    def _local_splits(self):
+        import datasets
+
+        cfg = self.config
+        kwargs = dict(cfg.get("dataset_kwargs") or {})
+        if "data_files" in kwargs:  # relative to the task's YAML (omk-ray's own tasks ship their data)
+            kwargs["data_files"] = beside(self.yaml_path.parent, kwargs["data_files"])
+        with _quiet():
+            return datasets.load_dataset(cfg["dataset_path"], cfg.get("dataset_name"), **kwargs), kwargs.get("data_files")
+
+    def _fewshot_rows(self, rows: list[dict]) -> list[dict] | None:
+        """The rows of the split the task draws its examples from (None: its fewshot_config's samples)."""
+        kind, split = self.fewshot_split
+        if kind in ("samples", "test"):
+            return None
+        return rows if split == self.split else self.split_records(split).rows
 
     def fetch_data(self, cache: Path) -> list[str]:
         """Download what the bench needs into `cache`; one line per thing done."""
@@ -208,6 +266,15 @@ class LmEvalBench(Bench):
                 raise sources.DataError("; ".join([*done, f"dataset: {err}"])) from None
             state = "cached" if meta.get("cached") else "fetched"
             done.append(f"{ref.label}@{meta['revision']}: {meta['rows']} rows ({state})")
+            kind, split = self.fewshot_split
+            if self.num_fewshot and kind not in ("samples", "test") and split != self.split:
+                ref = self.hub_split(split)  # the few-shot examples' split
+                try:
+                    meta = sources.fetch_split(ref, cache, token=os.environ.get("HF_TOKEN"))
+                except sources.DataError as err:
+                    raise sources.DataError("; ".join([*done, f"few-shot split: {err}"])) from None
+                state = "cached" if meta.get("cached") else "fetched"
+                done.append(f"{ref.label}@{meta['revision']}: {meta['rows']} rows, few-shot examples ({state})")
         return done
 
     def load_docs(self) -> list[Doc]:
@@ -226,13 +293,38 @@ class LmEvalBench(Bench):
                     f"{len(docs)}), so id/domain fields of the raw rows cannot be matched"
                 )
             raw = []  # the task family's domain fields are then read from the processed docs only
-        return [self._doc(task, i, doc, raw[i] if i < len(raw) else {}) for i, doc in enumerate(docs)]
+        contexts = self.fewshot_contexts(records.rows, docs) if self.num_fewshot else [None] * len(docs)
+        return [self._doc(task, i, doc, raw[i] if i < len(raw) else {}, ctx)
+                for i, (doc, ctx) in enumerate(zip(docs, contexts))]
+
+    def fewshot_contexts(self, rows: list[dict], docs: list[dict]) -> list:
+        """Every document's few-shot context (plain text, or chat messages for generate_until), built as
+        lm-eval's evaluator builds them: in the split's order, from one sampler seeded once."""
+        fewshot_rows = self._fewshot_rows(rows)
+        by = (self.config.get("metadata") or {}).get(FEWSHOT_BY)
+        if not by:
+            return self._contexts(rows, docs, fewshot_rows)
+        if len(rows) != len(docs):
+            raise ValueError(f"bench {self.spec.name!r}: {FEWSHOT_BY} needs the task's process_docs to keep its rows")
+        out: list = [None] * len(docs)
+        for value in dict.fromkeys(str(r.get(by)) for r in rows):  # each group as lm-eval's task of its own
+            mine = [i for i, r in enumerate(rows) if str(r.get(by)) == value]
+            examples = None if fewshot_rows is None else [r for r in fewshot_rows if str(r.get(by)) == value]
+            for i, ctx in zip(mine, self._contexts([rows[i] for i in mine], [docs[i] for i in mine], examples)):
+                out[i] = ctx
+        return out
+
+    def _contexts(self, rows: list[dict], docs: list[dict], fewshot_rows: list[dict] | None) -> list:
+        fewshot = fewshot_setup(self.config, self.split, fewshot_rows)
+        with seeded_random(self.options.seed):  # process_docs may shuffle, as for the docs themselves
+            task = make_task(self.config, rows, processed=False, fewshot=fewshot)
+        return contexts_of(task, docs, self.num_fewshot, self.options.fewshot_seed, chat=not self.scores_text)
 
     @property
     def domain_fields(self) -> tuple[str | None, str | None]:
         return resolve_domain_fields(self.options.task, self.options.domain_field, self.options.subdomain_field)
 
-    def _doc(self, task, index: int, doc: dict, raw: dict) -> Doc:
+    def _doc(self, task, index: int, doc: dict, raw: dict, context: Any = None) -> Doc:
         opts = self.options
         domain_field, subdomain_field = self.domain_fields
 
@@ -243,12 +335,13 @@ class LmEvalBench(Bench):
             return None if value is None else str(value)
 
         if self.scores_text:
-            scoring = Scoring(**scoring_request(task, doc, index))
+            scoring = Scoring(**scoring_request(task, doc, index, context))
             shown = scoring.rolling if scoring.rolling is not None else scoring.pairs[0][0]
             messages = [{"role": "user", "content": shown}]  # shown only: the engine scores `scoring`
             target = None if scoring.rolling is not None else doc_target(task, doc)
         else:
-            scoring, messages, target = None, prompt_messages(task, doc), doc_target(task, doc)
+            messages = context if context is not None else prompt_messages(task, doc)
+            scoring, target = None, doc_target(task, doc)
         return Doc(
             id=field(opts.id_field) or str(index),
             messages=messages,
@@ -304,6 +397,12 @@ def find_task_yaml(task: str, search_paths: tuple[str, ...]) -> Path:
     with _quiet():
         index = TaskManager(include_path=list(search_paths)).task_index
     entry = index.get(task)
+    if entry is not None and entry.kind.name in ("GROUP", "TAG"):
+        own = f"{task}_all"
+        hint = (f"use `task: {own}` (omk-ray's {task} as one task, each document's subject its domain)"
+                if (OWN_TASKS / f"{own}.yaml").exists() else "give each of its tasks a bench of its own")
+        raise ValueError(f"lm-eval's {task!r} is a {entry.kind.name.lower()} of tasks, not one task, and a bench "
+                         f"runs one task: {hint}")
     if entry is None or entry.yaml_path is None:
         import difflib
 
@@ -342,20 +441,22 @@ def load_task_config(path: Path) -> dict[str, Any]:
     return dict(cfg)
 
 
-def make_task(cfg: dict[str, Any], rows: list[dict], processed: bool):
-    """An lm-eval ConfigurableTask over in-memory rows (no hub access), zero-shot.
+def make_task(cfg: dict[str, Any], rows: list[dict], processed: bool, fewshot: dict[str, Any] | None = None):
+    """An lm-eval ConfigurableTask over in-memory rows (no hub access), zero-shot unless `fewshot`
+    (`fewshot_setup`) says where its few-shot docs are.
 
     `processed=True`: the rows already went through the task's process_docs (scoring).
     """
     from datasets import Dataset, DatasetDict
     from lm_eval.api.task import ConfigurableTask
 
+    splits = {SPLIT: list(rows), **((fewshot or {}).get("splits") or {})}
     cfg = dict(cfg)
     cfg.update(
         dataset_path=None,
         dataset_name=None,
         dataset_kwargs=None,
-        custom_dataset=lambda **_: DatasetDict({SPLIT: Dataset.from_list(list(rows))}),
+        custom_dataset=lambda **_: DatasetDict({k: Dataset.from_list(v) for k, v in splits.items()}),
         training_split=None,
         validation_split=None,
         test_split=SPLIT,
@@ -363,11 +464,68 @@ def make_task(cfg: dict[str, Any], rows: list[dict], processed: bool):
         fewshot_config=None,
         num_fewshot=0,
     )
+    if fewshot:
+        cfg.update(fewshot["config"])
     if processed:
         cfg["process_docs"] = None
     _reuse_compiled_templates()
     with _quiet():
         return ConfigurableTask(config=cfg)
+
+
+def resolve_fewshot(asked: int | str, task: str, cfg: dict[str, Any]) -> int:
+    """The examples per context: `asked`, or ("task") the YAML's num_fewshot as lm-eval's evaluator takes it
+    when --num_fewshot is not given. lm-eval ignores --num_fewshot for a task whose YAML fixes it at 0:
+    omk-ray refuses to."""
+    own = cfg.get("num_fewshot")
+    if asked == "task":
+        return int(own or 0)
+    if asked and own == 0:
+        raise ValueError(f"lm-eval task {task} fixes num_fewshot: 0 in its YAML (lm-eval ignores --num_fewshot "
+                         f"{asked} for it); ask it zero-shot or define a task of your own with a few-shot split")
+    return int(asked)
+
+
+def fewshot_source(cfg: dict[str, Any], eval_split: str) -> tuple[str, str | None]:
+    """Where lm-eval takes a task's few-shot docs from (`ConfigurableTask.fewshot_docs`): ("split", name) its
+    fewshot split, ("samples", None) its fewshot_config's own samples, else its first split of training,
+    validation ("training"/"validation", name), or ("test", eval split) the evaluated docs themselves."""
+    own = cfg.get("fewshot_config") or {}
+    split = own.get("split", cfg.get("fewshot_split"))
+    if split is not None:
+        return "split", split
+    if own.get("samples") is not None:
+        return "samples", None
+    for kind in ("training", "validation"):
+        if cfg.get(f"{kind}_split"):
+            return kind, cfg[f"{kind}_split"]
+    return "test", eval_split
+
+
+def fewshot_setup(cfg: dict[str, Any], eval_split: str, fewshot_rows: list[dict] | None) -> dict[str, Any]:
+    """`make_task`'s `fewshot`: the split holding the few-shot docs and the config naming it as the task's
+    own YAML does (so that lm-eval's rules apply: only a fewshot split that is the evaluated split leaves
+    the document out of its own examples)."""
+    kind, split = fewshot_source(cfg, eval_split)
+    own = dict(cfg.get("fewshot_config") or {}) or None
+    if kind == "split":
+        key = SPLIT if split == eval_split else FEWSHOT
+        if own and "split" in own:
+            own["split"] = key
+        return {"splits": {} if key == SPLIT else {FEWSHOT: fewshot_rows},
+                "config": {"fewshot_split": key, "fewshot_config": own}}
+    if kind in ("training", "validation"):
+        return {"splits": {FEWSHOT: fewshot_rows}, "config": {f"{kind}_split": FEWSHOT, "fewshot_config": own}}
+    return {"splits": {}, "config": {"fewshot_config": own}}
+
+
+def contexts_of(task, docs: list[dict], num_fewshot: int, seed: int, chat: bool) -> list:
+    """Each document's context as `build_all_requests` builds it after `set_fewshot_seed(seed)`: the
+    sampler's draws follow one another from document to document in this order."""
+    task.set_fewshot_seed(seed=seed)
+    if chat:
+        return [prompt_messages(task, doc, num_fewshot) for doc in docs]
+    return [task.fewshot_context(doc, num_fewshot=num_fewshot, gen_prefix=task.doc_to_prefix(doc)) for doc in docs]
 
 
 def _reuse_compiled_templates() -> None:
@@ -384,11 +542,12 @@ def _messages_only(messages: list[dict], add_generation_prompt: bool = True) -> 
     return messages
 
 
-def prompt_messages(task, doc: dict) -> list[dict[str, str]]:
-    """The chat messages lm-eval would send for `doc` (system description, user turn, gen prefix)."""
+def prompt_messages(task, doc: dict, num_fewshot: int = 0) -> list[dict[str, str]]:
+    """The chat messages lm-eval would send for `doc` (system description, few-shot turns, user turn, gen
+    prefix): `--apply_chat_template` with `--fewshot_as_multiturn` (its default then)."""
     messages = task.fewshot_context(
         doc=doc,
-        num_fewshot=0,
+        num_fewshot=num_fewshot,
         apply_chat_template=True,
         fewshot_as_multiturn=True,
         chat_template=_messages_only,
@@ -419,16 +578,18 @@ def beside(folder: Path, files: Any) -> Any:
     return str(folder / path) if not path.is_absolute() and (folder / path).exists() else files
 
 
-def task_requests(task, doc: dict, index: int = 0) -> list:
-    """lm-eval's request instances of one document (zero-shot, plain text), as its evaluator builds them."""
-    ctx = task.fewshot_context(doc, num_fewshot=0, gen_prefix=task.doc_to_prefix(doc))
+def task_requests(task, doc: dict, index: int = 0, ctx: Any = None) -> list:
+    """lm-eval's request instances of one document on its plain-text context (`ctx`, default zero-shot),
+    as its evaluator builds them."""
+    if ctx is None:
+        ctx = task.fewshot_context(doc, num_fewshot=0, gen_prefix=task.doc_to_prefix(doc))
     instances = task.construct_requests(doc=doc, ctx=ctx, metadata=(task.config.task, index, 1))
     return instances if isinstance(instances, list) else [instances]
 
 
-def scoring_request(task, doc: dict, index: int = 0) -> dict[str, Any]:
+def scoring_request(task, doc: dict, index: int = 0, ctx: Any = None) -> dict[str, Any]:
     """A document's scoring request (`Scoring` fields): its (context, continuation) pairs, or its rolling text."""
-    instances = task_requests(task, doc, index)
+    instances = task_requests(task, doc, index, ctx)
     if task.OUTPUT_TYPE == "loglikelihood_rolling":
         return {"rolling": instances[0].args[0]}
     return {"pairs": tuple((i.args[0], i.args[1]) for i in instances)}

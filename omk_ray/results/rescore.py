@@ -28,7 +28,10 @@ than 10 only with `--yes`).
 
 A rescoring that writes holds the results folder's writer lock (`results/folder_lock.py`) from
 start to end: it is refused while a run or an import writes the folder (or waits, `wait`).
-An lm-eval bench is scored from its docs (imported docs first, else its data); a code task
+An lm-eval bench is scored from its docs (imported docs first, else its data); a loglikelihood
+task's row (multiple choice, loglikelihood, rolling) from its stored (log-likelihood, is_greedy) pairs
+through the task's filters and process_results, without an engine, and only while its document is
+the one it was scored on (a changed `doc_hash`: the bench is skipped, its texts were others); a code task
 imported from lm-eval (kind `program_tests`) runs the stored program (the task's filtered
 response) followed by its tests (the row's target) in the sandbox.
 """
@@ -204,8 +207,16 @@ def make_scorer(store: ResultsStore, spec: BenchSpec) -> RowScorer:
             raise RescoreError(f"bench {spec.name!r}: doc {doc_id!r} is not in the bench's data")
         return docs[doc_id]
 
+    try:
+        version, scored = bench.scorer_version, bench.scores_text
+    except (OSError, ValueError, DataError) as err:
+        raise RescoreError(f"bench {spec.name!r}: {err}") from None
+
     def score(rows: list[dict[str, Any]]) -> list[Score | Exception]:
-        pairs = [(doc_for(r["doc_id"]), Completion(text=r["response"] or "", reasoning=r.get("reasoning"))) for r in rows]
+        if scored:  # the stored log-likelihoods are of the texts the row's document asked then
+            for row in rows:
+                _same_texts(spec.name, row, None if row["doc_id"] in imported else doc_for(row["doc_id"]))
+        pairs = [(doc_for(r["doc_id"]), _stored_completion(r, scored)) for r in rows]
         return score_guarded(bench, pairs)
 
     def inputs_changed(row: dict[str, Any]) -> str | None:
@@ -218,11 +229,27 @@ def make_scorer(store: ResultsStore, spec: BenchSpec) -> RowScorer:
             return f"its target changed ({row['target']!r} -> {doc.target!r})"
         return None
 
-    try:
-        version = bench.scorer_version
-    except (OSError, ValueError, DataError) as err:
-        raise RescoreError(f"bench {spec.name!r}: {err}") from None
     return RowScorer(score, version, inputs_changed)
+
+
+def _stored_completion(row: dict[str, Any], scored: bool) -> Completion:
+    """What the engine answered, as stored: the response, or a scored row's (log-likelihood, is_greedy) pairs
+    (a rolling document imported from lm-eval's logs has no greedy flag: lm-eval's scorer does not read it)."""
+    if not scored:
+        return Completion(text=row["response"] or "", reasoning=row.get("reasoning"))
+    lls = row.get("choice_logprobs")
+    greedy = row.get("choice_greedy") or [False] * len(lls or [])
+    return Completion(text="", finish_reason="scored", loglikelihoods=list(zip(lls, greedy)) if lls else None)
+
+
+def _same_texts(bench: str, row: dict[str, Any], doc: Doc | None) -> None:
+    """A scored row's log-likelihoods are of its document's texts then: rescoring them against a document
+    asked otherwise now (another num_fewshot, prompt or data) would give the new document scores it never had."""
+    if doc is not None and row.get("doc_hash") and row["doc_hash"] != doc.hash:
+        raise RescoreError(
+            f"bench {bench!r}: doc {row['doc_id']!r} of variant {row.get('variant')!r} was scored on other texts "
+            f"than the bench asks now (its document changed: num_fewshot, the task's prompt or its data), so its "
+            f"stored log-likelihoods cannot be rescored; run the bench again")
 
 
 def _imported_docs(store: ResultsStore, bench: str) -> dict[str, dict]:
@@ -271,7 +298,8 @@ def _rescored(path: Path, scorer: RowScorer, report: BenchRescore, force: bool =
         raise RescoreError(f"{path}: unreadable shard ({err}); see `omk-ray doctor`") from None
     report.rows += len(rows)
     version = scorer.version
-    scorable = [(i, r) for i, r in enumerate(rows) if not (r["error"] and not r["response"])]  # no response: nothing to score
+    scorable = [(i, r) for i, r in enumerate(rows)  # no response (nor log-likelihoods): nothing to score
+                if not (r["error"] and not r["response"] and not r.get("choice_logprobs"))]
     changes = {}
     for (i, row), new in zip(scorable, scorer.score([r for _, r in scorable])):
         if isinstance(new, ScorerUnavailable):

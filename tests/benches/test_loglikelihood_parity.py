@@ -48,3 +48,11 @@ def test_lmeval_logs_of_loglikelihood_tasks_import_and_reproduce_their_aggregate
         if row["bench"] == "toy_rolling":  # a rolling document's score: its own bits per byte
             ll, n = sample["bits_per_byte"]
             assert row["score"] == pytest.approx(-ll / n / 0.6931471805599453, rel=1e-12) and row["correct"] is None
+
+    from omk_ray.results.rescore import rescore
+
+    # rescoring the imported rows from their logged log-likelihoods (no engine) gives lm-eval's values back
+    reports = rescore(tmp_path / "results")
+    assert sorted(r.bench for r in reports) == sorted(TASKS)
+    assert all((r.rows, r.changed, r.kept, r.errors, r.skipped) == (r.rows, 0, [], 0, None) for r in reports), reports
+    assert ResultsStore(tmp_path / "results").read().to_pylist() == rows

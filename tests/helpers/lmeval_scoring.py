@@ -118,3 +118,28 @@ def _approx(value: float):
     import pytest
 
     return pytest.approx(value, abs=TOLERANCE, rel=RELATIVE)
+
+
+def made_up_scorer():
+    """An echo engine that scores: made-up log-likelihoods that differ from choice to choice and document to
+    document (no model), for tests of what happens to scored rows after the engine."""
+    from omk_ray.engines.base import Completion
+    from omk_ray.engines.echo import EchoEngine
+
+    class MadeUpScorer(EchoEngine):
+        scores = True
+
+        async def score(self, request, recipe):
+            if request.scoring.rolling is not None:
+                text = request.scoring.rolling
+                return Completion(text="", finish_reason="scored",
+                                  loglikelihoods=[(-0.37 * len(text), len(text) % 3 == 0)])
+            pairs = request.scoring.pairs
+            if "mul 24 4" in pairs[0][0]:  # toy_mc's 106, 95, 97, 96 (gold): acc picks 96, acc_norm (per character) 106
+                lls = [-2.95, -2.2, -2.15, -2.1]
+            else:  # the pick turns with the context's length
+                lls = [-0.7 * len(x) - 0.05 * ((len(c) - i) % 4) for i, (c, x) in enumerate(pairs)]
+            return Completion(text="", finish_reason="scored",
+                              loglikelihoods=[(ll, i % 2 == 0) for i, ll in enumerate(lls)])
+
+    return MadeUpScorer
