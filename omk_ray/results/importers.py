@@ -333,6 +333,9 @@ def _import_one(
     if code_task:
         spec = spec.model_copy(update={"kind": PROGRAM_TESTS, "options": {**spec.options, "task": task}})
     spec = spec.model_copy(update={"options": {**spec.options, "primary_metric": primary}})
+    shots = _logged_shots(results_path, results, config, task)
+    if shots and spec.kind == "lmeval":  # rescoring rebuilds the bench: the same scorer version, shot count and all
+        spec = spec.model_copy(update={"options": {**spec.options, "num_fewshot": shots}})
 
     recipe, recipe_source = import_recipe(_recipe(results, config, samples[0]), grid, variant, spec.name, given_recipe)
     gen = {**(config.get("generation_kwargs") or {}), **((results.get("config") or {}).get("gen_kwargs") or {})}
@@ -342,6 +345,7 @@ def _import_one(
                                "model_args": (results.get("config") or {}).get("model_args")})
     started = _timestamp(results.get("date"))
     scorer = f"lm-eval-{results.get('lm_eval_version')}:{task}@{(results.get('versions') or {}).get(task)}"
+    scorer += f":{shots}-shot" if shots else ""  # as the farm's lm-eval benches name it: compare pairs like with like
     dataset = config.get("dataset_path")
     revision = f"{dataset}{'/' + config['dataset_name'] if config.get('dataset_name') else ''}@unrecorded"
     id_field = spec.options.get("id_field")
@@ -397,6 +401,17 @@ def _import_one(
     report.table, report.spec, report.docs, report.unit = _table(samples_path, rows), spec, docs, f"import-{task}"
     report.recipe, report.recipe_source, report.recipe_unstated = recipe, recipe_source, unstated
     return report
+
+
+def _logged_shots(path: Path, results: dict[str, Any], config: dict[str, Any], task: str) -> int:
+    """The few-shot examples per context the log's task was asked with (lm-eval's `n-shot`, else the
+    task config's `num_fewshot`; none recorded: zero-shot)."""
+    value = (results.get("n-shot") or {}).get(task, config.get("num_fewshot"))
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise LogImportError(f"{path}: n-shot of task {task!r} is {value!r}, not a count of examples; nothing was imported")
+    return value
 
 
 def _scored_columns(sample: dict, primary: str, value: float, output_type: str | None) -> dict[str, Any]:

@@ -39,12 +39,12 @@ def test_rescore_counts_changed_samples_and_keeps_previous_scores(tmp_path):
 
     [first] = rescore(root, bench="gsm8k")
     assert (first.changed, first.errors, first.shards) == (3, 0, 1)
-    assert first.scorer_versions == {"lm-eval-0.4.11:gsm8k@3.0"}
+    assert first.scorer_versions == {"lm-eval-0.4.11:gsm8k@3.0:5-shot"}  # the log was asked 5-shot
     after = scores(root)
     for doc_id, row in after.items():
         old = before[doc_id]
-        assert row["metrics"]["score@lm-eval-0.4.11:gsm8k@3.0"] == old["score"]
-        assert row["scorer_version"].startswith("lm-eval-0.4.") and ":gsm8k@3.0" in row["scorer_version"]
+        assert row["metrics"]["score@lm-eval-0.4.11:gsm8k@3.0:5-shot"] == old["score"]
+        assert row["scorer_version"].startswith("lm-eval-0.4.") and row["scorer_version"].endswith(":gsm8k@3.0:5-shot")
         assert (row["score"] != old["score"]) == (doc_id in {"0", "3", "7"})
         assert row["metrics"]["tokens_missing"] == 1.0
     assert list(root.glob("samples/gpt-oss/gsm8k/part-*.parquet")) == [shard]  # rewritten in place
@@ -186,3 +186,32 @@ def test_rescore_writes_a_bench_only_when_it_scored_completely(fragile):
     with pytest.raises(RescoreError, match="doc 'gone'"):
         rescore(store.root, bench="f", grid=grid)
     assert {p: p.read_bytes() for p in store.shard_paths()} == before
+
+
+def test_an_import_records_its_shot_count_and_compare_refuses_to_pair_other_counts(tmp_path):
+    """The users' gsm8k log was asked 5-shot (lm-eval's `n-shot`): its rows say so, as the farm's few-shot
+    rows do, and a zero-shot log of the same bench does not pair with it."""
+    from omk_ray.analysis.compare import AnalysisError, CompareOptions, compare
+
+    five = small_gsm8k_log(tmp_path / "five", docs=10)
+    zero = small_gsm8k_log(tmp_path / "zero", docs=10, wrong=(1, 2))
+    results_file = next(zero.glob("results_*.json"))
+    results = json.loads(results_file.read_text())
+    assert results["n-shot"] == {"gsm8k": 5}
+    results["n-shot"] = {"gsm8k": 0}
+    results_file.write_text(json.dumps(results))
+    root = tmp_path / "results"
+    import_lmeval(five, "base", root)
+    import_lmeval(zero, "pruned", root)
+    versions = {(r["variant"], r["scorer_version"]) for r in ResultsStore(root).read().to_pylist()}
+    assert versions == {("base", "lm-eval-0.4.11:gsm8k@3.0:5-shot"), ("pruned", "lm-eval-0.4.11:gsm8k@3.0")}
+    with pytest.raises(AnalysisError, match="gsm8k: baseline base was asked 5-shot but pruned 0-shot"):
+        compare(root, CompareOptions(baseline="base"))
+
+    [report] = rescore(root, bench="gsm8k", variants=["base"])  # rebuilt as imported: the same version, nothing to do
+    assert (report.changed, report.scorer_versions) == (0, {"lm-eval-0.4.11:gsm8k@3.0:5-shot"})
+
+    results["n-shot"] = {"gsm8k": "five"}
+    results_file.write_text(json.dumps(results))
+    with pytest.raises(LogImportError, match="n-shot of task 'gsm8k' is 'five', not a count of examples"):
+        import_lmeval(zero, "other", root)
