@@ -31,7 +31,6 @@ from omk_ray.engines.identity import EngineIdentity, planned_identity
 from omk_ray.farm.order import OrderRecord, order_record, representative_order, reuse
 from omk_ray.results.store import ResultsStore
 
-PROVENANCE = "omk_ray_provenance.json"  # a built variant's record of how it was built
 log = logging.getLogger(__name__)
 
 
@@ -112,6 +111,7 @@ def weights_identity(variant: VariantSpec, model_path: str | None) -> dict[str, 
     from omk_ray.farm.artifact_store import manifest_at
     from omk_ray.variants.artifacts import (combine_hashes, content_hash, default_hash_cache, identifies,
                                             resolve_hub_revision)
+    from omk_ray.variants.checkpoint import PROVENANCE_NAME as PROVENANCE, provenance_identity
 
     if not engine_class(variant.engine).holds_weights:
         return {"model": variant.model_ref, "revision": variant.revision}
@@ -120,14 +120,14 @@ def weights_identity(variant: VariantSpec, model_path: str | None) -> dict[str, 
         identity: dict[str, object] = {"content_sha256": content_hash(folder, default_hash_cache())}
         provenance = folder / PROVENANCE
         if provenance.is_file():
-            identity[PROVENANCE] = hashlib.sha256(provenance.read_bytes()).hexdigest()
+            identity[PROVENANCE] = provenance_identity(provenance.read_bytes())
         return identity
     manifest = manifest_at(model_path) if model_path else None  # built on a node this one cannot see
     if manifest is not None:
         identity = {"content_sha256": combine_hashes({n: e["sha256"] for n, e in manifest.items()
                                                       if "/" not in n and identifies(n)})}
         if PROVENANCE in manifest:
-            identity[PROVENANCE] = manifest[PROVENANCE]["sha256"]
+            identity[PROVENANCE] = manifest[PROVENANCE].get("identity") or manifest[PROVENANCE]["sha256"]
         return identity
     if variant.build and not model_path:  # not built yet (`omk-ray plan`, the lock): local inputs by content
         given = variant.build.model_dump(mode="json", exclude_unset=True)

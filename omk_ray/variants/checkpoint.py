@@ -28,6 +28,25 @@ from omk_ray.console import report_count
 
 INDEX_NAME = "model.safetensors.index.json"
 PROVENANCE_NAME = "omk_ray_provenance.json"
+# When, where and by which command a variant was built: not what it is (a rebuild elsewhere is the same variant).
+PROVENANCE_CIRCUMSTANCES = ("created_at", "base_path", "tool", "omk_ray_version")
+
+
+def provenance_identity(data: bytes) -> str:
+    """What a built variant's provenance says of the variant (part of its weights identity,
+    farm/planner.py): the record without its circumstances, so the same build made again (another
+    artifacts root, another node, a later day) keeps its identity and its samples."""
+    import hashlib
+
+    from omk_ray.config import stable_hash
+
+    try:
+        record = json.loads(data)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):  # not omk-ray's record: its bytes are all there is to go by
+        return hashlib.sha256(data).hexdigest()
+    return stable_hash({k: v for k, v in record.items() if k not in PROVENANCE_CIRCUMSTANCES}, length=64)
 SINGLE_NAME = "model.safetensors"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
 COPY_CHUNK = 64 << 20

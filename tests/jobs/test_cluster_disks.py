@@ -25,7 +25,8 @@ import ray
 from helpers import write_bench, write_grid
 from omk_ray.config import load_grid
 from omk_ray.farm.artifact_store import FAULT_ENV, find_published, manifest_of, publish
-from omk_ray.farm.planner import PROVENANCE, weights_identity
+from omk_ray.farm.planner import weights_identity
+from omk_ray.variants.checkpoint import PROVENANCE_NAME as PROVENANCE
 from omk_ray.farm import NAMESPACE
 from omk_ray.results.store import ResultsStore
 from omk_ray.variants.artifacts import content_hash
@@ -181,7 +182,8 @@ def test_an_arm_built_on_one_node_is_served_on_another_that_cannot_see_its_disk(
     publish(elsewhere, nodes["worker"], "fpw")
     identity = weights_identity(grid.variants[0], elsewhere)
     assert identity["content_sha256"] == hashed_there == content_hash(built)
-    assert identity[PROVENANCE] == published.manifest[PROVENANCE]["sha256"]
+    assert identity[PROVENANCE] == published.manifest[PROVENANCE]["identity"]
+    assert identity == weights_identity(grid.variants[0], str(built))  # as the node that sees the folder says
 
 
 def copy_and_hash(source: str, dest: str) -> tuple[str, str]:

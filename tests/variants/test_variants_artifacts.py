@@ -56,6 +56,29 @@ def test_fingerprint_follows_content_not_names(tiny_gemma4, tmp_path):
     assert artifact_fingerprint({"base": str(copy), "drop_map": DROP}, root) != fp
 
 
+def test_the_same_build_made_again_elsewhere_keeps_its_weights_identity(tiny_gemma4, tmp_path):
+    """Built under two artifacts roots (another day, node or folder): the same variant, so the same
+    weights identity and output fingerprint (its samples are reused); another drop map is another."""
+    from omk_ray.config import VariantSpec
+    from omk_ray.farm.planner import weights_identity
+    from omk_ray.farm.artifact_store import manifest_of
+
+    build = {"base": str(tiny_gemma4), "drop_map": DROP}
+    here, there = ensure_variant(build, tmp_path / "a"), ensure_variant(build, tmp_path / "b")
+    records = [json.loads((p / PROVENANCE_NAME).read_text()) for p in (here, there)]
+    assert records[0]["base_path"] == records[1]["base_path"] and "created_at" in records[0]
+    variant = VariantSpec(name="arm", model="unused", engine="transformers")
+    identity = weights_identity(variant, str(here))
+    assert identity == weights_identity(variant, str(there))
+    assert set(identity) == {"content_sha256", PROVENANCE_NAME}
+    record = dict(records[0], created_at="2020-01-01T00:00:00Z", base_path="/elsewhere", omk_ray_version="9")
+    (there / PROVENANCE_NAME).write_text(json.dumps(record))
+    assert weights_identity(variant, str(there)) == identity  # circumstances only
+    assert manifest_of(there)[PROVENANCE_NAME]["identity"] == identity[PROVENANCE_NAME]  # what other nodes see
+    (there / PROVENANCE_NAME).write_text(json.dumps(dict(record, drop_map={"0": [4], "1": [3]})))
+    assert weights_identity(variant, str(there))[PROVENANCE_NAME] != identity[PROVENANCE_NAME]
+
+
 def test_strategies_from_a_scores_file_and_relative_paths(tiny_gemma4, tmp_path):
     root = tmp_path / "artifacts"
     cd_file(tmp_path / "cd.json")
