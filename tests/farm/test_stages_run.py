@@ -25,14 +25,17 @@ def test_a_stopped_arm_resumes_to_exactly_the_full_set_of_keys(tmp_path, local_r
     bench = tmp_path / "b.jsonl"
     bench.write_text("".join(json.dumps({"id": f"d{i}", "prompt": f"q{i}", "target": str(100 + i),
                                          "domain": "even" if i % 2 == 0 else "odd"}) + "\n" for i in range(N)))
-    answers = [sample("base", "b", f"d{i}", True, response=str(100 + i)) for i in range(N)]
-    answers += [sample("bad", "b", f"d{i}", False, response="0") for i in range(N)]
-    source = write_store(tmp_path / "answers", answers)
-    replay = {"engine": "replay", "model": str(source.root)}
+    source = write_store(tmp_path / "answers", [sample("base", "b", f"d{i}", True, response=str(100 + i))
+                                                for i in range(N)])
+    # `bad` answers every prompt with itself ("q7": wrong) on the FAKE GPU engine, 8 answers a second: its
+    # canary look (24 rows) is judged long before the last of its 120 could be made, however slowly the
+    # scoring actors start (a replayed arm can finish the whole bench first on a loaded machine)
+    slow = {"engine": "simgpu", "model": "none", "engine_args": {"extra": {"step_s": 1.0, "step_s_per_seq": 0}}}
     grid = load_grid(write_grid(
-        tmp_path / "grid.yaml", [{"name": "base", **replay}, {"name": "bad", **replay}],
+        tmp_path / "grid.yaml", [{"name": "base", "engine": "replay", "model": str(source.root)},
+                                 {"name": "bad", **slow}],
         [{"name": "b", "kind": "jsonl", "source": str(bench)}],
-        farm={"canary": {"enabled": False, "docs": 24}, "stages": {"enabled": True}, "max_in_flight": 4},
+        farm={"canary": {"enabled": False, "docs": 24}, "stages": {"enabled": True}, "max_in_flight": 8},
     ))
     results = tmp_path / "results"
     first = run_grid(grid, results, show_progress=False)
