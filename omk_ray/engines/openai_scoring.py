@@ -14,10 +14,12 @@ the same text (byte-fallback pieces, say); a top-1 tie counts as greedy for the 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 TOKEN_ID = "token_id:"  # vLLM's name of a token under `return_tokens_as_token_ids`
+LOGPROB_SLACK = 1e-4  # a log-probability above this (or NaN, inf, a string) is no log-probability: refused
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
@@ -62,6 +64,9 @@ def continuation_score(data: dict, prompt: list[int], continuation: list[int], b
         if isinstance(echoed, str) and echoed.startswith(TOKEN_ID) and echoed != f"{TOKEN_ID}{token}":
             raise RuntimeError(f"{base_url} echoed token {echoed} at position {position} where token id {token} "
                                "was sent: the server did not read the prompt's token ids as given")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not -math.inf < value <= LOGPROB_SLACK:
+            raise RuntimeError(f"{base_url} gave {value!r} as the log-probability of prompt token {position}: "
+                               "a log-probability is a finite number <= 0")
         best = max(top, key=top.get)
         greedy = greedy and (best == f"{TOKEN_ID}{token}" if best.startswith(TOKEN_ID) else best == echoed)
         total += float(value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -524,6 +525,10 @@ def test_continuation_score_by_id_and_by_text():
         "top_logprobs": [None, {" a": -2.0, " the": -1.0}, {" b": -0.125}, {"!": -1.0}]}}]}
     assert continuation_score(by_text, [2, 40, 41], [40, 41], "u") == (-2.125, False)
     assert continuation_score(by_text, [2, 40, 41], [41], "u") == (-0.125, True)
+    for forged in (2.5, float("nan"), float("-inf"), "-1.0"):  # a server's number that no probability has
+        bad = {"choices": [{"logprobs": {**by_text["choices"][0]["logprobs"], "token_logprobs": [None, -2.0, forged, -1.0]}}]}
+        with pytest.raises(RuntimeError, match=f"gave {re.escape(repr(forged))} as the log-probability of prompt token 2"):
+            continuation_score(bad, [2, 40, 41], [41], "u")
     no_prompt = {"choices": [{"logprobs": {"tokens": ["!"], "token_logprobs": [-1.0], "top_logprobs": [{"!": -1.0}]}}]}
     with pytest.raises(NoPromptLogprobs, match="without log-probabilities of the prompt's tokens"):
         continuation_score(no_prompt, [2, 40, 41], [41], "u")
